@@ -1,0 +1,130 @@
+"""The streaming ONNX contract, version 1: names, metadata keys and their defaults.
+
+The exporter writes these and the runtime reads them; this module is the one place both
+sides take them from (the trainer may import the runtime, never the other way round).
+See CONTRACT.md at the top of the repository for the prose.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from .errors import ContractError
+
+VERSION = 1
+PREFIX = "lstm_edge."
+X, Y = "x", "y"
+
+# Recurrent layer kinds and the state tensors each one carries, in order.
+STATE_TENSORS = {"lstm": ("h", "c"), "gru": ("h",), "rnn": ("h",)}
+
+
+@dataclass(frozen=True)
+class StateSpec:
+    """The state of one recurrent layer: ``in_h{i}``/``in_c{i}`` in, ``out_*`` out."""
+
+    layer: str                 # the Keras layer's name
+    kind: str                  # "lstm" | "gru" | "rnn"
+    units: int                 # width of each state tensor: (batch, units)
+    inputs: tuple[str, ...]    # graph input names, e.g. ("in_h0", "in_c0")
+    outputs: tuple[str, ...]   # graph output names, e.g. ("out_h0", "out_c0")
+
+    @classmethod
+    def for_layer(cls, index: int, layer: str, kind: str, units: int) -> "StateSpec":
+        parts = STATE_TENSORS[kind]
+        return cls(layer, kind, int(units), tuple(f"in_{p}{index}" for p in parts),
+                   tuple(f"out_{p}{index}" for p in parts))
+
+    def to_json(self) -> dict:
+        return {"layer": self.layer, "kind": self.kind, "units": self.units,
+                "inputs": list(self.inputs), "outputs": list(self.outputs)}
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What an exported file says about itself; defaults are the contract's."""
+
+    state: tuple[StateSpec, ...]
+    contract: int = VERSION
+    window: int = 1                       # samples one prediction is made from
+    carry_state: bool = True              # whether a call starts from the last call's state
+    features: tuple[str, ...] = ()        # input column names, in order ("" where unknown)
+    targets: tuple[str, ...] = ()         # output names, in order
+    horizon: int = 1                      # steps ahead that y predicts
+    scaler: dict | None = None            # {"x": {"mean", "std"}, "y": {...}}, for the record
+    parity: dict | None = None            # what the export check measured
+    source: dict | None = None            # {"file", "sha256"} of the Keras model
+    extra: dict = field(default_factory=dict)  # other lstm_edge.* keys, kept verbatim
+
+    @property
+    def streaming_mode(self) -> str:
+        """The contract's three modes in one word."""
+        if self.window == 1:
+            return "sequence"
+        return "stateful" if self.carry_state else "window"
+
+    def to_metadata(self) -> dict[str, str]:
+        """The ``metadata_props`` of an ONNX file, all values strings."""
+        meta = {
+            "contract": str(self.contract),
+            "state": json.dumps([s.to_json() for s in self.state]),
+            "window": str(self.window),
+            "carry_state": "true" if self.carry_state else "false",
+            "features": json.dumps(list(self.features)),
+            "targets": json.dumps(list(self.targets)),
+            "horizon": str(self.horizon),
+        }
+        for key in ("scaler", "parity", "source"):
+            if getattr(self, key) is not None:
+                meta[key] = json.dumps(getattr(self, key))
+        meta.update(self.extra)
+        return {PREFIX + k: v for k, v in meta.items()}
+
+    @classmethod
+    def from_metadata(cls, props: dict[str, str]) -> "ModelInfo":
+        """Parse ``metadata_props``; a missing key takes the contract's default.
+
+        ``state`` may come back empty when the file has no ``lstm_edge.state``: the caller
+        then derives it from the graph's ``in_*``/``out_*`` names.
+        """
+        ours = {k[len(PREFIX):]: v for k, v in props.items() if k.startswith(PREFIX)}
+
+        def parse(key, convert, default):
+            if key not in ours:
+                return default
+            try:
+                return convert(ours.pop(key))
+            except (ValueError, TypeError, KeyError) as exc:
+                raise ContractError(f"metadata {PREFIX}{key} cannot be read ({exc}); "
+                                    f"re-export the model with lstm-export") from None
+
+        state = parse("state", lambda v: tuple(
+            StateSpec(d["layer"], d["kind"], int(d["units"]), tuple(d["inputs"]),
+                      tuple(d["outputs"])) for d in json.loads(v)), ())
+        info = cls(
+            state=state,
+            contract=parse("contract", int, VERSION),
+            window=parse("window", int, 1),
+            carry_state=parse("carry_state", _parse_bool, True),
+            features=tuple(parse("features", json.loads, ())),
+            targets=tuple(parse("targets", json.loads, ())),
+            horizon=parse("horizon", int, 1),
+            scaler=parse("scaler", json.loads, None),
+            parity=parse("parity", json.loads, None),
+            source=parse("source", json.loads, None),
+            extra={k: v for k, v in ours.items()},
+        )
+        if info.contract > VERSION:
+            raise ContractError(f"the file is written for contract version {info.contract}, "
+                                f"this runtime reads up to {VERSION}; upgrade lstm-edge")
+        if info.window < 1:
+            raise ContractError(f"metadata {PREFIX}window must be at least 1, got {info.window}")
+        return info
+
+
+def _parse_bool(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered not in ("true", "false", "1", "0"):
+        raise ValueError(f"expected true or false, got {value!r}")
+    return lowered in ("true", "1")

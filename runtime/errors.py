@@ -1,0 +1,32 @@
+"""The project's own error types.
+
+Every message says what was expected, what was found, and what to do. The command-line
+tools turn any :class:`LstmEdgeError` into one line on stderr and its ``exit_code``;
+nothing the user did wrong should ever end in a traceback.
+"""
+
+
+class LstmEdgeError(Exception):
+    """Base of every error the project raises on purpose."""
+
+    exit_code = 2
+
+
+class ShapeError(LstmEdgeError, ValueError):
+    """An array does not have the (samples, timesteps, features) shape a model needs."""
+
+
+class InputError(LstmEdgeError, ValueError):
+    """A sample the runtime was given cannot be fed: wrong dtype, NaN or inf, wrong size."""
+
+
+class ContractError(LstmEdgeError, ValueError):
+    """An ONNX file does not hold to the streaming contract (see CONTRACT.md)."""
+
+
+class SnapshotError(LstmEdgeError, ValueError):
+    """A saved stream state cannot be restored into this model."""
+
+
+class DeviceError(LstmEdgeError, RuntimeError):
+    """The requested execution device cannot run the model."""
