@@ -39,13 +39,122 @@ def quiet_tensorflow() -> None:
     os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 
-@click.command()
-def train_main():
-    """Not ready yet."""
-    raise SystemExit("lstm-train is not ready yet")
+TRAIN_EXAMPLES = """
+\b
+Examples:
+  lstm-train data/water-flow.csv --target "Water flow [l/s]" -o build/water.keras
+  lstm-train data/occupancy.csv --target V4 --features V1,V2,V4 --look-back 12 \\
+      --mode sequence --units 16 --epochs 20 -o build/co2.keras
+  lstm-export build/water.keras      # then export it for the runtime
+
+\b
+Shapes: a window model reads (samples, timesteps, features) = (n, LOOK_BACK, FEATURES):
+n windows, each LOOK_BACK consecutive rows of the feature columns, and predicts the
+target HORIZON rows after each window's last row.
+\b
+Modes (how the model will stream, see README):
+  window    windows of --look-back from a zero state (the usual create_dataset model)
+  stateful  Keras stateful=True on sliding windows, state carried from window to window
+  sequence  a prediction at every step, state carried: one step per new sample
+"""
 
 
-@click.command()
-def export_main():
-    """Not ready yet."""
-    raise SystemExit("lstm-export is not ready yet")
+@click.command(epilog=TRAIN_EXAMPLES)
+@click.argument("data", type=click.Path(exists=True, dir_okay=False))
+@click.option("--target", required=True, help="Column(s) to predict, comma-separated.")
+@click.option("--features", help="Input columns, comma-separated [default: every numeric "
+              "column; the time column never]")
+@click.option("--look-back", type=int, default=24, show_default=True,
+              help="Timesteps per window (sequence mode: per training subsequence).")
+@click.option("--horizon", type=int, default=1, show_default=True,
+              help="Predict the value this many rows ahead.")
+@click.option("--mode", type=click.Choice(["window", "stateful", "sequence"]),
+              default="window", show_default=True)
+@click.option("--cell", type=click.Choice(["lstm", "gru"]), default="lstm", show_default=True)
+@click.option("--units", type=int, default=32, show_default=True)
+@click.option("--layers", type=int, default=1, show_default=True)
+@click.option("--dropout", type=float, default=0.0, show_default=True)
+@click.option("--dense", type=int, default=0, show_default=True,
+              help="Hidden relu units in the head (0: a linear head only).")
+@click.option("--epochs", type=int, default=50, show_default=True)
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--patience", type=int, default=5, show_default=True,
+              help="Early stopping: epochs without a better validation loss.")
+@click.option("--val-fraction", type=float, default=0.2, show_default=True,
+              help="The last part of the rows that validates (split by time, never shuffled).")
+@click.option("--missing", type=click.Choice(["error", "drop", "ffill", "interpolate"]),
+              default="error", show_default=True, help="What to do with empty/NA values.")
+@click.option("--scaling", type=click.Choice(["robust", "standard"]), default="robust",
+              show_default=True, help="Per-column scaling: median/IQR or mean/std.")
+@click.option("--loss", type=click.Choice(["huber", "mse"]), default="huber", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--quiet", is_flag=True, help="No per-epoch progress.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default="model.keras",
+              show_default=True, help="Where to save the model; NAME.lstm-edge.json goes beside.")
+@reports_errors
+def train_main(data, target, features, look_back, horizon, mode, cell, units, layers, dropout,
+               dense, epochs, batch_size, patience, val_fraction, missing, scaling, loss, seed,
+               quiet, output):
+    """Fit an LSTM (or GRU) on DATA, a CSV with a header row, and report it against baselines."""
+    from .model import ModelConfig
+    from .train import TrainConfig, check_config
+
+    cfg = TrainConfig(look_back=look_back, horizon=horizon, epochs=epochs,
+                      batch_size=batch_size, patience=patience, val_fraction=val_fraction,
+                      missing=missing, scaling=scaling, loss=loss, seed=seed,
+                      verbose=0 if quiet else 2,
+                      model=ModelConfig(mode=mode, cell=cell, units=units, layers=layers,
+                                        dropout=dropout, dense=dense))
+    check_config(cfg, rows=cfg.look_back + cfg.horizon)   # flag errors before TF loads
+    quiet_tensorflow()
+    from .train import train
+
+    result = train(data, target, features, output, cfg)
+    click.echo(result.report())
+
+
+EXPORT_EXAMPLES = """
+\b
+Examples:
+  lstm-export build/water.keras                  # -> exported/water.onnx
+  lstm-export model.h5 -o exported/co2.onnx --scaler scaler.json
+  lstm-export model.keras --window 24 --no-carry-state --atol 1e-5
+  lstm-export model.keras --features temp,humidity --targets temp --opset 13
+
+\b
+The scaler, column names and streaming mode come from NAME.lstm-edge.json next to
+NAME.keras when the trainer wrote one; the options override it. The export is checked
+against Keras (1,000 steps, one sample at a time) and nothing is written if it differs
+by more than --atol in normalised units.
+"""
+
+
+@click.command(epilog=EXPORT_EXAMPLES)
+@click.argument("model", type=click.Path(exists=True, dir_okay=False))
+@click.option("-o", "--output", type=click.Path(dir_okay=False),
+              help="Where to write the ONNX file [default: exported/NAME.onnx].")
+@click.option("--scaler", type=click.Path(exists=True, dir_okay=False),
+              help="JSON with the normalisation: a trainer sidecar or {\"x\": ..., \"y\": ...}.")
+@click.option("--features", help="Input column names, comma-separated [default: x0, x1, ...].")
+@click.option("--targets", help="Output names, comma-separated [default: y0, y1, ...].")
+@click.option("--window", type=click.IntRange(min=1),
+              help="Samples one prediction is made from [default: inferred from the model].")
+@click.option("--carry-state/--no-carry-state", default=None,
+              help="Whether one call starts from the last call's state [default: inferred].")
+@click.option("--atol", type=click.FloatRange(min=0), default=1e-4, show_default=True,
+              help="Largest difference from Keras allowed, in normalised units.")
+@click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset, 13 to 18.")
+@click.option("--steps", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Length of the sequences the check runs.")
+@click.option("--no-check", is_flag=True, help="Skip the check against Keras.")
+@reports_errors
+def export_main(model, output, scaler, features, targets, window, carry_state, atol, opset,
+                steps, no_check):
+    """Export MODEL (.keras or .h5) to a streaming ONNX file the runtime can step through."""
+    quiet_tensorflow()
+    from .export import export
+
+    report = export(model, output, scaler=scaler, features=features, targets=targets,
+                    window=window, carry_state=carry_state, atol=atol, opset=opset,
+                    check=not no_check, steps=steps)
+    click.echo(report.summary())

@@ -1,0 +1,208 @@
+"""Reading a sensor CSV into numeric columns, with a stated policy for missing values.
+
+A CSV has a header row. A time column (named like ``time``/``date``/``timestamp``, or
+holding ISO dates) is recognised and kept aside, never used as a feature. Every other
+column whose values are numbers is a candidate feature; junk in such a column is an error
+that names the line and the column, and a missing value is handled by ``missing``:
+
+- ``error`` (default): refuse, naming the lines;
+- ``drop``: leave those rows out (the series gets shorter, the gaps close up);
+- ``ffill``: repeat the last value seen (leading gaps take the first value seen);
+- ``interpolate``: draw a straight line across the gap (ends take the nearest value).
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DataError
+
+MISSING_POLICIES = ("error", "drop", "ffill", "interpolate")
+MISSING_TOKENS = {"", "na", "nan", "n/a", "null", "none", "?", "-"}
+TIME_NAMES = re.compile(r"^(time|date|datetime|timestamp|ts|month|day|hour|minute)$", re.I)
+SHOW = 5  # how many offending lines a message lists before saying "and N more"
+
+
+@dataclass
+class Table:
+    """The numeric columns of a CSV, as floats with NaN where a value is missing."""
+
+    columns: dict[str, np.ndarray]   # name -> (rows,) float64, NaN where missing
+    lines: np.ndarray                # (rows,) the CSV line number of each row (header is 1)
+    time: np.ndarray | None          # (rows,) the time column's text, when there is one
+    time_column: str | None
+    ignored: tuple[str, ...]         # non-numeric columns left out of the features
+
+    def __len__(self) -> int:
+        return len(self.lines)
+
+
+def _is_missing(text: str) -> bool:
+    return text.strip().lower() in MISSING_TOKENS
+
+
+def _looks_like_time(values: list[str]) -> bool:
+    sample = [v for v in values[:20] if not _is_missing(v)]
+    if not sample:
+        return False
+    for v in sample:
+        try:
+            dt.datetime.fromisoformat(v.strip())
+        except ValueError:
+            return False
+    return True
+
+
+def _lines(n: np.ndarray) -> str:
+    shown = ", ".join(str(int(i)) for i in n[:SHOW])
+    return shown + (f" and {len(n) - SHOW} more" if len(n) > SHOW else "")
+
+
+def read_csv(path: str | Path) -> Table:
+    """Read ``path`` into a :class:`Table`; missing values stay NaN for :func:`select`."""
+    path = Path(path)
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.reader(f))
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file") from None
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not a text CSV ({exc.reason} at byte {exc.start})") from None
+    rows = [r for r in rows if any(cell.strip() for cell in r)]
+    if len(rows) < 2:
+        raise DataError(f"{path}: expected a header row and at least one row of data, "
+                        f"found {len(rows)} line(s)")
+    header = [h.strip() for h in rows[0]]
+    if len(set(header)) != len(header):
+        raise DataError(f"{path}: the header names a column twice: {header}")
+    body = rows[1:]
+    lines = np.arange(2, len(body) + 2)
+    for line, row in zip(lines, body):
+        if len(row) != len(header):
+            raise DataError(f"{path}, line {line}: expected {len(header)} values "
+                            f"({', '.join(header)}), found {len(row)}")
+
+    columns, ignored = {}, []
+    time, time_column = None, None
+    for j, name in enumerate(header):
+        texts = [row[j] for row in body]
+        numbers = np.full(len(texts), np.nan)
+        junk = []
+        for i, text in enumerate(texts):
+            if _is_missing(text):
+                continue
+            try:
+                numbers[i] = float(text)
+            except ValueError:
+                junk.append(i)
+        if time_column is None and (TIME_NAMES.match(name) or _looks_like_time(texts)):
+            if junk or not np.isfinite(numbers).any():
+                time, time_column = np.asarray(texts), name
+                continue
+        # A column where most values are numbers is numeric: the rest is junk to report.
+        if len(junk) > len(texts) // 2:
+            ignored.append(name)
+            continue
+        if junk:
+            first = junk[0]
+            raise DataError(
+                f"{path}, line {lines[first]}, column {name!r}: expected a number, found "
+                f"{texts[first]!r} (non-numeric values on line(s) {_lines(lines[junk])}); "
+                f"fix or blank them (blanks are missing values, see --missing)")
+        if not np.isfinite(numbers[~np.isnan(numbers)]).all():
+            bad = lines[np.isinf(numbers)]
+            raise DataError(f"{path}, column {name!r}: infinite values on line(s) {_lines(bad)}")
+        columns[name] = numbers
+    return Table(columns, lines, time, time_column, tuple(ignored))
+
+
+def fill_missing(values: np.ndarray, policy: str, what: str,
+                 lines: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Apply a missing-value policy to ``values`` (rows, columns).
+
+    Returns the filled values and the boolean mask of the rows kept.
+    """
+    if policy not in MISSING_POLICIES:
+        raise DataError(f"--missing must be one of {', '.join(MISSING_POLICIES)}, got {policy!r}")
+    gaps = np.isnan(values)
+    keep = np.ones(len(values), dtype=bool)
+    if not gaps.any():
+        return values, keep
+    rows = gaps.any(axis=1)
+    if policy == "error":
+        raise DataError(
+            f"{what}: missing values on line(s) {_lines(lines[rows])}; choose what to do with "
+            f"--missing drop|ffill|interpolate, or fill them in the CSV")
+    if policy == "drop":
+        keep = ~rows
+        return values[keep], keep
+    filled = values.copy()
+    index = np.arange(len(values))
+    for j in range(values.shape[1]):
+        good = ~gaps[:, j]
+        if not good.any():
+            raise DataError(f"{what}: column {j} has no values at all")
+        if policy == "interpolate":
+            filled[:, j] = np.interp(index, index[good], values[good, j])
+        else:  # ffill: the index of the last good row at or before each row
+            last = np.maximum.accumulate(np.where(good, index, -1))
+            last[last < 0] = index[good][0]   # leading gap: the first value seen
+            filled[:, j] = values[last, j]
+    return filled, keep
+
+
+@dataclass
+class Selection:
+    """Features and targets picked from a table, filled, as float arrays over the same rows."""
+
+    x: np.ndarray            # (rows, features)
+    y: np.ndarray            # (rows, targets)
+    features: tuple[str, ...]
+    targets: tuple[str, ...]
+    lines: np.ndarray        # (rows,) CSV line number of each row kept
+    time: np.ndarray | None  # (rows,) time text of each row kept
+
+
+def _split_names(names: str | list[str] | tuple[str, ...] | None) -> list[str] | None:
+    if names is None:
+        return None
+    if isinstance(names, str):
+        names = [n.strip() for n in names.split(",")]
+    return [n for n in names if n]
+
+
+def select(table: Table, target: str | list[str], features: str | list[str] | None = None,
+           missing: str = "error", source: str = "data") -> Selection:
+    """Pick target and feature columns by name; all numeric columns are features by default."""
+    targets = _split_names(target) or []
+    chosen = _split_names(features) or list(table.columns)
+    if not targets:
+        raise DataError("name the column to predict with --target (e.g. --target "
+                        f"{next(iter(table.columns), 'COLUMN')!r})")
+    known = list(table.columns)
+    for name in targets + chosen:
+        if name not in table.columns:
+            hint = ""
+            if name in table.ignored:
+                hint = " (it holds text, not numbers)"
+            elif name == table.time_column:
+                hint = " (it is the time column, which is never a feature)"
+            raise DataError(f"{source}: no numeric column {name!r}{hint}; "
+                            f"the numeric columns are {', '.join(map(repr, known))}")
+    names = list(dict.fromkeys(chosen + targets))  # each column once, features first
+    values = np.stack([table.columns[n] for n in names], axis=1)   # (rows, columns)
+    values, keep = fill_missing(values, missing, source, table.lines)
+    index = {n: i for i, n in enumerate(names)}
+    return Selection(
+        x=values[:, [index[n] for n in chosen]],
+        y=values[:, [index[n] for n in targets]],
+        features=tuple(chosen), targets=tuple(targets),
+        lines=table.lines[keep],
+        time=None if table.time is None else table.time[keep],
+    )

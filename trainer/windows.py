@@ -1,0 +1,131 @@
+"""From a series to ``(samples, timesteps, features)`` arrays, split by time, scaled.
+
+A *series* is ``(rows, features)``: one row per reading. A model trained on windows reads
+``(samples, timesteps, features)``: ``samples`` windows, each ``timesteps = look_back``
+consecutive rows. Window ``i`` covers rows ``i .. i + look_back - 1`` and its target is the
+row ``horizon`` steps after the window's last row.
+
+>>> x = np.arange(6.0).reshape(6, 1)          # (rows, features)
+>>> w, t, last = windows(x, x, look_back=3, horizon=1)
+>>> w.shape, t.ravel().tolist(), last.tolist()
+((3, 3, 1), [3.0, 4.0, 5.0], [2, 3, 4])
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import DataError
+
+
+def windows(x: np.ndarray, y: np.ndarray, look_back: int,
+            horizon: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sliding windows over a series, one target per window.
+
+    Parameters
+    ----------
+    x : (rows, features) inputs.
+    y : (rows, targets) values to predict.
+    look_back : timesteps per window.
+    horizon : how many rows after the window's last row the target is.
+
+    Returns
+    -------
+    inputs : (samples, look_back, features)
+    targets : (samples, targets)
+    last : (samples,) the row index of each window's last row
+    """
+    count = len(x) - look_back - horizon + 1
+    if count < 1:
+        raise DataError(f"look_back {look_back} + horizon {horizon} needs at least "
+                        f"{look_back + horizon} rows, the series has {len(x)}")
+    view = np.lib.stride_tricks.sliding_window_view(x, look_back, axis=0)  # (n, F, look_back)
+    inputs = view[:count].transpose(0, 2, 1)                               # (n, look_back, F)
+    last = np.arange(count) + look_back - 1
+    return np.ascontiguousarray(inputs), y[last + horizon], last
+
+
+def sequences(x: np.ndarray, y: np.ndarray, length: int, horizon: int,
+              stride: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Subsequences with a target at every step, for ``return_sequences=True`` training.
+
+    Returns
+    -------
+    inputs : (samples, length, features)
+    targets : (samples, length, targets); step ``t`` of sample ``i`` is ``y[i*stride + t + horizon]``
+    first : (samples,) the row index of each subsequence's first row
+    """
+    count = len(x) - length - horizon + 1
+    if count < 1:
+        raise DataError(f"sequences of {length} steps + horizon {horizon} need at least "
+                        f"{length + horizon} rows, the series has {len(x)}")
+    first = np.arange(0, count, stride)
+    steps = first[:, None] + np.arange(length)[None, :]     # (samples, length) row indices
+    return x[steps], y[steps + horizon], first
+
+
+@dataclass(frozen=True)
+class Scaler:
+    """Per-column ``(value - center) / scale``, fitted on the training rows only.
+
+    ``robust`` (the default) takes the median and the interquartile range (÷ 1.349, so it
+    equals the standard deviation on normal data): a few maintenance drops or spikes in a
+    sensor series then do not squash the ordinary readings into a sliver of the range.
+    ``standard`` takes the mean and the standard deviation. Either way the exporter bakes
+    the same two numbers per column into the graph (the contract's ``mean``/``std``).
+    """
+
+    x_mean: np.ndarray   # (features,) the center subtracted
+    x_std: np.ndarray    # (features,) the scale divided by
+    y_mean: np.ndarray   # (targets,)
+    y_std: np.ndarray    # (targets,)
+    kind: str = "robust"
+
+    @classmethod
+    def fit(cls, x: np.ndarray, y: np.ndarray, kind: str = "robust") -> "Scaler":
+        """Fit on ``x`` (rows, features) and ``y`` (rows, targets) — pass the training part only."""
+        if kind not in ("robust", "standard"):
+            raise DataError(f"--scaling must be robust or standard, got {kind!r}")
+
+        def center_scale(a):
+            std = a.std(axis=0)
+            if kind == "standard":
+                center, scale = a.mean(axis=0), std
+            else:
+                q1, center, q3 = np.percentile(a, [25, 50, 75], axis=0)
+                scale = np.where(q3 > q1, (q3 - q1) / 1.349, std)
+            return center, np.where(scale > 0, scale, 1.0)   # a constant column passes through
+        return cls(*center_scale(x), *center_scale(y), kind)
+
+    def x(self, x: np.ndarray) -> np.ndarray:
+        return ((x - self.x_mean) / self.x_std).astype(np.float32)
+
+    def y(self, y: np.ndarray) -> np.ndarray:
+        return ((y - self.y_mean) / self.y_std).astype(np.float32)
+
+    def y_inverse(self, y: np.ndarray) -> np.ndarray:
+        return y * self.y_std + self.y_mean
+
+    def to_json(self) -> dict:
+        """The contract's ``lstm_edge.scaler`` form."""
+        return {"x": {"mean": self.x_mean.tolist(), "std": self.x_std.tolist()},
+                "y": {"mean": self.y_mean.tolist(), "std": self.y_std.tolist()},
+                "kind": self.kind}
+
+
+def split_point(rows: int, val_fraction: float, min_rows: int) -> int:
+    """The first validation row: the last ``val_fraction`` of the series, never shuffled.
+
+    Both parts must hold at least ``min_rows`` rows (a window and its target).
+    """
+    if not 0.0 < val_fraction < 1.0:
+        raise DataError(f"--val-fraction must be between 0 and 1, got {val_fraction}")
+    split = int(round(rows * (1.0 - val_fraction)))
+    if split < min_rows or rows - split < 1:
+        raise DataError(
+            f"the series has {rows} rows; a training part of {split} rows cannot hold a window "
+            f"of {min_rows - 1} steps plus its target — use a shorter --look-back, a smaller "
+            f"--val-fraction, or more data")
+    return split
