@@ -128,3 +128,31 @@ def _parse_bool(value: str) -> bool:
     if lowered not in ("true", "false", "1", "0"):
         raise ValueError(f"expected true or false, got {value!r}")
     return lowered in ("true", "1")
+
+
+def derive_state(graph_inputs) -> tuple[StateSpec, ...]:
+    """State specs from a graph's ``in_h{i}``/``in_c{i}`` input names, for files without metadata.
+
+    Parameters
+    ----------
+    graph_inputs : mapping of input name to shape (a sequence whose entries are ints, or
+        strings/None for dynamic axes), e.g. ``{"x": ["batch", "time", 3], "in_h0": ["batch", 8]}``.
+
+    Returns
+    -------
+    One spec per recurrent layer, in index order: ``lstm`` where the layer has a cell state,
+    otherwise ``rnn`` (a GRU and a SimpleRNN cannot be told apart by their names); ``units``
+    is the state's second axis, 0 where the graph leaves it dynamic.
+
+    >>> [s.kind for s in derive_state({"x": [1, 1, 2], "in_h0": [1, 4], "in_c0": [1, 4],
+    ...                                "in_h1": [1, 3]})]
+    ['lstm', 'rnn']
+    """
+    specs, index = [], 0
+    while f"in_h{index}" in graph_inputs:
+        shape = list(graph_inputs[f"in_h{index}"])
+        units = shape[1] if len(shape) == 2 and isinstance(shape[1], int) else 0
+        kind = "lstm" if f"in_c{index}" in graph_inputs else "rnn"
+        specs.append(StateSpec.for_layer(index, f"layer{index}", kind, units))
+        index += 1
+    return tuple(specs)

@@ -1,0 +1,146 @@
+"""Many streams in one ORT call: states stacked along the batch axis, unstacked back.
+
+A server with a thousand sensors steps them all with one call of batch 1,000 instead of a
+thousand calls of batch 1. Each stream's state is a ``(1, units)`` array; stacking is one
+``np.concatenate`` per state tensor.
+
+Even that costs more than ORT's own work on a small LSTM (~0.1 µs of Python per stream is
+all a 50x speed-up over a loop leaves), so after a call the streams form a :class:`Group`
+that keeps the stacked state and window buffers, and each stream only remembers its row.
+When the next call steps the same streams in the same order, the group's arrays go straight
+back into ORT: no stacking, no unstacking. A stream that is stepped alone, reset, fed or
+read takes its rows out (``Stream._sync``) and the group is dropped; the next call then
+stacks afresh and forms a new one.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .device import to_host
+from .errors import InputError
+from .stream import fill_missing
+
+
+class Group:
+    """The stacked state of streams stepped together; stream ``i`` owns row ``i``."""
+
+    __slots__ = ("model", "streams", "states", "buf", "calls", "dirty")
+
+    def __init__(self, model, streams, states, buf):
+        self.model, self.streams = model, streams
+        self.states = states   # one (n, units) array per state tensor (carrying modes)
+        self.buf = buf         # (n, m, features): every stream's window buffer, m equal for all
+        self.calls, self.dirty = 0, False
+        for i, stream in enumerate(streams):
+            stream._group, stream._gi = self, i
+
+
+def step_many(model, streams: list, samples) -> np.ndarray:
+    """``Model.step``: one sample per stream, ``(n_streams, features)`` -> ``(n_streams, targets)``."""
+    n = len(streams)
+    xs = model._check_chunk(samples, n)                     # (n_streams, features)
+    group = model._group
+    if group is not None and not group.dirty and group.streams == streams \
+            and np.isfinite(xs).all():
+        return _step_group(model, group, xs)
+    if len({id(s) for s in streams}) != n:
+        raise InputError("a stream appears twice in one call; step each stream once per call")
+    if any(s.model is not model for s in streams):
+        bad = [i for i, s in enumerate(streams) if s.model is not model]
+        raise InputError(f"streams {bad[:10]} belong to another model; a model steps only the "
+                         f"streams it created")
+    if np.isfinite(xs).all():
+        return _step_rows(model, streams, xs)
+    xs, keep = _fill_rows(model, streams, xs)
+    out = np.full((n, model.n_targets), np.nan, np.float32)
+    out[keep] = _step_rows(model, [s for s, k in zip(streams, keep) if k], xs)
+    return out
+
+
+def _step_group(model, group, xs):
+    """The fast path: the same streams as last call, all ready, all finite."""
+    if model.window == 1:
+        buf = xs[:, None]                                   # (n, 1, features)
+    else:
+        buf = np.concatenate((group.buf[:, 1:], xs[:, None]), axis=1)   # (n, window, features)
+    states = group.states if model.carry_state else model.zeros(len(xs))
+    y, new = model._run(buf, states)                        # y (n, window, targets)
+    group.buf, group.calls = buf, group.calls + 1
+    if model.carry_state:
+        group.states = new
+    return np.ascontiguousarray(y[:, -1])
+
+
+def _fill_rows(model, streams, xs):
+    """Apply each stream's own missing policy; one error listing every bad row."""
+    keep, rows, problems = np.ones(len(xs), bool), [], []
+    for i, (stream, x) in enumerate(zip(streams, xs)):
+        if np.isfinite(x).all():
+            rows.append(x)
+            continue
+        try:
+            filled = fill_missing(model, x, stream._last(), stream.missing)
+        except InputError as exc:
+            problems.append(f"stream {i}: {exc}")
+            continue
+        if filled is None:
+            keep[i] = False
+        else:
+            rows.append(filled)
+    if problems:
+        raise InputError(f"{len(problems)} of {len(xs)} samples cannot be fed, no stream was "
+                         f"stepped: " + " | ".join(problems[:10]))
+    dtype = model.dtype if model.tokens else np.float32
+    return np.array(rows, dtype).reshape(-1, model.n_features), keep
+
+
+def _step_rows(model, streams, xs) -> np.ndarray:
+    """Step ``streams`` with their checked, finite samples ``xs`` (n, features)."""
+    n, window = len(streams), model.window
+    ys = np.full((n, model.n_targets), np.nan, np.float32)
+    if not n:
+        return ys
+    for stream in streams:
+        if stream._group is not None:
+            stream._sync()
+    if window == 1:
+        bufs, ready = list(xs[:, None]), streams            # (1, features) views each
+        x = xs[:, None]                                     # (n, 1, features)
+    else:
+        bufs = [np.concatenate((s._buf[1 - window:], x[None])) for s, x in zip(streams, xs)]
+        index = [i for i, b in enumerate(bufs) if len(b) == window]
+        ready = [streams[i] for i in index]
+        x = np.stack([bufs[i] for i in index]) if index else None   # (r, window, features)
+    if ready:
+        if model.carry_state:
+            states = _stack(model, ready)                   # (r, units) each
+        else:
+            states = model.zeros(len(ready))
+        y, new = model._run(x, states)                      # y (r, window, targets)
+        if window == 1:
+            ys = np.ascontiguousarray(y[:, -1])
+        else:
+            ys[index] = y[:, -1]
+    # Nothing can fail from here on. Ready all: the streams form a group (see Group).
+    if len(ready) == n:
+        for stream in streams:
+            stream._steps += 1
+        buf = xs[:, None] if window == 1 else x              # (n, window, features)
+        model._group = Group(model, list(streams), new if model.carry_state else None, buf)
+        return ys
+    for stream, buf in zip(streams, bufs):
+        stream._buf = buf
+        stream._steps += 1
+    if ready and model.carry_state:
+        for stream, state in zip(ready, zip(*[list(s[:, None]) for s in new])):
+            stream._state = state                           # (1, units) row views
+    return ys
+
+
+def _stack(model, streams):
+    """The streams' states stacked along the batch axis, one array per state tensor."""
+    if model._runner.bound:   # states may live on the device: one copy down per call
+        return [np.concatenate([to_host(s._state[j]) for s in streams])
+                for j in range(len(model.units))]
+    return [np.concatenate([s._state[j] for s in streams]) for j in range(len(model.units))]

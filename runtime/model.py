@@ -1,0 +1,340 @@
+"""A loaded model: one ONNX Runtime session shared by any number of streams.
+
+>>> from runtime import load                                    # doctest: +SKIP
+>>> model = load("exported/water.onnx")                         # doctest: +SKIP
+>>> s = model.stream()                                          # doctest: +SKIP
+>>> s.step([101.2])         # None while the window fills, then (targets,)  # doctest: +SKIP
+
+Everything a step needs (names, dtypes, zero states, the feed layout) is worked out here
+once, at load, so that a step costs little more than the ORT call itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from . import device as _device
+from .contract import X, Y, ModelInfo, derive_state
+from .errors import ContractError, DeviceError, InputError, ShapeError, SnapshotError
+from .batch import step_many
+from .shapes import check_shape
+from .snapshot import FORMAT, Snapshot
+from .stream import Stream, fill_missing
+
+MISSING = ("error", "skip", "hold")   # what a NaN in a sample does; see Stream
+_DTYPES = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(int32)": np.int32}
+_WINDOWS_PER_CALL = 4096   # window mode batches this many windows per ORT call at most
+
+
+def load(path, *, device: str = "auto", window: int | None = None,
+         carry_state: bool | None = None, missing: str = "error", threads: int | None = None,
+         session_options: ort.SessionOptions | None = None,
+         io_binding: bool | None = None) -> "Model":
+    """Load an exported ONNX file for streaming.
+
+    Parameters
+    ----------
+    path : the ``.onnx`` file (or its bytes).
+    device : ``"auto"`` (CUDA where a session really runs on it, else CPU), ``"cpu"``,
+        ``"cuda"`` or ``"cuda:N"``.
+    window, carry_state : override the file's ``lstm_edge.window``/``lstm_edge.carry_state``.
+    missing : what a NaN in a sample does by default: ``"error"``, ``"skip"`` (the step is not
+        fed, its prediction is None/NaN) or ``"hold"`` (NaN features repeat the last sample fed).
+    threads : ORT intra-op threads; 1 by default, the fastest for one small call per step.
+    session_options : ready-made :class:`onnxruntime.SessionOptions`, used as they are.
+    io_binding : keep stream state in OrtValues bound to the session (default: on CUDA only).
+
+    Raises
+    ------
+    ContractError : the file does not hold to the streaming contract.
+    DeviceError : the device cannot run the model.
+    """
+    if isinstance(path, (bytes, bytearray)):
+        data, name = bytes(path), "model"
+    else:
+        try:
+            data, name = Path(path).read_bytes(), Path(path).name
+        except OSError as exc:
+            raise ContractError(f"cannot read the model file {path}: {exc.strerror}") from None
+    config = _device.SessionConfig(threads=1 if threads is None else threads)
+    try:
+        session, where = _device.create_session(data, device, config, session_options, name=name)
+    except DeviceError:
+        raise
+    except Exception as exc:  # ORT's pybind errors (InvalidProtobuf, Fail, ...) share no base
+        raise ContractError(f"{name} is not an ONNX model ORT can load: {exc}") from None
+    return Model(session, where, hashlib.sha256(data).hexdigest(), window=window,
+                 carry_state=carry_state, missing=missing, io_binding=io_binding, name=name)
+
+
+class Model:
+    """One loaded model; create streams with :meth:`stream`, step many at once with :meth:`step`.
+
+    Attributes
+    ----------
+    info : the contract's metadata, parsed (state specs derived from graph names if absent).
+    device : ``"cpu"`` or ``"cuda:N"``, where the session really runs.
+    window, carry_state, mode : the streaming mode in use (``"sequence"``, ``"window"``,
+        ``"stateful"``), from the file unless overridden at load.
+    missing : the default NaN policy of new streams.
+    fingerprint : sha256 of the ONNX file; snapshots carry it.
+    """
+
+    def __init__(self, session, device: str, fingerprint: str, *, window=None,
+                 carry_state=None, missing="error", io_binding=None, name="model"):
+        self.session, self.device, self.fingerprint, self.name = session, device, fingerprint, name
+        meta = session.get_modelmeta().custom_metadata_map
+        inputs = {i.name: i for i in session.get_inputs()}
+        outputs = {o.name: o for o in session.get_outputs()}
+        info = ModelInfo.from_metadata(meta)
+        if not info.state:
+            info = _replace(info, state=derive_state({k: v.shape for k, v in inputs.items()}))
+        _check_graph(info, inputs, outputs)
+        self.window = int(info.window if window is None else window)
+        self.carry_state = bool(info.carry_state if carry_state is None else carry_state)
+        if self.window < 1:
+            raise ContractError(f"window must be at least 1, got {self.window}")
+        self.missing = _check_missing(missing)
+        self.mode = ("window" if not self.carry_state
+                     else "sequence" if self.window == 1 else "stateful")
+
+        x = inputs[X]
+        self.tokens = len(x.shape) == 2                 # x is (batch, time) token ids
+        self.dtype = _DTYPES[x.type]
+        self.n_features = 1 if self.tokens else _axis(x.shape[2], info.features, "features")
+        self.n_targets = _axis(outputs[Y].shape[2], info.targets, "targets")
+        self.info = info
+        self.features = info.features or tuple(f"x{i}" for i in range(self.n_features))
+        self.targets = info.targets or tuple(f"y{i}" for i in range(self.n_targets))
+        if len(self.features) != self.n_features or len(self.targets) != self.n_targets:
+            raise ContractError(f"metadata names {len(self.features)} features and "
+                                f"{len(self.targets)} targets, the graph reads "
+                                f"{self.n_features} and writes {self.n_targets}")
+
+        self.state_inputs = tuple(n for s in info.state for n in s.inputs)
+        self.state_outputs = tuple(n for s in info.state for n in s.outputs)
+        self.units = tuple(_units(inputs[n].shape, s.units) for s in info.state for n in s.inputs)
+        bound = device.startswith("cuda") if io_binding is None else bool(io_binding)
+        runner = _device.BoundRunner if bound else _device.HostRunner
+        self._host = _device.HostRunner(session, X, Y, self.state_inputs, self.state_outputs)
+        self._runner = (runner(session, X, Y, self.state_inputs, self.state_outputs, device)
+                        if bound else self._host)
+        # Per-step constants: a fresh stream's state, the zero vector of the finite check.
+        self._zero_state = self.zeros(1)
+        self._fin = np.zeros(self.n_features, np.float64 if self.tokens else np.float32)
+        self._fshape = (self.n_features,)
+        self._group = None   # the streams of the last many-stream call (batch.Group)
+
+    def __repr__(self):
+        return (f"<Model {self.name} on {self.device}: {self.mode} mode, window {self.window}, "
+                f"{self.n_features} features -> {self.n_targets} targets>")
+
+    # --- streams -------------------------------------------------------------------------
+
+    def stream(self, snapshot=None, *, missing: str | None = None) -> Stream:
+        """A new stream with its own state; restored from ``snapshot`` (or its file) if given."""
+        stream = Stream(self, _check_missing(missing or self.missing))
+        if snapshot is not None:
+            if not isinstance(snapshot, Snapshot):
+                snapshot = Snapshot.load(snapshot)
+            stream._restore(*self._restore_arrays(snapshot))
+        return stream
+
+    def zeros(self, batch: int) -> tuple:
+        """The state of ``batch`` fresh streams: one ``(batch, units)`` zero array per tensor."""
+        return tuple(np.zeros((batch, u), np.float32) for u in self.units)
+
+    # --- checking samples ----------------------------------------------------------------
+
+    def validate(self, sample, missing: str | None = None) -> np.ndarray:
+        """The checked ``(features,)`` sample, or raise; touches no stream.
+
+        NaN passes where the policy (``missing``, default the model's) is not ``"error"``.
+        """
+        x = self._check(sample)
+        if float(x.dot(self._fin)) != 0.0:
+            fill_missing(self, x, None, missing or self.missing, check_only=True)
+        return x
+
+    def _check(self, sample) -> np.ndarray:
+        """A ``(features,)`` copy of one sample in the model's dtype; NaN/inf not yet looked at."""
+        a = _asarray(sample, "sample")
+        if a.dtype.kind not in "fiu" or a.shape != self._fshape or self.tokens:
+            return self._check_slow(a, sample)
+        return a.astype(np.float32)
+
+    def _check_slow(self, a, sample):
+        if a.dtype.kind not in "fiu":
+            raise InputError(f"a sample must hold numbers, got {_describe(sample, a)}; "
+                             f"convert it with float() or np.asarray(..., dtype=float)")
+        if a.shape == () and self.n_features == 1:
+            a = a.reshape(1)
+        check_shape(a.shape, self._fshape, self.features, what="sample")
+        return self._as_model_dtype(a)
+
+    def _check_chunk(self, samples, rows: int | None = None) -> np.ndarray:
+        """A ``(n, features)`` copy of a chunk of samples; NaN/inf not yet looked at."""
+        a = _asarray(samples, "samples")
+        if a.dtype.kind not in "fiu":
+            raise InputError(f"samples must hold numbers, got {_describe(samples, a)}")
+        if self.tokens and a.ndim == 1:
+            a = a[:, None]                                   # (n,) ids -> (n, 1)
+        check_shape(a.shape, (rows, self.n_features), self.features, what="samples")
+        return self._as_model_dtype(a)
+
+    def _as_model_dtype(self, a):
+        if not self.tokens:
+            return a.astype(np.float32)
+        if a.dtype.kind == "f":
+            finite = np.isfinite(a)
+            if (a[finite] != np.round(a[finite])).any():
+                raise InputError(f"token ids must be whole numbers, got {a[finite & (a != np.round(a))][:3]}")
+            if not finite.all():
+                return a.astype(np.float64)      # NaN/inf stay visible to the finite check
+        if (a < 0).any():
+            raise InputError(f"token ids must be 0 or more, got {a[a < 0][:3]}")
+        return a.astype(self.dtype)
+
+    # --- running -------------------------------------------------------------------------
+
+    def _run(self, x, states, out=None):
+        """One ORT call: x ``(batch, time, features)`` -> (y ``(batch, time, targets)``, states).
+
+        With ``out`` (OrtValues on the device) the call goes through IO binding and writes
+        the new state there; otherwise numpy in, numpy out.
+        """
+        if self.tokens:
+            x = x[..., 0].astype(self.dtype)                 # (batch, time) ids
+        try:
+            if out is None:
+                return self._host.run(x, states)
+            return self._runner.run_bound(x, states, out)
+        except Exception as exc:
+            if not self.tokens:
+                raise
+            raise InputError(f"the model could not run these token ids ({exc}); is every id "
+                             f"below the embedding's vocabulary size?") from None
+
+    def step(self, streams, samples) -> np.ndarray:
+        """Step many streams with one ORT call, their states stacked along the batch axis.
+
+        Parameters
+        ----------
+        streams : streams of this model, each at most once.
+        samples : ``(n_streams, features)`` one sample per stream (token ids: ``(n_streams,)``).
+
+        Returns
+        -------
+        ``(n_streams, targets)`` float32; a NaN row for a stream still warming up or whose
+        sample was skipped. On a bad sample nothing is stepped and one error lists them all.
+        """
+        return step_many(self, list(streams), samples)
+
+    # --- snapshots -----------------------------------------------------------------------
+
+    def _restore_arrays(self, snap: Snapshot):
+        """Check a snapshot against this model; returns (state, buffer, steps)."""
+        if snap.fingerprint != self.fingerprint:
+            raise SnapshotError(f"the snapshot was made for another model (file sha256 "
+                                f"{snap.fingerprint[:12]}…, this one is {self.fingerprint[:12]}…)")
+        if snap.version > FORMAT:
+            raise SnapshotError(f"snapshot format {snap.version} is newer than this runtime's "
+                                f"{FORMAT}; upgrade lstm-edge")
+        if (snap.window, snap.carry_state) != (self.window, self.carry_state):
+            raise SnapshotError(f"the snapshot was taken with window={snap.window}, carry_state="
+                                f"{snap.carry_state}; this model streams with window="
+                                f"{self.window}, carry_state={self.carry_state}")
+        if tuple(snap.state) != self.state_inputs:
+            raise SnapshotError(f"the snapshot holds state {tuple(snap.state)}, this model "
+                                f"needs {self.state_inputs}")
+        state = []
+        for (name, value), units in zip(snap.state.items(), self.units):
+            if np.shape(value) != (units,):
+                raise SnapshotError(f"snapshot state {name} has shape {np.shape(value)}, "
+                                    f"expected ({units},)")
+            state.append(np.array(value, np.float32).reshape(1, units))
+        buf = np.asarray(snap.buffer)
+        if buf.ndim != 2 or buf.shape[1] != self.n_features or len(buf) > self.window:
+            raise SnapshotError(f"snapshot buffer has shape {buf.shape}, expected at most "
+                                f"({self.window}, {self.n_features})")
+        return tuple(state), buf.astype(self.dtype if self.tokens else np.float32), int(snap.steps)
+
+
+def _check_graph(info: ModelInfo, inputs: dict, outputs: dict) -> None:
+    """Refuse a graph whose inputs and outputs do not match ``lstm_edge.state``, naming each."""
+    problems = []
+    for name, where in ((X, inputs), (Y, outputs)):
+        if name not in where:
+            problems.append(f"the graph has no {'input' if where is inputs else 'output'} "
+                            f"{name!r} (it has {', '.join(where)})")
+    if X in inputs and inputs[X].type not in _DTYPES:
+        problems.append(f"input x is {inputs[X].type}; the contract reads float32 or int ids")
+    elif X in inputs and len(inputs[X].shape) != (3 if inputs[X].type == "tensor(float)" else 2):
+        problems.append(f"input x has shape {inputs[X].shape}; the contract's is "
+                        f"(batch, time, features), or (batch, time) for token ids")
+    if Y in outputs and len(outputs[Y].shape) != 3:
+        problems.append(f"output y has shape {outputs[Y].shape}, expected (batch, time, targets)")
+    want_in = [n for s in info.state for n in s.inputs]
+    want_out = [n for s in info.state for n in s.outputs]
+    for side, want, have in (("input", want_in, inputs), ("output", want_out, outputs)):
+        for name in want:
+            if name not in have:
+                problems.append(f"lstm_edge.state lists {side} {name!r} but the graph has none")
+        for name in have:
+            if name not in (X, Y) and name not in want and name.startswith(("in_", "out_")):
+                problems.append(f"graph {side} {name!r} is not in lstm_edge.state")
+    for spec in info.state:
+        for name in spec.inputs:
+            dims = inputs[name].shape if name in inputs else None
+            if dims and len(dims) == 2 and isinstance(dims[1], int) and spec.units \
+                    and dims[1] != spec.units:
+                problems.append(f"state {name} has {dims[1]} units in the graph, "
+                                f"{spec.units} in lstm_edge.state")
+    if problems:
+        raise ContractError("the graph does not match the contract: " + "; ".join(problems))
+
+
+def _axis(dim, names, what: str) -> int:
+    """The size of the features/targets axis, from the graph or else from the metadata."""
+    if isinstance(dim, int):
+        return dim
+    if names:
+        return len(names)
+    raise ContractError(f"the graph leaves the {what} axis dynamic and the metadata names no "
+                        f"{what}; re-export the model with lstm-export")
+
+
+def _units(shape, units: int) -> int:
+    if len(shape) == 2 and isinstance(shape[1], int):
+        return shape[1]
+    if units:
+        return units
+    raise ContractError(f"a state input has shape {shape} and lstm_edge.state gives no units")
+
+
+def _check_missing(missing: str) -> str:
+    if missing not in MISSING:
+        raise InputError(f"missing must be one of {', '.join(MISSING)}, got {missing!r}")
+    return missing
+
+
+def _asarray(obj, what: str) -> np.ndarray:
+    try:
+        return np.asarray(obj)
+    except (ValueError, TypeError) as exc:   # ragged lists: rows of different lengths
+        raise ShapeError(f"the {what} cannot form one array ({exc}); every sample needs the "
+                         f"same number of features") from None
+
+
+def _describe(sample, a) -> str:
+    text = repr(sample)
+    return f"{text[:60]}{'…' if len(text) > 60 else ''} (dtype {a.dtype})"
+
+
+def _replace(info, **changes):
+    from dataclasses import replace
+    return replace(info, **changes)

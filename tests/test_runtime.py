@@ -1,0 +1,544 @@
+"""The runtime against hand-built contract graphs and an independent numpy reference.
+
+No Keras here (see test_runtime_keras.py): each graph is built with ``onnx.helper`` per
+CONTRACT.md and checked against LSTM/GRU equations written out in numpy.
+"""
+
+import json
+import logging
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto as TP
+from onnx import helper as oh
+from onnx import numpy_helper as nh
+
+import runtime
+from runtime import ContractError, DeviceError, InputError, ShapeError, SnapshotError
+from runtime import device as rdevice
+
+ATOL = 1e-5
+
+
+# --- graphs and their numpy reference -------------------------------------------------------
+
+def _sig(z):
+    return 1 / (1 + np.exp(-z))
+
+
+def make_params(layers, features=2, targets=1, vocab=None, seed=0):
+    """Random weights for a stack of ("lstm"|"gru", units) layers and a dense head."""
+    rng = np.random.default_rng(seed)
+    p = {"layers": [], "vocab": vocab, "features": features, "targets": targets,
+         "mean": rng.normal(size=features).astype(np.float32),
+         "std": rng.uniform(0.5, 2, size=features).astype(np.float32)}
+    width = features
+    if vocab:
+        p["emb"] = rng.normal(0, 0.5, (vocab, 3)).astype(np.float32)
+        width = 3
+    for kind, units in layers:
+        g = 4 if kind == "lstm" else 3
+        p["layers"].append({
+            "kind": kind, "units": units,
+            "W": rng.normal(0, 0.4, (1, g * units, width)).astype(np.float32),
+            "R": rng.normal(0, 0.4, (1, g * units, units)).astype(np.float32),
+            "B": rng.normal(0, 0.2, (1, 2 * g * units)).astype(np.float32)})
+        width = units
+    p["Wd"] = rng.normal(0, 0.5, (width, targets)).astype(np.float32)
+    p["bd"] = rng.normal(0, 0.1, targets).astype(np.float32)
+    return p
+
+
+def make_graph(p, meta=None, with_meta=True):
+    """Contract graph bytes: batch-first x/y/state around fused ONNX LSTM/GRU operators."""
+    inits = [nh.from_array(np.array([0], np.int64), "ax0"),
+             nh.from_array(np.array([1], np.int64), "ax1"),
+             nh.from_array(p["Wd"], "Wd"), nh.from_array(p["bd"], "bd")]
+    nodes, ins, outs = [], [], []
+    if p["vocab"]:
+        ins.append(oh.make_tensor_value_info("x", TP.INT64, ["batch", "time"]))
+        inits.append(nh.from_array(p["emb"], "emb"))
+        nodes.append(oh.make_node("Gather", ["emb", "x"], ["xs"]))
+    else:
+        ins.append(oh.make_tensor_value_info("x", TP.FLOAT, ["batch", "time", p["features"]]))
+        inits += [nh.from_array(p["mean"], "mean"), nh.from_array(p["std"], "std")]
+        nodes += [oh.make_node("Sub", ["x", "mean"], ["xc"]),
+                  oh.make_node("Div", ["xc", "std"], ["xs"])]
+    nodes.append(oh.make_node("Transpose", ["xs"], ["seq0"], perm=[1, 0, 2]))
+    state = []
+    for i, layer in enumerate(p["layers"]):
+        u, lstm = layer["units"], layer["kind"] == "lstm"
+        parts = ("h", "c") if lstm else ("h",)
+        for part in parts:
+            ins.append(oh.make_tensor_value_info(f"in_{part}{i}", TP.FLOAT, ["batch", u]))
+            outs.append(oh.make_tensor_value_info(f"out_{part}{i}", TP.FLOAT, ["batch", u]))
+            nodes.append(oh.make_node("Unsqueeze", [f"in_{part}{i}", "ax0"], [f"{part}0_{i}"]))
+        for name in "WRB":
+            inits.append(nh.from_array(layer[name], f"{name}{i}"))
+        op_in = [f"seq{i}", f"W{i}", f"R{i}", f"B{i}", "", f"h0_{i}"] + ([f"c0_{i}"] if lstm else [])
+        op_out = [f"Y{i}", f"Yh{i}"] + ([f"Yc{i}"] if lstm else [])
+        extra = {} if lstm else {"linear_before_reset": 1}
+        nodes.append(oh.make_node("LSTM" if lstm else "GRU", op_in, op_out, hidden_size=u, **extra))
+        nodes.append(oh.make_node("Squeeze", [f"Y{i}", "ax1"], [f"seq{i + 1}"]))
+        for part, name in zip(parts, op_out[1:]):
+            nodes.append(oh.make_node("Squeeze", [name, "ax0"], [f"out_{part}{i}"]))
+        state.append({"layer": f"{layer['kind']}_{i}", "kind": layer["kind"], "units": u,
+                      "inputs": [f"in_{q}{i}" for q in parts],
+                      "outputs": [f"out_{q}{i}" for q in parts]})
+    n = len(p["layers"])
+    nodes += [oh.make_node("Transpose", [f"seq{n}"], ["hs"], perm=[1, 0, 2]),
+              oh.make_node("MatMul", ["hs", "Wd"], ["hd"]), oh.make_node("Add", ["hd", "bd"], ["y"])]
+    outs.insert(0, oh.make_tensor_value_info("y", TP.FLOAT, ["batch", "time", p["targets"]]))
+    graph = oh.make_graph(nodes, "g", ins, outs, inits)
+    model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)])
+    model.ir_version = 8
+    if with_meta:
+        props = {"lstm_edge.contract": "1", "lstm_edge.state": json.dumps(state)}
+        props.update(meta or {})
+        oh.set_model_props(model, props)
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def ref_run(p, xs, state=None):
+    """Numpy reference: feed ``xs`` (n, features) (or (n,) ids) one step at a time.
+
+    Returns ys (n, targets) and the final state (list of (units,) arrays, contract order).
+    """
+    if state is None:
+        state = []
+        for layer in p["layers"]:
+            state += [np.zeros(layer["units"])] * (2 if layer["kind"] == "lstm" else 1)
+    state = [np.array(s, np.float64) for s in state]
+    ys = []
+    for x in xs:
+        v = p["emb"][int(x)] if p["vocab"] else (np.asarray(x) - p["mean"]) / p["std"]
+        k = 0
+        for layer in p["layers"]:
+            u, W, R, B = layer["units"], layer["W"][0], layer["R"][0], layer["B"][0]
+            g = 4 if layer["kind"] == "lstm" else 3
+            Wb, Rb = B[:g * u], B[g * u:]
+            if layer["kind"] == "lstm":
+                h, c = state[k], state[k + 1]
+                z = W @ v + R @ h + Wb + Rb
+                i, o, f, cc = z[:u], z[u:2 * u], z[2 * u:3 * u], z[3 * u:]
+                c = _sig(f) * c + _sig(i) * np.tanh(cc)
+                h = _sig(o) * np.tanh(c)
+                state[k], state[k + 1] = h, c
+                k += 2
+            else:
+                h = state[k]
+                xw, hr = W @ v + Wb, R @ h + Rb
+                zt = _sig(xw[:u] + hr[:u])
+                rt = _sig(xw[u:2 * u] + hr[u:2 * u])
+                ht = np.tanh(xw[2 * u:] + rt * hr[2 * u:])
+                h = (1 - zt) * ht + zt * h
+                state[k] = h
+                k += 1
+            v = h
+        ys.append(v @ p["Wd"] + p["bd"])
+    return np.array(ys), state
+
+
+KINDS = {
+    "lstm": dict(layers=[("lstm", 6)]),
+    "gru": dict(layers=[("gru", 5)]),
+    "stacked": dict(layers=[("lstm", 6), ("gru", 4)], targets=2),
+    "embedding": dict(layers=[("lstm", 5)], vocab=11, features=1),
+}
+
+
+def data(p, n, seed=1):
+    rng = np.random.default_rng(seed)
+    if p["vocab"]:
+        return rng.integers(0, p["vocab"], n)
+    return (p["mean"] + rng.normal(size=(n, p["features"])) * p["std"]).astype(np.float32)
+
+
+@pytest.fixture(scope="module", params=list(KINDS))
+def kind(request):
+    p = make_params(**KINDS[request.param])
+    return request.param, p
+
+
+def load_mode(p, mode, **kw):
+    window, carry = {"sequence": (1, True), "window": (4, False), "stateful": (3, True)}[mode]
+    return runtime.load(make_graph(p), device="cpu", window=window, carry_state=carry, **kw)
+
+
+def expected(p, mode, xs, window):
+    """What Keras would give, per the contract's modes, from the numpy reference."""
+    if mode == "sequence":
+        return ref_run(p, xs)[0]
+    out, state = np.full((len(xs), p["targets"]), np.nan), None
+    for t in range(window - 1, len(xs)):
+        ys, new = ref_run(p, xs[t - window + 1:t + 1], state if mode == "stateful" else None)
+        out[t] = ys[-1]
+        if mode == "stateful":
+            state = new
+    return out
+
+
+# --- parity ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("mode", ["sequence", "window", "stateful"])
+def test_step_matches_reference(kind, mode):
+    name, p = kind
+    model = load_mode(p, mode)
+    xs = data(p, 20)
+    s = model.stream()
+    got = np.array([np.full(p["targets"], np.nan) if (y := s.step(x)) is None else y
+                    for x in xs])
+    np.testing.assert_allclose(got, expected(p, mode, xs, model.window), atol=ATOL)
+    assert s.steps == 20 and s.ready
+
+
+@pytest.mark.parametrize("mode", ["sequence", "window", "stateful"])
+def test_feed_matches_step(kind, mode):
+    _, p = kind
+    model = load_mode(p, mode)
+    xs = data(p, 17)
+    a, b = model.stream(), model.stream()
+    stepped = np.array([np.full(p["targets"], np.nan) if (y := a.step(x)) is None else y
+                        for x in xs])
+    fed = np.concatenate([b.feed(xs[:2]), b.feed(xs[2:9]), b.feed(xs[9:])])
+    np.testing.assert_allclose(fed, stepped, atol=ATOL)
+    for k, v in a.state.items():
+        np.testing.assert_allclose(b.state[k], v, atol=ATOL)
+    np.testing.assert_array_equal(a.snapshot().buffer, b.snapshot().buffer)
+    assert a.steps == b.steps
+
+
+@pytest.mark.parametrize("mode", ["sequence", "window", "stateful"])
+def test_many_streams_match_alone(kind, mode):
+    _, p = kind
+    model = load_mode(p, mode)
+    rng = np.random.default_rng(5)
+    together = [model.stream() for _ in range(6)]
+    alone = [model.stream() for _ in range(6)]
+    worst = 0.0
+    for t in range(14):
+        if t == 5:   # one leaves, one joins, one is reset
+            together.pop(1); alone.pop(1)
+            together.append(model.stream()); alone.append(model.stream())
+            together[0].reset(); alone[0].reset()
+        if t == 9:   # stepped alone between calls (leaves the group)
+            x = data(p, 1, seed=t)[0]
+            np.testing.assert_allclose(together[2].step(x) if together[2].ready else 0,
+                                       alone[2].step(x) if alone[2].ready else 0, atol=ATOL)
+        xs = data(p, len(together), seed=100 + t)
+        got = model.step(together, xs)
+        want = np.array([np.full(p["targets"], np.nan) if (y := s.step(x)) is None else y
+                         for s, x in zip(alone, xs)])
+        assert got.shape == (len(together), p["targets"]) and got.dtype == np.float32
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+        worst = max(worst, float(np.nanmax(np.abs(got - want), initial=0)))
+    assert worst <= 1e-6
+    for s, a in zip(together, alone):
+        assert s.steps == a.steps
+        for k, v in a.state.items():
+            np.testing.assert_allclose(s.state[k], v, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["sequence", "window", "stateful"])
+def test_snapshot_restore_continues_bit_identically(kind, mode, tmp_path):
+    _, p = kind
+    model = load_mode(p, mode)
+    xs = data(p, 16)
+    a = model.stream()
+    a.feed(xs[:7])
+    snap = a.snapshot()
+    snap.save(tmp_path / "s.npz")
+    rest = a.feed(xs[7:])
+    b = model.stream(runtime.Snapshot.load(tmp_path / "s.npz"))
+    np.testing.assert_array_equal(b.feed(xs[7:]), rest)
+    c = model.stream(tmp_path / "s.npz")            # a path works too
+    np.testing.assert_array_equal(c.feed(xs[7:]), rest)
+
+
+def test_snapshots_of_many_streams(tmp_path):
+    p = make_params(**KINDS["lstm"])
+    model = load_mode(p, "stateful")
+    streams = {f"sensor-{i}": model.stream() for i in range(3)}
+    for i, s in enumerate(streams.values()):
+        s.feed(data(p, 3 + i, seed=i))
+    path = runtime.save_snapshots(tmp_path / "all.npz", {k: s.snapshot() for k, s in streams.items()})
+    assert not [f for f in tmp_path.iterdir() if f.name != "all.npz"]   # no temp file left
+    loaded = runtime.load_snapshots(path)
+    assert list(loaded) == list(streams)
+    x = data(p, 1, seed=9)
+    for key, s in streams.items():
+        np.testing.assert_array_equal(model.stream(loaded[key]).feed(x), s.feed(x))
+    with pytest.raises(SnapshotError, match="3 streams"):
+        runtime.Snapshot.load(path)
+
+
+def test_snapshot_for_another_model_is_refused():
+    p = make_params(**KINDS["lstm"])
+    snap = load_mode(p, "sequence").stream().snapshot()
+    other = runtime.load(make_graph(make_params(**KINDS["lstm"], seed=3)), device="cpu")
+    with pytest.raises(SnapshotError, match="another model"):
+        other.stream(snap)
+    with pytest.raises(SnapshotError, match="window="):
+        load_mode(p, "window").stream(snap)
+
+
+def test_io_binding_runner_matches_host():
+    """The CUDA path's binding and buffer swapping, exercised with CPU OrtValues."""
+    p = make_params(**KINDS["stacked"])
+    host, bound = load_mode(p, "stateful"), load_mode(p, "stateful", io_binding=True)
+    assert bound._runner.bound
+    xs = data(p, 12)
+    a, b = host.stream(), bound.stream()
+    np.testing.assert_allclose(b.feed(xs[:6]), a.feed(xs[:6]), atol=1e-6)
+    for x in xs[6:]:
+        np.testing.assert_allclose(b.step(x), a.step(x), atol=1e-6)
+    np.testing.assert_allclose(bound.step([b], xs[:1]), host.step([a], xs[:1]), atol=1e-6)
+    np.testing.assert_allclose(b.step(xs[0]), a.step(xs[0]), atol=1e-6)
+    np.testing.assert_allclose(b.snapshot().state["in_h1"], a.snapshot().state["in_h1"], atol=1e-6)
+
+
+# --- the contract ---------------------------------------------------------------------------
+
+def test_metadata_is_read_and_modes_follow_it():
+    p = make_params(**KINDS["lstm"])
+    meta = {"lstm_edge.window": "5", "lstm_edge.carry_state": "false",
+            "lstm_edge.features": '["temp", "flow"]', "lstm_edge.targets": '["flow"]'}
+    model = runtime.load(make_graph(p, meta), device="cpu")
+    assert (model.window, model.carry_state, model.mode) == (5, False, "window")
+    assert model.features == ("temp", "flow") and model.targets == ("flow",)
+    assert model.info.state[0].inputs == ("in_h0", "in_c0")
+    assert runtime.load(make_graph(p, meta), device="cpu", window=1, carry_state=True).mode == "sequence"
+
+
+def test_plain_file_without_metadata_runs_with_defaults():
+    p = make_params(**KINDS["stacked"])
+    model = runtime.load(make_graph(p, with_meta=False), device="cpu")
+    assert model.mode == "sequence" and model.features == ("x0", "x1")
+    assert [(s.kind, s.units) for s in model.info.state] == [("lstm", 6), ("rnn", 4)]
+    xs = data(p, 5)
+    np.testing.assert_allclose(model.stream().feed(xs), ref_run(p, xs)[0], atol=ATOL)
+
+
+def test_state_mismatch_is_refused_by_name():
+    p = make_params(**KINDS["gru"])
+    wrong = [{"layer": "l", "kind": "lstm", "units": 5, "inputs": ["in_h0", "in_c0"],
+              "outputs": ["out_h0", "out_c0"]}]
+    with pytest.raises(ContractError, match="in_c0"):
+        runtime.load(make_graph(p, {"lstm_edge.state": json.dumps(wrong)}), device="cpu")
+    units = [{"layer": "l", "kind": "gru", "units": 7, "inputs": ["in_h0"], "outputs": ["out_h0"]}]
+    with pytest.raises(ContractError, match="5 units in the graph, 7"):
+        runtime.load(make_graph(p, {"lstm_edge.state": json.dumps(units)}), device="cpu")
+
+
+# --- bad input leaves the stream as it was --------------------------------------------------
+
+def _frozen(stream):
+    snap = stream.snapshot()
+    return snap.steps, snap.buffer.copy(), {k: v.copy() for k, v in snap.state.items()}
+
+
+def _assert_same(a, b):
+    assert a[0] == b[0]
+    np.testing.assert_array_equal(a[1], b[1])
+    for k in a[2]:
+        np.testing.assert_array_equal(a[2][k], b[2][k])
+
+
+BAD = {
+    "too few features": ([1.0], ShapeError, r"expected \(features,\) = \(2,\), got \(1,\)"),
+    "a row, not a sample": ([[1.0, 2.0]], ShapeError, r"\(features,\)"),
+    "strings": (["1.0", "2.0"], InputError, "must hold numbers"),
+    "None": ([1.0, None], InputError, "must hold numbers"),
+    "NaN": ([1.0, np.nan], InputError, "NaN"),
+    "inf": ([np.inf, 1.0], InputError, "inf"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+@pytest.mark.parametrize("mode", ["sequence", "stateful"])
+def test_bad_sample_is_refused_and_state_unchanged(case, mode):
+    p = make_params(**KINDS["lstm"])
+    model = load_mode(p, mode)
+    s = model.stream()
+    s.feed(data(p, 4))
+    before = _frozen(s)
+    sample, error, match = BAD[case]
+    with pytest.raises(error, match=match):
+        s.step(sample)
+    _assert_same(before, _frozen(s))
+    with pytest.raises((InputError, ShapeError)):
+        s.feed([data(p, 1)[0], sample] if case not in ("a row, not a sample",) else [[[1, 2]]])
+    _assert_same(before, _frozen(s))
+    others = [model.stream() for _ in range(2)]
+    with pytest.raises((InputError, ShapeError)):
+        model.step([s, *others], [data(p, 1)[0], sample, data(p, 1)[0]]
+                   if case not in ("a row, not a sample",) else [[[1, 2]]] * 3)
+    _assert_same(before, _frozen(s))
+    assert all(o.steps == 0 for o in others)
+    with pytest.raises(error):
+        model.validate(sample)
+
+
+def test_wrong_feature_count_in_a_chunk_is_explained():
+    model = load_mode(make_params(**KINDS["lstm"]), "sequence")
+    with pytest.raises(ShapeError, match=r"\(samples, features\) = \(n, 2\), got \(5, 3\)"):
+        model.stream().feed(np.zeros((5, 3)))
+
+
+def test_token_ids_are_checked():
+    p = make_params(**KINDS["embedding"])
+    s = load_mode(p, "sequence").stream()
+    s.step(3)
+    before = _frozen(s)
+    for bad, match in ((-1, "0 or more"), (2.5, "whole numbers"), (99, "vocabulary")):
+        with pytest.raises(InputError, match=match):
+            s.step(bad)
+        _assert_same(before, _frozen(s))
+    assert s.step(np.float64(4.0)) is not None
+
+
+def test_missing_values_skip_and_hold():
+    p = make_params(**KINDS["lstm"])
+    model = load_mode(p, "sequence", missing="skip")
+    xs = data(p, 6)
+    holes = xs.copy()
+    holes[2] = np.nan
+    holes[4, 1] = np.nan
+    skip = model.stream()
+    out = skip.feed(holes)
+    assert np.isnan(out[[2, 4]]).all() and skip.steps == 4
+    np.testing.assert_allclose(out[[0, 1, 3, 5]], ref_run(p, xs[[0, 1, 3, 5]])[0], atol=ATOL)
+    assert model.stream().step([np.nan, np.nan]) is None
+
+    hold = model.stream(missing="hold")
+    filled = xs.copy()
+    filled[2] = filled[1]
+    filled[4, 1] = filled[3, 1]
+    stepped = np.array([hold.step(x) for x in holes])
+    np.testing.assert_allclose(stepped, ref_run(p, filled)[0], atol=ATOL)
+    np.testing.assert_allclose(model.stream(missing="hold").feed(holes), stepped, atol=ATOL)
+    assert model.stream(missing="hold").step([np.nan, 1.0]) is None   # nothing to hold yet
+
+    both = [model.stream(missing="skip"), model.stream(missing="hold")]
+    both[1].step(xs[0])
+    ys = model.step(both, [[np.nan, 1.0], [np.nan, 1.0]])
+    assert np.isnan(ys[0]).all() and not np.isnan(ys[1]).any()
+    with pytest.raises(InputError, match="NaN"):
+        model.step([model.stream(missing="error")], [[np.nan, 1.0]])
+
+
+def test_many_streams_refuse_duplicates_and_strangers():
+    p = make_params(**KINDS["lstm"])
+    model, other = load_mode(p, "sequence"), load_mode(p, "sequence")
+    s = model.stream()
+    with pytest.raises(InputError, match="twice"):
+        model.step([s, s], data(p, 2))
+    with pytest.raises(InputError, match="another model"):
+        model.step([s, other.stream()], data(p, 2))
+    with pytest.raises(ShapeError):
+        model.step([s], data(p, 2))
+
+
+# --- devices --------------------------------------------------------------------------------
+
+def test_auto_falls_back_to_cpu_and_says_so(caplog):
+    p = make_params(**KINDS["lstm"])
+    if rdevice.cuda_library_problem() is None and not _cuda_works():
+        pass  # CUDA libraries load but no GPU: the session itself falls back
+    with caplog.at_level(logging.INFO, logger="runtime"):
+        model = runtime.load(make_graph(p), device="auto")
+    if not _cuda_works():
+        assert model.device == "cpu"
+        assert any("runs on cpu" in r.getMessage() for r in caplog.records)
+
+
+def test_explicit_cuda_without_cuda_is_a_clear_error():
+    if _cuda_works():
+        pytest.skip("CUDA works here")
+    with pytest.raises(DeviceError, match="cannot run"):
+        runtime.load(make_graph(make_params(**KINDS["lstm"])), device="cuda")
+    with pytest.raises(DeviceError, match="unknown device"):
+        runtime.load(make_graph(make_params(**KINDS["lstm"])), device="tpu")
+
+
+class _FakeSession:
+    def __init__(self, providers):
+        self.providers = providers
+
+    def get_providers(self):
+        return self.providers
+
+
+@pytest.mark.parametrize("really, want", [(["CUDAExecutionProvider", "CPUExecutionProvider"], "cuda:1"),
+                                          (["CPUExecutionProvider"], "cpu")])
+def test_auto_trusts_only_the_session(monkeypatch, really, want):
+    """onnxruntime-gpu lists CUDA even where it cannot start: only get_providers() counts."""
+    made = []
+
+    def fake(model, providers, options):
+        made.append(providers)
+        wants_cuda = any(isinstance(q, tuple) for q in providers)
+        return _FakeSession(really if wants_cuda else ["CPUExecutionProvider"])
+
+    monkeypatch.setattr(rdevice, "available_providers",
+                        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(rdevice, "cuda_library_problem", lambda: None)
+    monkeypatch.setattr(rdevice, "new_session", fake)
+    _, where = rdevice.create_session(b"", "cuda:1" if want != "cpu" else "auto")
+    assert where == want
+    assert made[0][0] == ("CUDAExecutionProvider", {"device_id": 1 if want != "cpu" else 0})
+    if want == "cpu":
+        with pytest.raises(DeviceError, match="fell back"):
+            rdevice.create_session(b"", "cuda")
+
+
+def test_cpu_sessions_default_to_one_thread():
+    options = rdevice.SessionConfig().options()
+    assert options.intra_op_num_threads == 1 and options.inter_op_num_threads == 1
+    assert rdevice.SessionConfig(threads=4).options().intra_op_num_threads == 4
+
+
+def _cuda_works():
+    return rdevice.cuda_library_problem() is None and "CUDAExecutionProvider" in \
+        _probe_providers()
+
+
+def _probe_providers():
+    try:
+        session, _ = rdevice.create_session(make_graph(make_params(**KINDS["lstm"])), "cuda")
+        return session.get_providers()
+    except DeviceError:
+        return []
+
+
+@pytest.mark.gpu
+def test_cuda_matches_cpu():
+    if not _cuda_works():
+        pytest.skip("no working CUDA execution provider")
+    p = make_params(**KINDS["stacked"])
+    cpu = load_mode(p, "stateful")
+    gpu = runtime.load(make_graph(p), device="cuda", window=3, carry_state=True)
+    assert gpu.device.startswith("cuda") and gpu._runner.bound
+    xs = data(p, 30)
+    a, b = cpu.stream(), gpu.stream()
+    np.testing.assert_allclose(b.feed(xs), a.feed(xs), atol=1e-5)
+    streams = [gpu.stream() for _ in range(64)]
+    alone = [cpu.stream() for _ in range(64)]
+    for t in range(5):
+        x = data(p, 64, seed=t)
+        np.testing.assert_allclose(gpu.step(streams, x),
+                                   np.array([np.full(2, np.nan) if (y := s.step(v)) is None else y
+                                             for s, v in zip(alone, x)]), atol=1e-5)
+
+
+# --- the edge install -----------------------------------------------------------------------
+
+def test_import_runtime_leaves_tensorflow_out():
+    code = ("import sys, runtime; bad = [m for m in ('tensorflow', 'keras', 'trainer', 'onnx') "
+            "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
