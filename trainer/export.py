@@ -1,0 +1,399 @@
+"""Export a Keras recurrent model to the streaming ONNX contract (CONTRACT.md).
+
+:func:`export` loads the model, emits the streaming graph from its weights
+(:mod:`trainer.graph`), bakes in the trainer's normalisation, writes the contract's
+metadata, checks the graph against Keras (:mod:`trainer.parity`) and writes the file
+atomically; :func:`to_onnx` does the same without the check and without writing.
+
+The trainer saves ``NAME.lstm-edge.json`` next to ``NAME.keras``::
+
+    {"format": "lstm-edge.training/1", "features": [...], "targets": [...],
+     "scaler": {"x": {"mean": [...], "std": [...]}, "y": {...}},
+     "mode": "window" | "stateful" | "sequence", "look_back": 24, "horizon": 1}
+
+It is read when present; arguments override it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from runtime.contract import ModelInfo
+from .errors import ExportError
+from .graph import (check_fused, check_layers, emit, emit_embedding, is_recurrent, lookup,
+                    op_counts)
+
+OPSETS = range(13, 19)          # what ONNX Runtime 1.31 runs and the exporter emits
+SIDECAR = ".lstm-edge.json"     # NAME.keras -> NAME.lstm-edge.json
+KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+@dataclasses.dataclass
+class ExportReport:
+    """What :func:`export` wrote and measured."""
+
+    path: Path | None            # the .onnx file (None when nothing was written)
+    info: ModelInfo              # the contract metadata written into it
+    parity: dict | None          # the check's figures (None when check=False)
+    op_counts: dict              # ONNX operator type -> node count
+    size_bytes: int              # size of the serialized model
+    inputs: list                 # (name, dtype, shape) of each graph input
+    outputs: list                # (name, dtype, shape) of each graph output
+    seconds: float = 0.0         # wall time of the export, check included
+
+    def summary(self) -> str:
+        """The CLI's report: tensors, state, streaming mode, parity, operators, size."""
+        info = self.info
+        lines = [f"wrote {self.path}" if self.path else "nothing written"]
+        lines.append("inputs:  " + ", ".join(_fmt_tensor(t) for t in self.inputs))
+        lines.append("outputs: " + ", ".join(_fmt_tensor(t) for t in self.outputs))
+        for spec in info.state:
+            lines.append(f"state:   {spec.layer} ({spec.kind}, {spec.units} units): "
+                         f"{', '.join(spec.inputs)} -> {', '.join(spec.outputs)}")
+        lines.append(f"mode:    {info.streaming_mode} (window={info.window}, "
+                     f"carry_state={str(info.carry_state).lower()})")
+        lines.append(f"columns: features {list(info.features)} -> targets {list(info.targets)}"
+                     f"{'' if info.scaler else ' (no scaler)'}")
+        if "mask_value" in info.extra:
+            lines.append(f"masking: samples equal to {info.extra['mask_value']} are skipped")
+        if self.parity:
+            worst = max(self.parity["per_output"].items(), key=lambda kv: kv[1])
+            lines.append(f"parity:  max abs diff {self.parity['max_abs_diff']:.2g} "
+                         f"({self.parity['units']} units, worst {worst[0]}) over "
+                         f"{self.parity['steps']} steps x {self.parity['streams']} streams, "
+                         f"atol {self.parity['atol']:g}")
+        else:
+            lines.append("parity:  not checked")
+        lines.append("ops:     " + ", ".join(f"{op} {n}" for op, n in self.op_counts.items()))
+        lines.append(f"size:    {self.size_bytes / 1024:.1f} KiB, exported in {self.seconds:.1f} s")
+        return "\n".join(lines)
+
+
+def _fmt_tensor(t) -> str:
+    name, dtype, shape = t
+    return f"{name} {dtype}[{', '.join(map(str, shape))}]"
+
+
+@dataclasses.dataclass
+class _Prepared:
+    """Everything the emitter and the check need, gathered once."""
+
+    proto: onnx.ModelProto
+    info: ModelInfo
+    model: object                 # keras.Model
+    layers: list
+    tokens: bool
+    features: int
+    vocab: int
+    path: Path | None
+
+
+# --------------------------------------------------------------------------- loading
+
+def load_model(path) -> object:
+    """Load a ``.keras`` or legacy ``.h5`` file, or raise :class:`ExportError` saying why not."""
+    path = Path(path)
+    if not path.exists():
+        raise ExportError(f"{path}: no such file; give the path of a .keras or .h5 model")
+    if path.is_dir() or path.suffix.lower() not in KERAS_SUFFIXES:
+        raise ExportError(f"{path}: not a Keras file; expected a model saved with "
+                          f"model.save('NAME.keras') (or a legacy .h5)")
+    if path.suffix.lower() == ".keras" and not zipfile.is_zipfile(path):
+        raise ExportError(f"{path}: corrupt or truncated .keras file (not a zip archive); "
+                          f"save the model again")
+    if path.suffix.lower() != ".keras":
+        with open(path, "rb") as fh:
+            if fh.read(8) != HDF5_SIGNATURE:
+                raise ExportError(f"{path}: corrupt or truncated .h5 file (no HDF5 "
+                                  f"signature); save the model again")
+    import keras
+
+    try:
+        return keras.models.load_model(path, compile=False)
+    except Exception as exc:  # noqa: BLE001 - Keras raises anything from a bad file
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise ExportError(f"{path}: cannot be read as a Keras model ({reason}); "
+                          f"save the model again with model.save('NAME.keras')") from None
+
+
+def chain(model) -> list:
+    """The model's layers in order, refusing anything that is not one input, one chain."""
+    inputs = getattr(model, "inputs", None)
+    if not inputs:
+        raise ExportError(f"model {model.name!r} has not been built: call it on data or "
+                          f"give it a keras.Input first")
+    if len(inputs) > 1:
+        raise ExportError(f"model {model.name!r} has {len(inputs)} inputs "
+                          f"({', '.join(t.name for t in inputs)}); a stream feeds one input")
+    if len(model.outputs) > 1:
+        raise ExportError(f"model {model.name!r} has {len(model.outputs)} outputs; "
+                          f"the contract has one y")
+    layers = [layer for layer in model.layers if type(layer).__name__ != "InputLayer"]
+    if type(model).__name__ == "Sequential":
+        return layers  # a chain by construction (and a loaded one's layer.input is stale)
+    previous = inputs[0]
+    for layer in layers:
+        try:
+            reads = layer.input
+        except (AttributeError, ValueError):
+            reads = None
+        if reads is not previous:
+            raise ExportError(f"model {model.name!r} is not a single chain of layers: layer "
+                              f"{layer.name!r} does not read the previous layer's output only")
+        previous = layer.output
+    return layers
+
+
+# --------------------------------------------------------------------------- artefacts
+
+def read_sidecar(path: Path | None) -> dict | None:
+    """The trainer's ``NAME.lstm-edge.json`` next to ``NAME.keras``, if there is one."""
+    if path is None:
+        return None
+    sidecar = path.with_name(path.stem + SIDECAR)
+    return _read_json(sidecar) if sidecar.exists() else None
+
+
+def _read_json(path) -> dict:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (OSError, ValueError) as exc:
+        raise ExportError(f"{path}: cannot be read as JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ExportError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _scaler_from(value) -> dict | None:
+    """A scaler from a dict or file holding either a whole sidecar or just {"x":, "y":}."""
+    if value is None:
+        return None
+    data = value if isinstance(value, dict) else _read_json(value)
+    return data.get("scaler", data) if ("scaler" in data or "format" in data) else data
+
+
+def _check_scaler(scaler: dict | None, features: int, outputs: int, tokens: bool) -> dict | None:
+    if not scaler:
+        return None
+    problems, clean = [], {}
+    for key, width in (("x", features), ("y", outputs)):
+        part = scaler.get(key)
+        if part is None:
+            continue
+        if key == "x" and tokens:
+            problems.append("x: the model reads token ids, which are not scaled")
+            continue
+        try:
+            mean = np.asarray(part["mean"], np.float64).reshape(-1)
+            std = np.asarray(part["std"], np.float64).reshape(-1)
+        except (KeyError, TypeError, ValueError):
+            problems.append(f"{key}: expected {{\"mean\": [...], \"std\": [...]}}")
+            continue
+        if mean.size == 1 and width > 1:
+            mean, std = np.repeat(mean, width), np.repeat(std, width)
+        if mean.size != width or std.size != width:
+            problems.append(f"{key}: expected {width} means and stds, got {mean.size} and "
+                            f"{std.size}")
+        elif not (np.all(np.isfinite(mean)) and np.all(np.isfinite(std)) and np.all(std > 0)):
+            problems.append(f"{key}: every std must be positive and every value finite")
+        else:
+            clean[key] = {"mean": mean.tolist(), "std": std.tolist()}
+    if problems:
+        raise ExportError("the scaler does not fit the model: " + "; ".join(problems))
+    if clean and isinstance(scaler.get("kind"), str):
+        clean["kind"] = scaler["kind"]  # how the trainer fitted it (robust/standard), for the record
+    return clean or None
+
+
+def _infer_mode(layers, time_axis, sidecar: dict | None) -> tuple[int, bool]:
+    """(window, carry_state) as CONTRACT.md's streaming-modes table says."""
+    look_back = (sidecar or {}).get("look_back") or time_axis
+    mode = (sidecar or {}).get("mode")
+    if mode == "sequence":
+        return 1, True
+    if mode in ("window", "stateful"):
+        if not look_back:
+            raise ExportError(f"the sidecar says mode {mode!r} but gives no look_back and the "
+                              f"model's time axis is not fixed; pass --window N")
+        return int(look_back), mode == "stateful"
+    recurrent = [layer for layer in layers if is_recurrent(layer)]
+    if any(layer.stateful for layer in recurrent):
+        return int(look_back or 1), True
+    if time_axis is None or recurrent[-1].return_sequences:
+        return 1, True
+    return int(time_axis), False
+
+
+def _source(path: Path | None, model) -> dict:
+    if path is None:
+        return {"file": None, "model": model.name}
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    return {"file": path.name, "sha256": digest}
+
+
+# --------------------------------------------------------------------------- conversion
+
+def _prepare(model, *, scaler, features, targets, window, carry_state, opset) -> _Prepared:
+    if opset not in OPSETS:
+        raise ExportError(f"opset {opset} is out of range: the exporter writes opset "
+                          f"{OPSETS.start} to {OPSETS.stop - 1} (default 17)")
+    path = None
+    if isinstance(model, (str, os.PathLike)):
+        path = Path(model)
+        model = load_model(path)
+    layers = chain(model)
+    check_layers(layers)
+    sidecar = read_sidecar(path)
+    tokens = lookup(layers[0]) is emit_embedding
+    if not tokens and any(lookup(layer) is emit_embedding for layer in layers):
+        raise ExportError("an Embedding layer must be the model's first layer to stream")
+    shape = tuple(model.inputs[0].shape)             # (batch, time, features) or (batch, time)
+    if len(shape) != (2 if tokens else 3):
+        raise ExportError(f"model {model.name!r} reads {shape}; a streaming model reads "
+                          f"(samples, timesteps, features)")
+    n_features = 1 if tokens else int(shape[-1])
+    n_outputs = int(model.outputs[0].shape[-1])
+    scaler = _check_scaler(_scaler_from(scaler) if scaler is not None
+                           else (sidecar or {}).get("scaler"), n_features, n_outputs, tokens)
+    graph, state, extra = emit(layers, features=n_features, tokens=tokens, scaler=scaler,
+                               opset=opset)
+    inferred = _infer_mode(layers, shape[1], sidecar)
+    features = _names(features or (sidecar or {}).get("features"), n_features, "x", "features")
+    targets = _names(targets or (sidecar or {}).get("targets"), n_outputs, "y", "targets")
+    info = ModelInfo(
+        state=tuple(state),
+        window=int(window if window is not None else inferred[0]),
+        carry_state=bool(carry_state if carry_state is not None else inferred[1]),
+        features=features, targets=targets,
+        horizon=int((sidecar or {}).get("horizon", 1)),
+        scaler=scaler, source=_source(path, model),
+        extra=_mask_metadata(extra, scaler, n_features))
+    if info.window < 1:
+        raise ExportError(f"window must be at least 1, got {info.window}")
+    opsets = [helper.make_opsetid("", opset)]
+    proto = helper.make_model(graph, opset_imports=opsets, producer_name="lstm-edge",
+                              ir_version=helper.find_min_ir_version_for(opsets))
+    _set_metadata(proto, info)
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except Exception as exc:  # noqa: BLE001 - onnx raises several types
+        raise ExportError(f"the emitted graph fails onnx.checker ({exc}); this is a bug "
+                          f"in lstm-export, please report it with the model") from None
+    check_fused(proto, len(state))
+    vocab = int(layers[0].input_dim) if tokens else 0
+    return _Prepared(proto, info, model, layers, tokens, n_features, vocab, path)
+
+
+def _names(given, width: int, prefix: str, what: str) -> tuple[str, ...]:
+    if not given:
+        return tuple(f"{prefix}{k}" for k in range(width))
+    given = tuple(given.split(",")) if isinstance(given, str) else tuple(map(str, given))
+    if len(given) != width:
+        raise ExportError(f"{len(given)} {what} named ({', '.join(given)}) but the model has "
+                          f"{width}")
+    return given
+
+
+def _mask_metadata(extra: dict, scaler: dict | None, n_features: int) -> dict:
+    """``lstm_edge.mask_value``: the Masking value in raw units, one per feature."""
+    if "mask_value" not in extra:
+        return {}
+    value = np.full(n_features, extra["mask_value"], np.float64)       # normalised units
+    if scaler and "x" in scaler:
+        value = value * np.asarray(scaler["x"]["std"]) + np.asarray(scaler["x"]["mean"])
+    return {"mask_value": json.dumps(value.tolist())}
+
+
+def _set_metadata(proto: onnx.ModelProto, info: ModelInfo) -> None:
+    del proto.metadata_props[:]
+    helper.set_model_props(proto, info.to_metadata())
+
+
+def to_onnx(model, *, scaler=None, features=None, targets=None, window=None,
+            carry_state=None, opset: int = 17):
+    """The streaming graph and its :class:`ModelInfo`, without the check or a file.
+
+    Parameters are those of :func:`export`. Returns ``(onnx.ModelProto, ModelInfo)``.
+    """
+    prepared = _prepare(model, scaler=scaler, features=features, targets=targets,
+                        window=window, carry_state=carry_state, opset=opset)
+    return prepared.proto, prepared.info
+
+
+def export(model, output=None, *, scaler=None, features=None, targets=None, window=None,
+           carry_state=None, atol: float = 1e-4, opset: int = 17, check: bool = True,
+           steps: int = 1000) -> ExportReport:
+    """Export ``model`` to a streaming ONNX file, check it against Keras, and write it.
+
+    Parameters
+    ----------
+    model : path of a ``.keras``/``.h5`` file, or a ``keras.Model``.
+    output : the ``.onnx`` path; default ``exported/<stem>.onnx``. Parents are created and
+        the file is written atomically (temporary file, then rename).
+    scaler : dict or JSON file: a trainer sidecar or ``{"x": {mean, std}, "y": {...}}``;
+        default the sidecar next to the model, if any.
+    features, targets : column names (list or comma-separated); default the sidecar's, else
+        ``x0..``/``y0..``.
+    window, carry_state : override the streaming mode inferred from the model and sidecar.
+    atol : largest difference from Keras allowed, in normalised units.
+    opset : ONNX opset, 13 to 18.
+    check : run the parity check (ONNX stepped one sample at a time against Keras).
+    steps : length of the sequences the check runs.
+
+    Raises
+    ------
+    ExportError : the model cannot be read or cannot stream (the message names the layer).
+    ParityError : the graph does not reproduce Keras within ``atol``; nothing is written.
+    """
+    started = time.perf_counter()
+    prepared = _prepare(model, scaler=scaler, features=features, targets=targets,
+                        window=window, carry_state=carry_state, opset=opset)
+    info, parity = prepared.info, None
+    if check:
+        from .parity import Subject, check as check_parity
+
+        parity = check_parity(Subject(
+            onnx_bytes=prepared.proto.SerializeToString(), layers=prepared.layers,
+            original=prepared.model, state=info.state, tokens=prepared.tokens,
+            features=prepared.features, vocab=prepared.vocab, scaler=info.scaler,
+            window=info.window, carry_state=info.carry_state), steps=steps, atol=atol)
+        info = dataclasses.replace(info, parity=parity)
+        _set_metadata(prepared.proto, info)
+    data = prepared.proto.SerializeToString()
+    stem = prepared.path.stem if prepared.path else prepared.model.name
+    path = Path(output) if output is not None else Path("exported") / f"{stem}.onnx"
+    _write_atomically(path, data)
+    graph = prepared.proto.graph
+    return ExportReport(
+        path=path, info=info, parity=parity, op_counts=op_counts(prepared.proto),
+        size_bytes=len(data), inputs=[_describe(v) for v in graph.input],
+        outputs=[_describe(v) for v in graph.output], seconds=time.perf_counter() - started)
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        temporary.write_bytes(data)
+        os.replace(temporary, path)
+    except OSError as exc:
+        raise ExportError(f"{path}: cannot be written ({exc.strerror or exc})") from None
+
+
+def _describe(value: onnx.ValueInfoProto):
+    tensor = value.type.tensor_type
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name
+    shape = [d.dim_param or d.dim_value for d in tensor.shape.dim]
+    return value.name, dtype, shape
