@@ -1,0 +1,265 @@
+"""``lstm-run``: stream sensor lines through an exported model, one answer per line.
+
+A thin click command: it checks its options, loads the model, and hands the loop to
+:func:`runtime.serve.serve`; the project's errors become one line on stderr and an exit code.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from .errors import ContractError, LstmEdgeError
+from .lines import FORMATS, MAX_LINE
+from .serve import EmptyInput, Interrupted, LineReader, ServeConfig, Signals, StrictStop, serve
+
+EPILOG = f"""
+\b
+Output (same format as the input, one line per input line):
+  CSV     the input columns, then step, warmup (true/false), pred_<target>
+          for each target, and error (empty when the line was used);
+          headerless CSV the same without a header line
+  JSONL   the input object plus "step", "warmup", "pred_<target>";
+          a refused line gives the input object plus "error"
+  An added name already taken (CSV: by an input column; JSONL: by a
+  feature or the --stream-column key) gets "_" appended.
+  Predictions are empty (null) while a stream warms up (fewer samples
+  than the model's window) and for a sample skipped by --missing skip.
+
+\b
+Bad lines (wrong field count, not a number, broken JSON, no sensor
+column, binary data, longer than {MAX_LINE // 1024} KiB) give an error record and a
+"line N: reason" message on stderr; that sensor's state is untouched.
+
+\b
+Exit codes:
+  0    done (every line answered, bad lines included)
+  1    --strict and a bad line (the lines before it are answered)
+  2    usage error, or a model/contract/device/state-file problem
+  3    the input is empty (no lines, or a header and no samples)
+  130  SIGINT, 143 SIGTERM: answers flushed and --state saved first
+  141  the reader of the output went away (broken pipe); --state saved
+"""
+
+
+def reports_errors(func):
+    """Turn an :class:`LstmEdgeError` raised by ``func`` into ``Error: ...`` and its exit code."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except LstmEdgeError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:       # Ctrl-C before the stream started: nothing to save
+            sys.exit(130)
+
+    return wrapper
+
+
+def _warn(message: str) -> None:
+    click.echo(message, err=True)
+
+
+def load_model(model: Path, *, device, window, carry_state, missing, threads):
+    """``runtime.load`` with a one-line error for a file that is missing or not ONNX."""
+    from . import load
+    if not model.is_file():
+        raise LstmEdgeError(f"model file {str(model)!r} does not exist"
+                            if not model.exists() else f"{str(model)!r} is not a file")
+    try:
+        return load(model, device=device, window=window, carry_state=carry_state,
+                    missing=missing, threads=threads)
+    except Exception as exc:
+        # ORT's own errors (InvalidProtobuf, InvalidArgument, ...) share no base class but
+        # Exception; any of them at load time means the file is not a model ORT can run.
+        if not type(exc).__module__.startswith("onnxruntime"):
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ContractError(f"{model} is not an ONNX model ONNX Runtime can load: "
+                            f"{first}") from None
+
+
+def _names(names) -> str:
+    return ", ".join(n or f"#{i}" for i, n in enumerate(names)) or "(none)"
+
+
+def describe(model, path: Path) -> str:
+    """The model's contract in words, for ``--info``."""
+    info = model.info
+    rows = [("model", str(path))]
+    src = info.source or {}
+    if src.get("file"):
+        digest = f" (sha256 {src['sha256'][:12]}…)" if src.get("sha256") else ""
+        rows.append(("source", f"{src['file']}{digest}"))
+    elif src:
+        rows.append(("source", f"Keras model {src.get('model', '?')!r}, exported from memory"))
+    rows.append(("features", f"{len(model.features)}: {_names(model.features)}"))
+    ahead = f" ({info.horizon} step{'s' if info.horizon != 1 else ''} ahead)"
+    rows.append(("targets", f"{len(model.targets)}: {_names(model.targets)}{ahead}"))
+    for spec in info.state:
+        rows.append(("state", f"{spec.kind.upper()} {spec.layer!r}, {spec.units} units: "
+                              f"{', '.join(spec.inputs)} -> {', '.join(spec.outputs)}"))
+    w = model.window
+    modes = {
+        "sequence": "sequence: each sample is fed once and the state carries on "
+                    "(1 step per sample)",
+        "window": f"window: each prediction reads the last {w} samples from a zero state "
+                  f"({w} steps per sample; {w - 1} samples of warm-up)",
+        "stateful": f"stateful: each prediction reads the last {w} samples from the state the "
+                    f"previous window ended in ({w} steps per sample; {w - 1} samples of warm-up)",
+    }
+    rows.append(("streaming", modes[model.mode]))
+    parity = info.parity or {}
+    if isinstance(parity.get("max_abs_diff"), (int, float)):
+        units = f" {parity['units']} units" if parity.get("units") else ""
+        rows.append(("parity", f"max |onnx - keras| = {parity['max_abs_diff']:.3g}{units} over "
+                               f"{parity.get('steps', '?')} steps (tolerance "
+                               f"{parity.get('atol', '?')})"))
+    else:
+        rows.append(("parity", json.dumps(parity) if parity else "not recorded"))
+    if info.scaler:
+        rows.append(("scaler", f"{', '.join(sorted(info.scaler))} normalisation is in the graph: "
+                               f"raw values in, raw values out"))
+    rows.append(("device", str(model.device)))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+class _Output:
+    """Where answers go: a binary file, flushed after every batch when streaming."""
+
+    def __init__(self, path: str, flush_each: bool):
+        self.to_stdout = path == "-"
+        try:
+            self.file = sys.stdout.buffer if self.to_stdout else open(path, "wb")
+        except OSError as exc:
+            raise LstmEdgeError(f"cannot write {path}: {exc.strerror or exc}") from None
+        self.flush_each = flush_each
+
+    def write(self, lines: list[str]) -> None:
+        if lines:
+            self.file.write(("\n".join(lines) + "\n").encode("utf-8"))
+            if self.flush_each:
+                self.file.flush()
+
+    def close(self) -> bool:
+        """Flush and close; False where the reader has gone away (broken pipe)."""
+        try:
+            self.file.flush()
+        except BrokenPipeError:
+            self.lost()
+            return False
+        finally:
+            if not self.to_stdout:
+                self.file.close()
+        return True
+
+    def lost(self) -> None:
+        """The reader went away: point the descriptor at /dev/null so no later flush fails."""
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, self.file.fileno())
+        os.close(devnull)
+
+
+@click.command(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"],
+                                                "max_content_width": 100})
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--info", is_flag=True, help="Describe the model's contract and exit.")
+@click.option("--stream", is_flag=True,
+              help="Answer each line as soon as it arrives, flushing every line (for a pipe "
+                   "from a live sensor). Without it, input is read in large blocks.")
+@click.option("-i", "--input", "input_", default="-", show_default=True,
+              type=click.Path(exists=True, dir_okay=False, readable=True, allow_dash=True),
+              help="Read this file instead of stdin.")
+@click.option("-o", "--output", default="-", show_default=True,
+              type=click.Path(dir_okay=False, writable=True, allow_dash=True),
+              help="Write to this file instead of stdout.")
+@click.option("--format", "format_", type=click.Choice(FORMATS), default="auto",
+              show_default=True,
+              help="Input format; auto: a first line '{' is JSONL, all numbers is headerless "
+                   "CSV, anything else is a CSV header.")
+@click.option("--stream-column", metavar="NAME",
+              help="Column (CSV header) or key (JSONL) naming each line's sensor; every "
+                   "sensor gets its own stream state.")
+@click.option("--idle-timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+              help="Drop a sensor's state after this long without a line.")
+@click.option("--max-streams", type=click.IntRange(min=1), default=100_000, show_default=True,
+              help="Most sensors kept at once; a new one drops the least recently seen.")
+@click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda[:N]",
+              help="Where to run the model.")
+@click.option("--window", type=click.IntRange(min=1),
+              help="Override the samples per prediction written in the model.")
+@click.option("--carry-state/--no-carry-state", default=None,
+              help="Override whether a window starts from the previous window's state.")
+@click.option("--missing", type=click.Choice(["error", "skip", "hold"]), default="error",
+              show_default=True,
+              help="A missing value (empty, nan, NA, null): refuse the line, skip the sample "
+                   "(no prediction, state kept), or hold the sensor's last value.")
+@click.option("--state", type=click.Path(dir_okay=False, path_type=Path),
+              help="Snapshot file: every sensor's state is loaded from it at start (if it "
+                   "exists) and saved to it at exit, atomically, so a restart resumes exactly.")
+@click.option("--save-every", type=click.IntRange(min=0), default=0, metavar="N",
+              help="Also save --state every N lines (at the end of the batch that reaches N).")
+@click.option("--strict", is_flag=True, help="Stop at the first bad line, with exit code 1.")
+@click.option("--threads", type=click.IntRange(min=1), help="CPU threads for the model.")
+@reports_errors
+def main(model, info, stream, input_, output, format_, stream_column, idle_timeout,
+         max_streams, device, window, carry_state, missing, state, save_every, strict, threads):
+    """Run MODEL.onnx (exported by lstm-export) over sensor lines, one answer per line.
+
+    \b
+      lstm-run model.onnx -i sensors.csv -o predictions.csv
+      sensor-reader | lstm-run model.onnx --stream --stream-column sensor
+      lstm-run model.onnx --info
+    """
+    if save_every and state is None:
+        raise click.UsageError("--save-every needs --state FILE")
+    if "-" not in (input_, output) and Path(output).exists() \
+            and Path(input_).resolve() == Path(output).resolve():
+        raise click.UsageError("-o would overwrite the -i file it reads")
+    loaded = load_model(model, device=device, window=window, carry_state=carry_state,
+                        missing=missing, threads=threads)
+    if info:
+        click.echo(describe(loaded, model))
+        return
+    config = ServeConfig(format=format_, stream_column=stream_column, strict=strict,
+                         idle_timeout=idle_timeout, max_streams=max_streams, state=state,
+                         save_every=save_every)
+    run(loaded, config, input_, output, stream)
+
+
+def run(model, config: ServeConfig, input_: str, output: str, stream: bool) -> None:
+    """Open the input and output, serve, and map the ways a run ends to exit codes."""
+    fd = 0 if input_ == "-" else os.open(input_, os.O_RDONLY)
+    out = _Output(output, flush_each=stream)
+    code, failure = 0, None
+    with Signals() as signals:
+        reader = LineReader(fd, block=1 << 16, gather=not stream,
+                            signals=signals)
+        try:
+            server = serve(model, config, reader, out.write, warn=_warn)
+            if server.errors:
+                _warn(f"{server.errors} of {server.lines} lines were refused (see above)")
+        except Interrupted as exc:
+            code = 128 + exc.signum
+        except BrokenPipeError:
+            out.lost()       # the answers cannot go anywhere; the state was saved
+            code = 141
+        except (StrictStop, EmptyInput) as exc:
+            code, failure = exc.exit_code, exc
+    if not out.close():
+        code = code or 141
+    if failure is not None:
+        click.echo(f"Error: {failure}", err=True)
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,401 @@
+"""Text lines in, records out, and back: the three line formats ``lstm-run`` reads and writes.
+
+One input line is one sample. The first line tells the format (or ``--format`` does):
+
+- **CSV with a header**: columns are matched to the model's feature names; every other
+  column (a timestamp, a sensor id) is passed through untouched;
+- **headerless CSV**: exactly the model's features, in the model's order;
+- **JSON lines**: one object per line, ``{"sensor": "a", "temperature": 21.3, ...}``.
+
+Each output line answers one input line, in the same format, with the input passed through
+and these added (``_`` is appended to a name until it collides with no CSV column, or with
+no feature or stream key of a JSON object):
+
+- ``step``: how many samples this line's stream has taken, this one included (a sample
+  skipped by ``--missing skip`` is not counted);
+- ``warmup``: ``true`` while the stream has seen fewer samples than the model's window
+  (the predictions are then empty / ``null``);
+- ``pred_<target>`` for each target of the model (``pred_0``, ... where it names none);
+- ``error``: why the line could not be used (CSV: always present, empty when fine;
+  JSON: present only on an error record, which carries no step or predictions).
+
+A missing value (an empty field, ``nan``, ``NA``, ``null``, or a JSON key left out) becomes
+NaN and is dealt with by the model's ``missing`` policy; text that is not a number is an
+error of that line alone.
+
+>>> fmt = CsvFormat(["time", "temperature"], features=("temperature",), targets=("temperature",))
+>>> fmt.header()
+'time,temperature,step,warmup,pred_temperature,error'
+>>> rec = fmt.parse(2, b"09:00,21.5")
+>>> rec.values, rec.key
+(array([21.5]), '')
+>>> fmt.format(rec, 1, False, np.array([21.75], dtype=np.float32))
+'09:00,21.5,1,false,21.75,'
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import InputError
+
+MAX_LINE = 1 << 20          # bytes: a longer line is reported, not parsed (1 MiB)
+FORMATS = ("auto", "csv", "headerless", "jsonl")
+MISSING_TOKENS = {"", "na", "nan", "n/a", "null", "none", "?", "-"}   # as the trainer reads CSVs
+
+
+@dataclass
+class Record:
+    """One input line, parsed: where it goes, what it holds, or why it cannot be used."""
+
+    line: int                        # 1-based line number in the input
+    key: str = ""                    # the stream it belongs to ("" without --stream-column)
+    values: np.ndarray | None = None  # (features,) float64, NaN where missing; None on error
+    fields: object = None            # what is passed through: list[str] (CSV) or dict (JSON)
+    error: str | None = None         # set when the line is refused
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class BadLine(InputError):
+    """Why one line cannot be used, with what of it can still be passed through."""
+
+    def __init__(self, reason: str, fields=None):
+        super().__init__(reason)
+        self.fields = fields     # list[str] (CSV) or dict (JSON), or None
+
+
+# ---- small helpers ---------------------------------------------------------------------
+
+def decode(raw: bytes) -> str:
+    """The text of one line without its line ending; UnicodeDecodeError for binary junk."""
+    if b"\x00" in raw:
+        raise UnicodeDecodeError("utf-8", raw, raw.index(b"\x00"), raw.index(b"\x00") + 1,
+                                 "NUL byte")
+    text = raw.decode("utf-8")
+    return text[:-1] if text.endswith("\r") else text
+
+
+def describe_decode_error(exc: UnicodeDecodeError) -> str:
+    return (f"not UTF-8 text (binary data?): byte {exc.start + 1} is "
+            f"0x{exc.object[exc.start]:02x}")
+
+
+def number(text: str, column: str) -> float:
+    """A field as a float: NaN for a missing token, BadLine for anything else."""
+    try:
+        return float(text)
+    except ValueError:
+        if text.strip().lower() in MISSING_TOKENS:
+            return math.nan
+        shown = text if len(text) <= 40 else text[:37] + "..."
+        raise BadLine(f"column {column!r}: {shown!r} is not a number") from None
+
+
+def format_value(value) -> str:
+    """The shortest text that reads back as the same float32; empty for NaN.
+
+    >>> format_value(np.float32(0.1)), format_value(np.float32("nan"))
+    ('0.1', '')
+    """
+    value = np.float32(value)
+    return "" if np.isnan(value) else str(value)
+
+
+def json_value(value):
+    """A float32 prediction as a JSON number with its shortest digits, ``None`` for NaN."""
+    text = format_value(value)
+    return float(text) if text else None
+
+
+def added_names(taken: Sequence[str], targets: Sequence[str]) -> tuple[str, str, list[str], str]:
+    """Names of the added columns (step, warmup, predictions, error), none of them in ``taken``."""
+    used = set(taken)
+
+    def fresh(name: str) -> str:
+        while name in used:
+            name += "_"
+        used.add(name)
+        return name
+
+    step, warmup = fresh("step"), fresh("warmup")
+    preds = [fresh(f"pred_{t}" if t else f"pred_{i}") for i, t in enumerate(targets)]
+    return step, warmup, preds, fresh("error")
+
+
+def split_csv(text: str) -> list[str]:
+    """One CSV line's fields; quotes are honoured (the fast path splits plain lines)."""
+    if '"' not in text:
+        return text.split(",")
+    return next(csv.reader([text]))
+
+
+def join_csv(fields: Sequence[str]) -> str:
+    """One CSV line from its fields, quoting only the fields that need it."""
+    line = ",".join(fields)
+    # Plain fields (the usual case) have exactly len - 1 commas between them and no quotes.
+    if line.count(",") == len(fields) - 1 and '"' not in line and "\n" not in line \
+            and "\r" not in line:
+        return line
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="").writerow(fields)
+    return buf.getvalue()
+
+
+def _match_columns(names: Sequence[str], wanted: Sequence[str]) -> list[int] | None:
+    """The column index of each wanted name: exact first, then ignoring case and spaces."""
+    exact = {n: i for i, n in enumerate(names)}
+    loose = {n.strip().lower(): i for i, n in enumerate(names)}
+    found = []
+    for w in wanted:
+        i = exact.get(w, loose.get(w.strip().lower()))
+        if i is None:
+            return None
+        found.append(i)
+    return found
+
+
+def _need_names(features: Sequence[str], what: str) -> None:
+    if not features or not all(features):
+        raise InputError(f"the model does not name its features, so {what} cannot be matched "
+                         f"to them; give headerless CSV with the {len(features)} features in the "
+                         f"model's order, or re-export the model with feature names")
+
+
+# ---- the three formats -----------------------------------------------------------------
+
+class LineFormat:
+    """What every format does: parse one line, format one answer or one error."""
+
+    name = ""
+
+    def __init__(self, features: Sequence[str], targets: Sequence[str],
+                 stream_column: str | None = None):
+        self.features = tuple(features)
+        self.targets = tuple(targets)
+        self.stream_column = stream_column
+
+    def header(self) -> str | None:
+        """The output's header line, where the format has one."""
+        return None
+
+    def parse(self, line: int, raw: bytes) -> Record:
+        """A record for one line (without its newline); a bad line gives an error record."""
+        try:
+            text = decode(raw)
+        except UnicodeDecodeError as exc:
+            return Record(line, error=describe_decode_error(exc))
+        try:
+            return self._parse(line, text)
+        except BadLine as exc:
+            return Record(line, fields=exc.fields, error=str(exc))
+
+    def _parse(self, line: int, text: str) -> Record:
+        raise NotImplementedError
+
+    def format(self, rec: Record, step: int, warmup: bool, pred: np.ndarray) -> str:
+        """The answer to ``rec``: its fields, step, warm-up flag and ``pred`` (n_targets,)."""
+        raise NotImplementedError
+
+    def format_error(self, rec: Record) -> str:
+        raise NotImplementedError
+
+
+class CsvFormat(LineFormat):
+    """CSV with a header: features found by name, every other column passed through."""
+
+    name = "csv"
+
+    def __init__(self, columns: Sequence[str], features: Sequence[str], targets: Sequence[str],
+                 stream_column: str | None = None):
+        super().__init__(features, targets, stream_column)
+        _need_names(self.features, "the CSV header")
+        self.columns = list(columns)
+        index = _match_columns(self.columns, self.features)
+        if index is None:
+            missing = [f for f in self.features if _match_columns(self.columns, [f]) is None]
+            raise InputError(f"the CSV header has no column for the model's feature(s) "
+                             f"{', '.join(map(repr, missing))}; it has "
+                             f"{', '.join(map(repr, self.columns))}")
+        self.index = index
+        self.key_index = None
+        if stream_column is not None:
+            found = _match_columns(self.columns, [stream_column])
+            if found is None:
+                raise InputError(f"the CSV header has no --stream-column {stream_column!r}; "
+                                 f"it has {', '.join(map(repr, self.columns))}")
+            self.key_index = found[0]
+        self.step, self.warmup, self.preds, self.error = added_names(self.columns, self.targets)
+        self._blank_tail = [""] * (2 + len(self.preds))
+
+    def header(self) -> str:
+        return join_csv(self.columns + [self.step, self.warmup, *self.preds, self.error])
+
+    def _parse(self, line: int, text: str) -> Record:
+        fields = split_csv(text)
+        if len(fields) != len(self.columns):
+            raise BadLine(f"expected {len(self.columns)} comma-separated fields as in the "
+                          f"header, got {len(fields)}", fields)
+        try:
+            values = np.array([number(fields[i], self.columns[i]) for i in self.index])
+        except BadLine as exc:
+            raise BadLine(str(exc), fields) from None
+        key = "" if self.key_index is None else fields[self.key_index]
+        if self.key_index is not None and not key.strip():
+            raise BadLine(f"the --stream-column {self.stream_column!r} is empty", fields)
+        return Record(line, key, values, fields)
+
+    def _passed(self, rec: Record) -> list[str]:
+        fields = rec.fields if isinstance(rec.fields, list) else []
+        # A line with the wrong number of fields keeps what fits (a timestamp, say).
+        return (fields + [""] * len(self.columns))[:len(self.columns)]
+
+    def format(self, rec, step, warmup, pred):
+        return join_csv(rec.fields + [str(step), "true" if warmup else "false",
+                                      *map(format_value, pred), ""])
+
+    def format_error(self, rec):
+        return join_csv(self._passed(rec) + self._blank_tail + [rec.error])
+
+
+class HeaderlessFormat(LineFormat):
+    """CSV without a header: the model's features, in its order, and nothing else."""
+
+    name = "headerless"
+
+    def __init__(self, features, targets, stream_column=None):
+        if stream_column is not None:
+            raise InputError("--stream-column needs a CSV header or JSON lines to name the "
+                             "column; headerless CSV holds the model's features only")
+        super().__init__(features, targets)
+        self.names = [f or f"feature {i}" for i, f in enumerate(self.features)]
+        self._blank_tail = [""] * (2 + len(self.targets))
+
+    def _parse(self, line, text):
+        fields = split_csv(text)
+        if len(fields) != len(self.features):
+            raise BadLine(f"expected {len(self.features)} comma-separated values "
+                          f"({', '.join(self.names)}), got {len(fields)}", fields)
+        try:
+            values = np.array([number(f, n) for f, n in zip(fields, self.names)])
+        except BadLine as exc:
+            raise BadLine(str(exc), fields) from None
+        return Record(line, "", values, fields)
+
+    def format(self, rec, step, warmup, pred):
+        return join_csv(rec.fields + [str(step), "true" if warmup else "false",
+                                      *map(format_value, pred), ""])
+
+    def format_error(self, rec):
+        fields = rec.fields if isinstance(rec.fields, list) else []
+        fields = (fields + [""] * len(self.features))[:len(self.features)]
+        return join_csv(fields + self._blank_tail + [rec.error])
+
+
+class JsonlFormat(LineFormat):
+    """JSON lines: one object per line, features by key, every other key passed through."""
+
+    name = "jsonl"
+
+    def __init__(self, features, targets, stream_column=None):
+        super().__init__(features, targets, stream_column)
+        _need_names(self.features, "JSON keys")
+        taken = list(self.features) + ([stream_column] if stream_column else [])
+        self.step, self.warmup, self.preds, self.error = added_names(taken, self.targets)
+
+    def _parse(self, line, text):
+        try:
+            obj = json.loads(text)
+        except (json.JSONDecodeError, RecursionError) as exc:
+            raise BadLine(f"not valid JSON: {getattr(exc, 'msg', exc)}") from None
+        if not isinstance(obj, dict):
+            raise BadLine(f"expected a JSON object {{...}}, got {type(obj).__name__}")
+        try:
+            values = np.array([self._number(obj, f) for f in self.features])
+        except BadLine as exc:
+            raise BadLine(str(exc), obj) from None
+        key = ""
+        if self.stream_column is not None:
+            if self.stream_column not in obj:
+                raise BadLine(f"no {self.stream_column!r} key (--stream-column)", obj)
+            key = obj[self.stream_column]
+            key = key if isinstance(key, str) else json.dumps(key)
+        return Record(line, key, values, obj)
+
+    @staticmethod
+    def _number(obj: dict, name: str) -> float:
+        """A feature's value: NaN where the key is missing or null; numeric text is read."""
+        value = obj.get(name)
+        if value is None:
+            return math.nan
+        if isinstance(value, str):
+            return number(value, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise BadLine(f"key {name!r}: {json.dumps(value)[:40]} is not a number")
+        try:
+            return float(value)
+        except OverflowError:           # an integer beyond float range
+            return math.inf
+
+    def format(self, rec, step, warmup, pred):
+        out = dict(rec.fields)
+        out[self.step] = step
+        out[self.warmup] = bool(warmup)
+        for name, value in zip(self.preds, pred):
+            out[name] = json_value(value)
+        return json.dumps(out, ensure_ascii=False)
+
+    def format_error(self, rec):
+        out = dict(rec.fields) if isinstance(rec.fields, dict) else {}
+        out[self.error] = rec.error
+        return json.dumps(out, ensure_ascii=False)
+
+
+def detect(first: bytes, features: Sequence[str], targets: Sequence[str], *,
+           fmt: str = "auto", stream_column: str | None = None) -> tuple[LineFormat, bool]:
+    """The format of an input whose first line is ``first``, and whether that line is a header.
+
+    Raises InputError where the first line cannot start this input (a header that does not
+    name the model's features, a binary first line with ``fmt="auto"``).
+    """
+    if fmt not in FORMATS:
+        raise InputError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if fmt == "jsonl":
+        return JsonlFormat(features, targets, stream_column), False
+    if fmt == "headerless":
+        return HeaderlessFormat(features, targets, stream_column), False
+    try:
+        text = decode(first)
+    except UnicodeDecodeError as exc:
+        raise InputError(f"line 1 is {describe_decode_error(exc)}; cannot tell the input "
+                         f"format from it") from None
+    if fmt == "auto" and text.lstrip().startswith("{"):
+        return JsonlFormat(features, targets, stream_column), False
+    fields = split_csv(text)
+    if fmt == "auto" and _all_numbers(fields):
+        return HeaderlessFormat(features, targets, stream_column), False
+    try:
+        return CsvFormat([f.strip() for f in fields], features, targets, stream_column), True
+    except InputError as exc:
+        if fmt == "auto" and any(_all_numbers([f]) for f in fields):
+            raise InputError(f"{exc} (line 1 was read as a header because it holds text; if "
+                             f"it is a sample, every field must be a number)") from None
+        raise
+
+
+def _all_numbers(fields: Sequence[str]) -> bool:
+    try:
+        for f in fields:
+            number(f, "")
+    except InputError:
+        return False
+    return True

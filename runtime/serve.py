@@ -1,0 +1,412 @@
+"""The loop behind ``lstm-run``: lines in, one stream per sensor, one answer per line out.
+
+:class:`LineReader` cuts a file descriptor into batches of lines *as they arrive*: it never
+holds a complete line back waiting for more. :class:`Server` turns each batch into records
+(:mod:`runtime.lines`), routes them to their sensors' streams, steps the lines that arrived
+together in as few model calls as it can, and gives back one output line per input line,
+in input order. A bad line becomes an error record and leaves every stream as it was.
+
+>>> r, w = os.pipe()
+>>> _ = os.write(w, b"a,1\\nb,2\\npartial"); os.close(w)
+>>> [[(n, raw) for n, raw in batch] for batch in LineReader(r).batches()]
+[[(1, b'a,1'), (2, b'b,2')], [(3, b'partial')]]
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import time
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import lines as fmt
+from .errors import InputError, LstmEdgeError, SnapshotError
+
+TOO_LONG = None    # what LineReader yields in place of the bytes of an over-long line
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM arrived; ``signum`` says which."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class StrictStop(LstmEdgeError):
+    """``--strict``: the first bad line ends the run."""
+
+    exit_code = 1
+
+
+class EmptyInput(LstmEdgeError):
+    """The input has no samples: no lines at all, or a header alone."""
+
+    exit_code = 3
+
+
+# ---- reading ---------------------------------------------------------------------------
+
+class Signals:
+    """SIGINT/SIGTERM as a flag, plus a pipe that wakes :class:`LineReader` out of select.
+
+    The handler only records the signal: a model call or a snapshot being written is never
+    cut in half. The reader checks the flag between reads, and the wake-up pipe
+    (``signal.set_wakeup_fd``) makes sure a reader blocked on a quiet sensor sees it at once.
+    """
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._pipe = os.pipe()
+        self._wake_r, self._wake_w = self._pipe
+        os.set_blocking(self._wake_w, False)
+        self._old = {}
+
+    def __enter__(self) -> "Signals":
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._old[sig] = signal.signal(sig, self._handle)
+        try:
+            self._old_fd = signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+        except ValueError:      # Windows takes sockets only: signals then wait for a line
+            self._old_fd, self._wake_r = None, None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._wake_r is not None:
+            signal.set_wakeup_fd(self._old_fd)
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+        os.close(self._pipe[0])
+        os.close(self._pipe[1])
+
+    def _handle(self, signum, frame) -> None:
+        self.signum = signum
+
+    @property
+    def wake_fd(self) -> int | None:
+        """The descriptor that becomes readable when a signal arrives (None: not available)."""
+        return self._wake_r
+
+    def check(self) -> None:
+        """Raise :class:`Interrupted` if a signal has arrived."""
+        if self.signum is not None:
+            raise Interrupted(self.signum)
+
+
+class LineReader:
+    """Batches of ``(line_number, bytes)`` from a file descriptor, as soon as lines complete.
+
+    Each read takes what the descriptor has (up to ``block`` bytes) and yields every line it
+    completed, so a line from a live sensor is answered before the next one arrives. With
+    ``gather`` (a file whose whole content is there), reads go on until ``block`` bytes are in
+    hand, for fewer, larger batches. A line longer than ``max_line`` bytes yields
+    ``TOO_LONG`` (``None``) instead of its bytes, and is never held in memory whole.
+    """
+
+    def __init__(self, fd: int, *, block: int = 1 << 16, gather: bool = False,
+                 max_line: int = fmt.MAX_LINE, signals: Signals | None = None):
+        self.fd, self.block, self.gather, self.max_line = fd, block, gather, max_line
+        self.signals = signals
+        self.line = 0          # number of the last line yielded
+        self.bytes = 0         # bytes read so far
+
+    def _read(self) -> bytes:
+        if self.signals is not None and self.signals.wake_fd is not None:
+            self.signals.check()
+            while True:   # select, so that a signal wakes a reader waiting on a quiet pipe
+                try:
+                    ready, _, _ = select.select([self.fd, self.signals.wake_fd], [], [])
+                except InterruptedError:   # pragma: no cover - PEP 475 retries
+                    ready = []
+                if self.signals.wake_fd in ready:
+                    os.read(self.signals.wake_fd, 512)
+                self.signals.check()
+                if self.fd in ready:
+                    break
+        data = os.read(self.fd, self.block)
+        self.bytes += len(data)
+        return data
+
+    def batches(self) -> Iterator[list[tuple[int, bytes | None]]]:
+        pending = b""          # the start of a line whose end has not arrived yet
+        skipping = False       # inside an over-long line that has been reported already
+        eof = False
+        while not eof:
+            data = self._read()
+            while self.gather and data and len(data) < self.block:
+                more = self._read()
+                if not more:
+                    eof = True
+                    break
+                data += more
+            eof = eof or not data
+            if skipping:
+                end = data.find(b"\n")
+                if end < 0 and not eof:
+                    continue
+                data, skipping = (data[end + 1:] if end >= 0 else b""), False
+            parts = (pending + data).split(b"\n")
+            pending = parts.pop()
+            if eof and pending:
+                parts.append(pending)
+                pending = b""
+            batch: list[tuple[int, bytes | None]] = []
+            for raw in parts:
+                self.line += 1
+                batch.append((self.line, raw if len(raw) <= self.max_line else TOO_LONG))
+            if len(pending) > self.max_line:
+                self.line += 1
+                batch.append((self.line, TOO_LONG))
+                pending, skipping = b"", True
+            if batch:
+                yield batch
+
+
+# ---- stepping --------------------------------------------------------------------------
+
+@dataclass
+class ServeConfig:
+    """How ``lstm-run`` routes and keeps streams; all but ``chunked`` are its options."""
+
+    format: str = "auto"                 # auto | csv | headerless | jsonl
+    stream_column: str | None = None     # the column naming each line's sensor
+    strict: bool = False                 # stop at the first bad line
+    idle_timeout: float | None = None    # seconds a sensor may stay silent before it is dropped
+    max_streams: int = 100_000           # sensors kept at once; the least recent is dropped
+    state: Path | None = None            # snapshot file: loaded at start, saved at exit
+    save_every: int = 0                  # also save after this many lines (0: only at exit)
+    chunked: bool = True                 # let one sensor's run of lines go in one feed() call
+
+
+@dataclass
+class _Slot:
+    """One sensor: its stream and when it last had a line."""
+
+    stream: object
+    seen: float = field(default_factory=time.monotonic)
+
+
+class Server:
+    """Routes records to per-sensor streams of one model and formats the answers."""
+
+    def __init__(self, model, config: ServeConfig, *, warn=None):
+        self.model = model
+        self.config = config
+        self.format: fmt.LineFormat | None = None
+        self.slots: OrderedDict[str, _Slot] = OrderedDict()   # least recently seen first
+        self.lines = 0              # input lines handled, header included
+        self.samples = 0            # lines that reached a stream
+        self.errors = 0             # error records written
+        self._unsaved = 0
+        self.dirty = False          # whether any stream changed since the last save
+        self._warn = warn or (lambda message: None)
+        self.window = int(model.window)   # samples up to the first prediction (overrides too)
+
+    # -- state --
+
+    def load_state(self) -> None:
+        """Take every sensor's snapshot from ``config.state`` where that file exists."""
+        path = self.config.state
+        if path is None:
+            return
+        folder = Path(path).absolute().parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK):
+            # Found out now, not when the first save comes after hours of input.
+            raise SnapshotError(f"the state file {path} cannot be written: {folder} is not a "
+                                f"writable directory")
+        if not Path(path).exists():
+            return
+        from . import load_snapshots
+        for key, snap in load_snapshots(path).items():
+            self.slots[key] = _Slot(self.model.stream(snap))
+        self._warn(f"resumed {len(self.slots)} stream(s) from {path}")
+
+    def save_state(self) -> None:
+        """Write every sensor's snapshot to ``config.state``, atomically."""
+        if self.config.state is None or not self.dirty:
+            return
+        from . import save_snapshots
+        try:
+            save_snapshots(self.config.state,
+                           {k: s.stream.snapshot() for k, s in self.slots.items()})
+        except OSError as exc:
+            raise SnapshotError(f"cannot write the state file {self.config.state}: "
+                                f"{exc.strerror or exc}") from None
+        self._unsaved, self.dirty = 0, False
+
+    # -- routing --
+
+    def _slot(self, key: str, busy: set[str]) -> _Slot:
+        slot = self.slots.get(key)
+        if slot is None:
+            while len(self.slots) >= self.config.max_streams:
+                old = next((k for k in self.slots if k not in busy), None)
+                if old is None:
+                    break
+                del self.slots[old]
+                self.dirty = True
+                self._warn(f"dropped stream {old!r}, the least recently seen, to stay within "
+                           f"--max-streams {self.config.max_streams}")
+            slot = self.slots[key] = _Slot(self.model.stream())
+        self.slots.move_to_end(key)
+        slot.seen = time.monotonic()
+        return slot
+
+    def drop_idle(self) -> None:
+        """Forget sensors that have been silent for longer than ``config.idle_timeout``."""
+        if self.config.idle_timeout is None:
+            return
+        limit = time.monotonic() - self.config.idle_timeout
+        while self.slots:
+            key, slot = next(iter(self.slots.items()))
+            if slot.seen >= limit:
+                break
+            del self.slots[key]
+            self.dirty = True
+            self._warn(f"dropped stream {key!r}: no line for {self.config.idle_timeout:g} s "
+                       f"(--idle-timeout)")
+
+    # -- one batch --
+
+    def _records(self, batch) -> tuple[list[str | fmt.Record], int | None]:
+        """Parse a batch; the header gives a string. Second item: index of a --strict stop."""
+        out: list[str | fmt.Record] = []
+        for number, raw in batch:
+            if number == 1 and raw is not TOO_LONG and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]                                  # a UTF-8 byte-order mark
+            if self.format is None:
+                if raw is TOO_LONG or not raw.strip():
+                    what = (f"longer than {fmt.MAX_LINE} bytes" if raw is TOO_LONG
+                            else "empty")
+                    raise InputError(f"line {number} is {what}; cannot tell the input format "
+                                     f"from it (expected a CSV header, a first sample or a "
+                                     f"JSON object)")
+                self.format, is_header = fmt.detect(
+                    raw, self.model.features, self.model.targets, fmt=self.config.format,
+                    stream_column=self.config.stream_column)
+                if is_header:
+                    out.append(self.format.header())
+                    continue
+            if raw is TOO_LONG:
+                rec = fmt.Record(number, error=f"line longer than {fmt.MAX_LINE} bytes")
+            else:
+                rec = self.format.parse(number, raw)
+            if rec.ok:
+                try:
+                    self.model.validate(rec.values)
+                except LstmEdgeError as exc:
+                    rec.error = str(exc)
+            out.append(rec)
+            if not rec.ok and self.config.strict:
+                return out, len(out) - 1
+        return out, None
+
+    def handle(self, batch: Sequence[tuple[int, bytes | None]]) -> list[str]:
+        """The output lines for one batch of input lines, one each, in input order.
+
+        Raises :class:`StrictStop` (after the lines before it have been stepped) at a bad line
+        with ``config.strict``; the caller writes ``stop.lines`` before reporting it.
+        """
+        items, stop = self._records(batch)
+        good = [r for r in items[:stop] if isinstance(r, fmt.Record) and r.ok] if stop is not None \
+            else [r for r in items if isinstance(r, fmt.Record) and r.ok]
+        answers = self._step(good)
+        out = []
+        for item in items[:stop] if stop is not None else items:
+            if isinstance(item, str):
+                out.append(item)
+            elif item.ok:
+                step, warmup, pred = answers[id(item)]
+                out.append(self.format.format(item, step, warmup, pred))
+            else:
+                self.errors += 1
+                self._warn(f"line {item.line}: {item.error}")
+                out.append(self.format.format_error(item))
+        self.lines += len(out)
+        self._unsaved += len(out)
+        self.samples += len(good)
+        self.dirty = self.dirty or bool(good)
+        self.drop_idle()
+        if stop is not None:
+            bad = items[stop]
+            exc = StrictStop(f"line {bad.line}: {bad.error} (--strict)")
+            exc.lines = out
+            raise exc
+        return out
+
+    def due(self) -> bool:
+        """Whether ``config.save_every`` lines have passed since the last save."""
+        return bool(self.config.save_every) and self._unsaved >= self.config.save_every
+
+    def _step(self, records: list[fmt.Record]) -> dict[int, tuple[int, bool, np.ndarray]]:
+        """Step every record's stream; ``{id(record): (step, warmup, prediction)}``."""
+        by_key: dict[str, list[fmt.Record]] = {}
+        for rec in records:
+            by_key.setdefault(rec.key, []).append(rec)
+        busy = set(by_key)
+        slots = {key: self._slot(key, busy) for key in by_key}
+        answers = {}
+        rounds = max((len(v) for v in by_key.values()), default=0)
+        # A skipped or held sample (NaN) is stepped on its own, so its step count is exact.
+        complete = bool(records) and np.isfinite(np.stack([r.values for r in records])).all()
+        if self.config.chunked and complete and rounds > 1 and len(by_key) < rounds:
+            # Few sensors, many lines each: one feed() per sensor beats a call per line.
+            for key, recs in by_key.items():
+                stream = slots[key].stream
+                preds = stream.feed(np.stack([r.values for r in recs]))   # (n, targets)
+                first = stream.steps - len(recs)
+                for i, (rec, pred) in enumerate(zip(recs, preds)):
+                    answers[id(rec)] = (first + i + 1, first + i + 1 < self.window, pred)
+            return answers
+        # Many sensors: round r steps the r-th line of every sensor in one batched call.
+        for r in range(rounds):
+            keys = [k for k, v in by_key.items() if len(v) > r]
+            streams = [slots[k].stream for k in keys]
+            samples = np.stack([by_key[k][r].values for k in keys])      # (streams, features)
+            preds = self.model.step(streams, samples)                   # (streams, targets)
+            for k, stream, pred in zip(keys, streams, preds):
+                answers[id(by_key[k][r])] = (stream.steps, not stream.ready, pred)
+        return answers
+
+
+def serve(model, config: ServeConfig, reader: LineReader, write, *, warn=None) -> Server:
+    """Run ``reader``'s lines through ``model`` and ``write`` one answer per line.
+
+    ``write(lines)`` gets each batch's output lines (without newlines) and is expected to
+    flush them; the state is saved after the answers are out, so a crash can repeat a line's
+    answer on restart but never lose one. ``warn(message)`` gets the per-line complaints.
+
+    Raises
+    ------
+    EmptyInput : the input had no samples at all.
+    StrictStop : ``config.strict`` and a bad line; the lines before it were answered.
+    Interrupted : SIGINT/SIGTERM (with ``reader.signals``); answers written, state saved.
+    LstmEdgeError : the first line cannot start this input, or the state file is unusable.
+    """
+    server = Server(model, config, warn=warn)
+    server.load_state()
+    try:
+        for batch in reader.batches():
+            try:
+                out = server.handle(batch)
+            except StrictStop as stop:
+                write(stop.lines)
+                raise
+            write(out)
+            if server.due():
+                server.save_state()
+            if reader.signals is not None:
+                reader.signals.check()
+    finally:
+        server.save_state()
+    if server.samples == 0 and server.errors == 0:
+        raise EmptyInput("the input is empty: no lines to run the model on" if not server.lines
+                         else "the input is empty: a header and no samples to run the model on")
+    return server
+

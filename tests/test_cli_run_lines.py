@@ -1,0 +1,215 @@
+"""The line formats and the line reader behind ``lstm-run``, without a model or a subprocess."""
+
+import json
+import os
+import threading
+
+import numpy as np
+import pytest
+
+from runtime import lines
+from runtime.errors import InputError
+from runtime.serve import TOO_LONG, LineReader
+
+FEATURES = ("temperature", "humidity")
+TARGETS = ("temperature",)
+PRED = np.array([21.5], dtype=np.float32)
+
+
+def detect(first: bytes, **kw):
+    return lines.detect(first, FEATURES, TARGETS, **kw)
+
+
+# ---- detection ---------------------------------------------------------------------------
+
+def test_detect_csv_header_jsonl_and_headerless():
+    fmt, header = detect(b"time,temperature,humidity")
+    assert isinstance(fmt, lines.CsvFormat) and header
+    fmt, header = detect(b'{"temperature": 1, "humidity": 2}')
+    assert isinstance(fmt, lines.JsonlFormat) and not header
+    fmt, header = detect(b"21.3,40")
+    assert isinstance(fmt, lines.HeaderlessFormat) and not header
+    fmt, header = detect(b"21.3,", )   # a missing value is still a number line
+    assert isinstance(fmt, lines.HeaderlessFormat)
+
+
+def test_detect_header_without_a_feature_names_it():
+    with pytest.raises(InputError, match="'humidity'"):
+        detect(b"time,temperature")
+
+
+def test_detect_header_matches_case_and_spaces_loosely():
+    fmt, _ = detect(b"Time, Temperature ,HUMIDITY")
+    assert fmt.parse(2, b"x,1,2").values.tolist() == [1.0, 2.0]
+
+
+def test_detect_unknown_stream_column_and_headerless_stream_column():
+    with pytest.raises(InputError, match="stream-column 'sensor'"):
+        detect(b"time,temperature,humidity", stream_column="sensor")
+    with pytest.raises(InputError, match="headerless"):
+        detect(b"1,2", stream_column="sensor")
+
+
+def test_detect_binary_first_line_is_refused():
+    with pytest.raises(InputError, match="UTF-8"):
+        detect(b"\xff\xfe\x00junk")
+
+
+def test_unnamed_features_need_headerless_input():
+    with pytest.raises(InputError, match="does not name its features"):
+        lines.detect(b"a,b", ("", ""), TARGETS)
+    fmt, _ = lines.detect(b"1,2", ("", ""), ("",))
+    assert fmt.format(fmt.parse(1, b"1,2"), 1, False, PRED) == "1,2,1,false,21.5,"
+
+
+# ---- CSV ---------------------------------------------------------------------------------
+
+def test_csv_passes_extra_columns_and_names_added_ones():
+    fmt, _ = detect(b"time,sensor,humidity,temperature", stream_column="sensor")
+    assert fmt.header() == "time,sensor,humidity,temperature,step,warmup,pred_temperature,error"
+    rec = fmt.parse(2, b"09:00,a,40,21.3")
+    assert rec.ok and rec.key == "a" and rec.values.tolist() == [21.3, 40.0]
+    assert fmt.format(rec, 3, False, PRED) == "09:00,a,40,21.3,3,false,21.5,"
+    assert fmt.format(rec, 1, True, np.full(1, np.nan)) == "09:00,a,40,21.3,1,true,,"
+
+
+def test_csv_added_names_never_collide():
+    fmt, _ = detect(b"step,temperature,humidity,pred_temperature")
+    assert fmt.header().endswith(",step_,warmup,pred_temperature_,error")
+
+
+@pytest.mark.parametrize("raw, reason", [
+    (b"09:00,21.3", "expected 3 comma-separated fields"),
+    (b"09:00,21.3,40,7", "expected 3 comma-separated fields"),
+    (b"09:00,warm,40", "'temperature': 'warm' is not a number"),
+    (b"\xff\xfe,1,2", "not UTF-8"),
+    (b"09:00,1\x00,2", "not UTF-8"),
+])
+def test_csv_bad_lines_become_error_records(raw, reason):
+    fmt, _ = detect(b"time,temperature,humidity")
+    rec = fmt.parse(7, raw)
+    assert not rec.ok and reason in rec.error and rec.line == 7
+    out = fmt.format_error(rec)
+    assert len(lines.split_csv(out)) == len(fmt.header().split(","))
+    assert reason in lines.split_csv(out)[-1]
+
+
+def test_csv_quotes_round_trip():
+    fmt, _ = detect(b'note,temperature,humidity')
+    rec = fmt.parse(2, b'"a, quoted ""note""",1,2')
+    assert rec.fields[0] == 'a, quoted "note"'
+    assert lines.split_csv(fmt.format(rec, 1, False, PRED))[0] == 'a, quoted "note"'
+
+
+def test_missing_tokens_are_nan_not_errors():
+    fmt, _ = detect(b"temperature,humidity")
+    for token in (b"", b"nan", b"NA", b"null", b"?"):
+        rec = fmt.parse(2, b"1," + token)
+        assert rec.ok and np.isnan(rec.values[1])
+
+
+def test_crlf_line_endings():
+    fmt, _ = detect(b"temperature,humidity\r")
+    assert fmt.columns == ["temperature", "humidity"]
+    assert fmt.parse(2, b"1,2\r").values.tolist() == [1.0, 2.0]
+
+
+# ---- headerless --------------------------------------------------------------------------
+
+def test_headerless_round_trip_and_errors():
+    fmt, _ = detect(b"1,2")
+    assert fmt.header() is None
+    assert fmt.format(fmt.parse(1, b"1,2"), 1, False, PRED) == "1,2,1,false,21.5,"
+    bad = fmt.parse(2, b"1,2,3")
+    assert "expected 2 comma-separated values (temperature, humidity), got 3" in bad.error
+    assert fmt.format_error(bad).startswith("1,2,,,,")
+
+
+# ---- JSON lines --------------------------------------------------------------------------
+
+def test_jsonl_round_trip():
+    fmt, _ = detect(b"{}", stream_column="sensor")
+    rec = fmt.parse(1, b'{"sensor": "a", "temperature": 21.3, "humidity": "40", "ts": 5}')
+    assert rec.ok and rec.key == "a" and rec.values.tolist() == [21.3, 40.0]
+    out = json.loads(fmt.format(rec, 2, False, PRED))
+    assert out == {"sensor": "a", "temperature": 21.3, "humidity": "40", "ts": 5, "step": 2,
+                   "warmup": False, "pred_temperature": 21.5}
+    warm = json.loads(fmt.format(rec, 1, True, np.full(1, np.nan)))
+    assert warm["pred_temperature"] is None and warm["warmup"] is True
+
+
+def test_jsonl_numeric_sensor_ids_and_missing_keys():
+    fmt, _ = detect(b"{}", stream_column="sensor")
+    rec = fmt.parse(1, b'{"sensor": 7, "temperature": 1}')
+    assert rec.key == "7" and np.isnan(rec.values[1])
+
+
+@pytest.mark.parametrize("raw, reason", [
+    (b'{"sensor": "a", "temperature": 1', "not valid JSON"),
+    (b'[1, 2]', "expected a JSON object"),
+    (b'{"temperature": 1, "humidity": 2}', "no 'sensor' key"),
+    (b'{"sensor": "a", "temperature": true, "humidity": 2}', "'temperature': true is not a number"),
+    (b'{"sensor": "a", "temperature": "hot", "humidity": 2}', "'hot' is not a number"),
+    (b'{"sensor": "a", "temperature": 1e999999, "humidity": 2}', None),  # inf: the model's call
+    (b"\x89PNG\r\n\x1a", "not UTF-8"),
+])
+def test_jsonl_bad_lines(raw, reason):
+    fmt, _ = detect(b"{}", stream_column="sensor")
+    rec = fmt.parse(3, raw)
+    if reason is None:
+        assert rec.ok and np.isinf(rec.values[0])
+        return
+    assert not rec.ok and reason in rec.error
+    assert json.loads(fmt.format_error(rec))["error"] == rec.error
+
+
+# ---- the reader --------------------------------------------------------------------------
+
+def read_all(data: bytes, **kw):
+    r, w = os.pipe()
+    writer = threading.Thread(target=lambda: (os.write(w, data), os.close(w)))
+    writer.start()
+    try:
+        return [b for batch in LineReader(r, **kw).batches() for b in batch]
+    finally:
+        writer.join()
+        os.close(r)
+
+
+def test_reader_numbers_lines_and_keeps_a_last_line_without_newline():
+    got = read_all(b"a\nb\r\n\nc")
+    assert got == [(1, b"a"), (2, b"b\r"), (3, b""), (4, b"c")]
+
+
+def test_reader_reports_over_long_lines_and_goes_on():
+    long = b"x" * 5000
+    got = read_all(b"a\n" + long + b"\nb\n" + long + b"\n", max_line=1000, block=512)
+    assert got == [(1, b"a"), (2, TOO_LONG), (3, b"b"), (4, TOO_LONG)]
+    got = read_all(b"a\n" + long, max_line=1000, block=512)   # over-long last line, no newline
+    assert got == [(1, b"a"), (2, TOO_LONG)]
+
+
+def test_reader_gathers_blocks_for_files():
+    data = b"".join(b"%d\n" % i for i in range(5000))
+    got = read_all(data, gather=True, block=1 << 20)
+    assert [n for n, _ in got] == list(range(1, 5001))
+
+
+def test_reader_yields_a_line_before_the_next_arrives():
+    r, w = os.pipe()
+    os.write(w, b"first\nsec")
+    batches = LineReader(r).batches()
+    try:
+        assert next(batches) == [(1, b"first")]   # would hang if the reader waited for more
+        os.write(w, b"ond\n")
+        assert next(batches) == [(2, b"second")]
+    finally:
+        os.close(w)
+        assert list(batches) == []
+        os.close(r)
+
+
+def test_format_value_is_shortest_float32():
+    assert lines.format_value(np.float32(21.3)) == "21.3"
+    assert lines.format_value(np.nan) == ""
+    assert lines.json_value(np.float32(0.1)) == 0.1
