@@ -6,27 +6,11 @@ own errors into one line on stderr and an exit code — never a traceback.
 
 from __future__ import annotations
 
-import functools
 import os
-import sys
 
 import click
 
-from runtime.errors import LstmEdgeError
-
-
-def reports_errors(func):
-    """Turn an :class:`LstmEdgeError` raised by ``func`` into ``Error: ...`` and its exit code."""
-
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        try:
-            return func(*args, **kwargs)
-        except LstmEdgeError as exc:
-            click.echo(f"Error: {exc}", err=True)
-            sys.exit(exc.exit_code)
-
-    return wrapper
+from runtime.cli import reports_errors
 
 
 def quiet_tensorflow() -> None:

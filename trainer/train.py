@@ -112,7 +112,7 @@ def _fit_window(xs, ys, split, cfg: TrainConfig, n_targets):
 
 
 def _fit_sequence(xs, ys, split, cfg: TrainConfig, n_targets):
-    stride = max(1, cfg.look_back // 4)
+    stride = 1   # every start row: the most subsequences a series of this size can give
     inputs, targets, first = sequences(xs[:split], ys[:split], cfg.look_back, cfg.horizon,
                                        stride)
     # Validation runs the whole series from a zero state, as a stream would, and scores
