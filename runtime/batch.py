@@ -11,6 +11,9 @@ When the next call steps the same streams in the same order, the group's arrays 
 back into ORT: no stacking, no unstacking. A stream that is stepped alone, reset, fed or
 read takes its rows out (``Stream._sync``) and the group is dropped; the next call then
 stacks afresh and forms a new one.
+
+A model with a Masking layer (see ``Model``, Notes) leaves the fast path for any call
+with a masked sample in a stream's window; models without one never look.
 """
 
 from __future__ import annotations
@@ -19,18 +22,19 @@ import numpy as np
 
 from .device import to_host
 from .errors import InputError
-from .stream import fill_missing
+from .stream import fill_missing, previous_row, run_windows
 
 
 class Group:
     """The stacked state of streams stepped together; stream ``i`` owns row ``i``."""
 
-    __slots__ = ("model", "streams", "states", "buf", "calls", "dirty")
+    __slots__ = ("model", "streams", "states", "buf", "pred", "calls", "dirty")
 
-    def __init__(self, model, streams, states, buf):
+    def __init__(self, model, streams, states, buf, pred=None):
         self.model, self.streams = model, streams
         self.states = states   # one (n, units) array per state tensor (carrying modes)
         self.buf = buf         # (n, m, features): every stream's window buffer, m equal for all
+        self.pred = pred       # (n, targets) last predictions: sequence mode with a mask only
         self.calls, self.dirty = 0, False
         for i, stream in enumerate(streams):
             stream._group, stream._gi = self, i
@@ -42,7 +46,7 @@ def step_many(model, streams: list, samples) -> np.ndarray:
     xs = model._check_chunk(samples, n)                     # (n_streams, features)
     group = model._group
     if group is not None and not group.dirty and group.streams == streams \
-            and np.isfinite(xs).all():
+            and np.isfinite(xs).all() and (model._mask is None or not _masked(model, group, xs)):
         return _step_group(model, group, xs)
     if len({id(s) for s in streams}) != n:
         raise InputError("a stream appears twice in one call; step each stream once per call")
@@ -51,11 +55,32 @@ def step_many(model, streams: list, samples) -> np.ndarray:
         raise InputError(f"streams {bad[:10]} belong to another model; a model steps only the "
                          f"streams it created")
     if np.isfinite(xs).all():
-        return _step_rows(model, streams, xs)
+        return _step_fed(model, streams, xs)
     xs, keep = _fill_rows(model, streams, xs)
     out = np.full((n, model.n_targets), np.nan, np.float32)
-    out[keep] = _step_rows(model, [s for s, k in zip(streams, keep) if k], xs)
+    out[keep] = _step_fed(model, [s for s, k in zip(streams, keep) if k], xs)
     return out
+
+
+def _masked(model, group, xs) -> bool:
+    """Whether a call of the group would see a masked sample in any stream's window."""
+    if model._masked(xs).any():
+        return True
+    return model.window > 1 and bool(model._masked(group.buf[:, 1:]).any())
+
+
+def _step_fed(model, streams, xs):
+    """Step the streams given a finite sample each; sequence mode does not feed masked ones."""
+    if model._mask is not None and model.mode == "sequence":
+        masked = model._masked(xs)                          # (n,)
+        if masked.any():
+            out = np.empty((len(xs), model.n_targets), np.float32)
+            out[masked] = np.concatenate([previous_row(model, s._previous())
+                                          for s, m in zip(streams, masked) if m])
+            out[~masked] = _step_rows(model, [s for s, m in zip(streams, masked) if not m],
+                                      xs[~masked])
+            return out
+    return _step_rows(model, streams, xs)
 
 
 def _step_group(model, group, xs):
@@ -69,7 +94,10 @@ def _step_group(model, group, xs):
     group.buf, group.calls = buf, group.calls + 1
     if model.carry_state:
         group.states = new
-    return np.ascontiguousarray(y[:, -1])
+    ys = np.ascontiguousarray(y[:, -1])
+    if group.pred is not None:
+        group.pred = ys.copy()
+    return ys
 
 
 def _fill_rows(model, streams, xs):
@@ -117,17 +145,26 @@ def _step_rows(model, streams, xs) -> np.ndarray:
             states = _stack(model, ready)                   # (r, units) each
         else:
             states = model.zeros(len(ready))
-        y, new = model._run(x, states)                      # y (r, window, targets)
-        if window == 1:
-            ys = np.ascontiguousarray(y[:, -1])
+        masked = None
+        if model._mask is not None and model.mode != "sequence":
+            masked = model._masked(x)                       # (r, window)
+        if masked is not None and masked.any():
+            last, new = run_windows(model, x, masked, states)
         else:
-            ys[index] = y[:, -1]
+            y, new = model._run(x, states)                  # y (r, window, targets)
+            last = y[:, -1]
+        if window == 1:
+            ys = np.ascontiguousarray(last)
+        else:
+            ys[index] = last
     # Nothing can fail from here on. Ready all: the streams form a group (see Group).
     if len(ready) == n:
         for stream in streams:
             stream._steps += 1
         buf = xs[:, None] if window == 1 else x              # (n, window, features)
-        model._group = Group(model, list(streams), new if model.carry_state else None, buf)
+        pred = ys.copy() if model._mask is not None and model.mode == "sequence" else None
+        model._group = Group(model, list(streams), new if model.carry_state else None, buf,
+                             pred)
         return ys
     for stream, buf in zip(streams, bufs):
         stream._buf = buf

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from .errors import ContractError, LstmEdgeError
+from .errors import LstmEdgeError
 from .lines import FORMATS, MAX_LINE
 from .serve import EmptyInput, Interrupted, LineReader, ServeConfig, Signals, StrictStop, serve
 
@@ -73,17 +73,8 @@ def load_model(model: Path, *, device, window, carry_state, missing, threads):
     if not model.is_file():
         raise LstmEdgeError(f"model file {str(model)!r} does not exist"
                             if not model.exists() else f"{str(model)!r} is not a file")
-    try:
-        return load(model, device=device, window=window, carry_state=carry_state,
-                    missing=missing, threads=threads)
-    except Exception as exc:
-        # ORT's own errors (InvalidProtobuf, InvalidArgument, ...) share no base class but
-        # Exception; any of them at load time means the file is not a model ORT can run.
-        if not type(exc).__module__.startswith("onnxruntime"):
-            raise
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ContractError(f"{model} is not an ONNX model ONNX Runtime can load: "
-                            f"{first}") from None
+    return load(model, device=device, window=window, carry_state=carry_state,
+                missing=missing, threads=threads)
 
 
 def _names(names) -> str:

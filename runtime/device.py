@@ -25,6 +25,19 @@ log = logging.getLogger("runtime")
 CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
 
 
+def _ort_errors() -> tuple:
+    """ONNX Runtime's own exception types (InvalidProtobuf, Fail, ...), which share no base.
+
+    RuntimeError too: pybind11 raises it for a C++ exception ORT does not map to one of them.
+    """
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+    types = [t for t in vars(state).values() if isinstance(t, type) and issubclass(t, Exception)]
+    return (*types, RuntimeError)
+
+
+ORT_ERRORS = _ort_errors()   # what creating a session may raise, for ``except ORT_ERRORS``
+
+
 @dataclass
 class SessionConfig:
     """How ONNX Runtime sessions are set up; the defaults suit one small call per step."""
@@ -117,6 +130,7 @@ def create_session(model: bytes, device: str = "auto",
     Raises
     ------
     DeviceError : ``cuda`` was asked for and cannot run, or the device string is unknown.
+    ORT_ERRORS : the model itself cannot be loaded (on CPU either).
     """
     kind, index = parse_device(device)
     options = options if options is not None else (config or SessionConfig()).options()
@@ -128,7 +142,10 @@ def create_session(model: bytes, device: str = "auto",
     if problem is None:
         try:
             session = new_session(model, [(CUDA, {"device_id": index}), CPU], options)
-        except Exception as exc:  # ORT raises its own pybind types; all mean the same here
+        except ORT_ERRORS as exc:
+            # A corrupt file fails here too: it is the model's fault, not the device's, when
+            # a CPU session fails as well, and that session's error is what the caller gets.
+            fallback = new_session(model, [CPU], options)
             problem = f"creating a CUDA session failed: {exc}"
         else:
             if session.get_providers()[0] == CUDA:

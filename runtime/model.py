@@ -12,6 +12,7 @@ once, at load, so that a step costs little more than the ORT call itself.
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -23,11 +24,12 @@ from .errors import ContractError, DeviceError, InputError, ShapeError, Snapshot
 from .batch import step_many
 from .shapes import check_shape
 from .snapshot import FORMAT, Snapshot
-from .stream import Stream, fill_missing
+from .stream import Stream, fill_missing, nonfinite
 
 MISSING = ("error", "skip", "hold")   # what a NaN in a sample does; see Stream
 _DTYPES = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(int32)": np.int32}
 _WINDOWS_PER_CALL = 4096   # window mode batches this many windows per ORT call at most
+MASK_RTOL = 1e-6   # a feature matches the mask within 1e-6 * (|mask| + |mean|): see Model
 
 
 def load(path, *, device: str = "auto", window: int | None = None,
@@ -50,23 +52,28 @@ def load(path, *, device: str = "auto", window: int | None = None,
 
     Raises
     ------
-    ContractError : the file does not hold to the streaming contract.
+    ContractError : the file cannot be read, is not an ONNX model ONNX Runtime can load
+        (truncated, corrupt), or does not hold to the streaming contract.
     DeviceError : the device cannot run the model.
     """
     if isinstance(path, (bytes, bytearray)):
-        data, name = bytes(path), "model"
+        data, name, what = bytes(path), "model", "the model bytes"
     else:
         try:
-            data, name = Path(path).read_bytes(), Path(path).name
+            data, name, what = Path(path).read_bytes(), Path(path).name, str(path)
         except OSError as exc:
-            raise ContractError(f"cannot read the model file {path}: {exc.strerror}") from None
+            raise ContractError(f"cannot read the model file {path}: {exc.strerror or exc}; "
+                                f"check the path and its permissions") from None
     config = _device.SessionConfig(threads=1 if threads is None else threads)
     try:
         session, where = _device.create_session(data, device, config, session_options, name=name)
     except DeviceError:
         raise
-    except Exception as exc:  # ORT's pybind errors (InvalidProtobuf, Fail, ...) share no base
-        raise ContractError(f"{name} is not an ONNX model ORT can load: {exc}") from None
+    except _device.ORT_ERRORS as exc:   # InvalidProtobuf, InvalidGraph, Fail, ...: no common base
+        raise ContractError(f"{what} is not an ONNX model ONNX Runtime can load "
+                            f"({type(exc).__name__}: {_first_line(exc)}); the file may be "
+                            f"truncated or corrupt, or not an ONNX file at all: re-export the "
+                            f"model with lstm-export") from None
     return Model(session, where, hashlib.sha256(data).hexdigest(), window=window,
                  carry_state=carry_state, missing=missing, io_binding=io_binding, name=name)
 
@@ -82,6 +89,25 @@ class Model:
         ``"stateful"``), from the file unless overridden at load.
     missing : the default NaN policy of new streams.
     fingerprint : sha256 of the ONNX file; snapshots carry it.
+    mask_value : ``(features,)`` raw values of the Keras ``Masking`` layer
+        (``lstm_edge.mask_value``), or None when the model has none.
+
+    Notes
+    -----
+    Masking. Keras skips a masked step (every feature equal to the mask value) in every recurrent
+    layer, so the runtime does not feed one. A sample is masked when each feature ``i``
+    matches, ``|x_i - mask_i| <= 1e-6 * (|mask_i| + |mean_i|)`` in float32, ``mean`` being
+    the baked scaler's (0 without one): the raw mask is ``mask * std + mean``, so exact
+    equality would hinge on how that sum was rounded, while 1e-6 is still ~8 float32 steps
+    at that size. Without a scaler a mask of 0 matches exact zeros only, as in Keras.
+
+    - ``sequence``: a masked sample is not fed; the state stays, the step returns the
+      stream's previous prediction (None before the first one, where Keras would give the
+      head of a zero output) and ``steps`` does not count it.
+    - ``window``/``stateful``: the window holds the last ``window`` samples, masked ones
+      included, as Keras's window does; a prediction runs only its unmasked samples (from a
+      zero state / from the carried state). A window of masked samples only gives None
+      (Keras: the head of a zero output) and, in ``stateful`` mode, leaves the state as it was.
     """
 
     def __init__(self, session, device: str, fingerprint: str, *, window=None,
@@ -127,6 +153,9 @@ class Model:
         self._zero_state = self.zeros(1)
         self._fin = np.zeros(self.n_features, np.float64 if self.tokens else np.float32)
         self._fshape = (self.n_features,)
+        # The mask: None for most models, whose steps then never look at it.
+        self.mask_value = _mask_value(info, self.n_features)
+        self._mask = None if self.mask_value is None else _mask_rule(self.mask_value, info)
         self._group = None   # the streams of the last many-stream call (batch.Group)
 
     def __repr__(self):
@@ -156,7 +185,7 @@ class Model:
         NaN passes where the policy (``missing``, default the model's) is not ``"error"``.
         """
         x = self._check(sample)
-        if float(x.dot(self._fin)) != 0.0:
+        if nonfinite(x, self._fin):
             fill_missing(self, x, None, missing or self.missing, check_only=True)
         return x
 
@@ -199,6 +228,19 @@ class Model:
             raise InputError(f"token ids must be 0 or more, got {a[a < 0][:3]}")
         return a.astype(self.dtype)
 
+    def _masked(self, xs) -> np.ndarray:
+        """``(..., features)`` -> ``(...)`` bool: which samples are masked (see Notes)."""
+        value, tol, _, _ = self._mask
+        return (np.abs(xs - value) <= tol).all(axis=-1)
+
+    def _masked_one(self, x) -> bool:
+        """Whether one sample ``(features,)`` is masked; one float comparison when it is not."""
+        _, _, first, first_tol = self._mask
+        # In Python floats, as _masked's float32: near the mask the difference is exact in both
+        if abs(x.item(0) - first) > first_tol:
+            return False
+        return bool(self._masked(x))
+
     # --- running -------------------------------------------------------------------------
 
     def _run(self, x, states, out=None):
@@ -237,7 +279,7 @@ class Model:
     # --- snapshots -----------------------------------------------------------------------
 
     def _restore_arrays(self, snap: Snapshot):
-        """Check a snapshot against this model; returns (state, buffer, steps)."""
+        """Check a snapshot against this model; returns (state, buffer, steps, prediction)."""
         if snap.fingerprint != self.fingerprint:
             raise SnapshotError(f"the snapshot was made for another model (file sha256 "
                                 f"{snap.fingerprint[:12]}…, this one is {self.fingerprint[:12]}…)")
@@ -261,7 +303,14 @@ class Model:
         if buf.ndim != 2 or buf.shape[1] != self.n_features or len(buf) > self.window:
             raise SnapshotError(f"snapshot buffer has shape {buf.shape}, expected at most "
                                 f"({self.window}, {self.n_features})")
-        return tuple(state), buf.astype(self.dtype if self.tokens else np.float32), int(snap.steps)
+        pred = snap.prediction
+        if pred is not None:
+            pred = np.array(pred, np.float32)
+            if pred.shape != (self.n_targets,):
+                raise SnapshotError(f"snapshot prediction has shape {pred.shape}, expected "
+                                    f"({self.n_targets},)")
+        return (tuple(state), buf.astype(self.dtype if self.tokens else np.float32),
+                int(snap.steps), pred)
 
 
 def _check_graph(info: ModelInfo, inputs: dict, outputs: dict) -> None:
@@ -296,6 +345,40 @@ def _check_graph(info: ModelInfo, inputs: dict, outputs: dict) -> None:
                                 f"{spec.units} in lstm_edge.state")
     if problems:
         raise ContractError("the graph does not match the contract: " + "; ".join(problems))
+
+
+def _mask_value(info: ModelInfo, n_features: int):
+    """``lstm_edge.mask_value`` as ``(features,)`` float64, or None (no Masking layer)."""
+    text = info.extra.get("mask_value")
+    if text is None:
+        return None
+    try:
+        value = np.asarray(json.loads(text), np.float64)
+        value = np.broadcast_to(value, (n_features,)).copy()   # one number: every feature
+    except (ValueError, TypeError) as exc:
+        raise ContractError(f"metadata lstm_edge.mask_value should be a list of {n_features} "
+                            f"numbers (one per feature), got {text[:60]!r} ({exc}); re-export "
+                            f"the model with lstm-export") from None
+    if not np.isfinite(value).all():
+        raise ContractError(f"metadata lstm_edge.mask_value holds {value.tolist()}; a mask "
+                            f"must be finite: re-export the model with lstm-export")
+    return value
+
+
+def _mask_rule(value, info: ModelInfo):
+    """(value, tolerance, first value, first tolerance): the float32 match of Masking."""
+    mean = 0.0
+    scaler = (info.scaler or {}).get("x") if isinstance(info.scaler, dict) else None
+    if isinstance(scaler, dict) and np.shape(scaler.get("mean")) == value.shape:
+        mean = np.abs(np.asarray(scaler["mean"], np.float64))
+    tol = MASK_RTOL * (np.abs(value) + mean)
+    value32, tol32 = value.astype(np.float32), tol.astype(np.float32)
+    return value32, tol32, float(value32[0]), float(tol32[0])
+
+
+def _first_line(exc) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else "no message"
 
 
 def _axis(dim, names, what: str) -> int:

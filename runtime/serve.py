@@ -232,12 +232,7 @@ class Server:
         if self.config.state is None or not self.dirty:
             return
         from . import save_snapshots
-        try:
-            save_snapshots(self.config.state,
-                           {k: s.stream.snapshot() for k, s in self.slots.items()})
-        except OSError as exc:
-            raise SnapshotError(f"cannot write the state file {self.config.state}: "
-                                f"{exc.strerror or exc}") from None
+        save_snapshots(self.config.state, {k: s.stream.snapshot() for k, s in self.slots.items()})
         self._unsaved, self.dirty = 0, False
 
     # -- routing --

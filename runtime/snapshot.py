@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +38,8 @@ class Snapshot:
     fingerprint : sha256 of the ONNX file the stream ran.
     window, carry_state : the streaming mode the stream ran in.
     version : the snapshot format.
+    prediction : ``(targets,)`` the stream's last prediction, which a masked step of a
+        ``sequence`` model repeats; None where the model has no mask or nothing was predicted.
     """
 
     state: dict[str, np.ndarray]
@@ -46,6 +50,7 @@ class Snapshot:
     carry_state: bool
     version: int = FORMAT
     extra: dict = field(default_factory=dict)  # free-form, JSON-serialisable, kept verbatim
+    prediction: np.ndarray | None = None      # stored only where set; older readers skip it
 
     def save(self, path) -> Path:
         """Write this snapshot to ``path`` (``.npz``), atomically; returns the path."""
@@ -72,11 +77,18 @@ def save_snapshots(path, snapshots: dict) -> Path:
 
     The file is written next to ``path`` under a temporary name and moved into place with
     :func:`os.replace`, so a reader never sees half a file and a crash leaves the old one.
+    A new file gets the mode ``open()`` would give it (0666 less the umask); a file that is
+    replaced keeps its mode.
 
     Parameters
     ----------
     path : where to write; written as given (no ``.npz`` is appended).
     snapshots : key -> :class:`Snapshot`; keys are turned into strings.
+
+    Raises
+    ------
+    SnapshotError : a value is not a :class:`Snapshot`, or the file cannot be written (the
+        message names the path and the reason); the old file, if any, is left as it was.
     """
     path = Path(path)
     arrays, headers = {}, []
@@ -88,11 +100,45 @@ def save_snapshots(path, snapshots: dict) -> Path:
         arrays[f"s{i}.buffer"] = snap.buffer
         for name, value in snap.state.items():
             arrays[f"s{i}.state.{name}"] = value
+        if snap.prediction is not None:
+            arrays[f"s{i}.prediction"] = snap.prediction
     arrays[_HEADER] = np.array(json.dumps({"format": FORMAT, "streams": headers}))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_atomically(path, arrays)
+    except OSError as exc:
+        reason = _reason(exc)
+        for parent in (path.parent, *path.parent.parents):
+            if parent.exists():
+                if not parent.is_dir():
+                    reason = f"{parent} is a file, not a folder"
+                break
+        raise SnapshotError(f"cannot write the snapshot file {path}: {reason}; check "
+                            f"that its folder can be created and written to and that the disk "
+                            f"has space, or save to another path") from None
+    return path
+
+
+def _write_atomically(path: Path, arrays: dict) -> None:
+    """``np.savez`` into a temporary file beside ``path``, then :func:`os.replace` it there."""
+    try:
+        mode = os.stat(path).st_mode & 0o7777              # replacing a file: keep its mode
+    except OSError:
+        mode = None
+    for _ in range(100):   # what tempfile.mkstemp does, without its 0600 mode
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0),
+                         0o666)                           # the umask applies, as for open()
+            break
+        except FileExistsError:
+            continue
+    else:
+        raise FileExistsError(f"no free temporary name beside {path}")
     try:
         with os.fdopen(fd, "wb") as f:
+            if mode is not None:
+                os.chmod(tmp, mode)
             np.savez(f, **arrays)
             f.flush()
             os.fsync(f.fileno())
@@ -101,27 +147,57 @@ def save_snapshots(path, snapshots: dict) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    return path
 
 
 def load_snapshots(path) -> dict[str, Snapshot]:
-    """Read the snapshots :func:`save_snapshots` (or :meth:`Snapshot.save`) wrote."""
+    """Read the snapshots :func:`save_snapshots` (or :meth:`Snapshot.save`) wrote.
+
+    Raises
+    ------
+    SnapshotError : the file is missing, cannot be read, or is not a whole snapshot file
+        (truncated, corrupt, another program's); the message names the path and the reason.
+    """
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            header = json.loads(str(npz[_HEADER]))
-            arrays = {k: npz[k] for k in npz.files if k != _HEADER}
+        with open(path, "rb") as f:
+            npz = np.load(f, allow_pickle=False)
+            if not isinstance(npz, np.lib.npyio.NpzFile):
+                raise ValueError("it holds one array, not an .npz archive")
+            with npz:
+                header = json.loads(str(npz[_HEADER]))
+                arrays = {k: npz[k] for k in npz.files if k != _HEADER}
     except FileNotFoundError:
-        raise SnapshotError(f"no snapshot file at {path}") from None
-    except (OSError, ValueError, KeyError) as exc:
-        raise SnapshotError(f"{path} is not a snapshot file written by lstm-edge ({exc})") from None
+        raise SnapshotError(f"no snapshot file at {path}; check the path, or start without "
+                            f"one (the streams start fresh)") from None
+    except OSError as exc:    # a folder, no permission, an I/O error
+        raise SnapshotError(f"cannot read the snapshot file {path}: {_reason(exc)}; check "
+                            f"the path and its permissions") from None
+    except (ValueError, KeyError, TypeError, AttributeError, EOFError, zipfile.BadZipFile,
+            zlib.error) as exc:
+        # np.load takes any file that is neither .npz nor .npy for a pickle, and says so
+        raise _not_ours(path, "not an .npz archive" if "pickle" in str(exc) else exc) from None
+    if not isinstance(header, dict):
+        raise _not_ours(path, "its header is not a JSON object")
     if header.get("format", 0) > FORMAT:
         raise SnapshotError(f"{path} has snapshot format {header.get('format')}, this runtime "
                             f"reads up to {FORMAT}; upgrade lstm-edge")
-    snaps = {}
-    for i, h in enumerate(header["streams"]):
-        snaps[h["key"]] = Snapshot(
-            state={name: arrays[f"s{i}.state.{name}"] for name in h["state"]},
-            buffer=arrays[f"s{i}.buffer"], steps=h["steps"], fingerprint=h["fingerprint"],
-            window=h["window"], carry_state=h["carry_state"], version=h["version"],
-            extra=h.get("extra", {}))
+    try:
+        snaps = {}
+        for i, h in enumerate(header["streams"]):
+            snaps[h["key"]] = Snapshot(
+                state={name: arrays[f"s{i}.state.{name}"] for name in h["state"]},
+                buffer=arrays[f"s{i}.buffer"], steps=h["steps"], fingerprint=h["fingerprint"],
+                window=h["window"], carry_state=h["carry_state"], version=h["version"],
+                extra=h.get("extra", {}), prediction=arrays.get(f"s{i}.prediction"))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise _not_ours(path, f"missing or malformed entry {exc}") from None
     return snaps
+
+
+def _not_ours(path, reason) -> SnapshotError:
+    return SnapshotError(f"{path} is not a snapshot file lstm-edge can read ({reason}); it may "
+                         f"be truncated or written by another program: restore a good copy, or "
+                         f"delete it to start the streams fresh")
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or str(exc) or type(exc).__name__

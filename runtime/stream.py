@@ -17,8 +17,6 @@ many-stream call can hold views of them safely.
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 
 from .device import to_host
@@ -26,12 +24,20 @@ from .errors import InputError
 from .snapshot import Snapshot
 
 _CHUNK = 4096   # window mode runs at most this many windows in one ORT call
+# np.vdot without its __array_function__ dispatch (~0.1 µs): a step's x is always a plain
+# ndarray the runtime made itself. Where numpy lacks the attribute, the public function.
+_vdot = getattr(np.vdot, "_implementation", np.vdot)
 
-# The per-step finite check is ``x.dot(zeros) != 0`` (0.3 µs, a third of np.isfinite().all()):
-# NaN and inf both turn the product into NaN, but inf * 0 makes numpy warn. An inf sample is
-# refused with an InputError right after, so that warning is noise, and only ours is muted.
-for _module in ("runtime.stream", "runtime.model"):
-    warnings.filterwarnings("ignore", "invalid value encountered in dot", RuntimeWarning, _module)
+
+def nonfinite(x, zeros) -> bool:
+    """Whether the sample ``x`` holds a NaN or an inf: the per-step check, ~0.3 µs.
+
+    ``x · 0`` is 0 for a finite sample and NaN otherwise, one call where
+    ``np.isfinite(x).all()`` takes two and three times as long. ``np.vdot``, unlike
+    ``ndarray.dot``/``@``, does not report floating-point flags, so ``inf * 0`` makes no
+    "invalid value" warning (test_inf_and_nan_raise_no_numpy_warning holds it to that).
+    """
+    return _vdot(x, zeros) != 0.0
 
 
 class Stream:
@@ -43,7 +49,8 @@ class Stream:
     missing : what a NaN in a sample does: ``"error"``, ``"skip"`` or ``"hold"``.
     """
 
-    __slots__ = ("model", "missing", "_state", "_buf", "_steps", "_own", "_group", "_gi")
+    __slots__ = ("model", "missing", "_state", "_buf", "_steps", "_pred", "_age", "_own",
+                 "_group", "_gi")
 
     def __init__(self, model, missing: str):
         self.model, self.missing, self._own, self._group = model, missing, None, None
@@ -58,6 +65,9 @@ class Stream:
     def step(self, sample):
         """Feed one sample (raw units); returns ``(targets,)`` or None while warming up/skipped.
 
+        A model with a Masking layer does not feed a masked sample: in ``sequence`` mode the
+        step returns the previous prediction, None if there is none yet (see ``Model``).
+
         Raises
         ------
         InputError, ShapeError : the sample cannot be fed; the stream is unchanged.
@@ -66,10 +76,12 @@ class Stream:
             self._sync()
         model = self.model
         x = model._check(sample)                           # (features,)
-        if float(x.dot(model._fin)) != 0.0:                # NaN or inf somewhere: rare
+        if _vdot(x, model._fin) != 0.0:                    # NaN or inf: rare; see nonfinite
             x = fill_missing(model, x, self._last(), self.missing)
             if x is None:
                 return None
+        if model._mask is not None:
+            return self._step_masked(x)
         return self._advance(x)
 
     def feed(self, samples) -> np.ndarray:
@@ -77,6 +89,7 @@ class Stream:
 
         Same predictions and final state as :meth:`step` one by one; one ORT call for the
         whole chunk in ``sequence`` and ``window`` mode, one per sample in ``stateful`` mode.
+        Masked samples of a ``sequence`` model repeat the previous prediction (NaN if none).
         """
         self._sync()
         model = self.model
@@ -104,6 +117,8 @@ class Stream:
         self._state = model._zero_state                    # shared; never written in place
         self._buf = np.empty((0, model.n_features), model.dtype if model.tokens else np.float32)
         self._steps = 0
+        self._pred = None   # the last prediction, kept for masked steps (sequence mode)
+        self._age = (0, None)   # (unmasked samples ending the buffer, the buffer): see _mask_age
 
     def snapshot(self) -> Snapshot:
         """The stream's state and window buffer as plain numpy arrays (copies)."""
@@ -111,7 +126,8 @@ class Stream:
         model = self.model
         return Snapshot(state=self.state, buffer=self._buf.copy(), steps=self._steps,
                         fingerprint=model.fingerprint, window=model.window,
-                        carry_state=model.carry_state)
+                        carry_state=model.carry_state,
+                        prediction=None if self._pred is None else self._pred.copy())
 
     @property
     def state(self) -> dict[str, np.ndarray]:
@@ -136,9 +152,14 @@ class Stream:
         self._sync()
         return self._buf[-1] if len(self._buf) else None
 
-    def _restore(self, state, buf, steps):
+    def _previous(self):
+        """The stream's last prediction, or None (masked steps repeat it)."""
+        self._sync()
+        return self._pred
+
+    def _restore(self, state, buf, steps, pred=None):
         self.reset()
-        self._state, self._buf, self._steps = state, buf, steps
+        self._state, self._buf, self._steps, self._pred = state, buf, steps, pred
 
     def _sync(self):
         """Leave a many-stream group (see ``batch.Group``): take this stream's rows of it."""
@@ -149,6 +170,8 @@ class Stream:
         if self.model.carry_state:
             self._state = tuple(s[i:i + 1] for s in group.states)   # (1, units) views
         self._buf, self._steps = group.buf[i], self._steps + group.calls
+        if group.pred is not None:
+            self._pred = group.pred[i]
         group.dirty, self._group = True, None
 
     def _advance(self, x):
@@ -159,15 +182,60 @@ class Stream:
             buf = x[None]                                  # (1, features)
         else:
             buf = np.concatenate((self._buf[1 - window:], x[None]))  # (<= window, features)
+            if model._mask is not None:
+                self._age = (self._mask_age(x), buf)
             if len(buf) < window:
                 self._buf, self._steps = buf, self._steps + 1
                 return None
+            if model._mask is not None and self._age[0] < window:
+                return self._advance_masked(buf, model._masked(buf))
         if model.carry_state:
             y, self._state = self._run(buf[None])          # (1, window, targets)
         else:
             y, _ = model._run(buf[None], model._zero_state)
         self._buf, self._steps = buf, self._steps + 1
         return y[0, -1]
+
+    def _step_masked(self, x):
+        """``step`` for a model with a mask (see ``Model``, Notes)."""
+        model = self.model
+        if model.window > 1:
+            return self._advance(x)                        # looks at the whole window
+        if not model._masked_one(x):
+            y = self._advance(x)
+            if model.carry_state:
+                self._pred = y.copy()
+            return y
+        if model.carry_state:                              # not fed: the prediction stands
+            return None if self._pred is None else self._pred.copy()
+        self._buf, self._steps = x[None], self._steps + 1  # a window of one masked sample
+        return None
+
+    def _mask_age(self, x) -> int:
+        """How many unmasked samples end the window once ``x`` joins it (window modes).
+
+        A window holds a masked sample when that is less than ``window``. Kept per step, so
+        that a step looks at its new sample only; counted afresh from the buffer where the
+        buffer was replaced elsewhere (feed, many-stream calls, restore, reset).
+        """
+        age, seen = self._age
+        if seen is not self._buf:
+            flags = self.model._masked(self._buf)          # (m,)
+            age = len(flags) - 1 - int(np.flatnonzero(flags)[-1]) if flags.any() else len(flags)
+        return 0 if self.model._masked_one(x) else age + 1
+
+    def _advance_masked(self, buf, masked):
+        """A full window ``(window, features)`` holding masked samples: run the others only."""
+        model = self.model
+        if model.carry_state:
+            states = [to_host(s) for s in self._state]      # (1, units) each
+        else:
+            states = model._zero_state
+        ys, new = run_windows(model, buf[None], masked[None], states)
+        if model.carry_state:
+            self._state = tuple(new)
+        self._buf, self._steps = buf, self._steps + 1
+        return None if masked.all() else ys[0]
 
     def _run(self, x):
         """One call from this stream's state; on a bound runner, into the spare buffers."""
@@ -182,11 +250,33 @@ class Stream:
         return y, out
 
     def _feed_sequence(self, xs):
+        model = self.model
         if not len(xs):
-            return np.empty((0, self.model.n_targets), np.float32)
+            return np.empty((0, model.n_targets), np.float32)
+        if model._mask is not None:
+            masked = model._masked(xs)                     # (n,)
+            if masked.any():
+                return self._feed_sequence_masked(xs, ~masked)
         y, state = self._run(xs[None])                     # (1, n, targets)
         self._state, self._buf, self._steps = state, xs[-1:], self._steps + len(xs)
+        if model._mask is not None:
+            self._pred = y[0, -1].copy()
         return y[0]
+
+    def _feed_sequence_masked(self, xs, keep):
+        """The unmasked rows in one call; each masked row repeats the prediction before it."""
+        model, fed = self.model, xs[keep]                  # (k, features)
+        ys = np.empty((0, model.n_targets), np.float32)
+        state = self._state
+        if len(fed):
+            y, state = self._run(fed[None])                # (1, k, targets)
+            ys = y[0]
+        table = np.concatenate((previous_row(model, self._pred), ys))   # (1 + k, targets)
+        out = table[np.cumsum(keep)]                       # row i: the last prediction by i
+        if len(fed):
+            self._state, self._buf = state, fed[-1:]
+            self._steps, self._pred = self._steps + len(fed), ys[-1].copy()
+        return out
 
     def _feed_windows(self, xs):
         model, window = self.model, self.model.window
@@ -196,11 +286,22 @@ class Stream:
         if len(seq) > first:
             wins = np.lib.stride_tricks.sliding_window_view(seq, window, axis=0)
             wins = wins[first - window + 1:].transpose(0, 2, 1)   # (r, window, features)
+            masked = None
+            if model._mask is not None:
+                flags = model._masked(seq)                 # (m + n,)
+                if flags[first - window + 1:].any():
+                    masked = np.lib.stride_tricks.sliding_window_view(flags, window)
+                    masked = masked[first - window + 1:]   # (r, window)
             at = first - len(self._buf)
             for start in range(0, len(wins), _CHUNK):
                 part = np.ascontiguousarray(wins[start:start + _CHUNK])
-                y, _ = model._run(part, model.zeros(len(part)))
-                ys[at + start:at + start + len(part)] = y[:, -1]
+                if masked is None:
+                    y, _ = model._run(part, model.zeros(len(part)))
+                    y = y[:, -1]
+                else:
+                    y, _ = run_windows(model, part, masked[start:start + _CHUNK],
+                                       model.zeros(len(part)))
+                ys[at + start:at + start + len(part)] = y
         self._buf, self._steps = seq[-window:].copy(), self._steps + len(xs)
         return ys
 
@@ -216,6 +317,44 @@ class Stream:
             self._state, self._buf, self._steps = saved    # all of the chunk, or none of it
             raise
         return ys
+
+
+def previous_row(model, pred) -> np.ndarray:
+    """``(1, targets)``: a stream's last prediction, NaN where it has none yet."""
+    if pred is None:
+        return np.full((1, model.n_targets), np.nan, np.float32)
+    return pred[None]
+
+
+def run_windows(model, wins, masked, states):
+    """Windows with masked samples, each run on its unmasked samples only (Keras's skip).
+
+    Parameters
+    ----------
+    wins : ``(r, window, features)``.
+    masked : ``(r, window)`` bool, True for a masked sample.
+    states : the windows' initial states, one ``(r, units)`` numpy array per tensor.
+
+    Returns
+    -------
+    ``(r, targets)`` the prediction after each window's last unmasked sample, NaN for a window
+    with none, and the final states (a window with none keeps its initial state). Windows
+    with the same number of unmasked samples share one ORT call.
+    """
+    keep = ~masked
+    counts = keep.sum(axis=1)                              # (r,)
+    ys = np.full((len(wins), model.n_targets), np.nan, np.float32)
+    new = [np.array(s, np.float32) for s in states]        # copies: written row by row
+    for k in np.unique(counts):
+        if k == 0:
+            continue
+        rows = np.flatnonzero(counts == k)
+        x = wins[rows][keep[rows]].reshape(len(rows), k, -1)   # (rows, k, features)
+        y, out = model._run(x, [s[rows] for s in states])
+        ys[rows] = y[:, -1]
+        for target, value in zip(new, out):
+            target[rows] = value
+    return ys, new
 
 
 def _problems(model, x, policy: str) -> list[str]:

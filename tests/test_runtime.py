@@ -6,8 +6,10 @@ CONTRACT.md and checked against LSTM/GRU equations written out in numpy.
 
 import json
 import logging
+import os
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import onnx
@@ -276,6 +278,57 @@ def test_snapshots_of_many_streams(tmp_path):
         runtime.Snapshot.load(path)
 
 
+def _snapshot():
+    return load_mode(make_params(**KINDS["lstm"]), "sequence").stream().snapshot()
+
+
+def test_snapshot_write_failures_are_snapshot_errors(tmp_path):
+    snap = _snapshot()
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(SnapshotError, match=r"file/s\.npz: .*file is a file, not a folder"):
+        runtime.save_snapshots(tmp_path / "file" / "s.npz", {"a": snap})
+    with pytest.raises(SnapshotError, match="cannot write the snapshot file .*another path"):
+        runtime.save_snapshots(tmp_path, {"a": snap})               # a folder is in the way
+    good = snap.save(tmp_path / "good.npz")
+    before = good.read_bytes()
+    with pytest.raises(SnapshotError):
+        runtime.save_snapshots(good / "x.npz", {"a": snap})
+    assert good.read_bytes() == before
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["file", "good.npz"]   # no temp left
+
+
+@pytest.mark.skipif(os.name != "posix", reason="file modes")
+def test_saved_snapshot_mode_follows_the_umask(tmp_path):
+    snap = _snapshot()
+    old = os.umask(0o027)
+    try:
+        path = snap.save(tmp_path / "s.npz")
+        assert path.stat().st_mode & 0o777 == 0o640                # 0666 less the umask
+        os.umask(0o022)
+        assert snap.save(tmp_path / "t.npz").stat().st_mode & 0o777 == 0o644
+        path.chmod(0o600)
+        assert snap.save(path).stat().st_mode & 0o777 == 0o600      # a replaced file keeps it
+    finally:
+        os.umask(old)
+
+
+def test_unreadable_snapshot_files_are_snapshot_errors(tmp_path):
+    good = _snapshot().save(tmp_path / "good.npz").read_bytes()
+    bad = {"truncated.npz": good[:len(good) // 2], "random.npz": np.random.default_rng(0)
+           .bytes(400), "empty.npz": b""}
+    for name, data in bad.items():
+        (tmp_path / name).write_bytes(data)
+    np.save(tmp_path / "array.npy", np.arange(3))
+    np.savez(tmp_path / "other.npz", a=np.arange(3))
+    for name in [*bad, "array.npy", "other.npz"]:
+        with pytest.raises(SnapshotError, match=f"{name} is not a snapshot file .*delete it"):
+            runtime.load_snapshots(tmp_path / name)
+    with pytest.raises(SnapshotError, match="cannot read the snapshot file"):
+        runtime.load_snapshots(tmp_path)
+    with pytest.raises(SnapshotError, match="no snapshot file at"):
+        runtime.load_snapshots(tmp_path / "missing.npz")
+
+
 def test_snapshot_for_another_model_is_refused():
     p = make_params(**KINDS["lstm"])
     snap = load_mode(p, "sequence").stream().snapshot()
@@ -334,6 +387,37 @@ def test_state_mismatch_is_refused_by_name():
         runtime.load(make_graph(p, {"lstm_edge.state": json.dumps(units)}), device="cpu")
 
 
+@pytest.mark.parametrize("what", ["truncated", "random", "empty"])
+def test_corrupt_model_file_is_a_contract_error(tmp_path, what):
+    good = make_graph(make_params(**KINDS["lstm"]))
+    data = {"truncated": good[:len(good) // 2], "random": np.random.default_rng(1).bytes(700),
+            "empty": b""}[what]
+    path = tmp_path / "m.onnx"
+    path.write_bytes(data)
+    with pytest.raises(ContractError, match=f"{path} is not an ONNX model .*re-export .*lstm-export"):
+        runtime.load(path, device="cpu")
+    with pytest.raises(ContractError, match="truncated or corrupt"):
+        runtime.load(data, device="auto")
+
+
+def test_corrupt_model_is_not_blamed_on_cuda(monkeypatch, tmp_path):
+    """A CUDA session that fails on a bad file is the file's fault: a CPU session fails too."""
+    real = rdevice.new_session
+
+    def new_session(model, providers, options):
+        if any(isinstance(q, tuple) for q in providers):
+            return real(model, [rdevice.CPU], options)   # stands in for a CUDA attempt
+        return real(model, providers, options)
+
+    monkeypatch.setattr(rdevice, "cuda_library_problem", lambda: None)
+    monkeypatch.setattr(rdevice, "new_session", new_session)
+    (tmp_path / "m.onnx").write_bytes(make_graph(make_params(**KINDS["lstm"]))[:300])
+    with pytest.raises(ContractError, match="m.onnx is not an ONNX model"):
+        runtime.load(tmp_path / "m.onnx", device="cuda")
+    with pytest.raises(DeviceError, match="fell back"):               # a good file: the device
+        runtime.load(make_graph(make_params(**KINDS["lstm"])), device="cuda")
+
+
 # --- bad input leaves the stream as it was --------------------------------------------------
 
 def _frozen(stream):
@@ -381,6 +465,27 @@ def test_bad_sample_is_refused_and_state_unchanged(case, mode):
     assert all(o.steps == 0 for o in others)
     with pytest.raises(error):
         model.validate(sample)
+
+
+@pytest.mark.parametrize("mode", ["sequence", "window"])
+def test_inf_and_nan_raise_no_numpy_warning(mode):
+    """The finite check must not make numpy warn (inf * 0), whatever the warning filters."""
+    p = make_params(**KINDS["lstm"])
+    model = load_mode(p, mode, missing="skip")
+    s = model.stream()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for bad in ([np.inf, 1.0], [-np.inf, np.inf], [np.nan, np.inf]):
+            with pytest.raises(InputError, match="inf"):
+                s.step(bad)
+            with pytest.raises(InputError, match="inf"):
+                s.feed([bad])
+            with pytest.raises(InputError, match="inf"):
+                model.step([s], [bad])
+            with pytest.raises(InputError, match="inf"):
+                model.validate(bad)
+        assert s.step([np.nan, 1.0]) is None
+        s.step([3e38, -3e38])                                   # huge but finite: fed
 
 
 def test_wrong_feature_count_in_a_chunk_is_explained():

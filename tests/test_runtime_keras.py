@@ -95,3 +95,15 @@ def test_stateful_matches_keras_stateful_predict_over_windows():
     got = np.array([s.step(x) for x in xs][look_back - 1:])
     print(f"stateful max abs diff {np.abs(got - want).max():.2e}")
     np.testing.assert_allclose(got, want, atol=ATOL)
+
+
+def test_truncated_export_is_a_contract_error(tmp_path):
+    keras.utils.set_random_seed(4)
+    path = tmp_path / "m.onnx"
+    export.export(_sequence([keras.layers.LSTM(3, return_sequences=True)]), path, steps=20)
+    runtime.load(path, device="cpu")
+    data = path.read_bytes()
+    for cut in (len(data) // 2, len(data) - 7, 40):
+        path.write_bytes(data[:cut])
+        with pytest.raises(runtime.ContractError, match=f"{path} is not an ONNX model .*lstm-export"):
+            runtime.load(path, device="cpu")
