@@ -116,8 +116,10 @@ def describe(model, path: Path) -> str:
     else:
         rows.append(("parity", json.dumps(parity) if parity else "not recorded"))
     if info.scaler:
-        rows.append(("scaler", f"{', '.join(sorted(info.scaler))} normalisation is in the graph: "
-                               f"raw values in, raw values out"))
+        which = " and ".join(k for k in ("x", "y") if k in info.scaler)
+        kind = f" ({info.scaler['kind']})" if "kind" in info.scaler else ""
+        rows.append(("scaler", f"the {which} scaling{kind} is in the graph: raw values in, "
+                               f"raw values out"))
     rows.append(("device", str(model.device)))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
