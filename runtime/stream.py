@@ -11,8 +11,13 @@ The streaming mode comes from the model (see CONTRACT.md, "Streaming modes"):
 
 A call either completes or leaves the stream exactly as it was: every check runs before
 anything is assigned, and the new state, buffer and count are assigned only after the ORT
-call succeeded. State arrays are never written in place, only replaced, so a snapshot or a
-many-stream call can hold views of them safely.
+call succeeded.
+
+State arrays are never written in place, only replaced, with one exception: the two state
+sets of a stream's :class:`~runtime.device.StepBinding`, which a step of that stream writes
+(into the set its state is not in: a call that raises leaves the state as it was). Nothing
+else keeps those sets: ``state``, snapshots, many-stream calls and ``feed``'s rollback copy
+them, and a state from anywhere else is copied into a set on the next step.
 """
 
 from __future__ import annotations
@@ -49,11 +54,11 @@ class Stream:
     missing : what a NaN in a sample does: ``"error"``, ``"skip"`` or ``"hold"``.
     """
 
-    __slots__ = ("model", "missing", "_state", "_buf", "_steps", "_pred", "_age", "_own",
+    __slots__ = ("model", "missing", "_state", "_buf", "_steps", "_pred", "_age", "_bind",
                  "_group", "_gi")
 
     def __init__(self, model, missing: str):
-        self.model, self.missing, self._own, self._group = model, missing, None, None
+        self.model, self.missing, self._bind, self._group = model, missing, None, None
         self.reset()
 
     def __repr__(self):
@@ -189,12 +194,33 @@ class Stream:
                 return None
             if model._mask is not None and self._age[0] < window:
                 return self._advance_masked(buf, model._masked(buf))
-        if model.carry_state:
-            y, self._state = self._run(buf[None])          # (1, window, targets)
-        else:
-            y, _ = model._run(buf[None], model._zero_state)
+        y = self._call(buf)                                # (targets,)
         self._buf, self._steps = buf, self._steps + 1
-        return y[0, -1]
+        return y
+
+    def _call(self, buf):
+        """Run one full window ``buf`` ``(window, features)``; returns ``(targets,)``.
+
+        From the stream's state, carried on (``sequence``, ``stateful``), or from a zero
+        state (``window``). The hot path of ``step``: one call through the stream's
+        pre-bound buffers (see ``StepBinding``), made on its first call here, so that
+        streams only ever stepped together (``Model.step``) never make them. The result is
+        a copy: the buffer it comes from is overwritten by the next call.
+        """
+        bind = self._bind
+        if bind is None:
+            bind = self._bind = self.model._step_binding()
+        bind.x[0] = buf
+        try:
+            if self.model.carry_state:
+                self._state = bind.run(self._state)
+            else:
+                bind.run_fresh()
+        except Exception as exc:
+            if not self.model.tokens:
+                raise
+            raise self.model._token_error(exc) from None
+        return bind.last.copy()
 
     def _step_masked(self, x):
         """``step`` for a model with a mask (see ``Model``, Notes)."""
@@ -238,14 +264,17 @@ class Stream:
         return None if masked.all() else ys[0]
 
     def _run(self, x):
-        """One call from this stream's state; on a bound runner, into the spare buffers."""
+        """A chunk ``(1, n, features)`` from this stream's state -> (y, new state).
+
+        On a bound runner the new state is written into the step binding's set the state is
+        not in, so that it stays on the device for the next step.
+        """
         model = self.model
         if not model._runner.bound:
             return model._run(x, self._state)
-        if self._own is None:   # two sets of device buffers: one holds the state, one is written
-            runner = model._runner
-            self._own = tuple(tuple(runner.empty((1, u)) for u in model.units) for _ in "ab")
-        out = self._own[1] if self._state is self._own[0] else self._own[0]
+        if self._bind is None:
+            self._bind = model._step_binding()
+        out = self._bind.spare(self._state)
         y, _ = model._run(x, self._state, out)
         return y, out
 
@@ -306,7 +335,8 @@ class Stream:
         return ys
 
     def _feed_stateful(self, xs):
-        saved = (self._state, self._buf, self._steps)
+        # A copy of the state: the steps below write the step binding's sets in turn.
+        saved = (tuple(np.array(to_host(s)) for s in self._state), self._buf, self._steps)
         ys = np.full((len(xs), self.model.n_targets), np.nan, np.float32)
         try:
             for i, x in enumerate(xs):

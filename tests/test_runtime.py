@@ -354,6 +354,188 @@ def test_io_binding_runner_matches_host():
     np.testing.assert_allclose(b.snapshot().state["in_h1"], a.snapshot().state["in_h1"], atol=1e-6)
 
 
+# --- the step binding: a single stream's hot path -------------------------------------------
+
+def host_calls(model, xs, state):
+    """The reference for the step binding: one call through the HostRunner (numpy in, out).
+
+    ``xs`` ``(n, features)`` checked samples from ``state``; returns (y ``(n, targets)``,
+    new state).
+    """
+    x = xs[None]                                            # (1, n, features)
+    if model.tokens:
+        x = x[..., 0].astype(model.dtype)                   # (1, n) ids
+    y, new = model._host.run(x, state)
+    return y[0], tuple(new)
+
+
+def host_steps(model, xs):
+    """What ``step`` gives, each window a HostRunner call; returns (ys, the state carried)."""
+    state, ys, w = model.zeros(1), [], model.window
+    for t in range(len(xs)):
+        if t + 1 < w:
+            ys.append(None)
+            continue
+        y, new = host_calls(model, xs[t + 1 - w:t + 1], state)
+        state = new if model.carry_state else state
+        ys.append(y[-1])
+    return ys, state
+
+
+def assert_state(stream, state):
+    for name, value in zip(stream.model.state_inputs, state):
+        np.testing.assert_array_equal(stream.state[name], value[0])
+
+
+@pytest.mark.parametrize("io_binding", [False, True], ids=["host", "bound"])
+@pytest.mark.parametrize("mode", ["sequence", "window", "stateful"])
+def test_step_binding_equals_the_host_runner_bit_for_bit(kind, mode, io_binding):
+    """Samples written in place into x are what ORT reads; y and the state land in the
+    bound buffers; the result is the HostRunner's to the bit."""
+    _, p = kind
+    model = load_mode(p, mode, io_binding=io_binding)
+    xs = model._check_chunk(data(p, 15))
+    s = model.stream()
+    got = [s.step(x) for x in xs]
+    want, state = host_steps(model, xs)
+    for g, w in zip(got, want):
+        if w is None:
+            assert g is None
+        else:
+            np.testing.assert_array_equal(g, w)
+    bind = s._bind
+    if model.carry_state:
+        assert s._state is bind.sets[0] or s._state is bind.sets[1]   # the fast path ran
+    np.testing.assert_array_equal(bind.last, want[-1])
+    assert not np.shares_memory(got[-1], bind.last)         # a step returns a copy
+    assert_state(s, state)
+    twin = model.stream(s.snapshot())
+    window = np.concatenate((xs[len(xs) + 1 - model.window:], xs[:1]))   # after one more step
+    y, _ = host_calls(model, window, state)
+    np.testing.assert_array_equal(twin.step(xs[0]), y[-1])
+    np.testing.assert_array_equal(s.step(xs[0]), y[-1])
+
+
+@pytest.mark.parametrize("io_binding", [False, True], ids=["host", "bound"])
+def test_step_binding_syncs_with_every_other_path(kind, io_binding):
+    """Steps between feed, many-stream calls, snapshots and reset: the HostRunner's bits."""
+    _, p = kind
+    model = load_mode(p, "sequence", io_binding=io_binding)
+    xs = model._check_chunk(data(p, 20))
+    s, state = model.stream(), model.zeros(1)
+
+    def step(i):
+        nonlocal state
+        y, state = host_calls(model, xs[i:i + 1], state)
+        np.testing.assert_array_equal(s.step(xs[i]), y[0])
+
+    for i in range(3):
+        step(i)
+    y, state = host_calls(model, xs[3:7], state)
+    np.testing.assert_array_equal(s.feed(xs[3:7]), y)
+    step(7)
+    for i in (8, 9):                                        # a group of one, then its fast path
+        y, state = host_calls(model, xs[i:i + 1], state)
+        np.testing.assert_array_equal(model.step([s], xs[i:i + 1])[0], y[0])
+    step(10)                                                # leaves the group
+    assert_state(s, state)
+    twin = model.stream(s.snapshot())
+    step(11)
+    np.testing.assert_array_equal(twin.step(xs[11]), s._bind.last)
+    s.reset()
+    state = model.zeros(1)
+    step(12)
+    assert s.steps == 1
+
+
+class _FailLate:
+    """An ORT call that writes its outputs and then raises, the worst moment to fail."""
+
+    def __init__(self, call):
+        self.call = call
+
+    def __call__(self):
+        self.call()
+        raise RuntimeError("ORT failed after writing")
+
+
+@pytest.mark.parametrize("io_binding", [False, True], ids=["host", "bound"])
+@pytest.mark.parametrize("before", ["steps", "feed", "reset", "window mode"])
+def test_a_failed_bound_step_leaves_the_stream_as_it_was(io_binding, before):
+    p = make_params(**KINDS["stacked"])
+    mode = "window" if before == "window mode" else "sequence"
+    model = load_mode(p, mode, io_binding=io_binding)
+    xs = data(p, 8)
+    s, twin = model.stream(), model.stream()
+    for x in xs[:5]:
+        s.step(x), twin.step(x)
+    if before == "feed":                                   # the state is not in a set
+        s.feed(xs[5:6]), twin.feed(xs[5:6])
+    elif before == "reset":
+        s.reset(), twin.reset()
+    frozen, calls = _frozen(s), s._bind._calls
+    s._bind._calls = tuple(_FailLate(c) for c in calls)
+    with pytest.raises(RuntimeError, match="after writing"):
+        s.step(xs[6])
+    _assert_same(frozen, _frozen(s))
+    s._bind._calls = calls
+    for x in xs[6:]:
+        np.testing.assert_array_equal(s.step(x), twin.step(x))
+
+
+def test_token_ids_past_the_vocabulary_leave_a_stateful_chunk_undone():
+    """The chunk's steps write the binding's two sets in turn; the rollback must not care."""
+    p = make_params(**KINDS["embedding"])
+    model = load_mode(p, "stateful")
+    s, twin = model.stream(), model.stream()
+    s.feed(data(p, 5)), twin.feed(data(p, 5))
+    frozen = _frozen(s)
+    with pytest.raises(InputError, match="vocabulary"):
+        s.feed([1, 2, 3, 4, 99, 5])
+    _assert_same(frozen, _frozen(s))
+    np.testing.assert_array_equal(s.feed([1, 2, 3]), twin.feed([1, 2, 3]))
+
+
+def test_many_stream_calls_make_no_step_bindings():
+    """4,096 streams stepped together cost no IO bindings; a stream makes one on its own step."""
+    p = make_params(**KINDS["lstm"])
+    model = load_mode(p, "sequence")
+    streams = [model.stream() for _ in range(4096)]
+    for t in range(3):
+        model.step(streams, data(p, 4096, seed=t))
+    streams[0].snapshot(), streams[1].state, streams[2].reset(), streams[3].feed(data(p, 3))
+    assert all(s._bind is None for s in streams)
+    streams[5].step(data(p, 1)[0])
+    assert [i for i, s in enumerate(streams) if s._bind is not None] == [5]
+
+
+class _PublicOnly:
+    """A session through its public API only, as on an ORT build without ``_sess``."""
+
+    def __init__(self, session):
+        self._session = session
+
+    def __getattr__(self, name):
+        if name == "_sess":
+            raise AttributeError(name)
+        return getattr(self._session, name)
+
+
+@pytest.mark.parametrize("io_binding", [False, True], ids=["host", "bound"])
+def test_public_ort_calls_are_the_fallback(io_binding):
+    p = make_params(**KINDS["stacked"])
+    fast = load_mode(p, "sequence", io_binding=io_binding)
+    session = rdevice.new_session(make_graph(p), ["CPUExecutionProvider"],
+                                  rdevice.SessionConfig().options())
+    slow = runtime.Model(_PublicOnly(session), "cpu", fast.fingerprint, window=1,
+                         carry_state=True, io_binding=io_binding)
+    xs = data(p, 8)
+    a, b = fast.stream(), slow.stream()
+    for x in xs[:5]:
+        np.testing.assert_array_equal(b.step(x), a.step(x))
+    np.testing.assert_array_equal(b.feed(xs[5:]), a.feed(xs[5:]))
+
+
 # --- the contract ---------------------------------------------------------------------------
 
 def test_metadata_is_read_and_modes_follow_it():
