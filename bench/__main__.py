@@ -34,9 +34,9 @@ MODELS = {"lstm 1x16": (1, 16), "lstm 2x64": (2, 64), "lstm 2x128": (2, 128)}
 STREAM_COUNTS = (1, 16, 256, 1024, 4096)
 
 
-def timings_us(fn, samples: np.ndarray, repeat: int) -> np.ndarray:
-    """Per-call wall times of ``fn(sample)`` in µs, after a warm-up of 20 calls."""
-    for s in samples[:20]:
+def timings_us(fn, samples: np.ndarray, repeat: int, warmup: int = 20) -> np.ndarray:
+    """Per-call wall times of ``fn(sample)`` in µs, after ``warmup`` untimed calls."""
+    for s in samples[:warmup]:
         fn(s)
     out = np.empty(repeat)
     clock = time.perf_counter_ns
@@ -94,10 +94,13 @@ def bench_single(models: dict, repeat: int, device: str) -> dict:
                            "tflite": steppers.tflite_stepper(m["keras"]),
                            "numpy": steppers.numpy_stepper(m["keras"]),
                            "keras": steppers.keras_stepper(m["keras"])}
-        row = {}
-        for who, fn in contenders.items():
-            n = max(50, repeat // 20) if who == "keras" else repeat
-            row[who] = summary(timings_us(fn, samples, n))
+        # Interleaved rounds: drift on a shared machine hits every contender alike.
+        rounds, times = 10, {who: [] for who in contenders}
+        for _ in range(rounds):
+            for who, fn in contenders.items():
+                n = max(5, repeat // 200) if who == "keras" else repeat // rounds
+                times[who].append(timings_us(fn, samples, n))
+        row = {who: summary(np.concatenate(t)) for who, t in times.items()}
         rows[name] = row
         print(f"  single stream, {name}: " + ", ".join(
             f"{k} {v['median_us']:.1f}" for k, v in row.items()) + " µs (median)", flush=True)
