@@ -25,10 +25,9 @@ def ort_stepper(path: str, threads: int = 1):
     """A bare session with the runtime's CPU settings; state carried by hand."""
     import onnxruntime as ort
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    from runtime.device import SessionConfig
+
+    opts = SessionConfig(threads=threads).options()      # the very options the runtime uses
     sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
     inputs = {i.name: i for i in sess.get_inputs()}
     outputs = [o.name for o in sess.get_outputs()]

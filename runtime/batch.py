@@ -44,9 +44,10 @@ def step_many(model, streams: list, samples) -> np.ndarray:
     """``Model.step``: one sample per stream, ``(n_streams, features)`` -> ``(n_streams, targets)``."""
     n = len(streams)
     xs = model._check_chunk(samples, n)                     # (n_streams, features)
+    finite = bool(np.isfinite(xs).all())
     group = model._group
     if group is not None and not group.dirty and group.streams == streams \
-            and np.isfinite(xs).all() and (model._mask is None or not _masked(model, group, xs)):
+            and finite and (model._mask is None or not _masked(model, group, xs)):
         return _step_group(model, group, xs)
     if len({id(s) for s in streams}) != n:
         raise InputError("a stream appears twice in one call; step each stream once per call")
@@ -54,7 +55,7 @@ def step_many(model, streams: list, samples) -> np.ndarray:
         bad = [i for i, s in enumerate(streams) if s.model is not model]
         raise InputError(f"streams {bad[:10]} belong to another model; a model steps only the "
                          f"streams it created")
-    if np.isfinite(xs).all():
+    if finite:
         return _step_fed(model, streams, xs)
     xs, keep = _fill_rows(model, streams, xs)
     out = np.full((n, model.n_targets), np.nan, np.float32)

@@ -59,10 +59,8 @@ class ModelInfo:
 
     @property
     def streaming_mode(self) -> str:
-        """The contract's three modes in one word."""
-        if self.window == 1:
-            return "sequence"
-        return "stateful" if self.carry_state else "window"
+        """The contract's three modes in one word (see :func:`streaming_mode`)."""
+        return streaming_mode(self.window, self.carry_state)
 
     def to_metadata(self) -> dict[str, str]:
         """The ``metadata_props`` of an ONNX file, all values strings."""
@@ -121,6 +119,22 @@ class ModelInfo:
         if info.window < 1:
             raise ContractError(f"metadata {PREFIX}window must be at least 1, got {info.window}")
         return info
+
+
+def streaming_mode(window: int, carry_state: bool) -> str:
+    """``"sequence"``, ``"window"`` or ``"stateful"``: CONTRACT.md's streaming modes.
+
+    Not carrying state is ``window`` mode whatever the window, 1 included (each sample then
+    runs alone from a zero state), which is what the runtime does.
+
+    >>> streaming_mode(1, True), streaming_mode(24, False), streaming_mode(24, True)
+    ('sequence', 'window', 'stateful')
+    >>> streaming_mode(1, False)
+    'window'
+    """
+    if not carry_state:
+        return "window"
+    return "sequence" if window == 1 else "stateful"
 
 
 def _parse_bool(value: str) -> bool:

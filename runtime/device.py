@@ -272,7 +272,7 @@ class HostRunner:
         inner = getattr(session, "_sess", None)
         self._run = inner.run if inner is not None else session.run
 
-    def run(self, x, states, out=None):
+    def run(self, x, states):
         result = self._run(self._outputs, dict(zip(self._names, (x, *states))), None)
         return result[0], result[1:]
 

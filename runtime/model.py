@@ -19,7 +19,7 @@ import numpy as np
 import onnxruntime as ort
 
 from . import device as _device
-from .contract import X, Y, ModelInfo, derive_state
+from .contract import X, Y, ModelInfo, derive_state, streaming_mode
 from .errors import ContractError, DeviceError, InputError, ShapeError, SnapshotError
 from .batch import step_many
 from .shapes import check_shape
@@ -28,7 +28,6 @@ from .stream import Stream, fill_missing, nonfinite
 
 MISSING = ("error", "skip", "hold")   # what a NaN in a sample does; see Stream
 _DTYPES = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(int32)": np.int32}
-_WINDOWS_PER_CALL = 4096   # window mode batches this many windows per ORT call at most
 MASK_RTOL = 1e-6   # a feature matches the mask within 1e-6 * (|mask| + |mean|): see Model
 
 
@@ -125,8 +124,7 @@ class Model:
         if self.window < 1:
             raise ContractError(f"window must be at least 1, got {self.window}")
         self.missing = _check_missing(missing)
-        self.mode = ("window" if not self.carry_state
-                     else "sequence" if self.window == 1 else "stateful")
+        self.mode = streaming_mode(self.window, self.carry_state)
 
         x = inputs[X]
         self.tokens = len(x.shape) == 2                 # x is (batch, time) token ids
@@ -312,14 +310,16 @@ class Model:
                                 f"needs {self.state_inputs}")
         state = []
         for (name, value), units in zip(snap.state.items(), self.units):
-            if np.shape(value) != (units,):
-                raise SnapshotError(f"snapshot state {name} has shape {np.shape(value)}, "
-                                    f"expected ({units},)")
+            value = np.asarray(value)
+            if value.shape != (units,) or value.dtype.kind not in "fiu":
+                raise SnapshotError(f"snapshot state {name} has shape {value.shape} (dtype "
+                                    f"{value.dtype}), expected ({units},) numbers")
             state.append(np.array(value, np.float32).reshape(1, units))
         buf = np.asarray(snap.buffer)
-        if buf.ndim != 2 or buf.shape[1] != self.n_features or len(buf) > self.window:
-            raise SnapshotError(f"snapshot buffer has shape {buf.shape}, expected at most "
-                                f"({self.window}, {self.n_features})")
+        if buf.dtype.kind not in "fiu" or buf.ndim != 2 or buf.shape[1] != self.n_features \
+                or len(buf) > self.window:
+            raise SnapshotError(f"snapshot buffer has shape {buf.shape} (dtype {buf.dtype}), "
+                                f"expected at most ({self.window}, {self.n_features}) numbers")
         pred = snap.prediction
         if pred is not None:
             pred = np.array(pred, np.float32)

@@ -309,11 +309,11 @@ class Server:
         with ``config.strict``; the caller writes ``stop.lines`` before reporting it.
         """
         items, stop = self._records(batch)
-        good = [r for r in items[:stop] if isinstance(r, fmt.Record) and r.ok] if stop is not None \
-            else [r for r in items if isinstance(r, fmt.Record) and r.ok]
+        answered = items[:stop]                            # all of them where stop is None
+        good = [r for r in answered if isinstance(r, fmt.Record) and r.ok]
         answers = self._step(good)
         out = []
-        for item in items[:stop] if stop is not None else items:
+        for item in answered:
             if isinstance(item, str):
                 out.append(item)
             elif item.ok:

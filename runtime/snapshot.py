@@ -175,8 +175,8 @@ def load_snapshots(path) -> dict[str, Snapshot]:
             zlib.error) as exc:
         # np.load takes any file that is neither .npz nor .npy for a pickle, and says so
         raise _not_ours(path, "not an .npz archive" if "pickle" in str(exc) else exc) from None
-    if not isinstance(header, dict):
-        raise _not_ours(path, "its header is not a JSON object")
+    if not isinstance(header, dict) or not isinstance(header.get("format", 0), int):
+        raise _not_ours(path, "its header is not a JSON object with an integer format")
     if header.get("format", 0) > FORMAT:
         raise SnapshotError(f"{path} has snapshot format {header.get('format')}, this runtime "
                             f"reads up to {FORMAT}; upgrade lstm-edge")
@@ -185,12 +185,20 @@ def load_snapshots(path) -> dict[str, Snapshot]:
         for i, h in enumerate(header["streams"]):
             snaps[h["key"]] = Snapshot(
                 state={name: arrays[f"s{i}.state.{name}"] for name in h["state"]},
-                buffer=arrays[f"s{i}.buffer"], steps=h["steps"], fingerprint=h["fingerprint"],
-                window=h["window"], carry_state=h["carry_state"], version=h["version"],
+                buffer=arrays[f"s{i}.buffer"], steps=_integer(h["steps"]),
+                fingerprint=h["fingerprint"], window=_integer(h["window"]),
+                carry_state=h["carry_state"], version=_integer(h["version"]),
                 extra=h.get("extra", {}), prediction=arrays.get(f"s{i}.prediction"))
     except (KeyError, TypeError, ValueError) as exc:
         raise _not_ours(path, f"missing or malformed entry {exc}") from None
     return snaps
+
+
+def _integer(value) -> int:
+    """A header count as an int; ValueError (a malformed entry) for anything else."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{value!r} where a whole number belongs")
+    return value
 
 
 def _not_ours(path, reason) -> SnapshotError:

@@ -109,6 +109,8 @@ def test_split_is_chronological():
     assert split_point(100, 0.2, 10) == 80
     with pytest.raises(DataError, match="cannot hold a window"):
         split_point(10, 0.5, 8)
+    with pytest.raises(DataError, match="leaves no row to validate on"):
+        split_point(10, 0.01, 3)
 
 
 def test_scaler_round_trip_and_constant_column():

@@ -30,11 +30,11 @@ from onnx import helper
 
 from runtime.contract import ModelInfo
 from .errors import ExportError
+from .train import sidecar_path
 from .graph import (check_fused, check_layers, emit, emit_embedding, is_recurrent, lookup,
                     op_counts)
 
 OPSETS = range(13, 19)          # what ONNX Runtime 1.31 runs and the exporter emits
-SIDECAR = ".lstm-edge.json"     # NAME.keras -> NAME.lstm-edge.json
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
@@ -161,7 +161,7 @@ def read_sidecar(path: Path | None) -> dict | None:
     """The trainer's ``NAME.lstm-edge.json`` next to ``NAME.keras``, if there is one."""
     if path is None:
         return None
-    sidecar = path.with_name(path.stem + SIDECAR)
+    sidecar = sidecar_path(path)
     return _read_json(sidecar) if sidecar.exists() else None
 
 

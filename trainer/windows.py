@@ -123,7 +123,10 @@ def split_point(rows: int, val_fraction: float, min_rows: int) -> int:
     if not 0.0 < val_fraction < 1.0:
         raise DataError(f"--val-fraction must be between 0 and 1, got {val_fraction}")
     split = int(round(rows * (1.0 - val_fraction)))
-    if split < min_rows or rows - split < 1:
+    if rows - split < 1:
+        raise DataError(f"--val-fraction {val_fraction} of {rows} rows leaves no row to "
+                        f"validate on; use a larger --val-fraction or more data")
+    if split < min_rows:
         raise DataError(
             f"the series has {rows} rows; a training part of {split} rows cannot hold a window "
             f"of {min_rows - 1} steps plus its target — use a shorter --look-back, a smaller "
