@@ -174,7 +174,7 @@ def compare(subject: Subject, *, steps: int = 1000, atol: float = 1e-4, seed: in
     resolution = _resolution(subject, y_step)
     report = {"max_abs_diff": max(per_output.values()), "per_output": per_output,
               "steps": steps, "streams": STREAMS, "atol": atol,
-              "units": "normalised; states relative to max(1, |state|)",
+              "units": "normalised", "states": "relative to max(1, |state|)",
               "resolution": resolution}
     # Outputs holding y in raw float32 may differ by its resolution on top of atol.
     allowed = {name: atol + (resolution if name in _Y_FIGURES else 0.0) for name in per_output}
