@@ -178,7 +178,10 @@ def _step_rows(model, streams, xs) -> np.ndarray:
 
 def _stack(model, streams):
     """The streams' states stacked along the batch axis, one array per state tensor."""
-    if model._runner.bound:   # states may live on the device: one copy down per call
+    # Bound runners may hold OrtValues (on the device): to_host copies them down once per
+    # call. Host runners hold numpy arrays already, and skip to_host's per-stream call,
+    # which adds up at thousands of streams.
+    if model._runner.bound:
         return [np.concatenate([to_host(s._state[j]) for s in streams])
                 for j in range(len(model.units))]
     return [np.concatenate([s._state[j] for s in streams]) for j in range(len(model.units))]

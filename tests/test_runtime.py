@@ -218,7 +218,6 @@ def test_feed_matches_step(kind, mode):
 def test_many_streams_match_alone(kind, mode):
     _, p = kind
     model = load_mode(p, mode)
-    rng = np.random.default_rng(5)
     together = [model.stream() for _ in range(6)]
     alone = [model.stream() for _ in range(6)]
     worst = 0.0

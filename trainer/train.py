@@ -101,9 +101,14 @@ def _fit(model, train, val, cfg: TrainConfig) -> None:
               shuffle=True, callbacks=[stop], verbose=cfg.verbose)
 
 
-def _fit_window(xs, ys, split, cfg: TrainConfig, n_targets):
+def _split_windows(xs, ys, split, cfg: TrainConfig):
+    """Windows of the whole series, and which ones validate: the target row decides."""
     inputs, targets, last = windows(xs, ys, cfg.look_back, cfg.horizon)
-    is_val = last + cfg.horizon >= split          # the target row decides the part
+    return inputs, targets, last, last + cfg.horizon >= split
+
+
+def _fit_window(xs, ys, split, cfg: TrainConfig, n_targets):
+    inputs, targets, last, is_val = _split_windows(xs, ys, split, cfg)
     model = build_model(cfg.model, cfg.look_back, xs.shape[1], n_targets)
     _compile(model, cfg)
     _fit(model, (inputs[~is_val], targets[~is_val]), (inputs[is_val], targets[is_val]), cfg)
@@ -112,9 +117,8 @@ def _fit_window(xs, ys, split, cfg: TrainConfig, n_targets):
 
 
 def _fit_sequence(xs, ys, split, cfg: TrainConfig, n_targets):
-    stride = 1   # every start row: the most subsequences a series of this size can give
-    inputs, targets, first = sequences(xs[:split], ys[:split], cfg.look_back, cfg.horizon,
-                                       stride)
+    # Stride 1, every start row: the most subsequences a series of this size can give.
+    inputs, targets, _ = sequences(xs[:split], ys[:split], cfg.look_back, cfg.horizon, 1)
     # Validation runs the whole series from a zero state, as a stream would, and scores
     # only the steps whose target lies in the validation rows.
     steps = len(xs) - cfg.horizon
@@ -137,10 +141,10 @@ def _fit_stateful(xs, ys, split, cfg: TrainConfig, n_targets):
     are never shuffled, and the state is reset at each epoch. Validation runs a batch-1
     copy over every window from the start, state carried, as the runtime will.
     """
-    inputs, targets, last = windows(xs, ys, cfg.look_back, cfg.horizon)
-    is_val = last + cfg.horizon >= split
+    inputs, targets, last, is_val = _split_windows(xs, ys, split, cfg)
     tr_in, tr_out = inputs[~is_val], targets[~is_val]
     blocks = max(1, min(cfg.batch_size, len(tr_in)))
+    # Every block gets the same length; the last len % blocks training windows are left out.
     per_block = len(tr_in) // blocks
     order = (np.arange(blocks)[None, :] * per_block + np.arange(per_block)[:, None]).ravel()
     tr_in, tr_out = tr_in[order], tr_out[order]       # batch k = window k of every block
