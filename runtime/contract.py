@@ -2,7 +2,7 @@
 
 The exporter writes these and the runtime reads them; this module is the one place both
 sides take them from (the trainer may import the runtime, never the other way round).
-See CONTRACT.md at the top of the repository for the prose.
+See docs/contract.md for the prose; it is the one source of truth.
 """
 
 from __future__ import annotations
@@ -122,7 +122,7 @@ class ModelInfo:
 
 
 def streaming_mode(window: int, carry_state: bool) -> str:
-    """``"sequence"``, ``"window"`` or ``"stateful"``: CONTRACT.md's streaming modes.
+    """``"sequence"``, ``"window"`` or ``"stateful"``: docs/contract.md's streaming modes.
 
     Not carrying state is ``window`` mode whatever the window, 1 included (each sample then
     runs alone from a zero state), which is what the runtime does.

@@ -21,7 +21,7 @@ class InputError(LstmEdgeError, ValueError):
 
 
 class ContractError(LstmEdgeError, ValueError):
-    """An ONNX file does not hold to the streaming contract (see CONTRACT.md)."""
+    """An ONNX file does not hold to the streaming contract (see docs/contract.md)."""
 
 
 class SnapshotError(LstmEdgeError, ValueError):

@@ -1,6 +1,6 @@
 """One stream: its own recurrent state and window buffer, fed one sample (or chunk) at a time.
 
-The streaming mode comes from the model (see CONTRACT.md, "Streaming modes"):
+The streaming mode comes from the model (see docs/contract.md, "Streaming modes"):
 
 - ``sequence`` (window 1, carrying state): each sample is fed once, the state carried.
 - ``window`` (not carrying state): the last ``window`` samples run from a zero state; the

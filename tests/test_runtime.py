@@ -1,7 +1,7 @@
 """The runtime against hand-built contract graphs and an independent numpy reference.
 
 No Keras here (see test_runtime_keras.py): each graph is built with ``onnx.helper`` per
-CONTRACT.md and checked against LSTM/GRU equations written out in numpy.
+docs/contract.md and checked against LSTM/GRU equations written out in numpy.
 """
 
 import json

@@ -1,7 +1,7 @@
 """Keras as the reference: exported models streamed by the runtime, per streaming mode and kind.
 
 Each case builds a tiny Keras model, exports it with ``trainer.export.to_onnx`` and checks the
-runtime's stream against what Keras predicts for the same data (CONTRACT.md, "Streaming modes").
+runtime's stream against what Keras predicts for the same data (docs/contract.md, "Streaming modes").
 """
 
 import numpy as np

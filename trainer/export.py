@@ -1,4 +1,4 @@
-"""Export a Keras recurrent model to the streaming ONNX contract (CONTRACT.md).
+"""Export a Keras recurrent model to the streaming ONNX contract (docs/contract.md).
 
 :func:`export` loads the model, emits the streaming graph from its weights
 (:mod:`trainer.graph`), bakes in the trainer's normalisation, writes the contract's
@@ -218,7 +218,7 @@ def _check_scaler(scaler: dict | None, features: int, outputs: int, tokens: bool
 
 
 def _infer_mode(layers, time_axis, sidecar: dict | None) -> tuple[int, bool]:
-    """(window, carry_state) as CONTRACT.md's streaming-modes table says."""
+    """(window, carry_state) as docs/contract.md's streaming-modes table says."""
     look_back = (sidecar or {}).get("look_back") or time_axis
     mode = (sidecar or {}).get("mode")
     if mode == "sequence":
