@@ -131,9 +131,11 @@ by more than --atol in normalised units.
 @click.option("--steps", type=click.IntRange(min=1), default=1000, show_default=True,
               help="Length of the sequences the check runs.")
 @click.option("--no-check", is_flag=True, help="Skip the check against Keras.")
+@click.option("--triton", "triton_dir", type=click.Path(file_okay=False),
+              help="Also write a Triton model repository there (see lstm-triton for options).")
 @reports_errors
 def export_main(model, output, scaler, features, targets, window, carry_state, atol, opset,
-                steps, no_check):
+                steps, no_check, triton_dir):
     """Export MODEL (.keras or .h5) to a streaming ONNX file the runtime can step through."""
     quiet_tensorflow()
     from .export import export
@@ -142,3 +144,7 @@ def export_main(model, output, scaler, features, targets, window, carry_state, a
                     window=window, carry_state=carry_state, atol=atol, opset=opset,
                     check=not no_check, steps=steps)
     click.echo(report.summary())
+    if triton_dir is not None:
+        from .triton import write_repository
+
+        click.echo(write_repository(report.path, triton_dir).summary())
