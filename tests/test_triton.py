@@ -24,8 +24,8 @@ import runtime
 from trainer.errors import ExportError
 from trainer.triton import TritonOptions, write_repository
 
+keras = pytest.importorskip("keras")     # with it come grpcio, which tritonclient.grpc imports
 model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
-keras = pytest.importorskip("keras")
 L = keras.layers
 
 ROOT = Path(__file__).resolve().parent.parent
