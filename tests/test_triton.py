@@ -373,11 +373,17 @@ def test_lstm_triton_writes_the_repository_without_tensorflow(tmp_path, unbuffer
     (["{bad}"], "cannot be read as an ONNX file"),
     (["{demo}", "--name", "a/b"], "not a plain folder name"),
     (["{demo}", "--max-batch-size", "0"], "0 is not in the range"),
+    (["{plain}"], "the graph has no input 'x' (it has a): give a file written by lstm-export"),
 ])
 def test_lstm_triton_bad_input_is_one_line_and_exit_2(tmp_path, args, words):
-    bad = tmp_path / "bad.onnx"
+    bad, plain = tmp_path / "bad.onnx", tmp_path / "plain.onnx"
     bad.write_bytes(b"not onnx")
-    args = [a.format(bad=bad, demo=DEMO) for a in args]
+    h, f32 = onnx.helper, onnx.TensorProto.FLOAT
+    onnx.save(h.make_model(h.make_graph([h.make_node("Identity", ["a"], ["b"])], "g",
+                                        [h.make_tensor_value_info("a", f32, ["n", 3])],
+                                        [h.make_tensor_value_info("b", f32, ["n", 3])]),
+                           opset_imports=[h.make_opsetid("", 17)], ir_version=8), plain)
+    args = [a.format(bad=bad, demo=DEMO, plain=plain) for a in args]
     done = run(*args, "-o", str(tmp_path / "models"))
     assert done.returncode == 2 and words in done.stderr
     assert "Traceback" not in done.stderr

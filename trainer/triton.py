@@ -193,6 +193,9 @@ def window_variant(proto: onnx.ModelProto, info: ModelInfo) -> onnx.ModelProto:
     graph = proto.graph
     inputs = {v.name: v for v in graph.input}
     outputs = {v.name: v for v in graph.output}
+    if X not in inputs or Y not in outputs:
+        raise ExportError(f"the graph has no input {X!r} or no output {Y!r}: give a file "
+                          f"written by lstm-export")
     p = _prefix(graph)
     x = inputs[X]
     x_dims = _dims(x)                                  # [batch, time, F] or [batch, time]
@@ -368,7 +371,9 @@ def check_served(proto: onnx.ModelProto, served: Served, options: TritonOptions)
     """
     inputs = {v.name: v for v in proto.graph.input}
     outputs = {v.name: v for v in proto.graph.output}
-    problems = []
+    problems = [f"the graph has no {side} {name!r} (it has {', '.join(have)}): give a file "
+                f"written by lstm-export" for side, name, have in
+                (("input", X, inputs), ("output", Y, outputs)) if name not in have]
     for i, o in served.states:
         if i not in inputs or o not in outputs:
             problems.append(f"state {i} -> {o}: the graph has no "
