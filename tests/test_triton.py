@@ -401,3 +401,32 @@ def test_lstm_export_triton_option(tmp_path):
     assert "warm-up: the first 4 readings" in result.output
     config = parse((tmp_path / "tr" / "m" / "config.pbtxt").read_text())
     assert [s.input_name for s in config.sequence_batching.state] == ["in_window", "in_count"]
+
+
+@pytest.mark.parametrize("carry_state", [False, True])
+def test_token_id_window_models_are_served_too(carry_state, tmp_path):
+    """x of token ids ``(batch, time)`` int64: the window buffer holds ids."""
+    from trainer.export import export
+
+    keras.utils.set_random_seed(0)
+    path = tmp_path / "tokens.onnx"
+    export(keras.Sequential([keras.Input((W,), dtype="int32"), L.Embedding(10, 3), L.LSTM(5),
+                             L.Dense(1)]), path, steps=30, carry_state=carry_state)
+    report = write_repository(path, tmp_path / "models")
+    triton, model = ImplicitState(report.folder), runtime.load(path, device="cpu")
+    assert [name_of(s.data_type) for s in triton.config.sequence_batching.state][0] == "TYPE_INT64"
+    rng, streams, worst, compared = np.random.default_rng(0), {}, 0.0, 0
+    for t in range(3 * W):
+        live = [1, 2] if t < W else [1, 2, 3]              # sensor 3 joins late
+        ids = {s: rng.integers(0, 10, (1, 1)) for s in live}
+        starts = {s: s not in streams for s in live}
+        for s in live:
+            streams.setdefault(s, model.stream())
+        answers = triton.call([(s, ids[s], starts[s], False) for s in live])
+        for s in live:
+            want, got = streams[s].step(ids[s][0]), answers[s]
+            assert bool(got["warmup"][0, 0]) == (want is None)
+            if want is not None:
+                worst = max(worst, float(np.abs(got["y"][0, -1] - want).max()))
+                compared += 1
+    assert compared == 2 * (2 * W + 1) + (W + 1) and worst <= TOL

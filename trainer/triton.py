@@ -1,4 +1,4 @@
-"""A Triton Inference Server model repository for an exported model: sequence batcher, implicit state.
+"""A Triton Inference Server model repository for an exported model, with implicit state.
 
 The contract's state tensors (``in_h0`` -> ``out_h0``, batch first) map one to one onto Triton's
 implicit state (``sequence_batching { state [...] }``): Triton keeps each sequence's state,
@@ -70,6 +70,7 @@ class Served:
     window: int                           # readings one prediction is made from
     states: list = field(default_factory=list)   # (input name, output name) pairs
     outputs: list = field(default_factory=list)  # graph outputs the client gets
+    x_dims: list = field(default_factory=list)   # x's shape past the batch axis (None: any)
 
 
 @dataclass
@@ -85,15 +86,16 @@ class TritonReport:
     def summary(self) -> str:
         """The CLI's report: where, how the model is served, and what a client sends."""
         s, o = self.served, self.options
-        per_request = ("one reading (x: [1, 1, features] per sensor)" if s.variant
-                       else "one or more readings (x: [1, n, features] per sensor)")
+        shape = ", ".join(["1"] + ["n" if d is None else str(d) for d in s.x_dims])
+        per_request = (f"{'one reading' if s.variant else 'one or more readings'} "
+                       f"(x: [{shape}] per sensor and request)")
         lines = [f"wrote {self.folder / 'config.pbtxt'} and {self.folder / '1' / 'model.onnx'}",
                  f"mode:    {s.mode}" + (f" (window {s.window}, carried in Triton state; "
                                          f"a Triton variant of the graph)" if s.variant else
                                          " (the exported graph, unchanged)"),
                  f"request: {per_request}; outputs {', '.join(s.outputs)}",
-                 "state:   " + ", ".join(f"{i} -> {o}" for i, o in s.states) + " (zero at "
-                 "sequence start)" if s.states else "state:   none",
+                 ("state:   " + ", ".join(f"{a} -> {b}" for a, b in s.states)
+                  + " (zero at sequence start)") if s.states else "state:   none",
                  f"batcher: oldest, max_batch_size {o.max_batch_size}, "
                  f"{o.max_candidate_sequences} sequences, queue delay {o.max_queue_delay_us} us, "
                  f"idle {o.idle_seconds:g} s",
@@ -158,6 +160,12 @@ def _refuse_unsupported(info: ModelInfo) -> None:
 
 def serving_graph(proto: onnx.ModelProto, info: ModelInfo) -> tuple[onnx.ModelProto, Served]:
     """The graph Triton runs and how it is served: the file itself, or its window variant."""
+    proto, served = _serving_graph(proto, info)
+    served.x_dims = next((_dims(v)[1:] for v in proto.graph.input if v.name == X), [])
+    return proto, served
+
+
+def _serving_graph(proto, info):
     _refuse_unsupported(info)
     props = {p.key: p.value for p in proto.metadata_props}
     if TRITON_KEY in props:                           # already a variant: serve as it is
@@ -170,7 +178,7 @@ def serving_graph(proto: onnx.ModelProto, info: ModelInfo) -> tuple[onnx.ModelPr
     if info.streaming_mode == "sequence":
         return proto, Served("sequence", False, 1, states, [Y])
     variant = window_variant(proto, info)
-    return serving_graph(variant, read_model(variant)[1])
+    return _serving_graph(variant, read_model(variant)[1])
 
 
 def window_variant(proto: onnx.ModelProto, info: ModelInfo) -> onnx.ModelProto:
@@ -243,8 +251,8 @@ def window_variant(proto: onnx.ModelProto, info: ModelInfo) -> onnx.ModelProto:
             helper.make_node("Not", [p + "ready"], [WARMUP]),
             helper.make_node("Slice", [rename[Y], minus1, big, axis1], [p + "y_last"]),
             helper.make_node("Unsqueeze", [p + "ready", const("axis2", [2])], [p + "ready3"]),
-            helper.make_node("Where", [p + "ready3", p + "y_last", const("nan", np.float32(np.nan))],
-                             [Y]),                                       # (batch, 1, targets)
+            helper.make_node("Where", [p + "ready3", p + "y_last",
+                                       const("nan", np.float32(np.nan))], [Y]),  # (batch, 1, T)
         ]
         ready = p + "ready"
     else:
@@ -271,8 +279,8 @@ def window_variant(proto: onnx.ModelProto, info: ModelInfo) -> onnx.ModelProto:
                                            value=numpy_helper.from_array(np.zeros(1, np.float32)))]
     initializers = list(graph.initializer) + [numpy_helper.from_array(a, n)
                                               for n, a in inits.items()]
-    new_graph = helper.make_graph(pre + body + post, graph.name + "_triton", new_inputs, new_outputs,
-                                  initializers)
+    new_graph = helper.make_graph(pre + body + post, graph.name + "_triton", new_inputs,
+                                  new_outputs, initializers)
     model = helper.make_model(new_graph, opset_imports=list(proto.opset_import),
                               producer_name="lstm-edge", ir_version=proto.ir_version)
     kept = [s.to_json() for s in info.state] if stateful else []
