@@ -28,7 +28,7 @@ no feature or stream key of a JSON object):
   not fit the columns (too many, too few, an unclosed quote, binary data): then it holds the
   whole input line, so nothing of it is lost. The fields that do fit stay in their columns.
   A JSON error record keeps the object, or, where the line is not a JSON object, its text
-  under ``"input"``.
+  under ``"input"``. (A line over ``MAX_LINE`` bytes is never held whole, so not kept.)
 
 A missing value (an empty field, ``nan``, ``NA``, ``null``, or a JSON key left out) becomes
 NaN and is dealt with by the model's ``missing`` policy; text that is not a number is an

@@ -267,3 +267,27 @@ def test_info_gives_the_measured_latency():
     micros = float(row.split()[1].replace(",", ""))
     rate = float(row.split("(")[1].split()[0].replace(",", ""))
     assert micros > 0 and rate == pytest.approx(1e6 / micros, rel=0.01)
+
+
+def test_progress_is_on_by_default_when_stderr_is_a_terminal(tiny):
+    import pty
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.run(LSTM_RUN + [str(tiny["sequence"]), "--stream"],
+                              input=b"temperature,humidity\n1,2\n3,4\n", stdout=subprocess.PIPE,
+                              stderr=slave, timeout=60, cwd=ROOT)
+        os.close(slave)
+        seen = b""
+        while select.select([master], [], [], 0.5)[0]:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            seen += chunk
+    finally:
+        os.close(master)
+    assert proc.returncode == 0
+    assert b"\r\x1b[Klstm-run: 3 lines" in seen, seen          # redrawn in place, then ended
+    assert b"lstm-run" not in proc.stdout and len(proc.stdout.splitlines()) == 3
