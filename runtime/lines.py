@@ -386,10 +386,11 @@ class HeaderlessFormat(LineFormat):
         for option, name in (("--stream-column", stream_column), ("--reset-column",
                                                                    reset_column)):
             if name is not None:
+                example = _shell_word(",".join([TIME_COLUMN, name, *features]))
                 raise InputError(f"{option} needs a CSV header, --columns or JSON lines to "
                                  f"name the column; these headerless lines hold the model's "
                                  f"features only (name every column with --columns, e.g. "
-                                 f"--columns {','.join(['time', 'sensor', *features])})")
+                                 f"--columns {example})")
         super().__init__(features, targets)
         self.names = [f or f"feature {i}" for i, f in enumerate(self.features)]
         self._blank_tail = [""] * (2 + len(self.targets))
@@ -510,7 +511,10 @@ def detect(first: bytes, features: Sequence[str], targets: Sequence[str], *,
     except UnicodeDecodeError as exc:
         raise InputError(f"line 1 is {describe_decode_error(exc)}; cannot tell the input "
                          f"format from it") from None
-    if fmt == "auto" and text.lstrip().startswith("{") and columns is None:
+    if fmt == "auto" and text.lstrip().startswith("{"):
+        if columns is not None:
+            raise InputError("--columns names the fields of CSV lines, but line 1 starts with "
+                             "'{': JSON lines name their keys; leave --columns out")
         return JsonlFormat(features, targets, **named), False
     fields = split_csv(text)
     if columns is not None:
@@ -532,8 +536,8 @@ def detect(first: bytes, features: Sequence[str], targets: Sequence[str], *,
     except InputError as exc:
         if fmt == "auto" and fields and is_timestamp(fields[0]):
             raise InputError(
-                f"line 1 ({len(fields)} fields) is no header: it starts with a time, so it "
-                f"is a sample, but its other {len(fields) - 1} field(s) are not the model's "
+                f"line 1 ({len(fields)} fields) is not a header: it starts with a date/time, "
+                f"so it is a sample, but its other {len(fields) - 1} field(s) are not the model's "
                 f"{len(features)} feature(s) {', '.join(map(repr, features))} alone; name "
                 f"every column with --columns, e.g. --columns "
                 f"{_example_columns(len(fields), features)}") from None
@@ -552,8 +556,12 @@ def _time_first(fields: Sequence[str], features: Sequence[str]) -> bool:
 
 def _example_columns(n: int, features: Sequence[str]) -> str:
     names = [TIME_COLUMN] + [f"col{i}" for i in range(1, max(n - len(features), 1))]
-    text = ",".join([*names, *features])
-    return f'"{text}"' if any(c in text for c in " []()'") else text
+    return _shell_word(",".join([*names, *features]))
+
+
+def _shell_word(text: str) -> str:
+    """``text`` quoted for a shell where it needs it (feature names hold spaces, brackets)."""
+    return f'"{text}"' if re.search(r"[^\w,.:/@%+=-]", text) else text
 
 
 def _all_numbers(fields: Sequence[str]) -> bool:

@@ -112,7 +112,7 @@ def test_columns_take_a_first_line_of_those_names_as_the_header(tiny):
 
 def test_a_time_column_that_does_not_fit_says_to_use_columns(tiny):
     _, err = run([tiny["sequence"]], b"2024-01-01T00:00:00,a,21,40\n", code=2)
-    assert "--columns" in err and "starts with a time" in err
+    assert "--columns" in err and "starts with a date/time" in err
 
 
 # ---- item 2: reset from the feed ---------------------------------------------------------
@@ -291,3 +291,36 @@ def test_progress_is_on_by_default_when_stderr_is_a_terminal(tiny):
     assert proc.returncode == 0
     assert b"\r\x1b[Klstm-run: 3 lines" in seen, seen          # redrawn in place, then ended
     assert b"lstm-run" not in proc.stdout and len(proc.stdout.splitlines()) == 3
+
+
+# ---- detection, without a subprocess ------------------------------------------------------
+
+@pytest.mark.parametrize("first, kind, header", [
+    (b"2024-01-01T00:00:00Z,21,40", "time", False),          # a time, then the features
+    (b"2024-01-01 00:00,21,", "time", False),                # a missing value is still a sample
+    (b"2024-13-45,21,40", None, None),                       # not a date: a header, refused
+    (b"2024-01-01,21", None, None),                          # one field short: refused
+    (b"20240101,21,40", "headerless", False),                # all numbers: features only
+])
+def test_detect_recognises_a_leading_time_column_only_where_unambiguous(first, kind, header):
+    if kind is None:
+        with pytest.raises(lines.InputError):
+            lines.detect(first, FEATURES, ("temperature",))
+        return
+    fmt, is_header = lines.detect(first, FEATURES, ("temperature",))
+    assert is_header is header
+    if kind == "time":
+        assert fmt.columns == ["time", *FEATURES] and fmt.header() is None and fmt.note
+    else:
+        assert isinstance(fmt, lines.HeaderlessFormat)
+
+
+def test_detect_with_columns():
+    fmt, is_header = lines.detect(b"t,Humidity,temperature", FEATURES, ("temperature",),
+                                  columns=("t", "humidity", "temperature"))
+    assert is_header and fmt.header().startswith("t,humidity,temperature,step")
+    fmt, is_header = lines.detect(b"x,1,2", FEATURES, ("temperature",),
+                                  columns=("t", "humidity", "temperature"))
+    assert not is_header and fmt.parse(1, b"x,1,2").values.tolist() == [2.0, 1.0]
+    with pytest.raises(lines.InputError, match="JSON lines name their keys"):
+        lines.detect(b'{"a": 1}', FEATURES, ("temperature",), columns=("a",))
