@@ -42,7 +42,6 @@ or any columns named by --columns (e.g. --columns time,sensor,flow).
 Reset: with --reset-column NAME, a line whose NAME is true/1/yes resets
 its sensor's stream (zero state, empty window) before it is fed, as a
 new sequence does in Keras after model.reset_states().
-
 \b
 Bad lines (wrong field count, not a number, broken JSON, no sensor
 column, binary data, longer than {MAX_LINE // 1024} KiB) give an error record and a
@@ -234,7 +233,8 @@ class _Output:
 @click.command(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"],
                                                 "max_content_width": 100})
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option("--info", is_flag=True, help="Describe the model's contract and exit.")
+@click.option("--info", is_flag=True,
+              help="Describe the model's contract, time it on this machine, and exit.")
 @click.option("--stream", is_flag=True,
               help="Answer each line as soon as it arrives, flushing every line (for a pipe "
                    "from a live sensor). Without it, input is read in large blocks.")
@@ -246,8 +246,9 @@ class _Output:
               help="Write to this file instead of stdout.")
 @click.option("--format", "format_", type=click.Choice(FORMATS), default="auto",
               show_default=True,
-              help="Input format; auto: a first line '{' is JSONL, all numbers is headerless "
-                   "CSV, anything else is a CSV header.")
+              help="Input format; auto: a first line '{' is JSONL, all numbers (or an ISO "
+                   "date/time, then the features) is headerless CSV, anything else is a CSV "
+                   "header.")
 @click.option("--stream-column", metavar="NAME",
               help="Column (CSV header) or key (JSONL) naming each line's sensor; every "
                    "sensor gets its own stream state.")

@@ -179,10 +179,12 @@ def reset_flag(value, column: str) -> bool:
 def is_timestamp(text: str) -> bool:
     """Whether a field is an ISO 8601 date or date/time (and not a plain number).
 
-    >>> is_timestamp("2022-03-22T02:00:00+01:00"), is_timestamp("2022-03-22"), is_timestamp("20")
+    >>> is_timestamp("2022-03-22T02:00:00+01:00"), is_timestamp("1960-08"), is_timestamp("20")
     (True, True, False)
     """
     text = text.strip()
+    if re.fullmatch(r"\d{4}-(0[1-9]|1[0-2])", text):      # a month: 1960-08
+        return True
     if not re.match(r"\d{4}-\d\d-\d\d", text):
         return False
     try:

@@ -228,13 +228,17 @@ def test_a_real_keras_file(tmp_path):
 
 # ---- the live view and the latency -------------------------------------------------------
 
-def test_progress_goes_to_stderr_and_never_to_stdout(tiny, tmp_path):
+@pytest.mark.parametrize("unbuffered", ["1", None])
+def test_progress_goes_to_stderr_and_never_to_stdout(tiny, tmp_path, unbuffered):
     state = tmp_path / "s.npz"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    if unbuffered:
+        env["PYTHONUNBUFFERED"] = unbuffered
     proc = subprocess.Popen(LSTM_RUN + [str(tiny["sequence"]), "--stream", "--progress",
                                         "--stream-column", "sensor", "--state", str(state),
                                         "--save-every", "5"],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, cwd=ROOT)
+                            stderr=subprocess.PIPE, cwd=ROOT, env=env)
     answers = Answers(proc)
     feed = _feed(30, 3)
     got = []
