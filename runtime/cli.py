@@ -116,32 +116,6 @@ def _quote(text: str) -> str:
     return shlex.quote(text)
 
 
-def latency(model, steps: int = 200, warmup: int = 20,
-            budget: float = 0.3) -> tuple[float, float, int]:
-    """Median seconds per reading of one stream on this machine, readings/s, steps timed.
-
-    A quick self-timing for ``--info``: ``warmup`` steps first (the window fills, ONNX Runtime
-    settles), then up to ``steps`` timed one by one, fewer (at least 10) where a slow model
-    would take longer than ``budget`` seconds. Each step is what ``lstm-run --stream`` does
-    per line, less parsing: a window model runs its whole window for every reading.
-    """
-    import time
-
-    import numpy as np
-    stream = model.stream()
-    sample = np.ones(len(model.features), dtype=np.float32)   # (features,)
-    for _ in range(warmup):
-        stream.step(sample)
-    times = []
-    end = time.perf_counter() + budget
-    while len(times) < steps and (len(times) < 10 or time.perf_counter() < end):
-        start = time.perf_counter()
-        stream.step(sample)
-        times.append(time.perf_counter() - start)
-    median = float(np.median(times))
-    return median, 1.0 / median, len(times)
-
-
 def _names(names) -> str:
     return ", ".join(n or f"#{i}" for i, n in enumerate(names)) or "(none)"
 
@@ -187,6 +161,7 @@ def describe(model, path: Path, timed: bool = False) -> str:
                                f"raw values out"))
     rows.append(("device", str(model.device)))
     if timed:
+        from .timing import latency
         seconds, rate, steps = latency(model)
         rows.append(("latency", f"{seconds * 1e6:,.1f} µs per reading, one stream on this "
                                 f"machine ({rate:,.0f} readings/s; median of {steps} steps)"))
