@@ -370,7 +370,8 @@ class CsvFormat(LineFormat):
                                       *map(format_value, pred), "", ""])
 
     def format_error(self, rec):
-        return join_csv(self._passed(rec) + self._blank_tail + [rec.error, _unfit(rec, self.columns)])
+        return join_csv(self._passed(rec) + self._blank_tail
+                        + [rec.error, _unfit(rec, self.columns)])
 
 
 def _unfit(rec: Record, columns: Sequence) -> str:
