@@ -16,21 +16,32 @@ import click
 
 from .errors import LstmEdgeError
 from .lines import FORMATS, MAX_LINE
+from .progress import Progress
 from .serve import EmptyInput, Interrupted, LineReader, ServeConfig, Signals, StrictStop, serve
 
 EPILOG = f"""
 \b
 Output (same format as the input, one line per input line):
   CSV     the input columns, then step, warmup (true/false), pred_<target>
-          for each target, and error (empty when the line was used);
-          headerless CSV the same without a header line
+          for each target, error (empty when the line was used) and input
+          (the whole line, on an error record whose fields do not fit the
+          columns; else empty); headerless CSV the same without a header
   JSONL   the input object plus "step", "warmup", "pred_<target>";
-          a refused line gives the input object plus "error"
+          a refused line gives the input object plus "error" (a line that
+          is not a JSON object: "error" and "input", its text)
   An added name already taken (CSV: by an input column; JSONL: by a
   feature or the --stream-column key) gets "_" appended.
   Predictions are empty (null) while a stream warms up (fewer samples
   than the model's window) and for a sample skipped by --missing skip.
 
+\b
+Headerless CSV: the model's features in its order; or an ISO date/time
+and then the features (a logger's line, after tail dropped the header);
+or any columns named by --columns (e.g. --columns time,sensor,flow).
+\b
+Reset: with --reset-column NAME, a line whose NAME is true/1/yes resets
+its sensor's stream (zero state, empty window) before it is fed, as a
+new sequence does in Keras after model.reset_states().
 \b
 Bad lines (wrong field count, not a number, broken JSON, no sensor
 column, binary data, longer than {MAX_LINE // 1024} KiB) give an error record and a
@@ -70,6 +81,13 @@ def _warn(message: str) -> None:
 def load_model(model: Path, *, device, window, carry_state, missing, threads):
     """``runtime.load`` with a one-line error for a file that is missing or not ONNX."""
     from . import load
+    keras = keras_kind(model)
+    if keras:
+        stem = model.name.split(".")[0] or "model"
+        raise LstmEdgeError(f"{str(model)!r} is {keras}, not an ONNX file: lstm-run runs the "
+                            f"ONNX file lstm-export writes from it. Export it first "
+                            f"(needs the trainer's TensorFlow install): lstm-export "
+                            f"{_quote(str(model))} -o exported/{stem}.onnx")
     if not model.is_file():
         raise LstmEdgeError(f"model file {str(model)!r} does not exist"
                             if not model.exists() else f"{str(model)!r} is not a file")
@@ -77,12 +95,33 @@ def load_model(model: Path, *, device, window, carry_state, missing, threads):
                 missing=missing, threads=threads)
 
 
+def keras_kind(path: Path) -> str:
+    """What Keras/TensorFlow file ``path`` is ("a Keras model file", ...), or "" if none."""
+    if path.is_dir():
+        return "a TensorFlow SavedModel directory" if (path / "saved_model.pb").exists() else ""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError:
+        return ""
+    if head.startswith(b"\x89HDF\r\n"):
+        return "a Keras HDF5 model file (.h5)"
+    if head.startswith(b"PK") and path.suffix.lower() == ".keras":
+        return "a Keras model file (.keras)"
+    return ""
+
+
+def _quote(text: str) -> str:
+    import shlex
+    return shlex.quote(text)
+
+
 def _names(names) -> str:
     return ", ".join(n or f"#{i}" for i, n in enumerate(names)) or "(none)"
 
 
-def describe(model, path: Path) -> str:
-    """The model's contract in words, for ``--info``."""
+def describe(model, path: Path, timed: bool = False) -> str:
+    """The model's contract in words, for ``--info``; ``timed`` adds the measured latency."""
     info = model.info
     rows = [("model", str(path))]
     src = info.source or {}
@@ -121,6 +160,11 @@ def describe(model, path: Path) -> str:
         rows.append(("scaler", f"the {which} scaling{kind} is in the graph: raw values in, "
                                f"raw values out"))
     rows.append(("device", str(model.device)))
+    if timed:
+        from .timing import latency
+        seconds, rate, steps = latency(model)
+        rows.append(("latency", f"{seconds * 1e6:,.1f} µs per reading, one stream on this "
+                                f"machine ({rate:,.0f} readings/s; median of {steps} steps)"))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
@@ -163,8 +207,9 @@ class _Output:
 
 @click.command(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"],
                                                 "max_content_width": 100})
-@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--info", is_flag=True, help="Describe the model's contract and exit.")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--info", is_flag=True,
+              help="Describe the model's contract, time it on this machine, and exit.")
 @click.option("--stream", is_flag=True,
               help="Answer each line as soon as it arrives, flushing every line (for a pipe "
                    "from a live sensor). Without it, input is read in large blocks.")
@@ -176,11 +221,22 @@ class _Output:
               help="Write to this file instead of stdout.")
 @click.option("--format", "format_", type=click.Choice(FORMATS), default="auto",
               show_default=True,
-              help="Input format; auto: a first line '{' is JSONL, all numbers is headerless "
-                   "CSV, anything else is a CSV header.")
+              help="Input format; auto: a first line '{' is JSONL, all numbers (or an ISO "
+                   "date/time, then the features) is headerless CSV, anything else is a CSV "
+                   "header.")
 @click.option("--stream-column", metavar="NAME",
               help="Column (CSV header) or key (JSONL) naming each line's sensor; every "
                    "sensor gets its own stream state.")
+@click.option("--columns", metavar="NAME,NAME,...",
+              help="Name the fields of headerless CSV lines (features found by name, the rest "
+                   "passed through), e.g. time,sensor,flow; a first line of these names is "
+                   "their header.")
+@click.option("--reset-column", metavar="NAME",
+              help="Column (CSV) or key (JSONL) that resets its sensor's stream when true "
+                   "(true/1/yes; false/0/empty carry on), before that line is fed.")
+@click.option("--progress/--no-progress", default=None,
+              help="A live status line on stderr: lines/s, sensors, errors, last save "
+                   "[default: on with --stream when stderr is a terminal].")
 @click.option("--idle-timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
               help="Drop a sensor's state after this long without a line.")
 @click.option("--max-streams", type=click.IntRange(min=1), default=100_000, show_default=True,
@@ -203,8 +259,9 @@ class _Output:
 @click.option("--strict", is_flag=True, help="Stop at the first bad line, with exit code 1.")
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads for the model.")
 @reports_errors
-def main(model, info, stream, input_, output, format_, stream_column, idle_timeout,
-         max_streams, device, window, carry_state, missing, state, save_every, strict, threads):
+def main(model, info, stream, input_, output, format_, stream_column, columns, reset_column,
+         progress, idle_timeout, max_streams, device, window, carry_state, missing, state,
+         save_every, strict, threads):
     """Run MODEL.onnx (exported by lstm-export) over sensor lines, one answer per line.
 
     \b
@@ -220,26 +277,44 @@ def main(model, info, stream, input_, output, format_, stream_column, idle_timeo
     loaded = load_model(model, device=device, window=window, carry_state=carry_state,
                         missing=missing, threads=threads)
     if info:
-        click.echo(describe(loaded, model))
+        click.echo(describe(loaded, model, timed=True))
         return
     config = ServeConfig(format=format_, stream_column=stream_column, strict=strict,
                          idle_timeout=idle_timeout, max_streams=max_streams, state=state,
-                         save_every=save_every)
-    run(loaded, config, input_, output, stream)
+                         save_every=save_every, columns=_column_names(columns),
+                         reset_column=reset_column)
+    if progress is None:
+        progress = stream and sys.stderr.isatty()
+    run(loaded, config, input_, output, stream,
+        progress=Progress(state=state is not None) if progress else None)
 
 
-def run(model, config: ServeConfig, input_: str, output: str, stream: bool) -> None:
+def _column_names(text: str | None) -> tuple[str, ...] | None:
+    """``--columns a,b,c`` as names; a usage error for an empty or repeated name."""
+    if text is None:
+        return None
+    from .lines import split_csv
+    names = tuple(n.strip() for n in split_csv(text))
+    if not all(names) or len(set(names)) != len(names):
+        raise click.BadParameter(f"expected distinct, non-empty names separated by commas, "
+                                 f"got {text!r}", param_hint="--columns")
+    return names
+
+
+def run(model, config: ServeConfig, input_: str, output: str, stream: bool,
+        progress: Progress | None = None) -> None:
     """Open the input and output, serve, and map the ways a run ends to exit codes."""
     fd = 0 if input_ == "-" else os.open(input_, os.O_RDONLY)
     out = _Output(output, flush_each=stream)
     code, failure = 0, None
+    warn = progress.warn if progress else _warn
     with Signals() as signals:
         reader = LineReader(fd, block=1 << 16, gather=not stream,
                             signals=signals)
         try:
-            server = serve(model, config, reader, out.write, warn=_warn)
+            server = serve(model, config, reader, out.write, warn=warn, progress=progress)
             if server.errors:
-                _warn(f"{server.errors} of {server.lines} lines were refused (see above)")
+                warn(f"{server.errors} of {server.lines} lines were refused (see above)")
         except Interrupted as exc:
             code = 128 + exc.signum
         except BrokenPipeError:
@@ -247,6 +322,9 @@ def run(model, config: ServeConfig, input_: str, output: str, stream: bool) -> N
             code = 141
         except (StrictStop, EmptyInput) as exc:
             code, failure = exc.exit_code, exc
+        finally:
+            if progress:
+                progress.finish()
     if not out.close():
         code = code or 141
     if failure is not None:

@@ -182,6 +182,8 @@ class ServeConfig:
     state: Path | None = None            # snapshot file: loaded at start, saved at exit
     save_every: int = 0                  # also save after this many lines (0: only at exit)
     chunked: bool = True                 # let one sensor's run of lines go in one feed() call
+    columns: tuple[str, ...] | None = None   # names of header-less CSV fields (--columns)
+    reset_column: str | None = None      # the column/key whose true value resets a sensor
 
 
 @dataclass
@@ -205,6 +207,7 @@ class Server:
         self.errors = 0             # error records written
         self._unsaved = 0
         self.dirty = False          # whether any stream changed since the last save
+        self.saved_at: float | None = None   # time.time() of the last --state save
         self._warn = warn or (lambda message: None)
         self.window = int(model.window)   # samples up to the first prediction (overrides too)
 
@@ -234,6 +237,7 @@ class Server:
         from . import save_snapshots
         save_snapshots(self.config.state, {k: s.stream.snapshot() for k, s in self.slots.items()})
         self._unsaved, self.dirty = 0, False
+        self.saved_at = time.time()
 
     # -- routing --
 
@@ -284,7 +288,10 @@ class Server:
                                      f"JSON object)")
                 self.format, is_header = fmt.detect(
                     raw, self.model.features, self.model.targets, fmt=self.config.format,
-                    stream_column=self.config.stream_column)
+                    stream_column=self.config.stream_column, columns=self.config.columns,
+                    reset_column=self.config.reset_column)
+                if self.format.note:
+                    self._warn(self.format.note)
                 if is_header:
                     out.append(self.format.header())
                     continue
@@ -296,7 +303,7 @@ class Server:
                 try:
                     self.model.validate(rec.values)
                 except LstmEdgeError as exc:
-                    rec.error = str(exc)
+                    rec.error = fmt.cli_words(str(exc))
             out.append(rec)
             if not rec.ok and self.config.strict:
                 return out, len(out) - 1
@@ -354,14 +361,20 @@ class Server:
             # Few sensors, many lines each: one feed() per sensor beats a call per line.
             for key, recs in by_key.items():
                 stream = slots[key].stream
-                preds = stream.feed(np.stack([r.values for r in recs]))   # (n, targets)
-                first = stream.steps - len(recs)
-                for i, (rec, pred) in enumerate(zip(recs, preds)):
-                    answers[id(rec)] = (first + i + 1, first + i + 1 < self.window, pred)
+                for run in _runs(recs):                    # a reset starts a new run
+                    if run[0].reset:
+                        stream.reset()
+                    preds = stream.feed(np.stack([r.values for r in run]))   # (n, targets)
+                    first = stream.steps - len(run)
+                    for i, (rec, pred) in enumerate(zip(run, preds)):
+                        answers[id(rec)] = (first + i + 1, first + i + 1 < self.window, pred)
             return answers
         # Many sensors: round r steps the r-th line of every sensor in one batched call.
         for r in range(rounds):
             keys = [k for k, v in by_key.items() if len(v) > r]
+            for k in keys:
+                if by_key[k][r].reset:                     # --reset-column: a new sequence
+                    slots[k].stream.reset()
             streams = [slots[k].stream for k in keys]
             samples = np.stack([by_key[k][r].values for k in keys])      # (streams, features)
             preds = self.model.step(streams, samples)                   # (streams, targets)
@@ -370,12 +383,24 @@ class Server:
         return answers
 
 
-def serve(model, config: ServeConfig, reader: LineReader, write, *, warn=None) -> Server:
+def _runs(records: list[fmt.Record]) -> list[list[fmt.Record]]:
+    """One sensor's records cut before each reset: the lines each feed() may take at once."""
+    runs: list[list[fmt.Record]] = []
+    for rec in records:
+        if rec.reset or not runs:
+            runs.append([])
+        runs[-1].append(rec)
+    return runs
+
+
+def serve(model, config: ServeConfig, reader: LineReader, write, *, warn=None,
+          progress=None) -> Server:
     """Run ``reader``'s lines through ``model`` and ``write`` one answer per line.
 
     ``write(lines)`` gets each batch's output lines (without newlines) and is expected to
     flush them; the state is saved after the answers are out, so a crash can repeat a line's
-    answer on restart but never lose one. ``warn(message)`` gets the per-line complaints.
+    answer on restart but never lose one. ``warn(message)`` gets the per-line complaints;
+    ``progress(server)``, where given, is called after every batch (see :mod:`runtime.progress`).
 
     Raises
     ------
@@ -396,6 +421,8 @@ def serve(model, config: ServeConfig, reader: LineReader, write, *, warn=None) -
             write(out)
             if server.due():
                 server.save_state()
+            if progress is not None:
+                progress(server)
             if reader.signals is not None:
                 reader.signals.check()
     finally:

@@ -21,6 +21,8 @@ def quiet_tensorflow() -> None:
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+    from .quiet import filter_stderr
+    filter_stderr()     # what TF_CPP_MIN_LOG_LEVEL cannot stop (issue 11, item 3)
 
 
 TRAIN_EXAMPLES = """
