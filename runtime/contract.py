@@ -47,8 +47,9 @@ class ModelInfo:
 
     state: tuple[StateSpec, ...]
     contract: int = VERSION
-    window: int = 1                       # samples one prediction is made from
+    window: int = 1                       # readings one prediction is made from
     carry_state: bool = True              # whether a call starts from the last call's state
+    state_slots: int = 1                  # B: window j continues window j - B (Keras batch B)
     features: tuple[str, ...] = ()        # input column names, in order ("" where unknown)
     targets: tuple[str, ...] = ()         # output names, in order
     horizon: int = 1                      # steps ahead that y predicts
@@ -69,6 +70,7 @@ class ModelInfo:
             "state": json.dumps([s.to_json() for s in self.state]),
             "window": str(self.window),
             "carry_state": "true" if self.carry_state else "false",
+            "state_slots": str(self.state_slots),
             "features": json.dumps(list(self.features)),
             "targets": json.dumps(list(self.targets)),
             "horizon": str(self.horizon),
@@ -105,6 +107,7 @@ class ModelInfo:
             contract=parse("contract", int, VERSION),
             window=parse("window", int, 1),
             carry_state=parse("carry_state", _parse_bool, True),
+            state_slots=parse("state_slots", int, 1),
             features=tuple(parse("features", json.loads, ())),
             targets=tuple(parse("targets", json.loads, ())),
             horizon=parse("horizon", int, 1),
@@ -118,13 +121,17 @@ class ModelInfo:
                                 f"this runtime reads up to {VERSION}; upgrade lstm-edge")
         if info.window < 1:
             raise ContractError(f"metadata {PREFIX}window must be at least 1, got {info.window}")
+        if info.state_slots < 1:
+            raise ContractError(f"metadata {PREFIX}state_slots must be at least 1 (the batch size "
+                                f"of a stateful layer), got {info.state_slots}; re-export the "
+                                f"model with lstm-export")
         return info
 
 
 def streaming_mode(window: int, carry_state: bool) -> str:
     """``"sequence"``, ``"window"`` or ``"stateful"``: docs/contract.md's streaming modes.
 
-    Not carrying state is ``window`` mode whatever the window, 1 included (each sample then
+    Not carrying state is ``window`` mode whatever the window, 1 included (each reading then
     runs alone from a zero state), which is what the runtime does.
 
     >>> streaming_mode(1, True), streaming_mode(24, False), streaming_mode(24, True)

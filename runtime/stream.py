@@ -1,11 +1,11 @@
-"""One stream: its own recurrent state and window buffer, fed one sample (or chunk) at a time.
+"""One stream: its own recurrent state and window buffer, fed one reading (or chunk) at a time.
 
 The streaming mode comes from the model (see docs/contract.md, "Streaming modes"):
 
-- ``sequence`` (window 1, carrying state): each sample is fed once, the state carried.
-- ``window`` (not carrying state): the last ``window`` samples run from a zero state; the
+- ``sequence`` (window 1, carrying state): each reading is fed once, the state carried.
+- ``window`` (not carrying state): the last ``window`` readings run from a zero state; the
   prediction equals Keras ``model.predict(last_window)``.
-- ``stateful`` (window > 1, carrying state): the last ``window`` samples run from the state
+- ``stateful`` (window > 1, carrying state): the last ``window`` readings run from the state
   the previous window ended in, and that window's final state is carried on; equals a
   stateful Keras ``predict`` over the sliding windows.
 
@@ -22,6 +22,8 @@ them, and a state from anywhere else is copied into a set on the next step.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from .device import to_host
@@ -35,9 +37,9 @@ _vdot = getattr(np.vdot, "_implementation", np.vdot)
 
 
 def nonfinite(x, zeros) -> bool:
-    """Whether the sample ``x`` holds a NaN or an inf: the per-step check, ~0.3 µs.
+    """Whether the reading ``x`` holds a NaN or an inf: the per-step check, ~0.3 µs.
 
-    ``x · 0`` is 0 for a finite sample and NaN otherwise, one call where
+    ``x · 0`` is 0 for a finite reading and NaN otherwise, one call where
     ``np.isfinite(x).all()`` takes two and three times as long. ``np.vdot``, unlike
     ``ndarray.dot``/``@``, does not report floating-point flags, so ``inf * 0`` makes no
     "invalid value" warning (test_inf_and_nan_raise_no_numpy_warning holds it to that).
@@ -46,12 +48,12 @@ def nonfinite(x, zeros) -> bool:
 
 
 class Stream:
-    """One stream of samples through a model; create it with ``Model.stream()``.
+    """One stream of readings through a model; create it with ``Model.stream()``.
 
     Attributes
     ----------
     model : the model the stream belongs to.
-    missing : what a NaN in a sample does: ``"error"``, ``"skip"`` or ``"hold"``.
+    missing : what a NaN in a reading does: ``"error"``, ``"skip"`` or ``"hold"``.
     """
 
     __slots__ = ("model", "missing", "_state", "_buf", "_steps", "_pred", "_age", "_bind",
@@ -67,20 +69,20 @@ class Stream:
 
     # --- the verbs -----------------------------------------------------------------------
 
-    def step(self, sample):
-        """Feed one sample (raw units); returns ``(targets,)`` or None while warming up/skipped.
+    def step(self, reading):
+        """Feed one reading (raw units); returns ``(targets,)`` or None while warming up/skipped.
 
-        A model with a Masking layer does not feed a masked sample: in ``sequence`` mode the
+        A model with a Masking layer does not feed a masked reading: in ``sequence`` mode the
         step returns the previous prediction, None if there is none yet (see ``Model``).
 
         Raises
         ------
-        InputError, ShapeError : the sample cannot be fed; the stream is unchanged.
+        InputError, ShapeError : the reading cannot be fed; the stream is unchanged.
         """
         if self._group is not None:
             self._sync()
         model = self.model
-        x = model._check(sample)                           # (features,)
+        x = model._check(reading)                          # (features,)
         if _vdot(x, model._fin) != 0.0:                    # NaN or inf: rare; see nonfinite
             x = fill_missing(model, x, self._last(), self.missing)
             if x is None:
@@ -89,16 +91,16 @@ class Stream:
             return self._step_masked(x)
         return self._advance(x)
 
-    def feed(self, samples) -> np.ndarray:
+    def feed(self, readings) -> np.ndarray:
         """Feed a chunk ``(n, features)``; returns ``(n, targets)``, NaN rows while warming up.
 
         Same predictions and final state as :meth:`step` one by one; one ORT call for the
-        whole chunk in ``sequence`` and ``window`` mode, one per sample in ``stateful`` mode.
-        Masked samples of a ``sequence`` model repeat the previous prediction (NaN if none).
+        whole chunk in ``sequence`` and ``window`` mode, one per reading in ``stateful`` mode.
+        Masked readings of a ``sequence`` model repeat the previous prediction (NaN if none).
         """
         self._sync()
         model = self.model
-        xs = model._check_chunk(samples)                   # (n, features)
+        xs = model._check_chunk(readings)                  # (n, features)
         keep = None
         if not np.isfinite(xs).all():
             xs, keep = fill_chunk(model, xs, self._last(), self.missing)
@@ -123,7 +125,7 @@ class Stream:
         self._buf = np.empty((0, model.n_features), model.dtype if model.tokens else np.float32)
         self._steps = 0
         self._pred = None   # the last prediction, kept for masked steps (sequence mode)
-        self._age = (0, None)   # (unmasked samples ending the buffer, the buffer): see _mask_age
+        self._age = (0, None)   # (unmasked readings ending the buffer, the buffer): see _mask_age
 
     def snapshot(self) -> Snapshot:
         """The stream's state and window buffer as plain numpy arrays (copies)."""
@@ -162,7 +164,7 @@ class Stream:
         self._sync()
         return self._pred
 
-    def _restore(self, state, buf, steps, pred=None):
+    def _restore(self, state, buf, steps, pred=None, slots=None):
         self.reset()
         self._state, self._buf, self._steps, self._pred = state, buf, steps, pred
 
@@ -180,7 +182,7 @@ class Stream:
         group.dirty, self._group = True, None
 
     def _advance(self, x):
-        """Feed one checked sample ``(features,)``; the heart of every mode."""
+        """Feed one checked reading ``(features,)``; the heart of every mode."""
         model = self.model
         window = model.window
         if window == 1:
@@ -234,14 +236,14 @@ class Stream:
             return y
         if model.carry_state:                              # not fed: the prediction stands
             return None if self._pred is None else self._pred.copy()
-        self._buf, self._steps = x[None], self._steps + 1  # a window of one masked sample
+        self._buf, self._steps = x[None], self._steps + 1  # a window of one masked reading
         return None
 
     def _mask_age(self, x) -> int:
-        """How many unmasked samples end the window once ``x`` joins it (window modes).
+        """How many unmasked readings end the window once ``x`` joins it (window modes).
 
-        A window holds a masked sample when that is less than ``window``. Kept per step, so
-        that a step looks at its new sample only; counted afresh from the buffer where the
+        A window holds a masked reading when that is less than ``window``. Kept per step, so
+        that a step looks at its new reading only; counted afresh from the buffer where the
         buffer was replaced elsewhere (feed, many-stream calls, restore, reset).
         """
         age, seen = self._age
@@ -251,7 +253,7 @@ class Stream:
         return 0 if self.model._masked_one(x) else age + 1
 
     def _advance_masked(self, buf, masked):
-        """A full window ``(window, features)`` holding masked samples: run the others only."""
+        """A full window ``(window, features)`` holding masked readings: run the others only."""
         model = self.model
         if model.carry_state:
             states = [to_host(s) for s in self._state]      # (1, units) each
@@ -349,6 +351,93 @@ class Stream:
         return ys
 
 
+class SlotStream(Stream):
+    """A stream carrying ``B > 1`` state slots (``Model.slots``, ``lstm_edge.state_slots``).
+
+    Keras ``predict(X, batch_size=B)`` on a stateful model runs the windows in batches of
+    ``B``, row ``i`` of a batch continuing from row ``i`` of the batch before: window ``j``
+    continues window ``j - B``, not ``j - 1``. This stream's ``j``-th full window (counted
+    from its first full window) starts from slot ``j mod B`` and leaves its final state
+    there, which gives the same numbers on consecutive sliding windows. ``_state`` is the
+    slot the next full window starts from (slot ``_slot``), so the code shared with
+    :class:`Stream` (many-stream calls, ``state``) reads the right one; ``_rest`` holds the
+    other ``B - 1`` slots in the order they come next. A stream with one slot is a plain
+    :class:`Stream`, whose steps pay nothing for this.
+    """
+
+    __slots__ = ("_rest", "_slot")
+
+    def reset(self) -> None:
+        super().reset()
+        self._rest = (self.model._zero_state,) * (self.model.slots - 1)
+        self._slot = 0
+
+    @property
+    def slot(self) -> int:
+        """The slot (0 to B - 1) the next full window starts from."""
+        return self._slot
+
+    def snapshot(self) -> Snapshot:
+        """As :meth:`Stream.snapshot`, the state holding every slot: ``(B, units)`` each."""
+        snap = super().snapshot()
+        count, ring = self.model.slots, (self._state, *self._rest)   # slots _slot, _slot + 1, ..
+        order = [ring[(k - self._slot) % count] for k in range(count)]   # slot k
+        state = {name: np.concatenate([np.asarray(to_host(r[t]), np.float32) for r in order])
+                 for t, name in enumerate(self.model.state_inputs)}       # (B, units) each
+        return replace(snap, state=state, next_slot=self._slot)
+
+    def _restore(self, state, buf, steps, pred=None, slots=None):
+        super()._restore(state, buf, steps, pred)
+        ring, self._slot = slots
+        count = len(ring)
+        self._rest = tuple(ring[(self._slot + i) % count] for i in range(1, count))
+
+    def _turn(self, new) -> None:
+        """The window just run leaves ``new`` in its slot; the next window takes the next one."""
+        rest = self._rest
+        self._state, self._rest = rest[0], rest[1:] + (new,)
+        self._slot = (self._slot + 1) % self.model.slots
+
+    def _call(self, buf):
+        y = super()._call(buf)
+        # A copy: the step binding's set the state is in is written again by a later call.
+        self._turn(tuple(np.array(to_host(s)) for s in self._state))
+        return y
+
+    def _advance_masked(self, buf, masked):
+        y = super()._advance_masked(buf, masked)
+        self._turn(self._state)
+        return y
+
+    def _step_masked(self, x):
+        if self.model.window == 1 and self.model._masked_one(x):
+            self._turn(self._state)            # a masked window of one: its slot's state stays
+        return super()._step_masked(x)
+
+    def _feed_sequence(self, xs):
+        return self._feed_each(xs)
+
+    def _feed_stateful(self, xs):
+        return self._feed_each(xs)
+
+    def _feed_each(self, xs):
+        """One step per reading: all of the chunk, or none of it."""
+        model = self.model
+        one = self._step_masked if model._mask is not None else self._advance
+        saved = (tuple(np.array(to_host(s)) for s in self._state), self._rest, self._slot,
+                 self._buf, self._steps, self._pred)
+        ys = np.full((len(xs), model.n_targets), np.nan, np.float32)
+        try:
+            for i, x in enumerate(xs):
+                y = one(x)
+                if y is not None:
+                    ys[i] = y
+        except BaseException:
+            (self._state, self._rest, self._slot, self._buf, self._steps, self._pred) = saved
+            raise
+        return ys
+
+
 def previous_row(model, pred) -> np.ndarray:
     """``(1, targets)``: a stream's last prediction, NaN where it has none yet."""
     if pred is None:
@@ -357,19 +446,19 @@ def previous_row(model, pred) -> np.ndarray:
 
 
 def run_windows(model, wins, masked, states):
-    """Windows with masked samples, each run on its unmasked samples only (Keras's skip).
+    """Windows with masked readings, each run on its unmasked readings only (Keras's skip).
 
     Parameters
     ----------
     wins : ``(r, window, features)``.
-    masked : ``(r, window)`` bool, True for a masked sample.
+    masked : ``(r, window)`` bool, True for a masked reading.
     states : the windows' initial states, one ``(r, units)`` numpy array per tensor.
 
     Returns
     -------
-    ``(r, targets)`` the prediction after each window's last unmasked sample, NaN for a window
+    ``(r, targets)`` the prediction after each window's last unmasked reading, NaN for a window
     with none, and the final states (a window with none keeps its initial state). Windows
-    with the same number of unmasked samples share one ORT call.
+    with the same number of unmasked readings share one ORT call.
     """
     keep = ~masked
     counts = keep.sum(axis=1)                              # (r,)
@@ -388,7 +477,7 @@ def run_windows(model, wins, masked, states):
 
 
 def _problems(model, x, policy: str) -> list[str]:
-    """What is wrong with the non-finite values of one sample, under a missing policy."""
+    """What is wrong with the non-finite values of one reading, under a missing policy."""
     names = model.features
     inf = [names[i] for i in np.flatnonzero(np.isinf(x))]
     nan = [names[i] for i in np.flatnonzero(np.isnan(x))]
@@ -402,14 +491,14 @@ def _problems(model, x, policy: str) -> list[str]:
 
 
 def fill_missing(model, x, last, policy: str, check_only: bool = False):
-    """A sample with NaN/inf under a policy: raise, None (skip), or the filled sample.
+    """A reading with NaN/inf under a policy: raise, None (skip), or the filled reading.
 
-    ``hold`` replaces each NaN feature with its value in ``last``, the last sample fed; with
-    nothing fed yet there is nothing to hold and the sample is skipped.
+    ``hold`` replaces each NaN feature with its value in ``last``, the last reading fed; with
+    nothing fed yet there is nothing to hold and the reading is skipped.
     """
     problems = _problems(model, x, policy)
     if problems:
-        raise InputError("the sample has " + "; ".join(problems))
+        raise InputError("the reading has " + "; ".join(problems))
     if check_only:
         return x
     if policy == "skip" or last is None:
@@ -427,7 +516,7 @@ def fill_chunk(model, xs, last, policy: str):
     problems = [f"row {i}: {'; '.join(p)}" for i in bad
                 if (p := _problems(model, xs[i], policy))]
     if problems:
-        raise InputError(f"{len(problems)} of {len(xs)} samples cannot be fed: "
+        raise InputError(f"{len(problems)} of {len(xs)} readings cannot be fed: "
                          + " | ".join(problems[:10]) + (" | …" if len(problems) > 10 else ""))
     keep, out = np.ones(len(xs), bool), xs.copy()
     for i in bad:
