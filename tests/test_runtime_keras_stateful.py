@@ -25,7 +25,15 @@ export = pytest.importorskip("trainer.export")
 DATA = Path(__file__).resolve().parent.parent / "data" / "airline-passengers.csv"
 LOOK_BACK = 3
 ATOL = 1e-5     # in the model's scaled units, as Keras's predict gives them: raw passengers
-SPAN = 432.0    # (~100-600) have a float32 ulp of 6e-5, so raw diffs are divided by max - min
+
+
+def passengers():
+    with open(DATA) as f:
+        return np.array([[float(r["passengers"])] for r in csv.DictReader(f)], np.float32)
+
+
+# Raw passengers (~100-600) have a float32 ulp of 6e-5: diffs are compared divided by max - min.
+SPAN = float(passengers().max() - passengers().min())
 
 
 def create_dataset(dataset, look_back=1):
@@ -45,10 +53,8 @@ def reset_states(model):
 
 def tutorial(batch_size: int):
     """Train the stateful tutorial model; returns (model, scaler, raw test series, testX)."""
-    with open(DATA) as f:
-        dataset = np.array([[float(r["passengers"])] for r in csv.DictReader(f)], np.float32)
+    dataset = passengers()                                   # (144, 1)
     low, high = dataset.min(), dataset.max()                 # MinMaxScaler(feature_range=(0, 1))
-    assert high - low == SPAN
     scaled = (dataset - low) / (high - low)
     train_size = int(len(dataset) * 0.67)
     train, test = scaled[:train_size], scaled[train_size:]
@@ -177,7 +183,8 @@ def test_batch_size_matters_so_the_slots_are_what_holds_parity():
     want = want * scaler["y"]["std"][0] + scaler["y"]["mean"][0]
     rt = runtime.load(exported(model, scaler, 4), device="cpu", state_slots=1)
     got = rt.stream().feed(raw_test)[LOOK_BACK - 1:LOOK_BACK - 1 + len(want)]
-    assert np.abs(got - want).max() > 1e-2
+    print(f"B=4 streamed with one slot: {np.abs(got - want).max() / SPAN:.3f} scaled off Keras")
+    assert np.abs(got - want).max() / SPAN > 1e-3
 
 
 def test_state_slots_below_one_are_refused():
