@@ -41,23 +41,27 @@ def _matches(got: Sequence[int], expected: Sequence[int | None]) -> bool:
     return len(got) == len(expected) and all(e is None or g == e for g, e in zip(got, expected))
 
 
+def _these(n: int) -> str:
+    return "this is 1 sample (window)" if n == 1 else f"these are {n} samples (windows)"
+
+
 def _windows_hint(got: tuple[int, ...], expected: tuple[int | None, ...],
                   window: int | None) -> str | None:
     """Where readings are expected and ``got`` looks like windows: what takes windows."""
     want_feat = expected[-1]
     if len(got) == len(expected) + 1 and got[-1] == want_feat:
-        if all(d == 1 for d in got[:len(got) - len(expected)]):
-            return None                                    # an extra axis of 1: squeeze is exact
+        if got[0] == 1 and _matches(got[1:], expected):
+            return None                                    # an extra axis of 1: dropping it is exact
         if len(expected) == 1:                             # one window where a reading belongs
             return (f"this is a window of {got[0]} readings (timesteps, features), and a step "
                     f"takes one reading: stream.feed(window) steps through its readings, and "
                     f"model.predict(window[None]) gives Keras's prediction for this window")
-        return (f"these are {got[0]} samples (windows) of {got[1]} timesteps, shaped (samples, "
+        return (f"{_these(got[0])} of {got[1]} timesteps, shaped (samples, "
                 f"timesteps, features); a stream takes readings, one row per time step, not "
                 f"windows: model.predict(X) gives what Keras's model.predict(X) gives, or "
                 f"feed the stream the series the windows were cut from, shape (n, {want_feat})")
     if len(got) == len(expected) + 2 and got[-1] == want_feat and len(expected) == 1:
-        return (f"these are {got[0]} samples (windows) of {got[1]} timesteps, and a step takes "
+        return (f"{_these(got[0])} of {got[1]} timesteps, and a step takes "
                 f"one reading: model.predict(X) gives what Keras's model.predict(X) gives")
     if len(got) == len(expected) and len(got) == 2 and want_feat == 1 and window \
             and got[1] == window and window > 1:
@@ -103,7 +107,7 @@ def _hint(got: tuple[int, ...], expected: tuple[int | None, ...], feature_names,
             return f"the model reads windows of {expected[1]} timesteps, got {got[1]}"
     if len(got) > len(expected):
         extra = len(got) - len(expected)
-        if all(d == 1 for d in got[:extra]):
+        if all(d == 1 for d in got[:extra]) and _matches(got[extra:], expected):
             return f"x has {extra} axis too many, of size 1: drop it with x.reshape{_fmt(got[extra:])}"
         return f"x has {extra} axis too many"
     return f"reshape x to {_fmt(expected)}"

@@ -62,3 +62,9 @@ def test_windows_where_readings_belong_point_to_predict(got, expected, says):
 def test_an_extra_axis_of_one_where_readings_belong_is_still_squeezed():
     # (1, 3) is one reading with an extra axis: dropping it gives the same numbers.
     assert "drop it with x.reshape(3,)" in shape_problem((1, 3), (3,), window=3)
+
+
+def test_one_window_for_one_stream_is_not_squeezed_into_readings():
+    # Model.step([s], testX[:1]): (1, 3, 1) for (1, 1); x.reshape(3, 1) would be three readings.
+    message = shape_problem((1, 3, 1), (1, 1), window=3)
+    assert "this is 1 sample (window) of 3 timesteps" in message and "reshape" not in message
