@@ -95,7 +95,9 @@ class Stream:
         """Feed a chunk ``(n, features)``; returns ``(n, targets)``, NaN rows while warming up.
 
         Same predictions and final state as :meth:`step` one by one; one ORT call for the
-        whole chunk in ``sequence`` and ``window`` mode, one per reading in ``stateful`` mode.
+        whole chunk in ``sequence`` and ``window`` mode, one per reading in ``stateful`` mode
+        (and with state slots). ``readings`` are consecutive time steps of one series, not
+        windows: an array ``(samples, timesteps, features)`` goes to ``Model.predict``.
         Masked readings of a ``sequence`` model repeat the previous prediction (NaN if none).
         """
         self._sync()
@@ -138,7 +140,11 @@ class Stream:
 
     @property
     def state(self) -> dict[str, np.ndarray]:
-        """Graph input name -> ``(units,)`` copy of the state that input gets next."""
+        """Graph input name -> ``(units,)`` copy of the state that input gets next.
+
+        With ``B > 1`` state slots, the slot the next full window starts from; a snapshot
+        holds them all.
+        """
         self._sync()
         return {name: np.array(to_host(v)[0]) for name, v in
                 zip(self.model.state_inputs, self._state)}
