@@ -52,10 +52,11 @@ def reference(path, xs, window):
     return wins, out
 
 
+@pytest.mark.parametrize("bound", [False, True], ids=["host", "io-binding"])
 @pytest.mark.parametrize("window, mask", [(3, False), (3, True), (1, False)])
-def test_slots_are_interleaved_one_slot_chains(tmp_path, window, mask):
+def test_slots_are_interleaved_one_slot_chains(tmp_path, window, mask, bound):
     path = slotted(tmp_path, window, mask)
-    model = runtime.load(path, device="cpu")
+    model = runtime.load(path, device="cpu", io_binding=bound)   # bound: state in OrtValues
     assert model.slots == B and model.mode == ("stateful" if window > 1 else "sequence")
     xs = series(mask=mask)
     wins, want = reference(path, xs, window)
