@@ -24,7 +24,8 @@ from .errors import ContractError, DeviceError, InputError, ShapeError, Snapshot
 from .batch import step_many
 from .shapes import check_shape
 from .snapshot import FORMAT, Snapshot
-from .stream import SlotStream, Stream, fill_missing, nonfinite
+from .slots import SlotStream
+from .stream import Stream, fill_missing, nonfinite
 
 MISSING = ("error", "skip", "hold")   # what a NaN in a reading does; see Stream
 _DTYPES = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(int32)": np.int32}
