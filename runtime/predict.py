@@ -16,6 +16,11 @@ one window. :func:`predict` runs them the way the file's streaming mode says
 
 Raw units in and out, as everywhere in the runtime; masked readings are skipped as a
 stream skips them. Nothing here touches a stream.
+
+A stateful Keras model of one timestep per sample (``batch_shape=(1, 1, features)``) has
+window 1 and carries state, which is ``sequence`` mode in the file: its Keras
+``predict(X, batch_size=1)`` carries the state from sample to sample, which is what a stream
+fed ``X[:, 0]`` gives (with ``B > 1`` slots, ``predict`` here does it too).
 """
 
 from __future__ import annotations
