@@ -70,11 +70,12 @@ class ModelInfo:
             "state": json.dumps([s.to_json() for s in self.state]),
             "window": str(self.window),
             "carry_state": "true" if self.carry_state else "false",
-            "state_slots": str(self.state_slots),
             "features": json.dumps(list(self.features)),
             "targets": json.dumps(list(self.targets)),
             "horizon": str(self.horizon),
         }
+        if self.state_slots != 1:               # absent means 1: one-slot files stay as they were
+            meta["state_slots"] = str(self.state_slots)
         for key in ("scaler", "parity", "source"):
             if getattr(self, key) is not None:
                 meta[key] = json.dumps(getattr(self, key))
