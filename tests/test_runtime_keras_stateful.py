@@ -79,6 +79,9 @@ def exported(model, scaler, slots=None) -> bytes:
     """The file ``lstm-export`` writes, ``lstm_edge.state_slots`` set where given."""
     proto, _ = export.to_onnx(model, scaler=scaler)
     props = {p.key: p.value for p in proto.metadata_props}
+    written = props.get("lstm_edge.state_slots", "1")
+    if slots is not None and "lstm_edge.state_slots" in props:   # an exporter that writes it
+        assert written == str(model.inputs[0].shape[0]), written
     if slots is not None:
         props["lstm_edge.state_slots"] = str(slots)
     helper.set_model_props(proto, props)
