@@ -373,10 +373,7 @@ class Model:
             raise SnapshotError(f"the snapshot holds state {tuple(snap.state)}, this model "
                                 f"needs {self.state_inputs}")
         slots = self.slots if self.carry_state else 1
-        taken = 1
-        if snap.next_slot is not None and snap.state:
-            shape = np.shape(next(iter(snap.state.values())))
-            taken = int(shape[0]) if len(shape) == 2 else 1
+        taken = _snapshot_slots(snap)
         if (snap.next_slot is None) != (slots == 1) or (slots > 1 and taken != slots):
             raise SnapshotError(f"the snapshot was taken with {taken} state slot"
                                 f"{'s' if taken != 1 else ''}; this model streams with {slots} "
@@ -409,6 +406,14 @@ class Model:
             return tuple(state), buf, int(snap.steps), pred, None
         ring = [tuple(s[k:k + 1] for s in state) for k in range(slots)]   # (1, units) each
         return ring[snap.next_slot], buf, int(snap.steps), pred, (ring, snap.next_slot)
+
+
+def _snapshot_slots(snap: Snapshot) -> int:
+    """How many state slots a snapshot holds: 1, or the rows of its ``(B, units)`` state."""
+    if snap.next_slot is None or not snap.state:
+        return 1
+    shape = np.shape(next(iter(snap.state.values())))
+    return int(shape[0]) if len(shape) == 2 else 1
 
 
 def _check_graph(info: ModelInfo, inputs: dict, outputs: dict) -> None:
