@@ -105,12 +105,17 @@ def _hint(got: tuple[int, ...], expected: tuple[int | None, ...], feature_names,
             return f"the model reads {want_feat} features{named} per timestep, got {got[-1]}"
         if len(expected) == 3 and expected[1] is not None and got[1] != expected[1]:
             return f"the model reads windows of {expected[1]} timesteps, got {got[1]}"
+    if len(expected) == 3 and len(got) == 1 and want_feat == 1:
+        steps = expected[1] if expected[1] is not None else "look_back"
+        return (f"this is a series of readings, not windows: make windows of {steps} "
+                f"consecutive readings, or feed the series to a stream "
+                f"(model.stream().feed(x[:, None]))")
     if len(got) > len(expected):
         extra = len(got) - len(expected)
         if all(d == 1 for d in got[:extra]) and _matches(got[extra:], expected):
             return f"x has {extra} axis too many, of size 1: drop it with x.reshape{_fmt(got[extra:])}"
         return f"x has {extra} axis too many"
-    return f"reshape x to {_fmt(expected)}"
+    return f"the model reads arrays of {len(expected)} axes, {_names(len(expected))}"
 
 
 def shape_problem(got: Sequence[int], expected: Sequence[int | None],

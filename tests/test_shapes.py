@@ -68,3 +68,9 @@ def test_one_window_for_one_stream_is_not_squeezed_into_readings():
     # Model.step([s], testX[:1]): (1, 3, 1) for (1, 1); x.reshape(3, 1) would be three readings.
     message = shape_problem((1, 3, 1), (1, 1), window=3)
     assert "this is 1 sample (window) of 3 timesteps" in message and "reshape" not in message
+
+
+def test_a_series_given_where_windows_belong_is_not_reshaped_into_them():
+    message = shape_problem((5,), (None, 3, 1))
+    assert "a series of readings, not windows: make windows of 3" in message
+    assert "reshape x to" not in message
