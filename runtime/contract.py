@@ -74,12 +74,12 @@ class ModelInfo:
             "targets": json.dumps(list(self.targets)),
             "horizon": str(self.horizon),
         }
-        if self.state_slots != 1:               # absent means 1: one-slot files stay as they were
-            meta["state_slots"] = str(self.state_slots)
         for key in ("scaler", "parity", "source"):
             if getattr(self, key) is not None:
                 meta[key] = json.dumps(getattr(self, key))
         meta.update(self.extra)
+        if self.state_slots != 1:               # absent means 1: one-slot files stay as they were
+            meta["state_slots"] = str(self.state_slots)
         return {PREFIX + k: v for k, v in meta.items()}
 
     @classmethod
@@ -90,6 +90,9 @@ class ModelInfo:
         then derives it from the graph's ``in_*``/``out_*`` names.
         """
         ours = {k[len(PREFIX):]: v for k, v in props.items() if k.startswith(PREFIX)}
+        # state_slots stays in extra too: code that reads it from there (written before the
+        # field existed) must keep seeing it, or it would take a B-slot file for a 1-slot one.
+        slots_text = ours.get("state_slots")
 
         def parse(key, convert, default):
             if key not in ours:
@@ -115,7 +118,7 @@ class ModelInfo:
             scaler=parse("scaler", json.loads, None),
             parity=parse("parity", json.loads, None),
             source=parse("source", json.loads, None),
-            extra={k: v for k, v in ours.items()},
+            extra={**ours, **({} if slots_text is None else {"state_slots": slots_text})},
         )
         if info.contract > VERSION:
             raise ContractError(f"the file is written for contract version {info.contract}, "

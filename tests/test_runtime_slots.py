@@ -104,3 +104,13 @@ def test_one_slot_snapshot_into_a_slotted_model_is_refused(tmp_path):
     assert snap.next_slot is None and snap.state["in_h0"].shape == (4,)
     with pytest.raises(runtime.SnapshotError, match="1 state slot; this model streams with 3"):
         runtime.load(path, device="cpu").stream(snap)
+
+
+def test_state_slots_metadata_round_trip():
+    from runtime.contract import ModelInfo
+    info = ModelInfo.from_metadata({"lstm_edge.window": "3", "lstm_edge.state_slots": "3"})
+    assert info.state_slots == 3
+    assert info.extra["state_slots"] == "3"      # where code written before the field reads it
+    assert info.to_metadata()["lstm_edge.state_slots"] == "3"
+    assert "lstm_edge.state_slots" not in ModelInfo(state=()).to_metadata()
+    assert ModelInfo.from_metadata({}).state_slots == 1
