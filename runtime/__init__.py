@@ -5,7 +5,8 @@ Imports numpy and onnxruntime only; never TensorFlow, Keras or the trainer.
 >>> from runtime import load                        # doctest: +SKIP
 >>> model = load("exported/water.onnx", device="auto")  # doctest: +SKIP
 >>> s = model.stream()                              # doctest: +SKIP
->>> y = s.step([101.2])                             # doctest: +SKIP
+>>> y = s.step([101.2])              # one reading in  # doctest: +SKIP
+>>> ys = model.predict(testX)        # Keras-shaped windows in, Keras's answers out  # doctest: +SKIP
 """
 
 from .contract import ModelInfo, StateSpec

@@ -31,8 +31,10 @@ Output (same format as the input, one line per input line):
           is not a JSON object: "error" and "input", its text)
   An added name already taken (CSV: by an input column; JSONL: by a
   feature or the --stream-column key) gets "_" appended.
-  Predictions are empty (null) while a stream warms up (fewer samples
-  than the model's window) and for a sample skipped by --missing skip.
+  Predictions are empty (null) while a stream warms up (fewer readings
+  than the model's window) and for a reading skipped by --missing skip.
+  One line is one reading: one time step's feature values (a Keras
+  sample is a whole window; Model.predict in Python takes those).
 
 \b
 Headerless CSV: the model's features in its order; or an ISO date/time
@@ -52,7 +54,7 @@ Exit codes:
   0    done (every line answered, bad lines included)
   1    --strict and a bad line (the lines before it are answered)
   2    usage error, or a model/contract/device/state-file problem
-  3    the input is empty (no lines, or a header and no samples)
+  3    the input is empty (no lines, or a header and no readings)
   130  SIGINT, 143 SIGTERM: answers flushed and --state saved first
   141  the reader of the output went away (broken pipe); --state saved
 """
@@ -138,14 +140,15 @@ def describe(model, path: Path, timed: bool = False) -> str:
                               f"{', '.join(spec.inputs)} -> {', '.join(spec.outputs)}"))
     w = model.window
     modes = {
-        "sequence": "sequence: each sample is fed once and the state carries on "
-                    "(1 step per sample)",
-        "window": f"window: each prediction reads the last {w} samples from a zero state "
-                  f"({w} steps per sample; {w - 1} samples of warm-up)",
-        "stateful": f"stateful: each prediction reads the last {w} samples from the state the "
-                    f"previous window ended in ({w} steps per sample; {w - 1} samples of warm-up)",
+        "sequence": "sequence: each reading is fed once and the state carries on "
+                    "(1 step per reading)",
+        "window": f"window: each prediction reads the last {w} readings from a zero state "
+                  f"({w} steps per reading)",
+        "stateful": f"stateful: each prediction reads the last {w} readings from the state the "
+                    f"previous window ended in ({w} steps per reading)",
     }
     rows.append(("streaming", modes[model.mode]))
+    rows.extend(_streaming_rows(model))
     parity = info.parity or {}
     if isinstance(parity.get("max_abs_diff"), (int, float)):
         units = f" {parity['units']} units" if parity.get("units") else ""
@@ -167,6 +170,20 @@ def describe(model, path: Path, timed: bool = False) -> str:
                                 f"machine ({rate:,.0f} readings/s; median of {steps} steps)"))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def _streaming_rows(model) -> list[tuple[str, str]]:
+    """``--info``'s warm-up and state-slot lines."""
+    w, slots = model.window, model.slots if model.carry_state else 1
+    rows = [("warm-up", f"{w - 1} reading{'s' if w != 2 else ''}: the first prediction comes "
+                        f"with reading {w} of each sensor (a window of {w} timesteps; "
+                        f"--window N if the model was trained on N)" if w > 1 else
+             "none: every reading gets a prediction")]
+    if slots > 1:
+        what = "window" if w > 1 else "reading"
+        rows.append(("state slots", f"{slots} state slots: {what} j continues {what} "
+                                    f"j-{slots}, as Keras predict(batch_size={slots})"))
+    return rows
 
 
 class _Output:
@@ -244,12 +261,13 @@ class _Output:
 @click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda[:N]",
               help="Where to run the model.")
 @click.option("--window", type=click.IntRange(min=1),
-              help="Override the samples per prediction written in the model.")
+              help="Override the readings per prediction (the timesteps of a window) written "
+                   "in the model.")
 @click.option("--carry-state/--no-carry-state", default=None,
               help="Override whether a window starts from the previous window's state.")
 @click.option("--missing", type=click.Choice(["error", "skip", "hold"]), default="error",
               show_default=True,
-              help="A missing value (empty, nan, NA, null): refuse the line, skip the sample "
+              help="A missing value (empty, nan, NA, null): refuse the line, skip the reading "
                    "(no prediction, state kept), or hold the sensor's last value.")
 @click.option("--state", type=click.Path(dir_okay=False, path_type=Path),
               help="Snapshot file: every sensor's state is loaded from it at start (if it "

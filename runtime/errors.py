@@ -17,7 +17,7 @@ class ShapeError(LstmEdgeError, ValueError):
 
 
 class InputError(LstmEdgeError, ValueError):
-    """A sample the runtime was given cannot be fed: wrong dtype, NaN or inf, wrong size."""
+    """A reading the runtime was given cannot be fed: wrong dtype, NaN or inf, wrong size."""
 
 
 class ContractError(LstmEdgeError, ValueError):

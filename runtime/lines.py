@@ -1,6 +1,6 @@
 """Text lines in, records out, and back: the three line formats ``lstm-run`` reads and writes.
 
-One input line is one sample. The first line tells the format (or ``--format`` does):
+One input line is one reading (one time step's feature values). The first line tells the format (or ``--format`` does):
 
 - **CSV with a header**: columns are matched to the model's feature names; every other
   column (a timestamp, a sensor id) is passed through untouched;
@@ -17,9 +17,9 @@ Each output line answers one input line, in the same format, with the input pass
 and these added (``_`` is appended to a name until it collides with no CSV column, or with
 no feature or stream key of a JSON object):
 
-- ``step``: how many samples this line's stream has taken, this one included (a sample
+- ``step``: how many readings this line's stream has taken, this one included (a reading
   skipped by ``--missing skip`` is not counted);
-- ``warmup``: ``true`` while the stream has seen fewer samples than the model's window
+- ``warmup``: ``true`` while the stream has seen fewer readings than the model's window
   (the predictions are then empty / ``null``);
 - ``pred_<target>`` for each target of the model (``pred_0``, ... where it names none);
 - ``error``: why the line could not be used (CSV: always present, empty when fine;
@@ -546,7 +546,7 @@ def detect(first: bytes, features: Sequence[str], targets: Sequence[str], *,
                 f"{_example_columns(len(fields), features)}") from None
         if fmt == "auto" and any(_all_numbers([f]) for f in fields):
             raise InputError(f"{exc} (line 1 was read as a header because it holds text; if "
-                             f"it is a sample, every field must be a number, or name the "
+                             f"it is a reading, every field must be a number, or name the "
                              f"columns with --columns)") from None
         raise
 

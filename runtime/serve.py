@@ -46,7 +46,7 @@ class StrictStop(LstmEdgeError):
 
 
 class EmptyInput(LstmEdgeError):
-    """The input has no samples: no lines at all, or a header alone."""
+    """The input has no readings: no lines at all, or a header alone."""
 
     exit_code = 3
 
@@ -209,7 +209,7 @@ class Server:
         self.dirty = False          # whether any stream changed since the last save
         self.saved_at: float | None = None   # time.time() of the last --state save
         self._warn = warn or (lambda message: None)
-        self.window = int(model.window)   # samples up to the first prediction (overrides too)
+        self.window = int(model.window)   # readings up to the first prediction (overrides too)
 
     # -- state --
 
@@ -284,7 +284,7 @@ class Server:
                     what = (f"longer than {fmt.MAX_LINE} bytes" if raw is TOO_LONG
                             else "empty")
                     raise InputError(f"line {number} is {what}; cannot tell the input format "
-                                     f"from it (expected a CSV header, a first sample or a "
+                                     f"from it (expected a CSV header, a first reading or a "
                                      f"JSON object)")
                 self.format, is_header = fmt.detect(
                     raw, self.model.features, self.model.targets, fmt=self.config.format,
@@ -342,6 +342,25 @@ class Server:
             raise exc
         return out
 
+    def report_warmup(self, most: int = 10) -> None:
+        """One warning per stream still warming up at the end: it never made a prediction.
+
+        A model declared with a longer time axis than it was trained on (``input_shape=(10,
+        3)``, fit on 9 timesteps) waits for windows that never fill; this names the window and
+        the ``--window`` override. At most ``most`` lines, then how many more.
+        """
+        idle = [(key, slot.stream) for key, slot in self.slots.items() if not slot.stream.ready]
+        for key, stream in idle[:most]:
+            who = f"sensor {key!r}" if self.config.stream_column else "the stream"
+            n = stream.steps
+            hint = (f"; if the model was trained on {n} timestep{'s' if n != 1 else ''}, "
+                    f"run with --window {n}" if n > 0 else "")
+            self._warn(f"{who}: {n} reading{'s' if n != 1 else ''}, never a full window of "
+                       f"{self.window}: no prediction was made{hint}")
+        if len(idle) > most:
+            self._warn(f"... and {len(idle) - most} more streams that never had a full window "
+                       f"of {self.window}")
+
     def due(self) -> bool:
         """Whether ``config.save_every`` lines have passed since the last save."""
         return bool(self.config.save_every) and self._unsaved >= self.config.save_every
@@ -355,7 +374,7 @@ class Server:
         slots = {key: self._slot(key, busy) for key in by_key}
         answers = {}
         rounds = max((len(v) for v in by_key.values()), default=0)
-        # A skipped or held sample (NaN) is stepped on its own, so its step count is exact.
+        # A skipped or held reading (NaN) is stepped on its own, so its step count is exact.
         complete = bool(records) and np.isfinite(np.stack([r.values for r in records])).all()
         if self.config.chunked and complete and rounds > 1 and len(by_key) < rounds:
             # Few sensors, many lines each: one feed() per sensor beats a call per line.
@@ -404,7 +423,7 @@ def serve(model, config: ServeConfig, reader: LineReader, write, *, warn=None,
 
     Raises
     ------
-    EmptyInput : the input had no samples at all.
+    EmptyInput : the input had no readings at all.
     StrictStop : ``config.strict`` and a bad line; the lines before it were answered.
     Interrupted : SIGINT/SIGTERM (with ``reader.signals``); answers written, state saved.
     LstmEdgeError : the first line cannot start this input, or the state file is unusable.
@@ -427,8 +446,9 @@ def serve(model, config: ServeConfig, reader: LineReader, write, *, warn=None,
                 reader.signals.check()
     finally:
         server.save_state()
+    server.report_warmup()
     if server.samples == 0 and server.errors == 0:
         raise EmptyInput("the input is empty: no lines to run the model on" if not server.lines
-                         else "the input is empty: a header and no samples to run the model on")
+                         else "the input is empty: a header and no readings to run the model on")
     return server
 

@@ -1,8 +1,8 @@
 """A stream's state as plain numpy arrays, saved to and restored from ``.npz`` files.
 
 A snapshot holds everything a stream needs to continue bit-identically: the recurrent state
-(one ``(units,)`` array per state tensor), the window buffer (the last samples fed, at most
-``window`` of them), how many samples were fed, and a fingerprint of the ONNX file, so that a
+(one ``(units,)`` array per state tensor, ``(B, units)`` with B state slots), the window
+buffer (the last readings fed, at most ``window`` of them), how many readings were fed, and a fingerprint of the ONNX file, so that a
 snapshot is never restored into another model. Files hold no pickles: arrays plus one JSON
 header, readable by ``numpy.load(path, allow_pickle=False)`` anywhere.
 """
@@ -31,15 +31,18 @@ class Snapshot:
 
     Attributes
     ----------
-    state : graph input name (``in_h0``, ``in_c0``, ...) -> ``(units,)`` float32 array.
-    buffer : ``(m, features)`` the last ``m <= window`` samples fed, oldest first
+    state : graph input name (``in_h0``, ``in_c0``, ...) -> ``(units,)`` float32 array; for a
+        model with ``B > 1`` state slots, ``(B, units)``, row ``k`` holding slot ``k``.
+    buffer : ``(m, features)`` the last ``m <= window`` readings fed, oldest first
         (token-id models: ``(m, 1)`` ids).
-    steps : samples fed since the stream was created or reset.
+    steps : readings fed since the stream was created or reset.
     fingerprint : sha256 of the ONNX file the stream ran.
     window, carry_state : the streaming mode the stream ran in.
     version : the snapshot format.
     prediction : ``(targets,)`` the stream's last prediction, which a masked step of a
         ``sequence`` model repeats; None where the model has no mask or nothing was predicted.
+    next_slot : the slot the next full window starts from (``B > 1`` state slots); None for
+        one slot, and then absent from the file, which stays as older runtimes wrote it.
     """
 
     state: dict[str, np.ndarray]
@@ -51,6 +54,8 @@ class Snapshot:
     version: int = FORMAT
     extra: dict = field(default_factory=dict)  # free-form, JSON-serialisable, kept verbatim
     prediction: np.ndarray | None = None      # stored only where set; older readers skip it
+    next_slot: int | None = None              # stored only where set; older readers refuse
+                                              # the (B, units) state before they miss it
 
     def save(self, path) -> Path:
         """Write this snapshot to ``path`` (``.npz``), atomically; returns the path."""
@@ -69,7 +74,8 @@ class Snapshot:
         return {"state": list(self.state), "steps": int(self.steps),
                 "fingerprint": self.fingerprint, "window": int(self.window),
                 "carry_state": bool(self.carry_state), "version": int(self.version),
-                "extra": self.extra}
+                "extra": self.extra,
+                **({} if self.next_slot is None else {"next_slot": int(self.next_slot)})}
 
 
 def save_snapshots(path, snapshots: dict) -> Path:
@@ -188,7 +194,8 @@ def load_snapshots(path) -> dict[str, Snapshot]:
                 buffer=arrays[f"s{i}.buffer"], steps=_integer(h["steps"]),
                 fingerprint=h["fingerprint"], window=_integer(h["window"]),
                 carry_state=h["carry_state"], version=_integer(h["version"]),
-                extra=h.get("extra", {}), prediction=arrays.get(f"s{i}.prediction"))
+                extra=h.get("extra", {}), prediction=arrays.get(f"s{i}.prediction"),
+                next_slot=None if h.get("next_slot") is None else _integer(h["next_slot"]))
     except (KeyError, TypeError, ValueError) as exc:
         raise _not_ours(path, f"missing or malformed entry {exc}") from None
     return snaps

@@ -246,7 +246,9 @@ def test_info_describes_the_contract(models):
     info = runtime.load(models["window"], device="cpu").info
     for words in ("features   2: temperature, humidity", "targets    1: temperature",
                   "LSTM", "4 units: in_h0, in_c0 -> out_h0, out_c0",
-                  "window: each prediction reads the last 3 samples",
+                  "window: each prediction reads the last 3 readings",
+                  "warm-up    2 readings: the first prediction comes with reading 3",
+                  "--window N if the model was trained on N",
                   f"{info.parity['max_abs_diff']:.3g}", "source", "device     cpu",
                   "the x and y scaling is in the graph"):
         assert words in out, out
