@@ -76,7 +76,7 @@ class Record:
     values: np.ndarray | None = None  # (features,) float64, NaN where missing; None on error
     fields: object = None            # what is passed through: list[str] (CSV) or dict (JSON)
     error: str | None = None         # set when the line is refused
-    reset: bool = False              # --reset-column: reset the stream before this sample
+    reset: bool = False              # --reset-column: reset the stream before this reading
     raw: str | None = None           # the whole line, kept on an error record that needs it
 
     @property
@@ -173,7 +173,7 @@ def reset_flag(value, column: str) -> bool:
         return text in RESET_TRUE
     shown = json.dumps(value) if not isinstance(value, str) else repr(value[:40])
     raise BadLine(f"--reset-column {column!r}: {shown} is not a reset flag (expected true/1 "
-                  f"to reset the sensor's stream before this sample, false/0/empty to carry on)")
+                  f"to reset the sensor's stream before this reading, false/0/empty to carry on)")
 
 
 def is_timestamp(text: str) -> bool:
@@ -540,7 +540,7 @@ def detect(first: bytes, features: Sequence[str], targets: Sequence[str], *,
         if fmt == "auto" and fields and is_timestamp(fields[0]):
             raise InputError(
                 f"line 1 ({len(fields)} fields) is not a header: it starts with a date/time, "
-                f"so it is a sample, but its other {len(fields) - 1} field(s) are not the model's "
+                f"so it is a reading, but its other {len(fields) - 1} field(s) are not the model's "
                 f"{len(features)} feature(s) {', '.join(map(repr, features))} alone; name "
                 f"every column with --columns, e.g. --columns "
                 f"{_example_columns(len(fields), features)}") from None
