@@ -49,6 +49,7 @@ from .errors import InputError
 MAX_LINE = 1 << 20          # bytes: a longer line is reported, not parsed (1 MiB)
 FORMATS = ("auto", "csv", "headerless", "jsonl")
 MISSING_TOKENS = {"", "na", "nan", "n/a", "null", "none", "?", "-"}   # as the trainer reads CSVs
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass
@@ -93,12 +94,25 @@ def describe_decode_error(exc: UnicodeDecodeError) -> str:
 def number(text: str, column: str) -> float:
     """A field as a float: NaN for a missing token, BadLine for anything else."""
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         if text.strip().lower() in MISSING_TOKENS:
             return math.nan
         shown = text if len(text) <= 40 else text[:37] + "..."
         raise BadLine(f"column {column!r}: {shown!r} is not a number") from None
+    return in_range(value, column)
+
+
+def in_range(value: float, column: str) -> float:
+    """``value`` where float32 holds it; BadLine for a finite number float32 cannot.
+
+    Found here, in words, rather than as numpy's "overflow encountered in cast" warning
+    when the sample becomes float32 (inf itself is refused by the model's finite check).
+    """
+    if abs(value) > FLOAT32_MAX and math.isfinite(value):
+        raise BadLine(f"column {column!r}: {value:g} is beyond float32's range "
+                      f"(±{FLOAT32_MAX:.4g}); the model reads float32 values")
+    return value
 
 
 def format_value(value) -> str:
@@ -133,22 +147,36 @@ def added_names(taken: Sequence[str], targets: Sequence[str]) -> tuple[str, str,
 
 
 def split_csv(text: str) -> list[str]:
-    """One CSV line's fields; quotes are honoured (the fast path splits plain lines)."""
+    """One CSV line's fields; quotes are honoured (the fast path splits plain lines).
+
+    Raises BadLine for a quote that is opened and never closed (``1,"102.5``), which the
+    csv module would otherwise read as if it were closed at the end of the line.
+    """
     if '"' not in text:
         return text.split(",")
-    return next(csv.reader([text]))
+    try:
+        return next(csv.reader([text], strict=True))
+    except csv.Error as exc:
+        raise BadLine(f"broken CSV quoting ({exc}): a field that opens a quote must close "
+                      f"it, and a quote inside a quoted field is written twice (\"\")") from None
 
 
 def join_csv(fields: Sequence[str]) -> str:
-    """One CSV line from its fields, quoting only the fields that need it."""
+    """One CSV line from its fields, quoting only the fields that need it.
+
+    A field holding a comma, a quote, a newline or a carriage return is quoted, so that the
+    output is one valid CSV line whatever the input line passed through.
+    """
     line = ",".join(fields)
     # Plain fields (the usual case) have exactly len - 1 commas between them and no quotes.
     if line.count(",") == len(fields) - 1 and '"' not in line and "\n" not in line \
             and "\r" not in line:
         return line
     buf = io.StringIO()
-    csv.writer(buf, lineterminator="").writerow(fields)
-    return buf.getvalue()
+    # The writer quotes a field holding a character of its line terminator: "\r\n" makes it
+    # quote bare CRs too (with "" it would not), and the terminator is cut off again.
+    csv.writer(buf, lineterminator="\r\n").writerow(fields)
+    return buf.getvalue()[:-2]
 
 
 def _match_columns(names: Sequence[str], wanted: Sequence[str]) -> list[int] | None:
@@ -162,6 +190,21 @@ def _match_columns(names: Sequence[str], wanted: Sequence[str]) -> list[int] | N
             return None
         found.append(i)
     return found
+
+
+def _refuse_ambiguous(names: Sequence[str], wanted: Sequence[str]) -> None:
+    """InputError where a wanted column is named twice in the header (exactly or loosely)."""
+    problems = []
+    for w in wanted:
+        same = [i for i, n in enumerate(names) if n == w]      # an exact match wins
+        if not same:
+            same = [i for i, n in enumerate(names) if n.strip().lower() == w.strip().lower()]
+        if len(same) > 1:
+            problems.append(f"{w!r} is columns {', '.join(str(i + 1) for i in same)}")
+    if problems:
+        raise InputError(f"the CSV header names a column twice: {'; '.join(problems)}; "
+                         f"expected each feature (and the --stream-column) once: rename or "
+                         f"remove the extra column")
 
 
 def _need_names(features: Sequence[str], what: str) -> None:
@@ -220,6 +263,8 @@ class CsvFormat(LineFormat):
         super().__init__(features, targets, stream_column)
         _need_names(self.features, "the CSV header")
         self.columns = list(columns)
+        _refuse_ambiguous(self.columns, [*self.features, *([stream_column] if stream_column
+                                                            else [])])
         index = _match_columns(self.columns, self.features)
         if index is None:
             missing = [f for f in self.features if _match_columns(self.columns, [f]) is None]
@@ -342,7 +387,7 @@ class JsonlFormat(LineFormat):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise BadLine(f"key {name!r}: {json.dumps(value)[:40]} is not a number")
         try:
-            return float(value)
+            return in_range(float(value), name)
         except OverflowError:           # an integer beyond float range
             return math.inf
 
@@ -352,12 +397,27 @@ class JsonlFormat(LineFormat):
         out[self.warmup] = bool(warmup)
         for name, value in zip(self.preds, pred):
             out[name] = json_value(value)
-        return json.dumps(out, ensure_ascii=False)
+        return dump_json(out)
 
     def format_error(self, rec):
         out = dict(rec.fields) if isinstance(rec.fields, dict) else {}
         out[self.error] = rec.error
-        return json.dumps(out, ensure_ascii=False)
+        return dump_json(out)
+
+
+def dump_json(obj) -> str:
+    """One JSON line whose text is valid UTF-8 whatever the input held.
+
+    JSON may escape a lone surrogate (``"\\ud800"``), which Python reads into a string no
+    UTF-8 encoder takes; such a line is written with every non-ASCII character escaped,
+    which keeps the surrogate as the input had it.
+    """
+    text = json.dumps(obj, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(obj, ensure_ascii=True)
+    return text
 
 
 def detect(first: bytes, features: Sequence[str], targets: Sequence[str], *,

@@ -190,6 +190,7 @@ class _Slot:
 
     stream: object
     seen: float = field(default_factory=time.monotonic)
+    line: int = 0          # the input line of its last answer
 
 
 class Server:
@@ -203,15 +204,24 @@ class Server:
         self.lines = 0              # input lines handled, header included
         self.samples = 0            # lines that reached a stream
         self.errors = 0             # error records written
+        self.blank = 0              # blank lines, answered with blank lines
         self._unsaved = 0
-        self.dirty = False          # whether any stream changed since the last save
+        self.store = None           # the --state database (runtime.store.StateStore)
+        self.changed: set[str] = set()    # sensors stepped, answers delivered, not yet saved
+        self.inflight: set[str] = set()   # sensors stepped in the batch whose answers are not out
+        self.dropped: set[str] = set()    # sensors dropped since the last save
+        self.delivered_lines = 0    # input lines whose answers are out
         self._warn = warn or (lambda message: None)
         self.window = int(model.window)   # samples up to the first prediction (overrides too)
 
     # -- state --
 
     def load_state(self) -> None:
-        """Take every sensor's snapshot from ``config.state`` where that file exists."""
+        """Open the ``config.state`` database and take every sensor's stream from it.
+
+        A missing file is created; an old ``.npz`` snapshot file is converted (see
+        :func:`runtime.store.open_store`).
+        """
         path = self.config.state
         if path is None:
             return
@@ -220,20 +230,53 @@ class Server:
             # Found out now, not when the first save comes after hours of input.
             raise SnapshotError(f"the state file {path} cannot be written: {folder} is not a "
                                 f"writable directory")
-        if not Path(path).exists():
-            return
-        from . import load_snapshots
-        for key, snap in load_snapshots(path).items():
-            self.slots[key] = _Slot(self.model.stream(snap))
-        self._warn(f"resumed {len(self.slots)} stream(s) from {path}")
+        if Path(path).is_dir():
+            raise SnapshotError(f"the state file {path} is a directory; give a file path")
+        from .store import open_store
+        self.store = open_store(path, self.model, warn=self._warn)
+        for key, stream, _ in self.store.load():
+            # Seen now: the time the tool was down is not the sensor's silence.
+            self.slots[key] = _Slot(stream)
+        if self.slots:
+            meta = self.store.summary()
+            self._warn(f"resumed {len(self.slots)} stream(s) from {path} (saved after input "
+                       f"line {meta.get('lines', '?')} of run {meta.get('run', '?')}; each "
+                       f"stream's step count is in its answers' step column)")
 
     def save_state(self) -> None:
-        """Write every sensor's snapshot to ``config.state``, atomically."""
-        if self.config.state is None or not self.dirty:
+        """Save the sensors changed since the last save whose answers are out, in one commit.
+
+        A sensor of a batch whose answers could not be written (``inflight``) keeps its last
+        saved row: the saved state never counts an answer that was not delivered.
+        """
+        if self.store is None:
             return
-        from . import save_snapshots
-        save_snapshots(self.config.state, {k: s.stream.snapshot() for k, s in self.slots.items()})
-        self._unsaved, self.dirty = 0, False
+        keys = self.changed - self.inflight
+        if not keys and not self.dropped:
+            return
+        clock = time.time() - time.monotonic()              # monotonic -> wall clock
+        slots = self.slots
+        rows = ((k, slot.stream, slot.seen + clock, slot.line)
+                for k in keys if (slot := slots.get(k)) is not None)
+        self.store.save(rows, self.dropped,
+                        lines=None if self.inflight else self.delivered_lines)
+        self.changed = self.changed & self.inflight
+        self.dropped.clear()
+        self._unsaved = 0
+
+    def delivered(self) -> None:
+        """The last batch's answers are out: its sensors may be saved now."""
+        self.changed |= self.inflight
+        self.inflight.clear()
+        self.delivered_lines = self.lines
+
+    def close(self) -> None:
+        """Save what was delivered and close the state database."""
+        if self.store is not None:
+            try:
+                self.save_state()
+            finally:
+                self.store.close()
 
     # -- routing --
 
@@ -245,7 +288,7 @@ class Server:
                 if old is None:
                     break
                 del self.slots[old]
-                self.dirty = True
+                self.dropped.add(old)
                 self._warn(f"dropped stream {old!r}, the least recently seen, to stay within "
                            f"--max-streams {self.config.max_streams}")
             slot = self.slots[key] = _Slot(self.model.stream())
@@ -263,7 +306,7 @@ class Server:
             if slot.seen >= limit:
                 break
             del self.slots[key]
-            self.dirty = True
+            self.dropped.add(key)
             self._warn(f"dropped stream {key!r}: no line for {self.config.idle_timeout:g} s "
                        f"(--idle-timeout)")
 
@@ -275,13 +318,15 @@ class Server:
         for number, raw in batch:
             if number == 1 and raw is not TOO_LONG and raw.startswith(b"\xef\xbb\xbf"):
                 raw = raw[3:]                                  # a UTF-8 byte-order mark
+            if raw is not TOO_LONG and not raw.strip():
+                out.append("")          # a blank line is answered with a blank line
+                self.blank += 1
+                continue
             if self.format is None:
-                if raw is TOO_LONG or not raw.strip():
-                    what = (f"longer than {fmt.MAX_LINE} bytes" if raw is TOO_LONG
-                            else "empty")
-                    raise InputError(f"line {number} is {what}; cannot tell the input format "
-                                     f"from it (expected a CSV header, a first sample or a "
-                                     f"JSON object)")
+                if raw is TOO_LONG:
+                    raise InputError(f"line {number} is longer than {fmt.MAX_LINE} bytes; "
+                                     f"cannot tell the input format from it (expected a CSV "
+                                     f"header, a first sample or a JSON object)")
                 self.format, is_header = fmt.detect(
                     raw, self.model.features, self.model.targets, fmt=self.config.format,
                     stream_column=self.config.stream_column)
@@ -326,7 +371,6 @@ class Server:
         self.lines += len(out)
         self._unsaved += len(out)
         self.samples += len(good)
-        self.dirty = self.dirty or bool(good)
         self.drop_idle()
         if stop is not None:
             bad = items[stop]
@@ -346,6 +390,9 @@ class Server:
             by_key.setdefault(rec.key, []).append(rec)
         busy = set(by_key)
         slots = {key: self._slot(key, busy) for key in by_key}
+        self.inflight |= busy          # stepped from here on; saved once the answers are out
+        for key, recs in by_key.items():
+            slots[key].line = recs[-1].line
         answers = {}
         rounds = max((len(v) for v in by_key.values()), default=0)
         # A skipped or held sample (NaN) is stepped on its own, so its step count is exact.
@@ -373,9 +420,10 @@ class Server:
 def serve(model, config: ServeConfig, reader: LineReader, write, *, warn=None) -> Server:
     """Run ``reader``'s lines through ``model`` and ``write`` one answer per line.
 
-    ``write(lines)`` gets each batch's output lines (without newlines) and is expected to
-    flush them; the state is saved after the answers are out, so a crash can repeat a line's
-    answer on restart but never lose one. ``warn(message)`` gets the per-line complaints.
+    ``write(lines)`` gets each batch's output lines (without newlines) and must have handed
+    every byte to the OS when it returns; the state is saved after the answers are out, and a
+    batch whose ``write`` raised is left out of it, so a crash or a reader that goes away can
+    repeat a line's answer on restart but never lose one. ``warn(message)`` gets the per-line complaints.
 
     Raises
     ------
@@ -392,16 +440,19 @@ def serve(model, config: ServeConfig, reader: LineReader, write, *, warn=None) -
                 out = server.handle(batch)
             except StrictStop as stop:
                 write(stop.lines)
+                server.delivered()
                 raise
-            write(out)
+            write(out)          # answers out first ...
+            server.delivered()
             if server.due():
-                server.save_state()
+                server.save_state()     # ... then the state that counts them
             if reader.signals is not None:
                 reader.signals.check()
     finally:
-        server.save_state()
+        server.close()
     if server.samples == 0 and server.errors == 0:
         raise EmptyInput("the input is empty: no lines to run the model on" if not server.lines
+                         else "the input is empty: only blank lines, no samples to run the "
+                              "model on" if server.format is None
                          else "the input is empty: a header and no samples to run the model on")
     return server
-
