@@ -61,7 +61,7 @@ CREATE TABLE IF NOT EXISTS streams (
     seen REAL NOT NULL,
     run INTEGER NOT NULL,
     line INTEGER NOT NULL
-);
+) WITHOUT ROWID;
 """
 
 
@@ -115,6 +115,7 @@ class StateStore:
             # NORMAL: a commit survives the process being killed (the WAL is in the OS's
             # hands); only a power cut may take back the last commits.
             self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.execute("PRAGMA cache_size=-65536")    # 64 MiB: the key index stays cached
             self.db.executescript(_SCHEMA)
             meta = dict(self.db.execute("SELECT name, value FROM meta").fetchall())
         except sqlite3.DatabaseError as exc:
@@ -178,19 +179,9 @@ class StateStore:
         Returns the number of rows written. Raises SnapshotError where the disk refuses
         (full, read-only); the database then holds the last commit, as it was.
         """
-        fingerprint, run = self.model.fingerprint, self.run
-        rows = []
-        for key, stream, seen, line in slots:
-            if stream._group is not None:
-                stream._sync()
-            state = b"".join(np.ascontiguousarray(to_host(s), np.float32).tobytes()
-                             for s in stream._state)
-            pred = stream._pred
-            rows.append((key, fingerprint, stream._steps, stream._buf.tobytes(), state,
-                         None if pred is None else np.asarray(pred, np.float32).tobytes(),
-                         seen, run, line))
+        rows = self._rows(slots)
         self.commits += 1
-        meta = {"commits": str(self.commits), "run": str(run), "saved_at": repr(time.time())}
+        meta = {"commits": str(self.commits), "run": str(self.run), "saved_at": repr(time.time())}
         if lines is not None:
             meta["lines"] = str(lines)
         try:
@@ -212,6 +203,54 @@ class StateStore:
                               "resume from it") from None
         return len(rows)
 
+    def _rows(self, slots) -> list[list]:
+        """The database rows of ``(key, stream, seen, line)``.
+
+        Streams last stepped together (a ``batch.Group``) are read from the group's stacked
+        arrays, many rows per numpy call, without taking each stream out of its group.
+        """
+        fingerprint, run, zero = self.model.fingerprint, self.run, self._zero()
+        rows: list[list] = []
+        groups: dict[int, tuple[object, list[int], list[int]]] = {}
+        for key, stream, seen, line in slots:
+            group = stream._group
+            if group is not None and not group.dirty:
+                _, at, index = groups.setdefault(id(group), (group, [], []))
+                at.append(len(rows))
+                index.append(stream._gi)
+                pred = None if group.pred is not None else stream._pred
+                rows.append([key, fingerprint, stream._steps + group.calls, None, None,
+                             _blob(pred), seen, run, line])
+                continue
+            if group is not None:
+                stream._sync()
+            state = (b"".join(np.ascontiguousarray(to_host(s), np.float32).tobytes()
+                              for s in stream._state) if self.model.carry_state else zero)
+            rows.append([key, fingerprint, stream._steps, stream._buf.tobytes(), state,
+                         _blob(stream._pred), seen, run, line])
+        for group, at, index in groups.values():
+            idx = np.asarray(index)
+            buf = np.ascontiguousarray(group.buf[idx], self.dtype)     # (k, m, features)
+            bufs = _cut(buf.tobytes(), len(idx))
+            if self.model.carry_state:
+                big = np.concatenate([np.asarray(to_host(s), np.float32)[idx]
+                                      for s in group.states], axis=1)  # (k, width)
+                states = _cut(np.ascontiguousarray(big).tobytes(), len(idx))
+            else:
+                states = [zero] * len(idx)
+            preds = (_cut(np.ascontiguousarray(group.pred[idx], np.float32).tobytes(), len(idx))
+                     if group.pred is not None else None)
+            for j, r in enumerate(at):
+                row = rows[r]
+                row[3], row[4] = bufs[j], states[j]
+                if preds is not None:
+                    row[5] = preds[j]
+        return rows
+
+    def _zero(self) -> bytes:
+        """The state of a stream that carries none (window mode): always the zero state."""
+        return bytes(self.width * 4)
+
     # -- loading --
 
     def load(self) -> list[tuple[str, object, float]]:
@@ -222,7 +261,7 @@ class StateStore:
         """
         try:
             rows = self.db.execute("SELECT key, fingerprint, steps, buffer, state, prediction, "
-                                   "seen FROM streams ORDER BY seen, rowid").fetchall()
+                                   "seen FROM streams ORDER BY seen, key").fetchall()
         except sqlite3.DatabaseError as exc:
             raise self._error(f"its rows cannot be read ({exc})",
                               "restore a good copy, or delete it to start fresh") from None
@@ -315,6 +354,16 @@ class StateStore:
                            "fresh")
 
 
+def _blob(pred) -> bytes | None:
+    return None if pred is None else np.asarray(pred, np.float32).tobytes()
+
+
+def _cut(data: bytes, n: int) -> list[bytes]:
+    """``data`` cut into ``n`` equal pieces."""
+    size = len(data) // n if n else 0
+    return [data[i * size:(i + 1) * size] for i in range(n)]
+
+
 def _length(blob) -> str:
     return str(len(blob)) if isinstance(blob, (bytes, bytearray)) else f"no ({type(blob).__name__})"
 
@@ -380,7 +429,7 @@ def read_snapshots(path) -> dict[str, Snapshot]:
         try:
             meta = dict(db.execute("SELECT name, value FROM meta").fetchall())
             rows = db.execute("SELECT key, fingerprint, steps, buffer, state, prediction "
-                              "FROM streams ORDER BY seen, rowid").fetchall()
+                              "FROM streams ORDER BY seen, key").fetchall()
         finally:
             db.close()
         names, units = json.loads(meta["state"]), json.loads(meta["units"])
