@@ -234,7 +234,12 @@ class Server:
             raise SnapshotError(f"the state file {path} is a directory; give a file path")
         from .store import open_store
         self.store = open_store(path, self.model, warn=self._warn)
-        for key, stream, _ in self.store.load():
+        try:
+            loaded = self.store.load()
+        except BaseException:
+            self.store.close()
+            raise
+        for key, stream, _ in loaded:
             # Seen now: the time the tool was down is not the sensor's silence.
             self.slots[key] = _Slot(stream)
         if self.slots:

@@ -111,20 +111,43 @@ class StateStore:
         try:
             self.db = sqlite3.connect(str(self.path), isolation_level=None,
                                       check_same_thread=False)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            # NORMAL: a commit survives the process being killed (the WAL is in the OS's
-            # hands); only a power cut may take back the last commits.
-            self.db.execute("PRAGMA synchronous=NORMAL")
-            self.db.execute("PRAGMA cache_size=-65536")    # 64 MiB: the key index stays cached
-            self.db.executescript(_SCHEMA)
-            meta = dict(self.db.execute("SELECT name, value FROM meta").fetchall())
+        except sqlite3.Error as exc:
+            raise self._error(f"cannot open it ({exc})", "check the path and its "
+                              "permissions") from None
+        try:
+            meta = self._open()
         except sqlite3.DatabaseError as exc:
+            self.close()
             raise self._error(f"cannot open it as a state database ({exc})",
                               "restore a good copy, or delete it to start the streams "
                               "fresh") from None
-        self.meta = self._check_meta(meta)
+        except SnapshotError:
+            self.close()
+            raise
+        self.meta = meta
         self.run = int(self.meta.get("run", "0")) + 1
         self.commits = int(self.meta.get("commits", "0"))
+
+    def _open(self) -> dict:
+        """Check (or create) the tables, then set the database up; the meta table's values.
+
+        A database that is not ours (other tables) is refused before anything is written.
+        """
+        tables = {name for (name,) in self.db.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if tables and not {"meta", "streams"} <= tables:
+            raise self._error(f"it is a SQLite database of another program (tables "
+                              f"{', '.join(sorted(tables))})", "give lstm-run a --state file "
+                              "of its own")
+        self.db.execute("PRAGMA journal_mode=WAL")
+        # NORMAL: a commit survives the process being killed (the WAL is in the OS's hands);
+        # only a power cut may take back the last commits.
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("PRAGMA cache_size=-65536")    # 64 MiB: the key index stays cached
+        if not tables:
+            self.db.executescript(_SCHEMA)
+        meta = dict(self.db.execute("SELECT name, value FROM meta").fetchall())
+        return self._check_meta(meta)
 
     # -- meta --
 
