@@ -217,7 +217,8 @@ class StateStore:
                 self._write_meta(meta)
                 self.db.execute("COMMIT")
             except BaseException:
-                self.db.execute("ROLLBACK")
+                if self.db.in_transaction:     # SQLITE_FULL has rolled it back already
+                    self.db.execute("ROLLBACK")
                 raise
         except sqlite3.Error as exc:
             self.commits -= 1
