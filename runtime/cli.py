@@ -14,6 +14,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import cast
 
 import click
 
@@ -203,9 +204,9 @@ class _Output:
     def _room(self) -> int | None:
         """Wait until the output takes bytes; how many may go without blocking (None: all)."""
         signals = self.signals
-        wake = None if signals is None else signals.wake_fd
-        if wake is None:
+        if signals is None or signals.wake_fd is None:
             return None
+        wake = signals.wake_fd
         while self.deadline is None and signals.signum is None:
             ready, writable, _ = select.select([wake], [self.fd], [])
             if writable:
@@ -276,11 +277,17 @@ class _Output:
               help="Also save --state every N lines (at the end of the batch that reaches N); "
                    "1 commits after every batch, so that a kill -9 loses at most the batch "
                    "being answered.")
+@click.option("--save-interval", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              metavar="SECONDS",
+              help="Also save --state when this long has passed since the last save and a "
+                   "sensor changed (0: only --save-every and exit). Bounds both what a "
+                   "kill -9 loses and what SIGTERM still has to write.")
 @click.option("--strict", is_flag=True, help="Stop at the first bad line, with exit code 1.")
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads for the model.")
 @reports_errors
 def main(model, info, stream, input_, output, format_, stream_column, idle_timeout,
-         max_streams, device, window, carry_state, missing, state, save_every, strict, threads):
+         max_streams, device, window, carry_state, missing, state, save_every, save_interval,
+         strict, threads):
     """Run MODEL.onnx (exported by lstm-export) over sensor lines, one answer per line.
 
     \b
@@ -300,7 +307,7 @@ def main(model, info, stream, input_, output, format_, stream_column, idle_timeo
         return
     config = ServeConfig(format=format_, stream_column=stream_column, strict=strict,
                          idle_timeout=idle_timeout, max_streams=max_streams, state=state,
-                         save_every=save_every)
+                         save_every=save_every, save_interval=save_interval)
     run(loaded, config, input_, output, stream)
 
 
@@ -310,7 +317,7 @@ def run(model, config: ServeConfig, input_: str, output: str, stream: bool) -> N
     Whatever ends the run, the answers written are out before the state is saved, and the
     saved state counts no answer that was not delivered (see :func:`runtime.serve.serve`).
     """
-    code, failure = 0, None
+    code, failure = 0, cast("LstmEdgeError | None", None)
     with Signals() as signals:
         out = _Output(output, signals)
         fd = 0 if input_ == "-" else os.open(input_, os.O_RDONLY)

@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -144,17 +145,17 @@ class Model:
         self.state_outputs = tuple(n for s in info.state for n in s.outputs)
         self.units = tuple(_units(inputs[n].shape, s.units) for s in info.state for n in s.inputs)
         bound = device.startswith("cuda") if io_binding is None else bool(io_binding)
-        runner = _device.BoundRunner if bound else _device.HostRunner
         self._host = _device.HostRunner(session, X, Y, self.state_inputs, self.state_outputs)
-        self._runner = (runner(session, X, Y, self.state_inputs, self.state_outputs, device)
-                        if bound else self._host)
+        self._runner = (_device.BoundRunner(session, X, Y, self.state_inputs, self.state_outputs,
+                                            device) if bound else self._host)
         # Per-step constants: a fresh stream's state, the zero vector of the finite check.
         self._zero_state = self.zeros(1)
         self._fin = np.zeros(self.n_features, np.float64 if self.tokens else np.float32)
         self._fshape = (self.n_features,)
         # The mask: None for most models, whose steps then never look at it.
         self.mask_value = _mask_value(info, self.n_features)
-        self._mask = None if self.mask_value is None else _mask_rule(self.mask_value, info)
+        # Any: None, or _mask_rule's tuple, which the mask methods read only where it is set
+        self._mask: Any = None if self.mask_value is None else _mask_rule(self.mask_value, info)
         self._group = None   # the streams of the last many-stream call (batch.Group)
 
     def __repr__(self):
@@ -422,9 +423,9 @@ def _mask_value(info: ModelInfo, n_features: int):
 
 def _mask_rule(value, info: ModelInfo):
     """(value, tolerance, first value, first tolerance): the float32 match of Masking."""
-    mean = 0.0
+    mean: float | np.ndarray = 0.0
     scaler = (info.scaler or {}).get("x") if isinstance(info.scaler, dict) else None
-    if isinstance(scaler, dict) and np.shape(scaler.get("mean")) == value.shape:
+    if isinstance(scaler, dict) and np.shape(scaler.get("mean", ())) == value.shape:
         mean = np.abs(np.asarray(scaler["mean"], np.float64))
     tol = MASK_RTOL * (np.abs(value) + mean)
     value32, tol32 = value.astype(np.float32), tol.astype(np.float32)

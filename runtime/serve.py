@@ -22,11 +22,16 @@ from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
 from . import lines as fmt
 from .errors import InputError, LstmEdgeError, SnapshotError
+from .stream import Stream
+
+if TYPE_CHECKING:
+    from .store import StateStore
 
 TOO_LONG = None    # what LineReader yields in place of the bytes of an over-long line
 
@@ -40,9 +45,13 @@ class Interrupted(Exception):
 
 
 class StrictStop(LstmEdgeError):
-    """``--strict``: the first bad line ends the run."""
+    """``--strict``: the first bad line ends the run; ``lines``: the answers before it."""
 
     exit_code = 1
+
+    def __init__(self, message: str, lines: Sequence[str] = ()):
+        super().__init__(message)
+        self.lines = list(lines)
 
 
 class EmptyInput(LstmEdgeError):
@@ -61,12 +70,14 @@ class Signals:
     (``signal.set_wakeup_fd``) makes sure a reader blocked on a quiet sensor sees it at once.
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.signum: int | None = None
         self._pipe = os.pipe()
-        self._wake_r, self._wake_w = self._pipe
+        self._wake_r: int | None = self._pipe[0]
+        self._wake_w = self._pipe[1]
+        self._old_fd: int | None = None
         os.set_blocking(self._wake_w, False)
-        self._old = {}
+        self._old: dict[int, Any] = {}     # signal -> the handler it had
 
     def __enter__(self) -> "Signals":
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -78,7 +89,7 @@ class Signals:
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._wake_r is not None:
+        if self._wake_r is not None and self._old_fd is not None:
             signal.set_wakeup_fd(self._old_fd)
         for sig, handler in self._old.items():
             signal.signal(sig, handler)
@@ -181,6 +192,8 @@ class ServeConfig:
     max_streams: int = 100_000           # sensors kept at once; the least recent is dropped
     state: Path | None = None            # snapshot file: loaded at start, saved at exit
     save_every: int = 0                  # also save after this many lines (0: only at exit)
+    save_interval: float = 0.0           # also save when this many seconds passed since the
+                                         # last save and a sensor changed (0: never by time)
     chunked: bool = True                 # let one sensor's run of lines go in one feed() call
 
 
@@ -188,7 +201,7 @@ class ServeConfig:
 class _Slot:
     """One sensor: its stream and when it last had a line."""
 
-    stream: object
+    stream: Stream
     seen: float = field(default_factory=time.monotonic)
     line: int = 0          # the input line of its last answer
 
@@ -206,11 +219,12 @@ class Server:
         self.errors = 0             # error records written
         self.blank = 0              # blank lines, answered with blank lines
         self._unsaved = 0
-        self.store = None           # the --state database (runtime.store.StateStore)
+        self.store: StateStore | None = None    # the --state database
         self.changed: set[str] = set()    # sensors stepped, answers delivered, not yet saved
         self.inflight: set[str] = set()   # sensors stepped in the batch whose answers are not out
         self.dropped: set[str] = set()    # sensors dropped since the last save
         self.delivered_lines = 0    # input lines whose answers are out
+        self._saved_at = time.monotonic()   # when the state was last saved (or loaded)
         self._warn = warn or (lambda message: None)
         self.window = int(model.window)   # samples up to the first prediction (overrides too)
 
@@ -267,7 +281,7 @@ class Server:
                         lines=None if self.inflight else self.delivered_lines)
         self.changed = self.changed & self.inflight
         self.dropped.clear()
-        self._unsaved = 0
+        self._unsaved, self._saved_at = 0, time.monotonic()
 
     def delivered(self) -> None:
         """The last batch's answers are out: its sensors may be saved now."""
@@ -335,8 +349,9 @@ class Server:
                 self.format, is_header = fmt.detect(
                     raw, self.model.features, self.model.targets, fmt=self.config.format,
                     stream_column=self.config.stream_column)
-                if is_header:
-                    out.append(self.format.header())
+                header = self.format.header() if is_header else None
+                if header is not None:
+                    out.append(header)
                     continue
             if raw is TOO_LONG:
                 rec = fmt.Record(number, error=f"line longer than {fmt.MAX_LINE} bytes")
@@ -362,37 +377,45 @@ class Server:
         answered = items[:stop]                            # all of them where stop is None
         good = [r for r in answered if isinstance(r, fmt.Record) and r.ok]
         answers = self._step(good)
+        form = cast(fmt.LineFormat, self.format)    # set by the line before any record
         out = []
         for item in answered:
             if isinstance(item, str):
                 out.append(item)
             elif item.ok:
                 step, warmup, pred = answers[id(item)]
-                out.append(self.format.format(item, step, warmup, pred))
+                out.append(form.format(item, step, warmup, pred))
             else:
                 self.errors += 1
                 self._warn(f"line {item.line}: {item.error}")
-                out.append(self.format.format_error(item))
+                out.append(form.format_error(item))
         self.lines += len(out)
         self._unsaved += len(out)
         self.samples += len(good)
         self.drop_idle()
         if stop is not None:
             bad = items[stop]
-            exc = StrictStop(f"line {bad.line}: {bad.error} (--strict)")
-            exc.lines = out
-            raise exc
+            assert isinstance(bad, fmt.Record)
+            raise StrictStop(f"line {bad.line}: {bad.error} (--strict)", out)
         return out
 
     def due(self) -> bool:
-        """Whether ``config.save_every`` lines have passed since the last save."""
-        return bool(self.config.save_every) and self._unsaved >= self.config.save_every
+        """Whether ``config.save_every`` lines or ``config.save_interval`` seconds have
+        passed since the last save (the seconds only where a sensor changed)."""
+        config = self.config
+        if self.store is None:
+            return False
+        if config.save_every and self._unsaved >= config.save_every:
+            return True
+        return bool(config.save_interval) and bool(self.changed or self.dropped) \
+            and time.monotonic() - self._saved_at >= config.save_interval
 
     def _step(self, records: list[fmt.Record]) -> dict[int, tuple[int, bool, np.ndarray]]:
         """Step every record's stream; ``{id(record): (step, warmup, prediction)}``."""
         by_key: dict[str, list[fmt.Record]] = {}
         for rec in records:
             by_key.setdefault(rec.key, []).append(rec)
+        values = {id(r): cast(np.ndarray, r.values) for r in records}   # ok records: all set
         busy = set(by_key)
         slots = {key: self._slot(key, busy) for key in by_key}
         self.inflight |= busy          # stepped from here on; saved once the answers are out
@@ -401,12 +424,12 @@ class Server:
         answers = {}
         rounds = max((len(v) for v in by_key.values()), default=0)
         # A skipped or held sample (NaN) is stepped on its own, so its step count is exact.
-        complete = bool(records) and np.isfinite(np.stack([r.values for r in records])).all()
+        complete = bool(records) and np.isfinite(np.stack(list(values.values()))).all()
         if self.config.chunked and complete and rounds > 1 and len(by_key) < rounds:
             # Few sensors, many lines each: one feed() per sensor beats a call per line.
             for key, recs in by_key.items():
                 stream = slots[key].stream
-                preds = stream.feed(np.stack([r.values for r in recs]))   # (n, targets)
+                preds = stream.feed(np.stack([values[id(r)] for r in recs]))   # (n, targets)
                 first = stream.steps - len(recs)
                 for i, (rec, pred) in enumerate(zip(recs, preds)):
                     answers[id(rec)] = (first + i + 1, first + i + 1 < self.window, pred)
@@ -415,7 +438,7 @@ class Server:
         for r in range(rounds):
             keys = [k for k, v in by_key.items() if len(v) > r]
             streams = [slots[k].stream for k in keys]
-            samples = np.stack([by_key[k][r].values for k in keys])      # (streams, features)
+            samples = np.stack([values[id(by_key[k][r])] for k in keys])      # (streams, features)
             preds = self.model.step(streams, samples)                   # (streams, targets)
             for k, stream, pred in zip(keys, streams, preds):
                 answers[id(by_key[k][r])] = (stream.steps, not stream.ready, pred)

@@ -38,6 +38,7 @@ import sqlite3
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -235,7 +236,7 @@ class StateStore:
         """
         fingerprint, run, zero = self.model.fingerprint, self.run, self._zero()
         rows: list[list] = []
-        groups: dict[int, tuple[object, list[int], list[int]]] = {}
+        groups: dict[int, tuple[Any, list[int], list[int]]] = {}   # batch.Group, rows, index
         for key, stream, seen, line in slots:
             group = stream._group
             if group is not None and not group.dirty:
@@ -277,7 +278,7 @@ class StateStore:
 
     # -- loading --
 
-    def load(self) -> list[tuple[str, object, float]]:
+    def load(self) -> list[tuple[str, Any, float]]:
         """Every sensor's stream, least recently seen first: ``(key, stream, seen)``.
 
         Every row is checked before any stream is made: its model, its step count, the
@@ -345,7 +346,7 @@ class StateStore:
 
     def _predictions(self, keys, blobs) -> list:
         size = self.model.n_targets * 4
-        out = []
+        out: list[np.ndarray | None] = []
         for key, blob in zip(keys, blobs):
             if blob is None:
                 out.append(None)

@@ -24,7 +24,6 @@ import numpy as np
 import pytest
 
 import runtime
-from runtime.store import StateStore
 
 from test_cli_run import ATOL, LSTM_RUN, RTOL, TIMEOUT, csv_rows, preds, split_lines, tiny_onnx
 

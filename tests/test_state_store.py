@@ -24,7 +24,7 @@ import runtime
 from runtime.serve import ServeConfig, Server
 from runtime.store import StateStore
 
-from test_cli_run import ATOL, LSTM_RUN, RTOL, TIMEOUT, csv_rows, split_lines, tiny_onnx
+from test_cli_run import ATOL, LSTM_RUN, RTOL, TIMEOUT, csv_rows, tiny_onnx
 
 ROOT = Path(__file__).resolve().parent.parent
 UNBUFFERED = pytest.mark.parametrize("unbuffered", ["1", None], ids=["PYTHONUNBUFFERED", "buffered"])
@@ -186,7 +186,7 @@ def test_a_reader_that_goes_away_gives_141_and_counts_what_it_got(model, tmp_pat
     k = 15
     reader = start_reader("close", 1 + k, sink, env_with(unbuffered))
     proc = subprocess.Popen(LSTM_RUN + [str(model), "--stream", "--stream-column", "sensor",
-                                        "--state", str(state)],
+                                        "--state", str(state), "--save-interval", "0"],
                             stdin=subprocess.PIPE, stdout=reader.stdin, stderr=subprocess.PIPE,
                             cwd=ROOT, env=env_with(unbuffered))
     reader.stdin.close()
@@ -231,7 +231,9 @@ def test_kill_9_at_any_moment_resumes_exactly(model, tmp_path):
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, cwd=ROOT)
 
-        def feed(proc=proc, data=csv_of(todo)):
+        data = csv_of(todo)
+
+        def feed(proc=proc, data=data):
             try:
                 for i in range(0, len(data), 512):
                     proc.stdin.write(data[i:i + 512])
