@@ -45,6 +45,7 @@ import numpy as np
 from .device import to_host
 from .errors import SnapshotError
 from .snapshot import Snapshot, load_snapshots
+from .stream import Stream
 
 FORMAT = 1
 MAGIC = b"SQLite format 3\x00"       # the first 16 bytes of every SQLite database
@@ -315,14 +316,14 @@ class StateStore:
             raise self._row_error(keys[int(np.argmin(finite))], "its state holds NaN or inf")
         bufs_np = self._buffers(keys, steps, bufs)
         preds_np = self._predictions(keys, preds)
+        n, cuts = len(rows), np.cumsum((0,) + self.units)
+        # One (n, 1, units) array per state tensor; zip walks their rows as (1, units) views.
+        parts = [state[:, a:b].copy().reshape(n, 1, b - a) for a, b in zip(cuts[:-1], cuts[1:])]
         streams = []
-        cuts = np.cumsum((0,) + self.units)
-        make = model.stream
-        for i in range(len(rows)):
-            stream = make()
-            row = state[i:i + 1]                             # (1, width)
-            stream._restore(tuple(row[:, a:b] for a, b in zip(cuts[:-1], cuts[1:])),
-                            bufs_np[i], steps[i], preds_np[i])
+        missing = model.missing
+        for st, buf, count, pred in zip(zip(*parts), bufs_np, steps, preds_np):
+            stream = Stream(model, missing)                  # what model.stream() makes
+            stream._state, stream._buf, stream._steps, stream._pred = st, buf, count, pred
             streams.append(stream)
         return list(zip(keys, streams, seen))
 
