@@ -166,14 +166,16 @@ class _Output:
         self.to_stdout = path == "-"
         self.signals = signals
         self.deadline: float | None = None
+        self.stream = None      # a stdout with no descriptor (click's CliRunner): written to
         try:
             if self.to_stdout:
                 try:
                     sys.stdout.flush()       # anything printed before goes first
-                except (OSError, ValueError, AttributeError):
-                    pass
-                self.fd = 1
-                os.fstat(self.fd)
+                    self.fd = sys.stdout.fileno()
+                except (OSError, ValueError, AttributeError):    # io.UnsupportedOperation too
+                    self.fd, self.stream = -1, sys.stdout.buffer
+                else:
+                    os.fstat(self.fd)
             else:
                 self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC
                                   | getattr(os, "O_BINARY", 0), 0o666)
@@ -188,6 +190,10 @@ class _Output:
             return
         # backslashreplace: no text can stop the answers (runtime.lines already gives UTF-8)
         data = memoryview(("\n".join(lines) + "\n").encode("utf-8", "backslashreplace"))
+        if self.stream is not None:
+            self.stream.write(data)
+            self.stream.flush()
+            return
         try:
             while data:
                 n = os.write(self.fd, data[:self._room()])
@@ -225,6 +231,8 @@ class _Output:
 
     def lost(self) -> None:
         """The reader went away: point the descriptor at /dev/null so no later flush fails."""
+        if self.fd < 0:
+            return
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, self.fd)
         os.close(devnull)
