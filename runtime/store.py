@@ -146,6 +146,11 @@ class StateStore:
         # only a power cut may take back the last commits.
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("PRAGMA cache_size=-65536")    # 64 MiB: the key index stays cached
+        # Checkpoint (copy the WAL into the file, with an fsync) once the WAL holds 64 MiB,
+        # not SQLite's default 4 MiB: a save of 1,000 of 100,000 sensors then costs 4-5x
+        # less (bench/state.py); the WAL is cut back to that size after each checkpoint.
+        self.db.execute("PRAGMA wal_autocheckpoint=16384")
+        self.db.execute(f"PRAGMA journal_size_limit={64 << 20}")
         if not tables:
             self.db.executescript(_SCHEMA)
         meta = dict(self.db.execute("SELECT name, value FROM meta").fetchall())
