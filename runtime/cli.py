@@ -196,11 +196,13 @@ class _Output:
             return
         try:
             while data:
-                n = os.write(self.fd, data[:self._room()])
+                try:
+                    n = os.write(self.fd, data[:self._room()])
+                except BlockingIOError:        # a non-blocking descriptor we were given
+                    select.select([], [self.fd], [])
+                    continue
                 data = data[n:]
         except BrokenPipeError:
-            raise
-        except InterruptedError:       # pragma: no cover - PEP 475 retries os.write
             raise
         except OSError as exc:
             raise OutputError(f"cannot write the answers to {self.path}: "
