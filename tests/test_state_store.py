@@ -396,3 +396,35 @@ def test_the_store_reads_back_what_streams_hold(model, tmp_path):
                 np.testing.assert_array_equal(a.state[name], b.state[name])
             x = rng.normal(21, 3, 2)
             np.testing.assert_array_equal(stream.step(x), loaded[key].step(x))
+
+
+@UNBUFFERED
+def test_a_non_blocking_stdout_with_a_slow_reader_gets_every_answer(model, unbuffered):
+    """Short writes and EAGAIN are waited out, never taken for an unwritable output."""
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+    rows = rows_for(5000)
+    proc = subprocess.Popen(LSTM_RUN + [str(model), "--stream-column", "sensor"],
+                            stdin=subprocess.PIPE, stdout=w, stderr=subprocess.PIPE, cwd=ROOT,
+                            env=env_with(unbuffered))
+    os.close(w)
+    writer = threading.Thread(target=lambda: (proc.stdin.write(csv_of(rows)), proc.stdin.close()))
+    writer.start()
+    got = b""
+    try:
+        while True:
+            time.sleep(0.01)                        # a slow reader: the pipe fills up
+            chunk = os.read(r, 8192)
+            if not chunk:
+                break
+            got += chunk
+        proc.wait(TIMEOUT)
+    finally:
+        os.close(r)
+        writer.join()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    err = proc.stderr.read().decode()
+    assert proc.returncode == 0 and "Traceback" not in err, err
+    assert len(answers(got.decode())) == len(rows)
