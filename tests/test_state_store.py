@@ -354,6 +354,9 @@ def test_an_npz_state_file_is_converted_once_and_resumes(model, tmp_path):
     leftover.write_bytes(b"half")
     keep = tmp_path / ".state.npz.notours.tmp"
     keep.write_bytes(b"someone else's")
+    halfway = [tmp_path / "state.npz.converting", tmp_path / "state.npz.converting-wal"]
+    for path in halfway:                                       # a conversion killed midway
+        path.write_bytes(b"half a database")
     proc = subprocess.run(LSTM_RUN + [str(model), "--stream-column", "sensor", "--state",
                                       str(state)], input=csv_of(rows[10:20]),
                           capture_output=True, timeout=TIMEOUT, cwd=ROOT)
@@ -361,6 +364,7 @@ def test_an_npz_state_file_is_converted_once_and_resumes(model, tmp_path):
     assert proc.returncode == 0 and "converted" in err, err
     assert state.read_bytes()[:16] == b"SQLite format 3\x00"
     assert not leftover.exists() and keep.exists()
+    assert not any(path.exists() for path in halfway)
     got = answers(proc.stdout.decode())
     assert sorted(s for _, s in got) == sorted(s for (k, s) in whole if 5 < s <= 10)
     for key, value in got.items():
