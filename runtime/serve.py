@@ -190,7 +190,7 @@ class ServeConfig:
     strict: bool = False                 # stop at the first bad line
     idle_timeout: float | None = None    # seconds a sensor may stay silent before it is dropped
     max_streams: int = 100_000           # sensors kept at once; the least recent is dropped
-    state: Path | None = None            # snapshot file: loaded at start, saved at exit
+    state: Path | None = None            # state database (runtime.store): loaded, then saved
     save_every: int = 0                  # also save after this many lines (0: only at exit)
     save_interval: float = 0.0           # also save when this many seconds passed since the
                                          # last save and a sensor changed (0: never by time)
