@@ -17,6 +17,8 @@ demo: $(STAMP)
 	$(BIN)/python examples/demo.py
 
 test: $(STAMP)
+	$(BIN)/ruff check runtime trainer
+	$(BIN)/mypy runtime
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

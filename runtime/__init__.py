@@ -10,13 +10,13 @@ Imports numpy and onnxruntime only; never TensorFlow, Keras or the trainer.
 """
 
 from .contract import ModelInfo, StateSpec
-from .errors import (ContractError, DeviceError, InputError, LstmEdgeError, ShapeError,
-                     SnapshotError)
+from .errors import (ContractError, DeviceError, InputError, LstmEdgeError, RunError,
+                     ShapeError, SnapshotError)
 from .model import Model, load
 from .shapes import check_shape, shape_problem
 from .snapshot import Snapshot, load_snapshots, save_snapshots
 from .stream import Stream
 
 __all__ = ["ModelInfo", "StateSpec", "ContractError", "DeviceError", "InputError",
-           "LstmEdgeError", "ShapeError", "SnapshotError", "check_shape", "shape_problem",
+           "LstmEdgeError", "RunError", "ShapeError", "SnapshotError", "check_shape", "shape_problem",
            "load", "Model", "Stream", "Snapshot", "save_snapshots", "load_snapshots"]

@@ -9,8 +9,12 @@ from __future__ import annotations
 import functools
 import json
 import os
+import select
+import signal
 import sys
+import time
 from pathlib import Path
+from typing import cast
 
 import click
 
@@ -45,18 +49,30 @@ Reset: with --reset-column NAME, a line whose NAME is true/1/yes resets
 its sensor's stream (zero state, empty window) before it is fed, as a
 new sequence does in Keras after model.reset_states().
 \b
-Bad lines (wrong field count, not a number, broken JSON, no sensor
-column, binary data, longer than {MAX_LINE // 1024} KiB) give an error record and a
-"line N: reason" message on stderr; that sensor's state is untouched.
+Bad lines (wrong field count, not a number, broken JSON or CSV quoting,
+no sensor column, binary data, a number beyond float32, longer than
+{MAX_LINE // 1024} KiB) give an error record and a "line N: reason"
+message on stderr; that sensor's state is untouched. A blank line is
+answered with a blank line (N lines in, N lines out).
+
+\b
+--state FILE is a SQLite database, one row per sensor; a save writes
+the sensors changed since the last one. An old .npz snapshot file
+given as FILE is converted once. The answers go out first, then the
+state that counts them: a sensor's row never counts an answer that
+was not delivered; its step count matches the answers' step column.
 
 \b
 Exit codes:
   0    done (every line answered, bad lines included)
   1    --strict and a bad line (the lines before it are answered)
-  2    usage error, or a model/contract/device/state-file problem
-  3    the input is empty (no lines, or a header and no readings)
+  2    usage error, a model/contract/device/state-file problem, a
+       model that fails inside ONNX Runtime, or an unwritable output
+  3    the input is empty (no lines, only blank lines, or a header
+       and no readings)
   130  SIGINT, 143 SIGTERM: answers flushed and --state saved first
   141  the reader of the output went away (broken pipe); --state saved
+       for the answers delivered
 """
 
 
@@ -186,40 +202,107 @@ def _streaming_rows(model) -> list[tuple[str, str]]:
     return rows
 
 
-class _Output:
-    """Where answers go: a binary file, flushed after every batch when streaming."""
+class OutputError(LstmEdgeError):
+    """The answers cannot be written (a full disk, a closed stdout)."""
 
-    def __init__(self, path: str, flush_each: bool):
+
+class OutputStalled(Exception):
+    """A signal came and the reader did not take the rest of the answers within the grace."""
+
+
+class _Output:
+    """Where answers go: every byte of each batch handed to the OS before ``write`` returns.
+
+    ``os.write`` may write less than it is given (a pipe whose reader is slow, a signal in
+    the middle); the rest is written until none is left, the same whether stdout is
+    Python's buffered writer or, with ``PYTHONUNBUFFERED``, a raw file. Waiting for room
+    goes through ``select`` with the signal wake-up pipe, so SIGINT/SIGTERM is seen while a
+    reader is slow; from then on the reader has ``GRACE`` seconds to take what is left,
+    and after that the batch counts as not delivered (:class:`OutputStalled`).
+    """
+
+    GRACE = 2.0     # seconds a reader gets, after a signal, to take the rest of a batch
+
+    def __init__(self, path: str, signals: Signals | None = None):
         self.to_stdout = path == "-"
+        self.signals = signals
+        self.deadline: float | None = None
+        self.stream = None      # a stdout with no descriptor (click's CliRunner): written to
         try:
-            self.file = sys.stdout.buffer if self.to_stdout else open(path, "wb")
+            if self.to_stdout:
+                try:
+                    sys.stdout.flush()       # anything printed before goes first
+                    self.fd = sys.stdout.fileno()
+                except (OSError, ValueError, AttributeError):    # io.UnsupportedOperation too
+                    self.fd, self.stream = -1, sys.stdout.buffer
+                else:
+                    os.fstat(self.fd)
+            else:
+                self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+                                  | getattr(os, "O_BINARY", 0), 0o666)
         except OSError as exc:
-            raise LstmEdgeError(f"cannot write {path}: {exc.strerror or exc}") from None
-        self.flush_each = flush_each
+            raise OutputError(f"cannot write {'stdout' if self.to_stdout else path}: "
+                              f"{exc.strerror or exc}; check that it is open and writable") \
+                from None
+        self.path = "stdout" if self.to_stdout else path
 
     def write(self, lines: list[str]) -> None:
-        if lines:
-            self.file.write(("\n".join(lines) + "\n").encode("utf-8"))
-            if self.flush_each:
-                self.file.flush()
-
-    def close(self) -> bool:
-        """Flush and close; False where the reader has gone away (broken pipe)."""
+        if not lines:
+            return
+        # backslashreplace: no text can stop the answers (runtime.lines already gives UTF-8)
+        data = memoryview(("\n".join(lines) + "\n").encode("utf-8", "backslashreplace"))
+        if self.stream is not None:
+            self.stream.write(data)
+            self.stream.flush()
+            return
         try:
-            self.file.flush()
+            while data:
+                try:
+                    n = os.write(self.fd, data[:self._room()])
+                except BlockingIOError:        # a non-blocking descriptor we were given
+                    select.select([], [self.fd], [])
+                    continue
+                data = data[n:]
         except BrokenPipeError:
-            self.lost()
-            return False
-        finally:
-            if not self.to_stdout:
-                self.file.close()
-        return True
+            raise
+        except OSError as exc:
+            raise OutputError(f"cannot write the answers to {self.path}: "
+                              f"{exc.strerror or exc}; free disk space or write elsewhere "
+                              f"with -o (the state holds the answers written before)") from None
+
+    def _room(self) -> int | None:
+        """Wait until the output takes bytes; how many may go without blocking (None: all)."""
+        signals = self.signals
+        if signals is None or signals.wake_fd is None:
+            return None
+        wake = signals.wake_fd
+        while self.deadline is None and signals.signum is None:
+            ready, writable, _ = select.select([wake], [self.fd], [])
+            if writable:
+                return None
+            os.read(wake, 512)
+        if self.deadline is None:
+            self.deadline = time.monotonic() + self.GRACE
+        left = self.deadline - time.monotonic()
+        if left <= 0 or not select.select([], [self.fd], [], left)[1]:
+            raise OutputStalled()
+        return select.PIPE_BUF      # fits in a pipe that select called writable
+
+    def close(self) -> None:
+        if not self.to_stdout:
+            os.close(self.fd)
 
     def lost(self) -> None:
         """The reader went away: point the descriptor at /dev/null so no later flush fails."""
+        if self.fd < 0:
+            return
         devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, self.file.fileno())
+        os.dup2(devnull, self.fd)
         os.close(devnull)
+        try:
+            sys.stdout.flush()
+        except (OSError, ValueError, AttributeError):
+            pass
 
 
 @click.command(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"],
@@ -270,16 +353,25 @@ class _Output:
               help="A missing value (empty, nan, NA, null): refuse the line, skip the reading "
                    "(no prediction, state kept), or hold the sensor's last value.")
 @click.option("--state", type=click.Path(dir_okay=False, path_type=Path),
-              help="Snapshot file: every sensor's state is loaded from it at start (if it "
-                   "exists) and saved to it at exit, atomically, so a restart resumes exactly.")
+              help="State database (SQLite): every sensor's state is loaded from it at start "
+                   "(if it exists) and the changed sensors are saved to it at exit, in one "
+                   "commit, so a restart resumes exactly. An old .npz snapshot file is "
+                   "converted.")
 @click.option("--save-every", type=click.IntRange(min=0), default=0, metavar="N",
-              help="Also save --state every N lines (at the end of the batch that reaches N).")
+              help="Also save --state every N lines (at the end of the batch that reaches N); "
+                   "1 commits after every batch, so that a kill -9 loses at most the batch "
+                   "being answered.")
+@click.option("--save-interval", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              metavar="SECONDS",
+              help="Also save --state when this long has passed since the last save and a "
+                   "sensor changed (0: only --save-every and exit). Bounds both what a "
+                   "kill -9 loses and what SIGTERM still has to write.")
 @click.option("--strict", is_flag=True, help="Stop at the first bad line, with exit code 1.")
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads for the model.")
 @reports_errors
 def main(model, info, stream, input_, output, format_, stream_column, columns, reset_column,
          progress, idle_timeout, max_streams, device, window, carry_state, missing, state,
-         save_every, strict, threads):
+         save_every, save_interval, strict, threads):
     """Run MODEL.onnx (exported by lstm-export) over sensor lines, one answer per line.
 
     \b
@@ -299,8 +391,8 @@ def main(model, info, stream, input_, output, format_, stream_column, columns, r
         return
     config = ServeConfig(format=format_, stream_column=stream_column, strict=strict,
                          idle_timeout=idle_timeout, max_streams=max_streams, state=state,
-                         save_every=save_every, columns=_column_names(columns),
-                         reset_column=reset_column)
+                         save_every=save_every, save_interval=save_interval,
+                         columns=_column_names(columns), reset_column=reset_column)
     if progress is None:
         progress = stream and sys.stderr.isatty()
     run(loaded, config, input_, output, stream,
@@ -321,30 +413,38 @@ def _column_names(text: str | None) -> tuple[str, ...] | None:
 
 def run(model, config: ServeConfig, input_: str, output: str, stream: bool,
         progress: Progress | None = None) -> None:
-    """Open the input and output, serve, and map the ways a run ends to exit codes."""
-    fd = 0 if input_ == "-" else os.open(input_, os.O_RDONLY)
-    out = _Output(output, flush_each=stream)
-    code, failure = 0, None
+    """Open the input and output, serve, and map the ways a run ends to exit codes.
+
+    Whatever ends the run, the answers written are out before the state is saved, and the
+    saved state counts no answer that was not delivered (see :func:`runtime.serve.serve`).
+    """
+    code, failure = 0, cast("LstmEdgeError | None", None)
     warn = progress.warn if progress else _warn
     with Signals() as signals:
-        reader = LineReader(fd, block=1 << 16, gather=not stream,
-                            signals=signals)
+        out = _Output(output, signals)
+        fd = 0 if input_ == "-" else os.open(input_, os.O_RDONLY)
+        reader = LineReader(fd, block=1 << 16, gather=not stream, signals=signals)
         try:
             server = serve(model, config, reader, out.write, warn=warn, progress=progress)
             if server.errors:
                 warn(f"{server.errors} of {server.lines} lines were refused (see above)")
         except Interrupted as exc:
             code = 128 + exc.signum
+        except OutputStalled:
+            _warn(f"the reader did not take the last answers within {out.GRACE:g} s of the "
+                  f"signal; the saved state counts only the answers delivered before them")
+            code = 128 + (signals.signum or signal.SIGTERM)
         except BrokenPipeError:
-            out.lost()       # the answers cannot go anywhere; the state was saved
+            out.lost()       # the answers cannot go anywhere; the delivered state was saved
             code = 141
         except (StrictStop, EmptyInput) as exc:
+            code, failure = exc.exit_code, exc
+        except LstmEdgeError as exc:
             code, failure = exc.exit_code, exc
         finally:
             if progress:
                 progress.finish()
-    if not out.close():
-        code = code or 141
+            out.close()
     if failure is not None:
         click.echo(f"Error: {failure}", err=True)
     sys.exit(code)

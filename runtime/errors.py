@@ -30,3 +30,7 @@ class SnapshotError(LstmEdgeError, ValueError):
 
 class DeviceError(LstmEdgeError, RuntimeError):
     """The requested execution device cannot run the model."""
+
+
+class RunError(LstmEdgeError, RuntimeError):
+    """ONNX Runtime failed while running a model that loaded and holds to the contract."""

@@ -65,6 +65,7 @@ MISSING_TOKENS = {"", "na", "nan", "n/a", "null", "none", "?", "-"}   # as the t
 RESET_TRUE = {"true", "1", "yes", "y", "t", "start"}      # --reset-column: reset, then feed
 RESET_FALSE = {"false", "0", "no", "n", "f", ""}          # --reset-column: carry on
 TIME_COLUMN = "time"     # the name given to a recognised leading time column
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass
@@ -111,12 +112,25 @@ def describe_decode_error(exc: UnicodeDecodeError) -> str:
 def number(text: str, column: str) -> float:
     """A field as a float: NaN for a missing token, BadLine for anything else."""
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         if text.strip().lower() in MISSING_TOKENS:
             return math.nan
         shown = text if len(text) <= 40 else text[:37] + "..."
         raise BadLine(f"column {column!r}: {shown!r} is not a number") from None
+    return in_range(value, column)
+
+
+def in_range(value: float, column: str) -> float:
+    """``value`` where float32 holds it; BadLine for a finite number float32 cannot.
+
+    Found here, in words, rather than as numpy's "overflow encountered in cast" warning
+    when the sample becomes float32 (inf itself is refused by the model's finite check).
+    """
+    if abs(value) > FLOAT32_MAX and math.isfinite(value):
+        raise BadLine(f"column {column!r}: {value:g} is beyond float32's range "
+                      f"(±{FLOAT32_MAX:.4g}); the model reads float32 values")
+    return value
 
 
 def format_value(value) -> str:
@@ -216,22 +230,36 @@ def cli_words(message: str) -> str:
 
 
 def split_csv(text: str) -> list[str]:
-    """One CSV line's fields; quotes are honoured (the fast path splits plain lines)."""
+    """One CSV line's fields; quotes are honoured (the fast path splits plain lines).
+
+    Raises BadLine for a quote that is opened and never closed (``1,"102.5``), which the
+    csv module would otherwise read as if it were closed at the end of the line.
+    """
     if '"' not in text:
         return text.split(",")
-    return next(csv.reader([text]))
+    try:
+        return next(csv.reader([text], strict=True))
+    except csv.Error as exc:
+        raise BadLine(f"broken CSV quoting ({exc}): a field that opens a quote must close "
+                      f"it, and a quote inside a quoted field is written twice (\"\")") from None
 
 
 def join_csv(fields: Sequence[str]) -> str:
-    """One CSV line from its fields, quoting only the fields that need it."""
+    """One CSV line from its fields, quoting only the fields that need it.
+
+    A field holding a comma, a quote, a newline or a carriage return is quoted, so that the
+    output is one valid CSV line whatever the input line passed through.
+    """
     line = ",".join(fields)
     # Plain fields (the usual case) have exactly len - 1 commas between them and no quotes.
     if line.count(",") == len(fields) - 1 and '"' not in line and "\n" not in line \
             and "\r" not in line:
         return line
     buf = io.StringIO()
-    csv.writer(buf, lineterminator="").writerow(fields)
-    return buf.getvalue()
+    # The writer quotes a field holding a character of its line terminator: "\r\n" makes it
+    # quote bare CRs too (with "" it would not), and the terminator is cut off again.
+    csv.writer(buf, lineterminator="\r\n").writerow(fields)
+    return buf.getvalue()[:-2]
 
 
 def _match_columns(names: Sequence[str], wanted: Sequence[str]) -> list[int] | None:
@@ -245,6 +273,21 @@ def _match_columns(names: Sequence[str], wanted: Sequence[str]) -> list[int] | N
             return None
         found.append(i)
     return found
+
+
+def _refuse_ambiguous(names: Sequence[str], wanted: Sequence[str]) -> None:
+    """InputError where a wanted column is named twice in the header (exactly or loosely)."""
+    problems = []
+    for w in wanted:
+        same = [i for i, n in enumerate(names) if n == w]      # an exact match wins
+        if not same:
+            same = [i for i, n in enumerate(names) if n.strip().lower() == w.strip().lower()]
+        if len(same) > 1:
+            problems.append(f"{w!r} is columns {', '.join(str(i + 1) for i in same)}")
+    if problems:
+        raise InputError(f"the CSV header names a column twice: {'; '.join(problems)}; "
+                         f"expected each feature (and the --stream-column) once: rename or "
+                         f"remove the extra column")
 
 
 def _need_names(features: Sequence[str], what: str) -> None:
@@ -312,6 +355,8 @@ class CsvFormat(LineFormat):
         where = "the CSV header" if has_header else "--columns"
         _need_names(self.features, where)
         self.columns = list(columns)
+        _refuse_ambiguous(self.columns, [*self.features, *([stream_column] if stream_column
+                                                            else [])])
         index = _match_columns(self.columns, self.features)
         if index is None:
             missing = [f for f in self.features if _match_columns(self.columns, [f]) is None]
@@ -352,7 +397,7 @@ class CsvFormat(LineFormat):
         try:
             values = np.array([number(fields[i], self.columns[i]) for i in self.index])
             reset = self.reset_index is not None and \
-                reset_flag(fields[self.reset_index], self.reset_column)
+                reset_flag(fields[self.reset_index], self.reset_column or "")
         except BadLine as exc:
             raise BadLine(str(exc), fields) from None
         key = "" if self.key_index is None else fields[self.key_index]
@@ -465,7 +510,7 @@ class JsonlFormat(LineFormat):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise BadLine(f"key {name!r}: {json.dumps(value)[:40]} is not a number")
         try:
-            return float(value)
+            return in_range(float(value), name)
         except OverflowError:           # an integer beyond float range
             return math.inf
 
@@ -475,7 +520,7 @@ class JsonlFormat(LineFormat):
         out[self.warmup] = bool(warmup)
         for name, value in zip(self.preds, pred):
             out[name] = json_value(value)
-        return json.dumps(out, ensure_ascii=False)
+        return dump_json(out)
 
     def format_error(self, rec):
         if isinstance(rec.fields, dict):
@@ -483,7 +528,22 @@ class JsonlFormat(LineFormat):
             out[self.error] = rec.error
         else:                        # not a JSON object: its text, whole
             out = {self.error: rec.error, self.input: rec.raw or ""}
-        return json.dumps(out, ensure_ascii=False)
+        return dump_json(out)
+
+
+def dump_json(obj) -> str:
+    """One JSON line whose text is valid UTF-8 whatever the input held.
+
+    JSON may escape a lone surrogate (``"\\ud800"``), which Python reads into a string no
+    UTF-8 encoder takes; such a line is written with every non-ASCII character escaped,
+    which keeps the surrogate as the input had it.
+    """
+    text = json.dumps(obj, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(obj, ensure_ascii=True)
+    return text
 
 
 def detect(first: bytes, features: Sequence[str], targets: Sequence[str], *,
@@ -504,7 +564,7 @@ def detect(first: bytes, features: Sequence[str], targets: Sequence[str], *,
         raise InputError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if columns is not None and fmt == "jsonl":
         raise InputError("--columns names the fields of CSV lines; JSON lines name their keys")
-    named = dict(stream_column=stream_column, reset_column=reset_column)
+    named: dict[str, str | None] = dict(stream_column=stream_column, reset_column=reset_column)
     if fmt == "jsonl":
         return JsonlFormat(features, targets, **named), False
     if fmt == "headerless" and columns is None:
@@ -524,18 +584,20 @@ def detect(first: bytes, features: Sequence[str], targets: Sequence[str], *,
         names = [c.strip() for c in columns]
         is_header = fmt != "headerless" and len(fields) == len(names) and \
             _match_columns([f.strip() for f in fields], names) == list(range(len(names)))
-        return CsvFormat(names, features, targets, has_header=is_header, **named), is_header
+        return CsvFormat(names, features, targets, has_header=is_header,
+                         stream_column=stream_column, reset_column=reset_column), is_header
     if fmt == "auto" and _all_numbers(fields):
         return HeaderlessFormat(features, targets, **named), False
     if fmt == "auto" and _time_first(fields, features):
         found = CsvFormat([TIME_COLUMN, *features], features, targets, has_header=False,
-                          **named)
+                          stream_column=stream_column, reset_column=reset_column)
         found.note = (f"line 1 has no header: reading a leading time column, then "
                       f"{', '.join(map(repr, features))} (name the columns with --columns "
                       f"to read them otherwise)")
         return found, False
     try:
-        return CsvFormat([f.strip() for f in fields], features, targets, **named), True
+        return CsvFormat([f.strip() for f in fields], features, targets,
+                         stream_column=stream_column, reset_column=reset_column), True
     except InputError as exc:
         if fmt == "auto" and fields and is_timestamp(fields[0]):
             raise InputError(

@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
 from . import device as _device
 from .contract import X, Y, ModelInfo, derive_state, streaming_mode
-from .errors import ContractError, DeviceError, InputError, ShapeError, SnapshotError
+from .errors import ContractError, DeviceError, InputError, RunError, ShapeError, SnapshotError
 from .batch import step_many
 from .shapes import check_shape
 from .snapshot import FORMAT, Snapshot
@@ -155,17 +157,17 @@ class Model:
         self.state_outputs = tuple(n for s in info.state for n in s.outputs)
         self.units = tuple(_units(inputs[n].shape, s.units) for s in info.state for n in s.inputs)
         bound = device.startswith("cuda") if io_binding is None else bool(io_binding)
-        runner = _device.BoundRunner if bound else _device.HostRunner
         self._host = _device.HostRunner(session, X, Y, self.state_inputs, self.state_outputs)
-        self._runner = (runner(session, X, Y, self.state_inputs, self.state_outputs, device)
-                        if bound else self._host)
+        self._runner = (_device.BoundRunner(session, X, Y, self.state_inputs, self.state_outputs,
+                                            device) if bound else self._host)
         # Per-step constants: a fresh stream's state, the zero vector of the finite check.
         self._zero_state = self.zeros(1)
         self._fin = np.zeros(self.n_features, np.float64 if self.tokens else np.float32)
         self._fshape = (self.n_features,)
         # The mask: None for most models, whose steps then never look at it.
         self.mask_value = _mask_value(info, self.n_features)
-        self._mask = None if self.mask_value is None else _mask_rule(self.mask_value, info)
+        # Any: None, or _mask_rule's tuple, which the mask methods read only where it is set
+        self._mask: Any = None if self.mask_value is None else _mask_rule(self.mask_value, info)
         self._group = None   # the streams of the last many-stream call (batch.Group)
 
     def __repr__(self):
@@ -180,9 +182,22 @@ class Model:
         kind = SlotStream if self.carry_state and self.slots > 1 else Stream
         stream = kind(self, _check_missing(missing or self.missing))
         if snapshot is not None:
-            if not isinstance(snapshot, Snapshot):
+            where = "the snapshot"
+            if isinstance(snapshot, (str, os.PathLike)):
+                where = f"the snapshot file {snapshot}"
                 snapshot = Snapshot.load(snapshot)
-            stream._restore(*self._restore_arrays(snapshot))
+            elif isinstance(snapshot, (bytes, bytearray, memoryview)):
+                snapshot = Snapshot.from_bytes(snapshot)
+            elif not isinstance(snapshot, Snapshot):
+                # An int would be taken for a file descriptor (0 reads stdin, closing it after).
+                raise SnapshotError(f"stream() takes a Snapshot, the path of a snapshot file or "
+                                    f"its bytes; got {type(snapshot).__name__} {snapshot!r:.40}: "
+                                    f"pass stream.snapshot() or the path it was saved to")
+            try:
+                arrays = self._restore_arrays(snapshot)
+            except SnapshotError as exc:
+                raise SnapshotError(f"{where}: {exc}") from None
+            stream._restore(*arrays)
         return stream
 
     def zeros(self, batch: int) -> tuple:
@@ -268,15 +283,24 @@ class Model:
             if out is None:
                 return self._host.run(x, states)
             return self._runner.run_bound(x, states, out)
-        except Exception as exc:
-            if not self.tokens:
-                raise
-            raise self._token_error(exc) from None
+        except _device.ORT_ERRORS as exc:
+            raise self._run_error(exc, x.shape) from None
 
-    def _token_error(self, exc) -> InputError:
-        """What a failed ORT call of a token-id model raises: an id past the vocabulary."""
-        return InputError(f"the model could not run these token ids ({exc}); is every id "
-                          f"below the embedding's vocabulary size?")
+    def _run_error(self, exc, shape) -> InputError | RunError:
+        """The project's error for a failed ORT call: a token id past the vocabulary, or a
+        :class:`RunError` (the graph itself cannot run); the streams are left as they were."""
+        if self.tokens:
+            return InputError(f"the model could not run these token ids ({exc}); is every id "
+                              f"below the embedding's vocabulary size?")
+        return RunError(f"ONNX Runtime could not run {self.name} on x of shape {tuple(shape)} "
+                        f"({type(exc).__name__}: {_first_line(exc)[:300]}); the file loads and "
+                        f"holds to the contract but its graph fails when run, and no stream "
+                        f"was changed: re-export the model with lstm-export, or check the "
+                        f"graph's nodes with onnx.checker")
+
+    def _token_error(self, exc) -> InputError | RunError:
+        """What a failed single-stream ORT call raises (see :meth:`_run_error`)."""
+        return self._run_error(exc, (1, self.window, self.n_features))
 
     def _step_binding(self) -> _device.StepBinding:
         """A stream's own pre-bound buffers for calls of one window (see ``Stream._call``).
@@ -369,6 +393,11 @@ class Model:
             raise SnapshotError(f"the snapshot was taken with window={snap.window}, carry_state="
                                 f"{snap.carry_state}; this model streams with window="
                                 f"{self.window}, carry_state={self.carry_state}")
+        if isinstance(snap.steps, bool) or not isinstance(snap.steps, (int, np.integer)) \
+                or snap.steps < 0:
+            raise SnapshotError(f"the snapshot's step count is {snap.steps!r}, expected a whole "
+                                f"number 0 or more; restore a good copy, or start the stream "
+                                f"fresh")
         if tuple(snap.state) != self.state_inputs:
             raise SnapshotError(f"the snapshot holds state {tuple(snap.state)}, this model "
                                 f"needs {self.state_inputs}")
@@ -379,8 +408,9 @@ class Model:
                                 f"{'s' if taken != 1 else ''}; this model streams with {slots} "
                                 f"(lstm_edge.state_slots): start the stream fresh, or load the "
                                 f"model with state_slots={taken}")
-        if slots > 1 and not 0 <= snap.next_slot < slots:
-            raise SnapshotError(f"the snapshot's next slot is {snap.next_slot}, expected 0 to "
+        next_slot = snap.next_slot or 0
+        if slots > 1 and not 0 <= next_slot < slots:
+            raise SnapshotError(f"the snapshot's next slot is {next_slot}, expected 0 to "
                                 f"{slots - 1}")
         state = []
         for (name, value), units in zip(snap.state.items(), self.units):
@@ -390,11 +420,21 @@ class Model:
                 raise SnapshotError(f"snapshot state {name} has shape {value.shape} (dtype "
                                     f"{value.dtype}), expected {want} numbers")
             state.append(np.array(value, np.float32).reshape(slots, units))
+            if not np.isfinite(state[-1]).all():
+                raise SnapshotError(f"snapshot state {name} holds NaN or inf, which no stream "
+                                    f"ever carries: the snapshot is corrupt; restore a good "
+                                    f"copy, or start the stream fresh")
         buf = np.asarray(snap.buffer)
         if buf.dtype.kind not in "fiu" or buf.ndim != 2 or buf.shape[1] != self.n_features \
                 or len(buf) > self.window:
             raise SnapshotError(f"snapshot buffer has shape {buf.shape} (dtype {buf.dtype}), "
                                 f"expected at most ({self.window}, {self.n_features}) numbers")
+        if len(buf) > snap.steps or not np.isfinite(buf).all():
+            raise SnapshotError(f"snapshot buffer holds {len(buf)} readings after "
+                                f"{snap.steps} steps"
+                                + (" and NaN or inf" if not np.isfinite(buf).all() else "")
+                                + "; the snapshot is corrupt: restore a good copy, or start "
+                                  "the stream fresh")
         pred = snap.prediction
         if pred is not None:
             pred = np.array(pred, np.float32)
@@ -405,7 +445,7 @@ class Model:
         if slots == 1:
             return tuple(state), buf, int(snap.steps), pred, None
         ring = [tuple(s[k:k + 1] for s in state) for k in range(slots)]   # (1, units) each
-        return ring[snap.next_slot], buf, int(snap.steps), pred, (ring, snap.next_slot)
+        return ring[next_slot], buf, int(snap.steps), pred, (ring, next_slot)
 
 
 def _snapshot_slots(snap: Snapshot) -> int:
@@ -470,9 +510,9 @@ def _mask_value(info: ModelInfo, n_features: int):
 
 def _mask_rule(value, info: ModelInfo):
     """(value, tolerance, first value, first tolerance): the float32 match of Masking."""
-    mean = 0.0
+    mean: float | np.ndarray = 0.0
     scaler = (info.scaler or {}).get("x") if isinstance(info.scaler, dict) else None
-    if isinstance(scaler, dict) and np.shape(scaler.get("mean")) == value.shape:
+    if isinstance(scaler, dict) and np.shape(scaler.get("mean", ())) == value.shape:
         mean = np.abs(np.asarray(scaler["mean"], np.float64))
     tol = MASK_RTOL * (np.abs(value) + mean)
     value32, tol32 = value.astype(np.float32), tol.astype(np.float32)

@@ -9,6 +9,7 @@ header, readable by ``numpy.load(path, allow_pickle=False)`` anywhere.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import secrets
@@ -68,6 +69,15 @@ class Snapshot:
         if len(snaps) != 1:
             raise SnapshotError(f"{path} holds {len(snaps)} streams ({', '.join(map(str, snaps))}),"
                                 f" expected one; read it with runtime.load_snapshots")
+        return next(iter(snaps.values()))
+
+    @staticmethod
+    def from_bytes(data) -> "Snapshot":
+        """Read a one-stream snapshot from the bytes of a file :meth:`save` wrote."""
+        snaps = load_snapshots(io.BytesIO(bytes(data)))
+        if len(snaps) != 1:
+            raise SnapshotError(f"the snapshot bytes hold {len(snaps)} streams, expected one; "
+                                f"read them with runtime.load_snapshots")
         return next(iter(snaps.values()))
 
     def _header(self) -> dict:
@@ -158,13 +168,23 @@ def _write_atomically(path: Path, arrays: dict) -> None:
 def load_snapshots(path) -> dict[str, Snapshot]:
     """Read the snapshots :func:`save_snapshots` (or :meth:`Snapshot.save`) wrote.
 
+    ``path`` may also be an ``lstm-run --state`` database (see :mod:`runtime.store`), or an
+    open binary file.
+
     Raises
     ------
     SnapshotError : the file is missing, cannot be read, or is not a whole snapshot file
         (truncated, corrupt, another program's); the message names the path and the reason.
     """
+    if isinstance(path, io.IOBase):
+        source, path = path, "the snapshot bytes"
+    else:
+        from .store import is_database, read_snapshots
+        if is_database(path):
+            return read_snapshots(path)
+        source = None
     try:
-        with open(path, "rb") as f:
+        with (source or open(path, "rb")) as f:
             npz = np.load(f, allow_pickle=False)
             if not isinstance(npz, np.lib.npyio.NpzFile):
                 raise ValueError("it holds one array, not an .npz archive")
@@ -189,6 +209,10 @@ def load_snapshots(path) -> dict[str, Snapshot]:
     try:
         snaps = {}
         for i, h in enumerate(header["streams"]):
+            if _integer(h["steps"]) < 0:
+                raise SnapshotError(f"{path}: stream {h['key']!r} has a step count of "
+                                    f"{h['steps']}, expected 0 or more: the file is corrupt; "
+                                    f"restore a good copy, or delete it to start fresh")
             snaps[h["key"]] = Snapshot(
                 state={name: arrays[f"s{i}.state.{name}"] for name in h["state"]},
                 buffer=arrays[f"s{i}.buffer"], steps=_integer(h["steps"]),
@@ -196,6 +220,8 @@ def load_snapshots(path) -> dict[str, Snapshot]:
                 carry_state=h["carry_state"], version=_integer(h["version"]),
                 extra=h.get("extra", {}), prediction=arrays.get(f"s{i}.prediction"),
                 next_slot=None if h.get("next_slot") is None else _integer(h["next_slot"]))
+    except SnapshotError:
+        raise
     except (KeyError, TypeError, ValueError) as exc:
         raise _not_ours(path, f"missing or malformed entry {exc}") from None
     return snaps

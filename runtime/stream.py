@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .device import to_host
+from .device import ORT_ERRORS, to_host
 from .errors import InputError
 from .snapshot import Snapshot
 
@@ -222,9 +222,7 @@ class Stream:
                 self._state = bind.run(self._state)
             else:
                 bind.run_fresh()
-        except Exception as exc:
-            if not self.model.tokens:
-                raise
+        except ORT_ERRORS as exc:
             raise self.model._token_error(exc) from None
         return bind.last.copy()
 

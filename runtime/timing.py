@@ -24,7 +24,7 @@ def latency(model, steps: int = 200, warmup: int = 20,
     sample = np.ones(len(model.features), dtype=np.float32)   # (features,)
     for _ in range(warmup):
         stream.step(sample)
-    times = []
+    times: list[float] = []
     end = time.perf_counter() + budget
     while len(times) < steps and (len(times) < 10 or time.perf_counter() < end):
         start = time.perf_counter()

@@ -114,3 +114,25 @@ def test_state_slots_metadata_round_trip():
     assert info.to_metadata()["lstm_edge.state_slots"] == "3"
     assert "lstm_edge.state_slots" not in ModelInfo(state=()).to_metadata()
     assert ModelInfo.from_metadata({}).state_slots == 1
+
+
+@pytest.mark.parametrize("window", [3, 1])
+def test_slots_survive_the_state_database(tmp_path, window):
+    """lstm-run --state keeps every slot: a run cut in two equals one run, and the reference."""
+    from test_cli_run import run, split_lines
+
+    path = slotted(tmp_path, window)
+    xs = series(30)
+    lines = [f"{a},{b}\n" for a, b in xs]
+    whole, _ = run([path, "--format", "headerless"], "".join(lines).encode())
+    db = tmp_path / "state.db"
+    first, _ = run([path, "--format", "headerless", "--state", db], "".join(lines[:13]).encode())
+    second, _ = run([path, "--format", "headerless", "--state", db], "".join(lines[13:]).encode())
+    cut = split_lines(first) + split_lines(second)
+    assert cut == split_lines(whole)
+    _, expected = reference(path, xs, window)
+    got = np.array([float(line.split(",")[4]) for line in cut[window - 1:]])
+    np.testing.assert_allclose(got, expected[:, 0], atol=1e-6)
+    snaps = runtime.load_snapshots(db)                      # the database read back as snapshots
+    stream = runtime.load(path, device="cpu").stream(snaps[""])
+    assert stream.steps == 30 and stream.slot == 0

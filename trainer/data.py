@@ -123,10 +123,11 @@ def read_csv(path: str | Path) -> Table:
 
 
 def fill_missing(values: np.ndarray, policy: str, what: str,
-                 lines: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                 lines: np.ndarray, names=None) -> tuple[np.ndarray, np.ndarray]:
     """Apply a missing-value policy to ``values`` (rows, columns).
 
-    Returns the filled values and the boolean mask of the rows kept.
+    ``names`` (one per column) name a column that has no value at all; without them it is
+    named by its index. Returns the filled values and the boolean mask of the rows kept.
     """
     if policy not in MISSING_POLICIES:
         raise DataError(f"--missing must be one of {', '.join(MISSING_POLICIES)}, got {policy!r}")
@@ -139,15 +140,20 @@ def fill_missing(values: np.ndarray, policy: str, what: str,
         raise DataError(
             f"{what}: missing values on line(s) {_lines(lines[rows])}; choose what to do with "
             f"--missing drop|ffill|interpolate, or fill them in the CSV")
+    empty = [j for j in range(values.shape[1]) if gaps[:, j].all()]
+    if empty:
+        shown = ", ".join(repr(names[j]) if names is not None else f"#{j}" for j in empty)
+        raise DataError(f"{what}: column(s) {shown} have no values at all (every row is "
+                        f"missing), so --missing {policy} has nothing to "
+                        f"{'keep' if policy == 'drop' else 'fill from'}; leave them out with "
+                        f"--features/--target, or fill them in the CSV")
     if policy == "drop":
         keep = ~rows
         return values[keep], keep
     filled = values.copy()
     index = np.arange(len(values))
     for j in range(values.shape[1]):
-        good = ~gaps[:, j]
-        if not good.any():
-            raise DataError(f"{what}: column {j} has no values at all")
+        good = ~gaps[:, j]                 # never all False: empty columns refused above
         if policy == "interpolate":
             filled[:, j] = np.interp(index, index[good], values[good, j])
         else:  # ffill: the index of the last good row at or before each row
@@ -197,7 +203,7 @@ def select(table: Table, target: str | list[str], features: str | list[str] | No
                             f"the numeric columns are {', '.join(map(repr, known))}")
     names = list(dict.fromkeys(chosen + targets))  # each column once, features first
     values = np.stack([table.columns[n] for n in names], axis=1)   # (rows, columns)
-    values, keep = fill_missing(values, missing, source, table.lines)
+    values, keep = fill_missing(values, missing, source, table.lines, names)
     index = {n: i for i, n in enumerate(names)}
     return Selection(
         x=values[:, [index[n] for n in chosen]],
