@@ -29,9 +29,9 @@ SERIES = [
     ("occupancy.csv", "V4", None, 12, (1, 4)),                     # ~16 min: an hour ahead
     ("airline-passengers.csv", "passengers", None, 12, (1, 4)),     # monthly: 4 months ahead
 ]
-VARIANTS = [("level", dict(target_kind="level")),
-            ("residual", dict(target_kind="residual")),
-            ("residual + difference", dict(target_kind="residual", difference=True))]
+VARIANTS = [("level", dict(target_kind="level", difference=False)),    # the old default
+            ("residual", dict(target_kind="residual", difference=False)),
+            ("residual + difference", dict(target_kind="residual", difference=True))]  # default
 
 
 def run_one(path, target, features, look_back, horizon, mode, seed, options, work):

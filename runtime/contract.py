@@ -175,6 +175,6 @@ def derive_state(graph_inputs) -> tuple[StateSpec, ...]:
         index += 1
     index = 0
     while f"in_x{index}" in graph_inputs:
-        specs.append(StateSpec.for_layer(index, "difference", "prev", units(f"in_x{index}")))
+        specs.append(StateSpec.for_layer(index, "previous reading", "prev", units(f"in_x{index}")))
         index += 1
     return tuple(specs)

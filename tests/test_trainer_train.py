@@ -18,6 +18,7 @@ def tiny(mode, **kw):
     # default has its own tests (test_forecast.py).
     return TrainConfig(look_back=8, horizon=kw.pop("horizon", 1), epochs=2, batch_size=16,
                        verbose=0, seed=1, target_kind=kw.pop("target_kind", "level"),
+                       difference=kw.pop("difference", False),
                        model=ModelConfig(mode=mode, units=4, **kw))
 
 

@@ -80,7 +80,7 @@ Modes (how the model will stream, see README):
 @click.option("--target-kind", type=click.Choice(["residual", "level"]), default="residual",
               show_default=True, help="residual: predict the change from the last reading "
               "(an untrained model is the naive forecast); level: predict the value itself.")
-@click.option("--difference", is_flag=True,
+@click.option("--difference/--no-difference", default=True, show_default=True,
               help="Feed the changes between readings instead of the readings.")
 @click.option("--season", type=int, help="Readings per season for the seasonal-naive "
               "baseline [default: guessed from the time column: hourly 24, daily 7, "

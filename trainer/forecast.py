@@ -8,7 +8,9 @@ last value") and training can only move it from there; and the model never has t
 a level it did not see in training. Where a target is not among the features there is no
 current reading to add back, and the target stays a level (``Framing.note`` says so).
 
-Differenced inputs (``difference=True``). The network reads ``x[t] - x[t-1]`` scaled by
+Differenced inputs (``difference=True``, the default: it beat the naive forecast in 6 of 6
+bundled settings where readings in, residual out did in 4 of 6; README, "Forecast
+quality"). The network reads ``x[t] - x[t-1]`` scaled by
 the robust scale of the training differences instead of the readings themselves. The first
 reading of a series (and of every window) has no reading before it: its difference is 0,
 "no change", in training and in the exported graph alike.

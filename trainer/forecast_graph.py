@@ -108,7 +108,7 @@ def _difference(graph, node, const, features: int, kind: str, state: list) -> No
     if kind == "window":
         node("Slice", ["x", zero, one, one], "fc_x_start")             # (b, 1, F): d[0] = 0
     else:
-        spec = StateSpec.for_layer(_next_index(state), "difference", "prev", features + 1)
+        spec = StateSpec.for_layer(_next_index(state), "previous reading", "prev", features + 1)
         state.append(spec)
         (held,), (carried,) = spec.inputs, spec.outputs
         graph.input.append(helper.make_tensor_value_info(held, TensorProto.FLOAT,
