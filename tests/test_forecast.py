@@ -143,6 +143,9 @@ def test_a_previous_reading_of_zero_is_real_a_fresh_stream_is_not(tmp_path, seri
     got = np.array([stream.step(r) for r in x])
     assert_close(got, expected, side)
     assert stream.state["in_x0"].tolist() == [5.0, 3.0, 1.0]
+    # A snapshot keeps the reading: a restored stream goes on as the original does.
+    restored = model.stream(stream.snapshot())
+    assert np.array_equal(restored.step([6.0, 2.0]), stream.step([6.0, 2.0]))
     # Three streams in one call, one of them already under way, equal each alone.
     streams = [model.stream(), model.stream(), stream]
     together = model.step(streams, np.tile(x[1], (3, 1)))
