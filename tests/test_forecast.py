@@ -156,8 +156,9 @@ def test_a_previous_reading_of_zero_is_real_a_fresh_stream_is_not(tmp_path, seri
 
 def test_target_not_among_features_falls_back_to_a_level(tmp_path, series_csv):
     result = train(series_csv, "level", "other", tmp_path / "m.keras",
-                   config("window", epochs=1))
+                   config("window", difference=True, epochs=1))
     assert result.sidecar["forecast"]["target_kind"] == "level"
+    assert result.sidecar["forecast"]["difference"] is False      # differences alone: no level
     assert any("not among the features" in w for w in result.warnings)
     report = export(result.model_path, tmp_path / "m.onnx", steps=50)
     assert "residual" not in report.info.extra

@@ -64,10 +64,12 @@ class Framing:
             raise ValueError(f"target kind must be one of {TARGET_KINDS}, got {kind!r}")
         missing = [t for t in targets if t not in features]
         if kind == "residual" and missing:
+            # Differences alone cannot tell a level either: the model reads the readings.
             note = (f"target {', '.join(map(repr, missing))} is not among the features, so "
                     f"there is no current reading to add a change to: the model predicts the "
-                    f"level (add it to --features for a residual model)")
-            return cls("level", (), None, difference, note)
+                    f"level{' from the readings, not their differences' if difference else ''}"
+                    f" (add it to --features for a residual model)")
+            return cls("level", (), None, False, note)
         if kind == "level":
             return cls("level", (), None, difference)
         index = tuple(list(features).index(t) for t in targets)

@@ -256,6 +256,11 @@ def check_config(cfg: TrainConfig, rows: int) -> None:
     if cfg.target_kind not in TARGET_KINDS:
         problems.append(f"--target-kind must be one of {', '.join(TARGET_KINDS)}, "
                         f"got {cfg.target_kind!r}")
+    if not 0.0 < cfg.test_fraction < 1.0:
+        problems.append(f"--test-fraction must be between 0 and 1, got {cfg.test_fraction}")
+    elif not 0.0 < cfg.val_fraction < 1.0 - cfg.test_fraction:
+        problems.append(f"--val-fraction must be between 0 and 1 - --test-fraction "
+                        f"({1.0 - cfg.test_fraction:g}), got {cfg.val_fraction}")
     if cfg.season is not None and cfg.season < 1:
         problems.append(f"--season must be at least 1 (readings per season), got {cfg.season}")
     if problems:
