@@ -96,7 +96,7 @@ class TrainResult:
         lines.append("  " + "; ".join(extra))
         lines.append(f"  best by MAE: {best_by_mae(test).replace('_', ' ')}")
         val = m["validation"]
-        lines.append(f"validation ({val['steps']} predictions, used for early stopping): model "
+        lines.append(f"validation: {val['steps']} predictions, used for early stopping: model "
                      f"MAE {np.mean(val['model']['mae']):.4g}, naive "
                      f"{np.mean(val['naive']['mae']):.4g}, skill {np.mean(val['skill']):.3f}")
         note = caution(test, season)
