@@ -46,7 +46,7 @@ def plot_test(path, sel, pred: np.ndarray, last: np.ndarray, horizon: int,
         ax.grid(alpha=0.3)
         ax.legend(loc="best", fontsize=9)
     axes[0, 0].set_title(title or f"test tail, {horizon} step(s) ahead")
-    axes[-1, 0].set_xlabel(sel_time_label(sel))
+    axes[-1, 0].set_xlabel(_time_label(sel))
     fig.autofmt_xdate()
     fig.tight_layout()
     path = Path(path)
@@ -60,7 +60,7 @@ def plot_test(path, sel, pred: np.ndarray, last: np.ndarray, horizon: int,
     return path
 
 
-def sel_time_label(sel) -> str:
+def _time_label(sel) -> str:
     return "time" if sel.time is not None else "row"
 
 
