@@ -16,8 +16,9 @@ VERSION = 1
 PREFIX = "lstm_edge."
 X, Y = "x", "y"
 
-# Recurrent layer kinds and the state tensors each one carries, in order.
-STATE_TENSORS = {"lstm": ("h", "c"), "gru": ("h",), "rnn": ("h",)}
+# Recurrent layer kinds and the state tensors each one carries, in order. ``prev`` is not a
+# layer: a differenced sequence model carries its previous reading (docs/contract.md).
+STATE_TENSORS = {"lstm": ("h", "c"), "gru": ("h",), "rnn": ("h",), "prev": ("x",)}
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,7 @@ class StateSpec:
     """The state of one recurrent layer: ``in_h{i}``/``in_c{i}`` in, ``out_*`` out."""
 
     layer: str                 # the Keras layer's name
-    kind: str                  # "lstm" | "gru" | "rnn"
+    kind: str                  # "lstm" | "gru" | "rnn" | "prev" (the previous reading)
     units: int                 # width of each state tensor: (batch, units)
     inputs: tuple[str, ...]    # graph input names, e.g. ("in_h0", "in_c0")
     outputs: tuple[str, ...]   # graph output names, e.g. ("out_h0", "out_c0")
@@ -166,18 +167,25 @@ def derive_state(graph_inputs) -> tuple[StateSpec, ...]:
     Returns
     -------
     One spec per recurrent layer, in index order: ``lstm`` where the layer has a cell state,
-    otherwise ``rnn`` (a GRU and a SimpleRNN cannot be told apart by their names); ``units``
-    is the state's second axis, 0 where the graph leaves it dynamic.
+    otherwise ``rnn`` (a GRU and a SimpleRNN cannot be told apart by their names); then one
+    ``prev`` spec per ``in_x{i}`` (a differenced model's previous reading). ``units`` is the
+    state's second axis, 0 where the graph leaves it dynamic.
 
     >>> [s.kind for s in derive_state({"x": [1, 1, 2], "in_h0": [1, 4], "in_c0": [1, 4],
-    ...                                "in_h1": [1, 3]})]
-    ['lstm', 'rnn']
+    ...                                "in_h1": [1, 3], "in_x0": [1, 3]})]
+    ['lstm', 'rnn', 'prev']
     """
+    def units(name):
+        shape = list(graph_inputs[name])
+        return shape[1] if len(shape) == 2 and isinstance(shape[1], int) else 0
+
     specs, index = [], 0
     while f"in_h{index}" in graph_inputs:
-        shape = list(graph_inputs[f"in_h{index}"])
-        units = shape[1] if len(shape) == 2 and isinstance(shape[1], int) else 0
         kind = "lstm" if f"in_c{index}" in graph_inputs else "rnn"
-        specs.append(StateSpec.for_layer(index, f"layer{index}", kind, units))
+        specs.append(StateSpec.for_layer(index, f"layer{index}", kind, units(f"in_h{index}")))
+        index += 1
+    index = 0
+    while f"in_x{index}" in graph_inputs:
+        specs.append(StateSpec.for_layer(index, "previous reading", "prev", units(f"in_x{index}")))
         index += 1
     return tuple(specs)

@@ -66,8 +66,8 @@ Modes (how the model will stream, see README):
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--patience", type=int, default=5, show_default=True,
               help="Early stopping: epochs without a better validation loss.")
-@click.option("--val-fraction", type=float, default=0.2, show_default=True,
-              help="The last part of the rows that validates (split by time, never shuffled).")
+@click.option("--val-fraction", type=float, default=0.15, show_default=True,
+              help="The rows before the test tail that drive early stopping (split by time).")
 @click.option("--missing", type=click.Choice(["error", "drop", "ffill", "interpolate"]),
               default="error", show_default=True, help="What to do with empty/NA values.")
 @click.option("--scaling", type=click.Choice(["robust", "standard"]), default="robust",
@@ -77,10 +77,22 @@ Modes (how the model will stream, see README):
 @click.option("--quiet", is_flag=True, help="No per-epoch progress.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default="model.keras",
               show_default=True, help="Where to save the model; NAME.lstm-edge.json goes beside.")
+@click.option("--test-fraction", type=float, default=0.15, show_default=True,
+              help="The last rows, never trained or early-stopped on: the report's test tail.")
+@click.option("--target-kind", type=click.Choice(["residual", "level"]), default="residual",
+              show_default=True, help="residual: predict the change from the last reading "
+              "(an untrained model is the naive forecast); level: predict the value itself.")
+@click.option("--difference/--no-difference", default=True, show_default=True,
+              help="Feed the changes between readings instead of the readings.")
+@click.option("--season", type=int, help="Readings per season for the seasonal-naive "
+              "baseline [default: guessed from the time column: hourly 24, daily 7, "
+              "weekly 52, monthly 12].")
+@click.option("--plot", type=click.Path(dir_okay=False),
+              help="Draw actual vs predicted (and naive) over the test tail into this PNG.")
 @reports_errors
 def train_main(data, target, features, look_back, horizon, mode, cell, units, layers, dropout,
                dense, epochs, batch_size, patience, val_fraction, missing, scaling, loss, seed,
-               quiet, output):
+               quiet, output, test_fraction, target_kind, difference, season, plot):
     """Fit an LSTM (or GRU) on DATA, a CSV with a header row, and report it against baselines."""
     from .model import ModelConfig
     from .train import TrainConfig, check_config
@@ -88,14 +100,17 @@ def train_main(data, target, features, look_back, horizon, mode, cell, units, la
     cfg = TrainConfig(look_back=look_back, horizon=horizon, epochs=epochs,
                       batch_size=batch_size, patience=patience, val_fraction=val_fraction,
                       missing=missing, scaling=scaling, loss=loss, seed=seed,
-                      verbose=0 if quiet else 2,
+                      verbose=0 if quiet else 2, test_fraction=test_fraction,
+                      target_kind=target_kind, difference=difference, season=season,
                       model=ModelConfig(mode=mode, cell=cell, units=units, layers=layers,
                                         dropout=dropout, dense=dense))
     check_config(cfg, rows=cfg.look_back + cfg.horizon)   # flag errors before TF loads
     quiet_tensorflow()
     from .train import train
 
-    result = train(data, target, features, output, cfg)
+    result = train(data, target, features, output, cfg, plot=plot)
+    for line in result.warnings:
+        click.echo(line, err=True)
     click.echo(result.report())
 
 

@@ -29,6 +29,7 @@ import onnx
 from onnx import helper
 
 from runtime.contract import ModelInfo
+from . import forecast_graph
 from .errors import ExportError
 from .train import sidecar_path
 from .graph import (check_fused, check_layers, emit, emit_embedding, is_recurrent, lookup,
@@ -97,6 +98,7 @@ class _Prepared:
     features: int
     vocab: int
     path: Path | None
+    forecast: dict | None = None  # residual / differencing built in (trainer.forecast_graph)
 
 
 # --------------------------------------------------------------------------- loading
@@ -270,16 +272,20 @@ def _prepare(model, *, scaler, features, targets, window, carry_state, opset) ->
     graph, state, extra = emit(layers, features=n_features, tokens=tokens, scaler=scaler,
                                opset=opset)
     inferred = _infer_mode(layers, shape[1], sidecar)
+    window = int(window if window is not None else inferred[0])
+    carry_state = bool(carry_state if carry_state is not None else inferred[1])
+    framing = forecast_graph.plan(sidecar, window, carry_state)
+    graph, state, framed = forecast_graph.apply(graph, state, extra, framing, features=n_features,
+                                                outputs=n_outputs, tokens=tokens)
     features = _names(features or (sidecar or {}).get("features"), n_features, "x", "features")
     targets = _names(targets or (sidecar or {}).get("targets"), n_outputs, "y", "targets")
     info = ModelInfo(
         state=tuple(state),
-        window=int(window if window is not None else inferred[0]),
-        carry_state=bool(carry_state if carry_state is not None else inferred[1]),
+        window=window, carry_state=carry_state,
         features=features, targets=targets,
         horizon=int((sidecar or {}).get("horizon", 1)),
         scaler=scaler, source=_source(path, model),
-        extra=_mask_metadata(extra, scaler, n_features))
+        extra={**_mask_metadata(extra, scaler, n_features), **framed})
     if info.window < 1:
         raise ExportError(f"window must be at least 1, got {info.window}")
     opsets = [helper.make_opsetid("", opset)]
@@ -291,9 +297,9 @@ def _prepare(model, *, scaler, features, targets, window, carry_state, opset) ->
     except Exception as exc:  # noqa: BLE001 - onnx raises several types
         raise ExportError(f"the emitted graph fails onnx.checker ({exc}); this is a bug "
                           f"in lstm-export, please report it with the model") from None
-    check_fused(proto, len(state))
+    check_fused(proto, sum(1 for spec in state if spec.kind != "prev"))
     vocab = int(layers[0].input_dim) if tokens else 0
-    return _Prepared(proto, info, model, layers, tokens, n_features, vocab, path)
+    return _Prepared(proto, info, model, layers, tokens, n_features, vocab, path, framing)
 
 
 def _names(given, width: int, prefix: str, what: str) -> tuple[str, ...]:
@@ -368,7 +374,8 @@ def export(model, output=None, *, scaler=None, features=None, targets=None, wind
             onnx_bytes=prepared.proto.SerializeToString(), layers=prepared.layers,
             original=prepared.model, state=info.state, tokens=prepared.tokens,
             features=prepared.features, vocab=prepared.vocab, scaler=info.scaler,
-            window=info.window, carry_state=info.carry_state), steps=steps, atol=atol)
+            window=info.window, carry_state=info.carry_state, forecast=prepared.forecast),
+            steps=steps, atol=atol)
         info = dataclasses.replace(info, parity=parity)
         _set_metadata(prepared.proto, info)
     data = prepared.proto.SerializeToString()

@@ -40,6 +40,7 @@ class Subject:
     scaler: dict | None     # {"x": {mean, std}, "y": {mean, std}}
     window: int
     carry_state: bool
+    forecast: dict | None = None  # residual / differencing in the graph (forecast_graph.plan)
 
 
 def reference_model(layers, subject: Subject):
@@ -85,11 +86,63 @@ def _series(rng, subject: Subject, batch: int, steps: int):
     return raw, raw
 
 
-def _normalised_y(subject: Subject, y: np.ndarray) -> np.ndarray:
+def _normalised_y(subject: Subject, y: np.ndarray, raw=None) -> np.ndarray:
+    y = _framed_y(subject, y, raw)
     if subject.scaler and subject.scaler.get("y"):
         return (y.astype(np.float64) - np.asarray(subject.scaler["y"]["mean"])) \
             / np.asarray(subject.scaler["y"]["std"])
     return y
+
+
+def _framed_y(subject: Subject, y: np.ndarray, raw) -> np.ndarray:
+    """A residual graph's y less the target's reading it added: the network's change."""
+    residual = (subject.forecast or {}).get("residual")
+    if residual is None:
+        return y
+    return y.astype(np.float64) - raw[..., residual].astype(np.float64)[:, -y.shape[1]:]
+
+
+def _framed_x(subject: Subject, raw, norm, states):
+    """What the network reads for ``raw``, the way the graph differences it.
+
+    The graph takes ``x[t] - x[t-1]`` in raw float32 and ``d[0]`` from the carried reading
+    (sequence mode; "no change" for a fresh stream) or as 0 (windows). Returns the
+    normalised input, the recurrent layers' states (without the reading), and the reading
+    state the graph should hand on (None where it has none).
+    """
+    kind = (subject.forecast or {}).get("difference")
+    if not kind:
+        return norm, states, None
+    states, carried = list(states), None
+    if kind == "state":
+        held = states.pop()                                         # (batch, F + 1)
+        start = np.where(held[:, -1:] > 0.5, held[:, :-1], raw[:, 0])   # (batch, F)
+        ones = np.ones((len(raw), 1), np.float32)
+        carried = np.concatenate([raw[:, -1], ones], axis=1)
+    else:
+        start = raw[:, 0]
+    change = raw - np.concatenate([start[:, None], raw[:, :-1]], axis=1)   # float32
+    x = subject.scaler["x"] if subject.scaler and subject.scaler.get("x") else None
+    if x is not None:
+        change = ((change - np.asarray(x["mean"])) / np.asarray(x["std"])).astype(np.float32)
+    return change, states, carried
+
+
+def _initial_states(rng, subject: Subject, raw) -> list:
+    """Random recurrent states; a carried reading for half the streams, fresh (0) for the rest."""
+    states = []
+    for spec in subject.state:
+        for _ in spec.inputs:
+            if spec.kind == "prev":
+                held = np.zeros((len(raw), spec.units), np.float32)
+                half = len(raw) // 2
+                held[:half, :-1] = raw[:half, 0] + rng.normal(size=raw[:half, 0].shape)
+                held[:half, -1] = 1.0
+                states.append(held)
+            else:
+                states.append(rng.normal(scale=0.5, size=(len(raw), spec.units))
+                              .astype(np.float32))
+    return states
 
 
 def _names(subject: Subject) -> list[str]:
@@ -157,21 +210,29 @@ def compare(subject: Subject, *, steps: int = 1000, atol: float = 1e-4, seed: in
     reference = reference_model(subject.layers, subject)
     outputs = [n for spec in subject.state for n in spec.outputs]
     raw, norm = _series(rng, subject, STREAMS, steps)
-    states = [rng.normal(scale=0.5, size=(STREAMS, spec.units)).astype(np.float32)
-              for spec in subject.state for _ in spec.inputs]
-    expected = reference.predict([norm, *states], batch_size=STREAMS, verbose=0)
+    states = _initial_states(rng, subject, raw)
+    norm, keras_states, carried = _framed_x(subject, raw, norm, states)
+    expected = reference.predict([norm, *keras_states], batch_size=STREAMS, verbose=0)
     expected = expected if isinstance(expected, list) else [expected]
-    y_step, s_step = _stepwise(session, subject, raw, states)
+    expected = expected + ([carried] if carried is not None else [])
     y_chunk, s_chunk = _run(session, subject, raw, states)
-    per_output = {"y": max(_maxdiff(_normalised_y(subject, y), expected[0])
-                           for y in (y_step, y_chunk))}
+    # A window-differenced graph differences within one call: only whole chunks mean
+    # anything to it (the runtime feeds it whole windows), so it is not stepped.
+    stepped = (subject.forecast or {}).get("difference") != "window"
+    runs = [(y_chunk, s_chunk)]
+    if stepped:
+        y_step, s_step = _stepwise(session, subject, raw, states)
+        runs.append((y_step, s_step))
+    per_output = {"y": max(_maxdiff(_normalised_y(subject, y, raw), expected[0])
+                           for y, _ in runs)}
     for k, name in enumerate(outputs):
-        per_output[name] = max(_state_diff(s[k], expected[1 + k]) for s in (s_step, s_chunk))
-    per_output["chunk_vs_steps"] = max(
-        [_maxdiff(_normalised_y(subject, y_chunk), _normalised_y(subject, y_step))]
-        + [_state_diff(a, b) for a, b in zip(s_chunk, s_step)])
+        per_output[name] = max(_state_diff(s[k], expected[1 + k]) for _, s in runs)
+    if stepped:
+        per_output["chunk_vs_steps"] = max(
+            [_maxdiff(_normalised_y(subject, y_chunk, raw), _normalised_y(subject, y_step, raw))]
+            + [_state_diff(a, b) for a, b in zip(s_chunk, s_step)])
     per_output.update(_against_original(session, subject, rng))
-    resolution = _resolution(subject, y_step)
+    resolution = _resolution(subject, y_chunk)
     report = {"max_abs_diff": max(per_output.values()), "per_output": per_output,
               "steps": steps, "streams": STREAMS, "atol": atol,
               "units": "normalised", "states": "relative to max(1, |state|)",
@@ -203,9 +264,9 @@ def _original_window(subject: Subject) -> int:
     return time_axis if time_axis is not None else subject.window
 
 
-def _compare_last(subject: Subject, y_onnx, predicted) -> float:
+def _compare_last(subject: Subject, y_onnx, predicted, raw=None) -> float:
     """Keras returns (batch, outputs) for return_sequences=False: its last step."""
-    y = _normalised_y(subject, y_onnx)
+    y = _normalised_y(subject, y_onnx, raw)
     predicted = np.asarray(predicted)
     return _maxdiff(y[:, -1] if predicted.ndim == 2 else y, predicted)
 
@@ -223,17 +284,19 @@ def _against_original(session, subject: Subject, rng) -> dict:
         states, worst = zeros(batch), 0.0
         for k in range(WINDOWS):
             part = slice(k * length, (k + 1) * length)
-            predicted = subject.original.predict_on_batch(norm[:, part])
+            window, _, _ = _framed_x(subject, raw[:, part], norm[:, part], [])
+            predicted = subject.original.predict_on_batch(window)
             y, states = _run(session, subject, raw[:, part], states)
-            worst = max(worst, _compare_last(subject, y, predicted))
+            worst = max(worst, _compare_last(subject, y, predicted, raw[:, part]))
         _reset(subject.original)
         figures["stateful_vs_predict"] = worst
     elif subject.window > 1 and not subject.carry_state:
         length = _original_window(subject)
         raw, norm = _series(rng, subject, STREAMS, length)
+        norm, _, _ = _framed_x(subject, raw, norm, [])
         predicted = subject.original.predict(norm, batch_size=STREAMS, verbose=0)
         y, _ = _run(session, subject, raw, zeros(STREAMS))
-        figures["window_vs_predict"] = _compare_last(subject, y, predicted)
+        figures["window_vs_predict"] = _compare_last(subject, y, predicted, raw)
     return figures
 
 
