@@ -472,6 +472,27 @@ def check_layers(layers) -> None:
     if not any(is_recurrent(layer) for layer in layers):
         raise ExportError("the model has no recurrent layer (LSTM, GRU or SimpleRNN): there "
                           "is no state to stream; run it with onnxruntime directly instead")
+    _check_zero_output_for_mask(layers)
+
+
+def _check_zero_output_for_mask(layers) -> None:
+    """Refuse ``zero_output_for_mask=True`` on the last recurrent layer behind a Masking.
+
+    At a masked reading Keras then outputs zeros from that layer (so y is the head applied
+    to zeros), where the contract's masked step repeats the previous prediction. Inner
+    layers' zeros are masked again by the next recurrent layer and change nothing.
+    """
+    if not any(type(layer).__name__ == "Masking" for layer in layers):
+        return
+    last = [layer for layer in layers if is_recurrent(layer)][-1]
+    if getattr(last, "zero_output_for_mask", False):
+        raise ExportError(
+            f"layer {last.name!r} ({type(last).__name__}) has zero_output_for_mask=True after "
+            f"a Masking layer: at a masked reading Keras outputs zeros from it (the prediction "
+            f"becomes the head's output for zeros), while a stream repeats the previous "
+            f"prediction; if repeating is what you want, rebuild the model with "
+            f"zero_output_for_mask=False and new.set_weights(model.get_weights()) (the "
+            f"weights are the same), then export that")
 
 
 def emit(layers, *, features: int | None, tokens: bool, scaler: dict | None, opset: int):
