@@ -20,6 +20,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import time
 import zipfile
 from pathlib import Path
@@ -178,7 +179,7 @@ def load_model(path) -> object:
     try:
         return keras.models.load_model(path, compile=False)
     except Exception as exc:  # noqa: BLE001 - Keras raises anything from a bad file
-        custom = _custom_classes(path)
+        custom = _custom_classes(path) or re.findall(r"Unknown \w+: '([^']+)'", str(exc))
         if custom:
             names = ", ".join(repr(c) for c in custom)
             raise ExportError(
@@ -218,6 +219,7 @@ def _custom_classes(path: Path) -> list[str]:
         if isinstance(node, dict):
             module = node.get("module")
             if "class_name" in node and (node.get("registered_name")
+                                         or ">" in str(node["class_name"])   # legacy .h5
                                          or (module and not str(module).startswith("keras"))):
                 name = node.get("registered_name") or node["class_name"]
                 if name not in found and "config" in node:

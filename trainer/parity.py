@@ -80,7 +80,12 @@ def reference_model(layers, subject: Subject):
             # implicit mask, and the reference would then feed the masked readings.
             mask = keras.ops.any(keras.ops.not_equal(x, layer.mask_value), axis=-1)
         if not is_recurrent(layer):
-            x = layer(x)  # stateless per-step layers are shared with the original as they are
+            # Stateless per-step layers are shared with the original as they are;
+            # TimeDistributed(Dense) is its Dense on the last axis (a TimeDistributed over a
+            # fixed 1,000-step axis builds 1,000 copies and takes half a minute).
+            inner = getattr(layer, "layer", None)
+            per_step = inner if type(inner).__name__ == "Dense" else layer
+            x = per_step(x)
             continue
         config = layer.get_config()
         for key in ("batch_input_shape", "input_shape", "batch_shape"):
