@@ -466,3 +466,36 @@ def test_summary_says_what_a_window_model_does(tutorial, tmp_path):
     assert "zeros at the start of every window (not carried)" in text
     assert "normalised" not in text
     assert "checked 64 windows of 3 readings, each from a zero state" in text
+
+
+# --------------------------------------------------------------------------- cheap usability
+
+@pytest.mark.parametrize("cell, kind", [("LSTMCell", "lstm"), ("GRUCell", "gru"),
+                                        ("SimpleRNNCell", "rnn")])
+def test_rnn_around_one_cell_streams_like_its_layer(tmp_path, cell, kind):
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((None, 2)),
+                              L.RNN(getattr(L, cell)(4), return_sequences=True), L.Dense(1)])
+    report = export(model, tmp_path / "m.onnx", steps=100)
+    assert [s.kind for s in report.info.state] == [kind]
+    assert report.parity["max_abs_diff"] <= TOL
+
+
+def test_rnn_around_stacked_cells_is_refused():
+    model = keras.Sequential([keras.Input((None, 2)), L.RNN(L.StackedRNNCells(
+        [L.LSTMCell(3), L.LSTMCell(3)]), return_sequences=True), L.Dense(1)])
+    with pytest.raises(ExportError, match="StackedRNNCells"):
+        export(model, "unused.onnx")
+
+
+def test_return_state_chain_using_only_the_sequence(tmp_path):
+    keras.utils.set_random_seed(0)
+    x = keras.Input((None, 2))
+    sequence, _, _ = L.LSTM(4, return_sequences=True, return_state=True)(x)
+    model = keras.Model(x, L.Dense(1)(sequence))
+    report = export(model, tmp_path / "m.onnx", steps=100)
+    assert report.parity["max_abs_diff"] <= TOL
+    # Using a state off the chain is still refused.
+    _, h, _ = L.LSTM(4, return_sequences=True, return_state=True)(x)
+    with pytest.raises(ExportError, match="single chain"):
+        export(keras.Model(x, L.Dense(1)(h)), tmp_path / "h.onnx")

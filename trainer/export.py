@@ -285,7 +285,12 @@ def _writes(layer):
         node = _node(layer)
         tensors = list(getattr(node, "output_tensors", ()) or ())
         return tensors[0] if len(tensors) == 1 else None
-    return layer.output
+    output = layer.output
+    if isinstance(output, (list, tuple)) and getattr(layer, "return_state", False):
+        # (sequence, *states): a chain reads the sequence; a model that used the states
+        # elsewhere would have another output or a layer off the chain, refused above.
+        return output[0]
+    return output
 
 
 # --------------------------------------------------------------------------- artefacts
