@@ -499,3 +499,30 @@ def test_return_state_chain_using_only_the_sequence(tmp_path):
     _, h, _ = L.LSTM(4, return_sequences=True, return_state=True)(x)
     with pytest.raises(ExportError, match="single chain"):
         export(keras.Model(x, L.Dense(1)(h)), tmp_path / "h.onnx")
+
+
+def test_project_stateful_training_keeps_one_slot_and_streams_as_validated(tmp_path):
+    """lstm-train --mode stateful fits blocks per batch row and validates with a batch-1 copy
+    carrying the state window to window: its file keeps one slot and streams just that."""
+    from trainer.model import ModelConfig, build_model, reset_states
+    from trainer.train import TrainConfig, train
+
+    cfg = TrainConfig(look_back=6, epochs=1, batch_size=16, verbose=0, seed=1,
+                      model=ModelConfig(mode="stateful", units=4))
+    result = train(DATA / "water-flow.csv", "Water flow [l/s]", None, tmp_path / "s.keras", cfg)
+    report = export(result.model_path, tmp_path / "s.onnx")
+    assert metadata(report.path)["lstm_edge.state_slots"] == "1"
+    assert report.parity["slots"] == 1 and report.info.streaming_mode == "stateful"
+
+    model = keras.models.load_model(result.model_path)
+    probe = build_model(cfg.model, 6, 1, 1, batch_size=1)
+    probe.set_weights(model.get_weights())
+    reset_states(probe)
+    scaler = result.sidecar["scaler"]
+    raw = np.array([[v] for v in np.linspace(90, 110, 40)], "float32")       # (40, 1)
+    norm = (raw - scaler["x"]["mean"][0]) / scaler["x"]["std"][0]
+    windows = np.stack([norm[i:i + 6] for i in range(len(raw) - 5)])
+    want = probe.predict(windows, batch_size=1, verbose=0) * scaler["y"]["std"][0] \
+        + scaler["y"]["mean"][0]
+    got = load(report.path).stream().feed(raw)[5:]
+    np.testing.assert_allclose(got, want, atol=1e-4 * scaler["y"]["std"][0])
