@@ -63,6 +63,7 @@ def shape_notes(shape, sidecar: dict | None, info, tokens: bool, window_given) -
             f"{' (given)' if window_given is not None else ' (the sidecar wins)'}; "
             f"--window N overrides it")
     elif (info.streaming_mode in ("window", "stateful") and window_given is None
+          and info.window > 1
           and not (sidecar or {}).get("mode") and time_axis):
         notes.append(
             f"{info.streaming_mode} mode: each prediction reads the last {info.window} "
