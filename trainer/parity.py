@@ -263,7 +263,9 @@ def compare(subject: Subject, *, steps: int = 1000, atol: float = 1e-4, seed: in
                 for name, diff in per_output.items() if not diff <= allowed[name]]
     if failures:
         raise ParityError("the ONNX graph does not reproduce Keras (nothing was written): "
-                          + "; ".join(failures) + f" (checked {describe(report)})")
+                          + "; ".join(failures) + f" (checked {describe(report)}); where "
+                          f"that is float32 rounding in a large model, --atol allows more, "
+                          f"otherwise report it with the model")
     return report
 
 
