@@ -415,6 +415,11 @@ def test_unrolled_model_checks_against_a_rolled_reference(tmp_path):
                               L.LSTM(4, unroll=True, return_sequences=True), L.Dense(1)])
     report = export(model, tmp_path / "m.onnx", steps=300)
     assert report.parity["max_abs_diff"] <= TOL and report.parity["steps"] == 300
+    from trainer.parity import Subject, reference_model
+
+    subject = Subject(b"", model.layers, model, report.info.state, False, 2, 0, None, 1, True)
+    reference = reference_model(model.layers, subject)
+    assert not any(getattr(layer, "unroll", False) for layer in reference.layers)
 
 
 def test_directory_gets_the_exporters_message(tmp_path):
