@@ -255,7 +255,8 @@ def compare(subject: Subject, *, steps: int = 1000, atol: float = 1e-4, seed: in
     resolution = _resolution(subject, y_raw)
     report = {"max_abs_diff": max(per_output.values()), "per_output": per_output,
               "mode": subject.mode, **what, "atol": atol,
-              "units": "normalised", "states": "relative to max(1, |state|)",
+              "units": "normalised" if subject.scaler and subject.scaler.get("y") else "raw",
+              "states": "relative to max(1, |state|)",
               "resolution": resolution}
     # Outputs holding y in raw float32 may differ by its resolution on top of atol.
     allowed = {name: atol + (resolution if name in _Y_FIGURES else 0.0) for name in per_output}
@@ -270,7 +271,8 @@ def compare(subject: Subject, *, steps: int = 1000, atol: float = 1e-4, seed: in
 
 
 def describe(report: dict) -> str:
-    """What a parity report checked, in words: ``"64 windows of 10 readings from zero"``."""
+    """What a parity report checked, in words, e.g. ``"64 windows of 10 readings, each from
+    a zero state"``."""
     mode = report.get("mode")
     if mode == "window":
         return (f"{report['windows']} windows of {_readings(report['steps'])}, each from a "
