@@ -531,3 +531,13 @@ def test_project_stateful_training_keeps_one_slot_and_streams_as_validated(tmp_p
         + scaler["y"]["mean"][0]
     got = load(report.path).stream().feed(raw)[5:]
     np.testing.assert_allclose(got, want, atol=1e-4 * scaler["y"]["std"][0])
+
+
+def test_state_slots_override_and_its_refusal_outside_stateful_mode(tutorial, tmp_path):
+    path = tutorial("airline_stateful_1")[4][0]
+    result = lstm_export(path, "-o", tmp_path / "m.onnx", "--state-slots", "3", "--no-check")
+    assert result.returncode == 0, result.stderr
+    assert metadata(tmp_path / "m.onnx")["lstm_edge.state_slots"] == "3"
+    window_model = tutorial("airline_window")[4][0]
+    with pytest.raises(ExportError, match="--state-slots applies to stateful mode"):
+        export(window_model, tmp_path / "w.onnx", state_slots=2)
