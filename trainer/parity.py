@@ -362,7 +362,7 @@ def _check_stateful(session, reference, subject: Subject, rng, steps: int):
     batch of B windows: exactly the batch Keras's ``predict(windows, batch_size=B)`` runs.
     """
     length, slots = subject.window, subject.slots
-    rounds = -(-CHAIN // slots)
+    rounds = max(3, -(-CHAIN // slots))    # every slot carries its state at least twice
     count = slots * rounds
     raw_series, norm_series = _series(rng, subject, 1, count + length - 1, fed_every=length)
     raw, norm = sliding(raw_series[0], length), sliding(norm_series[0], length)  # (n, W, F)
