@@ -45,7 +45,7 @@ Modes (how the model will stream, see README):
 """
 
 
-@click.command(epilog=TRAIN_EXAMPLES)
+@click.command(epilog=TRAIN_EXAMPLES, context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("data", type=click.Path(exists=True, dir_okay=False))
 @click.option("--target", required=True, help="Column(s) to predict, comma-separated.")
 @click.option("--features", help="Input columns, comma-separated [default: every numeric "
@@ -125,13 +125,15 @@ Examples:
 \b
 The scaler, column names and streaming mode come from NAME.lstm-edge.json next to
 NAME.keras when the trainer wrote one; the options override it. The export is checked
-against Keras (1,000 steps, one sample at a time) and nothing is written if it differs
-by more than --atol in normalised units.
+against Keras the way the file will stream (window mode: many windows from a zero state;
+stateful: consecutive windows carrying the state; sequence: --steps readings one at a
+time) and nothing is written if it differs by more than --atol (in normalised units
+where there is a scaler). Notes on suspicious shapes go to stderr.
 """
 
 
-@click.command(epilog=EXPORT_EXAMPLES)
-@click.argument("model", type=click.Path(exists=True, dir_okay=False))
+@click.command(epilog=EXPORT_EXAMPLES, context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("model", type=click.Path(exists=True))  # a directory gets the exporter's message
 @click.option("-o", "--output", type=click.Path(dir_okay=False),
               help="Where to write the ONNX file [default: exported/NAME.onnx].")
 @click.option("--scaler", type=click.Path(exists=True, dir_okay=False),
@@ -145,21 +147,27 @@ by more than --atol in normalised units.
 @click.option("--atol", type=click.FloatRange(min=0), default=1e-4, show_default=True,
               help="Largest difference from Keras allowed, in normalised units.")
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset, 13 to 18.")
+@click.option("--state-slots", type=click.IntRange(min=1),
+              help="Stateful mode: state slots per stream, window j continuing window j-N "
+              "[default: the batch size the stateful layer was built with].")
 @click.option("--steps", type=click.IntRange(min=1), default=1000, show_default=True,
-              help="Length of the sequences the check runs.")
+              help="Length of the runs the check feeds a sequence model (window modes "
+              "run windows).")
 @click.option("--no-check", is_flag=True, help="Skip the check against Keras.")
 @click.option("--triton", "triton_dir", type=click.Path(file_okay=False),
               help="Also write a Triton model repository there (see lstm-triton for options).")
 @reports_errors
 def export_main(model, output, scaler, features, targets, window, carry_state, atol, opset,
-                steps, no_check, triton_dir):
+                state_slots, steps, no_check, triton_dir):
     """Export MODEL (.keras or .h5) to a streaming ONNX file the runtime can step through."""
     quiet_tensorflow()
     from .export import export
 
     report = export(model, output, scaler=scaler, features=features, targets=targets,
                     window=window, carry_state=carry_state, atol=atol, opset=opset,
-                    check=not no_check, steps=steps)
+                    check=not no_check, steps=steps, state_slots=state_slots)
+    for note in report.notes:
+        click.echo(f"note: {note}", err=True)
     click.echo(report.summary())
     if triton_dir is not None:
         from .triton import write_repository
