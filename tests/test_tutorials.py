@@ -512,7 +512,9 @@ def test_project_stateful_training_keeps_one_slot_and_streams_as_validated(tmp_p
     from trainer.model import ModelConfig, build_model, reset_states
     from trainer.train import TrainConfig, train
 
+    # The level target on raw readings: the Keras probe below is then the whole model.
     cfg = TrainConfig(look_back=6, epochs=1, batch_size=16, verbose=0, seed=1,
+                      target_kind="level", difference=False,
                       model=ModelConfig(mode="stateful", units=4))
     result = train(DATA / "water-flow.csv", "Water flow [l/s]", None, tmp_path / "s.keras", cfg)
     report = export(result.model_path, tmp_path / "s.onnx")

@@ -266,6 +266,7 @@ def _prepare(model, *, scaler, features, targets, window, carry_state, opset,
     graph, state, extra = emit(layers, features=n_features, tokens=tokens, scaler=scaler,
                                opset=opset)
     inferred = _infer_mode(layers, shape[1], sidecar)
+    window_given = window                            # the notes say whether it was given
     window = int(window if window is not None else inferred[0])
     carry_state = bool(carry_state if carry_state is not None else inferred[1])
     framing = forecast_graph.plan(sidecar, window, carry_state)
@@ -285,7 +286,7 @@ def _prepare(model, *, scaler, features, targets, window, carry_state, opset,
     slots = _state_slots(model, layers, sidecar, info, state_slots)
     if slots is not None:
         info = dataclasses.replace(info, extra={**info.extra, "state_slots": str(slots)})
-    notes = shape_notes(shape, sidecar, info, tokens, window)
+    notes = shape_notes(shape, sidecar, info, tokens, window_given)
     opsets = [helper.make_opsetid("", opset)]
     proto = helper.make_model(graph, opset_imports=opsets, producer_name="lstm-edge",
                               ir_version=helper.find_min_ir_version_for(opsets))
