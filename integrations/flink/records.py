@@ -33,10 +33,7 @@ class LineSpec:
     columns: tuple[str, ...] = ()     # the CSV header's columns ("csv" only)
     stream_column: str | None = None  # the column or key naming each line's sensor
     time_column: str | None = None    # the column or key ordering each sensor's readings
-
-    def header(self) -> str | None:
-        """The CSV header line the input files start with (dropped, not answered)."""
-        return fmt.join_csv(self.columns) if self.format == "csv" else None
+    header: str | None = None         # the input files' first line, dropped where it recurs
 
 
 def line_format(spec: LineSpec, features, targets) -> fmt.LineFormat:
@@ -64,7 +61,6 @@ class LineJob:
         self.format = line_format(spec, self.model.features, self.model.targets)
         self.codec = StateCodec(self.model)
         self.stream = self.model.stream()   # every sensor's steps run through this one
-        self.header = spec.header()
         self._nan = np.full(self.model.n_targets, np.nan, np.float32)
         self._time_index = None
         if spec.time_column is not None and spec.format == "csv":
@@ -95,7 +91,8 @@ class LineJob:
 
     def key(self, line: str) -> str | None:
         """The sensor a line goes to; None for a header line (dropped); "" for a bad line."""
-        if line == self.header:
+        if self.spec.header is not None and \
+                line.lstrip("\ufeff").rstrip("\r") == self.spec.header:
             return None
         rec = self.format.parse(0, line.encode("utf-8", "surrogatepass"))
         return rec.key if rec.ok else ""
