@@ -56,8 +56,9 @@ Exit codes: 0 the input was read to the end (or the job was stopped),
               help="Run without an order check: the source guarantees per-sensor order.")
 @click.option("--missing", type=click.Choice(["error", "skip", "hold"]), default="error",
               show_default=True, help="What a missing value does, as lstm-run's.")
-@click.option("--checkpoint-dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Where checkpoints go (kept when the job stops, for --resume).")
+@click.option("--checkpoint-dir", metavar="DIR|URI",
+              help="Where checkpoints go (kept when the job stops, for --resume); on a "
+                   "cluster a shared URI such as s3://bucket/checkpoints.")
 @click.option("--checkpoint-every", type=click.FloatRange(min=0.1), default=10.0,
               show_default=True, metavar="SECONDS", help="Checkpoint interval.")
 @click.option("--resume", metavar="latest|PATH",
@@ -71,9 +72,13 @@ Exit codes: 0 the input was read to the end (or the job was stopped),
               help="Records per Python bundle (python.fn-execution.bundle.size).")
 @click.option("--bundle-time", type=click.IntRange(min=1), default=100, show_default=True,
               metavar="MS", help="Longest a bundle waits before it is flushed.")
+@click.option("--execution-mode", type=click.Choice(["process", "thread"]), default="process",
+              show_default=True, help="Python workers in their own processes, or in the JVM.")
+@click.option("--python", "python", default=sys.executable, show_default="this Python",
+              help="The Python the workers run; on a cluster, its path on the TaskManagers.")
 def main(model, input_, watch, kafka, topic, group, jars, output, format_, columns,
          stream_column, time_column, no_time_column, missing, checkpoint_dir, checkpoint_every,
-         resume, state_ttl, parallelism, state_backend, bundle_size, bundle_time):
+         resume, state_ttl, parallelism, state_backend, bundle_size, bundle_time, execution_mode, python):
     """Run MODEL.onnx over sensor lines on Flink, each sensor's LSTM state in keyed state.
 
     \b
@@ -90,7 +95,7 @@ def main(model, input_, watch, kafka, topic, group, jars, output, format_, colum
         raise click.UsageError("each sensor's readings must be checked for order: give "
                                "--time-column NAME (the column with each reading's time), or "
                                "--no-time-column if the source guarantees per-sensor order")
-    if resume and checkpoint_dir is None and resume == "latest":
+    if resume == "latest" and checkpoint_dir is None:
         raise click.UsageError("--resume latest needs --checkpoint-dir")
     config = JobConfig(model=model, input=input_, output=output, watch=watch, kafka=kafka,
                        topic=topic, group=group, format=format_,
@@ -99,7 +104,8 @@ def main(model, input_, watch, kafka, topic, group, jars, output, format_, colum
                        checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every,
                        resume=resume, state_ttl=state_ttl, parallelism=parallelism,
                        state_backend=state_backend, bundle_size=bundle_size,
-                       bundle_time_ms=bundle_time, jars=tuple(jars))
+                       bundle_time_ms=bundle_time, jars=tuple(jars),
+                       execution_mode=execution_mode, python=python)
     try:
         env = build(config)
     except LstmEdgeError as exc:

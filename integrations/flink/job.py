@@ -47,7 +47,7 @@ class JobConfig:
     stream_column: str | None = None
     time_column: str | None = None
     missing: str = "error"
-    checkpoint_dir: Path | None = None
+    checkpoint_dir: str | None = None     # a folder, or a URI (s3://, hdfs://) on a cluster
     checkpoint_every: float = 10.0        # seconds
     resume: str | None = None             # "latest" or a chk-N folder
     state_ttl: float | None = None        # seconds a silent sensor keeps its state
@@ -55,6 +55,8 @@ class JobConfig:
     state_backend: str = "hashmap"        # hashmap (heap) | rocksdb (disk; huge key counts)
     bundle_size: int = 1000               # python.fn-execution.bundle.size
     bundle_time_ms: int = 100             # python.fn-execution.bundle.time
+    execution_mode: str = "process"       # python.execution-mode: process | thread
+    python: str = sys.executable          # the Python the workers run (on every TaskManager)
     jars: tuple[str, ...] = ()            # e.g. the Kafka connector jar
 
 
@@ -115,13 +117,19 @@ def latest_checkpoint(folder: Path) -> Path:
 
 # ---- the job ---------------------------------------------------------------------------
 
+def uri(path: str) -> str:
+    """A local path as a file:// URI; a URI (s3://, hdfs://, file://) as it is."""
+    return path if "://" in str(path) else Path(path).absolute().as_uri()
+
+
 def flink_config(config: JobConfig) -> dict[str, str]:
     """The Flink settings the job runs with."""
     settings = {
-        "python.executable": sys.executable,
+        "python.executable": config.python,
         "python.client.executable": sys.executable,
         "python.fn-execution.bundle.size": str(config.bundle_size),
         "python.fn-execution.bundle.time": str(config.bundle_time_ms),
+        "python.execution-mode": config.execution_mode,
         "state.backend.type": config.state_backend,
         "restart-strategy.type": "fixed-delay",
         "restart-strategy.fixed-delay.attempts": "2",
@@ -129,19 +137,20 @@ def flink_config(config: JobConfig) -> dict[str, str]:
     }
     if config.checkpoint_dir is not None:
         settings.update({
-            "execution.checkpointing.dir": Path(config.checkpoint_dir).absolute().as_uri(),
+            "execution.checkpointing.dir": uri(config.checkpoint_dir),
             "execution.checkpointing.interval": f"{int(config.checkpoint_every * 1000)} ms",
             "execution.checkpointing.mode": "EXACTLY_ONCE",
             "execution.checkpointing.externalized-checkpoint-retention":
                 "RETAIN_ON_CANCELLATION",
         })
     if config.resume is not None:
-        path = Path(config.resume)
+        path = config.resume
         if config.resume == "latest":
-            if config.checkpoint_dir is None:
-                raise LstmEdgeError("--resume latest needs --checkpoint-dir")
-            path = latest_checkpoint(Path(config.checkpoint_dir))
-        settings["execution.state-recovery.path"] = path.absolute().as_uri()
+            if config.checkpoint_dir is None or "://" in config.checkpoint_dir:
+                raise LstmEdgeError("--resume latest needs a local --checkpoint-dir; on a "
+                                    "cluster give the chk-N path")
+            path = str(latest_checkpoint(Path(config.checkpoint_dir)))
+        settings["execution.state-recovery.path"] = uri(path)
     return settings
 
 
@@ -158,6 +167,12 @@ def build(config: JobConfig):
     model = load(data, device="cpu", missing=config.missing)   # a bad file: refused here
     spec = line_spec(config, model)
     settings = flink_config(config)
+    if config.execution_mode == "thread":
+        # The JVM runs Python in-process (PEMJA) and finds packages through PYTHONPATH only;
+        # the JVM is started below, with this process's environment.
+        import site
+        paths = [*site.getsitepackages(), str(ROOT), os.environ.get("PYTHONPATH", "")]
+        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
     flink_conf = Configuration()
     for key, value in settings.items():
         flink_conf.set_string(key, value)
@@ -187,13 +202,14 @@ def build(config: JobConfig):
         answers.print()
     else:
         suffix = ".jsonl" if spec.format == "jsonl" else ".csv"
-        out = Path(config.output).absolute()
-        out.mkdir(parents=True, exist_ok=True)
-        if spec.format == "csv":   # part files hold answers only: their header, once, here
-            (out / "header.csv").write_text(
+        out = uri(config.output)
+        if spec.format == "csv" and "://" not in config.output:
+            # part files hold answers only: their header, once, beside them
+            Path(config.output).mkdir(parents=True, exist_ok=True)
+            (Path(config.output) / "header.csv").write_text(
                 fmt.CsvFormat(list(spec.columns), model.features, model.targets,
                               spec.stream_column).header() + "\n")
-        sink = (FileSink.for_row_format(str(out), Encoder.simple_string_encoder())
+        sink = (FileSink.for_row_format(out, Encoder.simple_string_encoder())
                 .with_bucket_assigner(BucketAssigner.base_path_bucket_assigner())
                 .with_rolling_policy(RollingPolicy.on_checkpoint_rolling_policy())
                 .with_output_file_config(OutputFileConfig.builder().with_part_prefix("part")

@@ -13,7 +13,7 @@ from pyflink.datastream.state import StateTtlConfig, ValueStateDescriptor
 
 from .records import LineJob, LineSpec
 
-STATE_TYPE = Types.PRIMITIVE_ARRAY(Types.BYTE())   # one sensor's stream: codec.StateCodec bytes
+STATE_TYPE = Types.PICKLED_BYTE_ARRAY()   # one sensor's stream: codec.StateCodec bytes
 ROUTED = Types.TUPLE([Types.STRING(), Types.STRING()])   # (sensor, line)
 
 
@@ -58,7 +58,7 @@ class Predict(KeyedProcessFunction):
         self.state = runtime_context.get_state(descriptor)
 
     def process_element(self, value, ctx):
-        out, blob = self.job.answer(value[1], self.state.value())
+        out, blob = self.job.answer(value[1], self.state.value(), value[0])
         if blob is not None:
             self.state.update(blob)
         yield out

@@ -13,6 +13,7 @@ would silently give the LSTM a state no Keras run would ever reach.
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,12 +56,16 @@ class LineJob:
     missing : the runtime's NaN policy, ``"error"``, ``"skip"`` or ``"hold"``.
     """
 
+    keep = 4096      # sensors whose streams a task keeps ready (~20 KiB each)
+
     def __init__(self, model: bytes, spec: LineSpec, missing: str = "error"):
         self.model = runtime.load(model, device="cpu", missing=missing)
         self.spec = spec
         self.format = line_format(spec, self.model.features, self.model.targets)
         self.codec = StateCodec(self.model)
-        self.stream = self.model.stream()   # every sensor's steps run through this one
+        self.stream = self.model.stream()   # the stream of lines given without a key
+        # key -> (the state bytes it last wrote, its stream, its last time), most recent last
+        self._hot: OrderedDict[str, tuple[bytes, object, float]] = OrderedDict()
         self._nan = np.full(self.model.n_targets, np.nan, np.float32)
         self._time_index = None
         if spec.time_column is not None and spec.format == "csv":
@@ -97,16 +102,25 @@ class LineJob:
         rec = self.format.parse(0, line.encode("utf-8", "surrogatepass"))
         return rec.key if rec.ok else ""
 
-    def answer(self, line: str, blob: bytes | None) -> tuple[str, bytes | None]:
+    def answer(self, line: str, blob: bytes | None, key: str | None = None
+               ) -> tuple[str, bytes | None]:
         """The answer to ``line`` for a sensor whose state is ``blob`` (None: a new sensor).
 
         Returns the output line and the sensor's new state bytes, or an error record and
-        None, in which case the state must be left as it was.
+        None, in which case the state must be left as it was. ``key`` (the sensor) lets the
+        task keep the sensor's stream between its lines: used only while ``blob`` is still the
+        very bytes that stream last wrote, so Flink's state stays the one truth (a restore,
+        an expired TTL or a rescale gives other bytes, and the stream is rebuilt from them).
         """
         rec, now = self.parse(line)
         if not rec.ok:
             return self.format.format_error(rec), None
-        snap, last = self.codec.decode(blob) if blob is not None else (None, math.nan)
+        hot = self._hot.get(key) if key is not None else None
+        if hot is not None and blob is not None and (hot[0] is blob or hot[0] == blob):
+            _, stream, last = hot
+        else:
+            snap, last = self.codec.decode(blob) if blob is not None else (None, math.nan)
+            stream = None
         if now <= last:   # False where either is NaN (no time column)
             rec.error = (f"out of order: time column {self.spec.time_column!r} gives {now:g} s, "
                          f"not after this sensor's last reading ({last:g} s); the reading was "
@@ -114,13 +128,28 @@ class LineJob:
                          f"source by sensor (Kafka: one partition per sensor key) and keep "
                          f"each sensor's lines in one file, in order")
             return self.format.format_error(rec), None
-        stream = self.stream
-        stream.restore(snap)
+        if stream is None:
+            stream = self._stream_for(key)
+            stream.restore(snap)
         try:
             y = stream.step(rec.values)
-        except LstmEdgeError as exc:
+        except LstmEdgeError as exc:            # the stream is unchanged (runtime's promise)
             rec.error = str(exc)
             return self.format.format_error(rec), None
         out = self.format.format(rec, stream.steps, not stream.ready,
                                  self._nan if y is None else y)
-        return out, self.codec.encode(stream.snapshot(), now)
+        blob = self.codec.encode(stream.snapshot(), now)
+        if key is not None:
+            self._hot[key] = (blob, stream, now)
+        return out, blob
+
+    def _stream_for(self, key):
+        """A stream object for ``key``: its own while kept, else the least recently used one's."""
+        hot = self._hot.pop(key, None) if key is not None else None
+        if hot is not None:
+            return hot[1]
+        if key is None:
+            return self.stream
+        if len(self._hot) < self.keep:
+            return self.model.stream()
+        return self._hot.popitem(last=False)[1][1]     # reuse its step buffers
