@@ -4,12 +4,13 @@ The job runs in ``.venv-flink`` (PyFlink pins its own numpy; ``make flink-env`` 
 is compared with the runtime's own streams in this environment: every sensor's answers must
 equal a plain ``Stream.step`` over that sensor's readings, to the last digit printed.
 
-The input is fed in two phases into a watched folder (readings 0..A of each sensor, then the
-rest), so that the second phase continues every sensor from state the job holds. One run goes
-through uninterrupted; another is killed (SIGKILL, JVM and Python workers together) as soon as
-its first checkpoint has finished a part file, restarted with ``--resume latest``, and must
-give the same lines exactly once: the FileSink finishes part files only at checkpoints and a
-restart discards what was written after the last one, so there is no dedupe anywhere here.
+The input is fed in phases into a watched folder (rows 0-40 of each sensor, 40-80, ...), so
+that each phase continues every sensor from state the job holds. One run goes through
+uninterrupted; another is killed (SIGKILL to its process group: client, JVM and Python
+workers) at a moment when some answers are committed and others are written but not yet
+committed, restarted with ``--resume latest``, and must give the same lines exactly once.
+The FileSink commits part files only at checkpoints and a restart drops what was written
+after the last one, so no dedupe is done anywhere: duplicates would show.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ FEATURE = "Water flow [l/s]"
 PRED = f"pred_{FEATURE}"
 SENSORS = 12
 ROWS = 240                 # readings per sensor, from data/water-flow.csv
-PHASE_A = 160              # readings per sensor in the first phase
+PHASES = [(0, 40), (40, 80), (80, 120), (120, 160), (160, 240)]   # rows fed together
 TIMEOUT = 150              # seconds a job may take to give all its answers
 
 
@@ -67,10 +68,10 @@ BAD_SENSOR, BAD_AT = "s03", 50          # a value that is not a number
 LATE_SENSOR, LATE_AT = "s05", 80        # a reading older than the one before it
 
 
-def write_phase(folder: Path, phase: str) -> list[str]:
+def write_phase(folder: Path, phase: int) -> list[str]:
     """Write one phase's CSV files (two sensors per file, interleaved); returns its lines."""
     rows = sensor_rows()
-    span = slice(0, PHASE_A) if phase == "a" else slice(PHASE_A, ROWS)
+    span = slice(*PHASES[phase])
     names = sorted(rows)
     written = []
     for i in range(0, SENSORS, 2):
@@ -130,6 +131,12 @@ class Job:
             self.proc.wait(timeout=30)
         self.proc = None
 
+    def in_progress(self) -> int:
+        """Lines written to hidden in-progress part files: out, but not yet committed."""
+        if not self.output.is_dir():
+            return 0
+        return sum(len(p.read_bytes().splitlines()) for p in self.output.glob(".part*"))
+
     def answers(self) -> list[str]:
         """Every line of the finished part files (not the hidden in-progress ones)."""
         if not self.output.is_dir():
@@ -167,11 +174,13 @@ def uninterrupted(tmp) -> list[str]:
     job.args[job.args.index("-i") + 1] = str(job.input)
     job.input.mkdir()
     try:
+        fed = write_phase(job.input, 0)      # before the start: the job reads its header
         job.start()
-        fed = write_phase(job.input, "a")
-        job.wait_for(len(fed))
-        fed += write_phase(job.input, "b")
-        return job.wait_for(len(fed))
+        answers = job.wait_for(len(fed))
+        for phase in range(1, len(PHASES)):
+            fed += write_phase(job.input, phase)
+            answers = job.wait_for(len(fed))
+        return answers
     finally:
         job.kill()
 
@@ -217,20 +226,29 @@ def test_a_reading_out_of_order_is_refused_not_fed(uninterrupted):
 def test_killed_and_restored_from_checkpoint_gives_each_answer_once(tmp, uninterrupted):
     job = Job(tmp, "killed")
     try:
+        fed, phase = write_phase(job.input, 0), 1
         job.start()
-        fed = write_phase(job.input, "a")
-        before = job.wait_for(1, at_least=True)            # a checkpoint finished a part
+        job.wait_for(1, at_least=True)
+        while phase < len(PHASES) - 1:       # until answers are both committed and in flight
+            fed += write_phase(job.input, phase)
+            phase += 1
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and not (job.answers() and job.in_progress()):
+                time.sleep(0.05)
+            if job.answers() and job.in_progress():
+                break
+        committed, in_flight = len(job.answers()), job.in_progress()
         job.kill()
-        ckpts = sorted(job.checkpoints.glob("*/chk-*/_metadata"))
-        assert ckpts, "no checkpoint was kept"
+        assert sorted(job.checkpoints.glob("*/chk-*/_metadata")), "no checkpoint was kept"
         job.start("--resume", "latest")
         job.wait_for(len(fed))
-        fed += write_phase(job.input, "b")
-        after = job.wait_for(len(fed))
+        for later in range(phase, len(PHASES)):
+            fed += write_phase(job.input, later)
+            after = job.wait_for(len(fed))
     finally:
         job.kill()
-    print(f"killed after {len(before)} of {PHASE_A * SENSORS + 2} phase-A answers were "
-          f"finished; {len(after)} answers in all after the restart")
+    print(f"killed in phase {phase} of {len(PHASES)} with {committed} answers committed and "
+          f"{in_flight} written but not committed; {len(after)} answers in all after restart")
     keys = [(r["sensor"], r["step"]) for r in parse(after) if not r["error"]]
     assert len(keys) == len(set(keys)) == SENSORS * ROWS      # no duplicates, none missing
     assert sorted(after) == sorted(uninterrupted)              # the same lines, exactly

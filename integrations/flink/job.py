@@ -163,8 +163,8 @@ def build(config: JobConfig):
 
     from .operators import ROUTED, Predict, Route
 
+    model = load(config.model, device="cpu", missing=config.missing)   # refused here, not in a task
     data = Path(config.model).read_bytes()
-    model = load(data, device="cpu", missing=config.missing)   # a bad file: refused here
     spec = line_spec(config, model)
     settings = flink_config(config)
     if config.execution_mode == "thread":
