@@ -14,7 +14,8 @@ from .job import JobConfig, build, failure
 EPILOG = """
 \b
 Each sensor's readings must arrive in time order (one file per sensor,
-or a Kafka topic keyed by sensor). With --time-column, a reading whose
+or a Kafka topic keyed by sensor). Files are read in no fixed order:
+with --watch, add a sensor's next file once its last one is answered. With --time-column, a reading whose
 time is not after its sensor's last one gets an error record and is not
 fed; without it, order cannot be checked (--no-time-column says so).
 
