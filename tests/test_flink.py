@@ -108,7 +108,7 @@ class Job:
     """One ``python -m integrations.flink`` in its own process group, killed whole."""
 
     def __init__(self, tmp: Path, name: str, *extra: str):
-        self.input, self.output = tmp / "in", tmp / f"out-{name}"
+        self.input, self.output = tmp / f"in-{name}", tmp / f"out-{name}"
         self.checkpoints = tmp / f"ck-{name}"
         self.input.mkdir(exist_ok=True)
         self.log = tmp / f"{name}.log"
@@ -170,9 +170,6 @@ def tmp(tmp_path_factory) -> Path:
 def uninterrupted(tmp) -> list[str]:
     """All answers of one run that is never stopped until every line is answered."""
     job = Job(tmp, "whole")
-    job.input = tmp / "in-whole"
-    job.args[job.args.index("-i") + 1] = str(job.input)
-    job.input.mkdir()
     try:
         fed = write_phase(job.input, 0)      # before the start: the job reads its header
         job.start()
@@ -255,3 +252,29 @@ def test_killed_and_restored_from_checkpoint_gives_each_answer_once(tmp, uninter
     keys = [(r["sensor"], r["step"]) for r in parse(after) if not r["error"]]
     assert len(keys) == len(set(keys)) == SENSORS * ROWS      # no duplicates, none missing
     assert sorted(after) == sorted(uninterrupted)              # the same lines, exactly
+
+
+def test_a_sensor_silent_past_the_state_ttl_starts_afresh(tmp):
+    job = Job(tmp, "ttl", "--state-ttl", "2")
+    rows = sensor_rows()["s00"]
+
+    def feed(name, part):
+        text = "".join(f"{s},{t},{v}\n" for s in ("a", "b") for t, v in part)
+        (job.input / f".{name}").write_text("sensor,Time," + FEATURE + "\n" + text)
+        (job.input / f".{name}").rename(job.input / name)
+
+    try:
+        feed("1.csv", rows[:5])
+        job.start()
+        job.wait_for(10)
+        time.sleep(3)                                      # the silence being tested
+        feed("2.csv", rows[5:7])
+        answers = parse(job.wait_for(14))
+    finally:
+        job.kill()
+    fresh = runtime.load(MODEL, device="cpu").stream()
+    want = [format_value(fresh.step([float(v)])[0]) for _, v in rows[5:7]]
+    later = [r for r in answers if r["Time"] in (rows[5][0], rows[6][0])]
+    for sensor in ("a", "b"):
+        mine = [(r["step"], r[PRED]) for r in later if r["sensor"] == sensor]
+        assert mine == [("1", want[0]), ("2", want[1])], sensor

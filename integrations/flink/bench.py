@@ -41,6 +41,7 @@ FEATURE = "Water flow [l/s]"
 # (name, extra job options): what each variant changes from the job's defaults
 VARIANTS = [
     ("defaults (bundle 1000 / 100 ms, hashmap)", []),
+    ("pipeline alone: no model, echo the line (bundle 1000)", ["--echo"]),
     ("bundle 10000 / 1000 ms", ["--bundle-size", "10000", "--bundle-time", "1000"]),
     ("bundle 100 / 100 ms", ["--bundle-size", "100"]),
     ("rocksdb state backend", ["--state-backend", "rocksdb"]),
@@ -48,6 +49,45 @@ VARIANTS = [
     ("thread mode, bundle 10000 / 1000 ms", ["--execution-mode", "thread", "--bundle-size",
                                             "10000", "--bundle-time", "1000"]),
 ]
+
+
+def echo_job(folder: str, bundle_size: int) -> None:
+    """The job's pipeline with no model: route by sensor, touch 314 bytes of keyed state,
+    echo the line. What Flink and its Python workers cost per record, alone."""
+    from pyflink.common import Configuration, Types, WatermarkStrategy
+    from pyflink.datastream import (FlatMapFunction, KeyedProcessFunction,
+                                    StreamExecutionEnvironment)
+    from pyflink.datastream.connectors.file_system import FileSource, StreamFormat
+    from pyflink.datastream.state import ValueStateDescriptor
+
+    class Key(FlatMapFunction):
+        def flat_map(self, value):
+            yield json.loads(value)["sensor"], value
+
+    class Echo(KeyedProcessFunction):
+        def open(self, runtime_context):
+            self.state = runtime_context.get_state(
+                ValueStateDescriptor("s", Types.PICKLED_BYTE_ARRAY()))
+
+        def process_element(self, value, ctx):
+            self.state.value()
+            self.state.update(b"x" * 314)
+            yield value[1]
+
+    conf = Configuration()
+    for key, value in {"python.executable": sys.executable,
+                       "python.client.executable": sys.executable,
+                       "python.fn-execution.bundle.size": str(bundle_size),
+                       "python.fn-execution.bundle.time": "100"}.items():
+        conf.set_string(key, value)
+    env = StreamExecutionEnvironment.get_execution_environment(conf)
+    env.set_parallelism(1)
+    source = FileSource.for_record_stream_format(StreamFormat.text_line_format(), folder).build()
+    (env.from_source(source, WatermarkStrategy.no_watermarks(), "lines")
+     .flat_map(Key(), output_type=Types.TUPLE([Types.STRING(), Types.STRING()]))
+     .key_by(lambda routed: routed[0], key_type=Types.STRING())
+     .process(Echo(), output_type=Types.STRING()).print())
+    env.execute("echo")
 
 
 def write_input(folder: Path, sensors: int, rows: int, stamp: bool = False) -> list[str]:
@@ -65,6 +105,8 @@ def write_input(folder: Path, sensors: int, rows: int, stamp: bool = False) -> l
 
 
 def job_command(folder: Path, *extra: str) -> list[str]:
+    if extra and extra[0] == "--echo":
+        return [sys.executable, "-m", "integrations.flink.bench", "--echo-job", str(folder)]
     return [sys.executable, "-m", "integrations.flink", str(MODEL), "-i", str(folder),
             "--stream-column", "sensor", "--time-column", "t", *extra]
 
@@ -98,7 +140,7 @@ def throughput(folder: Path, total: int, extra: list[str], timeout: float) -> di
 def latency(tmp: Path, seconds: float, per_file: int, extra: list[str]) -> dict:
     """Small files into a watched folder, every 50 ms; landing-to-answer times."""
     folder = tmp / "live"
-    folder.mkdir()
+    folder.mkdir(parents=True)
     proc = subprocess.Popen(job_command(folder, "--watch", "0.1", *extra), cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                             start_new_session=True)
@@ -184,7 +226,10 @@ def main(argv=None) -> None:
     parser.add_argument("--only", help="run the variants whose name contains this")
     parser.add_argument("--sensors", type=int, default=200)
     parser.add_argument("--rows", type=int, default=300, help="readings per sensor")
+    parser.add_argument("--echo-job", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.echo_job:
+        return echo_job(args.echo_job, 1000)
     sensors, rows = (50, 200) if args.quick else (args.sensors, args.rows)
     variants = VARIANTS[:1] if args.quick else VARIANTS
     if args.only:
@@ -213,14 +258,16 @@ def main(argv=None) -> None:
             print(f"lstm-run ({run['command']}) on the same {run['records']:,} lines: "
                   f"{run['seconds']:.2f} s = {run['per_s']:,.0f} records/s (one process, "
                   f"start-up included; sensors stepped together in one call per batch)")
-        lat = latency(tmp, 5 if args.quick else 15, 10, [])
-        if lat.get("answers"):
-            print(f"end-to-end latency, file landed -> answer on stdout ({lat['answers']} "
-                  f"answers, 10 lines per file every 50 ms, bundle time 100 ms, discovery "
-                  f"0.1 s): p50 {lat['p50_ms']:.0f} ms, p99 {lat['p99_ms']:.0f} ms, "
-                  f"max {lat['max_ms']:.0f} ms")
-        else:
-            print(f"latency: no answers ({lat})")
+        for name, extra in [("bundle time 100 ms", []), ("bundle time 10 ms",
+                                                          ["--bundle-time", "10"])]:
+            lat = latency(tmp / name.replace(" ", "-"), 5 if args.quick else 15, 10, extra)
+            if lat.get("answers"):
+                print(f"end-to-end latency, {name}: file landed -> answer on stdout "
+                      f"({lat['answers']} answers, 10 lines per file every 50 ms, discovery "
+                      f"0.1 s): p50 {lat['p50_ms']:.0f} ms, p99 {lat['p99_ms']:.0f} ms, "
+                      f"max {lat['max_ms']:.0f} ms", flush=True)
+            else:
+                print(f"latency, {name}: no answers ({lat})")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
