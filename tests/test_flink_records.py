@@ -65,8 +65,8 @@ def test_state_bytes_continue_a_stream_exactly(model_file):
     whole, part = model.stream(), model.stream()
     ys = [whole.step(x) for x in xs]
     for i, x in enumerate(xs):
-        snap, last = codec.decode(codec.encode(part.snapshot(), float(i)))
-        assert last == float(i)
+        snap, last, written = codec.decode(codec.encode(part.snapshot(), float(i), 5.0 + i))
+        assert (last, written) == (float(i), 5.0 + i)
         part = model.stream(snap)                          # a new stream from bytes, each step
         y = part.step(x)
         assert (y is None) == (ys[i] is None)
@@ -154,3 +154,27 @@ def test_reading_time_reads_numbers_and_iso_times():
     for bad in ("", "noon", None, math.nan, True):
         with pytest.raises(runtime.InputError, match="time column 't'"):
             reading_time(bad, "t")
+
+
+def test_state_older_than_the_ttl_starts_a_fresh_stream(model_file, monkeypatch):
+    import integrations.flink.records as records
+    clock = [1000.0]
+    monkeypatch.setattr(records.time, "time", lambda: clock[0])
+    model = runtime.load(model_file)
+    job = LineJob(model_file.read_bytes(), LineSpec("jsonl", (), "sensor", "t"), ttl=60)
+    xs = readings(6, 4)
+    state = None
+    for use_key in (True, False):                    # kept stream and bytes alike
+        for t, x in enumerate(xs[:3]):
+            out, state = job.answer(line("a", t, x), state, "a" if use_key else None)
+        clock[0] += 59                               # within the TTL: the stream goes on
+        out, state = job.answer(line("a", 3, xs[3]), state, "a" if use_key else None)
+        assert json.loads(out)["step"] == 4
+        clock[0] += 61                               # past it: a fresh stream, warm-up again
+        out, state = job.answer(line("a", 1, xs[4]), state, "a" if use_key else None)
+        fresh = model.stream()
+        y = fresh.step(xs[4])
+        assert json.loads(out)["step"] == 1
+        assert json.loads(out)["pred_temperature"] == (None if y is None
+                                                       else float(format_value(y[0])))
+        state, clock[0] = None, clock[0] + 100

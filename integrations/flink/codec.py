@@ -9,7 +9,7 @@ the time of the sensor's last reading, against which the next one is checked.
 >>> model = runtime.load("exported/water-flow.onnx")  # doctest: +SKIP
 >>> codec = StateCodec(model)                        # doctest: +SKIP
 >>> blob = codec.encode(model.stream().snapshot(), last_time=3600.0)   # doctest: +SKIP
->>> snap, last = codec.decode(blob)                  # doctest: +SKIP
+>>> snap, last, written = codec.decode(blob)         # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ from runtime import Snapshot, SnapshotError
 from runtime.lines import BadLine
 
 # version (u1), flags (u1: 1 = has a prediction), buffer rows (u4), steps (i8),
-# last time (f8, NaN: none), sha256 of the model file (32 bytes)
-_HEAD = struct.Struct("<BBIqd32s")
+# last reading's time (f8, NaN: none), wall-clock time of the write (f8, for the state TTL),
+# sha256 of the model file (32 bytes)
+_HEAD = struct.Struct("<BBIqdd32s")
 VERSION = 1
 
 
@@ -49,19 +50,21 @@ class StateCodec:
         self.buf_dtype = np.dtype("<i8") if model.tokens else np.dtype("<f4")
         self.digest = bytes.fromhex(model.fingerprint)
 
-    def encode(self, snap: Snapshot, last_time: float = math.nan) -> bytes:
-        """The bytes of ``snap`` and the time of the sensor's last reading."""
+    def encode(self, snap: Snapshot, last_time: float = math.nan,
+               written: float = math.nan) -> bytes:
+        """The bytes of ``snap``, the time of the sensor's last reading and of this write."""
         buf = np.ascontiguousarray(snap.buffer, self.buf_dtype)      # (m, features)
         state = np.concatenate([np.asarray(snap.state[n], "<f4").ravel() for n in self.names])
         flags = 0 if snap.prediction is None else 1
-        parts = [_HEAD.pack(VERSION, flags, len(buf), snap.steps, last_time, self.digest),
+        parts = [_HEAD.pack(VERSION, flags, len(buf), snap.steps, last_time, written,
+                                self.digest),
                  state.tobytes(), buf.tobytes()]
         if flags:
             parts.append(np.asarray(snap.prediction, "<f4").tobytes())
         return b"".join(parts)
 
-    def decode(self, blob: bytes) -> tuple[Snapshot, float]:
-        """``(snapshot, last_time)`` from :meth:`encode`'s bytes.
+    def decode(self, blob: bytes) -> tuple[Snapshot, float, float]:
+        """``(snapshot, last_time, written)`` from :meth:`encode`'s bytes.
 
         Raises
         ------
@@ -71,7 +74,7 @@ class StateCodec:
         if len(blob) < _HEAD.size:
             raise SnapshotError(f"the keyed state holds {len(blob)} bytes, fewer than a "
                                 f"stream's header ({_HEAD.size}); it was not written by this job")
-        version, flags, rows, steps, last, digest = _HEAD.unpack_from(blob)
+        version, flags, rows, steps, last, written, digest = _HEAD.unpack_from(blob)
         if version != VERSION:
             raise SnapshotError(f"the keyed state has layout version {version}, this job reads "
                                 f"{VERSION}; restore it with the lstm-edge that wrote it")
@@ -99,7 +102,7 @@ class StateCodec:
         snap = Snapshot(state=state, buffer=buf, steps=steps, fingerprint=self.model.fingerprint,
                         window=self.model.window, carry_state=self.model.carry_state,
                         prediction=pred)
-        return snap, last
+        return snap, last, written
 
 
 def reading_time(text, column: str) -> float:

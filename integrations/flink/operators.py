@@ -47,7 +47,9 @@ class Predict(KeyedProcessFunction):
         self.job = self.state = None
 
     def open(self, runtime_context: RuntimeContext):
-        self.job = LineJob(self.model, self.spec, self.missing)
+        # PyFlink's Python-side state cache hands out values past their TTL, so the job
+        # checks the time of each sensor's last write itself; Flink's TTL frees the backend.
+        self.job = LineJob(self.model, self.spec, self.missing, self.ttl)
         descriptor = ValueStateDescriptor("stream", STATE_TYPE)
         if self.ttl:
             descriptor.enable_time_to_live(

@@ -13,6 +13,7 @@ would silently give the LSTM a state no Keras run would ever reach.
 from __future__ import annotations
 
 import math
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -58,14 +59,17 @@ class LineJob:
 
     keep = 4096      # sensors whose streams a task keeps ready (~20 KiB each)
 
-    def __init__(self, model: bytes, spec: LineSpec, missing: str = "error"):
+    def __init__(self, model: bytes, spec: LineSpec, missing: str = "error",
+                 ttl: float | None = None):
         self.model = runtime.load(model, device="cpu", missing=missing)
+        self.ttl = ttl       # seconds after its last write that a sensor's state is void
         self.spec = spec
         self.format = line_format(spec, self.model.features, self.model.targets)
         self.codec = StateCodec(self.model)
         self.stream = self.model.stream()   # the stream of lines given without a key
-        # key -> (the state bytes it last wrote, its stream, its last time), most recent last
-        self._hot: OrderedDict[str, tuple[bytes, object, float]] = OrderedDict()
+        # key -> (state bytes it last wrote, its stream, last reading's time, write time),
+        # most recently used last
+        self._hot: OrderedDict[str, tuple[bytes, object, float, float]] = OrderedDict()
         self._nan = np.full(self.model.n_targets, np.nan, np.float32)
         self._time_index = None
         if spec.time_column is not None and spec.format == "csv":
@@ -115,12 +119,16 @@ class LineJob:
         rec, now = self.parse(line)
         if not rec.ok:
             return self.format.format_error(rec), None
-        hot = self._hot.get(key) if key is not None else None
-        if hot is not None and blob is not None and (hot[0] is blob or hot[0] == blob):
-            _, stream, last = hot
-        else:
-            snap, last = self.codec.decode(blob) if blob is not None else (None, math.nan)
-            stream = None
+        wall = time.time()
+        stream, snap, last = None, None, math.nan
+        if blob is not None:
+            hot = self._hot.get(key) if key is not None else None
+            if hot is not None and (hot[0] is blob or hot[0] == blob):
+                _, stream, last, written = hot
+            else:
+                snap, last, written = self.codec.decode(blob)
+            if self.ttl is not None and wall - written > self.ttl:   # silent too long
+                stream, snap, last = None, None, math.nan
         if now <= last:   # False where either is NaN (no time column)
             rec.error = (f"out of order: time column {self.spec.time_column!r} gives {now:g} s, "
                          f"not after this sensor's last reading ({last:g} s); the reading was "
@@ -138,9 +146,9 @@ class LineJob:
             return self.format.format_error(rec), None
         out = self.format.format(rec, stream.steps, not stream.ready,
                                  self._nan if y is None else y)
-        blob = self.codec.encode(stream.snapshot(), now)
+        blob = self.codec.encode(stream.snapshot(), now, wall)
         if key is not None:
-            self._hot[key] = (blob, stream, now)
+            self._hot[key] = (blob, stream, now, wall)
         return out, blob
 
     def _stream_for(self, key):
