@@ -42,6 +42,7 @@ FEATURE = "Water flow [l/s]"
 VARIANTS = [
     ("defaults (bundle 1000 / 100 ms, hashmap)", []),
     ("pipeline alone: no model, echo the line (bundle 1000)", ["--echo"]),
+    ("bundle 10000 / 100 ms", ["--bundle-size", "10000"]),
     ("bundle 10000 / 1000 ms", ["--bundle-size", "10000", "--bundle-time", "1000"]),
     ("bundle 100 / 100 ms", ["--bundle-size", "100"]),
     ("rocksdb state backend", ["--state-backend", "rocksdb"]),
