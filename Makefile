@@ -17,6 +17,8 @@ demo: $(STAMP)
 	$(BIN)/python examples/demo.py
 
 test: $(STAMP) flink-env
+	$(BIN)/ruff check runtime trainer integrations
+	$(BIN)/mypy runtime
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

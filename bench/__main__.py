@@ -139,7 +139,7 @@ def _rate(fn, per_call: int, budget_s: float) -> float:
 
 
 def bench_chunked(models: dict, device: str, n: int = 10_000) -> dict:
-    """Samples per second feeding an n-sample series in chunks vs one step at a time."""
+    """Readings per second feeding an n-reading series in chunks vs one step at a time."""
     import runtime
 
     rows = {}

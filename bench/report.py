@@ -39,7 +39,7 @@ def markdown(report: dict) -> str:
              "≥ 50× one by one; cold start ≤ 0.3 s", ""]
     lines += _single(report["single"], "Per-step latency, one stream (CPU)")
     lines += _many(report["many"], "Many streams per call (CPU)")
-    lines += ["### Chunked feed (CPU, samples/s)", "", "| model | " + " | ".join(
+    lines += ["### Chunked feed (CPU, readings/s)", "", "| model | " + " | ".join(
         f"chunk {int(c):,}" for c in next(iter(report["chunked"].values()))) + " |",
         "|---" * (1 + len(next(iter(report["chunked"].values())))) + "|"]
     for name, row in report["chunked"].items():

@@ -13,7 +13,7 @@ read takes its rows out (``Stream._sync``) and the group is dropped; the next ca
 stacks afresh and forms a new one.
 
 A model with a Masking layer (see ``Model``, Notes) leaves the fast path for any call
-with a masked sample in a stream's window; models without one never look.
+with a masked reading in a stream's window; models without one never look.
 """
 
 from __future__ import annotations
@@ -40,10 +40,10 @@ class Group:
             stream._group, stream._gi = self, i
 
 
-def step_many(model, streams: list, samples) -> np.ndarray:
-    """``Model.step``: one sample per stream, ``(n_streams, features)`` -> ``(n_streams, targets)``."""
+def step_many(model, streams: list, readings) -> np.ndarray:
+    """``Model.step``: one reading per stream, ``(n_streams, features)`` -> ``(n_streams, targets)``."""
     n = len(streams)
-    xs = model._check_chunk(samples, n)                     # (n_streams, features)
+    xs = model._check_chunk(readings, n)                    # (n_streams, features)
     finite = bool(np.isfinite(xs).all())
     group = model._group
     if group is not None and not group.dirty and group.streams == streams \
@@ -64,14 +64,14 @@ def step_many(model, streams: list, samples) -> np.ndarray:
 
 
 def _masked(model, group, xs) -> bool:
-    """Whether a call of the group would see a masked sample in any stream's window."""
+    """Whether a call of the group would see a masked reading in any stream's window."""
     if model._masked(xs).any():
         return True
     return model.window > 1 and bool(model._masked(group.buf[:, 1:]).any())
 
 
 def _step_fed(model, streams, xs):
-    """Step the streams given a finite sample each; sequence mode does not feed masked ones."""
+    """Step the streams given a finite reading each; sequence mode does not feed masked ones."""
     if model._mask is not None and model.mode == "sequence":
         masked = model._masked(xs)                          # (n,)
         if masked.any():
@@ -80,6 +80,9 @@ def _step_fed(model, streams, xs):
                                           for s, m in zip(streams, masked) if m])
             out[~masked] = _step_rows(model, [s for s, m in zip(streams, masked) if not m],
                                       xs[~masked])
+            if model.carry_state and model.slots > 1:
+                for stream in (s for s, m in zip(streams, masked) if m):
+                    stream._turn(stream._state)         # a masked window: its slot stays
             return out
     return _step_rows(model, streams, xs)
 
@@ -118,14 +121,14 @@ def _fill_rows(model, streams, xs):
         else:
             rows.append(filled)
     if problems:
-        raise InputError(f"{len(problems)} of {len(xs)} samples cannot be fed, no stream was "
+        raise InputError(f"{len(problems)} of {len(xs)} readings cannot be fed, no stream was "
                          f"stepped: " + " | ".join(problems[:10]))
     dtype = model.dtype if model.tokens else np.float32
     return np.array(rows, dtype).reshape(-1, model.n_features), keep
 
 
 def _step_rows(model, streams, xs) -> np.ndarray:
-    """Step ``streams`` with their checked, finite samples ``xs`` (n, features)."""
+    """Step ``streams`` with their checked, finite readings ``xs`` (n, features)."""
     n, window = len(streams), model.window
     ys = np.full((n, model.n_targets), np.nan, np.float32)
     if not n:
@@ -158,8 +161,10 @@ def _step_rows(model, streams, xs) -> np.ndarray:
             ys = np.ascontiguousarray(last)
         else:
             ys[index] = last
-    # Nothing can fail from here on. Ready all: the streams form a group (see Group).
-    if len(ready) == n:
+    # Nothing can fail from here on. Ready all: the streams form a group (see Group), unless
+    # they carry several state slots (SlotStream), whose state turns from slot to slot.
+    slots = model.carry_state and model.slots > 1
+    if len(ready) == n and not slots:
         for stream in streams:
             stream._steps += 1
         buf = xs[:, None] if window == 1 else x              # (n, window, features)
@@ -172,7 +177,10 @@ def _step_rows(model, streams, xs) -> np.ndarray:
         stream._steps += 1
     if ready and model.carry_state:
         for stream, state in zip(ready, zip(*[list(s[:, None]) for s in new])):
-            stream._state = state                           # (1, units) row views
+            if slots:
+                stream._turn(state)                         # the window's slot keeps it
+            else:
+                stream._state = state                       # (1, units) row views
     return ys
 
 

@@ -9,41 +9,70 @@ from __future__ import annotations
 import functools
 import json
 import os
+import select
+import signal
 import sys
+import time
 from pathlib import Path
+from typing import cast
 
 import click
 
 from .errors import LstmEdgeError
 from .lines import FORMATS, MAX_LINE
+from .progress import Progress
 from .serve import EmptyInput, Interrupted, LineReader, ServeConfig, Signals, StrictStop, serve
 
 EPILOG = f"""
 \b
 Output (same format as the input, one line per input line):
   CSV     the input columns, then step, warmup (true/false), pred_<target>
-          for each target, and error (empty when the line was used);
-          headerless CSV the same without a header line
+          for each target, error (empty when the line was used) and input
+          (the whole line, on an error record whose fields do not fit the
+          columns; else empty); headerless CSV the same without a header
   JSONL   the input object plus "step", "warmup", "pred_<target>";
-          a refused line gives the input object plus "error"
+          a refused line gives the input object plus "error" (a line that
+          is not a JSON object: "error" and "input", its text)
   An added name already taken (CSV: by an input column; JSONL: by a
   feature or the --stream-column key) gets "_" appended.
-  Predictions are empty (null) while a stream warms up (fewer samples
-  than the model's window) and for a sample skipped by --missing skip.
+  Predictions are empty (null) while a stream warms up (fewer readings
+  than the model's window) and for a reading skipped by --missing skip.
+  One line is one reading: one time step's feature values (a Keras
+  sample is a whole window; Model.predict in Python takes those).
 
 \b
-Bad lines (wrong field count, not a number, broken JSON, no sensor
-column, binary data, longer than {MAX_LINE // 1024} KiB) give an error record and a
-"line N: reason" message on stderr; that sensor's state is untouched.
+Headerless CSV: the model's features in its order; or an ISO date/time
+and then the features (a logger's line, after tail dropped the header);
+or any columns named by --columns (e.g. --columns time,sensor,flow).
+\b
+Reset: with --reset-column NAME, a line whose NAME is true/1/yes resets
+its sensor's stream (zero state, empty window) before it is fed, as a
+new sequence does in Keras after model.reset_states().
+\b
+Bad lines (wrong field count, not a number, broken JSON or CSV quoting,
+no sensor column, binary data, a number beyond float32, longer than
+{MAX_LINE // 1024} KiB) give an error record and a "line N: reason"
+message on stderr; that sensor's state is untouched. A blank line is
+answered with a blank line (N lines in, N lines out).
+
+\b
+--state FILE is a SQLite database, one row per sensor; a save writes
+the sensors changed since the last one. An old .npz snapshot file
+given as FILE is converted once. The answers go out first, then the
+state that counts them: a sensor's row never counts an answer that
+was not delivered; its step count matches the answers' step column.
 
 \b
 Exit codes:
   0    done (every line answered, bad lines included)
   1    --strict and a bad line (the lines before it are answered)
-  2    usage error, or a model/contract/device/state-file problem
-  3    the input is empty (no lines, or a header and no samples)
+  2    usage error, a model/contract/device/state-file problem, a
+       model that fails inside ONNX Runtime, or an unwritable output
+  3    the input is empty (no lines, only blank lines, or a header
+       and no readings)
   130  SIGINT, 143 SIGTERM: answers flushed and --state saved first
   141  the reader of the output went away (broken pipe); --state saved
+       for the answers delivered
 """
 
 
@@ -70,6 +99,13 @@ def _warn(message: str) -> None:
 def load_model(model: Path, *, device, window, carry_state, missing, threads):
     """``runtime.load`` with a one-line error for a file that is missing or not ONNX."""
     from . import load
+    keras = keras_kind(model)
+    if keras:
+        stem = model.name.split(".")[0] or "model"
+        raise LstmEdgeError(f"{str(model)!r} is {keras}, not an ONNX file: lstm-run runs the "
+                            f"ONNX file lstm-export writes from it. Export it first "
+                            f"(needs the trainer's TensorFlow install): lstm-export "
+                            f"{_quote(str(model))} -o exported/{stem}.onnx")
     if not model.is_file():
         raise LstmEdgeError(f"model file {str(model)!r} does not exist"
                             if not model.exists() else f"{str(model)!r} is not a file")
@@ -77,12 +113,33 @@ def load_model(model: Path, *, device, window, carry_state, missing, threads):
                 missing=missing, threads=threads)
 
 
+def keras_kind(path: Path) -> str:
+    """What Keras/TensorFlow file ``path`` is ("a Keras model file", ...), or "" if none."""
+    if path.is_dir():
+        return "a TensorFlow SavedModel directory" if (path / "saved_model.pb").exists() else ""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError:
+        return ""
+    if head.startswith(b"\x89HDF\r\n"):
+        return "a Keras HDF5 model file (.h5)"
+    if head.startswith(b"PK") and path.suffix.lower() == ".keras":
+        return "a Keras model file (.keras)"
+    return ""
+
+
+def _quote(text: str) -> str:
+    import shlex
+    return shlex.quote(text)
+
+
 def _names(names) -> str:
     return ", ".join(n or f"#{i}" for i, n in enumerate(names)) or "(none)"
 
 
-def describe(model, path: Path) -> str:
-    """The model's contract in words, for ``--info``."""
+def describe(model, path: Path, timed: bool = False) -> str:
+    """The model's contract in words, for ``--info``; ``timed`` adds the measured latency."""
     info = model.info
     rows = [("model", str(path))]
     src = info.source or {}
@@ -99,14 +156,15 @@ def describe(model, path: Path) -> str:
                               f"{', '.join(spec.inputs)} -> {', '.join(spec.outputs)}"))
     w = model.window
     modes = {
-        "sequence": "sequence: each sample is fed once and the state carries on "
-                    "(1 step per sample)",
-        "window": f"window: each prediction reads the last {w} samples from a zero state "
-                  f"({w} steps per sample; {w - 1} samples of warm-up)",
-        "stateful": f"stateful: each prediction reads the last {w} samples from the state the "
-                    f"previous window ended in ({w} steps per sample; {w - 1} samples of warm-up)",
+        "sequence": "sequence: each reading is fed once and the state carries on "
+                    "(1 step per reading)",
+        "window": f"window: each prediction reads the last {w} readings from a zero state "
+                  f"({w} steps per reading)",
+        "stateful": f"stateful: each prediction reads the last {w} readings from the state the "
+                    f"previous window ended in ({w} steps per reading)",
     }
     rows.append(("streaming", modes[model.mode]))
+    rows.extend(_streaming_rows(model))
     parity = info.parity or {}
     if isinstance(parity.get("max_abs_diff"), (int, float)):
         units = f" {parity['units']} units" if parity.get("units") else ""
@@ -121,50 +179,137 @@ def describe(model, path: Path) -> str:
         rows.append(("scaler", f"the {which} scaling{kind} is in the graph: raw values in, "
                                f"raw values out"))
     rows.append(("device", str(model.device)))
+    if timed:
+        from .timing import latency
+        seconds, rate, steps = latency(model)
+        rows.append(("latency", f"{seconds * 1e6:,.1f} µs per reading, one stream on this "
+                                f"machine ({rate:,.0f} readings/s; median of {steps} steps)"))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
-class _Output:
-    """Where answers go: a binary file, flushed after every batch when streaming."""
+def _streaming_rows(model) -> list[tuple[str, str]]:
+    """``--info``'s warm-up and state-slot lines."""
+    w, slots = model.window, model.slots if model.carry_state else 1
+    rows = [("warm-up", f"{w - 1} reading{'s' if w != 2 else ''}: the first prediction comes "
+                        f"with reading {w} of each sensor (a window of {w} timesteps; "
+                        f"--window N if the model was trained on N)" if w > 1 else
+             "none: every reading gets a prediction")]
+    if slots > 1:
+        what = "window" if w > 1 else "reading"
+        rows.append(("state slots", f"{slots} state slots: {what} j continues {what} "
+                                    f"j-{slots}, as Keras predict(batch_size={slots})"))
+    return rows
 
-    def __init__(self, path: str, flush_each: bool):
+
+class OutputError(LstmEdgeError):
+    """The answers cannot be written (a full disk, a closed stdout)."""
+
+
+class OutputStalled(Exception):
+    """A signal came and the reader did not take the rest of the answers within the grace."""
+
+
+class _Output:
+    """Where answers go: every byte of each batch handed to the OS before ``write`` returns.
+
+    ``os.write`` may write less than it is given (a pipe whose reader is slow, a signal in
+    the middle); the rest is written until none is left, the same whether stdout is
+    Python's buffered writer or, with ``PYTHONUNBUFFERED``, a raw file. Waiting for room
+    goes through ``select`` with the signal wake-up pipe, so SIGINT/SIGTERM is seen while a
+    reader is slow; from then on the reader has ``GRACE`` seconds to take what is left,
+    and after that the batch counts as not delivered (:class:`OutputStalled`).
+    """
+
+    GRACE = 2.0     # seconds a reader gets, after a signal, to take the rest of a batch
+
+    def __init__(self, path: str, signals: Signals | None = None):
         self.to_stdout = path == "-"
+        self.signals = signals
+        self.deadline: float | None = None
+        self.stream = None      # a stdout with no descriptor (click's CliRunner): written to
         try:
-            self.file = sys.stdout.buffer if self.to_stdout else open(path, "wb")
+            if self.to_stdout:
+                try:
+                    sys.stdout.flush()       # anything printed before goes first
+                    self.fd = sys.stdout.fileno()
+                except (OSError, ValueError, AttributeError):    # io.UnsupportedOperation too
+                    self.fd, self.stream = -1, sys.stdout.buffer
+                else:
+                    os.fstat(self.fd)
+            else:
+                self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+                                  | getattr(os, "O_BINARY", 0), 0o666)
         except OSError as exc:
-            raise LstmEdgeError(f"cannot write {path}: {exc.strerror or exc}") from None
-        self.flush_each = flush_each
+            raise OutputError(f"cannot write {'stdout' if self.to_stdout else path}: "
+                              f"{exc.strerror or exc}; check that it is open and writable") \
+                from None
+        self.path = "stdout" if self.to_stdout else path
 
     def write(self, lines: list[str]) -> None:
-        if lines:
-            self.file.write(("\n".join(lines) + "\n").encode("utf-8"))
-            if self.flush_each:
-                self.file.flush()
-
-    def close(self) -> bool:
-        """Flush and close; False where the reader has gone away (broken pipe)."""
+        if not lines:
+            return
+        # backslashreplace: no text can stop the answers (runtime.lines already gives UTF-8)
+        data = memoryview(("\n".join(lines) + "\n").encode("utf-8", "backslashreplace"))
+        if self.stream is not None:
+            self.stream.write(data)
+            self.stream.flush()
+            return
         try:
-            self.file.flush()
+            while data:
+                try:
+                    n = os.write(self.fd, data[:self._room()])
+                except BlockingIOError:        # a non-blocking descriptor we were given
+                    select.select([], [self.fd], [])
+                    continue
+                data = data[n:]
         except BrokenPipeError:
-            self.lost()
-            return False
-        finally:
-            if not self.to_stdout:
-                self.file.close()
-        return True
+            raise
+        except OSError as exc:
+            raise OutputError(f"cannot write the answers to {self.path}: "
+                              f"{exc.strerror or exc}; free disk space or write elsewhere "
+                              f"with -o (the state holds the answers written before)") from None
+
+    def _room(self) -> int | None:
+        """Wait until the output takes bytes; how many may go without blocking (None: all)."""
+        signals = self.signals
+        if signals is None or signals.wake_fd is None:
+            return None
+        wake = signals.wake_fd
+        while self.deadline is None and signals.signum is None:
+            ready, writable, _ = select.select([wake], [self.fd], [])
+            if writable:
+                return None
+            os.read(wake, 512)
+        if self.deadline is None:
+            self.deadline = time.monotonic() + self.GRACE
+        left = self.deadline - time.monotonic()
+        if left <= 0 or not select.select([], [self.fd], [], left)[1]:
+            raise OutputStalled()
+        return select.PIPE_BUF      # fits in a pipe that select called writable
+
+    def close(self) -> None:
+        if not self.to_stdout:
+            os.close(self.fd)
 
     def lost(self) -> None:
         """The reader went away: point the descriptor at /dev/null so no later flush fails."""
+        if self.fd < 0:
+            return
         devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, self.file.fileno())
+        os.dup2(devnull, self.fd)
         os.close(devnull)
+        try:
+            sys.stdout.flush()
+        except (OSError, ValueError, AttributeError):
+            pass
 
 
 @click.command(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"],
                                                 "max_content_width": 100})
-@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--info", is_flag=True, help="Describe the model's contract and exit.")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--info", is_flag=True,
+              help="Describe the model's contract, time it on this machine, and exit.")
 @click.option("--stream", is_flag=True,
               help="Answer each line as soon as it arrives, flushing every line (for a pipe "
                    "from a live sensor). Without it, input is read in large blocks.")
@@ -176,11 +321,22 @@ class _Output:
               help="Write to this file instead of stdout.")
 @click.option("--format", "format_", type=click.Choice(FORMATS), default="auto",
               show_default=True,
-              help="Input format; auto: a first line '{' is JSONL, all numbers is headerless "
-                   "CSV, anything else is a CSV header.")
+              help="Input format; auto: a first line '{' is JSONL, all numbers (or an ISO "
+                   "date/time, then the features) is headerless CSV, anything else is a CSV "
+                   "header.")
 @click.option("--stream-column", metavar="NAME",
               help="Column (CSV header) or key (JSONL) naming each line's sensor; every "
                    "sensor gets its own stream state.")
+@click.option("--columns", metavar="NAME,NAME,...",
+              help="Name the fields of headerless CSV lines (features found by name, the rest "
+                   "passed through), e.g. time,sensor,flow; a first line of these names is "
+                   "their header.")
+@click.option("--reset-column", metavar="NAME",
+              help="Column (CSV) or key (JSONL) that resets its sensor's stream when true "
+                   "(true/1/yes; false/0/empty carry on), before that line is fed.")
+@click.option("--progress/--no-progress", default=None,
+              help="A live status line on stderr: lines/s, sensors, errors, last save "
+                   "[default: on with --stream when stderr is a terminal].")
 @click.option("--idle-timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
               help="Drop a sensor's state after this long without a line.")
 @click.option("--max-streams", type=click.IntRange(min=1), default=100_000, show_default=True,
@@ -188,23 +344,34 @@ class _Output:
 @click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda[:N]",
               help="Where to run the model.")
 @click.option("--window", type=click.IntRange(min=1),
-              help="Override the samples per prediction written in the model.")
+              help="Override the readings per prediction (the timesteps of a window) written "
+                   "in the model.")
 @click.option("--carry-state/--no-carry-state", default=None,
               help="Override whether a window starts from the previous window's state.")
 @click.option("--missing", type=click.Choice(["error", "skip", "hold"]), default="error",
               show_default=True,
-              help="A missing value (empty, nan, NA, null): refuse the line, skip the sample "
+              help="A missing value (empty, nan, NA, null): refuse the line, skip the reading "
                    "(no prediction, state kept), or hold the sensor's last value.")
 @click.option("--state", type=click.Path(dir_okay=False, path_type=Path),
-              help="Snapshot file: every sensor's state is loaded from it at start (if it "
-                   "exists) and saved to it at exit, atomically, so a restart resumes exactly.")
+              help="State database (SQLite): every sensor's state is loaded from it at start "
+                   "(if it exists) and the changed sensors are saved to it at exit, in one "
+                   "commit, so a restart resumes exactly. An old .npz snapshot file is "
+                   "converted.")
 @click.option("--save-every", type=click.IntRange(min=0), default=0, metavar="N",
-              help="Also save --state every N lines (at the end of the batch that reaches N).")
+              help="Also save --state every N lines (at the end of the batch that reaches N); "
+                   "1 commits after every batch, so that a kill -9 loses at most the batch "
+                   "being answered.")
+@click.option("--save-interval", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              metavar="SECONDS",
+              help="Also save --state when this long has passed since the last save and a "
+                   "sensor changed (0: only --save-every and exit). Bounds both what a "
+                   "kill -9 loses and what SIGTERM still has to write.")
 @click.option("--strict", is_flag=True, help="Stop at the first bad line, with exit code 1.")
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads for the model.")
 @reports_errors
-def main(model, info, stream, input_, output, format_, stream_column, idle_timeout,
-         max_streams, device, window, carry_state, missing, state, save_every, strict, threads):
+def main(model, info, stream, input_, output, format_, stream_column, columns, reset_column,
+         progress, idle_timeout, max_streams, device, window, carry_state, missing, state,
+         save_every, save_interval, strict, threads):
     """Run MODEL.onnx (exported by lstm-export) over sensor lines, one answer per line.
 
     \b
@@ -220,35 +387,64 @@ def main(model, info, stream, input_, output, format_, stream_column, idle_timeo
     loaded = load_model(model, device=device, window=window, carry_state=carry_state,
                         missing=missing, threads=threads)
     if info:
-        click.echo(describe(loaded, model))
+        click.echo(describe(loaded, model, timed=True))
         return
     config = ServeConfig(format=format_, stream_column=stream_column, strict=strict,
                          idle_timeout=idle_timeout, max_streams=max_streams, state=state,
-                         save_every=save_every)
-    run(loaded, config, input_, output, stream)
+                         save_every=save_every, save_interval=save_interval,
+                         columns=_column_names(columns), reset_column=reset_column)
+    if progress is None:
+        progress = stream and sys.stderr.isatty()
+    run(loaded, config, input_, output, stream,
+        progress=Progress(state=state is not None) if progress else None)
 
 
-def run(model, config: ServeConfig, input_: str, output: str, stream: bool) -> None:
-    """Open the input and output, serve, and map the ways a run ends to exit codes."""
-    fd = 0 if input_ == "-" else os.open(input_, os.O_RDONLY)
-    out = _Output(output, flush_each=stream)
-    code, failure = 0, None
+def _column_names(text: str | None) -> tuple[str, ...] | None:
+    """``--columns a,b,c`` as names; a usage error for an empty or repeated name."""
+    if text is None:
+        return None
+    from .lines import split_csv
+    names = tuple(n.strip() for n in split_csv(text))
+    if not all(names) or len(set(names)) != len(names):
+        raise click.BadParameter(f"expected distinct, non-empty names separated by commas, "
+                                 f"got {text!r}", param_hint="--columns")
+    return names
+
+
+def run(model, config: ServeConfig, input_: str, output: str, stream: bool,
+        progress: Progress | None = None) -> None:
+    """Open the input and output, serve, and map the ways a run ends to exit codes.
+
+    Whatever ends the run, the answers written are out before the state is saved, and the
+    saved state counts no answer that was not delivered (see :func:`runtime.serve.serve`).
+    """
+    code, failure = 0, cast("LstmEdgeError | None", None)
+    warn = progress.warn if progress else _warn
     with Signals() as signals:
-        reader = LineReader(fd, block=1 << 16, gather=not stream,
-                            signals=signals)
+        out = _Output(output, signals)
+        fd = 0 if input_ == "-" else os.open(input_, os.O_RDONLY)
+        reader = LineReader(fd, block=1 << 16, gather=not stream, signals=signals)
         try:
-            server = serve(model, config, reader, out.write, warn=_warn)
+            server = serve(model, config, reader, out.write, warn=warn, progress=progress)
             if server.errors:
-                _warn(f"{server.errors} of {server.lines} lines were refused (see above)")
+                warn(f"{server.errors} of {server.lines} lines were refused (see above)")
         except Interrupted as exc:
             code = 128 + exc.signum
+        except OutputStalled:
+            _warn(f"the reader did not take the last answers within {out.GRACE:g} s of the "
+                  f"signal; the saved state counts only the answers delivered before them")
+            code = 128 + (signals.signum or signal.SIGTERM)
         except BrokenPipeError:
-            out.lost()       # the answers cannot go anywhere; the state was saved
+            out.lost()       # the answers cannot go anywhere; the delivered state was saved
             code = 141
         except (StrictStop, EmptyInput) as exc:
             code, failure = exc.exit_code, exc
-    if not out.close():
-        code = code or 141
+        except LstmEdgeError as exc:
+            code, failure = exc.exit_code, exc
+        finally:
+            if progress:
+                progress.finish()
+            out.close()
     if failure is not None:
         click.echo(f"Error: {failure}", err=True)
     sys.exit(code)

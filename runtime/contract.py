@@ -16,8 +16,9 @@ VERSION = 1
 PREFIX = "lstm_edge."
 X, Y = "x", "y"
 
-# Recurrent layer kinds and the state tensors each one carries, in order.
-STATE_TENSORS = {"lstm": ("h", "c"), "gru": ("h",), "rnn": ("h",)}
+# Recurrent layer kinds and the state tensors each one carries, in order. ``prev`` is not a
+# layer: a differenced sequence model carries its previous reading (docs/contract.md).
+STATE_TENSORS = {"lstm": ("h", "c"), "gru": ("h",), "rnn": ("h",), "prev": ("x",)}
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,7 @@ class StateSpec:
     """The state of one recurrent layer: ``in_h{i}``/``in_c{i}`` in, ``out_*`` out."""
 
     layer: str                 # the Keras layer's name
-    kind: str                  # "lstm" | "gru" | "rnn"
+    kind: str                  # "lstm" | "gru" | "rnn" | "prev" (the previous reading)
     units: int                 # width of each state tensor: (batch, units)
     inputs: tuple[str, ...]    # graph input names, e.g. ("in_h0", "in_c0")
     outputs: tuple[str, ...]   # graph output names, e.g. ("out_h0", "out_c0")
@@ -47,8 +48,9 @@ class ModelInfo:
 
     state: tuple[StateSpec, ...]
     contract: int = VERSION
-    window: int = 1                       # samples one prediction is made from
+    window: int = 1                       # readings one prediction is made from
     carry_state: bool = True              # whether a call starts from the last call's state
+    state_slots: int = 1                  # B: window j continues window j - B (Keras batch B)
     features: tuple[str, ...] = ()        # input column names, in order ("" where unknown)
     targets: tuple[str, ...] = ()         # output names, in order
     horizon: int = 1                      # steps ahead that y predicts
@@ -77,6 +79,8 @@ class ModelInfo:
             if getattr(self, key) is not None:
                 meta[key] = json.dumps(getattr(self, key))
         meta.update(self.extra)
+        if self.state_slots != 1:               # absent means 1: one-slot files stay as they were
+            meta["state_slots"] = str(self.state_slots)
         return {PREFIX + k: v for k, v in meta.items()}
 
     @classmethod
@@ -87,6 +91,9 @@ class ModelInfo:
         then derives it from the graph's ``in_*``/``out_*`` names.
         """
         ours = {k[len(PREFIX):]: v for k, v in props.items() if k.startswith(PREFIX)}
+        # state_slots stays in extra too: code that reads it from there (written before the
+        # field existed) must keep seeing it, or it would take a B-slot file for a 1-slot one.
+        slots_text = ours.get("state_slots")
 
         def parse(key, convert, default):
             if key not in ours:
@@ -105,26 +112,31 @@ class ModelInfo:
             contract=parse("contract", int, VERSION),
             window=parse("window", int, 1),
             carry_state=parse("carry_state", _parse_bool, True),
+            state_slots=parse("state_slots", int, 1),
             features=tuple(parse("features", json.loads, ())),
             targets=tuple(parse("targets", json.loads, ())),
             horizon=parse("horizon", int, 1),
             scaler=parse("scaler", json.loads, None),
             parity=parse("parity", json.loads, None),
             source=parse("source", json.loads, None),
-            extra={k: v for k, v in ours.items()},
+            extra={**ours, **({} if slots_text is None else {"state_slots": slots_text})},
         )
         if info.contract > VERSION:
             raise ContractError(f"the file is written for contract version {info.contract}, "
                                 f"this runtime reads up to {VERSION}; upgrade lstm-edge")
         if info.window < 1:
             raise ContractError(f"metadata {PREFIX}window must be at least 1, got {info.window}")
+        if info.state_slots < 1:
+            raise ContractError(f"metadata {PREFIX}state_slots must be at least 1 (the batch size "
+                                f"of a stateful layer), got {info.state_slots}; re-export the "
+                                f"model with lstm-export")
         return info
 
 
 def streaming_mode(window: int, carry_state: bool) -> str:
     """``"sequence"``, ``"window"`` or ``"stateful"``: docs/contract.md's streaming modes.
 
-    Not carrying state is ``window`` mode whatever the window, 1 included (each sample then
+    Not carrying state is ``window`` mode whatever the window, 1 included (each reading then
     runs alone from a zero state), which is what the runtime does.
 
     >>> streaming_mode(1, True), streaming_mode(24, False), streaming_mode(24, True)
@@ -155,18 +167,25 @@ def derive_state(graph_inputs) -> tuple[StateSpec, ...]:
     Returns
     -------
     One spec per recurrent layer, in index order: ``lstm`` where the layer has a cell state,
-    otherwise ``rnn`` (a GRU and a SimpleRNN cannot be told apart by their names); ``units``
-    is the state's second axis, 0 where the graph leaves it dynamic.
+    otherwise ``rnn`` (a GRU and a SimpleRNN cannot be told apart by their names); then one
+    ``prev`` spec per ``in_x{i}`` (a differenced model's previous reading). ``units`` is the
+    state's second axis, 0 where the graph leaves it dynamic.
 
     >>> [s.kind for s in derive_state({"x": [1, 1, 2], "in_h0": [1, 4], "in_c0": [1, 4],
-    ...                                "in_h1": [1, 3]})]
-    ['lstm', 'rnn']
+    ...                                "in_h1": [1, 3], "in_x0": [1, 3]})]
+    ['lstm', 'rnn', 'prev']
     """
+    def units(name):
+        shape = list(graph_inputs[name])
+        return shape[1] if len(shape) == 2 and isinstance(shape[1], int) else 0
+
     specs, index = [], 0
     while f"in_h{index}" in graph_inputs:
-        shape = list(graph_inputs[f"in_h{index}"])
-        units = shape[1] if len(shape) == 2 and isinstance(shape[1], int) else 0
         kind = "lstm" if f"in_c{index}" in graph_inputs else "rnn"
-        specs.append(StateSpec.for_layer(index, f"layer{index}", kind, units))
+        specs.append(StateSpec.for_layer(index, f"layer{index}", kind, units(f"in_h{index}")))
+        index += 1
+    index = 0
+    while f"in_x{index}" in graph_inputs:
+        specs.append(StateSpec.for_layer(index, "previous reading", "prev", units(f"in_x{index}")))
         index += 1
     return tuple(specs)

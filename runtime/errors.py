@@ -17,7 +17,7 @@ class ShapeError(LstmEdgeError, ValueError):
 
 
 class InputError(LstmEdgeError, ValueError):
-    """A sample the runtime was given cannot be fed: wrong dtype, NaN or inf, wrong size."""
+    """A reading the runtime was given cannot be fed: wrong dtype, NaN or inf, wrong size."""
 
 
 class ContractError(LstmEdgeError, ValueError):
@@ -30,3 +30,7 @@ class SnapshotError(LstmEdgeError, ValueError):
 
 class DeviceError(LstmEdgeError, RuntimeError):
     """The requested execution device cannot run the model."""
+
+
+class RunError(LstmEdgeError, RuntimeError):
+    """ONNX Runtime failed while running a model that loaded and holds to the contract."""

@@ -1,23 +1,34 @@
 """Text lines in, records out, and back: the three line formats ``lstm-run`` reads and writes.
 
-One input line is one sample. The first line tells the format (or ``--format`` does):
+One input line is one reading (one time step's feature values). The first line tells the format (or ``--format`` does):
 
 - **CSV with a header**: columns are matched to the model's feature names; every other
   column (a timestamp, a sensor id) is passed through untouched;
-- **headerless CSV**: exactly the model's features, in the model's order;
+- **headerless CSV**: exactly the model's features, in the model's order; or, where the
+  first field is an ISO date/time and the rest are the features (a logger's line after
+  ``tail`` dropped the header), a leading time column passed through; or any columns named by
+  ``--columns`` (features found by name, the rest passed through, as with a header);
 - **JSON lines**: one object per line, ``{"sensor": "a", "temperature": 21.3, ...}``.
+
+With ``--reset-column NAME`` a line whose NAME field is true (``true``, ``1``, ``yes``) resets
+its sensor's stream before it is fed, like a new sequence in Keras after ``reset_states()``.
 
 Each output line answers one input line, in the same format, with the input passed through
 and these added (``_`` is appended to a name until it collides with no CSV column, or with
 no feature or stream key of a JSON object):
 
-- ``step``: how many samples this line's stream has taken, this one included (a sample
+- ``step``: how many readings this line's stream has taken, this one included (a reading
   skipped by ``--missing skip`` is not counted);
-- ``warmup``: ``true`` while the stream has seen fewer samples than the model's window
+- ``warmup``: ``true`` while the stream has seen fewer readings than the model's window
   (the predictions are then empty / ``null``);
 - ``pred_<target>`` for each target of the model (``pred_0``, ... where it names none);
 - ``error``: why the line could not be used (CSV: always present, empty when fine;
-  JSON: present only on an error record, which carries no step or predictions).
+  JSON: present only on an error record, which carries no step or predictions);
+- ``input`` (CSV, always the last column): empty, except on an error record whose fields do
+  not fit the columns (too many, too few, an unclosed quote, binary data): then it holds the
+  whole input line, so nothing of it is lost. The fields that do fit stay in their columns.
+  A JSON error record keeps the object, or, where the line is not a JSON object, its text
+  under ``"input"``. (A line over ``MAX_LINE`` bytes is never held whole, so not kept.)
 
 A missing value (an empty field, ``nan``, ``NA``, ``null``, or a JSON key left out) becomes
 NaN and is dealt with by the model's ``missing`` policy; text that is not a number is an
@@ -25,12 +36,12 @@ error of that line alone.
 
 >>> fmt = CsvFormat(["time", "temperature"], features=("temperature",), targets=("temperature",))
 >>> fmt.header()
-'time,temperature,step,warmup,pred_temperature,error'
+'time,temperature,step,warmup,pred_temperature,error,input'
 >>> rec = fmt.parse(2, b"09:00,21.5")
 >>> rec.values, rec.key
 (array([21.5]), '')
 >>> fmt.format(rec, 1, False, np.array([21.75], dtype=np.float32))
-'09:00,21.5,1,false,21.75,'
+'09:00,21.5,1,false,21.75,,'
 """
 
 from __future__ import annotations
@@ -39,8 +50,10 @@ import csv
 import io
 import json
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 import numpy as np
 
@@ -49,6 +62,10 @@ from .errors import InputError
 MAX_LINE = 1 << 20          # bytes: a longer line is reported, not parsed (1 MiB)
 FORMATS = ("auto", "csv", "headerless", "jsonl")
 MISSING_TOKENS = {"", "na", "nan", "n/a", "null", "none", "?", "-"}   # as the trainer reads CSVs
+RESET_TRUE = {"true", "1", "yes", "y", "t", "start"}      # --reset-column: reset, then feed
+RESET_FALSE = {"false", "0", "no", "n", "f", ""}          # --reset-column: carry on
+TIME_COLUMN = "time"     # the name given to a recognised leading time column
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass
@@ -60,6 +77,8 @@ class Record:
     values: np.ndarray | None = None  # (features,) float64, NaN where missing; None on error
     fields: object = None            # what is passed through: list[str] (CSV) or dict (JSON)
     error: str | None = None         # set when the line is refused
+    reset: bool = False              # --reset-column: reset the stream before this reading
+    raw: str | None = None           # the whole line, kept on an error record that needs it
 
     @property
     def ok(self) -> bool:
@@ -93,12 +112,25 @@ def describe_decode_error(exc: UnicodeDecodeError) -> str:
 def number(text: str, column: str) -> float:
     """A field as a float: NaN for a missing token, BadLine for anything else."""
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         if text.strip().lower() in MISSING_TOKENS:
             return math.nan
         shown = text if len(text) <= 40 else text[:37] + "..."
         raise BadLine(f"column {column!r}: {shown!r} is not a number") from None
+    return in_range(value, column)
+
+
+def in_range(value: float, column: str) -> float:
+    """``value`` where float32 holds it; BadLine for a finite number float32 cannot.
+
+    Found here, in words, rather than as numpy's "overflow encountered in cast" warning
+    when the sample becomes float32 (inf itself is refused by the model's finite check).
+    """
+    if abs(value) > FLOAT32_MAX and math.isfinite(value):
+        raise BadLine(f"column {column!r}: {value:g} is beyond float32's range "
+                      f"(±{FLOAT32_MAX:.4g}); the model reads float32 values")
+    return value
 
 
 def format_value(value) -> str:
@@ -132,23 +164,102 @@ def added_names(taken: Sequence[str], targets: Sequence[str]) -> tuple[str, str,
     return step, warmup, preds, fresh("error")
 
 
+def input_name(taken: Sequence[str]) -> str:
+    """The name of the CSV column that keeps a refused line whole: ``input``, made unique."""
+    name = "input"
+    while name in taken:
+        name += "_"
+    return name
+
+
+def reset_flag(value, column: str) -> bool:
+    """A --reset-column value as True (reset) or False; BadLine for anything else.
+
+    >>> reset_flag("1", "reset"), reset_flag("", "reset"), reset_flag(True, "reset")
+    (True, False, True)
+    """
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
+    text = str(value).strip().lower()
+    if text in RESET_TRUE or text in RESET_FALSE:
+        return text in RESET_TRUE
+    shown = json.dumps(value) if not isinstance(value, str) else repr(value[:40])
+    raise BadLine(f"--reset-column {column!r}: {shown} is not a reset flag (expected true/1 "
+                  f"to reset the sensor's stream before this reading, false/0/empty to carry on)")
+
+
+def is_timestamp(text: str) -> bool:
+    """Whether a field is an ISO 8601 date or date/time (and not a plain number).
+
+    >>> is_timestamp("2022-03-22T02:00:00+01:00"), is_timestamp("1960-08"), is_timestamp("20")
+    (True, True, False)
+    """
+    text = text.strip()
+    if re.fullmatch(r"\d{4}-(0[1-9]|1[0-2])", text):      # a month: 1960-08
+        return True
+    if not re.match(r"\d{4}-\d\d-\d\d", text):
+        return False
+    try:
+        datetime.fromisoformat(text.replace("Z", "+00:00") if text.endswith("Z") else text)
+    except ValueError:
+        return False
+    return True
+
+
+# The runtime's errors speak the Python API (``load(..., missing='skip')``); on the command
+# line the same advice is an option. Each pair: the API's words, the CLI's.
+_CLI_WORDS = [
+    (re.compile(r"load with missing='skip' or 'hold'"), "run with --missing skip or "
+                                                         "--missing hold"),
+    (re.compile(r"missing='(\w+)'"), r"--missing \1"),
+    (re.compile(r"\bwindow=(\d+)"), r"--window \1"),
+]
+
+
+def cli_words(message: str) -> str:
+    """A runtime error message with its Python-API advice in ``lstm-run``'s option words.
+
+    >>> cli_words("NaN (missing) in a (load with missing='skip' or 'hold' to stream through gaps)")
+    'NaN (missing) in a (run with --missing skip or --missing hold to stream through gaps)'
+    """
+    for pattern, words in _CLI_WORDS:
+        message = pattern.sub(words, message)
+    return message
+
+
 def split_csv(text: str) -> list[str]:
-    """One CSV line's fields; quotes are honoured (the fast path splits plain lines)."""
+    """One CSV line's fields; quotes are honoured (the fast path splits plain lines).
+
+    Raises BadLine for a quote that is opened and never closed (``1,"102.5``), which the
+    csv module would otherwise read as if it were closed at the end of the line.
+    """
     if '"' not in text:
         return text.split(",")
-    return next(csv.reader([text]))
+    try:
+        return next(csv.reader([text], strict=True))
+    except csv.Error as exc:
+        raise BadLine(f"broken CSV quoting ({exc}): a field that opens a quote must close "
+                      f"it, and a quote inside a quoted field is written twice (\"\")") from None
 
 
 def join_csv(fields: Sequence[str]) -> str:
-    """One CSV line from its fields, quoting only the fields that need it."""
+    """One CSV line from its fields, quoting only the fields that need it.
+
+    A field holding a comma, a quote, a newline or a carriage return is quoted, so that the
+    output is one valid CSV line whatever the input line passed through.
+    """
     line = ",".join(fields)
     # Plain fields (the usual case) have exactly len - 1 commas between them and no quotes.
     if line.count(",") == len(fields) - 1 and '"' not in line and "\n" not in line \
             and "\r" not in line:
         return line
     buf = io.StringIO()
-    csv.writer(buf, lineterminator="").writerow(fields)
-    return buf.getvalue()
+    # The writer quotes a field holding a character of its line terminator: "\r\n" makes it
+    # quote bare CRs too (with "" it would not), and the terminator is cut off again.
+    csv.writer(buf, lineterminator="\r\n").writerow(fields)
+    return buf.getvalue()[:-2]
 
 
 def _match_columns(names: Sequence[str], wanted: Sequence[str]) -> list[int] | None:
@@ -164,6 +275,21 @@ def _match_columns(names: Sequence[str], wanted: Sequence[str]) -> list[int] | N
     return found
 
 
+def _refuse_ambiguous(names: Sequence[str], wanted: Sequence[str]) -> None:
+    """InputError where a wanted column is named twice in the header (exactly or loosely)."""
+    problems = []
+    for w in wanted:
+        same = [i for i, n in enumerate(names) if n == w]      # an exact match wins
+        if not same:
+            same = [i for i, n in enumerate(names) if n.strip().lower() == w.strip().lower()]
+        if len(same) > 1:
+            problems.append(f"{w!r} is columns {', '.join(str(i + 1) for i in same)}")
+    if problems:
+        raise InputError(f"the CSV header names a column twice: {'; '.join(problems)}; "
+                         f"expected each feature (and the --stream-column) once: rename or "
+                         f"remove the extra column")
+
+
 def _need_names(features: Sequence[str], what: str) -> None:
     if not features or not all(features):
         raise InputError(f"the model does not name its features, so {what} cannot be matched "
@@ -177,6 +303,7 @@ class LineFormat:
     """What every format does: parse one line, format one answer or one error."""
 
     name = ""
+    note = ""        # what detect() guessed about the input, for one line on stderr
 
     def __init__(self, features: Sequence[str], targets: Sequence[str],
                  stream_column: str | None = None):
@@ -193,11 +320,12 @@ class LineFormat:
         try:
             text = decode(raw)
         except UnicodeDecodeError as exc:
-            return Record(line, error=describe_decode_error(exc))
+            return Record(line, error=describe_decode_error(exc),
+                          raw=raw.decode("utf-8", "backslashreplace").replace("\x00", "\\x00"))
         try:
             return self._parse(line, text)
         except BadLine as exc:
-            return Record(line, fields=exc.fields, error=str(exc))
+            return Record(line, fields=exc.fields, error=str(exc), raw=text)
 
     def _parse(self, line: int, text: str) -> Record:
         raise NotImplementedError
@@ -211,48 +339,71 @@ class LineFormat:
 
 
 class CsvFormat(LineFormat):
-    """CSV with a header: features found by name, every other column passed through."""
+    """CSV with named columns: features found by name, every other column passed through.
+
+    The names come from the header line, or, for header-less lines (``has_header=False``),
+    from ``--columns`` or a recognised leading time column.
+    """
 
     name = "csv"
 
     def __init__(self, columns: Sequence[str], features: Sequence[str], targets: Sequence[str],
-                 stream_column: str | None = None):
+                 stream_column: str | None = None, *, has_header: bool = True,
+                 reset_column: str | None = None):
         super().__init__(features, targets, stream_column)
-        _need_names(self.features, "the CSV header")
+        self.has_header = has_header
+        where = "the CSV header" if has_header else "--columns"
+        _need_names(self.features, where)
         self.columns = list(columns)
+        _refuse_ambiguous(self.columns, [*self.features, *([stream_column] if stream_column
+                                                            else [])])
         index = _match_columns(self.columns, self.features)
         if index is None:
             missing = [f for f in self.features if _match_columns(self.columns, [f]) is None]
-            raise InputError(f"the CSV header has no column for the model's feature(s) "
+            raise InputError(f"{where} has no column for the model's feature(s) "
                              f"{', '.join(map(repr, missing))}; it has "
                              f"{', '.join(map(repr, self.columns))}")
         self.index = index
-        self.key_index = None
-        if stream_column is not None:
-            found = _match_columns(self.columns, [stream_column])
-            if found is None:
-                raise InputError(f"the CSV header has no --stream-column {stream_column!r}; "
-                                 f"it has {', '.join(map(repr, self.columns))}")
-            self.key_index = found[0]
+        self.key_index = self._column(stream_column, "--stream-column", where)
+        self.reset_column = reset_column
+        self.reset_index = self._column(reset_column, "--reset-column", where)
         self.step, self.warmup, self.preds, self.error = added_names(self.columns, self.targets)
+        self.input = input_name([*self.columns, self.step, self.warmup, *self.preds, self.error])
         self._blank_tail = [""] * (2 + len(self.preds))
 
-    def header(self) -> str:
-        return join_csv(self.columns + [self.step, self.warmup, *self.preds, self.error])
+    def _column(self, name: str | None, option: str, where: str) -> int | None:
+        if name is None:
+            return None
+        found = _match_columns(self.columns, [name])
+        if found is None:
+            hint = "" if self.has_header else " (name it in --columns)"
+            raise InputError(f"{where} has no {option} {name!r}; it has "
+                             f"{', '.join(map(repr, self.columns))}{hint}")
+        return found[0]
+
+    def header(self) -> str | None:
+        if not self.has_header:
+            return None
+        return join_csv(self.columns + [self.step, self.warmup, *self.preds, self.error,
+                                        self.input])
 
     def _parse(self, line: int, text: str) -> Record:
         fields = split_csv(text)
         if len(fields) != len(self.columns):
-            raise BadLine(f"expected {len(self.columns)} comma-separated fields as in the "
-                          f"header, got {len(fields)}", fields)
+            where = "as in the header" if self.has_header else \
+                f"({', '.join(self.columns)})"
+            raise BadLine(f"expected {len(self.columns)} comma-separated fields {where}, "
+                          f"got {len(fields)}", fields)
         try:
             values = np.array([number(fields[i], self.columns[i]) for i in self.index])
+            reset = self.reset_index is not None and \
+                reset_flag(fields[self.reset_index], self.reset_column or "")
         except BadLine as exc:
             raise BadLine(str(exc), fields) from None
         key = "" if self.key_index is None else fields[self.key_index]
         if self.key_index is not None and not key.strip():
             raise BadLine(f"the --stream-column {self.stream_column!r} is empty", fields)
-        return Record(line, key, values, fields)
+        return Record(line, key, values, fields, reset=reset)
 
     def _passed(self, rec: Record) -> list[str]:
         fields = rec.fields if isinstance(rec.fields, list) else []
@@ -261,10 +412,17 @@ class CsvFormat(LineFormat):
 
     def format(self, rec, step, warmup, pred):
         return join_csv(rec.fields + [str(step), "true" if warmup else "false",
-                                      *map(format_value, pred), ""])
+                                      *map(format_value, pred), "", ""])
 
     def format_error(self, rec):
-        return join_csv(self._passed(rec) + self._blank_tail + [rec.error])
+        return join_csv(self._passed(rec) + self._blank_tail
+                        + [rec.error, _unfit(rec, self.columns)])
+
+
+def _unfit(rec: Record, columns: Sequence) -> str:
+    """The whole line where its fields do not fit ``columns`` (else empty: they are kept)."""
+    fits = isinstance(rec.fields, list) and len(rec.fields) == len(columns)
+    return "" if fits else (rec.raw or "")
 
 
 class HeaderlessFormat(LineFormat):
@@ -272,10 +430,15 @@ class HeaderlessFormat(LineFormat):
 
     name = "headerless"
 
-    def __init__(self, features, targets, stream_column=None):
-        if stream_column is not None:
-            raise InputError("--stream-column needs a CSV header or JSON lines to name the "
-                             "column; headerless CSV holds the model's features only")
+    def __init__(self, features, targets, stream_column=None, *, reset_column=None):
+        for option, name in (("--stream-column", stream_column), ("--reset-column",
+                                                                   reset_column)):
+            if name is not None:
+                example = _shell_word(",".join([TIME_COLUMN, name, *features]))
+                raise InputError(f"{option} needs a CSV header, --columns or JSON lines to "
+                                 f"name the column; these headerless lines hold the model's "
+                                 f"features only (name every column with --columns, e.g. "
+                                 f"--columns {example})")
         super().__init__(features, targets)
         self.names = [f or f"feature {i}" for i, f in enumerate(self.features)]
         self._blank_tail = [""] * (2 + len(self.targets))
@@ -284,7 +447,8 @@ class HeaderlessFormat(LineFormat):
         fields = split_csv(text)
         if len(fields) != len(self.features):
             raise BadLine(f"expected {len(self.features)} comma-separated values "
-                          f"({', '.join(self.names)}), got {len(fields)}", fields)
+                          f"({', '.join(self.names)}), got {len(fields)}; other columns need "
+                          f"--columns", fields)
         try:
             values = np.array([number(f, n) for f, n in zip(fields, self.names)])
         except BadLine as exc:
@@ -293,12 +457,12 @@ class HeaderlessFormat(LineFormat):
 
     def format(self, rec, step, warmup, pred):
         return join_csv(rec.fields + [str(step), "true" if warmup else "false",
-                                      *map(format_value, pred), ""])
+                                      *map(format_value, pred), "", ""])
 
     def format_error(self, rec):
         fields = rec.fields if isinstance(rec.fields, list) else []
         fields = (fields + [""] * len(self.features))[:len(self.features)]
-        return join_csv(fields + self._blank_tail + [rec.error])
+        return join_csv(fields + self._blank_tail + [rec.error, _unfit(rec, self.features)])
 
 
 class JsonlFormat(LineFormat):
@@ -306,11 +470,13 @@ class JsonlFormat(LineFormat):
 
     name = "jsonl"
 
-    def __init__(self, features, targets, stream_column=None):
+    def __init__(self, features, targets, stream_column=None, *, reset_column=None):
         super().__init__(features, targets, stream_column)
         _need_names(self.features, "JSON keys")
+        self.reset_column = reset_column
         taken = list(self.features) + ([stream_column] if stream_column else [])
         self.step, self.warmup, self.preds, self.error = added_names(taken, self.targets)
+        self.input = input_name([*taken, self.step, self.warmup, *self.preds, self.error])
 
     def _parse(self, line, text):
         try:
@@ -321,6 +487,8 @@ class JsonlFormat(LineFormat):
             raise BadLine(f"expected a JSON object {{...}}, got {type(obj).__name__}")
         try:
             values = np.array([self._number(obj, f) for f in self.features])
+            reset = self.reset_column is not None and \
+                reset_flag(obj.get(self.reset_column), self.reset_column)
         except BadLine as exc:
             raise BadLine(str(exc), obj) from None
         key = ""
@@ -329,7 +497,7 @@ class JsonlFormat(LineFormat):
                 raise BadLine(f"no {self.stream_column!r} key (--stream-column)", obj)
             key = obj[self.stream_column]
             key = key if isinstance(key, str) else json.dumps(key)
-        return Record(line, key, values, obj)
+        return Record(line, key, values, obj, reset=reset)
 
     @staticmethod
     def _number(obj: dict, name: str) -> float:
@@ -342,7 +510,7 @@ class JsonlFormat(LineFormat):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise BadLine(f"key {name!r}: {json.dumps(value)[:40]} is not a number")
         try:
-            return float(value)
+            return in_range(float(value), name)
         except OverflowError:           # an integer beyond float range
             return math.inf
 
@@ -352,44 +520,113 @@ class JsonlFormat(LineFormat):
         out[self.warmup] = bool(warmup)
         for name, value in zip(self.preds, pred):
             out[name] = json_value(value)
-        return json.dumps(out, ensure_ascii=False)
+        return dump_json(out)
 
     def format_error(self, rec):
-        out = dict(rec.fields) if isinstance(rec.fields, dict) else {}
-        out[self.error] = rec.error
-        return json.dumps(out, ensure_ascii=False)
+        if isinstance(rec.fields, dict):
+            out = dict(rec.fields)
+            out[self.error] = rec.error
+        else:                        # not a JSON object: its text, whole
+            out = {self.error: rec.error, self.input: rec.raw or ""}
+        return dump_json(out)
+
+
+def dump_json(obj) -> str:
+    """One JSON line whose text is valid UTF-8 whatever the input held.
+
+    JSON may escape a lone surrogate (``"\\ud800"``), which Python reads into a string no
+    UTF-8 encoder takes; such a line is written with every non-ASCII character escaped,
+    which keeps the surrogate as the input had it.
+    """
+    text = json.dumps(obj, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(obj, ensure_ascii=True)
+    return text
 
 
 def detect(first: bytes, features: Sequence[str], targets: Sequence[str], *,
-           fmt: str = "auto", stream_column: str | None = None) -> tuple[LineFormat, bool]:
+           fmt: str = "auto", stream_column: str | None = None,
+           columns: Sequence[str] | None = None,
+           reset_column: str | None = None) -> tuple[LineFormat, bool]:
     """The format of an input whose first line is ``first``, and whether that line is a header.
+
+    ``columns`` (``--columns``) names the fields of header-less CSV lines; a first line that
+    repeats those names is taken as their header. Without it, a first line whose first field
+    is an ISO date/time and whose other fields are the model's features, all numbers, starts
+    header-less lines with a leading time column (the format's ``note`` says so).
 
     Raises InputError where the first line cannot start this input (a header that does not
     name the model's features, a binary first line with ``fmt="auto"``).
     """
     if fmt not in FORMATS:
         raise InputError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if columns is not None and fmt == "jsonl":
+        raise InputError("--columns names the fields of CSV lines; JSON lines name their keys")
+    named: dict[str, str | None] = dict(stream_column=stream_column, reset_column=reset_column)
     if fmt == "jsonl":
-        return JsonlFormat(features, targets, stream_column), False
-    if fmt == "headerless":
-        return HeaderlessFormat(features, targets, stream_column), False
+        return JsonlFormat(features, targets, **named), False
+    if fmt == "headerless" and columns is None:
+        return HeaderlessFormat(features, targets, **named), False
     try:
         text = decode(first)
     except UnicodeDecodeError as exc:
         raise InputError(f"line 1 is {describe_decode_error(exc)}; cannot tell the input "
                          f"format from it") from None
     if fmt == "auto" and text.lstrip().startswith("{"):
-        return JsonlFormat(features, targets, stream_column), False
+        if columns is not None:
+            raise InputError("--columns names the fields of CSV lines, but line 1 starts with "
+                             "'{': JSON lines name their keys; leave --columns out")
+        return JsonlFormat(features, targets, **named), False
     fields = split_csv(text)
+    if columns is not None:
+        names = [c.strip() for c in columns]
+        is_header = fmt != "headerless" and len(fields) == len(names) and \
+            _match_columns([f.strip() for f in fields], names) == list(range(len(names)))
+        return CsvFormat(names, features, targets, has_header=is_header,
+                         stream_column=stream_column, reset_column=reset_column), is_header
     if fmt == "auto" and _all_numbers(fields):
-        return HeaderlessFormat(features, targets, stream_column), False
+        return HeaderlessFormat(features, targets, **named), False
+    if fmt == "auto" and _time_first(fields, features):
+        found = CsvFormat([TIME_COLUMN, *features], features, targets, has_header=False,
+                          stream_column=stream_column, reset_column=reset_column)
+        found.note = (f"line 1 has no header: reading a leading time column, then "
+                      f"{', '.join(map(repr, features))} (name the columns with --columns "
+                      f"to read them otherwise)")
+        return found, False
     try:
-        return CsvFormat([f.strip() for f in fields], features, targets, stream_column), True
+        return CsvFormat([f.strip() for f in fields], features, targets,
+                         stream_column=stream_column, reset_column=reset_column), True
     except InputError as exc:
+        if fmt == "auto" and fields and is_timestamp(fields[0]):
+            raise InputError(
+                f"line 1 ({len(fields)} fields) is not a header: it starts with a date/time, "
+                f"so it is a reading, but its other {len(fields) - 1} field(s) are not the model's "
+                f"{len(features)} feature(s) {', '.join(map(repr, features))} alone; name "
+                f"every column with --columns, e.g. --columns "
+                f"{_example_columns(len(fields), features)}") from None
         if fmt == "auto" and any(_all_numbers([f]) for f in fields):
             raise InputError(f"{exc} (line 1 was read as a header because it holds text; if "
-                             f"it is a sample, every field must be a number)") from None
+                             f"it is a reading, every field must be a number, or name the "
+                             f"columns with --columns)") from None
         raise
+
+
+def _time_first(fields: Sequence[str], features: Sequence[str]) -> bool:
+    """Whether a line is a time followed by exactly the model's features, all numbers."""
+    return (bool(features) and all(features) and len(fields) == len(features) + 1
+            and is_timestamp(fields[0]) and _all_numbers(fields[1:]))
+
+
+def _example_columns(n: int, features: Sequence[str]) -> str:
+    names = [TIME_COLUMN] + [f"col{i}" for i in range(1, max(n - len(features), 1))]
+    return _shell_word(",".join([*names, *features]))
+
+
+def _shell_word(text: str) -> str:
+    """``text`` quoted for a shell where it needs it (feature names hold spaces, brackets)."""
+    return f'"{text}"' if re.search(r"[^\w,.:/@%+=-]", text) else text
 
 
 def _all_numbers(fields: Sequence[str]) -> bool:

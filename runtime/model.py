@@ -13,20 +13,23 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
 from . import device as _device
 from .contract import X, Y, ModelInfo, derive_state, streaming_mode
-from .errors import ContractError, DeviceError, InputError, ShapeError, SnapshotError
+from .errors import ContractError, DeviceError, InputError, RunError, ShapeError, SnapshotError
 from .batch import step_many
 from .shapes import check_shape
 from .snapshot import FORMAT, Snapshot
+from .slots import SlotStream
 from .stream import Stream, fill_missing, nonfinite
 
-MISSING = ("error", "skip", "hold")   # what a NaN in a sample does; see Stream
+MISSING = ("error", "skip", "hold")   # what a NaN in a reading does; see Stream
 _DTYPES = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(int32)": np.int32}
 MASK_RTOL = 1e-6   # a feature matches the mask within 1e-6 * (|mask| + |mean|): see Model
 
@@ -34,7 +37,7 @@ MASK_RTOL = 1e-6   # a feature matches the mask within 1e-6 * (|mask| + |mean|):
 def load(path, *, device: str = "auto", window: int | None = None,
          carry_state: bool | None = None, missing: str = "error", threads: int | None = None,
          session_options: ort.SessionOptions | None = None,
-         io_binding: bool | None = None) -> "Model":
+         io_binding: bool | None = None, state_slots: int | None = None) -> "Model":
     """Load an exported ONNX file for streaming.
 
     Parameters
@@ -43,11 +46,13 @@ def load(path, *, device: str = "auto", window: int | None = None,
     device : ``"auto"`` (CUDA where a session really runs on it, else CPU), ``"cpu"``,
         ``"cuda"`` or ``"cuda:N"``.
     window, carry_state : override the file's ``lstm_edge.window``/``lstm_edge.carry_state``.
-    missing : what a NaN in a sample does by default: ``"error"``, ``"skip"`` (the step is not
-        fed, its prediction is None/NaN) or ``"hold"`` (NaN features repeat the last sample fed).
+    missing : what a NaN in a reading does by default: ``"error"``, ``"skip"`` (the step is not
+        fed, its prediction is None/NaN) or ``"hold"`` (NaN features repeat the last reading fed).
     threads : ORT intra-op threads; 1 by default, the fastest for one small call per step.
     session_options : ready-made :class:`onnxruntime.SessionOptions`, used as they are.
     io_binding : keep stream state in OrtValues bound to the session (default: on CUDA only).
+    state_slots : override the file's ``lstm_edge.state_slots``: the batch size ``B`` a stateful
+        Keras model predicted with, so that window ``j`` continues window ``j - B``.
 
     Raises
     ------
@@ -74,7 +79,8 @@ def load(path, *, device: str = "auto", window: int | None = None,
                             f"truncated or corrupt, or not an ONNX file at all: re-export the "
                             f"model with lstm-export") from None
     return Model(session, where, hashlib.sha256(data).hexdigest(), window=window,
-                 carry_state=carry_state, missing=missing, io_binding=io_binding, name=name)
+                 carry_state=carry_state, missing=missing, io_binding=io_binding, name=name,
+                 state_slots=state_slots)
 
 
 class Model:
@@ -86,6 +92,9 @@ class Model:
     device : ``"cpu"`` or ``"cuda:N"``, where the session really runs.
     window, carry_state, mode : the streaming mode in use (``"sequence"``, ``"window"``,
         ``"stateful"``), from the file unless overridden at load.
+    slots : the state slots ``B`` of a stream that carries state (``lstm_edge.state_slots``):
+        its ``j``-th full window starts from slot ``j mod B`` and leaves its state there,
+        as Keras ``predict(X, batch_size=B)`` after ``reset_states()`` does; 1 for most models.
     missing : the default NaN policy of new streams.
     fingerprint : sha256 of the ONNX file; snapshots carry it.
     mask_value : ``(features,)`` raw values of the Keras ``Masking`` layer
@@ -94,23 +103,24 @@ class Model:
     Notes
     -----
     Masking. Keras skips a masked step (every feature equal to the mask value) in every recurrent
-    layer, so the runtime does not feed one. A sample is masked when each feature ``i``
+    layer, so the runtime does not feed one. A reading is masked when each feature ``i``
     matches, ``|x_i - mask_i| <= 1e-6 * (|mask_i| + |mean_i|)`` in float32, ``mean`` being
     the baked scaler's (0 without one): the raw mask is ``mask * std + mean``, so exact
     equality would hinge on how that sum was rounded, while 1e-6 is still ~8 float32 steps
     at that size. Without a scaler a mask of 0 matches exact zeros only, as in Keras.
 
-    - ``sequence``: a masked sample is not fed; the state stays, the step returns the
+    - ``sequence``: a masked reading is not fed; the state stays, the step returns the
       stream's previous prediction (None before the first one, where Keras would give the
       head of a zero output) and ``steps`` does not count it.
-    - ``window``/``stateful``: the window holds the last ``window`` samples, masked ones
-      included, as Keras's window does; a prediction runs only its unmasked samples (from a
-      zero state / from the carried state). A window of masked samples only gives None
+    - ``window``/``stateful``: the window holds the last ``window`` readings, masked ones
+      included, as Keras's window does; a prediction runs only its unmasked readings (from a
+      zero state / from the carried state). A window of masked readings only gives None
       (Keras: the head of a zero output) and, in ``stateful`` mode, leaves the state as it was.
     """
 
     def __init__(self, session, device: str, fingerprint: str, *, window=None,
-                 carry_state=None, missing="error", io_binding=None, name="model"):
+                 carry_state=None, missing="error", io_binding=None, name="model",
+                 state_slots=None):
         self.session, self.device, self.fingerprint, self.name = session, device, fingerprint, name
         meta = session.get_modelmeta().custom_metadata_map
         inputs = {i.name: i for i in session.get_inputs()}
@@ -123,6 +133,10 @@ class Model:
         self.carry_state = bool(info.carry_state if carry_state is None else carry_state)
         if self.window < 1:
             raise ContractError(f"window must be at least 1, got {self.window}")
+        self.slots = int(info.state_slots if state_slots is None else state_slots)
+        if self.slots < 1:
+            raise ContractError(f"state_slots must be at least 1 (the batch size a stateful "
+                                f"model predicted with), got {self.slots}")
         self.missing = _check_missing(missing)
         self.mode = streaming_mode(self.window, self.carry_state)
 
@@ -143,74 +157,90 @@ class Model:
         self.state_outputs = tuple(n for s in info.state for n in s.outputs)
         self.units = tuple(_units(inputs[n].shape, s.units) for s in info.state for n in s.inputs)
         bound = device.startswith("cuda") if io_binding is None else bool(io_binding)
-        runner = _device.BoundRunner if bound else _device.HostRunner
         self._host = _device.HostRunner(session, X, Y, self.state_inputs, self.state_outputs)
-        self._runner = (runner(session, X, Y, self.state_inputs, self.state_outputs, device)
-                        if bound else self._host)
+        self._runner = (_device.BoundRunner(session, X, Y, self.state_inputs, self.state_outputs,
+                                            device) if bound else self._host)
         # Per-step constants: a fresh stream's state, the zero vector of the finite check.
         self._zero_state = self.zeros(1)
         self._fin = np.zeros(self.n_features, np.float64 if self.tokens else np.float32)
         self._fshape = (self.n_features,)
         # The mask: None for most models, whose steps then never look at it.
         self.mask_value = _mask_value(info, self.n_features)
-        self._mask = None if self.mask_value is None else _mask_rule(self.mask_value, info)
+        # Any: None, or _mask_rule's tuple, which the mask methods read only where it is set
+        self._mask: Any = None if self.mask_value is None else _mask_rule(self.mask_value, info)
         self._group = None   # the streams of the last many-stream call (batch.Group)
 
     def __repr__(self):
-        return (f"<Model {self.name} on {self.device}: {self.mode} mode, window {self.window}, "
-                f"{self.n_features} features -> {self.n_targets} targets>")
+        slots = f", {self.slots} state slots" if self.carry_state and self.slots > 1 else ""
+        return (f"<Model {self.name} on {self.device}: {self.mode} mode, window {self.window}"
+                f"{slots}, {self.n_features} features -> {self.n_targets} targets>")
 
     # --- streams -------------------------------------------------------------------------
 
     def stream(self, snapshot=None, *, missing: str | None = None) -> Stream:
         """A new stream with its own state; restored from ``snapshot`` (or its file) if given."""
-        stream = Stream(self, _check_missing(missing or self.missing))
+        kind = SlotStream if self.carry_state and self.slots > 1 else Stream
+        stream = kind(self, _check_missing(missing or self.missing))
         if snapshot is not None:
-            if not isinstance(snapshot, Snapshot):
+            where = "the snapshot"
+            if isinstance(snapshot, (str, os.PathLike)):
+                where = f"the snapshot file {snapshot}"
                 snapshot = Snapshot.load(snapshot)
-            stream._restore(*self._restore_arrays(snapshot))
+            elif isinstance(snapshot, (bytes, bytearray, memoryview)):
+                snapshot = Snapshot.from_bytes(snapshot)
+            elif not isinstance(snapshot, Snapshot):
+                # An int would be taken for a file descriptor (0 reads stdin, closing it after).
+                raise SnapshotError(f"stream() takes a Snapshot, the path of a snapshot file or "
+                                    f"its bytes; got {type(snapshot).__name__} {snapshot!r:.40}: "
+                                    f"pass stream.snapshot() or the path it was saved to")
+            try:
+                arrays = self._restore_arrays(snapshot)
+            except SnapshotError as exc:
+                raise SnapshotError(f"{where}: {exc}") from None
+            stream._restore(*arrays)
         return stream
 
     def zeros(self, batch: int) -> tuple:
         """The state of ``batch`` fresh streams: one ``(batch, units)`` zero array per tensor."""
         return tuple(np.zeros((batch, u), np.float32) for u in self.units)
 
-    # --- checking samples ----------------------------------------------------------------
+    # --- checking readings ---------------------------------------------------------------
 
-    def validate(self, sample, missing: str | None = None) -> np.ndarray:
-        """The checked ``(features,)`` sample, or raise; touches no stream.
+    def validate(self, reading, missing: str | None = None) -> np.ndarray:
+        """The checked ``(features,)`` reading, or raise; touches no stream.
 
         NaN passes where the policy (``missing``, default the model's) is not ``"error"``.
         """
-        x = self._check(sample)
+        x = self._check(reading)
         if nonfinite(x, self._fin):
             fill_missing(self, x, None, missing or self.missing, check_only=True)
         return x
 
-    def _check(self, sample) -> np.ndarray:
-        """A ``(features,)`` copy of one sample in the model's dtype; NaN/inf not yet looked at."""
-        a = _asarray(sample, "sample")
+    def _check(self, reading) -> np.ndarray:
+        """A ``(features,)`` copy of one reading in the model's dtype; NaN/inf not yet looked at."""
+        a = _asarray(reading, "reading")
         if a.dtype.kind not in "fiu" or a.shape != self._fshape or self.tokens:
-            return self._check_slow(a, sample)
+            return self._check_slow(a, reading)
         return a.astype(np.float32)
 
-    def _check_slow(self, a, sample):
+    def _check_slow(self, a, reading):
         if a.dtype.kind not in "fiu":
-            raise InputError(f"a sample must hold numbers, got {_describe(sample, a)}; "
+            raise InputError(f"a reading must hold numbers, got {_describe(reading, a)}; "
                              f"convert it with float() or np.asarray(..., dtype=float)")
         if a.shape == () and self.n_features == 1:
             a = a.reshape(1)
-        check_shape(a.shape, self._fshape, self.features, what="sample")
+        check_shape(a.shape, self._fshape, self.features, what="reading", window=self.window)
         return self._as_model_dtype(a)
 
-    def _check_chunk(self, samples, rows: int | None = None) -> np.ndarray:
-        """A ``(n, features)`` copy of a chunk of samples; NaN/inf not yet looked at."""
-        a = _asarray(samples, "samples")
+    def _check_chunk(self, readings, rows: int | None = None) -> np.ndarray:
+        """A ``(n, features)`` copy of a chunk of readings; NaN/inf not yet looked at."""
+        a = _asarray(readings, "readings")
         if a.dtype.kind not in "fiu":
-            raise InputError(f"samples must hold numbers, got {_describe(samples, a)}")
+            raise InputError(f"readings must hold numbers, got {_describe(readings, a)}")
         if self.tokens and a.ndim == 1:
             a = a[:, None]                                   # (n,) ids -> (n, 1)
-        check_shape(a.shape, (rows, self.n_features), self.features, what="samples")
+        check_shape(a.shape, (rows, self.n_features), self.features, what="readings",
+                    window=self.window)
         return self._as_model_dtype(a)
 
     def _as_model_dtype(self, a):
@@ -227,12 +257,12 @@ class Model:
         return a.astype(self.dtype)
 
     def _masked(self, xs) -> np.ndarray:
-        """``(..., features)`` -> ``(...)`` bool: which samples are masked (see Notes)."""
+        """``(..., features)`` -> ``(...)`` bool: which readings are masked (see Notes)."""
         value, tol, _, _ = self._mask
         return (np.abs(xs - value) <= tol).all(axis=-1)
 
     def _masked_one(self, x) -> bool:
-        """Whether one sample ``(features,)`` is masked; one float comparison when it is not."""
+        """Whether one reading ``(features,)`` is masked; one float comparison when it is not."""
         _, _, first, first_tol = self._mask
         # In Python floats, as _masked's float32: near the mask the difference is exact in both
         if abs(x.item(0) - first) > first_tol:
@@ -253,15 +283,24 @@ class Model:
             if out is None:
                 return self._host.run(x, states)
             return self._runner.run_bound(x, states, out)
-        except Exception as exc:
-            if not self.tokens:
-                raise
-            raise self._token_error(exc) from None
+        except _device.ORT_ERRORS as exc:
+            raise self._run_error(exc, x.shape) from None
 
-    def _token_error(self, exc) -> InputError:
-        """What a failed ORT call of a token-id model raises: an id past the vocabulary."""
-        return InputError(f"the model could not run these token ids ({exc}); is every id "
-                          f"below the embedding's vocabulary size?")
+    def _run_error(self, exc, shape) -> InputError | RunError:
+        """The project's error for a failed ORT call: a token id past the vocabulary, or a
+        :class:`RunError` (the graph itself cannot run); the streams are left as they were."""
+        if self.tokens:
+            return InputError(f"the model could not run these token ids ({exc}); is every id "
+                              f"below the embedding's vocabulary size?")
+        return RunError(f"ONNX Runtime could not run {self.name} on x of shape {tuple(shape)} "
+                        f"({type(exc).__name__}: {_first_line(exc)[:300]}); the file loads and "
+                        f"holds to the contract but its graph fails when run, and no stream "
+                        f"was changed: re-export the model with lstm-export, or check the "
+                        f"graph's nodes with onnx.checker")
+
+    def _token_error(self, exc) -> InputError | RunError:
+        """What a failed single-stream ORT call raises (see :meth:`_run_error`)."""
+        return self._run_error(exc, (1, self.window, self.n_features))
 
     def _step_binding(self) -> _device.StepBinding:
         """A stream's own pre-bound buffers for calls of one window (see ``Stream._call``).
@@ -276,25 +315,74 @@ class Model:
         graph_x = x.reshape(1, self.window) if self.tokens else x   # ids: (1, window), same memory
         return self._runner.step_binding(x, graph_x, y, self.units)
 
-    def step(self, streams, samples) -> np.ndarray:
+    def step(self, streams, readings) -> np.ndarray:
         """Step many streams with one ORT call, their states stacked along the batch axis.
 
         Parameters
         ----------
         streams : streams of this model, each at most once.
-        samples : ``(n_streams, features)`` one sample per stream (token ids: ``(n_streams,)``).
+        readings : ``(n_streams, features)`` one reading per stream (token ids: ``(n_streams,)``).
 
         Returns
         -------
         ``(n_streams, targets)`` float32; a NaN row for a stream still warming up or whose
-        sample was skipped. On a bad sample nothing is stepped and one error lists them all.
+        reading was skipped. On a bad reading nothing is stepped and one error lists them all.
+        An array of windows ``(samples, timesteps, features)`` is refused: it goes to
+        :meth:`predict`.
         """
-        return step_many(self, list(streams), samples)
+        return step_many(self, list(streams), readings)
+
+    def predict(self, X) -> np.ndarray:
+        """What Keras's ``model.predict(X)`` gives, for an array of windows, in raw units.
+
+        Parameters
+        ----------
+        X : ``(samples, timesteps, features)``, a sample being one window as Keras says
+            (token ids: ``(samples, timesteps)``); ``timesteps`` is the model's window in
+            ``window`` and ``stateful`` mode, any length in ``sequence`` mode.
+
+        Returns
+        -------
+        ``window`` mode: ``(samples, targets)``, each sample from a zero state, as Keras
+        ``model.predict(X)``. ``stateful`` mode: ``(samples, targets)``, sample ``j``
+        continuing the state sample ``j - B`` ended in (``B`` = :attr:`slots`), as Keras
+        ``model.predict(X, batch_size=B)`` right after ``reset_states()``. ``sequence`` mode:
+        ``(samples, timesteps, targets)``, each sample a whole sequence from a zero state,
+        as a Keras model with ``return_sequences=True`` (``[:, -1]`` for one without).
+        Streams are not touched. See :mod:`runtime.predict`.
+
+        Raises
+        ------
+        ShapeError : X is not shaped as the model reads windows (the message says which
+            axis and the fix). InputError : X holds something other than finite numbers.
+
+        Examples
+        --------
+        The airline tutorial's model (``look_back=3``, one feature), exported to
+        ``airline.onnx``; ``testX`` are its windows in raw passengers, ``scaler`` the
+        MinMaxScaler it was trained with:
+
+        >>> model = load("airline.onnx")                # doctest: +SKIP
+        >>> testX.shape                                 # doctest: +SKIP
+        (44, 3, 1)
+        >>> y = model.predict(testX)                    # doctest: +SKIP
+        >>> y.shape                                     # doctest: +SKIP
+        (44, 1)
+        >>> np.allclose(y, scaler.inverse_transform(keras_model.predict(
+        ...     scaler.transform(testX.reshape(-1, 1)).reshape(testX.shape))))  # doctest: +SKIP
+        True
+        """
+        from .predict import predict
+        return predict(self, X)
 
     # --- snapshots -----------------------------------------------------------------------
 
     def _restore_arrays(self, snap: Snapshot):
-        """Check a snapshot against this model; returns (state, buffer, steps, prediction)."""
+        """Check a snapshot against this model; returns (state, buffer, steps, prediction, slots).
+
+        ``slots`` is None for one state slot; with ``B > 1`` it is (the B slot states in slot
+        order, the next slot), and ``state`` is the next slot's.
+        """
         if snap.fingerprint != self.fingerprint:
             raise SnapshotError(f"the snapshot was made for another model (file sha256 "
                                 f"{snap.fingerprint[:12]}…, this one is {self.fingerprint[:12]}…)")
@@ -305,29 +393,67 @@ class Model:
             raise SnapshotError(f"the snapshot was taken with window={snap.window}, carry_state="
                                 f"{snap.carry_state}; this model streams with window="
                                 f"{self.window}, carry_state={self.carry_state}")
+        if isinstance(snap.steps, bool) or not isinstance(snap.steps, (int, np.integer)) \
+                or snap.steps < 0:
+            raise SnapshotError(f"the snapshot's step count is {snap.steps!r}, expected a whole "
+                                f"number 0 or more; restore a good copy, or start the stream "
+                                f"fresh")
         if tuple(snap.state) != self.state_inputs:
             raise SnapshotError(f"the snapshot holds state {tuple(snap.state)}, this model "
                                 f"needs {self.state_inputs}")
+        slots = self.slots if self.carry_state else 1
+        taken = _snapshot_slots(snap)
+        if (snap.next_slot is None) != (slots == 1) or (slots > 1 and taken != slots):
+            raise SnapshotError(f"the snapshot was taken with {taken} state slot"
+                                f"{'s' if taken != 1 else ''}; this model streams with {slots} "
+                                f"(lstm_edge.state_slots): start the stream fresh, or load the "
+                                f"model with state_slots={taken}")
+        next_slot = snap.next_slot or 0
+        if slots > 1 and not 0 <= next_slot < slots:
+            raise SnapshotError(f"the snapshot's next slot is {next_slot}, expected 0 to "
+                                f"{slots - 1}")
         state = []
         for (name, value), units in zip(snap.state.items(), self.units):
             value = np.asarray(value)
-            if value.shape != (units,) or value.dtype.kind not in "fiu":
+            want = (units,) if slots == 1 else (slots, units)
+            if value.shape != want or value.dtype.kind not in "fiu":
                 raise SnapshotError(f"snapshot state {name} has shape {value.shape} (dtype "
-                                    f"{value.dtype}), expected ({units},) numbers")
-            state.append(np.array(value, np.float32).reshape(1, units))
+                                    f"{value.dtype}), expected {want} numbers")
+            state.append(np.array(value, np.float32).reshape(slots, units))
+            if not np.isfinite(state[-1]).all():
+                raise SnapshotError(f"snapshot state {name} holds NaN or inf, which no stream "
+                                    f"ever carries: the snapshot is corrupt; restore a good "
+                                    f"copy, or start the stream fresh")
         buf = np.asarray(snap.buffer)
         if buf.dtype.kind not in "fiu" or buf.ndim != 2 or buf.shape[1] != self.n_features \
                 or len(buf) > self.window:
             raise SnapshotError(f"snapshot buffer has shape {buf.shape} (dtype {buf.dtype}), "
                                 f"expected at most ({self.window}, {self.n_features}) numbers")
+        if len(buf) > snap.steps or not np.isfinite(buf).all():
+            raise SnapshotError(f"snapshot buffer holds {len(buf)} readings after "
+                                f"{snap.steps} steps"
+                                + (" and NaN or inf" if not np.isfinite(buf).all() else "")
+                                + "; the snapshot is corrupt: restore a good copy, or start "
+                                  "the stream fresh")
         pred = snap.prediction
         if pred is not None:
             pred = np.array(pred, np.float32)
             if pred.shape != (self.n_targets,):
                 raise SnapshotError(f"snapshot prediction has shape {pred.shape}, expected "
                                     f"({self.n_targets},)")
-        return (tuple(state), buf.astype(self.dtype if self.tokens else np.float32),
-                int(snap.steps), pred)
+        buf = buf.astype(self.dtype if self.tokens else np.float32)
+        if slots == 1:
+            return tuple(state), buf, int(snap.steps), pred, None
+        ring = [tuple(s[k:k + 1] for s in state) for k in range(slots)]   # (1, units) each
+        return ring[next_slot], buf, int(snap.steps), pred, (ring, next_slot)
+
+
+def _snapshot_slots(snap: Snapshot) -> int:
+    """How many state slots a snapshot holds: 1, or the rows of its ``(B, units)`` state."""
+    if snap.next_slot is None or not snap.state:
+        return 1
+    shape = np.shape(next(iter(snap.state.values())))
+    return int(shape[0]) if len(shape) == 2 else 1
 
 
 def _check_graph(info: ModelInfo, inputs: dict, outputs: dict) -> None:
@@ -384,9 +510,9 @@ def _mask_value(info: ModelInfo, n_features: int):
 
 def _mask_rule(value, info: ModelInfo):
     """(value, tolerance, first value, first tolerance): the float32 match of Masking."""
-    mean = 0.0
+    mean: float | np.ndarray = 0.0
     scaler = (info.scaler or {}).get("x") if isinstance(info.scaler, dict) else None
-    if isinstance(scaler, dict) and np.shape(scaler.get("mean")) == value.shape:
+    if isinstance(scaler, dict) and np.shape(scaler.get("mean", ())) == value.shape:
         mean = np.abs(np.asarray(scaler["mean"], np.float64))
     tol = MASK_RTOL * (np.abs(value) + mean)
     value32, tol32 = value.astype(np.float32), tol.astype(np.float32)
@@ -426,12 +552,12 @@ def _asarray(obj, what: str) -> np.ndarray:
     try:
         return np.asarray(obj)
     except (ValueError, TypeError) as exc:   # ragged lists: rows of different lengths
-        raise ShapeError(f"the {what} cannot form one array ({exc}); every sample needs the "
+        raise ShapeError(f"the {what} cannot form one array ({exc}); every reading needs the "
                          f"same number of features") from None
 
 
-def _describe(sample, a) -> str:
-    text = repr(sample)
+def _describe(value, a) -> str:
+    text = repr(value)
     return f"{text[:60]}{'…' if len(text) > 60 else ''} (dtype {a.dtype})"
 
 

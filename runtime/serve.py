@@ -22,11 +22,16 @@ from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
 from . import lines as fmt
 from .errors import InputError, LstmEdgeError, SnapshotError
+from .stream import Stream
+
+if TYPE_CHECKING:
+    from .store import StateStore
 
 TOO_LONG = None    # what LineReader yields in place of the bytes of an over-long line
 
@@ -40,13 +45,17 @@ class Interrupted(Exception):
 
 
 class StrictStop(LstmEdgeError):
-    """``--strict``: the first bad line ends the run."""
+    """``--strict``: the first bad line ends the run; ``lines``: the answers before it."""
 
     exit_code = 1
 
+    def __init__(self, message: str, lines: Sequence[str] = ()):
+        super().__init__(message)
+        self.lines = list(lines)
+
 
 class EmptyInput(LstmEdgeError):
-    """The input has no samples: no lines at all, or a header alone."""
+    """The input has no readings: no lines at all, or a header alone."""
 
     exit_code = 3
 
@@ -61,12 +70,14 @@ class Signals:
     (``signal.set_wakeup_fd``) makes sure a reader blocked on a quiet sensor sees it at once.
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.signum: int | None = None
         self._pipe = os.pipe()
-        self._wake_r, self._wake_w = self._pipe
+        self._wake_r: int | None = self._pipe[0]
+        self._wake_w = self._pipe[1]
+        self._old_fd: int | None = None
         os.set_blocking(self._wake_w, False)
-        self._old = {}
+        self._old: dict[int, Any] = {}     # signal -> the handler it had
 
     def __enter__(self) -> "Signals":
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -78,7 +89,7 @@ class Signals:
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._wake_r is not None:
+        if self._wake_r is not None and self._old_fd is not None:
             signal.set_wakeup_fd(self._old_fd)
         for sig, handler in self._old.items():
             signal.signal(sig, handler)
@@ -179,17 +190,22 @@ class ServeConfig:
     strict: bool = False                 # stop at the first bad line
     idle_timeout: float | None = None    # seconds a sensor may stay silent before it is dropped
     max_streams: int = 100_000           # sensors kept at once; the least recent is dropped
-    state: Path | None = None            # snapshot file: loaded at start, saved at exit
+    state: Path | None = None            # state database (runtime.store): loaded, then saved
     save_every: int = 0                  # also save after this many lines (0: only at exit)
+    save_interval: float = 0.0           # also save when this many seconds passed since the
+                                         # last save and a sensor changed (0: never by time)
     chunked: bool = True                 # let one sensor's run of lines go in one feed() call
+    columns: tuple[str, ...] | None = None   # names of header-less CSV fields (--columns)
+    reset_column: str | None = None      # the column/key whose true value resets a sensor
 
 
 @dataclass
 class _Slot:
     """One sensor: its stream and when it last had a line."""
 
-    stream: object
+    stream: Stream
     seen: float = field(default_factory=time.monotonic)
+    line: int = 0          # the input line of its last answer
 
 
 class Server:
@@ -203,15 +219,26 @@ class Server:
         self.lines = 0              # input lines handled, header included
         self.samples = 0            # lines that reached a stream
         self.errors = 0             # error records written
+        self.blank = 0              # blank lines, answered with blank lines
         self._unsaved = 0
-        self.dirty = False          # whether any stream changed since the last save
+        self.store: StateStore | None = None    # the --state database
+        self.changed: set[str] = set()    # sensors stepped, answers delivered, not yet saved
+        self.inflight: set[str] = set()   # sensors stepped in the batch whose answers are not out
+        self.dropped: set[str] = set()    # sensors dropped since the last save
+        self.delivered_lines = 0    # input lines whose answers are out
+        self._saved_at = time.monotonic()   # when the state was last saved (or loaded)
+        self.saved_at: float | None = None   # time.time() of the last --state save (--progress)
         self._warn = warn or (lambda message: None)
-        self.window = int(model.window)   # samples up to the first prediction (overrides too)
+        self.window = int(model.window)   # readings up to the first prediction (overrides too)
 
     # -- state --
 
     def load_state(self) -> None:
-        """Take every sensor's snapshot from ``config.state`` where that file exists."""
+        """Open the ``config.state`` database and take every sensor's stream from it.
+
+        A missing file is created; an old ``.npz`` snapshot file is converted (see
+        :func:`runtime.store.open_store`).
+        """
         path = self.config.state
         if path is None:
             return
@@ -220,20 +247,59 @@ class Server:
             # Found out now, not when the first save comes after hours of input.
             raise SnapshotError(f"the state file {path} cannot be written: {folder} is not a "
                                 f"writable directory")
-        if not Path(path).exists():
-            return
-        from . import load_snapshots
-        for key, snap in load_snapshots(path).items():
-            self.slots[key] = _Slot(self.model.stream(snap))
-        self._warn(f"resumed {len(self.slots)} stream(s) from {path}")
+        if Path(path).is_dir():
+            raise SnapshotError(f"the state file {path} is a directory; give a file path")
+        from .store import open_store
+        self.store = open_store(path, self.model, warn=self._warn)
+        try:
+            loaded = self.store.load()
+        except BaseException:
+            self.store.close()
+            raise
+        for key, stream, _ in loaded:
+            # Seen now: the time the tool was down is not the sensor's silence.
+            self.slots[key] = _Slot(stream)
+        if self.slots:
+            meta = self.store.summary()
+            self._warn(f"resumed {len(self.slots)} stream(s) from {path} (saved after input "
+                       f"line {meta.get('lines', '?')} of run {meta.get('run', '?')}; each "
+                       f"stream's step count is in its answers' step column)")
 
     def save_state(self) -> None:
-        """Write every sensor's snapshot to ``config.state``, atomically."""
-        if self.config.state is None or not self.dirty:
+        """Save the sensors changed since the last save whose answers are out, in one commit.
+
+        A sensor of a batch whose answers could not be written (``inflight``) keeps its last
+        saved row: the saved state never counts an answer that was not delivered.
+        """
+        if self.store is None:
             return
-        from . import save_snapshots
-        save_snapshots(self.config.state, {k: s.stream.snapshot() for k, s in self.slots.items()})
-        self._unsaved, self.dirty = 0, False
+        keys = self.changed - self.inflight
+        if not keys and not self.dropped:
+            return
+        clock = time.time() - time.monotonic()              # monotonic -> wall clock
+        slots = self.slots
+        rows = ((k, slot.stream, slot.seen + clock, slot.line)
+                for k in keys if (slot := slots.get(k)) is not None)
+        self.store.save(rows, self.dropped,
+                        lines=None if self.inflight else self.delivered_lines)
+        self.changed = self.changed & self.inflight
+        self.dropped.clear()
+        self._unsaved, self._saved_at = 0, time.monotonic()
+        self.saved_at = time.time()
+
+    def delivered(self) -> None:
+        """The last batch's answers are out: its sensors may be saved now."""
+        self.changed |= self.inflight
+        self.inflight.clear()
+        self.delivered_lines = self.lines
+
+    def close(self) -> None:
+        """Save what was delivered and close the state database."""
+        if self.store is not None:
+            try:
+                self.save_state()
+            finally:
+                self.store.close()
 
     # -- routing --
 
@@ -245,7 +311,7 @@ class Server:
                 if old is None:
                     break
                 del self.slots[old]
-                self.dirty = True
+                self.dropped.add(old)
                 self._warn(f"dropped stream {old!r}, the least recently seen, to stay within "
                            f"--max-streams {self.config.max_streams}")
             slot = self.slots[key] = _Slot(self.model.stream())
@@ -263,7 +329,7 @@ class Server:
             if slot.seen >= limit:
                 break
             del self.slots[key]
-            self.dirty = True
+            self.dropped.add(key)
             self._warn(f"dropped stream {key!r}: no line for {self.config.idle_timeout:g} s "
                        f"(--idle-timeout)")
 
@@ -275,18 +341,24 @@ class Server:
         for number, raw in batch:
             if number == 1 and raw is not TOO_LONG and raw.startswith(b"\xef\xbb\xbf"):
                 raw = raw[3:]                                  # a UTF-8 byte-order mark
+            if raw is not TOO_LONG and not raw.strip():
+                out.append("")          # a blank line is answered with a blank line
+                self.blank += 1
+                continue
             if self.format is None:
-                if raw is TOO_LONG or not raw.strip():
-                    what = (f"longer than {fmt.MAX_LINE} bytes" if raw is TOO_LONG
-                            else "empty")
-                    raise InputError(f"line {number} is {what}; cannot tell the input format "
-                                     f"from it (expected a CSV header, a first sample or a "
-                                     f"JSON object)")
+                if raw is TOO_LONG:
+                    raise InputError(f"line {number} is longer than {fmt.MAX_LINE} bytes; "
+                                     f"cannot tell the input format from it (expected a CSV "
+                                     f"header, a first reading or a JSON object)")
                 self.format, is_header = fmt.detect(
                     raw, self.model.features, self.model.targets, fmt=self.config.format,
-                    stream_column=self.config.stream_column)
-                if is_header:
-                    out.append(self.format.header())
+                    stream_column=self.config.stream_column, columns=self.config.columns,
+                    reset_column=self.config.reset_column)
+                if self.format.note:
+                    self._warn(self.format.note)
+                header = self.format.header() if is_header else None
+                if header is not None:
+                    out.append(header)
                     continue
             if raw is TOO_LONG:
                 rec = fmt.Record(number, error=f"line longer than {fmt.MAX_LINE} bytes")
@@ -296,7 +368,7 @@ class Server:
                 try:
                     self.model.validate(rec.values)
                 except LstmEdgeError as exc:
-                    rec.error = str(exc)
+                    rec.error = fmt.cli_words(str(exc))
             out.append(rec)
             if not rec.ok and self.config.strict:
                 return out, len(out) - 1
@@ -312,74 +384,122 @@ class Server:
         answered = items[:stop]                            # all of them where stop is None
         good = [r for r in answered if isinstance(r, fmt.Record) and r.ok]
         answers = self._step(good)
+        form = cast(fmt.LineFormat, self.format)    # set by the line before any record
         out = []
         for item in answered:
             if isinstance(item, str):
                 out.append(item)
             elif item.ok:
                 step, warmup, pred = answers[id(item)]
-                out.append(self.format.format(item, step, warmup, pred))
+                out.append(form.format(item, step, warmup, pred))
             else:
                 self.errors += 1
                 self._warn(f"line {item.line}: {item.error}")
-                out.append(self.format.format_error(item))
+                out.append(form.format_error(item))
         self.lines += len(out)
         self._unsaved += len(out)
         self.samples += len(good)
-        self.dirty = self.dirty or bool(good)
         self.drop_idle()
         if stop is not None:
             bad = items[stop]
-            exc = StrictStop(f"line {bad.line}: {bad.error} (--strict)")
-            exc.lines = out
-            raise exc
+            assert isinstance(bad, fmt.Record)
+            raise StrictStop(f"line {bad.line}: {bad.error} (--strict)", out)
         return out
 
+    def report_warmup(self, most: int = 10) -> None:
+        """One warning per stream still warming up at the end: it never made a prediction.
+
+        A model declared with a longer time axis than it was trained on (``input_shape=(10,
+        3)``, fit on 9 timesteps) waits for windows that never fill; this names the window and
+        the ``--window`` override. At most ``most`` lines, then how many more.
+        """
+        idle = [(key, slot.stream) for key, slot in self.slots.items() if not slot.stream.ready]
+        for key, stream in idle[:most]:
+            who = f"sensor {key!r}" if self.config.stream_column else "the stream"
+            n = stream.steps
+            hint = (f"; if the model was trained on {n} timestep{'s' if n != 1 else ''}, "
+                    f"run with --window {n}" if n > 0 else "")
+            self._warn(f"{who}: {n} reading{'s' if n != 1 else ''}, never a full window of "
+                       f"{self.window}: no prediction was made{hint}")
+        if len(idle) > most:
+            self._warn(f"... and {len(idle) - most} more streams that never had a full window "
+                       f"of {self.window}")
+
     def due(self) -> bool:
-        """Whether ``config.save_every`` lines have passed since the last save."""
-        return bool(self.config.save_every) and self._unsaved >= self.config.save_every
+        """Whether ``config.save_every`` lines or ``config.save_interval`` seconds have
+        passed since the last save (the seconds only where a sensor changed)."""
+        config = self.config
+        if self.store is None:
+            return False
+        if config.save_every and self._unsaved >= config.save_every:
+            return True
+        return bool(config.save_interval) and bool(self.changed or self.dropped) \
+            and time.monotonic() - self._saved_at >= config.save_interval
 
     def _step(self, records: list[fmt.Record]) -> dict[int, tuple[int, bool, np.ndarray]]:
         """Step every record's stream; ``{id(record): (step, warmup, prediction)}``."""
         by_key: dict[str, list[fmt.Record]] = {}
         for rec in records:
             by_key.setdefault(rec.key, []).append(rec)
+        values = {id(r): cast(np.ndarray, r.values) for r in records}   # ok records: all set
         busy = set(by_key)
         slots = {key: self._slot(key, busy) for key in by_key}
+        self.inflight |= busy          # stepped from here on; saved once the answers are out
+        for key, recs in by_key.items():
+            slots[key].line = recs[-1].line
         answers = {}
         rounds = max((len(v) for v in by_key.values()), default=0)
-        # A skipped or held sample (NaN) is stepped on its own, so its step count is exact.
-        complete = bool(records) and np.isfinite(np.stack([r.values for r in records])).all()
+        # A skipped or held reading (NaN) is stepped on its own, so its step count is exact.
+        complete = bool(records) and np.isfinite(np.stack(list(values.values()))).all()
         if self.config.chunked and complete and rounds > 1 and len(by_key) < rounds:
             # Few sensors, many lines each: one feed() per sensor beats a call per line.
             for key, recs in by_key.items():
                 stream = slots[key].stream
-                preds = stream.feed(np.stack([r.values for r in recs]))   # (n, targets)
-                first = stream.steps - len(recs)
-                for i, (rec, pred) in enumerate(zip(recs, preds)):
-                    answers[id(rec)] = (first + i + 1, first + i + 1 < self.window, pred)
+                for run in _runs(recs):                    # a reset starts a new run
+                    if run[0].reset:
+                        stream.reset()
+                    preds = stream.feed(np.stack([values[id(r)] for r in run]))   # (n, targets)
+                    first = stream.steps - len(run)
+                    for i, (rec, pred) in enumerate(zip(run, preds)):
+                        answers[id(rec)] = (first + i + 1, first + i + 1 < self.window, pred)
             return answers
         # Many sensors: round r steps the r-th line of every sensor in one batched call.
         for r in range(rounds):
             keys = [k for k, v in by_key.items() if len(v) > r]
+            for k in keys:
+                if by_key[k][r].reset:                     # --reset-column: a new sequence
+                    slots[k].stream.reset()
             streams = [slots[k].stream for k in keys]
-            samples = np.stack([by_key[k][r].values for k in keys])      # (streams, features)
+            samples = np.stack([values[id(by_key[k][r])] for k in keys])      # (streams, features)
             preds = self.model.step(streams, samples)                   # (streams, targets)
             for k, stream, pred in zip(keys, streams, preds):
                 answers[id(by_key[k][r])] = (stream.steps, not stream.ready, pred)
         return answers
 
 
-def serve(model, config: ServeConfig, reader: LineReader, write, *, warn=None) -> Server:
+def _runs(records: list[fmt.Record]) -> list[list[fmt.Record]]:
+    """One sensor's records cut before each reset: the lines each feed() may take at once."""
+    runs: list[list[fmt.Record]] = []
+    for rec in records:
+        if rec.reset or not runs:
+            runs.append([])
+        runs[-1].append(rec)
+    return runs
+
+
+def serve(model, config: ServeConfig, reader: LineReader, write, *, warn=None,
+          progress=None) -> Server:
     """Run ``reader``'s lines through ``model`` and ``write`` one answer per line.
 
-    ``write(lines)`` gets each batch's output lines (without newlines) and is expected to
-    flush them; the state is saved after the answers are out, so a crash can repeat a line's
-    answer on restart but never lose one. ``warn(message)`` gets the per-line complaints.
+    ``write(lines)`` gets each batch's output lines (without newlines) and must have handed
+    every byte to the OS when it returns; the state is saved after the answers are out, and a
+    batch whose ``write`` raised is left out of it, so a crash or a reader that goes away can
+    repeat a line's answer on restart but never lose one. ``warn(message)`` gets the per-line complaints.
+    ``progress(server)``, where given, is called after every batch (see :mod:`runtime.progress`).
 
     Raises
     ------
-    EmptyInput : the input had no samples at all.
+    EmptyInput : the input had no readings at all.
     StrictStop : ``config.strict`` and a bad line; the lines before it were answered.
     Interrupted : SIGINT/SIGTERM (with ``reader.signals``); answers written, state saved.
     LstmEdgeError : the first line cannot start this input, or the state file is unusable.
@@ -392,16 +512,22 @@ def serve(model, config: ServeConfig, reader: LineReader, write, *, warn=None) -
                 out = server.handle(batch)
             except StrictStop as stop:
                 write(stop.lines)
+                server.delivered()
                 raise
-            write(out)
+            write(out)          # answers out first ...
+            server.delivered()
             if server.due():
-                server.save_state()
+                server.save_state()     # ... then the state that counts them
+            if progress is not None:
+                progress(server)
             if reader.signals is not None:
                 reader.signals.check()
     finally:
-        server.save_state()
+        server.close()
+    server.report_warmup()
     if server.samples == 0 and server.errors == 0:
         raise EmptyInput("the input is empty: no lines to run the model on" if not server.lines
-                         else "the input is empty: a header and no samples to run the model on")
+                         else "the input is empty: only blank lines, no readings to run the "
+                              "model on" if server.format is None
+                         else "the input is empty: a header and no readings to run the model on")
     return server
-

@@ -2,8 +2,11 @@
 
 Most people arrive here with a model trained on windows and an array of the wrong rank.
 One function, :func:`shape_problem`, says what the model reads in ``(samples, timesteps,
-features)`` terms, what it got, and the one-line fix; the trainer and the runtime both
-raise their shape errors through :func:`check_shape`.
+features)`` terms, what it got, and the one-line fix; the runtime raises its shape errors
+through :func:`check_shape`. The words are Keras's: a *sample* is one window, *timesteps*
+its length, *features* the values of one time step; a *reading* is one time step's feature
+values, what a stream takes. A fix is only offered where it gives the same numbers: a
+windows array given to a stream is pointed to ``predict``, never reshaped into readings.
 
 >>> print(shape_problem((1000, 24), (None, 24, 1)))
 expected (samples, timesteps, features) = (n, 24, 1), got (1000, 24) — add a features axis: x.reshape(1000, 24, 1)
@@ -20,7 +23,7 @@ from .errors import ShapeError
 # The names of the axes, by how many axes the expected shape has.
 AXES = {
     3: ("samples", "timesteps", "features"),
-    2: ("samples", "features"),
+    2: ("readings", "features"),
     1: ("features",),
 }
 
@@ -38,10 +41,46 @@ def _matches(got: Sequence[int], expected: Sequence[int | None]) -> bool:
     return len(got) == len(expected) and all(e is None or g == e for g, e in zip(got, expected))
 
 
-def _hint(got: tuple[int, ...], expected: tuple[int | None, ...], feature_names) -> str:
+def _these(n: int) -> str:
+    return "this is 1 sample (window)" if n == 1 else f"these are {n} samples (windows)"
+
+
+def _windows_hint(got: tuple[int, ...], expected: tuple[int | None, ...],
+                  window: int | None) -> str | None:
+    """Where readings are expected and ``got`` looks like windows: what takes windows."""
+    want_feat = expected[-1]
+    if len(got) == len(expected) + 1 and got[-1] == want_feat:
+        if got[0] == 1 and _matches(got[1:], expected):
+            return None                                    # an extra axis of 1: dropping it is exact
+        if len(expected) == 1:                             # one window where a reading belongs
+            return (f"this is a window of {got[0]} readings (timesteps, features), and a step "
+                    f"takes one reading: stream.feed(window) steps through its readings, and "
+                    f"model.predict(window[None]) gives Keras's prediction for this window")
+        return (f"{_these(got[0])} of {got[1]} timesteps, shaped (samples, "
+                f"timesteps, features); a stream takes readings, one row per time step, not "
+                f"windows: model.predict(X) gives what Keras's model.predict(X) gives, or "
+                f"feed the stream the series the windows were cut from, shape (n, {want_feat})")
+    if len(got) == len(expected) + 2 and got[-1] == want_feat and len(expected) == 1:
+        return (f"{_these(got[0])} of {got[1]} timesteps, and a step takes "
+                f"one reading: model.predict(X) gives what Keras's model.predict(X) gives")
+    if len(got) == len(expected) and len(got) == 2 and want_feat == 1 and window \
+            and got[1] == window and window > 1:
+        return (f"these look like {got[0]} windows of {window} timesteps without their features "
+                f"axis; a stream takes readings, one row per time step: "
+                f"model.predict(X.reshape({got[0]}, {window}, 1)) gives what Keras gives for "
+                f"windows, or feed the stream the series the windows were cut from, shape (n, 1)")
+    return None
+
+
+def _hint(got: tuple[int, ...], expected: tuple[int | None, ...], feature_names,
+          window: int | None = None, readings: bool = False) -> str:
     """The most likely fix for ``got`` against ``expected`` (same conventions as shape_problem)."""
     want_feat = expected[-1]
     named = f" ({', '.join(feature_names)})" if feature_names else ""
+    if readings:
+        hint = _windows_hint(got, expected, window)
+        if hint:
+            return hint
     if len(got) == len(expected) - 1:
         # (n, 24) for (n, 24, 1): the features axis of a univariate series is missing.
         if want_feat == 1 and _matches(got, expected[:-1]):
@@ -54,8 +93,9 @@ def _hint(got: tuple[int, ...], expected: tuple[int | None, ...], feature_names)
                     f"at every timestep")
         if len(expected) == 3 and len(got) == 2 and (want_feat is None or got[1] == want_feat):
             steps = expected[1] if expected[1] is not None else "look_back"
-            return (f"these are single samples, not windows: make windows of {steps} consecutive "
-                    f"samples, or feed the samples one at a time to a stream")
+            return (f"these are readings (one row per time step), not windows: make windows of "
+                    f"{steps} consecutive readings, or feed the readings to a stream "
+                    f"(model.stream().feed(x))")
     if len(got) == len(expected):
         if len(got) >= 2 and _matches(got[:-2] + (got[-1], got[-2]), expected):
             axes = list(range(len(got)))
@@ -65,33 +105,54 @@ def _hint(got: tuple[int, ...], expected: tuple[int | None, ...], feature_names)
             return f"the model reads {want_feat} features{named} per timestep, got {got[-1]}"
         if len(expected) == 3 and expected[1] is not None and got[1] != expected[1]:
             return f"the model reads windows of {expected[1]} timesteps, got {got[1]}"
+    if len(expected) == 3 and len(got) == 1 and want_feat == 1:
+        steps = expected[1] if expected[1] is not None else "look_back"
+        return (f"this is a series of readings, not windows: make windows of {steps} "
+                f"consecutive readings, or feed the series to a stream "
+                f"(model.stream().feed(x[:, None]))")
     if len(got) > len(expected):
-        return f"x has {len(got) - len(expected)} axis too many; squeeze or reshape it"
-    return f"reshape x to {_fmt(expected)}"
+        extra = len(got) - len(expected)
+        if all(d == 1 for d in got[:extra]) and _matches(got[extra:], expected):
+            return f"x has {extra} axis too many, of size 1: drop it with x.reshape{_fmt(got[extra:])}"
+        return f"x has {extra} axis too many"
+    return f"the model reads arrays of {len(expected)} axes, {_names(len(expected))}"
 
 
 def shape_problem(got: Sequence[int], expected: Sequence[int | None],
-                  feature_names: Sequence[str] | None = None) -> str | None:
+                  feature_names: Sequence[str] | None = None, *,
+                  axes: Sequence[str] | None = None, window: int | None = None) -> str | None:
     """Explain why an array of shape ``got`` does not fit ``expected``, or None if it does.
 
     Parameters
     ----------
     got : the array's shape.
     expected : the shape the model reads, one entry per axis named in ``AXES``
-        (3 axes: samples, timesteps, features; 2: samples, features; 1: features);
+        (3 axes: samples, timesteps, features; 2: readings, features; 1: features);
         ``None`` where any size is fine.
     feature_names : names of the features, to say which ones the model reads.
+    axes : other names for the axes, e.g. ``("samples", "timesteps")`` for token ids.
+    window : the model's window, where readings are expected (a stream's chunk or step):
+        an array of windows is then recognised and pointed to ``predict``.
+
+    >>> print(shape_problem((44, 3, 1), (None, 1), window=3))  # doctest: +NORMALIZE_WHITESPACE
+    expected (readings, features) = (n, 1), got (44, 3, 1) — these are 44 samples (windows)
+    of 3 timesteps, shaped (samples, timesteps, features); a stream takes readings, one row
+    per time step, not windows: model.predict(X) gives what Keras's model.predict(X) gives,
+    or feed the stream the series the windows were cut from, shape (n, 1)
     """
     got, expected = tuple(int(d) for d in got), tuple(expected)
     if _matches(got, expected):
         return None
-    return (f"expected {_names(len(expected))} = {_fmt(expected)}, got {_fmt(got)}"
-            f" — {_hint(got, expected, feature_names)}")
+    names = "(" + ", ".join(axes) + ")" if axes else _names(len(expected))
+    readings = window is not None
+    return (f"expected {names} = {_fmt(expected)}, got {_fmt(got)}"
+            f" — {_hint(got, expected, feature_names, window, readings)}")
 
 
 def check_shape(got: Sequence[int], expected: Sequence[int | None],
-                feature_names: Sequence[str] | None = None, *, what: str = "") -> None:
+                feature_names: Sequence[str] | None = None, *, what: str = "",
+                axes: Sequence[str] | None = None, window: int | None = None) -> None:
     """Raise :class:`ShapeError` with :func:`shape_problem`'s message when ``got`` does not fit."""
-    problem = shape_problem(got, expected, feature_names)
+    problem = shape_problem(got, expected, feature_names, axes=axes, window=window)
     if problem is not None:
         raise ShapeError(f"{what}: {problem}" if what else problem)

@@ -1,14 +1,15 @@
 """A stream's state as plain numpy arrays, saved to and restored from ``.npz`` files.
 
 A snapshot holds everything a stream needs to continue bit-identically: the recurrent state
-(one ``(units,)`` array per state tensor), the window buffer (the last samples fed, at most
-``window`` of them), how many samples were fed, and a fingerprint of the ONNX file, so that a
+(one ``(units,)`` array per state tensor, ``(B, units)`` with B state slots), the window
+buffer (the last readings fed, at most ``window`` of them), how many readings were fed, and a fingerprint of the ONNX file, so that a
 snapshot is never restored into another model. Files hold no pickles: arrays plus one JSON
 header, readable by ``numpy.load(path, allow_pickle=False)`` anywhere.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import secrets
@@ -31,15 +32,18 @@ class Snapshot:
 
     Attributes
     ----------
-    state : graph input name (``in_h0``, ``in_c0``, ...) -> ``(units,)`` float32 array.
-    buffer : ``(m, features)`` the last ``m <= window`` samples fed, oldest first
+    state : graph input name (``in_h0``, ``in_c0``, ...) -> ``(units,)`` float32 array; for a
+        model with ``B > 1`` state slots, ``(B, units)``, row ``k`` holding slot ``k``.
+    buffer : ``(m, features)`` the last ``m <= window`` readings fed, oldest first
         (token-id models: ``(m, 1)`` ids).
-    steps : samples fed since the stream was created or reset.
+    steps : readings fed since the stream was created or reset.
     fingerprint : sha256 of the ONNX file the stream ran.
     window, carry_state : the streaming mode the stream ran in.
     version : the snapshot format.
     prediction : ``(targets,)`` the stream's last prediction, which a masked step of a
         ``sequence`` model repeats; None where the model has no mask or nothing was predicted.
+    next_slot : the slot the next full window starts from (``B > 1`` state slots); None for
+        one slot, and then absent from the file, which stays as older runtimes wrote it.
     """
 
     state: dict[str, np.ndarray]
@@ -51,6 +55,8 @@ class Snapshot:
     version: int = FORMAT
     extra: dict = field(default_factory=dict)  # free-form, JSON-serialisable, kept verbatim
     prediction: np.ndarray | None = None      # stored only where set; older readers skip it
+    next_slot: int | None = None              # stored only where set; older readers refuse
+                                              # the (B, units) state before they miss it
 
     def save(self, path) -> Path:
         """Write this snapshot to ``path`` (``.npz``), atomically; returns the path."""
@@ -65,11 +71,21 @@ class Snapshot:
                                 f" expected one; read it with runtime.load_snapshots")
         return next(iter(snaps.values()))
 
+    @staticmethod
+    def from_bytes(data) -> "Snapshot":
+        """Read a one-stream snapshot from the bytes of a file :meth:`save` wrote."""
+        snaps = load_snapshots(io.BytesIO(bytes(data)))
+        if len(snaps) != 1:
+            raise SnapshotError(f"the snapshot bytes hold {len(snaps)} streams, expected one; "
+                                f"read them with runtime.load_snapshots")
+        return next(iter(snaps.values()))
+
     def _header(self) -> dict:
         return {"state": list(self.state), "steps": int(self.steps),
                 "fingerprint": self.fingerprint, "window": int(self.window),
                 "carry_state": bool(self.carry_state), "version": int(self.version),
-                "extra": self.extra}
+                "extra": self.extra,
+                **({} if self.next_slot is None else {"next_slot": int(self.next_slot)})}
 
 
 def save_snapshots(path, snapshots: dict) -> Path:
@@ -152,13 +168,23 @@ def _write_atomically(path: Path, arrays: dict) -> None:
 def load_snapshots(path) -> dict[str, Snapshot]:
     """Read the snapshots :func:`save_snapshots` (or :meth:`Snapshot.save`) wrote.
 
+    ``path`` may also be an ``lstm-run --state`` database (see :mod:`runtime.store`), or an
+    open binary file.
+
     Raises
     ------
     SnapshotError : the file is missing, cannot be read, or is not a whole snapshot file
         (truncated, corrupt, another program's); the message names the path and the reason.
     """
+    if isinstance(path, io.IOBase):
+        source, path = path, "the snapshot bytes"
+    else:
+        from .store import is_database, read_snapshots
+        if is_database(path):
+            return read_snapshots(path)
+        source = None
     try:
-        with open(path, "rb") as f:
+        with (source or open(path, "rb")) as f:
             npz = np.load(f, allow_pickle=False)
             if not isinstance(npz, np.lib.npyio.NpzFile):
                 raise ValueError("it holds one array, not an .npz archive")
@@ -183,12 +209,19 @@ def load_snapshots(path) -> dict[str, Snapshot]:
     try:
         snaps = {}
         for i, h in enumerate(header["streams"]):
+            if _integer(h["steps"]) < 0:
+                raise SnapshotError(f"{path}: stream {h['key']!r} has a step count of "
+                                    f"{h['steps']}, expected 0 or more: the file is corrupt; "
+                                    f"restore a good copy, or delete it to start fresh")
             snaps[h["key"]] = Snapshot(
                 state={name: arrays[f"s{i}.state.{name}"] for name in h["state"]},
                 buffer=arrays[f"s{i}.buffer"], steps=_integer(h["steps"]),
                 fingerprint=h["fingerprint"], window=_integer(h["window"]),
                 carry_state=h["carry_state"], version=_integer(h["version"]),
-                extra=h.get("extra", {}), prediction=arrays.get(f"s{i}.prediction"))
+                extra=h.get("extra", {}), prediction=arrays.get(f"s{i}.prediction"),
+                next_slot=None if h.get("next_slot") is None else _integer(h["next_slot"]))
+    except SnapshotError:
+        raise
     except (KeyError, TypeError, ValueError) as exc:
         raise _not_ours(path, f"missing or malformed entry {exc}") from None
     return snaps

@@ -1,11 +1,11 @@
-"""One stream: its own recurrent state and window buffer, fed one sample (or chunk) at a time.
+"""One stream: its own recurrent state and window buffer, fed one reading (or chunk) at a time.
 
 The streaming mode comes from the model (see docs/contract.md, "Streaming modes"):
 
-- ``sequence`` (window 1, carrying state): each sample is fed once, the state carried.
-- ``window`` (not carrying state): the last ``window`` samples run from a zero state; the
+- ``sequence`` (window 1, carrying state): each reading is fed once, the state carried.
+- ``window`` (not carrying state): the last ``window`` readings run from a zero state; the
   prediction equals Keras ``model.predict(last_window)``.
-- ``stateful`` (window > 1, carrying state): the last ``window`` samples run from the state
+- ``stateful`` (window > 1, carrying state): the last ``window`` readings run from the state
   the previous window ended in, and that window's final state is carried on; equals a
   stateful Keras ``predict`` over the sliding windows.
 
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .device import to_host
+from .device import ORT_ERRORS, to_host
 from .errors import InputError
 from .snapshot import Snapshot
 
@@ -35,9 +35,9 @@ _vdot = getattr(np.vdot, "_implementation", np.vdot)
 
 
 def nonfinite(x, zeros) -> bool:
-    """Whether the sample ``x`` holds a NaN or an inf: the per-step check, ~0.3 µs.
+    """Whether the reading ``x`` holds a NaN or an inf: the per-step check, ~0.3 µs.
 
-    ``x · 0`` is 0 for a finite sample and NaN otherwise, one call where
+    ``x · 0`` is 0 for a finite reading and NaN otherwise, one call where
     ``np.isfinite(x).all()`` takes two and three times as long. ``np.vdot``, unlike
     ``ndarray.dot``/``@``, does not report floating-point flags, so ``inf * 0`` makes no
     "invalid value" warning (test_inf_and_nan_raise_no_numpy_warning holds it to that).
@@ -46,12 +46,12 @@ def nonfinite(x, zeros) -> bool:
 
 
 class Stream:
-    """One stream of samples through a model; create it with ``Model.stream()``.
+    """One stream of readings through a model; create it with ``Model.stream()``.
 
     Attributes
     ----------
     model : the model the stream belongs to.
-    missing : what a NaN in a sample does: ``"error"``, ``"skip"`` or ``"hold"``.
+    missing : what a NaN in a reading does: ``"error"``, ``"skip"`` or ``"hold"``.
     """
 
     __slots__ = ("model", "missing", "_state", "_buf", "_steps", "_pred", "_age", "_bind",
@@ -67,20 +67,20 @@ class Stream:
 
     # --- the verbs -----------------------------------------------------------------------
 
-    def step(self, sample):
-        """Feed one sample (raw units); returns ``(targets,)`` or None while warming up/skipped.
+    def step(self, reading):
+        """Feed one reading (raw units); returns ``(targets,)`` or None while warming up/skipped.
 
-        A model with a Masking layer does not feed a masked sample: in ``sequence`` mode the
+        A model with a Masking layer does not feed a masked reading: in ``sequence`` mode the
         step returns the previous prediction, None if there is none yet (see ``Model``).
 
         Raises
         ------
-        InputError, ShapeError : the sample cannot be fed; the stream is unchanged.
+        InputError, ShapeError : the reading cannot be fed; the stream is unchanged.
         """
         if self._group is not None:
             self._sync()
         model = self.model
-        x = model._check(sample)                           # (features,)
+        x = model._check(reading)                          # (features,)
         if _vdot(x, model._fin) != 0.0:                    # NaN or inf: rare; see nonfinite
             x = fill_missing(model, x, self._last(), self.missing)
             if x is None:
@@ -89,16 +89,18 @@ class Stream:
             return self._step_masked(x)
         return self._advance(x)
 
-    def feed(self, samples) -> np.ndarray:
+    def feed(self, readings) -> np.ndarray:
         """Feed a chunk ``(n, features)``; returns ``(n, targets)``, NaN rows while warming up.
 
         Same predictions and final state as :meth:`step` one by one; one ORT call for the
-        whole chunk in ``sequence`` and ``window`` mode, one per sample in ``stateful`` mode.
-        Masked samples of a ``sequence`` model repeat the previous prediction (NaN if none).
+        whole chunk in ``sequence`` and ``window`` mode, one per reading in ``stateful`` mode
+        (and with state slots). ``readings`` are consecutive time steps of one series, not
+        windows: an array ``(samples, timesteps, features)`` goes to ``Model.predict``.
+        Masked readings of a ``sequence`` model repeat the previous prediction (NaN if none).
         """
         self._sync()
         model = self.model
-        xs = model._check_chunk(samples)                   # (n, features)
+        xs = model._check_chunk(readings)                  # (n, features)
         keep = None
         if not np.isfinite(xs).all():
             xs, keep = fill_chunk(model, xs, self._last(), self.missing)
@@ -123,7 +125,7 @@ class Stream:
         self._buf = np.empty((0, model.n_features), model.dtype if model.tokens else np.float32)
         self._steps = 0
         self._pred = None   # the last prediction, kept for masked steps (sequence mode)
-        self._age = (0, None)   # (unmasked samples ending the buffer, the buffer): see _mask_age
+        self._age = (0, None)   # (unmasked readings ending the buffer, the buffer): see _mask_age
 
     def restore(self, snapshot=None) -> None:
         """Continue from ``snapshot`` (a :class:`Snapshot`, or None for a fresh stream), in place.
@@ -148,7 +150,11 @@ class Stream:
 
     @property
     def state(self) -> dict[str, np.ndarray]:
-        """Graph input name -> ``(units,)`` copy of the state that input gets next."""
+        """Graph input name -> ``(units,)`` copy of the state that input gets next.
+
+        With ``B > 1`` state slots, the slot the next full window starts from; a snapshot
+        holds them all.
+        """
         self._sync()
         return {name: np.array(to_host(v)[0]) for name, v in
                 zip(self.model.state_inputs, self._state)}
@@ -174,7 +180,7 @@ class Stream:
         self._sync()
         return self._pred
 
-    def _restore(self, state, buf, steps, pred=None):
+    def _restore(self, state, buf, steps, pred=None, slots=None):
         self.reset()
         self._state, self._buf, self._steps, self._pred = state, buf, steps, pred
 
@@ -192,7 +198,7 @@ class Stream:
         group.dirty, self._group = True, None
 
     def _advance(self, x):
-        """Feed one checked sample ``(features,)``; the heart of every mode."""
+        """Feed one checked reading ``(features,)``; the heart of every mode."""
         model = self.model
         window = model.window
         if window == 1:
@@ -228,9 +234,7 @@ class Stream:
                 self._state = bind.run(self._state)
             else:
                 bind.run_fresh()
-        except Exception as exc:
-            if not self.model.tokens:
-                raise
+        except ORT_ERRORS as exc:
             raise self.model._token_error(exc) from None
         return bind.last.copy()
 
@@ -246,14 +250,14 @@ class Stream:
             return y
         if model.carry_state:                              # not fed: the prediction stands
             return None if self._pred is None else self._pred.copy()
-        self._buf, self._steps = x[None], self._steps + 1  # a window of one masked sample
+        self._buf, self._steps = x[None], self._steps + 1  # a window of one masked reading
         return None
 
     def _mask_age(self, x) -> int:
-        """How many unmasked samples end the window once ``x`` joins it (window modes).
+        """How many unmasked readings end the window once ``x`` joins it (window modes).
 
-        A window holds a masked sample when that is less than ``window``. Kept per step, so
-        that a step looks at its new sample only; counted afresh from the buffer where the
+        A window holds a masked reading when that is less than ``window``. Kept per step, so
+        that a step looks at its new reading only; counted afresh from the buffer where the
         buffer was replaced elsewhere (feed, many-stream calls, restore, reset).
         """
         age, seen = self._age
@@ -263,7 +267,7 @@ class Stream:
         return 0 if self.model._masked_one(x) else age + 1
 
     def _advance_masked(self, buf, masked):
-        """A full window ``(window, features)`` holding masked samples: run the others only."""
+        """A full window ``(window, features)`` holding masked readings: run the others only."""
         model = self.model
         if model.carry_state:
             states = [to_host(s) for s in self._state]      # (1, units) each
@@ -369,19 +373,19 @@ def previous_row(model, pred) -> np.ndarray:
 
 
 def run_windows(model, wins, masked, states):
-    """Windows with masked samples, each run on its unmasked samples only (Keras's skip).
+    """Windows with masked readings, each run on its unmasked readings only (Keras's skip).
 
     Parameters
     ----------
     wins : ``(r, window, features)``.
-    masked : ``(r, window)`` bool, True for a masked sample.
+    masked : ``(r, window)`` bool, True for a masked reading.
     states : the windows' initial states, one ``(r, units)`` numpy array per tensor.
 
     Returns
     -------
-    ``(r, targets)`` the prediction after each window's last unmasked sample, NaN for a window
+    ``(r, targets)`` the prediction after each window's last unmasked reading, NaN for a window
     with none, and the final states (a window with none keeps its initial state). Windows
-    with the same number of unmasked samples share one ORT call.
+    with the same number of unmasked readings share one ORT call.
     """
     keep = ~masked
     counts = keep.sum(axis=1)                              # (r,)
@@ -400,7 +404,7 @@ def run_windows(model, wins, masked, states):
 
 
 def _problems(model, x, policy: str) -> list[str]:
-    """What is wrong with the non-finite values of one sample, under a missing policy."""
+    """What is wrong with the non-finite values of one reading, under a missing policy."""
     names = model.features
     inf = [names[i] for i in np.flatnonzero(np.isinf(x))]
     nan = [names[i] for i in np.flatnonzero(np.isnan(x))]
@@ -414,14 +418,14 @@ def _problems(model, x, policy: str) -> list[str]:
 
 
 def fill_missing(model, x, last, policy: str, check_only: bool = False):
-    """A sample with NaN/inf under a policy: raise, None (skip), or the filled sample.
+    """A reading with NaN/inf under a policy: raise, None (skip), or the filled reading.
 
-    ``hold`` replaces each NaN feature with its value in ``last``, the last sample fed; with
-    nothing fed yet there is nothing to hold and the sample is skipped.
+    ``hold`` replaces each NaN feature with its value in ``last``, the last reading fed; with
+    nothing fed yet there is nothing to hold and the reading is skipped.
     """
     problems = _problems(model, x, policy)
     if problems:
-        raise InputError("the sample has " + "; ".join(problems))
+        raise InputError("the reading has " + "; ".join(problems))
     if check_only:
         return x
     if policy == "skip" or last is None:
@@ -439,7 +443,7 @@ def fill_chunk(model, xs, last, policy: str):
     problems = [f"row {i}: {'; '.join(p)}" for i in bad
                 if (p := _problems(model, xs[i], policy))]
     if problems:
-        raise InputError(f"{len(problems)} of {len(xs)} samples cannot be fed: "
+        raise InputError(f"{len(problems)} of {len(xs)} readings cannot be fed: "
                          + " | ".join(problems[:10]) + (" | …" if len(problems) > 10 else ""))
     keep, out = np.ones(len(xs), bool), xs.copy()
     for i in bad:

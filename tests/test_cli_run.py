@@ -246,7 +246,9 @@ def test_info_describes_the_contract(models):
     info = runtime.load(models["window"], device="cpu").info
     for words in ("features   2: temperature, humidity", "targets    1: temperature",
                   "LSTM", "4 units: in_h0, in_c0 -> out_h0, out_c0",
-                  "window: each prediction reads the last 3 samples",
+                  "window: each prediction reads the last 3 readings",
+                  "warm-up    2 readings: the first prediction comes with reading 3",
+                  "--window N if the model was trained on N",
                   f"{info.parity['max_abs_diff']:.3g}", "source", "device     cpu",
                   "the x and y scaling is in the graph"):
         assert words in out, out
@@ -296,7 +298,7 @@ BAD = [
     b"t9,a,inf,40",                    # not finite
     b"\x89PNG\r\x1a\x00\x00\xff",      # binary junk
     b"t9,a,21.0," + b"9" * (1 << 20),  # over-long
-    b"",                               # empty line
+    b"t9,a,1e300,40",                  # beyond float32 (a blank line is no bad line: see test_faults)
     b't9,"a,21.0,40',                  # unbalanced quote
 ]
 
@@ -477,7 +479,7 @@ def test_state_of_another_model_is_refused(models, tmp_path):
 
 
 @pytest.mark.parametrize("make, says", [
-    (lambda p: p.write_bytes(b"not a snapshot"), "not a snapshot file"),
+    (lambda p: p.write_bytes(b"not a snapshot"), "neither a state database nor"),
     (lambda p: None, "not a writable directory"),
 ])
 def test_unusable_state_file_is_one_line(model, tmp_path, make, says):

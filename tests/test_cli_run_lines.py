@@ -59,39 +59,44 @@ def test_unnamed_features_need_headerless_input():
     with pytest.raises(InputError, match="does not name its features"):
         lines.detect(b"a,b", ("", ""), TARGETS)
     fmt, _ = lines.detect(b"1,2", ("", ""), ("",))
-    assert fmt.format(fmt.parse(1, b"1,2"), 1, False, PRED) == "1,2,1,false,21.5,"
+    assert fmt.format(fmt.parse(1, b"1,2"), 1, False, PRED) == "1,2,1,false,21.5,,"
 
 
 # ---- CSV ---------------------------------------------------------------------------------
 
 def test_csv_passes_extra_columns_and_names_added_ones():
     fmt, _ = detect(b"time,sensor,humidity,temperature", stream_column="sensor")
-    assert fmt.header() == "time,sensor,humidity,temperature,step,warmup,pred_temperature,error"
+    assert fmt.header() == ("time,sensor,humidity,temperature,step,warmup,pred_temperature,"
+                            "error,input")
     rec = fmt.parse(2, b"09:00,a,40,21.3")
     assert rec.ok and rec.key == "a" and rec.values.tolist() == [21.3, 40.0]
-    assert fmt.format(rec, 3, False, PRED) == "09:00,a,40,21.3,3,false,21.5,"
-    assert fmt.format(rec, 1, True, np.full(1, np.nan)) == "09:00,a,40,21.3,1,true,,"
+    assert fmt.format(rec, 3, False, PRED) == "09:00,a,40,21.3,3,false,21.5,,"
+    assert fmt.format(rec, 1, True, np.full(1, np.nan)) == "09:00,a,40,21.3,1,true,,,"
 
 
 def test_csv_added_names_never_collide():
-    fmt, _ = detect(b"step,temperature,humidity,pred_temperature")
-    assert fmt.header().endswith(",step_,warmup,pred_temperature_,error")
+    fmt, _ = detect(b"step,temperature,humidity,pred_temperature,input")
+    assert fmt.header().endswith(",step_,warmup,pred_temperature_,error,input_")
 
 
-@pytest.mark.parametrize("raw, reason", [
-    (b"09:00,21.3", "expected 3 comma-separated fields"),
-    (b"09:00,21.3,40,7", "expected 3 comma-separated fields"),
-    (b"09:00,warm,40", "'temperature': 'warm' is not a number"),
-    (b"\xff\xfe,1,2", "not UTF-8"),
-    (b"09:00,1\x00,2", "not UTF-8"),
+@pytest.mark.parametrize("raw, reason, kept", [
+    (b"09:00,21.3", "expected 3 comma-separated fields", "09:00,21.3"),
+    (b"09:00,21.3,40,7", "expected 3 comma-separated fields", "09:00,21.3,40,7"),
+    (b"09:00,warm,40", "'temperature': 'warm' is not a number", ""),
+    (b"\xff\xfe,1,2", "not UTF-8", "\\xff\\xfe,1,2"),
+    (b"09:00,1\x00,2", "not UTF-8", "09:00,1\\x00,2"),
 ])
-def test_csv_bad_lines_become_error_records(raw, reason):
+def test_csv_bad_lines_become_error_records(raw, reason, kept):
     fmt, _ = detect(b"time,temperature,humidity")
     rec = fmt.parse(7, raw)
     assert not rec.ok and reason in rec.error and rec.line == 7
-    out = fmt.format_error(rec)
-    assert len(lines.split_csv(out)) == len(fmt.header().split(","))
-    assert reason in lines.split_csv(out)[-1]
+    out = lines.split_csv(fmt.format_error(rec))
+    assert len(out) == len(fmt.header().split(","))
+    assert reason in out[-2]
+    # The whole line is kept where its fields do not fit the columns; else the fields are.
+    assert out[-1] == kept
+    if not kept:
+        assert out[:3] == lines.split_csv(raw.decode())
 
 
 def test_csv_quotes_round_trip():
@@ -119,10 +124,11 @@ def test_crlf_line_endings():
 def test_headerless_round_trip_and_errors():
     fmt, _ = detect(b"1,2")
     assert fmt.header() is None
-    assert fmt.format(fmt.parse(1, b"1,2"), 1, False, PRED) == "1,2,1,false,21.5,"
+    assert fmt.format(fmt.parse(1, b"1,2"), 1, False, PRED) == "1,2,1,false,21.5,,"
     bad = fmt.parse(2, b"1,2,3")
     assert "expected 2 comma-separated values (temperature, humidity), got 3" in bad.error
-    assert fmt.format_error(bad).startswith("1,2,,,,")
+    out = lines.split_csv(fmt.format_error(bad))
+    assert out[:5] == ["1", "2", "", "", ""] and out[-1] == "1,2,3" and len(out) == 7
 
 
 # ---- JSON lines --------------------------------------------------------------------------

@@ -617,7 +617,7 @@ def _assert_same(a, b):
 
 BAD = {
     "too few features": ([1.0], ShapeError, r"expected \(features,\) = \(2,\), got \(1,\)"),
-    "a row, not a sample": ([[1.0, 2.0]], ShapeError, r"\(features,\)"),
+    "a row, not a reading": ([[1.0, 2.0]], ShapeError, r"\(features,\)"),
     "strings": (["1.0", "2.0"], InputError, "must hold numbers"),
     "None": ([1.0, None], InputError, "must hold numbers"),
     "NaN": ([1.0, np.nan], InputError, "NaN"),
@@ -638,12 +638,12 @@ def test_bad_sample_is_refused_and_state_unchanged(case, mode):
         s.step(sample)
     _assert_same(before, _frozen(s))
     with pytest.raises((InputError, ShapeError)):
-        s.feed([data(p, 1)[0], sample] if case not in ("a row, not a sample",) else [[[1, 2]]])
+        s.feed([data(p, 1)[0], sample] if case not in ("a row, not a reading",) else [[[1, 2]]])
     _assert_same(before, _frozen(s))
     others = [model.stream() for _ in range(2)]
     with pytest.raises((InputError, ShapeError)):
         model.step([s, *others], [data(p, 1)[0], sample, data(p, 1)[0]]
-                   if case not in ("a row, not a sample",) else [[[1, 2]]] * 3)
+                   if case not in ("a row, not a reading",) else [[[1, 2]]] * 3)
     _assert_same(before, _frozen(s))
     assert all(o.steps == 0 for o in others)
     with pytest.raises(error):
@@ -673,7 +673,7 @@ def test_inf_and_nan_raise_no_numpy_warning(mode):
 
 def test_wrong_feature_count_in_a_chunk_is_explained():
     model = load_mode(make_params(**KINDS["lstm"]), "sequence")
-    with pytest.raises(ShapeError, match=r"\(samples, features\) = \(n, 2\), got \(5, 3\)"):
+    with pytest.raises(ShapeError, match=r"\(readings, features\) = \(n, 2\), got \(5, 3\)"):
         model.stream().feed(np.zeros((5, 3)))
 
 

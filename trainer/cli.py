@@ -21,6 +21,8 @@ def quiet_tensorflow() -> None:
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+    from .quiet import filter_stderr
+    filter_stderr()     # what TF_CPP_MIN_LOG_LEVEL cannot stop (issue 11, item 3)
 
 
 TRAIN_EXAMPLES = """
@@ -43,7 +45,7 @@ Modes (how the model will stream, see README):
 """
 
 
-@click.command(epilog=TRAIN_EXAMPLES)
+@click.command(epilog=TRAIN_EXAMPLES, context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("data", type=click.Path(exists=True, dir_okay=False))
 @click.option("--target", required=True, help="Column(s) to predict, comma-separated.")
 @click.option("--features", help="Input columns, comma-separated [default: every numeric "
@@ -64,8 +66,8 @@ Modes (how the model will stream, see README):
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--patience", type=int, default=5, show_default=True,
               help="Early stopping: epochs without a better validation loss.")
-@click.option("--val-fraction", type=float, default=0.2, show_default=True,
-              help="The last part of the rows that validates (split by time, never shuffled).")
+@click.option("--val-fraction", type=float, default=0.15, show_default=True,
+              help="The rows before the test tail that drive early stopping (split by time).")
 @click.option("--missing", type=click.Choice(["error", "drop", "ffill", "interpolate"]),
               default="error", show_default=True, help="What to do with empty/NA values.")
 @click.option("--scaling", type=click.Choice(["robust", "standard"]), default="robust",
@@ -75,10 +77,22 @@ Modes (how the model will stream, see README):
 @click.option("--quiet", is_flag=True, help="No per-epoch progress.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default="model.keras",
               show_default=True, help="Where to save the model; NAME.lstm-edge.json goes beside.")
+@click.option("--test-fraction", type=float, default=0.15, show_default=True,
+              help="The last rows, never trained or early-stopped on: the report's test tail.")
+@click.option("--target-kind", type=click.Choice(["residual", "level"]), default="residual",
+              show_default=True, help="residual: predict the change from the last reading "
+              "(an untrained model is the naive forecast); level: predict the value itself.")
+@click.option("--difference/--no-difference", default=True, show_default=True,
+              help="Feed the changes between readings instead of the readings.")
+@click.option("--season", type=int, help="Readings per season for the seasonal-naive "
+              "baseline [default: guessed from the time column: hourly 24, daily 7, "
+              "weekly 52, monthly 12].")
+@click.option("--plot", type=click.Path(dir_okay=False),
+              help="Draw actual vs predicted (and naive) over the test tail into this PNG.")
 @reports_errors
 def train_main(data, target, features, look_back, horizon, mode, cell, units, layers, dropout,
                dense, epochs, batch_size, patience, val_fraction, missing, scaling, loss, seed,
-               quiet, output):
+               quiet, output, test_fraction, target_kind, difference, season, plot):
     """Fit an LSTM (or GRU) on DATA, a CSV with a header row, and report it against baselines."""
     from .model import ModelConfig
     from .train import TrainConfig, check_config
@@ -86,14 +100,17 @@ def train_main(data, target, features, look_back, horizon, mode, cell, units, la
     cfg = TrainConfig(look_back=look_back, horizon=horizon, epochs=epochs,
                       batch_size=batch_size, patience=patience, val_fraction=val_fraction,
                       missing=missing, scaling=scaling, loss=loss, seed=seed,
-                      verbose=0 if quiet else 2,
+                      verbose=0 if quiet else 2, test_fraction=test_fraction,
+                      target_kind=target_kind, difference=difference, season=season,
                       model=ModelConfig(mode=mode, cell=cell, units=units, layers=layers,
                                         dropout=dropout, dense=dense))
     check_config(cfg, rows=cfg.look_back + cfg.horizon)   # flag errors before TF loads
     quiet_tensorflow()
     from .train import train
 
-    result = train(data, target, features, output, cfg)
+    result = train(data, target, features, output, cfg, plot=plot)
+    for line in result.warnings:
+        click.echo(line, err=True)
     click.echo(result.report())
 
 
@@ -108,13 +125,15 @@ Examples:
 \b
 The scaler, column names and streaming mode come from NAME.lstm-edge.json next to
 NAME.keras when the trainer wrote one; the options override it. The export is checked
-against Keras (1,000 steps, one sample at a time) and nothing is written if it differs
-by more than --atol in normalised units.
+against Keras the way the file will stream (window mode: many windows from a zero state;
+stateful: consecutive windows carrying the state; sequence: --steps readings one at a
+time) and nothing is written if it differs by more than --atol (in normalised units
+where there is a scaler). Notes on suspicious shapes go to stderr.
 """
 
 
-@click.command(epilog=EXPORT_EXAMPLES)
-@click.argument("model", type=click.Path(exists=True, dir_okay=False))
+@click.command(epilog=EXPORT_EXAMPLES, context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("model", type=click.Path(exists=True))  # a directory gets the exporter's message
 @click.option("-o", "--output", type=click.Path(dir_okay=False),
               help="Where to write the ONNX file [default: exported/NAME.onnx].")
 @click.option("--scaler", type=click.Path(exists=True, dir_okay=False),
@@ -128,17 +147,29 @@ by more than --atol in normalised units.
 @click.option("--atol", type=click.FloatRange(min=0), default=1e-4, show_default=True,
               help="Largest difference from Keras allowed, in normalised units.")
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset, 13 to 18.")
+@click.option("--state-slots", type=click.IntRange(min=1),
+              help="Stateful mode: state slots per stream, window j continuing window j-N "
+              "[default: the batch size the stateful layer was built with].")
 @click.option("--steps", type=click.IntRange(min=1), default=1000, show_default=True,
-              help="Length of the sequences the check runs.")
+              help="Length of the runs the check feeds a sequence model (window modes "
+              "run windows).")
 @click.option("--no-check", is_flag=True, help="Skip the check against Keras.")
+@click.option("--triton", "triton_dir", type=click.Path(file_okay=False),
+              help="Also write a Triton model repository there (see lstm-triton for options).")
 @reports_errors
 def export_main(model, output, scaler, features, targets, window, carry_state, atol, opset,
-                steps, no_check):
+                state_slots, steps, no_check, triton_dir):
     """Export MODEL (.keras or .h5) to a streaming ONNX file the runtime can step through."""
     quiet_tensorflow()
     from .export import export
 
     report = export(model, output, scaler=scaler, features=features, targets=targets,
                     window=window, carry_state=carry_state, atol=atol, opset=opset,
-                    check=not no_check, steps=steps)
+                    check=not no_check, steps=steps, state_slots=state_slots)
+    for note in report.notes:
+        click.echo(f"note: {note}", err=True)
     click.echo(report.summary())
+    if triton_dir is not None:
+        from .triton import write_repository
+
+        click.echo(write_repository(report.path, triton_dir).summary())

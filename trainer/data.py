@@ -1,7 +1,8 @@
 """Reading a sensor CSV into numeric columns, with a stated policy for missing values.
 
 A CSV has a header row. A time column (named like ``time``/``date``/``timestamp``, or
-holding ISO dates) is recognised and kept aside, never used as a feature. Every other
+holding ISO dates, YYYYMMDD numbers or epoch seconds at a constant step) is recognised and
+kept aside, never used as a feature. Every other
 column whose values are numbers is a candidate feature; junk in such a column is an error
 that names the line and the column, and a missing value is handled by ``missing``:
 
@@ -26,6 +27,7 @@ from .errors import DataError
 MISSING_POLICIES = ("error", "drop", "ffill", "interpolate")
 MISSING_TOKENS = {"", "na", "nan", "n/a", "null", "none", "?", "-"}
 TIME_NAMES = re.compile(r"^(time|date|datetime|timestamp|ts|month|day|hour|minute)$", re.I)
+NUMERIC_TIME_NAMES = re.compile(r"^(time|date|datetime|timestamp|ts|epoch|unix_?time)$", re.I)
 SHOW = 5  # how many offending lines a message lists before saying "and N more"
 
 
@@ -57,6 +59,53 @@ def _looks_like_time(values: list[str]) -> bool:
         except ValueError:
             return False
     return True
+
+
+def _numeric_time(name: str, numbers: np.ndarray) -> bool:
+    """Whether a column of plain numbers is a time column, by its name or its values.
+
+    Named ``time``/``date``/``timestamp``/... and strictly increasing; or YYYYMMDD dates
+    that never go back; or epoch seconds (1973..2103) that increase by a constant step.
+    A ``month``/``day``/``hour`` column of small repeating numbers stays a feature.
+    """
+    values = numbers[np.isfinite(numbers)]
+    whole = (values == np.round(values)).all()
+    if len(values) < 2 or (not whole and not NUMERIC_TIME_NAMES.match(name)):
+        return False
+    steps = np.diff(values)
+    if NUMERIC_TIME_NAMES.match(name) and (steps > 0).all():
+        return True
+    if (steps >= 0).all() and ((values >= 1e7) & (values < 3e7)).all():
+        days = values.astype(np.int64)                    # YYYYMMDD: a real month and day
+        month, day = days // 100 % 100, days % 100
+        if ((month >= 1) & (month <= 12) & (day >= 1) & (day <= 31)).all():
+            return True
+    if (steps > 0).all() and ((values >= 1e8) & (values < 4.2e9)).all():
+        return bool(np.mean(steps == np.median(steps)) >= 0.9)   # epoch seconds, one step
+    return False
+
+
+def growing_features(sel: "Selection", split: int) -> list[str]:
+    """Warnings for features that only ever grow and leave their training range later.
+
+    A counter (a total distance, a meter reading) is new territory after the training rows:
+    a model has never seen such values and cannot use them. Warned about, not refused —
+    the user decides, with ``--features``.
+    """
+    lines = []
+    for j, name in enumerate(sel.features):
+        column = sel.x[:, j]
+        if len(column) <= split or not (np.diff(column) >= 0).all() or column[0] == column[-1]:
+            continue
+        later = column[split:]
+        outside = float(np.mean(later > column[:split].max()))
+        if outside > 0.5:
+            others = [f for f in sel.features if f != name] or ["COLUMNS"]
+            lines.append(f"warning: feature {name!r} only ever grows: {outside:.0%} of its values "
+                         f"after the training rows lie above anything seen in training, so the "
+                         f"model cannot use them; leave it out with --features "
+                         f"{','.join(others)}")
+    return lines
 
 
 def _lines(n: np.ndarray) -> str:
@@ -105,6 +154,9 @@ def read_csv(path: str | Path) -> Table:
             if junk or not np.isfinite(numbers).any():
                 time, time_column = np.asarray(texts), name
                 continue
+        if time_column is None and not junk and _numeric_time(name, numbers):
+            time, time_column = np.asarray(texts), name
+            continue
         # A column where most values are numbers is numeric: the rest is junk to report.
         if len(junk) > len(texts) // 2:
             ignored.append(name)
@@ -123,10 +175,11 @@ def read_csv(path: str | Path) -> Table:
 
 
 def fill_missing(values: np.ndarray, policy: str, what: str,
-                 lines: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                 lines: np.ndarray, names=None) -> tuple[np.ndarray, np.ndarray]:
     """Apply a missing-value policy to ``values`` (rows, columns).
 
-    Returns the filled values and the boolean mask of the rows kept.
+    ``names`` (one per column) name a column that has no value at all; without them it is
+    named by its index. Returns the filled values and the boolean mask of the rows kept.
     """
     if policy not in MISSING_POLICIES:
         raise DataError(f"--missing must be one of {', '.join(MISSING_POLICIES)}, got {policy!r}")
@@ -139,15 +192,20 @@ def fill_missing(values: np.ndarray, policy: str, what: str,
         raise DataError(
             f"{what}: missing values on line(s) {_lines(lines[rows])}; choose what to do with "
             f"--missing drop|ffill|interpolate, or fill them in the CSV")
+    empty = [j for j in range(values.shape[1]) if gaps[:, j].all()]
+    if empty:
+        shown = ", ".join(repr(names[j]) if names is not None else f"#{j}" for j in empty)
+        raise DataError(f"{what}: column(s) {shown} have no values at all (every row is "
+                        f"missing), so --missing {policy} has nothing to "
+                        f"{'keep' if policy == 'drop' else 'fill from'}; leave them out with "
+                        f"--features/--target, or fill them in the CSV")
     if policy == "drop":
         keep = ~rows
         return values[keep], keep
     filled = values.copy()
     index = np.arange(len(values))
     for j in range(values.shape[1]):
-        good = ~gaps[:, j]
-        if not good.any():
-            raise DataError(f"{what}: column {j} has no values at all")
+        good = ~gaps[:, j]                 # never all False: empty columns refused above
         if policy == "interpolate":
             filled[:, j] = np.interp(index, index[good], values[good, j])
         else:  # ffill: the index of the last good row at or before each row
@@ -197,7 +255,7 @@ def select(table: Table, target: str | list[str], features: str | list[str] | No
                             f"the numeric columns are {', '.join(map(repr, known))}")
     names = list(dict.fromkeys(chosen + targets))  # each column once, features first
     values = np.stack([table.columns[n] for n in names], axis=1)   # (rows, columns)
-    values, keep = fill_missing(values, missing, source, table.lines)
+    values, keep = fill_missing(values, missing, source, table.lines, names)
     index = {n: i for i, n in enumerate(names)}
     return Selection(
         x=values[:, [index[n] for n in chosen]],

@@ -21,7 +21,6 @@ import hashlib
 import json
 import os
 import time
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -29,14 +28,15 @@ import onnx
 from onnx import helper
 
 from runtime.contract import ModelInfo
+from . import forecast_graph
 from .errors import ExportError
+from .loading import KERAS_SUFFIXES, chain, load_model  # noqa: F401 - re-exported
+from .notes import shape_notes, state_slots as _state_slots
 from .train import sidecar_path
 from .graph import (check_fused, check_layers, emit, emit_embedding, is_recurrent, lookup,
                     op_counts)
 
 OPSETS = range(13, 19)          # what ONNX Runtime 1.31 runs and the exporter emits
-KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
-HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
 @dataclasses.dataclass
@@ -51,33 +51,80 @@ class ExportReport:
     inputs: list                 # (name, dtype, shape) of each graph input
     outputs: list                # (name, dtype, shape) of each graph output
     seconds: float = 0.0         # wall time of the export, check included
+    notes: list = dataclasses.field(default_factory=list)    # export notes (see trainer.notes)
+    layers: list = dataclasses.field(default_factory=list)   # (name, class, shape, params)
 
     def summary(self) -> str:
-        """The CLI's report: tensors, state, streaming mode, parity, operators, size."""
+        """The CLI's report: Keras layers, tensors, state, streaming mode, parity, size."""
         info = self.info
+        mode = info.streaming_mode
         lines = [f"wrote {self.path}" if self.path else "nothing written"]
+        if self.layers:
+            lines.append("keras:   " + _layer_table(self.layers).replace("\n", "\n         "))
         lines.append("inputs:  " + ", ".join(_fmt_tensor(t) for t in self.inputs))
         lines.append("outputs: " + ", ".join(_fmt_tensor(t) for t in self.outputs))
+        slots = int(info.extra.get("state_slots", 1))
+        carried = {"sequence": "carried from reading to reading",
+                   "window": "zeros at the start of every window (not carried)",
+                   "stateful": "carried from window to window"
+                               + (f" in {slots} slots" if slots > 1 else "")}[mode]
         for spec in info.state:
             lines.append(f"state:   {spec.layer} ({spec.kind}, {spec.units} units): "
-                         f"{', '.join(spec.inputs)} -> {', '.join(spec.outputs)}")
-        lines.append(f"mode:    {info.streaming_mode} (window={info.window}, "
-                     f"carry_state={str(info.carry_state).lower()})")
+                         f"{', '.join(spec.inputs)} -> {', '.join(spec.outputs)}, {carried}")
+        lines.append(f"mode:    {mode} (window={info.window}, "
+                     f"carry_state={str(info.carry_state).lower()}"
+                     f"{f', state_slots={slots}' if mode == 'stateful' else ''})")
         lines.append(f"columns: features {list(info.features)} -> targets {list(info.targets)}"
-                     f"{'' if info.scaler else ' (no scaler)'}")
+                     f"{'' if info.scaler else ' (no scaler: raw values in, model units out)'}")
+        lines.append(f"predicts: {_predicts(info, self.layers)}")
         if "mask_value" in info.extra:
-            lines.append(f"masking: samples equal to {info.extra['mask_value']} are skipped")
+            lines.append(f"masking: readings equal to {info.extra['mask_value']} are skipped")
         if self.parity:
+            from .parity import describe
+
             worst = max(self.parity["per_output"].items(), key=lambda kv: kv[1])
-            lines.append(f"parity:  max abs diff {self.parity['max_abs_diff']:.2g} "
-                         f"({self.parity['units']} units, worst {worst[0]}) over "
-                         f"{self.parity['steps']} steps x {self.parity['streams']} streams, "
-                         f"atol {self.parity['atol']:g}")
+            units = " in normalised units" if info.scaler and info.scaler.get("y") else ""
+            lines.append(f"parity:  max abs diff {self.parity['max_abs_diff']:.2g}{units} "
+                         f"(worst {worst[0]}), atol {self.parity['atol']:g}; checked "
+                         f"{describe(self.parity)}")
         else:
             lines.append("parity:  not checked")
         lines.append("ops:     " + ", ".join(f"{op} {n}" for op, n in self.op_counts.items()))
         lines.append(f"size:    {self.size_bytes / 1024:.1f} KiB, exported in {self.seconds:.1f} s")
         return "\n".join(lines)
+
+
+def _layer_table(layers) -> str:
+    """Keras's own layer summary, short: name (class), output shape, parameters."""
+    width = max(len(f"{name} ({cls})") for name, cls, _, _ in layers)
+    rows = [f"{f'{name} ({cls})':<{width}}  {shape:<18} {params:>8,} params"
+            for name, cls, shape, params in layers]
+    total = sum(p for *_, p in layers)
+    return "\n".join(rows + [f"{'total':<{width}}  {'':<18} {total:>8,} params"])
+
+
+def keras_layers(model) -> list:
+    """(name, class, output shape, parameters) of each layer, as ``model.summary()`` lists."""
+    rows = []
+    for layer in model.layers:
+        if type(layer).__name__ == "InputLayer":
+            continue
+        try:
+            shape = str(tuple(layer.output.shape)).replace("None", "n")
+        except (AttributeError, ValueError):
+            shape = "?"
+        rows.append((layer.name, type(layer).__name__, shape, int(layer.count_params())))
+    return rows
+
+
+def _predicts(info, layers) -> str:
+    """What y is, in words: a forecast only where the trainer's sidecar says so."""
+    names = ", ".join(info.targets)
+    last = layers[-1][1] if layers else ""
+    if info.scaler and info.scaler.get("y"):
+        return f"{names}, {info.horizon} step(s) ahead of the last reading"
+    return f"{names}, what the model's last layer{f' ({last})' if last else ''} outputs " \
+           f"for the readings so far (no training sidecar says what it forecasts)"
 
 
 def _fmt_tensor(t) -> str:
@@ -97,62 +144,10 @@ class _Prepared:
     features: int
     vocab: int
     path: Path | None
-
-
-# --------------------------------------------------------------------------- loading
-
-def load_model(path) -> object:
-    """Load a ``.keras`` or legacy ``.h5`` file, or raise :class:`ExportError` saying why not."""
-    path = Path(path)
-    if not path.exists():
-        raise ExportError(f"{path}: no such file; give the path of a .keras or .h5 model")
-    if path.is_dir() or path.suffix.lower() not in KERAS_SUFFIXES:
-        raise ExportError(f"{path}: not a Keras file; expected a model saved with "
-                          f"model.save('NAME.keras') (or a legacy .h5)")
-    if path.suffix.lower() == ".keras" and not zipfile.is_zipfile(path):
-        raise ExportError(f"{path}: corrupt or truncated .keras file (not a zip archive); "
-                          f"save the model again")
-    if path.suffix.lower() != ".keras":
-        with open(path, "rb") as fh:
-            if fh.read(8) != HDF5_SIGNATURE:
-                raise ExportError(f"{path}: corrupt or truncated .h5 file (no HDF5 "
-                                  f"signature); save the model again")
-    import keras
-
-    try:
-        return keras.models.load_model(path, compile=False)
-    except Exception as exc:  # noqa: BLE001 - Keras raises anything from a bad file
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise ExportError(f"{path}: cannot be read as a Keras model ({reason}); "
-                          f"save the model again with model.save('NAME.keras')") from None
-
-
-def chain(model) -> list:
-    """The model's layers in order, refusing anything that is not one input, one chain."""
-    inputs = getattr(model, "inputs", None)
-    if not inputs:
-        raise ExportError(f"model {model.name!r} has not been built: call it on data or "
-                          f"give it a keras.Input first")
-    if len(inputs) > 1:
-        raise ExportError(f"model {model.name!r} has {len(inputs)} inputs "
-                          f"({', '.join(t.name for t in inputs)}); a stream feeds one input")
-    if len(model.outputs) > 1:
-        raise ExportError(f"model {model.name!r} has {len(model.outputs)} outputs; "
-                          f"the contract has one y")
-    layers = [layer for layer in model.layers if type(layer).__name__ != "InputLayer"]
-    if type(model).__name__ == "Sequential":
-        return layers  # a chain by construction (and a loaded one's layer.input is stale)
-    previous = inputs[0]
-    for layer in layers:
-        try:
-            reads = layer.input
-        except (AttributeError, ValueError):
-            reads = None
-        if reads is not previous:
-            raise ExportError(f"model {model.name!r} is not a single chain of layers: layer "
-                              f"{layer.name!r} does not read the previous layer's output only")
-        previous = layer.output
-    return layers
+    forecast: dict | None         # residual / differencing built in (trainer.forecast_graph)
+    notes: list                   # export notes: suspicious shapes, which window was written
+    slots: int = 1                # state slots of a stateful stream
+    mask: float | None = None     # the Masking value in normalised units
 
 
 # --------------------------------------------------------------------------- artefacts
@@ -245,7 +240,8 @@ def _source(path: Path | None, model) -> dict:
 
 # --------------------------------------------------------------------------- conversion
 
-def _prepare(model, *, scaler, features, targets, window, carry_state, opset) -> _Prepared:
+def _prepare(model, *, scaler, features, targets, window, carry_state, opset,
+             state_slots=None) -> _Prepared:
     if opset not in OPSETS:
         raise ExportError(f"opset {opset} is out of range: the exporter writes opset "
                           f"{OPSETS.start} to {OPSETS.stop - 1} (default 17)")
@@ -270,18 +266,26 @@ def _prepare(model, *, scaler, features, targets, window, carry_state, opset) ->
     graph, state, extra = emit(layers, features=n_features, tokens=tokens, scaler=scaler,
                                opset=opset)
     inferred = _infer_mode(layers, shape[1], sidecar)
+    window = int(window if window is not None else inferred[0])
+    carry_state = bool(carry_state if carry_state is not None else inferred[1])
+    framing = forecast_graph.plan(sidecar, window, carry_state)
+    graph, state, framed = forecast_graph.apply(graph, state, extra, framing, features=n_features,
+                                                outputs=n_outputs, tokens=tokens)
     features = _names(features or (sidecar or {}).get("features"), n_features, "x", "features")
     targets = _names(targets or (sidecar or {}).get("targets"), n_outputs, "y", "targets")
     info = ModelInfo(
         state=tuple(state),
-        window=int(window if window is not None else inferred[0]),
-        carry_state=bool(carry_state if carry_state is not None else inferred[1]),
+        window=window, carry_state=carry_state,
         features=features, targets=targets,
         horizon=int((sidecar or {}).get("horizon", 1)),
         scaler=scaler, source=_source(path, model),
-        extra=_mask_metadata(extra, scaler, n_features))
+        extra={**_mask_metadata(extra, scaler, n_features), **framed})
     if info.window < 1:
         raise ExportError(f"window must be at least 1, got {info.window}")
+    slots = _state_slots(model, layers, sidecar, info, state_slots)
+    if slots is not None:
+        info = dataclasses.replace(info, extra={**info.extra, "state_slots": str(slots)})
+    notes = shape_notes(shape, sidecar, info, tokens, window)
     opsets = [helper.make_opsetid("", opset)]
     proto = helper.make_model(graph, opset_imports=opsets, producer_name="lstm-edge",
                               ir_version=helper.find_min_ir_version_for(opsets))
@@ -291,9 +295,12 @@ def _prepare(model, *, scaler, features, targets, window, carry_state, opset) ->
     except Exception as exc:  # noqa: BLE001 - onnx raises several types
         raise ExportError(f"the emitted graph fails onnx.checker ({exc}); this is a bug "
                           f"in lstm-export, please report it with the model") from None
-    check_fused(proto, len(state))
+    check_fused(proto, sum(1 for spec in state if spec.kind != "prev"))
     vocab = int(layers[0].input_dim) if tokens else 0
-    return _Prepared(proto, info, model, layers, tokens, n_features, vocab, path)
+    mask = next((float(layer.mask_value) for layer in layers
+                 if type(layer).__name__ == "Masking"), None)
+    return _Prepared(proto, info, model, layers, tokens, n_features, vocab, path, framing,
+                     notes, slots or 1, mask)
 
 
 def _names(given, width: int, prefix: str, what: str) -> tuple[str, ...]:
@@ -322,19 +329,20 @@ def _set_metadata(proto: onnx.ModelProto, info: ModelInfo) -> None:
 
 
 def to_onnx(model, *, scaler=None, features=None, targets=None, window=None,
-            carry_state=None, opset: int = 17):
+            carry_state=None, opset: int = 17, state_slots: int | None = None):
     """The streaming graph and its :class:`ModelInfo`, without the check or a file.
 
     Parameters are those of :func:`export`. Returns ``(onnx.ModelProto, ModelInfo)``.
     """
     prepared = _prepare(model, scaler=scaler, features=features, targets=targets,
-                        window=window, carry_state=carry_state, opset=opset)
+                        window=window, carry_state=carry_state, opset=opset,
+                        state_slots=state_slots)
     return prepared.proto, prepared.info
 
 
 def export(model, output=None, *, scaler=None, features=None, targets=None, window=None,
            carry_state=None, atol: float = 1e-4, opset: int = 17, check: bool = True,
-           steps: int = 1000) -> ExportReport:
+           steps: int = 1000, state_slots: int | None = None) -> ExportReport:
     """Export ``model`` to a streaming ONNX file, check it against Keras, and write it.
 
     Parameters
@@ -349,8 +357,12 @@ def export(model, output=None, *, scaler=None, features=None, targets=None, wind
     window, carry_state : override the streaming mode inferred from the model and sidecar.
     atol : largest difference from Keras allowed, in normalised units.
     opset : ONNX opset, 13 to 18.
-    check : run the parity check (ONNX stepped one sample at a time against Keras).
-    steps : length of the sequences the check runs.
+    check : run the parity check (the graph run the way the file will stream, against
+        Keras: see :mod:`trainer.parity`).
+    steps : length of the runs the check feeds a sequence-mode model (window modes run
+        windows of ``window`` readings).
+    state_slots : state slots of a stateful stream (``lstm_edge.state_slots``); default the
+        batch size the model's stateful layer was built with (see :mod:`trainer.notes`).
 
     Raises
     ------
@@ -359,7 +371,8 @@ def export(model, output=None, *, scaler=None, features=None, targets=None, wind
     """
     started = time.perf_counter()
     prepared = _prepare(model, scaler=scaler, features=features, targets=targets,
-                        window=window, carry_state=carry_state, opset=opset)
+                        window=window, carry_state=carry_state, opset=opset,
+                        state_slots=state_slots)
     info, parity = prepared.info, None
     if check:
         from .parity import Subject, check as check_parity
@@ -368,7 +381,8 @@ def export(model, output=None, *, scaler=None, features=None, targets=None, wind
             onnx_bytes=prepared.proto.SerializeToString(), layers=prepared.layers,
             original=prepared.model, state=info.state, tokens=prepared.tokens,
             features=prepared.features, vocab=prepared.vocab, scaler=info.scaler,
-            window=info.window, carry_state=info.carry_state), steps=steps, atol=atol)
+            window=info.window, carry_state=info.carry_state, slots=prepared.slots, forecast=prepared.forecast,
+            mask=prepared.mask), steps=steps, atol=atol)
         info = dataclasses.replace(info, parity=parity)
         _set_metadata(prepared.proto, info)
     data = prepared.proto.SerializeToString()
@@ -379,7 +393,8 @@ def export(model, output=None, *, scaler=None, features=None, targets=None, wind
     return ExportReport(
         path=path, info=info, parity=parity, op_counts=op_counts(prepared.proto),
         size_bytes=len(data), inputs=[_describe(v) for v in graph.input],
-        outputs=[_describe(v) for v in graph.output], seconds=time.perf_counter() - started)
+        outputs=[_describe(v) for v in graph.output], seconds=time.perf_counter() - started,
+        notes=list(prepared.notes), layers=keras_layers(prepared.model))
 
 
 def _write_atomically(path: Path, data: bytes) -> None:

@@ -245,6 +245,11 @@ def _fused(g: Graph, layer, flow: Flow, kind: str, kernel, recurrent, wb, rb, at
 
 
 def _check_recurrent(layer) -> None:
+    if type(layer).__name__ == "RNN" and _cell_emitter(layer) is None:
+        raise ExportError(f"layer {layer.name!r} (RNN) wraps a cell the exporter cannot fuse "
+                          f"({type(getattr(layer, 'cell', None)).__name__}); use "
+                          f"keras.layers.LSTM, GRU or SimpleRNN (or RNN around one LSTMCell, "
+                          f"GRUCell or SimpleRNNCell)")
     if getattr(layer, "go_backwards", False):
         raise ExportError(f"layer {layer.name!r} ({type(layer).__name__}) has go_backwards=True: "
                           f"it reads the sequence from its end, which a stream never has; "
@@ -285,6 +290,33 @@ def emit_simple_rnn(g: Graph, layer, flow: Flow) -> Flow:
     bias = weights[2] if layer.use_bias else None
     return _fused(g, layer, flow, "rnn", weights[0], weights[1], bias, None,
                   _rnn_activations(layer, ("activation",)))
+
+
+class _CellLayer:
+    """``RNN(LSTMCell(...))`` seen as the ``LSTM`` it equals: the cell's settings, the
+    wrapper's name, weights and direction (likewise GRUCell and SimpleRNNCell)."""
+
+    def __init__(self, layer):
+        self._layer = layer
+
+    def __getattr__(self, key):
+        if key in ("name", "get_weights", "go_backwards"):
+            return getattr(self._layer, key)
+        return getattr(self._layer.cell, key)
+
+
+# Keras cell class -> the emitter of the layer that wraps it.
+CELLS = {"LSTMCell": emit_lstm, "GRUCell": emit_gru, "SimpleRNNCell": emit_simple_rnn}
+
+
+def _cell_emitter(layer):
+    return next((CELLS[cls.__name__] for cls in type(getattr(layer, "cell", None)).__mro__
+                 if cls.__name__ in CELLS), None)
+
+
+def emit_rnn(g: Graph, layer, flow: Flow) -> Flow:
+    """``keras.layers.RNN`` around one LSTM/GRU/SimpleRNN cell streams as that layer."""
+    return _cell_emitter(layer)(g, _CellLayer(layer), flow)
 
 
 # --------------------------------------------------------------------------- per-step layers
@@ -394,6 +426,7 @@ EMITTERS = {
     "LSTM": emit_lstm,
     "GRU": emit_gru,
     "SimpleRNN": emit_simple_rnn,
+    "RNN": emit_rnn,   # after LSTM/GRU/SimpleRNN in their MRO: only a bare RNN(cell) lands here
     "Dense": emit_dense,
     "TimeDistributed": emit_time_distributed,
     "Conv1D": emit_conv1d,
@@ -410,7 +443,7 @@ EMITTERS = {
     "ActivityRegularization": emit_identity,
 }
 
-RECURRENT = {"LSTM", "GRU", "SimpleRNN"}
+RECURRENT = {"LSTM", "GRU", "SimpleRNN", "RNN"}
 # Anything else is tried by trainer.traced (tf2onnx), which refuses layers mixing time steps.
 
 # Layers that cannot stream, and why (the message names the layer).
@@ -432,7 +465,6 @@ REFUSED = {
     "ZeroPadding1D": "adds time steps",
     "UpSampling1D": "adds time steps",
     "ConvLSTM1D": "has no fused ONNX operator",
-    "RNN": "wraps a cell the exporter cannot fuse; use keras.layers.LSTM, GRU or SimpleRNN",
 }
 
 
@@ -472,6 +504,27 @@ def check_layers(layers) -> None:
     if not any(is_recurrent(layer) for layer in layers):
         raise ExportError("the model has no recurrent layer (LSTM, GRU or SimpleRNN): there "
                           "is no state to stream; run it with onnxruntime directly instead")
+    _check_zero_output_for_mask(layers)
+
+
+def _check_zero_output_for_mask(layers) -> None:
+    """Refuse ``zero_output_for_mask=True`` on the last recurrent layer behind a Masking.
+
+    At a masked reading Keras then outputs zeros from that layer (so y is the head applied
+    to zeros), where the contract's masked step repeats the previous prediction. Inner
+    layers' zeros are masked again by the next recurrent layer and change nothing.
+    """
+    if not any(type(layer).__name__ == "Masking" for layer in layers):
+        return
+    last = [layer for layer in layers if is_recurrent(layer)][-1]
+    if getattr(last, "zero_output_for_mask", False):
+        raise ExportError(
+            f"layer {last.name!r} ({type(last).__name__}) has zero_output_for_mask=True after "
+            f"a Masking layer: at a masked reading Keras outputs zeros from it (the prediction "
+            f"becomes the head's output for zeros), while a stream repeats the previous "
+            f"prediction; if repeating is what you want, rebuild the model with "
+            f"zero_output_for_mask=False and new.set_weights(model.get_weights()) (the "
+            f"weights are the same), then export that")
 
 
 def emit(layers, *, features: int | None, tokens: bool, scaler: dict | None, opset: int):

@@ -25,6 +25,7 @@ class ModelConfig:
     layers: int = 1          # stacked recurrent layers
     dropout: float = 0.0     # Dropout after each recurrent layer while training
     dense: int = 0           # hidden relu units in the head before the output (0: none)
+    zero_head: bool = False  # the output layer starts at zero (a residual model starts naive)
 
 
 def build_model(cfg: ModelConfig, look_back: int, n_features: int, n_targets: int,
@@ -52,7 +53,8 @@ def build_model(cfg: ModelConfig, look_back: int, n_features: int, n_targets: in
     if cfg.dense > 0:
         h = keras.layers.Dense(cfg.dense, activation="relu", name="hidden")(h)
     # Dense on a 3-D input applies to every timestep: the per-step head of a sequence model.
-    outputs = keras.layers.Dense(n_targets, name="head")(h)
+    init = "zeros" if cfg.zero_head else "glorot_uniform"
+    outputs = keras.layers.Dense(n_targets, kernel_initializer=init, name="head")(h)
     return keras.Model(inputs, outputs, name=f"{cfg.mode}_{cfg.cell}")
 
 

@@ -1,16 +1,29 @@
-"""The export check: the ONNX graph, stepped one sample at a time, against Keras.
+"""The export check: the ONNX graph, run the way it will stream, against Keras.
 
 ONNX Runtime is driven directly (not through the project's ``runtime`` package) so the check
 is independent of the code it vouches for. The Keras reference is rebuilt from the same
 layers' configs and weights with ``return_sequences=True, return_state=True,
-stateful=False``, so it gives a prediction per step and each layer's final state and takes
-an initial state. Differences are measured in the model's normalised units (raw difference
-divided by the target scaler's std): a raw target like CO2 at ~700 ppm has a float32 ulp of
-6e-5, so a raw-unit tolerance of 1e-4 would measure rounding, not the export. Where even
-that is not enough (air pressure at 101325 Pa with a std of 10: one float32 ulp of the raw
-output is 8e-4 normalised), ``y`` is allowed ``atol`` plus one ulp of the largest raw
-output divided by std, its ``resolution``, reported beside the figures. States are compared
-relative to their own size where it exceeds 1 (see :func:`_state_diff`).
+stateful=False, unroll=False``, so it gives a prediction per step and each layer's final
+state and takes an initial state (an ``unroll=True`` layer gives the same numbers rolled,
+and a 1,000-step unrolled graph takes minutes to build).
+
+What runs depends on the streaming mode the file will have (docs/contract.md):
+
+* ``window``: many windows of ``window`` readings, each from a zero state — random inputs
+  around the scaler's centre and, without a scaler, in [0, 1] as a MinMax-scaled series is;
+* ``stateful``: one stream's consecutive sliding windows, window *j* starting from state
+  slot *j* mod ``state_slots`` and leaving its state there, as the stream will;
+* ``sequence``: long runs of ``steps`` readings from a zero state, state carried.
+
+A model with a Masking layer gets masked readings in every run; they are skipped the way
+the contract says (state kept, previous prediction repeated). Differences are measured in
+the model's normalised units (raw difference divided by the target scaler's std): a raw
+target like CO2 at ~700 ppm has a float32 ulp of 6e-5, so a raw-unit tolerance of 1e-4
+would measure rounding, not the export. Where even that is not enough (air pressure at
+101325 Pa with a std of 10: one float32 ulp of the raw output is 8e-4 normalised), ``y`` is
+allowed ``atol`` plus one ulp of the largest raw output divided by std, its
+``resolution``, reported beside the figures. States are compared relative to their own size
+where it exceeds 1 (see :func:`_state_diff`).
 """
 
 from __future__ import annotations
@@ -19,11 +32,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from runtime.contract import streaming_mode
 from .errors import ParityError
 from .graph import is_recurrent
 
-STREAMS = 4   # parallel streams in the long check: the batch axis is exercised too
-WINDOWS = 4   # consecutive windows in the stateful check
+STREAMS = 4     # parallel streams in the sequence-mode check: the batch axis is exercised too
+WINDOWS = 64    # windows from a zero state in the window-mode check
+CHAIN = 24      # consecutive windows (at least) one stream runs in the stateful check
+MASKED = 0.2    # share of readings set to the mask value for a model with Masking
+DIVERGED = 1e6  # |prediction or state| in normalised units past which Keras itself diverges
 
 
 @dataclass
@@ -40,6 +57,13 @@ class Subject:
     scaler: dict | None     # {"x": {mean, std}, "y": {mean, std}}
     window: int
     carry_state: bool
+    forecast: dict | None = None  # residual / differencing in the graph (forecast_graph.plan)
+    slots: int = 1          # state slots of a stateful stream (lstm_edge.state_slots)
+    mask: float | None = None   # the Masking value in normalised units, None without one
+
+    @property
+    def mode(self) -> str:
+        return streaming_mode(self.window, self.carry_state)
 
 
 def reference_model(layers, subject: Subject):
@@ -50,51 +74,127 @@ def reference_model(layers, subject: Subject):
         inp = keras.Input(shape=(None,), dtype="int64", name="x")
     else:
         inp = keras.Input(shape=(None, subject.features), name="x")
-    x, state_in, state_out = inp, [], []
+    x, state_in, state_out, mask = inp, [], [], None
     specs = iter(subject.state)
     for layer in layers:
+        if type(layer).__name__ == "Masking":
+            # Passed on explicitly: a functional graph with initial states drops Keras's
+            # implicit mask, and the reference would then feed the masked readings.
+            mask = keras.ops.any(keras.ops.not_equal(x, layer.mask_value), axis=-1)
         if not is_recurrent(layer):
-            x = layer(x)  # stateless per-step layers are shared with the original as they are
+            # Stateless per-step layers are shared with the original as they are;
+            # TimeDistributed(Dense) is its Dense on the last axis (a TimeDistributed over a
+            # fixed 1,000-step axis builds 1,000 copies and takes half a minute).
+            inner = getattr(layer, "layer", None)
+            per_step = inner if type(inner).__name__ == "Dense" else layer
+            x = per_step(x)
             continue
         config = layer.get_config()
         for key in ("batch_input_shape", "input_shape", "batch_shape"):
             config.pop(key, None)  # the reference has its own, batch-free input
         spec = next(specs)
         config.update(return_sequences=True, return_state=True, stateful=False)
+        if "unroll" in config:
+            config["unroll"] = False   # same numbers; unrolling 1,000 steps takes minutes
         clone = type(layer).from_config(config)
         initial = [keras.Input(shape=(spec.units,), name=n) for n in spec.inputs]
-        x, *states = clone(x, initial_state=initial)
+        x, *states = clone(x, initial_state=initial, mask=mask)
         clone.set_weights(layer.get_weights())
         state_in += initial
         state_out += states
     return keras.Model([inp, *state_in], [x, *state_out])
 
 
-def _series(rng, subject: Subject, batch: int, steps: int):
-    """Random input in raw units around the scaler's mean/std, and its normalised twin."""
+# --------------------------------------------------------------------------- inputs
+
+def _series(rng, subject: Subject, batch: int, steps: int, spread: str = "normal",
+            fed_every: int | None = None):
+    """Random input in raw units and its normalised twin, ``(batch, steps, F)``.
+
+    ``normal``: around the scaler's centre with its scale (the training range), or N(0, 1);
+    ``unit``: uniform in [0, 1], where a MinMax-scaled tutorial series lives. A masking model
+    gets masked readings, but never at a multiple of ``fed_every`` (default: the first
+    reading only), so that every window of that length has a prediction.
+    """
     if subject.tokens:
         ids = rng.integers(0, subject.vocab, size=(batch, steps)).astype(np.int64)
         return ids, ids
-    raw = rng.normal(size=(batch, steps, subject.features))
+    if spread == "unit":
+        norm = rng.uniform(size=(batch, steps, subject.features))
+    else:
+        norm = rng.normal(size=(batch, steps, subject.features))
+    if subject.mask is not None:
+        hit = rng.uniform(size=(batch, steps)) < MASKED
+        hit[:, ::fed_every or steps] = False
+        norm[hit] = subject.mask
+    norm = norm.astype(np.float32)
     if subject.scaler and subject.scaler.get("x"):
         mean = np.asarray(subject.scaler["x"]["mean"])
         std = np.asarray(subject.scaler["x"]["std"])
-        raw = (raw * std + mean).astype(np.float32)                   # (batch, time, F)
-        return raw, ((raw - mean) / std).astype(np.float32)
-    raw = raw.astype(np.float32)
-    return raw, raw
+        return (norm * std + mean).astype(np.float32), norm            # (batch, time, F)
+    return norm, norm
 
 
-def _normalised_y(subject: Subject, y: np.ndarray) -> np.ndarray:
+def _masked(subject: Subject, norm) -> np.ndarray | None:
+    """``(batch, time)`` True where every feature equals the mask value, None without one."""
+    if subject.mask is None or subject.tokens:
+        return None
+    flags = np.all(norm == np.float32(subject.mask), axis=-1)
+    return flags if flags.any() else None
+
+
+def _normalised_y(subject: Subject, y: np.ndarray, raw=None) -> np.ndarray:
+    y = _framed_y(subject, y, raw)
     if subject.scaler and subject.scaler.get("y"):
         return (y.astype(np.float64) - np.asarray(subject.scaler["y"]["mean"])) \
             / np.asarray(subject.scaler["y"]["std"])
     return y
 
 
+def _framed_y(subject: Subject, y: np.ndarray, raw) -> np.ndarray:
+    """A residual graph's y less the target's reading it added: the network's change."""
+    residual = (subject.forecast or {}).get("residual")
+    if residual is None:
+        return y
+    return y.astype(np.float64) - raw[..., residual].astype(np.float64)[:, -y.shape[1]:]
+
+
+def _framed_x(subject: Subject, raw, norm, states):
+    """What the network reads for ``raw``, the way the graph differences it.
+
+    The graph takes ``x[t] - x[t-1]`` in raw float32 and ``d[0]`` from the carried reading
+    (sequence mode; "no change" for a fresh stream) or as 0 (windows). Returns the
+    normalised input, the recurrent layers' states (without the reading), and the reading
+    state the graph should hand on (None where it has none).
+    """
+    kind = (subject.forecast or {}).get("difference")
+    if not kind:
+        return norm, states, None
+    states, carried = list(states), None
+    if kind == "state":
+        held = states.pop()                                         # (batch, F + 1)
+        start = np.where(held[:, -1:] > 0.5, held[:, :-1], raw[:, 0])   # (batch, F)
+        ones = np.ones((len(raw), 1), np.float32)
+        carried = np.concatenate([raw[:, -1], ones], axis=1)
+    else:
+        start = raw[:, 0]
+    change = raw - np.concatenate([start[:, None], raw[:, :-1]], axis=1)   # float32
+    x = subject.scaler["x"] if subject.scaler and subject.scaler.get("x") else None
+    if x is not None:
+        change = ((change - np.asarray(x["mean"])) / np.asarray(x["std"])).astype(np.float32)
+    return change, states, carried
+
+
 def _names(subject: Subject) -> list[str]:
     return [n for spec in subject.state for n in spec.inputs]
 
+
+def _zeros(subject: Subject, batch: int) -> list:
+    return [np.zeros((batch, spec.units), np.float32)
+            for spec in subject.state for _ in spec.inputs]
+
+
+# --------------------------------------------------------------------------- running
 
 def _run(session, subject: Subject, x, states):
     feed = {"x": x, **dict(zip(_names(subject), states))}
@@ -102,13 +202,28 @@ def _run(session, subject: Subject, x, states):
     return y, out
 
 
-def _stepwise(session, subject: Subject, x, states):
-    """Feed ``x`` one sample at a time, carrying the state."""
+def _stepwise(session, subject: Subject, x, states, masked=None):
+    """Feed ``x`` one reading at a time, carrying the state.
+
+    A masked reading (``masked[b, t]``) is skipped as the contract says: the stream's
+    state stays and its previous prediction repeats.
+    """
     ys = []
     for t in range(x.shape[1]):
-        y, states = _run(session, subject, x[:, t:t + 1], states)
+        y, new = _run(session, subject, x[:, t:t + 1], states)
+        if masked is not None and masked[:, t].any():
+            keep = masked[:, t]                                          # (batch,)
+            new = [np.where(keep[:, None], old, s) for old, s in zip(states, new)]
+            if ys:
+                y = np.where(keep[:, None, None], ys[-1], y)
         ys.append(y)
+        states = new
     return np.concatenate(ys, axis=1), states
+
+
+def _keras(reference, subject: Subject, norm, states) -> list:
+    expected = reference.predict_on_batch([norm, *states])   # one batch: no per-call set-up
+    return expected if isinstance(expected, list) else [expected]
 
 
 def _maxdiff(a, b) -> float:
@@ -126,55 +241,58 @@ def _state_diff(a, b) -> float:
     return float(np.max(np.abs(a - b) / np.maximum(1.0, np.abs(b))))
 
 
+# --------------------------------------------------------------------------- the check
+
 def check(subject: Subject, *, steps: int = 1000, atol: float = 1e-4, seed: int = 0) -> dict:
     """Run :func:`compare` with Keras on the CPU (see :func:`compare` for the figures)."""
     import tensorflow as tf
 
     # A TensorFlow that sees a GPU would run the reference LSTMs through cuDNN; the CPU
     # kernels are the ones the export is vouched against.
-    with tf.device("/CPU:0"):
-        return compare(subject, steps=steps, atol=atol, seed=seed)
+    # Each run shape traces Keras's predict function once; TensorFlow's "retracing" warning
+    # about that is noise here. Non-finite values are looked for explicitly (_diverges).
+    logger, level = tf.get_logger(), tf.get_logger().level
+    logger.setLevel("ERROR")
+    try:
+        with tf.device("/CPU:0"), np.errstate(all="ignore"):
+            return compare(subject, steps=steps, atol=atol, seed=seed)
+    finally:
+        logger.setLevel(level)
 
 
 def compare(subject: Subject, *, steps: int = 1000, atol: float = 1e-4, seed: int = 0) -> dict:
-    """Compare the ONNX graph with Keras; return the figures or raise :class:`ParityError`.
+    """Compare the ONNX graph with Keras the way the file will stream; figures or raise.
 
     Comparisons, each a max abs difference in normalised units:
 
-    * ``y`` and every state output: ONNX stepped one sample at a time over ``steps`` steps
-      for several streams from a random initial state (and the same as one chunk), against
-      the Keras reference on the whole sequence;
-    * ``chunk_vs_steps``: the whole chunk in one call against one sample at a time;
-    * ``window_vs_predict`` (window models): a window from zero state against the original
+    * ``y`` and every state output: ONNX fed one reading at a time (and, where nothing is
+      masked, the same as one chunk) against the Keras reference, over the mode's runs
+      (see the module docstring);
+    * ``chunk_vs_steps``: a whole run in one call against one reading at a time;
+    * ``window_vs_predict`` (window mode): windows from a zero state against the original
       model's ``predict``;
-    * ``stateful_vs_predict`` (stateful models): consecutive windows carrying the state
-      against the original stateful model's ``predict`` over the same windows.
+    * ``stateful_vs_predict`` (stateful mode, when the original's batch is the number of
+      slots): the stream's windows against the original's ``predict(windows,
+      batch_size=B)`` after ``reset_states()``, the tutorials' own loop.
+
+    Raises
+    ------
+    ParityError : a figure exceeds ``atol``, or Keras itself goes non-finite on the runs
+        (the message then says the model diverges and what to do).
     """
     import onnxruntime as ort
 
     rng = np.random.default_rng(seed)
     session = ort.InferenceSession(subject.onnx_bytes, providers=["CPUExecutionProvider"])
     reference = reference_model(subject.layers, subject)
-    outputs = [n for spec in subject.state for n in spec.outputs]
-    raw, norm = _series(rng, subject, STREAMS, steps)
-    states = [rng.normal(scale=0.5, size=(STREAMS, spec.units)).astype(np.float32)
-              for spec in subject.state for _ in spec.inputs]
-    expected = reference.predict([norm, *states], batch_size=STREAMS, verbose=0)
-    expected = expected if isinstance(expected, list) else [expected]
-    y_step, s_step = _stepwise(session, subject, raw, states)
-    y_chunk, s_chunk = _run(session, subject, raw, states)
-    per_output = {"y": max(_maxdiff(_normalised_y(subject, y), expected[0])
-                           for y in (y_step, y_chunk))}
-    for k, name in enumerate(outputs):
-        per_output[name] = max(_state_diff(s[k], expected[1 + k]) for s in (s_step, s_chunk))
-    per_output["chunk_vs_steps"] = max(
-        [_maxdiff(_normalised_y(subject, y_chunk), _normalised_y(subject, y_step))]
-        + [_state_diff(a, b) for a, b in zip(s_chunk, s_step)])
-    per_output.update(_against_original(session, subject, rng))
-    resolution = _resolution(subject, y_step)
+    run = {"window": _check_windows, "stateful": _check_stateful,
+           "sequence": _check_sequence}[subject.mode]
+    per_output, what, y_raw = run(session, reference, subject, rng, steps)
+    resolution = _resolution(subject, y_raw)
     report = {"max_abs_diff": max(per_output.values()), "per_output": per_output,
-              "steps": steps, "streams": STREAMS, "atol": atol,
-              "units": "normalised", "states": "relative to max(1, |state|)",
+              "mode": subject.mode, **what, "atol": atol,
+              "units": "normalised" if subject.scaler and subject.scaler.get("y") else "raw",
+              "states": "relative to max(1, |state|)",
               "resolution": resolution}
     # Outputs holding y in raw float32 may differ by its resolution on top of atol.
     allowed = {name: atol + (resolution if name in _Y_FIGURES else 0.0) for name in per_output}
@@ -182,11 +300,166 @@ def compare(subject: Subject, *, steps: int = 1000, atol: float = 1e-4, seed: in
                 for name, diff in per_output.items() if not diff <= allowed[name]]
     if failures:
         raise ParityError("the ONNX graph does not reproduce Keras (nothing was written): "
-                          + "; ".join(failures))
+                          + "; ".join(failures) + f" (checked {describe(report)}); where "
+                          f"that is float32 rounding in a large model, --atol allows more, "
+                          f"otherwise report it with the model")
     return report
 
 
+def describe(report: dict) -> str:
+    """What a parity report checked, in words, e.g. ``"64 windows of 10 readings, each from
+    a zero state"``."""
+    mode = report.get("mode")
+    if mode == "window":
+        return (f"{report['windows']} windows of {_readings(report['steps'])}, each from a "
+                f"zero state")
+    if mode == "stateful":
+        return (f"{report['windows']} consecutive windows of {_readings(report['steps'])}, "
+                f"state carried in {report['slots']} slot(s)")
+    return f"{report['streams']} runs of {_readings(report['steps'])} from a zero state"
+
+
+def _readings(n: int) -> str:
+    return f"{n} reading{'' if n == 1 else 's'}"
+
+
 _Y_FIGURES = {"y", "chunk_vs_steps", "window_vs_predict", "stateful_vs_predict"}
+
+
+def _against_reference(session, reference, subject: Subject, raw, norm, states) -> tuple:
+    """y and states: ONNX (step by step; and as one chunk where nothing is masked) against
+    the Keras reference from the same initial ``states``; returns (figures, ONNX outputs)."""
+    framed, keras_states, carried = _framed_x(subject, raw, norm, states)
+    expected = _keras(reference, subject, framed, keras_states)
+    expected += [carried] if carried is not None else []
+    _diverges(subject, expected, norm.shape[1])
+    masked = _masked(subject, norm)
+    figures = {}
+    if (subject.forecast or {}).get("difference") == "window":
+        # A window-differenced graph differences within one call: only whole windows mean
+        # anything to it (the runtime feeds it whole windows), so it is not stepped.
+        y_chunk, s_chunk = _run(session, subject, raw, states)
+        return (_figures(subject, expected, [(y_chunk, s_chunk)], raw, masked, figures),
+                y_chunk, s_chunk)
+    y_step, s_step = _stepwise(session, subject, raw, states, masked)
+    results = [(y_step, s_step)]
+    if masked is None:
+        y_chunk, s_chunk = _run(session, subject, raw, states)
+        results.append((y_chunk, s_chunk))
+        y_one, s_one = y_step, s_step
+    else:   # the graph itself cannot skip: chunk against steps on the readings unmasked
+        raw = np.where(masked[..., None], raw + np.float32(1), raw)
+        y_chunk, s_chunk = _run(session, subject, raw, states)
+        y_one, s_one = _stepwise(session, subject, raw, states)
+    figures["chunk_vs_steps"] = max(
+        [_maxdiff(_normalised_y(subject, y_chunk, raw), _normalised_y(subject, y_one, raw))]
+        + [_state_diff(a, b) for a, b in zip(s_chunk, s_one)])
+    return _figures(subject, expected, results, raw, masked, figures), y_step, s_step
+
+
+def _figures(subject: Subject, expected, results, raw, masked, figures: dict) -> dict:
+    """y and every state output of each ONNX run against the Keras reference's."""
+    # A run opening with masked readings has no prediction before its first fed reading
+    # (Keras outputs zeros there, a stream nothing): y is compared from that reading on.
+    fed = slice(None) if masked is None else np.cumsum(~masked, axis=1) > 0     # (batch, time)
+    figures["y"] = max(_maxdiff(_normalised_y(subject, y, raw)[fed], expected[0][fed])
+                       for y, _ in results)
+    outputs = [n for spec in subject.state for n in spec.outputs]
+    for k, name in enumerate(outputs):
+        figures[name] = max(_state_diff(s[k], expected[1 + k]) for _, s in results)
+    return figures
+
+
+def _merge(total: dict, figures: dict) -> dict:
+    for name, diff in figures.items():
+        total[name] = max(total.get(name, 0.0), diff)
+    return total
+
+
+def _check_sequence(session, reference, subject: Subject, rng, steps: int):
+    raw, norm = _series(rng, subject, STREAMS, steps)
+    figures, y, _ = _against_reference(session, reference, subject, raw, norm,
+                                       _zeros(subject, STREAMS))
+    return figures, {"steps": steps, "streams": STREAMS}, y
+
+
+def _check_windows(session, reference, subject: Subject, rng, steps: int):
+    length, half = subject.window, WINDOWS // 2
+    parts = [_series(rng, subject, half, length, "normal"),
+             _series(rng, subject, WINDOWS - half, length,
+                     "normal" if subject.scaler else "unit")]
+    raw = np.concatenate([p[0] for p in parts])                         # (windows, W, F)
+    norm = np.concatenate([p[1] for p in parts])
+    figures, y, _ = _against_reference(session, reference, subject, raw, norm,
+                                       _zeros(subject, WINDOWS))
+    if _original_window(subject) in (None, length) and not _stateful(subject.original):
+        framed, _, _ = _framed_x(subject, raw, norm, [])
+        predicted = subject.original.predict(framed, batch_size=WINDOWS, verbose=0)
+        figures["window_vs_predict"] = _compare_last(subject, y, predicted, raw)
+    return figures, {"steps": length, "windows": WINDOWS, "streams": WINDOWS}, y
+
+
+def sliding(series: np.ndarray, window: int) -> np.ndarray:
+    """Every window of ``window`` consecutive readings of one stream, ``(n, window, ...)``."""
+    starts = np.arange(len(series) - window + 1)
+    return series[starts[:, None] + np.arange(window)[None, :]]
+
+
+def _check_stateful(session, reference, subject: Subject, rng, steps: int):
+    """One stream's sliding windows: window j starts from slot j mod B, leaves its state there.
+
+    Windows ``rB .. rB+B-1`` (one round) each start from a different slot, so a round is one
+    batch of B windows: exactly the batch Keras's ``predict(windows, batch_size=B)`` runs.
+    """
+    length, slots = subject.window, subject.slots
+    rounds = max(3, -(-CHAIN // slots))    # every slot carries its state at least twice
+    count = slots * rounds
+    raw_series, norm_series = _series(rng, subject, 1, count + length - 1, fed_every=length)
+    raw, norm = sliding(raw_series[0], length), sliding(norm_series[0], length)  # (n, W, F)
+    states, figures, ys = _zeros(subject, slots), {}, []
+    for r in range(rounds):
+        part = slice(r * slots, (r + 1) * slots)
+        found, y, states = _against_reference(session, reference, subject, raw[part],
+                                              norm[part], states)
+        _merge(figures, found)
+        ys.append(y)
+    y = np.concatenate(ys)                                               # (n, W, outputs)
+    if (_stateful(subject.original) and _original_batch(subject) == slots
+            and _original_window(subject) in (None, length)):
+        _reset(subject.original)
+        framed, _, _ = _framed_x(subject, raw, norm, [])
+        predicted = subject.original.predict(framed, batch_size=slots, verbose=0)
+        _reset(subject.original)
+        figures["stateful_vs_predict"] = _compare_last(subject, y, predicted, raw)
+    return figures, {"steps": length, "windows": count, "slots": slots, "streams": 1}, y
+
+
+def _diverges(subject: Subject, expected: list, steps: int) -> None:
+    """Refuse with the model's own divergence where Keras's values run away on the runs.
+
+    Non-finite, or beyond :data:`DIVERGED` in normalised units (a relu LSTM's state grows
+    without bound): float32 rounding then differs by more than any tolerance, and the ONNX
+    graph would be blamed for what the model itself does.
+    """
+    sizes = [np.abs(np.where(np.isfinite(e), e, np.inf)) for e in expected]
+    if all(np.max(a, initial=0.0) <= DIVERGED for a in sizes):
+        return
+    y = sizes[0].reshape(sizes[0].shape[0], sizes[0].shape[1], -1)     # (batch, time, out)
+    bad = (y > DIVERGED).any(axis=(0, 2))                               # (time,)
+    first = int(np.argmax(bad)) + 1 if bad.any() else steps
+    finite = all(np.all(np.isfinite(e)) for e in expected)
+    units = " in normalised units" if subject.scaler and subject.scaler.get("y") else ""
+    what = f"grow past {DIVERGED:.0e}{units}" if finite else "become non-finite"
+    if subject.mode == "sequence":
+        fix = (f"if it was trained on windows, export it in window mode (--window N "
+               f"--no-carry-state); if its streams are short, check runs of that length "
+               f"(--steps N, under {first})")
+    else:
+        fix = "retrain it (e.g. activation='tanh', or clip its inputs to the training range)"
+    raise ParityError(
+        f"the model itself diverges: Keras's own predictions {what} by reading {first} of a "
+        f"run of {steps}, the state growing without bound. The ONNX graph is not what is "
+        f"wrong, but a stream would run away the same way; {fix}; nothing was written")
 
 
 def _resolution(subject: Subject, y_raw: np.ndarray) -> float:
@@ -198,46 +471,32 @@ def _resolution(subject: Subject, y_raw: np.ndarray) -> float:
     return float(np.max(np.spacing(largest.astype(np.float32)) / std))
 
 
-def _original_window(subject: Subject) -> int:
-    time_axis = subject.original.inputs[0].shape[1]
-    return time_axis if time_axis is not None else subject.window
+def _original_window(subject: Subject):
+    return subject.original.inputs[0].shape[1]
 
 
-def _compare_last(subject: Subject, y_onnx, predicted) -> float:
+def _original_batch(subject: Subject) -> int:
+    return subject.original.inputs[0].shape[0] or 1
+
+
+def _compare_last(subject: Subject, y_onnx, predicted, raw=None) -> float:
     """Keras returns (batch, outputs) for return_sequences=False: its last step."""
-    y = _normalised_y(subject, y_onnx)
+    y = _normalised_y(subject, y_onnx, raw)
     predicted = np.asarray(predicted)
     return _maxdiff(y[:, -1] if predicted.ndim == 2 else y, predicted)
 
 
-def _against_original(session, subject: Subject, rng) -> dict:
-    figures = {}
-    stateful = any(getattr(layer, "stateful", False) for layer in subject.layers)
-    zeros = lambda batch: [np.zeros((batch, spec.units), np.float32)  # noqa: E731
-                           for spec in subject.state for _ in spec.inputs]
-    if stateful:
-        batch = subject.original.inputs[0].shape[0] or 1
-        length = _original_window(subject)
-        raw, norm = _series(rng, subject, batch, length * WINDOWS)
-        _reset(subject.original)
-        states, worst = zeros(batch), 0.0
-        for k in range(WINDOWS):
-            part = slice(k * length, (k + 1) * length)
-            predicted = subject.original.predict_on_batch(norm[:, part])
-            y, states = _run(session, subject, raw[:, part], states)
-            worst = max(worst, _compare_last(subject, y, predicted))
-        _reset(subject.original)
-        figures["stateful_vs_predict"] = worst
-    elif subject.window > 1 and not subject.carry_state:
-        length = _original_window(subject)
-        raw, norm = _series(rng, subject, STREAMS, length)
-        predicted = subject.original.predict(norm, batch_size=STREAMS, verbose=0)
-        y, _ = _run(session, subject, raw, zeros(STREAMS))
-        figures["window_vs_predict"] = _compare_last(subject, y, predicted)
-    return figures
+def _leaves(model):
+    """Every layer of ``model``, looking inside models used as layers."""
+    for layer in model.layers:
+        yield from (_leaves(layer) if hasattr(layer, "layers") else (layer,))
+
+
+def _stateful(model) -> bool:
+    return any(getattr(layer, "stateful", False) for layer in _leaves(model))
 
 
 def _reset(model) -> None:
-    for layer in model.layers:
+    for layer in _leaves(model):
         if getattr(layer, "stateful", False):
             layer.reset_states()

@@ -1,30 +1,35 @@
-"""Fit a model on a sensor CSV and report it against two baselines.
+"""Fit a model on a sensor CSV and report it, honestly, against the forecasts it must beat.
 
-The series is split by time: the first rows train, the last ``val_fraction`` validate, and
-the scaler sees the training rows only. Validation is measured the way the model will
-stream, in the target's own units:
+The series is split by time into three parts: the first rows train, the next
+``val_fraction`` drive early stopping, and the last ``test_fraction`` — the *test tail* —
+are touched by nothing but the final report. The scalers see the training rows only. Every
+figure is measured the way the model will stream, in the target's own units:
 
-- ``window``: every window whose target lies in the validation rows, from a zero state;
-- ``stateful``: every window in order from the series' start, state carried, scored on the
-  validation windows;
-- ``sequence``: the whole series run once from a zero state, scored on the validation steps.
+- ``window``: every window, from a zero state;
+- ``stateful``: every window in order from the series' start, state carried;
+- ``sequence``: the whole series run once from a zero state.
 
-Next to the model stand the *mean* forecast (the training mean) and the *naive* forecast
-(the last value seen), so a user sees whether the LSTM earned its place.
+The headline is the *skill*: the model's MAE over the naive forecast's ("repeat the last
+value") on the same test rows; below 1 the model earns its place. Beside it stand the
+seasonal naive forecast (a season ago, when the season is known or guessed from the time
+column), the training mean, and MASE. By default the network predicts the change from the
+last reading (see :mod:`trainer.forecast`), so an untrained model starts as the naive one.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from .data import read_csv, select
+from .data import growing_features, read_csv, select
 from .errors import DataError
 from .model import ModelConfig, build_model, reset_states
-from .windows import Scaler, sequences, split_point, windows
+from .forecast import (TARGET_KINDS, Framing, best_by_mae, caution, differences, guess_season,
+                       score)
+from .windows import Scaler, sequences, split_points, windows
 
 SIDECAR_FORMAT = "lstm-edge.training/1"
 
@@ -39,10 +44,14 @@ class TrainConfig:
     batch_size: int = 32         # stateful mode: parallel blocks of the series
     patience: int = 5            # epochs without a better validation loss before stopping
     learning_rate: float = 3e-3  # Adam
-    val_fraction: float = 0.2    # the last fifth of the rows validates
+    val_fraction: float = 0.15   # the rows before the test tail that drive early stopping
+    test_fraction: float = 0.15  # the last rows: never trained on, never early-stopped on
     missing: str = "error"       # error | drop | ffill | interpolate
     scaling: str = "robust"      # robust (median/IQR) | standard (mean/std)
     loss: str = "huber"          # huber | mse; huber keeps sensor glitches from ruling the fit
+    target_kind: str = "residual"  # residual: predict the change, add the reading back | level
+    difference: bool = True      # feed x[t] - x[t-1], not x[t]: beats naive 6/6 vs 4/6 (README)
+    season: int | None = None    # readings per season for the seasonal naive; None: guess
     seed: int | None = 0         # repeatable runs; None for a fresh draw
     verbose: int = 2             # Keras progress: 0 silent, 1 bars, 2 one line per epoch
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -53,20 +62,48 @@ class TrainResult:
     model_path: Path
     sidecar_path: Path
     sidecar: dict
+    warnings: list = field(default_factory=list)   # lines for stderr: columns, fallbacks
+    plot_path: Path | None = None
 
     def report(self) -> str:
-        """Validation errors of the model and both baselines, in the target's units."""
-        m = self.sidecar["metrics"]
-        lines = [f"validation: {m['validation_steps']} predictions of "
-                 f"{', '.join(self.sidecar['targets'])}, {self.sidecar['horizon']} step(s) "
-                 f"ahead ({self.sidecar['mode']} mode)",
-                 f"  {'':<8}{'MAE':>12}{'RMSE':>12}"]
-        for name in ("model", "naive", "mean"):
-            mae, rmse = np.mean(m[name]["mae"]), np.mean(m[name]["rmse"])
-            lines.append(f"  {name:<8}{mae:>12.4g}{rmse:>12.4g}")
-        best = min(("model", "naive", "mean"), key=lambda k: np.mean(m[k]["mae"]))
-        lines.append(f"  best by MAE: {best}")
-        lines.append(f"saved {self.model_path} and {self.sidecar_path}")
+        """The test tail's figures, in the target's units, skill first."""
+        side, m = self.sidecar, self.sidecar["metrics"]
+        test, season = m["test"], m.get("season")
+        kind = side["forecast"]["target_kind"] + (" target, differenced inputs"
+                                                  if side["forecast"]["difference"] else " target")
+        lines = [f"test tail: {test['steps']} predictions of {', '.join(side['targets'])}, "
+                 f"{side['horizon']} step(s) ahead ({side['mode']} mode, {kind}); rows "
+                 f"{side['data']['test']}..{side['data']['rows'] - 1}, never trained or "
+                 f"early-stopped on",
+                 f"  {'':<21}{'MAE':>11}{'RMSE':>11}{'÷ naive MAE':>13}"]
+        naive = np.mean(test["naive"]["mae"])
+        for name in ("model", "naive", "seasonal_naive", "mean"):
+            if name not in test:
+                continue
+            mae, rmse = np.mean(test[name]["mae"]), np.mean(test[name]["rmse"])
+            label = name.replace("_", " ") + (f" ({season})" if name == "seasonal_naive" else "")
+            ratio = f"{mae / naive:>13.3f}" if naive > 0 else f"{'-':>13}"
+            lines.append(f"  {label:<21}{mae:>11.4g}{rmse:>11.4g}{ratio}")
+        skill = np.mean(test["skill"])
+        verdict = "beats" if skill < 1 else "does not beat"
+        lines.append(f"  skill {skill:.3f} = model MAE / naive MAE: the model {verdict} "
+                     f"repeating the last value")
+        extra = []
+        if "seasonal_skill" in test:
+            extra.append(f"vs seasonal naive {np.mean(test['seasonal_skill']):.3f}")
+        extra.append(f"MASE {np.mean(test['mase']):.3f} (scale: in-sample "
+                     f"{'seasonal ' if 'seasonal_naive' in test else ''}naive)")
+        lines.append("  " + "; ".join(extra))
+        lines.append(f"  best by MAE: {best_by_mae(test).replace('_', ' ')}")
+        val = m["validation"]
+        lines.append(f"validation: {val['steps']} predictions, used for early stopping: model "
+                     f"MAE {np.mean(val['model']['mae']):.4g}, naive "
+                     f"{np.mean(val['naive']['mae']):.4g}, skill {np.mean(val['skill']):.3f}")
+        note = caution(test, season)
+        if note:
+            lines.append(note)
+        saved = f"saved {self.model_path} and {self.sidecar_path}"
+        lines.append(saved + (f"; plot {self.plot_path}" if self.plot_path else ""))
         return "\n".join(lines)
 
 
@@ -74,12 +111,6 @@ def sidecar_path(model_path: str | Path) -> Path:
     """Where the trainer keeps what the exporter needs: ``NAME.lstm-edge.json``."""
     model_path = Path(model_path)
     return model_path.with_name(model_path.stem + ".lstm-edge.json")
-
-
-def _errors(pred: np.ndarray, truth: np.ndarray) -> dict:
-    diff = pred - truth                                # (steps, targets)
-    return {"mae": np.abs(diff).mean(axis=0).tolist(),
-            "rmse": np.sqrt((diff ** 2).mean(axis=0)).tolist()}
 
 
 def _seed(seed: int | None) -> None:
@@ -101,39 +132,58 @@ def _fit(model, train, val, cfg: TrainConfig) -> None:
               shuffle=True, callbacks=[stop], verbose=cfg.verbose)
 
 
-def _split_windows(xs, ys, split, cfg: TrainConfig):
-    """Windows of the whole series, and which ones validate: the target row decides."""
-    inputs, targets, last = windows(xs, ys, cfg.look_back, cfg.horizon)
-    return inputs, targets, last, last + cfg.horizon >= split
+@dataclass
+class _Series:
+    """The network's view of the data: inputs, targets and where the parts begin."""
+
+    xs: np.ndarray            # (rows, features) scaled (and maybe differenced) inputs
+    ys: np.ndarray            # (rows, targets) scaled targets, row = the target's row
+    split: int                # first validation row
+    test: int                 # first test row
+    first: np.ndarray | None  # (features,) what a window's first step reads (differenced)
 
 
-def _fit_window(xs, ys, split, cfg: TrainConfig, n_targets):
-    inputs, targets, last, is_val = _split_windows(xs, ys, split, cfg)
-    model = build_model(cfg.model, cfg.look_back, xs.shape[1], n_targets)
+def _split_windows(s: _Series, cfg: TrainConfig):
+    """Windows of the whole series and which part each belongs to: the target row decides.
+
+    With differenced inputs a window's first step has no reading before it inside the
+    window: it reads "no change", as the exported graph does.
+    """
+    inputs, targets, last = windows(s.xs, s.ys, cfg.look_back, cfg.horizon)
+    if s.first is not None:
+        inputs[:, 0, :] = s.first
+    target = last + cfg.horizon
+    return inputs, targets, last, target < s.split, (target >= s.split) & (target < s.test)
+
+
+def _fit_window(s: _Series, cfg: TrainConfig, n_targets):
+    inputs, targets, last, is_train, is_val = _split_windows(s, cfg)
+    model = build_model(cfg.model, cfg.look_back, s.xs.shape[1], n_targets)
     _compile(model, cfg)
-    _fit(model, (inputs[~is_val], targets[~is_val]), (inputs[is_val], targets[is_val]), cfg)
-    pred = model.predict(inputs[is_val], verbose=0)                  # (val windows, targets)
-    return model, pred, last[is_val]
+    _fit(model, (inputs[is_train], targets[is_train]), (inputs[is_val], targets[is_val]), cfg)
+    pred = model.predict(inputs, verbose=0)                          # (windows, targets)
+    return model, pred, last
 
 
-def _fit_sequence(xs, ys, split, cfg: TrainConfig, n_targets):
+def _fit_sequence(s: _Series, cfg: TrainConfig, n_targets):
     # Stride 1, every start row: the most subsequences a series of this size can give.
-    inputs, targets, _ = sequences(xs[:split], ys[:split], cfg.look_back, cfg.horizon, 1)
+    inputs, targets, _ = sequences(s.xs[:s.split], s.ys[:s.split], cfg.look_back,
+                                   cfg.horizon, 1)
     # Validation runs the whole series from a zero state, as a stream would, and scores
-    # only the steps whose target lies in the validation rows.
-    steps = len(xs) - cfg.horizon
-    whole = xs[None, :steps]                                         # (1, steps, features)
-    truth = ys[None, cfg.horizon:]                                   # (1, steps, targets)
-    weight = (np.arange(steps) + cfg.horizon >= split).astype(np.float32)[None]  # (1, steps)
-    model = build_model(cfg.model, cfg.look_back, xs.shape[1], n_targets)
+    # only the steps whose target lies in the validation rows (not the test tail).
+    steps = len(s.xs) - cfg.horizon
+    whole = s.xs[None, :steps]                                       # (1, steps, features)
+    truth = s.ys[None, cfg.horizon:]                                 # (1, steps, targets)
+    target = np.arange(steps) + cfg.horizon
+    weight = ((target >= s.split) & (target < s.test)).astype(np.float32)[None]  # (1, steps)
+    model = build_model(cfg.model, cfg.look_back, s.xs.shape[1], n_targets)
     _compile(model, cfg)
     _fit(model, (inputs, targets), (whole, truth, weight), cfg)
     pred = model.predict(whole, verbose=0)[0]                        # (steps, targets)
-    val_steps = np.flatnonzero(weight[0])
-    return model, pred[val_steps], val_steps
+    return model, pred, np.arange(steps)
 
 
-def _fit_stateful(xs, ys, split, cfg: TrainConfig, n_targets):
+def _fit_stateful(s: _Series, cfg: TrainConfig, n_targets):
     """Keras ``stateful=True`` on sliding windows, done right.
 
     Row ``b`` of every batch continues block ``b`` of the training windows, so the state
@@ -141,17 +191,18 @@ def _fit_stateful(xs, ys, split, cfg: TrainConfig, n_targets):
     are never shuffled, and the state is reset at each epoch. Validation runs a batch-1
     copy over every window from the start, state carried, as the runtime will.
     """
-    inputs, targets, last, is_val = _split_windows(xs, ys, split, cfg)
-    tr_in, tr_out = inputs[~is_val], targets[~is_val]
+    inputs, targets, last, is_train, is_val = _split_windows(s, cfg)
+    tr_in, tr_out = inputs[is_train], targets[is_train]
+    n_features = s.xs.shape[1]
     blocks = max(1, min(cfg.batch_size, len(tr_in)))
     # Every block gets the same length; the last len % blocks training windows are left out.
     per_block = len(tr_in) // blocks
     order = (np.arange(blocks)[None, :] * per_block + np.arange(per_block)[:, None]).ravel()
     tr_in, tr_out = tr_in[order], tr_out[order]       # batch k = window k of every block
 
-    model = build_model(cfg.model, cfg.look_back, xs.shape[1], n_targets, batch_size=blocks)
+    model = build_model(cfg.model, cfg.look_back, n_features, n_targets, batch_size=blocks)
     _compile(model, cfg)
-    probe = build_model(cfg.model, cfg.look_back, xs.shape[1], n_targets, batch_size=1)
+    probe = build_model(cfg.model, cfg.look_back, n_features, n_targets, batch_size=1)
 
     def validate():
         probe.set_weights(model.get_weights())
@@ -175,7 +226,7 @@ def _fit_stateful(xs, ys, split, cfg: TrainConfig, n_targets):
                 break
     model.set_weights(best)
     reset_states(model)
-    return model, validate()[is_val], last[is_val]
+    return model, validate(), last
 
 
 def _compile(model, cfg: TrainConfig) -> None:
@@ -202,28 +253,56 @@ def check_config(cfg: TrainConfig, rows: int) -> None:
             problems.append(f"--{name} must be at least 1, got {getattr(cfg.model, name)}")
     if not 0.0 <= cfg.model.dropout < 1.0:
         problems.append(f"--dropout must be in [0, 1), got {cfg.model.dropout}")
+    if cfg.target_kind not in TARGET_KINDS:
+        problems.append(f"--target-kind must be one of {', '.join(TARGET_KINDS)}, "
+                        f"got {cfg.target_kind!r}")
+    if not 0.0 < cfg.test_fraction < 1.0:
+        problems.append(f"--test-fraction must be between 0 and 1, got {cfg.test_fraction}")
+    elif not 0.0 < cfg.val_fraction < 1.0 - cfg.test_fraction:
+        problems.append(f"--val-fraction must be between 0 and 1 - --test-fraction "
+                        f"({1.0 - cfg.test_fraction:g}), got {cfg.val_fraction}")
+    if cfg.season is not None and cfg.season < 1:
+        problems.append(f"--season must be at least 1 (readings per season), got {cfg.season}")
     if problems:
         raise DataError("; ".join(problems))
 
 
 def train(csv: str | Path, target: str | list[str], features: str | list[str] | None = None,
-          output: str | Path = "model.keras", cfg: TrainConfig | None = None) -> TrainResult:
-    """Fit a model on ``csv`` and save ``output`` with its sidecar for the exporter."""
+          output: str | Path = "model.keras", cfg: TrainConfig | None = None,
+          plot: str | Path | None = None) -> TrainResult:
+    """Fit a model on ``csv`` and save ``output`` with its sidecar for the exporter.
+
+    ``plot``: a PNG of actual vs predicted (and naive) over the test tail.
+    """
     cfg = cfg or TrainConfig()
-    sel = select(read_csv(csv), target, features, cfg.missing, source=str(csv))
+    table = read_csv(csv)
+    sel = select(table, target, features, cfg.missing, source=str(csv))
     check_config(cfg, len(sel.x))
-    split = split_point(len(sel.x), cfg.val_fraction, cfg.look_back + cfg.horizon)
-    scaler = Scaler.fit(sel.x[:split], sel.y[:split], cfg.scaling)  # training rows only
+    # A differenced window reads one reading more: look_back differences need look_back + 1.
+    window = cfg.look_back + (1 if cfg.difference and cfg.model.mode != "sequence" else 0)
+    split, test = split_points(len(sel.x), cfg.val_fraction, cfg.test_fraction,
+                               window + cfg.horizon)
+    warnings = growing_features(sel, split)
+    framing = Framing.choose(cfg.target_kind, sel.features, sel.targets, sel.y[:split],
+                             cfg.horizon, cfg.difference)
+    if framing.note:
+        warnings.append("note: " + framing.note)
+    series, scaler = _network_series(sel, framing, split, test, cfg)
+    # A residual model's head starts at zero: untrained, it is the naive forecast.
+    run = replace(cfg, look_back=window, model=replace(cfg.model, zero_head=framing.residual))
     _seed(cfg.seed)
-    model, pred, last = FIT[cfg.model.mode](scaler.x(sel.x), scaler.y(sel.y), split, cfg,
-                                            len(sel.targets))
-    truth = sel.y[last + cfg.horizon]                     # (val steps, targets), raw units
-    metrics = {
-        "validation_steps": int(len(last)),
-        "model": _errors(scaler.y_inverse(pred), truth),
-        "naive": _errors(sel.y[last], truth),             # the last value seen
-        "mean": _errors(np.broadcast_to(sel.y[:split].mean(axis=0), truth.shape), truth),
-    }
+    model, pred, last = FIT[cfg.model.mode](series, run, len(sel.targets))
+    if framing.residual:
+        pred = pred * framing.delta_scale + sel.y[last]              # (steps, targets), raw
+    else:
+        pred = scaler.y_inverse(pred)
+    season, found = ((cfg.season, "given") if cfg.season else guess_season(sel.time))
+    target_row = last + cfg.horizon
+    parts = {"validation": (target_row >= split) & (target_row < test),
+             "test": target_row >= test}
+    metrics = {name: score(sel.y, pred[rows], last[rows], cfg.horizon, sel.y[:split], season)
+               for name, rows in parts.items()}
+    metrics.update(season=season, season_source=found)
 
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -234,12 +313,39 @@ def train(csv: str | Path, target: str | list[str], features: str | list[str] | 
         "targets": list(sel.targets),
         "scaler": scaler.to_json(),
         "mode": cfg.model.mode,
-        "look_back": cfg.look_back,
+        "look_back": window,
         "horizon": cfg.horizon,
+        "forecast": framing.to_json(),
         "metrics": metrics,
-        "data": {"file": Path(csv).name, "rows": int(len(sel.x)), "split": int(split)},
+        "data": {"file": Path(csv).name, "rows": int(len(sel.x)), "split": int(split),
+                 "test": int(test), "time_column": table.time_column},
         "config": asdict(cfg),
     }
     side = sidecar_path(output)
     side.write_text(json.dumps(sidecar, indent=2) + "\n")
-    return TrainResult(output, side, sidecar)
+    plot_path = None
+    if plot is not None:
+        from .plot import plot_test
+
+        rows = parts["test"]
+        plot_path = plot_test(plot, sel, pred[rows], last[rows], cfg.horizon,
+                              title=f"{Path(csv).name}: test tail, {cfg.horizon} step(s) ahead")
+    return TrainResult(output, side, sidecar, warnings, plot_path)
+
+
+def _network_series(sel, framing: Framing, split: int, test: int, cfg: TrainConfig):
+    """Scaled inputs and targets as the network sees them, and the scaler the graph bakes in.
+
+    The scaler is fitted on the training rows only: on the readings, or on their
+    differences; its ``y`` part is the change scale (centre 0) for a residual target.
+    """
+    x = differences(sel.x) if framing.difference else sel.x        # (rows, features)
+    scaler = Scaler.fit(x[1 if framing.difference else 0:split], sel.y[:split], cfg.scaling)
+    if framing.residual:
+        scaler = replace(scaler, y_mean=np.zeros_like(framing.delta_scale),
+                         y_std=framing.delta_scale)
+        ys = framing.target_series(sel.y, cfg.horizon)
+    else:
+        ys = scaler.y(sel.y)
+    first = scaler.x(np.zeros(sel.x.shape[1])) if framing.difference else None
+    return _Series(scaler.x(x), ys, split, test, first), scaler

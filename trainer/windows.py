@@ -132,3 +132,32 @@ def split_point(rows: int, val_fraction: float, min_rows: int) -> int:
             f"of {min_rows - 1} steps plus its target — use a shorter --look-back, a smaller "
             f"--val-fraction, or more data")
     return split
+
+
+def split_points(rows: int, val_fraction: float, test_fraction: float,
+                 min_rows: int) -> tuple[int, int]:
+    """The first validation row and the first test row, in time order, never shuffled.
+
+    Rows ``[0, split)`` train, ``[split, test)`` validate (early stopping), ``[test, rows)``
+    are the untouched test tail the report is about. A prediction belongs to the part its
+    target row lies in.
+
+    >>> split_points(100, 0.15, 0.15, 10)
+    (70, 85)
+    """
+    if not 0.0 < test_fraction < 1.0:
+        raise DataError(f"--test-fraction must be between 0 and 1, got {test_fraction}")
+    if not 0.0 < val_fraction < 1.0 or val_fraction + test_fraction >= 1.0:
+        raise DataError(f"--val-fraction must be between 0 and 1 - --test-fraction "
+                        f"({1.0 - test_fraction:g}), got {val_fraction}")
+    test = int(round(rows * (1.0 - test_fraction)))
+    split = int(round(rows * (1.0 - test_fraction - val_fraction)))
+    if rows - test < 1 or test - split < 1:
+        raise DataError(f"--val-fraction {val_fraction} and --test-fraction {test_fraction} of "
+                        f"{rows} rows leave a part with no row; use larger fractions or more data")
+    if split < min_rows:
+        raise DataError(
+            f"the series has {rows} rows; a training part of {split} rows cannot hold a window "
+            f"of {min_rows - 1} steps plus its target — use a shorter --look-back, smaller "
+            f"--val-fraction/--test-fraction, or more data")
+    return split, test

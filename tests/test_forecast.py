@@ -1,0 +1,179 @@
+"""Residual targets and differenced inputs, through export and the runtime, against Keras.
+
+Each model is trained (tiny, 2 epochs) on a hand-made hourly CSV, exported with the parity
+check, then streamed by the runtime from a fresh stream over the whole series; the
+reference is Keras on the same scaled (and differenced) series, with the change it predicts
+added to the target's reading in numpy. Differences are measured in the network's units
+(divided by the change scale), beyond one float32 step of the raw value the graph returns.
+"""
+
+import json
+
+import numpy as np
+import pytest
+
+from runtime import load
+from trainer.export import export
+from trainer.forecast import differences
+from trainer.model import ModelConfig, build_model, reset_states
+from trainer.train import TrainConfig, train
+
+ROWS = 260
+
+
+@pytest.fixture(scope="module")
+def series_csv(tmp_path_factory):
+    """Hourly level + daily cycle + slow trend + noise, and a second, noisy feature."""
+    rng = np.random.default_rng(3)
+    t = np.arange(ROWS)
+    level = 50 + 5 * np.sin(2 * np.pi * t / 24) + 0.03 * t + rng.normal(0, 0.4, ROWS)
+    other = 20 + np.cos(2 * np.pi * t / 24) + rng.normal(0, 0.2, ROWS)
+    path = tmp_path_factory.mktemp("data") / "series.csv"
+    lines = ["time,level,other"] + [
+        f"2024-01-{1 + i // 24:02d}T{i % 24:02d}:00:00,{a:.3f},{b:.3f}"
+        for i, (a, b) in enumerate(zip(level, other))]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def config(mode, difference=False, epochs=2, **kw):
+    return TrainConfig(look_back=6, epochs=epochs, batch_size=16, verbose=0, seed=2,
+                       difference=difference, model=ModelConfig(mode=mode, units=4), **kw)
+
+
+def readings(csv_path):
+    data = np.genfromtxt(csv_path, delimiter=",", skip_header=1, usecols=(1, 2))
+    return data.astype(np.float32)                                     # (rows, 2)
+
+
+def keras_reference(model_path, side, x):
+    """What the model predicts for every reading of ``x`` as it streams, in raw units."""
+    import keras
+
+    model = keras.models.load_model(model_path)
+    sx = side["scaler"]["x"]
+    framing = side["forecast"]
+    net = differences(x.astype(np.float64)) if framing["difference"] else x.astype(np.float64)
+    net = ((net - np.asarray(sx["mean"])) / np.asarray(sx["std"])).astype(np.float32)
+    window = side["look_back"]
+    if side["mode"] == "sequence":
+        change = model.predict(net[None], verbose=0)[0]                # (rows, targets)
+        rows = np.arange(len(x))
+    else:
+        # Every window of look_back readings; a differenced window's first step is "no change".
+        wins = np.lib.stride_tricks.sliding_window_view(net, window, axis=0).transpose(0, 2, 1)
+        wins = np.array(wins)                                          # (n, window, features)
+        if framing["difference"]:
+            wins[:, 0] = ((0.0 - np.asarray(sx["mean"])) / np.asarray(sx["std"]))
+        if side["mode"] == "stateful":
+            probe = build_model(ModelConfig(mode="stateful", units=4), window, x.shape[1], 1,
+                                batch_size=1)
+            probe.set_weights(model.get_weights())
+            reset_states(probe)
+            change = probe.predict(wins, batch_size=1, verbose=0)
+        else:
+            change = model.predict(wins, verbose=0)
+        rows = np.arange(window - 1, len(x))
+    index = framing["target_features"]
+    return rows, change * np.asarray(framing["delta_scale"]) + x[rows][:, index]
+
+
+def assert_close(actual, expected, side):
+    """<= 1e-5 in the network's units, beyond one float32 step of the raw value."""
+    scale = np.asarray(side["forecast"]["delta_scale"])
+    slack = np.spacing(np.abs(expected).astype(np.float32)).astype(np.float64)
+    excess = np.abs(actual.astype(np.float64) - expected) - slack
+    assert np.max(excess / scale) <= 1e-5, np.max(np.abs(actual - expected) / scale)
+
+
+@pytest.mark.parametrize("mode", ["window", "stateful", "sequence"])
+@pytest.mark.parametrize("difference", [False, True], ids=["levels", "differenced"])
+def test_residual_graph_streams_what_keras_predicts(tmp_path, series_csv, mode, difference):
+    result = train(series_csv, "level", None, tmp_path / "m.keras", config(mode, difference))
+    side = result.sidecar
+    assert side["forecast"]["target_kind"] == "residual"
+    assert side["forecast"]["target_features"] == [0]
+    assert side["look_back"] == 6 + (difference and mode != "sequence")
+    report = export(result.model_path, tmp_path / "m.onnx", steps=200)
+    extra = report.info.extra
+    assert json.loads(extra["residual"]) == {"target_features": [0]}
+    kind = "state" if mode == "sequence" else "window"
+    assert ("difference" in extra) == difference
+    prev = [s for s in report.info.state if s.kind == "prev"]
+    assert len(prev) == (difference and mode == "sequence")
+
+    x = readings(series_csv)
+    rows, expected = keras_reference(result.model_path, side, x)
+    model = load(tmp_path / "m.onnx")
+    stream = model.stream()
+    stepped = np.array([stream.step(r) for r in x][rows[0]:])         # (n, targets)
+    assert_close(stepped, expected, side)
+    chunked = model.stream().feed(x)[rows]                             # one call per chunk mode
+    assert_close(chunked, expected, side)
+    if difference:
+        assert json.loads(extra["difference"]) == kind
+
+
+def test_untrained_residual_model_is_the_naive_forecast_exactly(tmp_path, series_csv):
+    """Zero epochs: the head is still zero, so every prediction is the last reading."""
+    result = train(series_csv, "level", None, tmp_path / "m.keras",
+                   config("sequence", difference=True, epochs=0))
+    test = result.sidecar["metrics"]["test"]
+    assert test["model"] == test["naive"] and test["skill"] == [1.0]
+    export(result.model_path, tmp_path / "m.onnx", steps=50)
+    x = readings(series_csv)
+    stream = load(tmp_path / "m.onnx").stream()
+    predicted = np.array([stream.step(r) for r in x])[:, 0]
+    assert np.array_equal(predicted, x[:, 0])                          # bit for bit
+
+
+def test_a_previous_reading_of_zero_is_real_a_fresh_stream_is_not(tmp_path, series_csv):
+    """The carried reading has a flag: a fresh stream's first step reads "no change", a
+    stream whose last reading was 0 reads the change from 0 (Keras on the same series)."""
+    import keras
+
+    result = train(series_csv, "level", None, tmp_path / "m.keras",
+                   config("sequence", difference=True))
+    export(result.model_path, tmp_path / "m.onnx", steps=50)
+    side = result.sidecar
+    x = np.array([[0.0, 0.0], [5.0, 1.0], [5.0, 3.0]], np.float32)
+    _, expected = keras_reference(result.model_path, side, x)
+    model = load(tmp_path / "m.onnx")
+    stream = model.stream()
+    got = np.array([stream.step(r) for r in x])
+    assert_close(got, expected, side)
+    assert stream.state["in_x0"].tolist() == [5.0, 3.0, 1.0]
+    # A snapshot keeps the reading: a restored stream goes on as the original does.
+    restored = model.stream(stream.snapshot())
+    assert np.array_equal(restored.step([6.0, 2.0]), stream.step([6.0, 2.0]))
+    # Three streams in one call, one of them already under way, equal each alone.
+    streams = [model.stream(), model.stream(), stream]
+    together = model.step(streams, np.tile(x[1], (3, 1)))
+    alone = load(tmp_path / "m.onnx").stream()
+    assert np.array_equal(together[0], alone.step(x[1]))
+    keras.backend.clear_session()
+
+
+def test_target_not_among_features_falls_back_to_a_level(tmp_path, series_csv):
+    result = train(series_csv, "level", "other", tmp_path / "m.keras",
+                   config("window", difference=True, epochs=1))
+    assert result.sidecar["forecast"]["target_kind"] == "level"
+    assert result.sidecar["forecast"]["difference"] is False      # differences alone: no level
+    assert any("not among the features" in w for w in result.warnings)
+    report = export(result.model_path, tmp_path / "m.onnx", steps=50)
+    assert "residual" not in report.info.extra
+
+
+def test_test_tail_is_untouched_and_plotted(tmp_path, series_csv):
+    result = train(series_csv, "level", None, tmp_path / "m.keras", config("window", epochs=1),
+                   plot=tmp_path / "tail.png")
+    side = result.sidecar
+    split, test = side["data"]["split"], side["data"]["test"]
+    assert 0 < split < test < ROWS
+    val, tail = side["metrics"]["validation"], side["metrics"]["test"]
+    assert val["steps"] == test - split and tail["steps"] == ROWS - test   # horizon 1
+    assert side["metrics"]["season"] == 24 and side["metrics"]["season_source"] == "hourly"
+    report = result.report()
+    assert "skill" in report and "best by MAE" in report and "seasonal naive (24)" in report
+    png = (tmp_path / "tail.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000

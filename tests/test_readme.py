@@ -1,0 +1,200 @@
+"""Every command in README.md runs as written, so the README cannot drift from the tools.
+
+The fenced ``sh`` blocks are read from the README itself. A block of ``$ command`` lines is a
+transcript: the command's stdout must equal the lines below it, exactly. Any other block is a
+list of commands (a trailing ``\\`` continues a line), each of which must exit 0 with nothing
+on stderr that says ``Error`` or shows a traceback. ``python`` blocks run as scripts.
+
+Each command runs in a scratch copy of the checkout's ``data/`` and ``exported/`` (so the
+tracked model is never overwritten), with ``.venv/bin`` first on PATH as the README asks, and
+with ``build/water.keras`` already trained there (tiny) for a command that exports it. A
+``tail -f`` command never ends by itself: its pipeline is read until tail's ten lines are
+answered, then stopped. Commands that cannot run here are listed in :data:`SKIPPED`, each
+with its reason.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from runtime import lines
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+TIMEOUT = 300
+
+# Command prefix -> why it does not run here.
+SKIPPED = {
+    "make demo": "creates .venv and reinstalls the project, then runs examples/demo.py (a "
+                 "full training run); its steps are the tour's commands, each run here",
+    "make test": "runs this test suite (recursion)",
+}
+
+
+@dataclass
+class Command:
+    text: str                    # what a user pastes into a shell
+    expected: str | None         # a transcript's stdout, or None: exit 0 is enough
+    line: int                    # where it is in README.md
+    language: str = "sh"
+
+    @property
+    def id(self) -> str:
+        return f"L{self.line}:{self.text.split()[0]}"
+
+
+def readme_commands(text: str) -> list[Command]:
+    """The commands of every ``sh`` block (and ``python`` block) of a README, in order."""
+    commands = []
+    for match in re.finditer(r"^```(\w+)\n(.*?)^```", text, re.S | re.M):
+        language, body = match.group(1), match.group(2)
+        first = text.count("\n", 0, match.start(2)) + 1
+        if language == "python":
+            commands.append(Command(body, None, first, "python"))
+        elif language == "sh":
+            commands += _shell_block(body, first)
+    return commands
+
+
+def _shell_block(body: str, first: int) -> list[Command]:
+    rows = body.splitlines()
+    transcript = any(r.startswith("$ ") for r in rows)
+    out, i = [], 0
+    while i < len(rows):
+        row, start = rows[i], first + i
+        if transcript and not row.startswith("$ "):
+            i += 1                                   # output of the command before
+            continue
+        if not transcript and (not row.strip() or row.lstrip().startswith("#")):
+            i += 1
+            continue
+        text = row[2:] if transcript else row
+        while text.endswith("\\") and i + 1 < len(rows):
+            i += 1
+            text += "\n" + rows[i]
+        i += 1
+        expected = None
+        if transcript:
+            seen = []
+            while i < len(rows) and not rows[i].startswith("$ "):
+                seen.append(rows[i])
+                i += 1
+            expected = "".join(s + "\n" for s in seen)
+        out.append(Command(text, expected, start))
+    return out
+
+
+COMMANDS = readme_commands((ROOT / "README.md").read_text())
+
+
+def test_the_readme_has_commands_and_transcripts():
+    """The extraction itself: the tour, the live example and the transcripts are found."""
+    texts = [c.text for c in COMMANDS]
+    assert any(t.startswith("lstm-train ") for t in texts)
+    assert any(t.startswith("lstm-export ") for t in texts)
+    assert any(t.startswith("tail -f ") for t in texts)
+    assert sum(c.expected is not None for c in COMMANDS) >= 2
+    assert all(c.expected for c in COMMANDS if c.expected is not None)
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory) -> Path:
+    """What a fresh clone has: data/ and exported/."""
+    base = tmp_path_factory.mktemp("readme")
+    shutil.copytree(ROOT / "data", base / "data")
+    shutil.copytree(ROOT / "exported", base / "exported")
+    return base
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """build/water.keras (and its sidecar) as the tour's lstm-train writes it, trained tiny."""
+    base = tmp_path_factory.mktemp("trained")
+    proc = subprocess.run(
+        [str(BIN / "lstm-train"), str(ROOT / "data" / "water-flow.csv"), "--target",
+         "Water flow [l/s]", "--mode", "sequence", "--look-back", "6", "--units", "4",
+         "--epochs", "1", "--quiet", "-o", "build/water.keras"],
+        cwd=base, capture_output=True, text=True, timeout=TIMEOUT)
+    assert proc.returncode == 0, proc.stderr
+    return base / "build"
+
+
+@pytest.fixture
+def scratch(template, tmp_path) -> Path:
+    work = tmp_path / "clone"
+    shutil.copytree(template, work)
+    return work
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def _needs_trainer(text: str) -> bool:
+    return text.startswith(("lstm-train", "lstm-export")) or "import keras" in text
+
+
+@pytest.mark.parametrize("cmd", [c for c in COMMANDS], ids=[c.id for c in COMMANDS])
+def test_readme_command_runs_verbatim(cmd: Command, scratch: Path, request):
+    skip = next((why for prefix, why in SKIPPED.items() if cmd.text.startswith(prefix)), None)
+    if skip:
+        pytest.skip(skip)
+    if _needs_trainer(cmd.text) and not shutil.which("lstm-train", path=str(BIN)):
+        pytest.skip("the trainer (TensorFlow) is not installed")
+    if "build/water.keras" in cmd.text and not cmd.text.startswith("lstm-train"):
+        shutil.copytree(request.getfixturevalue("trained"), scratch / "build")
+    if cmd.language == "python":
+        script = scratch / "readme_block.py"
+        script.write_text(cmd.text)
+        proc = subprocess.run([sys.executable, str(script)], cwd=scratch, env=_env(),
+                              capture_output=True, text=True, timeout=TIMEOUT)
+        assert proc.returncode == 0, proc.stderr
+        return
+    if cmd.text.startswith("tail -f "):
+        _run_tail(cmd, scratch)
+        return
+    proc = subprocess.run(["bash", "-o", "pipefail", "-c", cmd.text], cwd=scratch, env=_env(),
+                          capture_output=True, text=True, timeout=TIMEOUT)
+    assert proc.returncode == 0, f"README line {cmd.line}: exit {proc.returncode}\n{proc.stderr}"
+    assert "Traceback" not in proc.stderr and "Error:" not in proc.stderr, proc.stderr
+    if cmd.expected is not None:
+        assert proc.stdout == cmd.expected, f"README line {cmd.line} shows other output"
+
+
+def _run_tail(cmd: Command, scratch: Path, answers: int = 10) -> None:
+    """A ``tail -f`` pipeline: read tail's first ten lines' answers, then stop it."""
+    proc = subprocess.Popen(["bash", "-c", cmd.text], cwd=scratch, env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    got, deadline = b"", time.monotonic() + 60
+    try:
+        while got.count(b"\n") < answers and time.monotonic() < deadline:
+            ready, _, _ = select.select([proc.stdout], [], [], 0.2)
+            if ready:
+                chunk = os.read(proc.stdout.fileno(), 65536)
+                if not chunk:
+                    break
+                got += chunk
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+    stderr = proc.stderr.read().decode()
+    rows = got.decode().splitlines()
+    assert len(rows) == answers, f"README line {cmd.line}: {rows}\n{stderr}"
+    assert "Traceback" not in stderr and "Error:" not in stderr, stderr
+    for row in rows:
+        fields = lines.split_csv(row)
+        assert fields[-2:] == ["", ""] and fields[-3], row    # a prediction, no error

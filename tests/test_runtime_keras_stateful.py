@@ -1,0 +1,198 @@
+"""Keras as the reference for state slots and ``Model.predict``: the stateful airline tutorial.
+
+The model is written the way the tutorial writes it, in Keras 3: ``Input(batch_shape=(B, 3,
+1))``, ``LSTM(stateful=True)``, trained a few epochs with ``shuffle=False`` and
+``reset_states()`` after each, on MinMax-scaled airline passengers (``look_back=3``). The
+reference is the tutorial's own call: ``model.predict(testX, batch_size=B)`` right after
+``reset_states()``. A stream fed the test series, ``feed``, ``Model.step`` and
+``Model.predict`` must all give it, for B = 4 (window j continues window j - 4) and B = 1.
+"""
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from onnx import helper
+
+import runtime
+from runtime.errors import ContractError, ShapeError, SnapshotError
+
+keras = pytest.importorskip("keras")
+export = pytest.importorskip("trainer.export")
+
+DATA = Path(__file__).resolve().parent.parent / "data" / "airline-passengers.csv"
+LOOK_BACK = 3
+ATOL = 1e-5     # in the model's scaled units, as Keras's predict gives them: raw passengers
+
+
+def passengers():
+    with open(DATA) as f:
+        return np.array([[float(r["passengers"])] for r in csv.DictReader(f)], np.float32)
+
+
+# Raw passengers (~100-600) have a float32 ulp of 6e-5: diffs are compared divided by max - min.
+SPAN = float(passengers().max() - passengers().min())
+
+
+def create_dataset(dataset, look_back=1):
+    """The tutorial's function, its off-by-one (the last window is dropped) included."""
+    x, y = [], []
+    for i in range(len(dataset) - look_back - 1):
+        x.append(dataset[i:i + look_back, 0])
+        y.append(dataset[i + look_back, 0])
+    return np.array(x), np.array(y)
+
+
+def reset_states(model):
+    for layer in model.layers:
+        if getattr(layer, "stateful", False):
+            layer.reset_states()
+
+
+def tutorial(batch_size: int):
+    """Train the stateful tutorial model; returns (model, scaler, raw test series, testX)."""
+    dataset = passengers()                                   # (144, 1)
+    low, high = dataset.min(), dataset.max()                 # MinMaxScaler(feature_range=(0, 1))
+    scaled = (dataset - low) / (high - low)
+    train_size = int(len(dataset) * 0.67)
+    train, test = scaled[:train_size], scaled[train_size:]
+    trainX, trainY = create_dataset(train, LOOK_BACK)
+    testX, _ = create_dataset(test, LOOK_BACK)
+    trainX = trainX.reshape(trainX.shape[0], trainX.shape[1], 1)   # (samples, timesteps, features)
+    testX = testX.reshape(testX.shape[0], testX.shape[1], 1)
+    keras.utils.set_random_seed(7)
+    model = keras.Sequential([keras.Input(batch_shape=(batch_size, LOOK_BACK, 1)),
+                              keras.layers.LSTM(4, stateful=True), keras.layers.Dense(1)])
+    model.compile(loss="mean_squared_error", optimizer="adam")
+    for _ in range(3):
+        model.fit(trainX, trainY, epochs=1, batch_size=batch_size, verbose=0, shuffle=False)
+        reset_states(model)
+    scaler = {"x": {"mean": [float(low)], "std": [float(high - low)]},
+              "y": {"mean": [float(low)], "std": [float(high - low)]}}
+    raw_test = dataset[train_size:]                          # (48, 1) passengers
+    return model, scaler, raw_test, testX
+
+
+def exported(model, scaler, slots=None) -> bytes:
+    """The file ``lstm-export`` writes, ``lstm_edge.state_slots`` set where given."""
+    proto, _ = export.to_onnx(model, scaler=scaler)
+    props = {p.key: p.value for p in proto.metadata_props}
+    written = props.get("lstm_edge.state_slots", "1")
+    if slots is not None and "lstm_edge.state_slots" in props:   # an exporter that writes it
+        assert written == str(model.inputs[0].shape[0]), written
+    if slots is not None:
+        props["lstm_edge.state_slots"] = str(slots)
+    helper.set_model_props(proto, props)
+    return proto.SerializeToString()
+
+
+@pytest.fixture(scope="module", params=[4, 1], ids=["B=4", "B=1"])
+def case(request):
+    batch = request.param
+    model, scaler, raw_test, testX = tutorial(batch)
+    reset_states(model)
+    want = model.predict(testX, batch_size=batch, verbose=0)        # the tutorial's call
+    want = want * scaler["y"]["std"][0] + scaler["y"]["mean"][0]     # inverse_transform
+    rawX = testX * scaler["x"]["std"][0] + scaler["x"]["mean"][0]   # (44, 3, 1) passengers
+    return batch, model, scaler, raw_test, rawX, want
+
+
+def _close(got, want, what):
+    diff = np.abs(got - want).max()
+    print(f"{what}: max abs diff {diff:.2e} passengers, {diff / SPAN:.2e} scaled")
+    np.testing.assert_allclose(got / SPAN, want / SPAN, atol=ATOL, rtol=0)
+
+
+def test_stream_step_and_feed_equal_keras_predict_with_batch_size(case):
+    batch, model, scaler, raw_test, rawX, want = case
+    rt = runtime.load(exported(model, scaler, batch), device="cpu")
+    assert (rt.mode, rt.window, rt.slots) == ("stateful", LOOK_BACK, batch)
+    s = rt.stream()
+    got = [s.step(x) for x in raw_test]
+    assert all(g is None for g in got[:LOOK_BACK - 1])
+    # The first prediction (line LOOK_BACK) is testPredict[0]; the tutorial drops its last window.
+    got = np.array(got[LOOK_BACK - 1:LOOK_BACK - 1 + len(want)])
+    _close(got, want, f"B={batch} stream.step")
+    fed = rt.stream().feed(raw_test)[LOOK_BACK - 1:LOOK_BACK - 1 + len(want)]
+    _close(fed, want, f"B={batch} stream.feed")
+    half = rt.stream()                                      # feed in two chunks: slots carry on
+    fed = np.concatenate([half.feed(raw_test[:20]), half.feed(raw_test[20:])])
+    _close(fed[LOOK_BACK - 1:LOOK_BACK - 1 + len(want)], want, f"B={batch} two feeds")
+
+
+def test_predict_equals_keras_predict(case):
+    batch, model, scaler, raw_test, rawX, want = case
+    rt = runtime.load(exported(model, scaler, batch), device="cpu")
+    got = rt.predict(rawX)
+    assert got.shape == want.shape == (44, 1)
+    _close(got, want, f"B={batch} Model.predict")
+    odd = rt.predict(rawX[:43])                              # a last group short of B
+    _close(odd, want[:43], f"B={batch} Model.predict, 43 samples")
+    # Keras's windows given to a stream: refused, pointing to predict, never reshaped.
+    with pytest.raises(ShapeError, match=r"44 samples \(windows\) of 3 timesteps.*model\.predict"):
+        rt.stream().feed(rawX)
+    with pytest.raises(ShapeError, match=r"a step takes one reading.*model\.predict"):
+        rt.stream().step(rawX[0])
+    with pytest.raises(ShapeError, match=r"model\.predict"):
+        rt.step([rt.stream() for _ in range(44)], rawX)
+    with pytest.raises(ShapeError, match=r"expected \(samples, timesteps, features\) = "
+                                         r"\(n, 3, 1\), got \(44, 4, 1\)"):
+        rt.predict(np.zeros((44, 4, 1)))
+
+
+def test_many_streams_in_one_call_keep_their_own_slots(case):
+    batch, model, scaler, raw_test, rawX, want = case
+    rt = runtime.load(exported(model, scaler, batch), device="cpu")
+    streams = [rt.stream() for _ in range(3)]
+    lone = rt.stream()
+    lone.feed(raw_test[:5])                                 # a fourth stream, ahead of the rest
+    rows = []
+    for i, x in enumerate(raw_test):
+        group = streams + ([lone] if i >= 5 else [])
+        out = rt.step(group, np.repeat(x[None], len(group), axis=0))
+        rows.append(out[:3])
+    rows = np.array(rows)[LOOK_BACK - 1:LOOK_BACK - 1 + len(want)]   # (44, 3, 1)
+    for k in range(3):
+        _close(rows[:, k], want, f"B={batch} Model.step, stream {k}")
+
+
+def test_snapshot_continues_every_slot(case, tmp_path):
+    batch, model, scaler, raw_test, rawX, want = case
+    rt = runtime.load(exported(model, scaler, batch), device="cpu")
+    s = rt.stream()
+    s.feed(raw_test[:21])
+    path = s.snapshot().save(tmp_path / "s.npz")
+    again = rt.stream(path)
+    rest = np.array([again.step(x) for x in raw_test[21:]])
+    _close(rest[:len(want) - 19], want[19:], f"B={batch} after a snapshot")
+    header = json.loads(str(np.load(path)["header"]))["streams"][0]
+    state = np.load(path)["s0.state.in_h0"]
+    if batch == 1:                                          # as runtimes before slots wrote it
+        assert "next_slot" not in header and state.shape == (4,)
+    else:
+        assert header["next_slot"] == (21 - LOOK_BACK + 1) % batch and state.shape == (4, 4)
+        one = runtime.load(exported(model, scaler, batch), device="cpu", state_slots=1)
+        with pytest.raises(SnapshotError, match="4 state slots; this model streams with 1"):
+            one.stream(path)
+
+
+def test_batch_size_matters_so_the_slots_are_what_holds_parity():
+    """Streamed with one slot, the B=4 model is off from Keras: the check above can fail."""
+    model, scaler, raw_test, testX = tutorial(4)
+    reset_states(model)
+    want = model.predict(testX, batch_size=4, verbose=0)
+    want = want * scaler["y"]["std"][0] + scaler["y"]["mean"][0]
+    rt = runtime.load(exported(model, scaler, 4), device="cpu", state_slots=1)
+    got = rt.stream().feed(raw_test)[LOOK_BACK - 1:LOOK_BACK - 1 + len(want)]
+    print(f"B=4 streamed with one slot: {np.abs(got - want).max() / SPAN:.3f} scaled off Keras")
+    assert np.abs(got - want).max() / SPAN > 1e-3
+
+
+def test_state_slots_below_one_are_refused():
+    model, scaler, _, _ = tutorial(1)
+    with pytest.raises(ContractError, match="state_slots must be at least 1"):
+        runtime.load(exported(model, scaler, 0), device="cpu")
+    with pytest.raises(ContractError, match="state_slots must be at least 1"):
+        runtime.load(exported(model, scaler, 1), device="cpu", state_slots=0)

@@ -1,0 +1,233 @@
+"""What the network learns and how a forecast is judged: residual targets, differenced
+inputs, and the figures of the honest test tail.
+
+Residual target (the default). The network predicts the change ``y[t+h] - y[t]`` divided
+by the robust scale of the training changes, and the target's current reading is added
+back. The head starts at zero, so an untrained model *is* the naive forecast ("repeat the
+last value") and training can only move it from there; and the model never has to rebuild
+a level it did not see in training. Where a target is not among the features there is no
+current reading to add back, and the target stays a level (``Framing.note`` says so).
+
+Differenced inputs (``difference=True``, the default: it beat the naive forecast in 6 of 6
+bundled settings where readings in, residual out did in 4 of 6; README, "Forecast
+quality"). The network reads ``x[t] - x[t-1]`` scaled by
+the robust scale of the training differences instead of the readings themselves. The first
+reading of a series (and of every window) has no reading before it: its difference is 0,
+"no change", in training and in the exported graph alike.
+
+>>> y = np.array([[1.0], [2.0], [4.0], [7.0]])            # (rows, targets)
+>>> f = Framing("residual", (0,), np.array([2.0]), False)
+>>> f.target_series(y, horizon=1).ravel().tolist()       # row r holds (y[r] - y[r-1]) / 2
+[0.0, 0.5, 1.0, 1.5]
+>>> differences(y).ravel().tolist()
+[0.0, 1.0, 2.0, 3.0]
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+import numpy as np
+
+TARGET_KINDS = ("residual", "level")
+SHORT_TAIL = 48   # fewer test predictions than this get a line of caution
+
+
+def robust_scale(a: np.ndarray) -> np.ndarray:
+    """Per column IQR / 1.349 (the std on normal data), else the std, else 1."""
+    q1, q3 = np.percentile(a, [25, 75], axis=0)
+    scale = np.where(q3 > q1, (q3 - q1) / 1.349, a.std(axis=0))
+    return np.where(scale > 0, scale, 1.0)
+
+
+def differences(x: np.ndarray) -> np.ndarray:
+    """``(rows, columns)`` -> ``x[t] - x[t-1]``, 0 for the first row ("no change")."""
+    return np.concatenate((np.zeros_like(x[:1]), np.diff(x, axis=0)))
+
+
+@dataclass(frozen=True)
+class Framing:
+    """How the network's target and inputs relate to the CSV's columns."""
+
+    kind: str                      # residual | level
+    target_features: tuple         # feature index of each target (residual), else ()
+    delta_scale: np.ndarray | None  # (targets,) robust scale of the training changes
+    difference: bool               # the network reads differenced inputs
+    note: str = ""                 # why the target is a level although residual was asked
+
+    @classmethod
+    def choose(cls, kind: str, features, targets, y_train: np.ndarray, horizon: int,
+               difference: bool) -> "Framing":
+        """Residual where every target is also a feature; the scale from ``y_train`` only."""
+        if kind not in TARGET_KINDS:
+            raise ValueError(f"target kind must be one of {TARGET_KINDS}, got {kind!r}")
+        missing = [t for t in targets if t not in features]
+        if kind == "residual" and missing:
+            # Differences alone cannot tell a level either: the model reads the readings.
+            note = (f"target {', '.join(map(repr, missing))} is not among the features, so "
+                    f"there is no current reading to add a change to: the model predicts the "
+                    f"level{' from the readings, not their differences' if difference else ''}"
+                    f" (add it to --features for a residual model)")
+            return cls("level", (), None, False, note)
+        if kind == "level":
+            return cls("level", (), None, difference)
+        index = tuple(list(features).index(t) for t in targets)
+        changes = y_train[horizon:] - y_train[:-horizon]            # (rows - h, targets)
+        return cls("residual", index, robust_scale(changes), difference)
+
+    @property
+    def residual(self) -> bool:
+        return self.kind == "residual"
+
+    def target_series(self, y: np.ndarray, horizon: int) -> np.ndarray:
+        """Row ``r`` holds the change from ``r - horizon`` to ``r``, scaled (0 before).
+
+        The windowing code takes a window's target from row ``last + horizon``, so this
+        series gives it ``(y[last + h] - y[last]) / scale`` without knowing about residuals.
+        """
+        out = np.zeros_like(y, dtype=np.float32)
+        out[horizon:] = (y[horizon:] - y[:-horizon]) / self.delta_scale
+        return out
+
+    def to_json(self) -> dict:
+        """The sidecar's fields (docs/contract.md, changelog)."""
+        side = {"target_kind": self.kind, "difference": self.difference}
+        if self.residual:
+            side["target_features"] = list(self.target_features)
+            side["delta_scale"] = self.delta_scale.tolist()
+        if self.note:
+            side["target_note"] = self.note
+        return side
+
+
+# --------------------------------------------------------------------------- seasons
+
+_SPACINGS = ((dt.timedelta(days=28), dt.timedelta(days=31), 12, "monthly"),
+             (dt.timedelta(days=6.5), dt.timedelta(days=7.5), 52, "weekly"),
+             (dt.timedelta(hours=23), dt.timedelta(hours=25), 7, "daily"))
+
+
+def parse_time(text: str) -> dt.datetime | None:
+    """ISO date/time, ``YYYY-MM``, ``YYYYMMDD`` or epoch seconds; None if none of those."""
+    text = str(text).strip()
+    try:
+        return dt.datetime.fromisoformat(text)
+    except ValueError:
+        pass
+    for fmt in ("%Y-%m", "%Y%m%d", "%Y/%m/%d", "%Y-%m-%d %H:%M"):
+        try:
+            return dt.datetime.strptime(text, fmt)
+        except ValueError:
+            pass
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    if 1e8 <= value <= 4.2e9:
+        return dt.datetime.fromtimestamp(value, dt.timezone.utc)
+    return None
+
+
+def guess_season(times) -> tuple[int | None, str]:
+    """The season length from the time column's median spacing, and how it was found.
+
+    Hourly 24, daily 7, weekly 52, monthly 12; a spacing that divides a day gives the
+    readings per day (e.g. 96 for 15 minutes) up to 288. None where nothing fits.
+
+    >>> guess_season(["1949-01", "1949-02", "1949-03"])
+    (12, 'monthly')
+    >>> guess_season(["2022-03-20T11:00:00+01:00", "2022-03-20T12:00:00+01:00"])
+    (24, 'hourly')
+    """
+    if times is None or len(times) < 2:
+        return None, "no time column"
+    parsed = [parse_time(t) for t in times[:500]]
+    if any(p is None for p in parsed):
+        return None, "time column not understood"
+    try:
+        steps = sorted(b - a for a, b in zip(parsed, parsed[1:]))
+    except TypeError:                       # mixed naive and aware times
+        return None, "time column not understood"
+    spacing = steps[len(steps) // 2]
+    for low, high, season, name in _SPACINGS:
+        if low <= spacing <= high:
+            return season, name
+    seconds = spacing.total_seconds()
+    if seconds > 0:
+        per_day = 86400.0 / seconds
+        if abs(per_day - round(per_day)) < 0.05 * per_day and 2 <= round(per_day) <= 288:
+            name = "hourly" if round(per_day) == 24 else f"every {seconds / 60:g} minutes"
+            return int(round(per_day)), name
+    return None, f"spacing {spacing} has no usual season"
+
+
+# --------------------------------------------------------------------------- figures
+
+def errors(pred: np.ndarray, truth: np.ndarray) -> dict:
+    """MAE and RMSE per target of ``(steps, targets)`` arrays, in the target's units."""
+    diff = pred - truth
+    return {"mae": np.abs(diff).mean(axis=0).tolist(),
+            "rmse": np.sqrt((diff ** 2).mean(axis=0)).tolist()}
+
+
+def seasonal_naive(y: np.ndarray, last: np.ndarray, horizon: int, season: int) -> np.ndarray:
+    """The value one season before each target: ``y[t + h - m * ceil(h / m)]``."""
+    back = season * -(-horizon // season)
+    return y[last + horizon - back]
+
+
+def mase_scale(y_train: np.ndarray, season: int | None) -> np.ndarray:
+    """In-sample mean |y[t] - y[t - m]| over the training rows (m = 1 without a season)."""
+    m = season or 1
+    scale = np.abs(y_train[m:] - y_train[:-m]).mean(axis=0)
+    return np.where(scale > 0, scale, np.nan)
+
+
+def score(y: np.ndarray, pred: np.ndarray, last: np.ndarray, horizon: int,
+          y_train: np.ndarray, season: int | None) -> dict:
+    """The figures of one set of predictions: model and baselines, skill and MASE.
+
+    Parameters
+    ----------
+    y : (rows, targets) the target series, raw units.
+    pred : (steps, targets) the model's predictions, raw units, for rows ``last + horizon``.
+    last : (steps,) the last row each prediction saw.
+    y_train : the training rows of ``y`` (the mean forecast and MASE's scale).
+    """
+    truth = y[last + horizon]                                        # (steps, targets)
+    out = {"steps": int(len(last)),
+           "model": errors(pred, truth),
+           "naive": errors(y[last], truth),
+           "mean": errors(np.broadcast_to(y_train.mean(axis=0), truth.shape), truth)}
+    naive_mae = np.asarray(out["naive"]["mae"])
+    out["skill"] = _ratio(out["model"]["mae"], naive_mae)
+    usable = season and (last + horizon - season * -(-horizon // season) >= 0).all()
+    if usable:
+        out["seasonal_naive"] = errors(seasonal_naive(y, last, horizon, season), truth)
+        out["seasonal_skill"] = _ratio(out["model"]["mae"], out["seasonal_naive"]["mae"])
+    out["mase"] = _ratio(out["model"]["mae"], mase_scale(y_train, season if usable else None))
+    return out
+
+
+def _ratio(a, b) -> list:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(b > 0, a / b, np.nan).tolist()
+
+
+def best_by_mae(figures: dict) -> str:
+    """Which of model, naive, seasonal naive and mean has the lowest mean MAE."""
+    names = [n for n in ("model", "naive", "seasonal_naive", "mean") if n in figures]
+    return min(names, key=lambda n: float(np.mean(figures[n]["mae"])))
+
+
+def caution(figures: dict, season: int | None) -> str | None:
+    """One line when the test tail is too short for its figures to carry much weight."""
+    steps = figures["steps"]
+    if steps < SHORT_TAIL or (season and steps < 2 * season):
+        need = max(SHORT_TAIL, 2 * (season or 0))
+        return (f"caution: the test tail holds {steps} predictions (fewer than {need}); "
+                f"its figures can swing with a few readings — give more data or a larger "
+                f"--test-fraction before trusting the ranking")
+    return None

@@ -1,0 +1,159 @@
+"""Reading a Keras model for export: the file, and its layers as one chain.
+
+:func:`load_model` turns every way a file can fail to load into an :class:`ExportError`
+that says what was found and what to do (a directory, a custom class this process cannot
+import, a truncated archive); :func:`chain` gives the layers in order, looking inside
+models used as layers, and refuses anything that is not one input feeding one chain.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import zipfile
+from pathlib import Path
+
+from .errors import ExportError
+
+KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def load_model(path) -> object:
+    """Load a ``.keras`` or legacy ``.h5`` file, or raise :class:`ExportError` saying why not."""
+    path = Path(path)
+    if not path.exists():
+        raise ExportError(f"{path}: no such file; give the path of a .keras or .h5 model")
+    if path.is_dir():
+        hint = " (a TensorFlow SavedModel)" if (path / "saved_model.pb").exists() else ""
+        raise ExportError(f"{path}: is a directory{hint}, not a Keras file; expected a model "
+                          f"saved with model.save('NAME.keras') (or a legacy .h5): load it "
+                          f"in Keras and save it that way")
+    if path.suffix.lower() not in KERAS_SUFFIXES:
+        raise ExportError(f"{path}: not a Keras file; expected a model saved with "
+                          f"model.save('NAME.keras') (or a legacy .h5)")
+    if path.suffix.lower() == ".keras" and not zipfile.is_zipfile(path):
+        raise ExportError(f"{path}: corrupt or truncated .keras file (not a zip archive); "
+                          f"save the model again")
+    if path.suffix.lower() != ".keras":
+        with open(path, "rb") as fh:
+            if fh.read(8) != HDF5_SIGNATURE:
+                raise ExportError(f"{path}: corrupt or truncated .h5 file (no HDF5 "
+                                  f"signature); save the model again")
+    import keras
+
+    try:
+        return keras.models.load_model(path, compile=False)
+    except Exception as exc:  # noqa: BLE001 - Keras raises anything from a bad file
+        custom = _custom_classes(path) or re.findall(r"Unknown \w+: '([^']+)'", str(exc))
+        if custom:
+            names = ", ".join(repr(c) for c in custom)
+            raise ExportError(
+                f"{path}: uses custom class(es) {names}, which this process cannot import; "
+                f"export it from Python where the class is defined: model = "
+                f"keras.models.load_model(path, custom_objects={{...}}), then "
+                f"trainer.export.export(model, 'model.onnx')") from None
+        raise ExportError(f"{path}: cannot be read as a Keras model ({_first_words(exc)}); "
+                          f"save the model again with model.save('NAME.keras')") from None
+
+
+def _first_words(exc: Exception, limit: int = 200) -> str:
+    """The first line of an error, cut at a word boundary (Keras's messages run long)."""
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    if len(text) <= limit:
+        return text
+    return text[:limit].rsplit(" ", 1)[0].rstrip(",;:") + " ..."
+
+
+def _custom_classes(path: Path) -> list[str]:
+    """Class names in a saved model's config that are not Keras's own (custom layers)."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                config = json.loads(archive.read("config.json"))
+        else:
+            import h5py
+
+            with h5py.File(path, "r") as fh:
+                raw = fh.attrs.get("model_config")
+                config = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+    except Exception:  # noqa: BLE001 - best effort: the caller has a message either way
+        return []
+    found = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            module = node.get("module")
+            if "class_name" in node and (node.get("registered_name")
+                                         or ">" in str(node["class_name"])   # legacy .h5
+                                         or (module and not str(module).startswith("keras"))):
+                name = node.get("registered_name") or node["class_name"]
+                if name not in found and "config" in node:
+                    found.append(name)
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(config)
+    return found
+
+
+def chain(model) -> list:
+    """The model's layers in order, refusing anything that is not one input, one chain."""
+    inputs = getattr(model, "inputs", None)
+    if not inputs:
+        raise ExportError(f"model {model.name!r} has not been built: call it on data or "
+                          f"give it a keras.Input first")
+    if len(inputs) > 1:
+        raise ExportError(f"model {model.name!r} has {len(inputs)} inputs "
+                          f"({', '.join(t.name for t in inputs)}); a stream feeds one input")
+    if len(model.outputs) > 1:
+        raise ExportError(f"model {model.name!r} has {len(model.outputs)} outputs; "
+                          f"the contract has one y")
+    layers = [layer for layer in model.layers if type(layer).__name__ != "InputLayer"]
+    if type(model).__name__ != "Sequential":
+        # A loaded Sequential's layer.input is stale, but a Sequential is a chain by construction.
+        previous = inputs[0]
+        for layer in layers:
+            if _reads(layer) is not previous:
+                raise ExportError(f"model {model.name!r} is not a single chain of layers: layer "
+                                  f"{layer.name!r} does not read the previous layer's output "
+                                  f"only")
+            previous = _writes(layer)
+    flat = []
+    for layer in layers:   # a model used as a layer: its own chain, in its place
+        flat += chain(layer) if hasattr(layer, "layers") and hasattr(layer, "inputs") \
+            else [layer]
+    return flat
+
+
+def _node(layer):
+    nodes = getattr(layer, "_inbound_nodes", None) or []
+    return nodes[-1] if len(nodes) == 1 or hasattr(layer, "layers") else None
+
+
+def _reads(layer):
+    """The tensor a layer of a functional model reads (a nested model: from its call)."""
+    if hasattr(layer, "layers"):
+        node = _node(layer)
+        tensors = list(getattr(node, "input_tensors", ()) or ())
+        return tensors[0] if len(tensors) == 1 else None
+    try:
+        return layer.input
+    except (AttributeError, ValueError):
+        return None
+
+
+def _writes(layer):
+    if hasattr(layer, "layers"):
+        node = _node(layer)
+        tensors = list(getattr(node, "output_tensors", ()) or ())
+        return tensors[0] if len(tensors) == 1 else None
+    output = layer.output
+    if isinstance(output, (list, tuple)) and getattr(layer, "return_state", False):
+        # (sequence, *states): a chain reads the sequence; a model that used the states
+        # elsewhere would have another output or a layer off the chain, refused above.
+        return output[0]
+    return output

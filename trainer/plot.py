@@ -1,0 +1,73 @@
+"""A picture of the test tail: what happened, what the model said, what "repeat the last
+value" said. matplotlib (the ``train`` extra) on the Agg backend: no display needed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DataError
+from .forecast import parse_time
+
+
+def plot_test(path, sel, pred: np.ndarray, last: np.ndarray, horizon: int,
+              title: str = "") -> Path:
+    """Draw actual vs predicted (and naive) for each target over the test rows; save a PNG.
+
+    Parameters
+    ----------
+    sel : the :class:`~trainer.data.Selection` the model was trained on.
+    pred : (steps, targets) predictions in raw units, for rows ``last + horizon``.
+    last : (steps,) the last row each prediction saw.
+    """
+    try:
+        import matplotlib
+    except ImportError:
+        raise DataError("--plot needs matplotlib: pip install 'lstm-edge[train]'") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = last + horizon
+    when = _axis(sel, rows)
+    n = len(sel.targets)
+    fig, axes = plt.subplots(n, 1, figsize=(11, 3.6 * n), squeeze=False, sharex=True)
+    for k, (name, ax) in enumerate(zip(sel.targets, axes[:, 0])):
+        actual, naive = sel.y[rows, k], sel.y[last, k]
+        model_mae = np.abs(pred[:, k] - actual).mean()
+        naive_mae = np.abs(naive - actual).mean()
+        ax.plot(when, actual, color="black", lw=1.6, label="actual")
+        ax.plot(when, naive, color="tab:gray", lw=1.0, ls="--",
+                label=f"naive (repeat the last value), MAE {naive_mae:.4g}")
+        ax.plot(when, pred[:, k], color="tab:blue", lw=1.3,
+                label=f"model, MAE {model_mae:.4g} (skill {model_mae / naive_mae:.3f})"
+                if naive_mae > 0 else f"model, MAE {model_mae:.4g}")
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="best", fontsize=9)
+    axes[0, 0].set_title(title or f"test tail, {horizon} step(s) ahead")
+    axes[-1, 0].set_xlabel(_time_label(sel))
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110)
+    except OSError as exc:
+        raise DataError(f"{path}: the plot cannot be written ({exc.strerror or exc})") from None
+    finally:
+        plt.close(fig)
+    return path
+
+
+def _time_label(sel) -> str:
+    return "time" if sel.time is not None else "row"
+
+
+def _axis(sel, rows: np.ndarray):
+    """The time of each row where the time column parses, else the row numbers."""
+    if sel.time is not None:
+        parsed = [parse_time(t) for t in sel.time[rows]]
+        if all(p is not None for p in parsed):
+            return [p.replace(tzinfo=None) for p in parsed]
+    return rows

@@ -1,0 +1,453 @@
+"""A Triton Inference Server model repository for an exported model, with implicit state.
+
+The contract's state tensors (``in_h0`` -> ``out_h0``, batch first) map one to one onto Triton's
+implicit state (``sequence_batching { state [...] }``): Triton keeps each sequence's state,
+feeds a zero state on its first request (``initial_state { zero_data }``) and each output
+state back as the next request's input state. One sequence is one sensor (``sequence_id`` =
+sensor id), so Triton carries per-sensor state the way :class:`runtime.Stream` does.
+
+- ``sequence`` mode: the file is served unchanged; a request carries one or more readings.
+- ``window`` and ``stateful`` modes need the last ``window`` readings as well. The repository
+  then holds a *Triton variant* of the graph (:func:`window_variant`) that carries them as
+  state: ``in_window`` ``(batch, window - 1, features)`` is a shift register the new reading
+  is appended to, ``in_count`` counts readings up to ``window``, and the recurrent layers run
+  over the whole window, from a zero state (``window``) or from the carried one
+  (``stateful``). A request carries exactly one reading; ``warmup`` says the window has not
+  filled yet, and ``y`` is NaN then, as the runtime gives None.
+
+Imports onnx and numpy only (no TensorFlow): ``lstm-triton`` works on any exported file.
+Triton's schema: ``model_config.proto`` (triton-inference-server/common); the checks in
+:func:`check_served` follow what the ONNX Runtime backend and the sequence batcher validate
+at load (state dims without the batch axis, one zero ``initial_state`` with a name, every
+graph input fed by an input, a state or a control).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from runtime.contract import PREFIX, X, Y, ModelInfo, derive_state
+from .errors import ExportError
+
+TRITON_KEY = PREFIX + "triton"     # metadata of a Triton variant graph (docs/contract.md)
+WINDOW_IN, WINDOW_OUT = "in_window", "out_window"
+COUNT_IN, COUNT_OUT = "in_count", "out_count"
+WARMUP = "warmup"
+INSTANCE_KINDS = {"auto": None, "gpu": "KIND_GPU", "cpu": "KIND_CPU"}
+_TRITON_TYPES = {TensorProto.FLOAT: "TYPE_FP32", TensorProto.INT64: "TYPE_INT64",
+                 TensorProto.INT32: "TYPE_INT32", TensorProto.BOOL: "TYPE_BOOL"}
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+@dataclass
+class TritonOptions:
+    """How Triton batches and keeps the sequences; every default is a sensible start."""
+
+    name: str | None = None              # model folder name; default the ONNX file's stem
+    max_batch_size: int = 256            # most requests (sensors' readings) run in one call
+    max_candidate_sequences: int = 4096  # sensors one instance serves at once; more wait
+    max_queue_delay_us: int = 500        # how long a reading may wait for others to batch with
+    idle_seconds: float = 7200.0         # a sensor silent this long loses its state
+    instance_kind: str = "auto"          # "auto" (Triton decides), "gpu" or "cpu"
+    instances: int = 1                   # model instances (per GPU for "gpu")
+
+
+@dataclass
+class Served:
+    """What the repository's graph takes and gives, as Triton sees it."""
+
+    mode: str                             # the model's streaming mode
+    variant: bool                         # True: a Triton variant graph (window, stateful)
+    window: int                           # readings one prediction is made from
+    states: list = field(default_factory=list)   # (input name, output name) pairs
+    outputs: list = field(default_factory=list)  # graph outputs the client gets
+    x_dims: list = field(default_factory=list)   # x's shape past the batch axis (None: any)
+
+
+@dataclass
+class TritonReport:
+    """What :func:`write_repository` wrote."""
+
+    folder: Path            # DIR/<name>
+    name: str
+    served: Served
+    config: str             # the config.pbtxt text
+    options: TritonOptions
+
+    def summary(self) -> str:
+        """The CLI's report: where, how the model is served, and what a client sends."""
+        s, o = self.served, self.options
+        shape = ", ".join(["1"] + ["n" if d is None else str(d) for d in s.x_dims])
+        per_request = (f"{'one reading' if s.variant else 'one or more readings'} "
+                       f"(x: [{shape}] per sensor and request)")
+        lines = [f"wrote {self.folder / 'config.pbtxt'} and {self.folder / '1' / 'model.onnx'}",
+                 f"mode:    {s.mode}" + (f" (window {s.window}, carried in Triton state; "
+                                         f"a Triton variant of the graph)" if s.variant else
+                                         " (the exported graph, unchanged)"),
+                 f"request: {per_request}; outputs {', '.join(s.outputs)}",
+                 ("state:   " + ", ".join(f"{a} -> {b}" for a, b in s.states)
+                  + " (zero at sequence start)") if s.states else "state:   none",
+                 f"batcher: oldest, max_batch_size {o.max_batch_size}, "
+                 f"{o.max_candidate_sequences} sequences, queue delay {o.max_queue_delay_us} us, "
+                 f"idle {o.idle_seconds:g} s",
+                 f"serve:   tritonserver --model-repository {self.folder.parent}"]
+        if s.variant:
+            lines.append(f"warm-up: the first {s.window - 1} readings of a sequence give "
+                         f"warmup=true and y=NaN")
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- reading
+
+def read_model(model) -> tuple[onnx.ModelProto, ModelInfo]:
+    """An exported file (path, bytes or ModelProto) and its contract metadata."""
+    if isinstance(model, onnx.ModelProto):
+        proto = model
+    else:
+        try:
+            proto = (onnx.load_from_string(bytes(model)) if isinstance(model, (bytes, bytearray))
+                     else onnx.load(str(model)))
+        except Exception as exc:  # noqa: BLE001 - onnx raises DecodeError, OSError, ...
+            raise ExportError(f"{model}: cannot be read as an ONNX file ({type(exc).__name__}); "
+                              f"give a file written by lstm-export") from None
+    props = {p.key: p.value for p in proto.metadata_props}
+    try:
+        info = ModelInfo.from_metadata(props)
+    except ValueError as exc:
+        raise ExportError(str(exc)) from None
+    if not info.state and TRITON_KEY not in props:
+        shapes = {v.name: _dims(v) for v in proto.graph.input}
+        info = dataclasses.replace(info, state=derive_state(shapes))
+    return proto, info
+
+
+def _dims(value: onnx.ValueInfoProto) -> list:
+    """Shape of a graph tensor: ints, or None for a dynamic axis."""
+    return [d.dim_value if d.HasField("dim_value") else None
+            for d in value.type.tensor_type.shape.dim]
+
+
+def _elem(value: onnx.ValueInfoProto) -> int:
+    return value.type.tensor_type.elem_type
+
+
+def _refuse_unsupported(info: ModelInfo) -> None:
+    problems = []
+    slots = info.extra.get("state_slots")
+    if slots is not None and str(slots).strip() not in ("1", ""):
+        problems.append(f"it keeps {slots} state slots per stream (lstm_edge.state_slots); "
+                        f"Triton's implicit state here carries one: re-export with one slot")
+    if "mask_value" in info.extra:
+        problems.append(f"it has a Masking layer (lstm_edge.mask_value "
+                        f"{info.extra['mask_value']}): the runtime does not feed a masked "
+                        f"reading, Triton would; drop masked readings in the client and serve "
+                        f"with lstm-run, or retrain without Masking")
+    if problems:
+        raise ExportError("this model cannot be served by Triton as exported: "
+                          + "; ".join(problems))
+
+
+# --------------------------------------------------------------------------- the served graph
+
+def serving_graph(proto: onnx.ModelProto, info: ModelInfo) -> tuple[onnx.ModelProto, Served]:
+    """The graph Triton runs and how it is served: the file itself, or its window variant."""
+    proto, served = _serving_graph(proto, info)
+    served.x_dims = next((_dims(v)[1:] for v in proto.graph.input if v.name == X), [])
+    return proto, served
+
+
+def _serving_graph(proto, info):
+    _refuse_unsupported(info)
+    props = {p.key: p.value for p in proto.metadata_props}
+    if TRITON_KEY in props:                           # already a variant: serve as it is
+        meta = json.loads(props[TRITON_KEY])
+        states = [(s["input"], s["output"]) for s in meta["state"]]
+        states += [pair for spec in info.state for pair in zip(spec.inputs, spec.outputs)]
+        outputs = [Y] + ([WARMUP] if meta.get("warmup") else [])
+        return proto, Served(meta["mode"], True, int(meta["window"]), states, outputs)
+    states = [pair for spec in info.state for pair in zip(spec.inputs, spec.outputs)]
+    if info.streaming_mode == "sequence":
+        return proto, Served("sequence", False, 1, states, [Y])
+    variant = window_variant(proto, info)
+    return _serving_graph(variant, read_model(variant)[1])
+
+
+def window_variant(proto: onnx.ModelProto, info: ModelInfo) -> onnx.ModelProto:
+    """The ``window``/``stateful`` graph with its window buffer as state tensors.
+
+    Inputs ``x`` ``(batch, 1, features)``, ``in_window`` ``(batch, window - 1, features)``,
+    ``in_count`` ``(batch, 1)`` and, in ``stateful`` mode, the recurrent state inputs;
+    outputs ``y`` ``(batch, 1, targets)`` (NaN while warming up), ``warmup`` ``(batch, 1)``
+    bool, ``out_window``, ``out_count`` and the recurrent state outputs. The exported graph
+    runs inside it unchanged over the window ``concat(in_window, x)``. A window of 1 needs
+    no buffer: only the zero state is added.
+    """
+    kinds = {s.kind for s in info.state} - {"lstm", "gru", "rnn"}
+    if kinds:
+        raise ExportError(f"the {info.streaming_mode} mode needs a Triton variant graph, which "
+                          f"is built for LSTM/GRU/RNN state only, and this file also carries "
+                          f"{', '.join(sorted(kinds))} state; re-export it in sequence mode "
+                          f"(lstm-export --window 1 --carry-state) to serve it with Triton")
+    window, stateful = info.window, info.streaming_mode == "stateful"
+    graph = proto.graph
+    inputs = {v.name: v for v in graph.input}
+    outputs = {v.name: v for v in graph.output}
+    if X not in inputs or Y not in outputs:
+        raise ExportError(f"the graph has no input {X!r} or no output {Y!r}: give a file "
+                          f"written by lstm-export")
+    p = _prefix(graph)
+    x = inputs[X]
+    x_dims = _dims(x)                                  # [batch, time, F] or [batch, time]
+    x_type = _elem(x)
+    reading = ["batch", 1] + x_dims[2:]                # one reading per request
+
+    rename = {X: p + "window" if window > 1 else X, Y: p + "y_all"}
+    state_in = [n for s in info.state for n in s.inputs]
+    state_out = [n for s in info.state for n in s.outputs]
+    for name in state_out:
+        rename[name] = p + "run_" + name
+    if not stateful:
+        for name in state_in:
+            rename[name] = p + "zero_" + name
+    body = [_renamed(node, rename) for node in graph.node]
+    pre, post, inits = [], [], {}   # nodes before and after the exported graph's
+
+    def const(name, array):
+        inits[p + name] = np.asarray(array)
+        return p + name
+
+    new_inputs = [helper.make_tensor_value_info(X, x_type, reading)]
+    new_outputs = [helper.make_tensor_value_info(Y, TensorProto.FLOAT,
+                                                 ["batch", 1] + _dims(outputs[Y])[2:])]
+    states = []
+    if window > 1:
+        buf = ["batch", window - 1] + x_dims[2:]
+        new_inputs += [helper.make_tensor_value_info(WINDOW_IN, x_type, buf),
+                       helper.make_tensor_value_info(COUNT_IN, TensorProto.FLOAT, ["batch", 1])]
+        new_outputs += [helper.make_tensor_value_info(WARMUP, TensorProto.BOOL, ["batch", 1]),
+                        helper.make_tensor_value_info(WINDOW_OUT, x_type, buf),
+                        helper.make_tensor_value_info(COUNT_OUT, TensorProto.FLOAT, ["batch", 1])]
+        states = [{"input": WINDOW_IN, "output": WINDOW_OUT},
+                  {"input": COUNT_IN, "output": COUNT_OUT}]
+        big, one = const("big", [np.iinfo(np.int64).max]), const("one_i", [1])
+        axis1, minus1 = const("axis1", [1]), const("minus1", [-1])
+        w = const("w", np.float32(window))
+        pre.append(   # (batch, window - 1, F) ++ (batch, 1, F) -> (batch, window, F)
+            helper.make_node("Concat", [WINDOW_IN, X], [rename[X]], axis=1))
+        post += [
+            helper.make_node("Slice", [rename[X], one, big, axis1], [WINDOW_OUT]),
+            helper.make_node("Add", [COUNT_IN, const("one", np.float32(1))], [p + "count"]),
+            helper.make_node("Min", [p + "count", w], [COUNT_OUT]),      # (batch, 1)
+            helper.make_node("GreaterOrEqual", [COUNT_OUT, w], [p + "ready"]),
+            helper.make_node("Not", [p + "ready"], [WARMUP]),
+            helper.make_node("Slice", [rename[Y], minus1, big, axis1], [p + "y_last"]),
+            helper.make_node("Unsqueeze", [p + "ready", const("axis2", [2])], [p + "ready3"]),
+            helper.make_node("Where", [p + "ready3", p + "y_last",
+                                       const("nan", np.float32(np.nan))], [Y]),  # (batch, 1, T)
+        ]
+        ready = p + "ready"
+    else:
+        post.append(helper.make_node("Identity", [rename[Y]], [Y]))
+        ready = None
+    if stateful:
+        for spec in info.state:
+            for name_in, name_out in zip(spec.inputs, spec.outputs):
+                new_inputs.append(inputs[name_in])
+                new_outputs.append(outputs[name_out])
+                # The state moves on only once the window has filled, as in the runtime.
+                post.append(helper.make_node("Where", [ready, rename[name_out], name_in],
+                                             [name_out]))
+    else:
+        batch = p + "batch"
+        pre += [helper.make_node("Shape", [X], [p + "shape"]),
+                  helper.make_node("Gather", [p + "shape", const("zero_i", [0])], [batch])]
+        for spec in info.state:
+            for name in spec.inputs:                   # (batch, units) zeros: a fresh state
+                size = p + "size_" + name
+                pre += [helper.make_node("Concat", [batch, const("units_" + name,
+                                                                   [spec.units])], [size], axis=0),
+                          helper.make_node("ConstantOfShape", [size], [rename[name]],
+                                           value=numpy_helper.from_array(np.zeros(1, np.float32)))]
+    initializers = list(graph.initializer) + [numpy_helper.from_array(a, n)
+                                              for n, a in inits.items()]
+    new_graph = helper.make_graph(pre + body + post, graph.name + "_triton", new_inputs,
+                                  new_outputs, initializers)
+    model = helper.make_model(new_graph, opset_imports=list(proto.opset_import),
+                              producer_name="lstm-edge", ir_version=proto.ir_version)
+    kept = [s.to_json() for s in info.state] if stateful else []
+    meta = {p_.key: p_.value for p_ in proto.metadata_props}
+    meta[PREFIX + "state"] = json.dumps(kept)
+    meta[TRITON_KEY] = json.dumps({"mode": info.streaming_mode, "window": window,
+                                   "state": states, "warmup": window > 1})
+    helper.set_model_props(model, meta)
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except Exception as exc:  # noqa: BLE001 - onnx raises several types
+        raise ExportError(f"the Triton variant graph fails onnx.checker ({exc}); this is a bug "
+                          f"in lstm-triton, please report it with the model") from None
+    return model
+
+
+def _prefix(graph) -> str:
+    """A tensor-name prefix no name in the graph starts with."""
+    names = {n for node in graph.node for n in (*node.input, *node.output)}
+    names |= {i.name for i in graph.initializer}
+    prefix = "triton_"
+    while any(n.startswith(prefix) for n in names):
+        prefix = "_" + prefix
+    return prefix
+
+
+def _renamed(node, rename: dict):
+    copy = onnx.NodeProto()
+    copy.CopyFrom(node)
+    for i, name in enumerate(copy.input):
+        copy.input[i] = rename.get(name, name)
+    for i, name in enumerate(copy.output):
+        copy.output[i] = rename.get(name, name)
+    return copy
+
+
+# --------------------------------------------------------------------------- config.pbtxt
+
+def config_text(name: str, proto: onnx.ModelProto, served: Served, options: TritonOptions,
+                source: str = "model") -> str:
+    """``config.pbtxt`` for the served graph (protobuf text format of Triton's ModelConfig)."""
+    inputs = {v.name: v for v in proto.graph.input}
+    outputs = {v.name: v for v in proto.graph.output}
+    state_in = {i for i, _ in served.states}
+
+    def tensor(value):
+        dims = ", ".join("-1" if d is None else str(d) for d in _dims(value)[1:])
+        return (f"  {{\n    name: \"{value.name}\"\n    data_type: {_triton_type(value)}\n"
+                f"    dims: [ {dims} ]\n  }}")
+
+    def state(pair):
+        value = inputs[pair[0]]
+        dims = ", ".join(str(d) for d in _dims(value)[1:])
+        kind = _triton_type(value)
+        return (f"    {{\n      input_name: \"{pair[0]}\"\n      output_name: \"{pair[1]}\"\n"
+                f"      data_type: {kind}\n      dims: [ {dims} ]\n"
+                f"      initial_state: {{\n        data_type: {kind}\n        dims: [ {dims} ]\n"
+                f"        zero_data: true\n        name: \"zero_{pair[0]}\"\n      }}\n    }}")
+
+    lines = [f"# Written by lstm-triton from {source} ({served.mode} mode): one sequence per "
+             f"sensor, its state kept by Triton.",
+             f"name: \"{name}\"", "backend: \"onnxruntime\"",
+             f"max_batch_size: {options.max_batch_size}",
+             "input [", ",\n".join(tensor(v) for n, v in inputs.items() if n not in state_in),
+             "]", "output [", ",\n".join(tensor(outputs[n]) for n in served.outputs), "]",
+             "sequence_batching {",
+             f"  max_sequence_idle_microseconds: {int(round(options.idle_seconds * 1e6))}",
+             "  oldest {",
+             f"    max_candidate_sequences: {options.max_candidate_sequences}",
+             f"    max_queue_delay_microseconds: {options.max_queue_delay_us}",
+             "  }"]
+    if served.states:
+        lines += ["  state [", ",\n".join(state(pair) for pair in served.states), "  ]"]
+    lines.append("}")
+    kind = INSTANCE_KINDS[options.instance_kind]
+    if kind is not None:
+        lines += ["instance_group [", f"  {{\n    kind: {kind}\n    count: {options.instances}\n"
+                  f"  }}", "]"]
+    return "\n".join(lines) + "\n"
+
+
+def _triton_type(value) -> str:
+    elem = _elem(value)
+    if elem not in _TRITON_TYPES:
+        raise ExportError(f"tensor {value.name!r} is "
+                          f"{helper.tensor_dtype_to_np_dtype(elem).name}, which the generator "
+                          f"does not map to a Triton type; re-export with lstm-export")
+    return _TRITON_TYPES[elem]
+
+
+def check_served(proto: onnx.ModelProto, served: Served, options: TritonOptions) -> None:
+    """Refuse, listing every problem, a graph Triton's ONNX Runtime backend would not load.
+
+    Every graph input is the request's ``x`` or a state input; every state has an output of
+    the same dtype and shape; every tensor is batch first with a dynamic batch axis.
+    """
+    inputs = {v.name: v for v in proto.graph.input}
+    outputs = {v.name: v for v in proto.graph.output}
+    problems = [f"the graph has no {side} {name!r} (it has {', '.join(have)}): give a file "
+                f"written by lstm-export" for side, name, have in
+                (("input", X, inputs), ("output", Y, outputs)) if name not in have]
+    for i, o in served.states:
+        if i not in inputs or o not in outputs:
+            problems.append(f"state {i} -> {o}: the graph has no "
+                            f"{'input ' + i if i not in inputs else 'output ' + o}")
+        elif (_elem(inputs[i]), _dims(inputs[i])) != (_elem(outputs[o]), _dims(outputs[o])):
+            problems.append(f"state {i} -> {o}: input and output differ in dtype or shape")
+        elif None in _dims(inputs[i])[1:]:
+            problems.append(f"state {i} has a dynamic axis past the batch: {_dims(inputs[i])}")
+    fed = {X} | {i for i, _ in served.states}
+    problems += [f"graph input {n!r} is fed by neither the request nor a state"
+                 for n in inputs if n not in fed]
+    for value in [*inputs.values(), *outputs.values()]:
+        dims = _dims(value)
+        if not dims or dims[0] is not None:
+            problems.append(f"tensor {value.name!r} is not batch first with a dynamic batch "
+                            f"axis: {dims}")
+    for key in ("max_batch_size", "max_candidate_sequences", "instances"):
+        if getattr(options, key) < 1:
+            problems.append(f"{key} must be at least 1, got {getattr(options, key)}")
+    if options.max_queue_delay_us < 0 or options.idle_seconds <= 0:
+        problems.append("the queue delay must be 0 or more and the idle time above 0 seconds")
+    if options.instance_kind not in INSTANCE_KINDS:
+        problems.append(f"instance kind must be one of {', '.join(INSTANCE_KINDS)}, "
+                        f"got {options.instance_kind!r}")
+    if problems:
+        raise ExportError("the Triton repository would not load: " + "; ".join(problems))
+
+
+# --------------------------------------------------------------------------- writing
+
+def write_repository(model, directory, options: TritonOptions | None = None) -> TritonReport:
+    """Write ``DIR/<name>/config.pbtxt`` and ``DIR/<name>/1/model.onnx`` for an exported file.
+
+    Parameters
+    ----------
+    model : the ``.onnx`` file written by ``lstm-export`` (path, bytes or ModelProto).
+    directory : the model repository (created if missing; other models in it are left alone).
+    options : batching, idle time, instances and the model's name.
+
+    Raises
+    ------
+    ExportError : the file cannot be read, or cannot be served as it is (the message says
+        what to re-export).
+    """
+    options = options or TritonOptions()
+    proto, info = read_model(model)
+    source = Path(model).name if isinstance(model, (str, os.PathLike)) else "model"
+    name = options.name or (Path(model).stem if isinstance(model, (str, os.PathLike))
+                            else "lstm")
+    if not _NAME.match(name):
+        raise ExportError(f"model name {name!r} is not a plain folder name; pass --name "
+                          f"with letters, digits, '_', '-' or '.'")
+    served_proto, served = serving_graph(proto, info)
+    check_served(served_proto, served, options)
+    text = config_text(name, served_proto, served, options, source)
+    folder = Path(directory) / name
+    _write(folder / "1" / "model.onnx", served_proto.SerializeToString())
+    _write(folder / "config.pbtxt", text.encode())
+    return TritonReport(folder, name, served, text, options)
+
+
+def _write(path: Path, data: bytes) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        temporary.write_bytes(data)
+        os.replace(temporary, path)
+    except OSError as exc:
+        raise ExportError(f"{path}: cannot be written ({exc.strerror or exc})") from None
