@@ -125,7 +125,7 @@ def throughput(folder: Path, total: int, extra: list[str], timeout: float) -> di
     started = time.perf_counter()
     times = []
     try:
-        for line in proc.stdout:
+        for _line in proc.stdout:
             times.append(time.perf_counter())
             if len(times) == total or times[-1] - started > timeout:
                 break
@@ -146,7 +146,7 @@ def latency(tmp: Path, seconds: float, per_file: int, extra: list[str]) -> dict:
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     os.set_blocking(proc.stdout.fileno(), False)
-    delays, pending, n, t, first = [], b"", 0, 0, None
+    delays, pending, n, t, first, last = [], b"", 0, 0, None, 0.0
     try:
         # warm up: one file, wait for its answer (start-up is not latency)
         deadline = time.monotonic() + 120

@@ -21,7 +21,6 @@ if __package__ in (None, ""):   # run as a file (flink run -py .../job.py): find
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     __package__ = "integrations.flink"
 
-import click  # noqa: E402
 
 from runtime import LstmEdgeError, load  # noqa: E402
 from runtime import lines as fmt  # noqa: E402
