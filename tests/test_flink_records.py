@@ -144,7 +144,8 @@ def test_csv_lines_keep_lstm_run_columns(tmp_path):
     assert answer.startswith("2024-01-01T00:00:00Z,a,21.5,40,1,false,") and answer.endswith(",")
     late, none = job.answer("2023-12-31T23:00:00,a,21.5,40", blob, "a")   # naive time: UTC
     fields = next(csv.reader([late]))
-    assert none is None and len(fields) == 8 and fields[-1].startswith("out of order")
+    assert none is None and len(fields) == 9 and fields[-2].startswith("out of order")
+    assert fields[-1] == ""                  # the input column: the fields fit, so empty
 
 
 def test_reading_time_reads_numbers_and_iso_times():
@@ -178,3 +179,22 @@ def test_state_older_than_the_ttl_starts_a_fresh_stream(model_file, monkeypatch)
         assert json.loads(out)["pred_temperature"] == (None if y is None
                                                        else float(format_value(y[0])))
         state, clock[0] = None, clock[0] + 100
+
+
+@pytest.mark.parametrize("window", [3, 1])
+def test_state_bytes_keep_every_state_slot(tmp_path, window):
+    """A file with lstm_edge.state_slots = 3: every slot survives the keyed-state bytes."""
+    from test_runtime_slots import slotted
+
+    model = runtime.load(slotted(tmp_path, window))
+    assert model.slots == 3
+    codec = StateCodec(model)
+    xs = readings(20, 1)
+    whole, part = model.stream(), model.stream()
+    for x in xs:
+        want = whole.step(x)
+        part = model.stream(codec.decode(codec.encode(part.snapshot()))[0])
+        got = part.step(x)
+        assert (got is None) == (want is None)
+        if got is not None:
+            assert np.array_equal(got, want)

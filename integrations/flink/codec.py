@@ -44,7 +44,10 @@ class StateCodec:
         self.model = model
         self.names = model.state_inputs
         self.units = model.units
-        self.n_state = int(sum(self.units))
+        # State slots (lstm_edge.state_slots, B > 1): each tensor holds (B, units), written
+        # with the slot the next window starts from first, so that it decodes as slot 0.
+        self.slots = int(model.slots) if model.carry_state else 1
+        self.n_state = int(sum(self.units)) * self.slots
         self.n_features = model.n_features
         self.n_targets = model.n_targets
         self.buf_dtype = np.dtype("<i8") if model.tokens else np.dtype("<f4")
@@ -54,7 +57,9 @@ class StateCodec:
                written: float = math.nan) -> bytes:
         """The bytes of ``snap``, the time of the sensor's last reading and of this write."""
         buf = np.ascontiguousarray(snap.buffer, self.buf_dtype)      # (m, features)
-        state = np.concatenate([np.asarray(snap.state[n], "<f4").ravel() for n in self.names])
+        turn = -(snap.next_slot or 0)                               # next slot first
+        state = np.concatenate([np.roll(np.asarray(snap.state[n], "<f4"), turn, axis=0).ravel()
+                                for n in self.names])
         flags = 0 if snap.prediction is None else 1
         parts = [_HEAD.pack(VERSION, flags, len(buf), snap.steps, last_time, written,
                                 self.digest),
@@ -93,15 +98,17 @@ class StateCodec:
         at += self.n_state * 4
         state, i = {}, 0
         for name, u in zip(self.names, self.units):
-            state[name] = flat[i:i + u]
-            i += u
+            width = u * self.slots
+            state[name] = flat[i:i + width].reshape(self.slots, u) if self.slots > 1 \
+                else flat[i:i + width]
+            i += width
         n = rows * self.n_features
         buf = np.frombuffer(blob, self.buf_dtype, n, at).reshape(rows, self.n_features)
         at += n * self.buf_dtype.itemsize
         pred = np.frombuffer(blob, "<f4", self.n_targets, at) if flags & 1 else None
         snap = Snapshot(state=state, buffer=buf, steps=steps, fingerprint=self.model.fingerprint,
                         window=self.model.window, carry_state=self.model.carry_state,
-                        prediction=pred)
+                        prediction=pred, next_slot=0 if self.slots > 1 else None)
         return snap, last, written
 
 
