@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench clean flink-env
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,8 +16,8 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py
 
-test: $(STAMP)
-	$(BIN)/ruff check runtime trainer
+test: $(STAMP) flink-env
+	$(BIN)/ruff check runtime trainer integrations
 	$(BIN)/mypy runtime
 	$(BIN)/python -m pytest -q
 
@@ -25,4 +25,21 @@ bench: $(STAMP)
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) build
+	rm -rf $(VENV) build $(FLINK)
+
+# The Flink integration's own environment (PyFlink pins numpy/Beam apart from TensorFlow):
+# PyFlink, CPU ONNX Runtime and click, with the repository on its path. Where it cannot be
+# installed (no network), .venv-flink/.unavailable says why and the Flink tests skip.
+FLINK       := .venv-flink
+FLINK_STAMP := $(FLINK)/.installed
+
+flink-env: $(FLINK_STAMP)
+
+$(FLINK_STAMP): integrations/flink/requirements.txt
+	@rm -f $(FLINK)/.unavailable
+	@( test -x $(FLINK)/bin/python || $(PYTHON) -m venv $(FLINK) ) \
+	  && $(FLINK)/bin/python -m pip install -q -r integrations/flink/requirements.txt \
+	  && echo "$(CURDIR)" > "$$($(FLINK)/bin/python -c 'import site; print(site.getsitepackages()[0])')/lstm_edge.pth" \
+	  && touch $@ \
+	  || { mkdir -p $(FLINK); echo "pip could not install PyFlink into $(FLINK); run make flink-env to see why" > $(FLINK)/.unavailable; \
+	       echo "WARNING: PyFlink not installed; the Flink tests will skip" >&2; }

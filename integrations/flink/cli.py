@@ -1,0 +1,121 @@
+"""The job's command line: a thin click command over :func:`integrations.flink.job.build`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from runtime import LstmEdgeError
+
+from .job import JobConfig, build, failure
+
+EPILOG = """
+\b
+Each sensor's readings must arrive in time order (one file per sensor,
+or a Kafka topic keyed by sensor). Files are read in no fixed order:
+with --watch, add a sensor's next file once its last one is answered. With --time-column, a reading whose
+time is not after its sensor's last one gets an error record and is not
+fed; without it, order cannot be checked (--no-time-column says so).
+
+\b
+Answers are lstm-run's: the input line plus step, warmup, pred_<target>;
+a bad line gives an error record and leaves its sensor's state as it was.
+--output DIR gets part files, exactly once: a part is finished (renamed
+from its hidden .inprogress name) at each checkpoint, so read the files
+whose names do not start with a dot.
+
+\b
+Exit codes: 0 the input was read to the end (or the job was stopped),
+1 the job failed, 2 a usage, model or input-format problem.
+"""
+
+
+@click.command(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"],
+                                                "max_content_width": 100})
+@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("-i", "--input", "input_", type=click.Path(exists=True, path_type=Path),
+              help="Folder of CSV or JSONL files (or one file) to read.")
+@click.option("--watch", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+              help="Keep running and read new files in --input, looking this often.")
+@click.option("--kafka", metavar="HOST:PORT[,...]",
+              help="Read a Kafka topic instead (needs --topic and --jar with the connector).")
+@click.option("--topic", help="The Kafka topic; its records keyed by sensor.")
+@click.option("--group", default="lstm-edge", show_default=True, help="Kafka consumer group.")
+@click.option("--jar", "jars", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="A jar to add to the job, e.g. flink-sql-connector-kafka-*.jar.")
+@click.option("-o", "--output", default="-", show_default=True,
+              help="Folder for the answer part files, or - for stdout.")
+@click.option("--format", "format_", type=click.Choice(["auto", "csv", "headerless", "jsonl"]),
+              default="auto", show_default=True, help="Input format, as lstm-run's.")
+@click.option("--columns", help="Comma-separated CSV columns, for input without a header line.")
+@click.option("--stream-column", metavar="NAME", help="Column or key naming each line's sensor.")
+@click.option("--time-column", metavar="NAME",
+              help="Column or key with each reading's time (number or ISO-8601).")
+@click.option("--no-time-column", is_flag=True,
+              help="Run without an order check: the source guarantees per-sensor order.")
+@click.option("--missing", type=click.Choice(["error", "skip", "hold"]), default="error",
+              show_default=True, help="What a missing value does, as lstm-run's.")
+@click.option("--checkpoint-dir", metavar="DIR|URI",
+              help="Where checkpoints go (kept when the job stops, for --resume); on a "
+                   "cluster a shared URI such as s3://bucket/checkpoints.")
+@click.option("--checkpoint-every", type=click.FloatRange(min=0.1), default=10.0,
+              show_default=True, metavar="SECONDS", help="Checkpoint interval.")
+@click.option("--resume", metavar="latest|PATH",
+              help="Start from a checkpoint: the newest under --checkpoint-dir, or a chk-N folder.")
+@click.option("--state-ttl", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+              help="Drop a sensor's state after this long without a reading.")
+@click.option("-p", "--parallelism", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--state-backend", type=click.Choice(["hashmap", "rocksdb"]), default="hashmap",
+              show_default=True, help="hashmap: state on the heap; rocksdb: on local disk.")
+@click.option("--bundle-size", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Records per Python bundle (python.fn-execution.bundle.size).")
+@click.option("--bundle-time", type=click.IntRange(min=1), default=100, show_default=True,
+              metavar="MS", help="Longest a bundle waits before it is flushed.")
+@click.option("--execution-mode", type=click.Choice(["process", "thread"]), default="process",
+              show_default=True, help="Python workers in their own processes, or in the JVM.")
+@click.option("--python", "python", default=sys.executable, show_default="this Python",
+              help="The Python the workers run; on a cluster, its path on the TaskManagers.")
+def main(model, input_, watch, kafka, topic, group, jars, output, format_, columns,
+         stream_column, time_column, no_time_column, missing, checkpoint_dir, checkpoint_every,
+         resume, state_ttl, parallelism, state_backend, bundle_size, bundle_time, execution_mode, python):
+    """Run MODEL.onnx over sensor lines on Flink, each sensor's LSTM state in keyed state.
+
+    \b
+      python -m integrations.flink exported/water-flow.onnx -i readings/ -o answers/ \\
+          --stream-column sensor --time-column Time --checkpoint-dir checkpoints/
+    """
+    if (input_ is None) == (kafka is None):
+        raise click.UsageError("give exactly one source: --input DIR or --kafka HOST:PORT")
+    if kafka and not topic:
+        raise click.UsageError("--kafka needs --topic")
+    if watch and kafka:
+        raise click.UsageError("--watch is for --input folders")
+    if time_column is None and not no_time_column:
+        raise click.UsageError("each sensor's readings must be checked for order: give "
+                               "--time-column NAME (the column with each reading's time), or "
+                               "--no-time-column if the source guarantees per-sensor order")
+    if resume == "latest" and checkpoint_dir is None:
+        raise click.UsageError("--resume latest needs --checkpoint-dir")
+    config = JobConfig(model=model, input=input_, output=output, watch=watch, kafka=kafka,
+                       topic=topic, group=group, format=format_,
+                       columns=tuple(c.strip() for c in columns.split(",")) if columns else (),
+                       stream_column=stream_column, time_column=time_column, missing=missing,
+                       checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every,
+                       resume=resume, state_ttl=state_ttl, parallelism=parallelism,
+                       state_backend=state_backend, bundle_size=bundle_size,
+                       bundle_time_ms=bundle_time, jars=tuple(jars),
+                       execution_mode=execution_mode, python=python)
+    try:
+        env = build(config)
+    except LstmEdgeError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    try:
+        env.execute(f"lstm-edge {Path(model).name}")
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:   # Py4JJavaError and friends: the Java trace, cut to its cause
+        click.echo(f"Error: the Flink job failed: {failure(exc)}", err=True)
+        sys.exit(1)

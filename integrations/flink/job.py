@@ -1,0 +1,247 @@
+"""The ready-to-run Flink job: sensor lines in, one answer per line out, state per sensor.
+
+``python -m integrations.flink MODEL.onnx --input DIR --output DIR ...`` runs it on a local
+mini-cluster; ``flink run -py integrations/flink/job.py ...`` submits the same job to a
+cluster. Lines come from a folder of CSV/JSONL files (optionally watched for new files) or a
+Kafka topic; answers go to part files (exactly once, finished at each checkpoint) or stdout.
+
+The pipeline: source -> :class:`~.operators.Route` (sensor of each line) -> ``key_by`` sensor
+-> :class:`~.operators.Predict` (the sensor's stream in keyed state) -> sink.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+if __package__ in (None, ""):   # run as a file (flink run -py .../job.py): find the packages
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    __package__ = "integrations.flink"
+
+
+from runtime import LstmEdgeError, load  # noqa: E402
+from runtime import lines as fmt  # noqa: E402
+
+from .records import LineSpec  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class JobConfig:
+    """Everything the job needs; the CLI's options, with their defaults."""
+
+    model: Path
+    input: Path | None = None            # folder of CSV/JSONL files (or one file)
+    output: str = "-"                     # folder for part files, or "-" for stdout
+    watch: float | None = None            # seconds between looks for new files (None: read once)
+    kafka: str | None = None              # bootstrap servers; then topic and group are needed
+    topic: str | None = None
+    group: str = "lstm-edge"
+    format: str = "auto"                  # auto | csv | headerless | jsonl
+    columns: tuple[str, ...] = ()         # the CSV columns where no file header gives them
+    stream_column: str | None = None
+    time_column: str | None = None
+    missing: str = "error"
+    checkpoint_dir: str | None = None     # a folder, or a URI (s3://, hdfs://) on a cluster
+    checkpoint_every: float = 10.0        # seconds
+    resume: str | None = None             # "latest" or a chk-N folder
+    state_ttl: float | None = None        # seconds a silent sensor keeps its state
+    parallelism: int = 1
+    state_backend: str = "hashmap"        # hashmap (heap) | rocksdb (disk; huge key counts)
+    bundle_size: int = 1000               # python.fn-execution.bundle.size
+    bundle_time_ms: int = 100             # python.fn-execution.bundle.time
+    execution_mode: str = "process"       # python.execution-mode: process | thread
+    python: str = sys.executable          # the Python the workers run (on every TaskManager)
+    jars: tuple[str, ...] = ()            # e.g. the Kafka connector jar
+
+
+# ---- reading the input's format on the client ------------------------------------------
+
+def input_files(path: Path) -> list[Path]:
+    """The files the source will read under ``path``, as Flink lists them (no hidden ones)."""
+    if path.is_file():
+        return [path]
+    return sorted(p for p in path.rglob("*") if p.is_file()
+                  and not any(part.startswith((".", "_")) for part in p.relative_to(path).parts))
+
+
+def line_spec(config: JobConfig, model) -> LineSpec:
+    """How the lines read: from ``--format``/``--columns``, else the first file's first line."""
+    first = None
+    if config.columns:
+        first = fmt.join_csv(config.columns).encode()
+    elif config.input is not None and config.format in ("auto", "csv"):
+        for path in input_files(config.input):
+            with open(path, "rb") as f:
+                first = f.readline().rstrip(b"\r\n").removeprefix(b"\xef\xbb\xbf")
+            if first.strip():
+                break
+    if first is None:
+        if config.format in ("auto", "csv"):
+            raise LstmEdgeError("cannot tell the input's format: no input file to read a first "
+                                "line from; give --format jsonl, or --columns for CSV lines")
+        first = b"{}" if config.format == "jsonl" else b"0"
+    line_format, is_header = fmt.detect(first, model.features, model.targets,
+                                        fmt="csv" if config.columns else config.format,
+                                        stream_column=config.stream_column)
+    columns = tuple(line_format.columns) if is_header else ()
+    time_column = config.time_column
+    if time_column is not None and columns:
+        found = [c for c in columns if c == time_column] or \
+                [c for c in columns if c.strip().lower() == time_column.strip().lower()]
+        if not found:
+            raise LstmEdgeError(f"the CSV header has no --time-column {time_column!r}; it has "
+                                f"{', '.join(map(repr, columns))}")
+        time_column = found[0]
+    if time_column is not None and line_format.name == "headerless":
+        raise LstmEdgeError("--time-column needs a CSV header or JSON lines to name the column")
+    header = first.decode("utf-8", "replace") if is_header and not config.columns else None
+    return LineSpec(line_format.name, columns, config.stream_column, time_column, header)
+
+
+def latest_checkpoint(folder: Path) -> Path:
+    """The newest complete checkpoint (``<job>/chk-N`` with ``_metadata``) under ``folder``."""
+    found = [(p.parent.stat().st_mtime, int(m.group(1)), p.parent)
+             for p in folder.glob("*/chk-*/_metadata")
+             if (m := re.fullmatch(r"chk-(\d+)", p.parent.name))]
+    if not found:
+        raise LstmEdgeError(f"--resume latest: no complete checkpoint (chk-N/_metadata) under "
+                            f"{folder}; start without --resume")
+    return max(found)[2]
+
+
+# ---- the job ---------------------------------------------------------------------------
+
+def uri(path: str) -> str:
+    """A local path as a file:// URI; a URI (s3://, hdfs://, file://) as it is."""
+    return path if "://" in str(path) else Path(path).absolute().as_uri()
+
+
+def flink_config(config: JobConfig) -> dict[str, str]:
+    """The Flink settings the job runs with."""
+    settings = {
+        "python.executable": config.python,
+        "python.client.executable": sys.executable,
+        "python.fn-execution.bundle.size": str(config.bundle_size),
+        "python.fn-execution.bundle.time": str(config.bundle_time_ms),
+        "python.execution-mode": config.execution_mode,
+        "state.backend.type": config.state_backend,
+        "restart-strategy.type": "fixed-delay",
+        "restart-strategy.fixed-delay.attempts": "2",
+        "restart-strategy.fixed-delay.delay": "1 s",
+    }
+    if config.checkpoint_dir is not None:
+        settings.update({
+            "execution.checkpointing.dir": uri(config.checkpoint_dir),
+            "execution.checkpointing.interval": f"{int(config.checkpoint_every * 1000)} ms",
+            "execution.checkpointing.mode": "EXACTLY_ONCE",
+            "execution.checkpointing.externalized-checkpoint-retention":
+                "RETAIN_ON_CANCELLATION",
+        })
+    if config.resume is not None:
+        path = config.resume
+        if config.resume == "latest":
+            if config.checkpoint_dir is None or "://" in config.checkpoint_dir:
+                raise LstmEdgeError("--resume latest needs a local --checkpoint-dir; on a "
+                                    "cluster give the chk-N path")
+            path = str(latest_checkpoint(Path(config.checkpoint_dir)))
+        settings["execution.state-recovery.path"] = uri(path)
+    return settings
+
+
+def build(config: JobConfig):
+    """The Flink environment with the job's pipeline on it, ready to ``execute``."""
+    from pyflink.common import Configuration, Duration, Encoder, Types, WatermarkStrategy
+    from pyflink.datastream import StreamExecutionEnvironment
+    from pyflink.datastream.connectors.file_system import (
+        BucketAssigner, FileSink, FileSource, OutputFileConfig, RollingPolicy, StreamFormat)
+
+    from .operators import ROUTED, Predict, Route
+
+    model = load(config.model, device="cpu", missing=config.missing)   # refused here, not in a task
+    data = Path(config.model).read_bytes()
+    spec = line_spec(config, model)
+    settings = flink_config(config)
+    if config.execution_mode == "thread":
+        # The JVM runs Python in-process (PEMJA) and finds packages through PYTHONPATH only;
+        # the JVM is started below, with this process's environment.
+        import site
+        paths = [*site.getsitepackages(), str(ROOT), os.environ.get("PYTHONPATH", "")]
+        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
+    flink_conf = Configuration()
+    for key, value in settings.items():
+        flink_conf.set_string(key, value)
+    env = StreamExecutionEnvironment.get_execution_environment(flink_conf)
+    env.set_parallelism(config.parallelism)
+    for jar in config.jars:
+        env.add_jars(Path(jar).absolute().as_uri())
+    for package in ("runtime", "integrations"):    # shipped to the Python workers of a cluster
+        env.add_python_file(str(ROOT / package))
+
+    if config.kafka:
+        lines = kafka_source(env, config)
+    else:
+        builder = FileSource.for_record_stream_format(StreamFormat.text_line_format(),
+                                                      str(Path(config.input).absolute()))
+        if config.watch:
+            builder = builder.monitor_continuously(
+                Duration.of_millis(int(config.watch * 1000)))
+        lines = env.from_source(builder.build(), WatermarkStrategy.no_watermarks(), "lines")
+    answers = (lines.flat_map(Route(data, spec, config.missing), output_type=ROUTED)
+               .name("route")
+               .key_by(lambda routed: routed[0], key_type=Types.STRING())
+               .process(Predict(data, spec, config.missing, config.state_ttl),
+                        output_type=Types.STRING())
+               .name("predict"))
+    if config.output == "-":
+        answers.print()
+    else:
+        suffix = ".jsonl" if spec.format == "jsonl" else ".csv"
+        out = uri(config.output)
+        if spec.format == "csv" and "://" not in config.output:
+            # part files hold answers only: their header, once, beside them
+            Path(config.output).mkdir(parents=True, exist_ok=True)
+            (Path(config.output) / "header.csv").write_text(
+                fmt.CsvFormat(list(spec.columns), model.features, model.targets,
+                              spec.stream_column).header() + "\n")
+        sink = (FileSink.for_row_format(out, Encoder.simple_string_encoder())
+                .with_bucket_assigner(BucketAssigner.base_path_bucket_assigner())
+                .with_rolling_policy(RollingPolicy.on_checkpoint_rolling_policy())
+                .with_output_file_config(OutputFileConfig.builder().with_part_prefix("part")
+                                         .with_part_suffix(suffix).build())
+                .build())
+        answers.sink_to(sink).name("answers")
+    return env
+
+
+def kafka_source(env, config: JobConfig):
+    """Lines from a Kafka topic whose records are keyed by sensor (one partition each)."""
+    from pyflink.common import WatermarkStrategy
+    from pyflink.common.serialization import SimpleStringSchema
+    from pyflink.datastream.connectors.kafka import (KafkaOffsetResetStrategy,
+                                                     KafkaOffsetsInitializer, KafkaSource)
+    source = (KafkaSource.builder().set_bootstrap_servers(config.kafka)
+              .set_topics(config.topic).set_group_id(config.group)
+              .set_starting_offsets(KafkaOffsetsInitializer.committed_offsets(
+                  KafkaOffsetResetStrategy.EARLIEST))
+              .set_value_only_deserializer(SimpleStringSchema()).build())
+    return env.from_source(source, WatermarkStrategy.no_watermarks(), "kafka")
+
+
+def failure(exc: Exception) -> str:
+    """The one line worth showing from a failed job's Java stack trace."""
+    text = str(exc)
+    for pattern in (r"(?:runtime\.errors\.)?(\w+Error: [^\n]+)", r"Caused by: ([^\n]+)"):
+        found = re.findall(pattern, text)
+        if found:
+            return found[-1].strip()
+    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+
+
+if __name__ == "__main__":   # flink run -py integrations/flink/job.py MODEL ...
+    from .cli import main
+    main()

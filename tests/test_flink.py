@@ -1,0 +1,280 @@
+"""The Flink job end to end: real Flink mini-clusters in subprocesses, real files, real kills.
+
+The job runs in ``.venv-flink`` (PyFlink pins its own numpy; ``make flink-env`` makes it) and
+is compared with the runtime's own streams in this environment: every sensor's answers must
+equal a plain ``Stream.step`` over that sensor's readings, to the last digit printed.
+
+The input is fed in phases into a watched folder (rows 0-40 of each sensor, 40-80, ...), so
+that each phase continues every sensor from state the job holds. One run goes through
+uninterrupted; another is killed (SIGKILL to its process group: client, JVM and Python
+workers) at a moment when some answers are committed and others are written but not yet
+committed, restarted with ``--resume latest``, and must give the same lines exactly once.
+The FileSink commits part files only at checkpoints and a restart drops what was written
+after the last one, so no dedupe is done anywhere: duplicates would show.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import runtime
+from runtime.lines import format_value
+
+ROOT = Path(__file__).resolve().parent.parent
+FLINK_PY = ROOT / ".venv-flink" / "bin" / "python"
+MODEL = ROOT / "exported" / "water-flow.onnx"
+FEATURE = "Water flow [l/s]"
+PRED = f"pred_{FEATURE}"
+SENSORS = 12
+ROWS = 240                 # readings per sensor, from data/water-flow.csv
+PHASES = [(0, 40), (40, 80), (80, 120), (120, 160), (160, 240)]   # rows fed together
+TIMEOUT = 150              # seconds a job may take to give all its answers
+
+
+def _unavailable() -> str | None:
+    if shutil.which("java") is None:
+        return ("Java is not installed; install it with: "
+                "apt-get install -y openjdk-17-jre-headless")
+    if not (ROOT / ".venv-flink" / ".installed").exists():
+        why = ROOT / ".venv-flink" / ".unavailable"
+        return (why.read_text().strip() if why.exists()
+                else "the Flink environment .venv-flink is missing; make it with: make flink-env")
+    return None
+
+
+pytestmark = pytest.mark.skipif(_unavailable() is not None, reason=str(_unavailable()))
+
+
+# ---- input -----------------------------------------------------------------------------
+
+def sensor_rows() -> dict[str, list[tuple[str, str]]]:
+    """Each sensor's (time, value) readings: its own slice of the bundled water-flow data."""
+    with open(ROOT / "data" / "water-flow.csv", newline="") as f:
+        data = list(csv.reader(f))[1:]
+    return {f"s{k:02d}": [(t, v) for t, v in data[k * 37:k * 37 + ROWS]] for k in range(SENSORS)}
+
+
+BAD_SENSOR, BAD_AT = "s03", 50          # a value that is not a number
+LATE_SENSOR, LATE_AT = "s05", 80        # a reading older than the one before it
+
+
+def write_phase(folder: Path, phase: int) -> list[str]:
+    """Write one phase's CSV files (two sensors per file, interleaved); returns its lines."""
+    rows = sensor_rows()
+    span = slice(*PHASES[phase])
+    names = sorted(rows)
+    written = []
+    for i in range(0, SENSORS, 2):
+        pair = names[i:i + 2]
+        lines = []
+        for j in range(span.start, span.stop):
+            for s in pair:
+                t, v = rows[s][j]
+                if s == BAD_SENSOR and j == BAD_AT:
+                    lines.append(f"{s},{t},x")
+                if s == LATE_SENSOR and j == LATE_AT:
+                    lines.append(f"{s},{rows[s][j - 10][0]},{rows[s][j - 10][1]}")
+                lines.append(f"{s},{t},{v}")
+        tmp = folder / f".{phase}-{i}.tmp"                   # hidden until complete
+        tmp.write_text("sensor,Time," + FEATURE + "\n" + "\n".join(lines) + "\n")
+        tmp.rename(folder / f"{phase}-{i:02d}.csv")
+        written += lines
+    return written
+
+
+def expected() -> dict[str, list[str]]:
+    """Each sensor's predictions from the runtime itself, as the job prints them."""
+    model = runtime.load(MODEL, device="cpu")
+    out = {}
+    for s, rows in sensor_rows().items():
+        stream = model.stream()
+        out[s] = [format_value(stream.step([float(v)])[0]) for _, v in rows]
+    return out
+
+
+# ---- running the job -------------------------------------------------------------------
+
+class Job:
+    """One ``python -m integrations.flink`` in its own process group, killed whole."""
+
+    def __init__(self, tmp: Path, name: str, *extra: str):
+        self.input, self.output = tmp / f"in-{name}", tmp / f"out-{name}"
+        self.checkpoints = tmp / f"ck-{name}"
+        self.input.mkdir(exist_ok=True)
+        self.log = tmp / f"{name}.log"
+        self.args = [str(FLINK_PY), "-m", "integrations.flink", str(MODEL),
+                     "-i", str(self.input), "--watch", "0.2", "-o", str(self.output),
+                     "--stream-column", "sensor", "--time-column", "Time",
+                     "--checkpoint-dir", str(self.checkpoints), "--checkpoint-every", "1",
+                     *extra]
+        self.proc = None
+
+    def start(self, *extra: str) -> "Job":
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(self.args + list(extra), cwd=ROOT, stdout=log,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+        return self
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)     # client, JVM and Python workers
+            self.proc.wait(timeout=30)
+        self.proc = None
+
+    def in_progress(self) -> int:
+        """Lines written to hidden in-progress part files: out, but not yet committed."""
+        if not self.output.is_dir():
+            return 0
+        return sum(len(p.read_bytes().splitlines()) for p in self.output.glob(".part*"))
+
+    def answers(self) -> list[str]:
+        """Every line of the finished part files (not the hidden in-progress ones)."""
+        if not self.output.is_dir():
+            return []
+        return [line for p in sorted(self.output.glob("part*"))
+                for line in p.read_text().splitlines()]
+
+    def wait_for(self, count: int, at_least: bool = False) -> list[str]:
+        """Poll until the finished parts hold ``count`` lines (or more); fail on a timeout."""
+        deadline = time.monotonic() + TIMEOUT
+        while time.monotonic() < deadline:
+            lines = self.answers()
+            if len(lines) >= count if at_least else len(lines) == count:
+                return lines
+            if len(lines) > count and not at_least:
+                pytest.fail(f"{len(lines)} answers, more than the {count} lines fed")
+            if self.proc is not None and self.proc.poll() is not None:
+                pytest.fail(f"the job ended with exit code {self.proc.returncode}:\n"
+                            f"{self.log.read_text()[-3000:]}")
+            time.sleep(0.2)
+        pytest.fail(f"{len(self.answers())} of {count} answers after {TIMEOUT} s:\n"
+                    f"{self.log.read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def tmp(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("flink")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp) -> list[str]:
+    """All answers of one run that is never stopped until every line is answered."""
+    job = Job(tmp, "whole")
+    try:
+        fed = write_phase(job.input, 0)      # before the start: the job reads its header
+        job.start()
+        answers = job.wait_for(len(fed))
+        for phase in range(1, len(PHASES)):
+            fed += write_phase(job.input, phase)
+            answers = job.wait_for(len(fed))
+        return answers
+    finally:
+        job.kill()
+
+
+def parse(lines: list[str]) -> list[dict]:
+    header = (f"sensor,Time,{FEATURE},step,warmup,{PRED},error").split(",")
+    return [dict(zip(header, row)) for row in csv.reader(io.StringIO("\n".join(lines)))]
+
+
+# ---- the tests -------------------------------------------------------------------------
+
+def test_every_sensor_equals_the_runtime_stream(uninterrupted):
+    records = [r for r in parse(uninterrupted) if not r["error"]]
+    want = expected()
+    assert len(records) == SENSORS * ROWS
+    for s, preds in want.items():
+        mine = sorted((int(r["step"]), r[PRED]) for r in records if r["sensor"] == s)
+        assert [step for step, _ in mine] == list(range(1, ROWS + 1)), s
+        assert [p for _, p in mine] == preds, f"sensor {s} differs from runtime's stream"
+
+
+def test_a_bad_record_becomes_an_error_record(uninterrupted):
+    errors = [r for r in parse(uninterrupted) if r["error"] and r["sensor"] == BAD_SENSOR]
+    assert len(errors) == 1
+    assert errors[0][FEATURE] == "x" and errors[0]["step"] == "" and errors[0][PRED] == ""
+    assert "'x' is not a number" in errors[0]["error"]
+    # the sensor's state was untouched: its answers equal the runtime's over the good lines
+    # (test_every_sensor_equals_the_runtime_stream checks every value; here, the step count)
+    steps = [int(r["step"]) for r in parse(uninterrupted)
+             if r["sensor"] == BAD_SENSOR and not r["error"]]
+    assert sorted(steps) == list(range(1, ROWS + 1))
+
+
+def test_a_reading_out_of_order_is_refused_not_fed(uninterrupted):
+    errors = [r for r in parse(uninterrupted) if r["error"] and r["sensor"] == LATE_SENSOR]
+    assert len(errors) == 1
+    late = sensor_rows()[LATE_SENSOR][LATE_AT - 10]
+    assert (errors[0]["Time"], errors[0][FEATURE]) == late
+    assert errors[0]["error"].startswith("out of order: time column 'Time'")
+    assert len([r for r in parse(uninterrupted) if r["error"]]) == 2   # nothing else refused
+
+
+def test_killed_and_restored_from_checkpoint_gives_each_answer_once(tmp, uninterrupted):
+    job = Job(tmp, "killed")
+    try:
+        # A phase is written only once the one before it has been read in full: the source
+        # reads a watched folder's files in no fixed order (newest first, in fact), and a
+        # sensor's file read before its predecessor is refused as out of order.
+        fed, phase = write_phase(job.input, 0), 1
+        job.start()
+        while True:   # kill once every line is answered but some answers are not committed
+            deadline = time.monotonic() + TIMEOUT
+            while len(job.answers()) + job.in_progress() < len(fed) \
+                    and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if (job.in_progress() and job.answers()) or phase == len(PHASES) - 1:
+                break
+            fed += write_phase(job.input, phase)
+            phase += 1
+        committed, in_flight = len(job.answers()), job.in_progress()
+        job.kill()
+        assert sorted(job.checkpoints.glob("*/chk-*/_metadata")), "no checkpoint was kept"
+        job.start("--resume", "latest")
+        job.wait_for(len(fed))
+        for later in range(phase, len(PHASES)):
+            fed += write_phase(job.input, later)
+            after = job.wait_for(len(fed))
+    finally:
+        job.kill()
+    print(f"killed in phase {phase} of {len(PHASES)} with {committed} answers committed and "
+          f"{in_flight} written but not committed; {len(after)} answers in all after restart")
+    keys = [(r["sensor"], r["step"]) for r in parse(after) if not r["error"]]
+    assert len(keys) == len(set(keys)) == SENSORS * ROWS      # no duplicates, none missing
+    assert sorted(after) == sorted(uninterrupted)              # the same lines, exactly
+
+
+def test_a_sensor_silent_past_the_state_ttl_starts_afresh(tmp):
+    job = Job(tmp, "ttl", "--state-ttl", "2")
+    rows = sensor_rows()["s00"]
+
+    def feed(name, part):
+        text = "".join(f"{s},{t},{v}\n" for s in ("a", "b") for t, v in part)
+        (job.input / f".{name}").write_text("sensor,Time," + FEATURE + "\n" + text)
+        (job.input / f".{name}").rename(job.input / name)
+
+    try:
+        feed("1.csv", rows[:5])
+        job.start()
+        job.wait_for(10)
+        time.sleep(3)                                      # the silence being tested
+        feed("2.csv", rows[5:7])
+        answers = parse(job.wait_for(14))
+    finally:
+        job.kill()
+    fresh = runtime.load(MODEL, device="cpu").stream()
+    want = [format_value(fresh.step([float(v)])[0]) for _, v in rows[5:7]]
+    later = [r for r in answers if r["Time"] in (rows[5][0], rows[6][0])]
+    for sensor in ("a", "b"):
+        mine = [(r["step"], r[PRED]) for r in later if r["sensor"] == sensor]
+        assert mine == [("1", want[0]), ("2", want[1])], sensor

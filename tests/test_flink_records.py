@@ -1,0 +1,200 @@
+"""What the Flink operator does per line, without Flink: state bytes, order, error records.
+
+These run in the main environment (numpy + the runtime; no PyFlink), for every streaming
+mode, against the runtime's own streams as the reference. The Flink job itself is tested
+end to end in test_flink.py.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import runtime
+from runtime.lines import format_value
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))          # integrations/ is not installed into the main venv
+
+from integrations.flink.codec import StateCodec, reading_time  # noqa: E402
+from integrations.flink.records import LineJob, LineSpec  # noqa: E402
+from test_cli_run import tiny_onnx  # noqa: E402
+
+MODES = {"sequence": dict(window=1, carry_state=True),
+         "window": dict(window=3, carry_state=False),
+         "stateful": dict(window=3, carry_state=True)}
+
+
+@pytest.fixture(scope="module", params=sorted(MODES))
+def model_file(request, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("m") / f"{request.param}.onnx"
+    return tiny_onnx(path, seed=3, **MODES[request.param])
+
+
+def readings(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).normal([21.0, 45.0], [3.0, 8.0], (n, 2))  # (n, features)
+
+
+def line(sensor: str, t: int, x) -> str:
+    return json.dumps({"sensor": sensor, "t": t, "temperature": float(x[0]),
+                       "humidity": float(x[1])})
+
+
+def run_lines(job: LineJob, lines: list[str], use_key: bool = True) -> list[dict]:
+    """What the Flink operator does: route, answer, keep the state bytes per sensor."""
+    state, out = {}, []
+    for text in lines:
+        key = job.key(text)
+        answer, blob = job.answer(text, state.get(key), key if use_key else None)
+        if blob is not None:
+            state[key] = blob
+        out.append(json.loads(answer))
+    return out
+
+
+def test_state_bytes_continue_a_stream_exactly(model_file):
+    model = runtime.load(model_file)
+    codec = StateCodec(model)
+    xs = readings(20, 0)
+    whole, part = model.stream(), model.stream()
+    ys = [whole.step(x) for x in xs]
+    for i, x in enumerate(xs):
+        snap, last, written = codec.decode(codec.encode(part.snapshot(), float(i), 5.0 + i))
+        assert (last, written) == (float(i), 5.0 + i)
+        part = model.stream(snap)                          # a new stream from bytes, each step
+        y = part.step(x)
+        assert (y is None) == (ys[i] is None)
+        if y is not None:
+            assert np.array_equal(y, ys[i])
+
+
+def test_state_bytes_of_another_model_are_refused(model_file, tmp_path):
+    model = runtime.load(model_file)
+    other = runtime.load(tiny_onnx(tmp_path / "other.onnx", seed=9,
+                                   **MODES[model.mode]))
+    blob = StateCodec(other).encode(other.stream().snapshot())
+    with pytest.raises(runtime.SnapshotError, match="another model file"):
+        StateCodec(model).decode(blob)
+    with pytest.raises(runtime.SnapshotError, match="cut short"):
+        StateCodec(model).decode(StateCodec(model).encode(model.stream().snapshot())[:-2])
+
+
+@pytest.mark.parametrize("use_key", [True, False], ids=["kept-streams", "from-bytes"])
+def test_interleaved_sensors_equal_each_runtime_stream(model_file, use_key):
+    model = runtime.load(model_file)
+    job = LineJob(model_file.read_bytes(), LineSpec("jsonl", (), "sensor", "t"))
+    data = {s: readings(15, k) for k, s in enumerate("abcd")}
+    rng = np.random.default_rng(1)
+    order = rng.permutation(np.repeat(list(data), 15))     # sensors interleaved at random
+    seen = {s: 0 for s in data}
+    lines = []
+    for s in order:
+        lines.append(line(s, seen[s], data[s][seen[s]]))
+        seen[s] += 1
+    out = run_lines(job, lines, use_key)
+    for s, xs in data.items():
+        stream = model.stream()
+        want = [stream.step(x) for x in xs]
+        mine = [r for r in out if r["sensor"] == s]
+        assert [r["step"] for r in mine] == list(range(1, 16))
+        assert [r["warmup"] for r in mine] == [i + 1 < model.window for i in range(15)]
+        for r, y in zip(mine, want):
+            assert r["pred_temperature"] == (None if y is None else float(format_value(y[0])))
+
+
+def test_bad_and_late_lines_are_error_records_and_leave_the_state(model_file):
+    model = runtime.load(model_file)
+    job = LineJob(model_file.read_bytes(), LineSpec("jsonl", (), "sensor", "t"))
+    xs = readings(8, 2)
+    lines = [line("a", t, x) for t, x in enumerate(xs)]
+    lines.insert(4, '{"sensor": "a", "t": 99, "temperature": "warm", "humidity": 40}')
+    lines.insert(6, line("a", 1, xs[1]))                   # older than the sensor's last
+    lines.insert(7, line("a", 3, xs[3]))                   # a repeat of the last time
+    lines.insert(2, '{"sensor": "a", "t": "soon", "temperature": 1, "humidity": 2}')
+    lines.insert(0, "not json")
+    out = run_lines(job, lines)
+    errors = [r for r in out if "error" in r]
+    assert len(errors) == 5 and all("step" not in r for r in errors)
+    assert "is not valid JSON" in errors[0]["error"] or "not valid JSON" in errors[0]["error"]
+    assert "ISO-8601" in errors[1]["error"]
+    assert "'warm' is not a number" in errors[2]["error"]
+    assert errors[3]["error"].startswith("out of order") and "1 s" in errors[3]["error"]
+    assert errors[4]["error"].startswith("out of order")
+    stream = model.stream()
+    want = [stream.step(x) for x in xs]
+    good = [r for r in out if "error" not in r]
+    assert [r["step"] for r in good] == list(range(1, 9))
+    for r, y in zip(good, want):
+        assert r["pred_temperature"] == (None if y is None else float(format_value(y[0])))
+
+
+def test_csv_lines_keep_lstm_run_columns(tmp_path):
+    path = tiny_onnx(tmp_path / "m.onnx")
+    spec = LineSpec("csv", ("time", "sensor", "temperature", "humidity"), "sensor", "time",
+                    "time,sensor,temperature,humidity")
+    job = LineJob(path.read_bytes(), spec)
+    assert job.key("time,sensor,temperature,humidity") is None     # each file's header
+    answer, blob = job.answer("2024-01-01T00:00:00Z,a,21.5,40", None, "a")
+    assert answer.startswith("2024-01-01T00:00:00Z,a,21.5,40,1,false,") and answer.endswith(",")
+    late, none = job.answer("2023-12-31T23:00:00,a,21.5,40", blob, "a")   # naive time: UTC
+    fields = next(csv.reader([late]))
+    assert none is None and len(fields) == 9 and fields[-2].startswith("out of order")
+    assert fields[-1] == ""                  # the input column: the fields fit, so empty
+
+
+def test_reading_time_reads_numbers_and_iso_times():
+    assert reading_time("1.5", "t") == 1.5
+    assert reading_time("2022-03-20T11:00:00+01:00", "t") == 1647770400.0
+    assert reading_time(7, "t") == 7.0
+    for bad in ("", "noon", None, math.nan, True):
+        with pytest.raises(runtime.InputError, match="time column 't'"):
+            reading_time(bad, "t")
+
+
+def test_state_older_than_the_ttl_starts_a_fresh_stream(model_file, monkeypatch):
+    import integrations.flink.records as records
+    clock = [1000.0]
+    monkeypatch.setattr(records.time, "time", lambda: clock[0])
+    model = runtime.load(model_file)
+    job = LineJob(model_file.read_bytes(), LineSpec("jsonl", (), "sensor", "t"), ttl=60)
+    xs = readings(6, 4)
+    state = None
+    for use_key in (True, False):                    # kept stream and bytes alike
+        for t, x in enumerate(xs[:3]):
+            out, state = job.answer(line("a", t, x), state, "a" if use_key else None)
+        clock[0] += 59                               # within the TTL: the stream goes on
+        out, state = job.answer(line("a", 3, xs[3]), state, "a" if use_key else None)
+        assert json.loads(out)["step"] == 4
+        clock[0] += 61                               # past it: a fresh stream, warm-up again
+        out, state = job.answer(line("a", 1, xs[4]), state, "a" if use_key else None)
+        fresh = model.stream()
+        y = fresh.step(xs[4])
+        assert json.loads(out)["step"] == 1
+        assert json.loads(out)["pred_temperature"] == (None if y is None
+                                                       else float(format_value(y[0])))
+        state, clock[0] = None, clock[0] + 100
+
+
+@pytest.mark.parametrize("window", [3, 1])
+def test_state_bytes_keep_every_state_slot(tmp_path, window):
+    """A file with lstm_edge.state_slots = 3: every slot survives the keyed-state bytes."""
+    from test_runtime_slots import slotted
+
+    model = runtime.load(slotted(tmp_path, window))
+    assert model.slots == 3
+    codec = StateCodec(model)
+    xs = readings(20, 1)
+    whole, part = model.stream(), model.stream()
+    for x in xs:
+        want = whole.step(x)
+        part = model.stream(codec.decode(codec.encode(part.snapshot()))[0])
+        got = part.step(x)
+        assert (got is None) == (want is None)
+        if got is not None:
+            assert np.array_equal(got, want)
