@@ -51,6 +51,13 @@ SKIPPED = {
                     "airline model it trains, by tests/test_readme_byo.py",
     "lstm-export airline.keras": "run in order by tests/test_readme_byo.py",
     "lstm-run airline.onnx": "run in order by tests/test_readme_byo.py",
+    "apt-get install": "installs a system package (CI's .ci/run does it where Java is missing)",
+    "make flink-env": "make test builds .venv-flink before it runs these tests",
+    ".venv-flink/bin/python -m integrations.flink": "a --watch job runs until it is stopped; "
+                                                    "tests/test_flink.py runs the job with "
+                                                    "these options on files, kills and "
+                                                    "resumes it",
+    "flink run": "needs a Flink cluster and a Kafka broker, neither of which runs here",
     "tritonserver": "no Triton server can run here; tests/test_triton.py checks the folder "
                     "it would load against Triton's own ModelConfig and simulates its state",
 }
