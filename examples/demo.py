@@ -87,7 +87,7 @@ def main() -> None:
     sh("lstm-train", history, "--target", TARGET, "--mode", "sequence", "--look-back", 48,
        "--units", 32, "--quiet", "--plot", WORK / "test-tail.png", "-o", keras_model)
     sh("lstm-export", keras_model, "-o", MODEL)
-    state = WORK / "state.npz"
+    state = WORK / "state.db"
     state.unlink(missing_ok=True)
     sh("lstm-run", MODEL, "-i", history, "--state", state, "-o", WORK / "history.out.csv")
     tail_out = WORK / "tail.out.csv"
