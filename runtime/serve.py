@@ -417,8 +417,11 @@ class Server:
         for key, stream in idle[:most]:
             who = f"sensor {key!r}" if self.config.stream_column else "the stream"
             n = stream.steps
-            hint = (f"; if the model was trained on {n} timestep{'s' if n != 1 else ''}, "
-                    f"run with --window {n}" if n > 0 else "")
+            # n readings per sensor is the usual sign of windows cut one per sensor (a
+            # "sample" column): then a window of n is the likely training length.
+            hint = (f"; if the model was trained on windows of {n} timesteps, run with "
+                    f"--window {n}" if n > 1 else "; if the model was trained on shorter "
+                    f"windows, run with --window N")
             self._warn(f"{who}: {n} reading{'s' if n != 1 else ''}, never a full window of "
                        f"{self.window}: no prediction was made{hint}")
         if len(idle) > most:

@@ -34,7 +34,7 @@ def test_a_window_that_never_fills_is_reported_with_the_override(tmp_path):
     out = proc.stdout.decode().splitlines()
     assert len(out) == 1 + 12 * 9 and all(",true," in line for line in out[1:])
     want = ("sensor 's0': 9 readings, never a full window of 10: no prediction was made; if "
-            "the model was trained on 9 timesteps, run with --window 9")
+            "the model was trained on windows of 9 timesteps, run with --window 9")
     assert want in err.splitlines(), err
     assert err.count("never a full window of 10") == 10          # ten sensors, then the rest
     assert "... and 2 more streams that never had a full window of 10" in err
@@ -48,7 +48,7 @@ def test_one_stream_without_a_stream_column_is_reported_too(tmp_path):
     proc = run([model], b"20,40\n21,41\n")
     assert proc.returncode == 0
     assert ("the stream: 2 readings, never a full window of 5: no prediction was made; if the "
-            "model was trained on 2 timesteps, run with --window 2") in proc.stderr.decode()
+            "model was trained on windows of 2 timesteps, run with --window 2") in proc.stderr.decode()
     ready = run([model], b"20,40\n" * 5)
     assert ready.returncode == 0 and "never a full window" not in ready.stderr.decode()
 
