@@ -389,7 +389,7 @@ def export(model, output=None, *, scaler=None, features=None, targets=None, wind
     data = prepared.proto.SerializeToString()
     stem = prepared.path.stem if prepared.path else prepared.model.name
     path = Path(output) if output is not None else Path("exported") / f"{stem}.onnx"
-    _write_atomically(path, data)
+    write_atomically(path, data)
     graph = prepared.proto.graph
     return ExportReport(
         path=path, info=info, parity=parity, op_counts=op_counts(prepared.proto),
@@ -398,7 +398,8 @@ def export(model, output=None, *, scaler=None, features=None, targets=None, wind
         notes=list(prepared.notes), layers=keras_layers(prepared.model))
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file beside it and a rename."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")

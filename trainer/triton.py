@@ -37,6 +37,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from runtime.contract import PREFIX, X, Y, ModelInfo, derive_state
 from .errors import ExportError
+from .export import write_atomically as _write
 
 TRITON_KEY = PREFIX + "triton"     # metadata of a Triton variant graph (docs/contract.md)
 WINDOW_IN, WINDOW_OUT = "in_window", "out_window"
@@ -441,13 +442,3 @@ def write_repository(model, directory, options: TritonOptions | None = None) -> 
     _write(folder / "1" / "model.onnx", served_proto.SerializeToString())
     _write(folder / "config.pbtxt", text.encode())
     return TritonReport(folder, name, served, text, options)
-
-
-def _write(path: Path, data: bytes) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        temporary.write_bytes(data)
-        os.replace(temporary, path)
-    except OSError as exc:
-        raise ExportError(f"{path}: cannot be written ({exc.strerror or exc})") from None
