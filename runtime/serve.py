@@ -421,7 +421,7 @@ class Server:
             # "sample" column): then a window of n is the likely training length.
             hint = (f"; if the model was trained on windows of {n} timesteps, run with "
                     f"--window {n}" if n > 1 else "; if the model was trained on shorter "
-                    f"windows, run with --window N")
+                    "windows, run with --window N")
             self._warn(f"{who}: {n} reading{'s' if n != 1 else ''}, never a full window of "
                        f"{self.window}: no prediction was made{hint}")
         if len(idle) > most:

@@ -553,6 +553,8 @@ def test_stateful_model_of_one_timestep_with_batch_2_streams_as_keras_predicts(t
     model = keras.Model(inp, out)
     report = export(model, tmp_path / "s.onnx")
     assert metadata(report.path)["lstm_edge.state_slots"] == "2"
+    # The check ran it as it streams: chains through 2 slots, against predict(batch_size=2).
+    assert report.parity["slots"] == 2 and "stateful_vs_predict" in report.parity["per_output"]
     series = np.random.default_rng(0).uniform(size=(20, 1)).astype(np.float32)
     for layer in model.layers:
         if getattr(layer, "stateful", False):
