@@ -169,8 +169,7 @@ def describe(model, path: Path, timed: bool = False) -> str:
     if isinstance(parity.get("max_abs_diff"), (int, float)):
         units = f" {parity['units']} units" if parity.get("units") else ""
         rows.append(("parity", f"max |onnx - keras| = {parity['max_abs_diff']:.3g}{units} over "
-                               f"{parity.get('steps', '?')} steps (tolerance "
-                               f"{parity.get('atol', '?')})"))
+                               f"{_checked(parity)} (tolerance {parity.get('atol', '?')})"))
     else:
         rows.append(("parity", json.dumps(parity) if parity else "not recorded"))
     if info.scaler:
@@ -200,6 +199,20 @@ def _streaming_rows(model) -> list[tuple[str, str]]:
         rows.append(("state slots", f"{slots} state slots: {what} j continues {what} "
                                     f"j-{slots}, as Keras predict(batch_size={slots})"))
     return rows
+
+
+def _checked(parity: dict) -> str:
+    """What the export check ran, in words, from its record (docs/contract.md, parity)."""
+    steps = parity.get("steps", "?")
+    readings = f"{steps} reading{'' if steps == 1 else 's'}"
+    if parity.get("mode") == "window" and "windows" in parity:
+        return f"{parity['windows']} windows of {readings}, each from a zero state"
+    if "slots" in parity and "windows" in parity:
+        return (f"{parity['windows']} consecutive windows of {readings}, state carried in "
+                f"{parity['slots']} slot(s)")
+    if "mode" in parity and "streams" in parity:
+        return f"{parity['streams']} runs of {readings} from a zero state"
+    return f"{steps} steps"     # a file from before the check said how it ran
 
 
 class OutputError(LstmEdgeError):

@@ -564,3 +564,15 @@ def test_stateful_model_of_one_timestep_with_batch_2_streams_as_keras_predicts(t
     np.testing.assert_allclose(got, want, atol=TOL)
     one = load(report.path, state_slots=1).stream().feed(series)
     assert np.abs(one - want).max() > 1e-3          # one carried state would be silently off
+
+
+def test_info_says_what_the_export_check_ran(tutorial):
+    """--info quotes the parity record in words: a window model's check is windows from zero."""
+    path = tutorial("airline_window")[4][0]
+    out = Path(path).with_suffix(".info.onnx")
+    export(path, out)
+    proc = subprocess.run([str(Path(sys.executable).parent / "lstm-run"), str(out), "--info"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    parity = next(line for line in proc.stdout.splitlines() if line.startswith("parity"))
+    assert "64 windows of 3 readings, each from a zero state" in parity, parity
