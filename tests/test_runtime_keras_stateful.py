@@ -21,6 +21,7 @@ from runtime.errors import ContractError, ShapeError, SnapshotError
 
 keras = pytest.importorskip("keras")
 export = pytest.importorskip("trainer.export")
+from test_tutorials import create_dataset  # noqa: E402  (the tutorials' own helper)
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "airline-passengers.csv"
 LOOK_BACK = 3
@@ -34,15 +35,6 @@ def passengers():
 
 # Raw passengers (~100-600) have a float32 ulp of 6e-5: diffs are compared divided by max - min.
 SPAN = float(passengers().max() - passengers().min())
-
-
-def create_dataset(dataset, look_back=1):
-    """The tutorial's function, its off-by-one (the last window is dropped) included."""
-    x, y = [], []
-    for i in range(len(dataset) - look_back - 1):
-        x.append(dataset[i:i + look_back, 0])
-        y.append(dataset[i + look_back, 0])
-    return np.array(x), np.array(y)
 
 
 def reset_states(model):
