@@ -298,7 +298,7 @@ class Model:
                         f"was changed: re-export the model with lstm-export, or check the "
                         f"graph's nodes with onnx.checker")
 
-    def _token_error(self, exc) -> InputError | RunError:
+    def _step_error(self, exc) -> InputError | RunError:
         """What a failed single-stream ORT call raises (see :meth:`_run_error`)."""
         return self._run_error(exc, (1, self.window, self.n_features))
 

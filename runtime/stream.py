@@ -235,7 +235,7 @@ class Stream:
             else:
                 bind.run_fresh()
         except ORT_ERRORS as exc:
-            raise self.model._token_error(exc) from None
+            raise self.model._step_error(exc) from None
         return bind.last.copy()
 
     def _step_masked(self, x):
