@@ -9,10 +9,8 @@ from __future__ import annotations
 import functools
 import json
 import os
-import select
 import signal
 import sys
-import time
 from pathlib import Path
 from typing import cast
 
@@ -21,7 +19,8 @@ import click
 from .errors import LstmEdgeError
 from .lines import FORMATS, MAX_LINE
 from .progress import Progress
-from .serve import EmptyInput, Interrupted, LineReader, ServeConfig, Signals, StrictStop, serve
+from .io import Interrupted, LineReader, Output, OutputStalled, Signals
+from .serve import EmptyInput, ServeConfig, StrictStop, serve
 
 EPILOG = f"""
 \b
@@ -215,109 +214,6 @@ def _checked(parity: dict) -> str:
     return f"{steps} steps"     # a file from before the check said how it ran
 
 
-class OutputError(LstmEdgeError):
-    """The answers cannot be written (a full disk, a closed stdout)."""
-
-
-class OutputStalled(Exception):
-    """A signal came and the reader did not take the rest of the answers within the grace."""
-
-
-class _Output:
-    """Where answers go: every byte of each batch handed to the OS before ``write`` returns.
-
-    ``os.write`` may write less than it is given (a pipe whose reader is slow, a signal in
-    the middle); the rest is written until none is left, the same whether stdout is
-    Python's buffered writer or, with ``PYTHONUNBUFFERED``, a raw file. Waiting for room
-    goes through ``select`` with the signal wake-up pipe, so SIGINT/SIGTERM is seen while a
-    reader is slow; from then on the reader has ``GRACE`` seconds to take what is left,
-    and after that the batch counts as not delivered (:class:`OutputStalled`).
-    """
-
-    GRACE = 2.0     # seconds a reader gets, after a signal, to take the rest of a batch
-
-    def __init__(self, path: str, signals: Signals | None = None):
-        self.to_stdout = path == "-"
-        self.signals = signals
-        self.deadline: float | None = None
-        self.stream = None      # a stdout with no descriptor (click's CliRunner): written to
-        try:
-            if self.to_stdout:
-                try:
-                    sys.stdout.flush()       # anything printed before goes first
-                    self.fd = sys.stdout.fileno()
-                except (OSError, ValueError, AttributeError):    # io.UnsupportedOperation too
-                    self.fd, self.stream = -1, sys.stdout.buffer
-                else:
-                    os.fstat(self.fd)
-            else:
-                self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC
-                                  | getattr(os, "O_BINARY", 0), 0o666)
-        except OSError as exc:
-            raise OutputError(f"cannot write {'stdout' if self.to_stdout else path}: "
-                              f"{exc.strerror or exc}; check that it is open and writable") \
-                from None
-        self.path = "stdout" if self.to_stdout else path
-
-    def write(self, lines: list[str]) -> None:
-        if not lines:
-            return
-        # backslashreplace: no text can stop the answers (runtime.lines already gives UTF-8)
-        data = memoryview(("\n".join(lines) + "\n").encode("utf-8", "backslashreplace"))
-        if self.stream is not None:
-            self.stream.write(data)
-            self.stream.flush()
-            return
-        try:
-            while data:
-                try:
-                    n = os.write(self.fd, data[:self._room()])
-                except BlockingIOError:        # a non-blocking descriptor we were given
-                    select.select([], [self.fd], [])
-                    continue
-                data = data[n:]
-        except BrokenPipeError:
-            raise
-        except OSError as exc:
-            raise OutputError(f"cannot write the answers to {self.path}: "
-                              f"{exc.strerror or exc}; free disk space or write elsewhere "
-                              f"with -o (the state holds the answers written before)") from None
-
-    def _room(self) -> int | None:
-        """Wait until the output takes bytes; how many may go without blocking (None: all)."""
-        signals = self.signals
-        if signals is None or signals.wake_fd is None:
-            return None
-        wake = signals.wake_fd
-        while self.deadline is None and signals.signum is None:
-            ready, writable, _ = select.select([wake], [self.fd], [])
-            if writable:
-                return None
-            os.read(wake, 512)
-        if self.deadline is None:
-            self.deadline = time.monotonic() + self.GRACE
-        left = self.deadline - time.monotonic()
-        if left <= 0 or not select.select([], [self.fd], [], left)[1]:
-            raise OutputStalled()
-        return select.PIPE_BUF      # fits in a pipe that select called writable
-
-    def close(self) -> None:
-        if not self.to_stdout:
-            os.close(self.fd)
-
-    def lost(self) -> None:
-        """The reader went away: point the descriptor at /dev/null so no later flush fails."""
-        if self.fd < 0:
-            return
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, self.fd)
-        os.close(devnull)
-        try:
-            sys.stdout.flush()
-        except (OSError, ValueError, AttributeError):
-            pass
-
-
 @click.command(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"],
                                                 "max_content_width": 100})
 @click.argument("model", type=click.Path(path_type=Path))
@@ -434,7 +330,7 @@ def run(model, config: ServeConfig, input_: str, output: str, stream: bool,
     code, failure = 0, cast("LstmEdgeError | None", None)
     warn = progress.warn if progress else _warn
     with Signals() as signals:
-        out = _Output(output, signals)
+        out = Output(output, signals)
         fd = 0 if input_ == "-" else os.open(input_, os.O_RDONLY)
         reader = LineReader(fd, block=1 << 16, gather=not stream, signals=signals)
         try:

@@ -1,48 +1,30 @@
 """The loop behind ``lstm-run``: lines in, one stream per sensor, one answer per line out.
 
-:class:`LineReader` cuts a file descriptor into batches of lines *as they arrive*: it never
-holds a complete line back waiting for more. :class:`Server` turns each batch into records
+:class:`Server` turns each batch of lines (from :class:`runtime.io.LineReader`) into records
 (:mod:`runtime.lines`), routes them to their sensors' streams, steps the lines that arrived
 together in as few model calls as it can, and gives back one output line per input line,
 in input order. A bad line becomes an error record and leaves every stream as it was.
-
->>> r, w = os.pipe()
->>> _ = os.write(w, b"a,1\\nb,2\\npartial"); os.close(w)
->>> [[(n, raw) for n, raw in batch] for batch in LineReader(r).batches()]
-[[(1, b'a,1'), (2, b'b,2')], [(3, b'partial')]]
 """
 
 from __future__ import annotations
 
 import os
-import select
-import signal
 import time
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
 from . import lines as fmt
 from .errors import InputError, LstmEdgeError, SnapshotError
+from .io import TOO_LONG, LineReader
 from .stream import Stream
 
 if TYPE_CHECKING:
     from .store import StateStore
-
-TOO_LONG = None    # what LineReader yields in place of the bytes of an over-long line
-
-
-class Interrupted(Exception):
-    """SIGINT or SIGTERM arrived; ``signum`` says which."""
-
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
 
 class StrictStop(LstmEdgeError):
     """``--strict``: the first bad line ends the run; ``lines``: the answers before it."""
@@ -58,125 +40,6 @@ class EmptyInput(LstmEdgeError):
     """The input has no readings: no lines at all, or a header alone."""
 
     exit_code = 3
-
-
-# ---- reading ---------------------------------------------------------------------------
-
-class Signals:
-    """SIGINT/SIGTERM as a flag, plus a pipe that wakes :class:`LineReader` out of select.
-
-    The handler only records the signal: a model call or a snapshot being written is never
-    cut in half. The reader checks the flag between reads, and the wake-up pipe
-    (``signal.set_wakeup_fd``) makes sure a reader blocked on a quiet sensor sees it at once.
-    """
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self._pipe = os.pipe()
-        self._wake_r: int | None = self._pipe[0]
-        self._wake_w = self._pipe[1]
-        self._old_fd: int | None = None
-        os.set_blocking(self._wake_w, False)
-        self._old: dict[int, Any] = {}     # signal -> the handler it had
-
-    def __enter__(self) -> "Signals":
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self._old[sig] = signal.signal(sig, self._handle)
-        try:
-            self._old_fd = signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
-        except ValueError:      # Windows takes sockets only: signals then wait for a line
-            self._old_fd, self._wake_r = None, None
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._wake_r is not None and self._old_fd is not None:
-            signal.set_wakeup_fd(self._old_fd)
-        for sig, handler in self._old.items():
-            signal.signal(sig, handler)
-        os.close(self._pipe[0])
-        os.close(self._pipe[1])
-
-    def _handle(self, signum, frame) -> None:
-        self.signum = signum
-
-    @property
-    def wake_fd(self) -> int | None:
-        """The descriptor that becomes readable when a signal arrives (None: not available)."""
-        return self._wake_r
-
-    def check(self) -> None:
-        """Raise :class:`Interrupted` if a signal has arrived."""
-        if self.signum is not None:
-            raise Interrupted(self.signum)
-
-
-class LineReader:
-    """Batches of ``(line_number, bytes)`` from a file descriptor, as soon as lines complete.
-
-    Each read takes what the descriptor has (up to ``block`` bytes) and yields every line it
-    completed, so a line from a live sensor is answered before the next one arrives. With
-    ``gather`` (a file whose whole content is there), reads go on until ``block`` bytes are in
-    hand, for fewer, larger batches. A line longer than ``max_line`` bytes yields
-    ``TOO_LONG`` (``None``) instead of its bytes, and is never held in memory whole.
-    """
-
-    def __init__(self, fd: int, *, block: int = 1 << 16, gather: bool = False,
-                 max_line: int = fmt.MAX_LINE, signals: Signals | None = None):
-        self.fd, self.block, self.gather, self.max_line = fd, block, gather, max_line
-        self.signals = signals
-        self.line = 0          # number of the last line yielded
-        self.bytes = 0         # bytes read so far
-
-    def _read(self) -> bytes:
-        if self.signals is not None and self.signals.wake_fd is not None:
-            self.signals.check()
-            while True:   # select, so that a signal wakes a reader waiting on a quiet pipe
-                try:
-                    ready, _, _ = select.select([self.fd, self.signals.wake_fd], [], [])
-                except InterruptedError:   # pragma: no cover - PEP 475 retries
-                    ready = []
-                if self.signals.wake_fd in ready:
-                    os.read(self.signals.wake_fd, 512)
-                self.signals.check()
-                if self.fd in ready:
-                    break
-        data = os.read(self.fd, self.block)
-        self.bytes += len(data)
-        return data
-
-    def batches(self) -> Iterator[list[tuple[int, bytes | None]]]:
-        pending = b""          # the start of a line whose end has not arrived yet
-        skipping = False       # inside an over-long line that has been reported already
-        eof = False
-        while not eof:
-            data = self._read()
-            while self.gather and data and len(data) < self.block:
-                more = self._read()
-                if not more:
-                    eof = True
-                    break
-                data += more
-            eof = eof or not data
-            if skipping:
-                end = data.find(b"\n")
-                if end < 0 and not eof:
-                    continue
-                data, skipping = (data[end + 1:] if end >= 0 else b""), False
-            parts = (pending + data).split(b"\n")
-            pending = parts.pop()
-            if eof and pending:
-                parts.append(pending)
-                pending = b""
-            batch: list[tuple[int, bytes | None]] = []
-            for raw in parts:
-                self.line += 1
-                batch.append((self.line, raw if len(raw) <= self.max_line else TOO_LONG))
-            if len(pending) > self.max_line:
-                self.line += 1
-                batch.append((self.line, TOO_LONG))
-                pending, skipping = b"", True
-            if batch:
-                yield batch
 
 
 # ---- stepping --------------------------------------------------------------------------

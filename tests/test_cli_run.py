@@ -24,7 +24,8 @@ import pytest
 import runtime
 from runtime import lines
 from runtime.contract import ModelInfo, StateSpec
-from runtime.serve import LineReader, ServeConfig, Server, serve
+from runtime.io import LineReader
+from runtime.serve import ServeConfig, Server, serve
 
 ROOT = Path(__file__).resolve().parent.parent
 FEATURES = ("temperature", "humidity")

@@ -9,7 +9,7 @@ import pytest
 
 from runtime import lines
 from runtime.errors import InputError
-from runtime.serve import TOO_LONG, LineReader
+from runtime.io import TOO_LONG, LineReader
 
 FEATURES = ("temperature", "humidity")
 TARGETS = ("temperature",)

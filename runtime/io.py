@@ -1,0 +1,263 @@
+"""The runtime's I/O under faults: lines in as they arrive, answers out whole, signals seen.
+
+:class:`LineReader` cuts a file descriptor into batches of lines *as they arrive*: it never
+holds a complete line back waiting for more. :class:`Output` hands every byte of a batch's
+answers to the OS before it returns. :class:`Signals` turns SIGINT/SIGTERM into a flag and a
+wake-up pipe, so that a reader blocked on a quiet sensor, or a writer waiting on a slow
+reader, sees the signal at once. The rule these serve ("answers first, then the state that
+counts them") is :func:`runtime.serve.serve`'s.
+
+>>> r, w = os.pipe()
+>>> _ = os.write(w, b"a,1\\nb,2\\npartial"); os.close(w)
+>>> [[(n, raw) for n, raw in batch] for batch in LineReader(r).batches()]
+[[(1, b'a,1'), (2, b'b,2')], [(3, b'partial')]]
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from . import lines as fmt
+from .errors import LstmEdgeError
+
+TOO_LONG = None    # what LineReader yields in place of the bytes of an over-long line
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM arrived; ``signum`` says which."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+
+# ---- reading ---------------------------------------------------------------------------
+
+class Signals:
+    """SIGINT/SIGTERM as a flag, plus a pipe that wakes :class:`LineReader` out of select.
+
+    The handler only records the signal: a model call or a snapshot being written is never
+    cut in half. The reader checks the flag between reads, and the wake-up pipe
+    (``signal.set_wakeup_fd``) makes sure a reader blocked on a quiet sensor sees it at once.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._pipe = os.pipe()
+        self._wake_r: int | None = self._pipe[0]
+        self._wake_w = self._pipe[1]
+        self._old_fd: int | None = None
+        os.set_blocking(self._wake_w, False)
+        self._old: dict[int, Any] = {}     # signal -> the handler it had
+
+    def __enter__(self) -> "Signals":
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._old[sig] = signal.signal(sig, self._handle)
+        try:
+            self._old_fd = signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+        except ValueError:      # Windows takes sockets only: signals then wait for a line
+            self._old_fd, self._wake_r = None, None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._wake_r is not None and self._old_fd is not None:
+            signal.set_wakeup_fd(self._old_fd)
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+        os.close(self._pipe[0])
+        os.close(self._pipe[1])
+
+    def _handle(self, signum, frame) -> None:
+        self.signum = signum
+
+    @property
+    def wake_fd(self) -> int | None:
+        """The descriptor that becomes readable when a signal arrives (None: not available)."""
+        return self._wake_r
+
+    def check(self) -> None:
+        """Raise :class:`Interrupted` if a signal has arrived."""
+        if self.signum is not None:
+            raise Interrupted(self.signum)
+
+
+class LineReader:
+    """Batches of ``(line_number, bytes)`` from a file descriptor, as soon as lines complete.
+
+    Each read takes what the descriptor has (up to ``block`` bytes) and yields every line it
+    completed, so a line from a live sensor is answered before the next one arrives. With
+    ``gather`` (a file whose whole content is there), reads go on until ``block`` bytes are in
+    hand, for fewer, larger batches. A line longer than ``max_line`` bytes yields
+    ``TOO_LONG`` (``None``) instead of its bytes, and is never held in memory whole.
+    """
+
+    def __init__(self, fd: int, *, block: int = 1 << 16, gather: bool = False,
+                 max_line: int = fmt.MAX_LINE, signals: Signals | None = None):
+        self.fd, self.block, self.gather, self.max_line = fd, block, gather, max_line
+        self.signals = signals
+        self.line = 0          # number of the last line yielded
+        self.bytes = 0         # bytes read so far
+
+    def _read(self) -> bytes:
+        if self.signals is not None and self.signals.wake_fd is not None:
+            self.signals.check()
+            while True:   # select, so that a signal wakes a reader waiting on a quiet pipe
+                try:
+                    ready, _, _ = select.select([self.fd, self.signals.wake_fd], [], [])
+                except InterruptedError:   # pragma: no cover - PEP 475 retries
+                    ready = []
+                if self.signals.wake_fd in ready:
+                    os.read(self.signals.wake_fd, 512)
+                self.signals.check()
+                if self.fd in ready:
+                    break
+        data = os.read(self.fd, self.block)
+        self.bytes += len(data)
+        return data
+
+    def batches(self) -> Iterator[list[tuple[int, bytes | None]]]:
+        pending = b""          # the start of a line whose end has not arrived yet
+        skipping = False       # inside an over-long line that has been reported already
+        eof = False
+        while not eof:
+            data = self._read()
+            while self.gather and data and len(data) < self.block:
+                more = self._read()
+                if not more:
+                    eof = True
+                    break
+                data += more
+            eof = eof or not data
+            if skipping:
+                end = data.find(b"\n")
+                if end < 0 and not eof:
+                    continue
+                data, skipping = (data[end + 1:] if end >= 0 else b""), False
+            parts = (pending + data).split(b"\n")
+            pending = parts.pop()
+            if eof and pending:
+                parts.append(pending)
+                pending = b""
+            batch: list[tuple[int, bytes | None]] = []
+            for raw in parts:
+                self.line += 1
+                batch.append((self.line, raw if len(raw) <= self.max_line else TOO_LONG))
+            if len(pending) > self.max_line:
+                self.line += 1
+                batch.append((self.line, TOO_LONG))
+                pending, skipping = b"", True
+            if batch:
+                yield batch
+
+
+
+# ---- writing ---------------------------------------------------------------------------
+
+class OutputError(LstmEdgeError):
+    """The answers cannot be written (a full disk, a closed stdout)."""
+
+
+class OutputStalled(Exception):
+    """A signal came and the reader did not take the rest of the answers within the grace."""
+
+
+class Output:
+    """Where answers go: every byte of each batch handed to the OS before ``write`` returns.
+
+    ``os.write`` may write less than it is given (a pipe whose reader is slow, a signal in
+    the middle); the rest is written until none is left, the same whether stdout is
+    Python's buffered writer or, with ``PYTHONUNBUFFERED``, a raw file. Waiting for room
+    goes through ``select`` with the signal wake-up pipe, so SIGINT/SIGTERM is seen while a
+    reader is slow; from then on the reader has ``GRACE`` seconds to take what is left,
+    and after that the batch counts as not delivered (:class:`OutputStalled`).
+    """
+
+    GRACE = 2.0     # seconds a reader gets, after a signal, to take the rest of a batch
+
+    def __init__(self, path: str, signals: Signals | None = None):
+        self.to_stdout = path == "-"
+        self.signals = signals
+        self.deadline: float | None = None
+        self.stream = None      # a stdout with no descriptor (click's CliRunner): written to
+        try:
+            if self.to_stdout:
+                try:
+                    sys.stdout.flush()       # anything printed before goes first
+                    self.fd = sys.stdout.fileno()
+                except (OSError, ValueError, AttributeError):    # io.UnsupportedOperation too
+                    self.fd, self.stream = -1, sys.stdout.buffer
+                else:
+                    os.fstat(self.fd)
+            else:
+                self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+                                  | getattr(os, "O_BINARY", 0), 0o666)
+        except OSError as exc:
+            raise OutputError(f"cannot write {'stdout' if self.to_stdout else path}: "
+                              f"{exc.strerror or exc}; check that it is open and writable") \
+                from None
+        self.path = "stdout" if self.to_stdout else path
+
+    def write(self, lines: list[str]) -> None:
+        if not lines:
+            return
+        # backslashreplace: no text can stop the answers (runtime.lines already gives UTF-8)
+        data = memoryview(("\n".join(lines) + "\n").encode("utf-8", "backslashreplace"))
+        if self.stream is not None:
+            self.stream.write(data)
+            self.stream.flush()
+            return
+        try:
+            while data:
+                try:
+                    n = os.write(self.fd, data[:self._room()])
+                except BlockingIOError:        # a non-blocking descriptor we were given
+                    select.select([], [self.fd], [])
+                    continue
+                data = data[n:]
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise OutputError(f"cannot write the answers to {self.path}: "
+                              f"{exc.strerror or exc}; free disk space or write elsewhere "
+                              f"with -o (the state holds the answers written before)") from None
+
+    def _room(self) -> int | None:
+        """Wait until the output takes bytes; how many may go without blocking (None: all)."""
+        signals = self.signals
+        if signals is None or signals.wake_fd is None:
+            return None
+        wake = signals.wake_fd
+        while self.deadline is None and signals.signum is None:
+            ready, writable, _ = select.select([wake], [self.fd], [])
+            if writable:
+                return None
+            os.read(wake, 512)
+        if self.deadline is None:
+            self.deadline = time.monotonic() + self.GRACE
+        left = self.deadline - time.monotonic()
+        if left <= 0 or not select.select([], [self.fd], [], left)[1]:
+            raise OutputStalled()
+        return select.PIPE_BUF      # fits in a pipe that select called writable
+
+    def close(self) -> None:
+        if not self.to_stdout:
+            os.close(self.fd)
+
+    def lost(self) -> None:
+        """The reader went away: point the descriptor at /dev/null so no later flush fails."""
+        if self.fd < 0:
+            return
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, self.fd)
+        os.close(devnull)
+        try:
+            sys.stdout.flush()
+        except (OSError, ValueError, AttributeError):
+            pass
