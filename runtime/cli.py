@@ -12,7 +12,7 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import click
 
@@ -20,7 +20,9 @@ from .errors import LstmEdgeError
 from .lines import FORMATS, MAX_LINE
 from .progress import Progress
 from .io import Interrupted, LineReader, Output, OutputStalled, Signals
-from .serve import EmptyInput, ServeConfig, StrictStop, serve
+
+if TYPE_CHECKING:
+    from .serve import ServeConfig
 
 EPILOG = f"""
 \b
@@ -293,6 +295,8 @@ def main(model, info, stream, input_, output, format_, stream_column, columns, r
     if "-" not in (input_, output) and Path(output).exists() \
             and Path(input_).resolve() == Path(output).resolve():
         raise click.UsageError("-o would overwrite the -i file it reads")
+    from .serve import ServeConfig     # imports ONNX Runtime: after --help, and one line if absent
+
     loaded = load_model(model, device=device, window=window, carry_state=carry_state,
                         missing=missing, threads=threads)
     if info:
@@ -320,13 +324,15 @@ def _column_names(text: str | None) -> tuple[str, ...] | None:
     return names
 
 
-def run(model, config: ServeConfig, input_: str, output: str, stream: bool,
+def run(model, config: "ServeConfig", input_: str, output: str, stream: bool,
         progress: Progress | None = None) -> None:
     """Open the input and output, serve, and map the ways a run ends to exit codes.
 
     Whatever ends the run, the answers written are out before the state is saved, and the
     saved state counts no answer that was not delivered (see :func:`runtime.serve.serve`).
     """
+    from .serve import EmptyInput, StrictStop, serve
+
     code, failure = 0, cast("LstmEdgeError | None", None)
     warn = progress.warn if progress else _warn
     with Signals() as signals:

@@ -17,9 +17,18 @@ from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
-import onnxruntime as ort
 
-from .errors import DeviceError
+from .errors import ORT_EXTRAS, DeviceError, MissingExtra
+
+try:    # the one import of onnxruntime: neither extra installed, or a half-removed one, is a line
+    import onnxruntime as ort
+    from onnxruntime.capi import onnxruntime_pybind11_state as _state
+except ImportError as exc:
+    # Both wheels fill one `onnxruntime` folder: uninstalling one of the two leaves it broken.
+    raise MissingExtra(ORT_EXTRAS if getattr(exc, "name", None) == "onnxruntime" else
+                       f"ONNX Runtime is installed but broken ({exc}): pip uninstall -y "
+                       f"onnxruntime onnxruntime-gpu, then install exactly one of "
+                       f"'lstm-edge[cpu]' and 'lstm-edge[gpu]'") from None
 
 log = logging.getLogger("runtime")
 
@@ -31,8 +40,7 @@ def _ort_errors() -> tuple:
 
     RuntimeError too: pybind11 raises it for a C++ exception ORT does not map to one of them.
     """
-    from onnxruntime.capi import onnxruntime_pybind11_state as state
-    types = [t for t in vars(state).values() if isinstance(t, type) and issubclass(t, Exception)]
+    types = [t for t in vars(_state).values() if isinstance(t, type) and issubclass(t, Exception)]
     return (*types, RuntimeError)
 
 

@@ -34,3 +34,11 @@ class DeviceError(LstmEdgeError, RuntimeError):
 
 class RunError(LstmEdgeError, RuntimeError):
     """ONNX Runtime failed while running a model that loaded and holds to the contract."""
+
+
+class MissingExtra(LstmEdgeError, ImportError):
+    """A command needs packages of an extra that is not installed; the message names it."""
+
+
+ORT_EXTRAS = ("ONNX Runtime is not installed: pip install 'lstm-edge[cpu]' (or "
+              "'lstm-edge[gpu]' on x86_64 with an NVIDIA GPU; exactly one of the two)")

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 
 from . import device as _device
+from .device import ort       # imported once there, with a one-line error where it is missing
 from .contract import X, Y, ModelInfo, derive_state, streaming_mode
 from .errors import ContractError, DeviceError, InputError, RunError, ShapeError, SnapshotError
 from .batch import step_many

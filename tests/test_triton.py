@@ -21,8 +21,8 @@ import pytest
 from google.protobuf import text_format
 
 import runtime
-from trainer.errors import ExportError
-from trainer.triton import TritonOptions, write_repository
+from integrations.triton import TritonError, TritonOptions
+from integrations.triton.repository import write_repository
 
 keras = pytest.importorskip("keras")     # with it come grpcio, which tritonclient.grpc imports
 model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
@@ -330,7 +330,7 @@ def _with_meta(path: Path, tmp_path: Path, **meta) -> Path:
     ({"mask_value": "[0.0]"}, "Masking layer"),
 ])
 def test_refusals_say_why_and_what_to_do(meta, words, tmp_path):
-    with pytest.raises(ExportError, match=words) as err:
+    with pytest.raises(TritonError, match=words) as err:
         write_repository(_with_meta(DEMO, tmp_path, **meta), tmp_path / "models")
     assert "\n" not in str(err.value)
     assert not (tmp_path / "models").exists()
@@ -342,14 +342,14 @@ def test_unknown_state_kind_in_window_mode_is_refused(repository, tmp_path):
     props = {p.key: p.value for p in proto.metadata_props}
     changed = _with_meta(exported, tmp_path,
                          state=props["lstm_edge.state"].replace('"lstm"', '"prev"'))
-    with pytest.raises(ExportError, match="prev state.*sequence mode"):
+    with pytest.raises(TritonError, match="prev state.*sequence mode"):
         write_repository(changed, tmp_path / "models")
 
 
 # --------------------------------------------------------------------------- the commands
 
 def run(*args, env=None):
-    return subprocess.run([sys.executable, "-c", "from trainer.triton_cli import triton_main; "
+    return subprocess.run([sys.executable, "-c", "from integrations.triton.cli import triton_main; "
                            "triton_main()", *args], capture_output=True, text=True,
                           env=env, timeout=120)
 
@@ -363,10 +363,11 @@ def test_lstm_triton_writes_the_repository_without_tensorflow(tmp_path, unbuffer
     assert done.returncode == 0, done.stderr
     assert "tritonserver --model-repository" in done.stdout
     parse((tmp_path / "flow" / "config.pbtxt").read_text())
-    probe = subprocess.run([sys.executable, "-c", "import sys, trainer.triton_cli, trainer.triton;"
-                            "print('tensorflow' in sys.modules, 'keras' in sys.modules)"],
+    probe = subprocess.run([sys.executable, "-c", "import sys, integrations.triton.cli, "
+                            "integrations.triton.repository; print(sorted({m.split('.')[0] "
+                            "for m in sys.modules} & {'tensorflow', 'keras', 'trainer'}))"],
                            capture_output=True, text=True, timeout=60)
-    assert probe.stdout.split() == ["False", "False"]
+    assert probe.stdout.strip() == "[]", probe.stderr
 
 
 @pytest.mark.parametrize("args, words", [
@@ -387,6 +388,23 @@ def test_lstm_triton_bad_input_is_one_line_and_exit_2(tmp_path, args, words):
     done = run(*args, "-o", str(tmp_path / "models"))
     assert done.returncode == 2 and words in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_lstm_triton_refuses_what_lstm_run_refuses(tmp_path):
+    """A custom-op domain ONNX Runtime cannot load: both commands say so, nothing is written."""
+    proto = onnx.load(DEMO)
+    proto.graph.node.append(onnx.helper.make_node("Mystery", ["x"], ["unused"],
+                                                  domain="com.example"))
+    proto.opset_import.append(onnx.helper.make_opsetid("com.example", 1))
+    custom = tmp_path / "custom.onnx"
+    onnx.save(proto, custom)
+    lstm_run = subprocess.run([sys.executable, "-m", "runtime.cli", str(custom)], input="1\n",
+                              capture_output=True, text=True, timeout=120, cwd=ROOT)
+    done = run(str(custom), "-o", str(tmp_path / "models"))
+    assert lstm_run.returncode == 2 and "Mystery" in lstm_run.stderr, lstm_run.stderr
+    assert done.returncode == 2 and "lstm-run refuses this file" in done.stderr, done.stderr
+    assert "Mystery" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "models").exists()
 
 
 def test_lstm_export_triton_option(tmp_path):

@@ -6,11 +6,29 @@ own errors into one line on stderr and an exit code — never a traceback.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 import click
 
 from runtime.cli import reports_errors
+from runtime.errors import MissingExtra
+
+TRAINING = ("tensorflow", "keras")        # what lstm-train imports beyond the runtime
+EXPORTING = TRAINING + ("tf2onnx", "onnx")   # and lstm-export: the converter, the graph editor
+
+
+def require_training(command: str, modules: tuple[str, ...]) -> None:
+    """One line naming the [train] extra where its packages are missing (a runtime install).
+
+    Checked before anything heavy is imported, so that a device that installed the runtime
+    alone hears what to install instead of meeting a traceback.
+    """
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise MissingExtra(f"{command} needs the training packages, and {', '.join(missing)} "
+                           f"{'is' if len(missing) == 1 else 'are'} not installed: pip install "
+                           f"'lstm-edge[cpu,train]' (or [gpu,train]) on a machine to train on")
 
 
 def quiet_tensorflow() -> None:
@@ -94,6 +112,7 @@ def train_main(data, target, features, look_back, horizon, mode, cell, units, la
                dense, epochs, batch_size, patience, val_fraction, missing, scaling, loss, seed,
                quiet, output, test_fraction, target_kind, difference, season, plot):
     """Fit an LSTM (or GRU) on DATA, a CSV with a header row, and report it against baselines."""
+    require_training("lstm-train", TRAINING)
     from .model import ModelConfig
     from .train import TrainConfig, check_config
 
@@ -160,6 +179,8 @@ where there is a scaler). Notes on suspicious shapes go to stderr.
 def export_main(model, output, scaler, features, targets, window, carry_state, atol, opset,
                 state_slots, steps, no_check, triton_dir):
     """Export MODEL (.keras or .h5) to a streaming ONNX file the runtime can step through."""
+    require_training("lstm-export", EXPORTING)
+    import runtime.device  # noqa: F401 - the check runs the graph: says which ONNX Runtime extra
     quiet_tensorflow()
     from .export import export
 
@@ -170,6 +191,6 @@ def export_main(model, output, scaler, features, targets, window, carry_state, a
         click.echo(f"note: {note}", err=True)
     click.echo(report.summary())
     if triton_dir is not None:
-        from .triton import write_repository
+        from integrations.triton.repository import write_repository
 
         click.echo(write_repository(report.path, triton_dir).summary())

@@ -15,7 +15,11 @@ sensor id), so Triton carries per-sensor state the way :class:`runtime.Stream` d
   (``stateful``). A request carries exactly one reading; ``warmup`` says the window has not
   filled yet, and ``y`` is NaN then, as the runtime gives None.
 
-Imports onnx and numpy only (no TensorFlow): ``lstm-triton`` works on any exported file.
+Imports onnx, numpy and the runtime only (no TensorFlow, nothing of the trainer): ``lstm-triton``
+works on a runtime install with the ``[triton]`` extra. Before writing, the exported file is
+loaded as ``lstm-run`` loads it (:func:`runtime.load`), so what ``lstm-run`` refuses (a
+custom-op domain, a broken contract) is refused here too, and the graph written is loaded by
+ONNX Runtime as Triton's backend will load it.
 Triton's schema: ``model_config.proto`` (triton-inference-server/common); the checks in
 :func:`check_served` follow what the ONNX Runtime backend and the sequence batcher validate
 at load (state dims without the batch axis, one zero ``initial_state`` with a name, every
@@ -36,30 +40,17 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from runtime.contract import PREFIX, X, Y, ModelInfo, derive_state
-from .errors import ExportError
-from .export import write_atomically as _write
+from runtime.errors import LstmEdgeError
+
+from . import INSTANCE_KINDS, TritonError, TritonOptions
 
 TRITON_KEY = PREFIX + "triton"     # metadata of a Triton variant graph (docs/contract.md)
 WINDOW_IN, WINDOW_OUT = "in_window", "out_window"
 COUNT_IN, COUNT_OUT = "in_count", "out_count"
 WARMUP = "warmup"
-INSTANCE_KINDS = {"auto": None, "gpu": "KIND_GPU", "cpu": "KIND_CPU"}
 _TRITON_TYPES = {TensorProto.FLOAT: "TYPE_FP32", TensorProto.INT64: "TYPE_INT64",
                  TensorProto.INT32: "TYPE_INT32", TensorProto.BOOL: "TYPE_BOOL"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-
-
-@dataclass
-class TritonOptions:
-    """How Triton batches and keeps the sequences; every default is a sensible start."""
-
-    name: str | None = None              # model folder name; default the ONNX file's stem
-    max_batch_size: int = 256            # most requests (sensors' readings) run in one call
-    max_candidate_sequences: int = 4096  # sensors one instance serves at once; more wait
-    max_queue_delay_us: int = 500        # how long a reading may wait for others to batch with
-    idle_seconds: float = 7200.0         # a sensor silent this long loses its state
-    instance_kind: str = "auto"          # "auto" (Triton decides), "gpu" or "cpu"
-    instances: int = 1                   # model instances (per GPU for "gpu")
 
 
 @dataclass
@@ -118,13 +109,13 @@ def read_model(model) -> tuple[onnx.ModelProto, ModelInfo]:
             proto = (onnx.load_from_string(bytes(model)) if isinstance(model, (bytes, bytearray))
                      else onnx.load(str(model)))
         except Exception as exc:  # noqa: BLE001 - onnx raises DecodeError, OSError, ...
-            raise ExportError(f"{model}: cannot be read as an ONNX file ({type(exc).__name__}); "
+            raise TritonError(f"{model}: cannot be read as an ONNX file ({type(exc).__name__}); "
                               f"give a file written by lstm-export") from None
     props = {p.key: p.value for p in proto.metadata_props}
     try:
         info = ModelInfo.from_metadata(props)
     except ValueError as exc:
-        raise ExportError(str(exc)) from None
+        raise TritonError(str(exc)) from None
     if not info.state and TRITON_KEY not in props:
         shapes = {v.name: _dims(v) for v in proto.graph.input}
         info = dataclasses.replace(info, state=derive_state(shapes))
@@ -153,7 +144,7 @@ def _refuse_unsupported(info: ModelInfo) -> None:
                         f"reading, Triton would; drop masked readings in the client and serve "
                         f"with lstm-run, or retrain without Masking")
     if problems:
-        raise ExportError("this model cannot be served by Triton as exported: "
+        raise TritonError("this model cannot be served by Triton as exported: "
                           + "; ".join(problems))
 
 
@@ -194,7 +185,7 @@ def window_variant(proto: onnx.ModelProto, info: ModelInfo) -> onnx.ModelProto:
     """
     kinds = {s.kind for s in info.state} - {"lstm", "gru", "rnn"}
     if kinds:
-        raise ExportError(f"the {info.streaming_mode} mode needs a Triton variant graph, which "
+        raise TritonError(f"the {info.streaming_mode} mode needs a Triton variant graph, which "
                           f"is built for LSTM/GRU/RNN state only, and this file also carries "
                           f"{', '.join(sorted(kinds))} state; re-export it in sequence mode "
                           f"(lstm-export --window 1 --carry-state) to serve it with Triton")
@@ -203,7 +194,7 @@ def window_variant(proto: onnx.ModelProto, info: ModelInfo) -> onnx.ModelProto:
     inputs = {v.name: v for v in graph.input}
     outputs = {v.name: v for v in graph.output}
     if X not in inputs or Y not in outputs:
-        raise ExportError(f"the graph has no input {X!r} or no output {Y!r}: give a file "
+        raise TritonError(f"the graph has no input {X!r} or no output {Y!r}: give a file "
                           f"written by lstm-export")
     p = _prefix(graph)
     x = inputs[X]
@@ -293,7 +284,7 @@ def window_variant(proto: onnx.ModelProto, info: ModelInfo) -> onnx.ModelProto:
     try:
         onnx.checker.check_model(model, full_check=True)
     except Exception as exc:  # noqa: BLE001 - onnx raises several types
-        raise ExportError(f"the Triton variant graph fails onnx.checker ({exc}); this is a bug "
+        raise TritonError(f"the Triton variant graph fails onnx.checker ({exc}); this is a bug "
                           f"in lstm-triton, please report it with the model") from None
     return model
 
@@ -366,7 +357,7 @@ def config_text(name: str, proto: onnx.ModelProto, served: Served, options: Trit
 def _triton_type(value) -> str:
     elem = _elem(value)
     if elem not in _TRITON_TYPES:
-        raise ExportError(f"tensor {value.name!r} is "
+        raise TritonError(f"tensor {value.name!r} is "
                           f"{helper.tensor_dtype_to_np_dtype(elem).name}, which the generator "
                           f"does not map to a Triton type; re-export with lstm-export")
     return _TRITON_TYPES[elem]
@@ -408,10 +399,47 @@ def check_served(proto: onnx.ModelProto, served: Served, options: TritonOptions)
         problems.append(f"instance kind must be one of {', '.join(INSTANCE_KINDS)}, "
                         f"got {options.instance_kind!r}")
     if problems:
-        raise ExportError("the Triton repository would not load: " + "; ".join(problems))
+        raise TritonError("the Triton repository would not load: " + "; ".join(problems))
+
+
+def _check_loads(proto: onnx.ModelProto, served_proto: onnx.ModelProto, source: str) -> None:
+    """Refuse what ``lstm-run`` refuses, and a served graph ONNX Runtime cannot load.
+
+    The exported file goes through :func:`runtime.load`, the loader ``lstm-run`` uses (a
+    custom-op domain, a broken contract: the same one line); a Triton variant graph is then
+    loaded by ONNX Runtime itself, as Triton's backend will load ``1/model.onnx``.
+    """
+    import runtime
+    from runtime.device import ORT_ERRORS, ort      # a one-line error where ORT is missing
+
+    if served_proto is not proto or TRITON_KEY not in {p.key for p in proto.metadata_props}:
+        try:
+            runtime.load(proto.SerializeToString(), device="cpu")
+        except LstmEdgeError as exc:
+            raise TritonError(f"{source}: lstm-run refuses this file, so it is not served "
+                              f"either: {exc}") from None
+    if served_proto is not proto:
+        try:
+            ort.InferenceSession(served_proto.SerializeToString(),
+                                 providers=["CPUExecutionProvider"])
+        except ORT_ERRORS as exc:
+            raise TritonError(f"the Triton variant of {source} does not load in ONNX Runtime "
+                              f"({str(exc).splitlines()[0]}); this is a bug: report it with "
+                              f"the file") from None
 
 
 # --------------------------------------------------------------------------- writing
+
+def _write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file beside it and a rename."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        temporary.write_bytes(data)
+        os.replace(temporary, path)
+    except OSError as exc:
+        raise TritonError(f"{path}: cannot be written ({exc.strerror or exc})") from None
+
 
 def write_repository(model, directory, options: TritonOptions | None = None) -> TritonReport:
     """Write ``DIR/<name>/config.pbtxt`` and ``DIR/<name>/1/model.onnx`` for an exported file.
@@ -424,7 +452,7 @@ def write_repository(model, directory, options: TritonOptions | None = None) -> 
 
     Raises
     ------
-    ExportError : the file cannot be read, or cannot be served as it is (the message says
+    TritonError : the file cannot be read, or cannot be served as it is (the message says
         what to re-export).
     """
     options = options or TritonOptions()
@@ -433,10 +461,11 @@ def write_repository(model, directory, options: TritonOptions | None = None) -> 
     name = options.name or (Path(model).stem if isinstance(model, (str, os.PathLike))
                             else "lstm")
     if not _NAME.match(name):
-        raise ExportError(f"model name {name!r} is not a plain folder name; pass --name "
+        raise TritonError(f"model name {name!r} is not a plain folder name; pass --name "
                           f"with letters, digits, '_', '-' or '.'")
     served_proto, served = serving_graph(proto, info)
     check_served(served_proto, served, options)
+    _check_loads(proto, served_proto, source)
     text = config_text(name, served_proto, served, options, source)
     folder = Path(directory) / name
     _write(folder / "1" / "model.onnx", served_proto.SerializeToString())

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import click
 
 from runtime.cli import reports_errors
+from runtime.errors import MissingExtra
+
+from . import TritonOptions
 
 
 TRITON_EXAMPLES = """
@@ -23,9 +28,7 @@ one reading per request, 'warmup' true (and y NaN) until the window has filled.
 """
 
 
-def _defaults():
-    from .triton import TritonOptions
-
+def _defaults() -> TritonOptions:
     return TritonOptions()
 
 
@@ -58,7 +61,10 @@ def _defaults():
 def triton_main(model, directory, name, max_batch_size, max_candidate_sequences,
                 max_queue_delay_us, idle_seconds, instance_kind, instances):
     """Write a Triton model repository for MODEL, an ONNX file written by lstm-export."""
-    from .triton import TritonOptions, write_repository
+    if importlib.util.find_spec("onnx") is None:
+        raise MissingExtra("lstm-triton needs the ONNX package to write the graph Triton "
+                           "serves: pip install 'lstm-edge[triton]' beside your [cpu] or [gpu]")
+    from .repository import write_repository
 
     options = TritonOptions(name=name, max_batch_size=max_batch_size,
                             max_candidate_sequences=max_candidate_sequences,
