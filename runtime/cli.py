@@ -71,10 +71,17 @@ Exit codes:
        model that fails inside ONNX Runtime, or an unwritable output
   3    the input is empty (no lines, only blank lines, or a header
        and no readings)
+  75   --endless and the input ended (the feed died): answers flushed,
+       --state saved; a supervisor restarts it (systemd Restart=on-failure)
   130  SIGINT, 143 SIGTERM: answers flushed and --state saved first
   141  the reader of the output went away (broken pipe); --state saved
        for the answers delivered
+  SIGHUP ends nothing: answers flushed, --state saved, then the -o file
+  reopened (log rotation by rename; -o files are written in append mode,
+  so copytruncate works too)
 """
+
+ENDLESS_EXIT = 75    # sysexits' EX_TEMPFAIL: the feed ended, try again (a supervisor restarts)
 
 
 def reports_errors(func):
@@ -229,7 +236,15 @@ def _checked(parity: dict) -> str:
               help="Read this file instead of stdin.")
 @click.option("-o", "--output", default="-", show_default=True,
               type=click.Path(dir_okay=False, writable=True, allow_dash=True),
-              help="Write to this file instead of stdout.")
+              help="Write to this file instead of stdout (emptied first, unless --append). "
+                   "SIGHUP reopens it, for log rotation.")
+@click.option("--append", is_flag=True,
+              help="Add to the -o file instead of emptying it: a restarted service keeps the "
+                   "answers of its earlier runs.")
+@click.option("--endless", is_flag=True,
+              help=f"The input is a feed that should never end: its end is a failure, exit "
+                   f"code {ENDLESS_EXIT} (answers flushed, --state saved), so that a "
+                   f"supervisor restarts lstm-run.")
 @click.option("--format", "format_", type=click.Choice(FORMATS), default="auto",
               show_default=True,
               help="Input format; auto: a first line '{' is JSONL, all numbers (or an ISO "
@@ -280,7 +295,7 @@ def _checked(parity: dict) -> str:
 @click.option("--strict", is_flag=True, help="Stop at the first bad line, with exit code 1.")
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads for the model.")
 @reports_errors
-def main(model, info, stream, input_, output, format_, stream_column, columns, reset_column,
+def main(model, info, stream, input_, output, append, endless, format_, stream_column, columns, reset_column,
          progress, idle_timeout, max_streams, device, window, carry_state, missing, state,
          save_every, save_interval, strict, threads):
     """Run MODEL.onnx (exported by lstm-export) over sensor lines, one answer per line.
@@ -290,6 +305,8 @@ def main(model, info, stream, input_, output, format_, stream_column, columns, r
       sensor-reader | lstm-run model.onnx --stream --stream-column sensor
       lstm-run model.onnx --info
     """
+    if append and output == "-":
+        raise click.UsageError("--append needs -o FILE")
     if save_every and state is None:
         raise click.UsageError("--save-every needs --state FILE")
     if "-" not in (input_, output) and Path(output).exists() \
@@ -309,7 +326,8 @@ def main(model, info, stream, input_, output, format_, stream_column, columns, r
     if progress is None:
         progress = stream and sys.stderr.isatty()
     run(loaded, config, input_, output, stream,
-        progress=Progress(state=state is not None) if progress else None)
+        progress=Progress(state=state is not None) if progress else None,
+        append=append, endless=endless)
 
 
 def _column_names(text: str | None) -> tuple[str, ...] | None:
@@ -325,24 +343,34 @@ def _column_names(text: str | None) -> tuple[str, ...] | None:
 
 
 def run(model, config: "ServeConfig", input_: str, output: str, stream: bool,
-        progress: Progress | None = None) -> None:
+        progress: Progress | None = None, append: bool = False, endless: bool = False) -> None:
     """Open the input and output, serve, and map the ways a run ends to exit codes.
 
     Whatever ends the run, the answers written are out before the state is saved, and the
     saved state counts no answer that was not delivered (see :func:`runtime.serve.serve`).
+    ``append`` keeps what the output file holds; ``endless`` makes the end of the input a
+    failure (:data:`ENDLESS_EXIT`).
     """
     from .serve import EmptyInput, StrictStop, serve
 
     code, failure = 0, cast("LstmEdgeError | None", None)
     warn = progress.warn if progress else _warn
     with Signals() as signals:
-        out = Output(output, signals)
+        out = Output(output, signals, append=append)
         fd = 0 if input_ == "-" else os.open(input_, os.O_RDONLY)
         reader = LineReader(fd, block=1 << 16, gather=not stream, signals=signals)
+
+        def reopened() -> None:
+            where = f"{out.path} reopened" if out.reopen() else "stdout kept"
+            warn(f"SIGHUP: answers flushed, {'state saved, ' if config.state else ''}{where}")
+
         try:
-            server = serve(model, config, reader, out.write, warn=warn, progress=progress)
+            server = serve(model, config, reader, out.write, warn=warn, progress=progress,
+                           hangup=reopened)
             if server.errors:
                 warn(f"{server.errors} of {server.lines} lines were refused (see above)")
+            if endless:
+                code = ENDLESS_EXIT
         except Interrupted as exc:
             code = 128 + exc.signum
         except OutputStalled:
@@ -352,7 +380,9 @@ def run(model, config: "ServeConfig", input_: str, output: str, stream: bool,
         except BrokenPipeError:
             out.lost()       # the answers cannot go anywhere; the delivered state was saved
             code = 141
-        except (StrictStop, EmptyInput) as exc:
+        except EmptyInput as exc:
+            code, failure = (ENDLESS_EXIT, None) if endless else (exc.exit_code, exc)
+        except StrictStop as exc:
             code, failure = exc.exit_code, exc
         except LstmEdgeError as exc:
             code, failure = exc.exit_code, exc
@@ -362,6 +392,9 @@ def run(model, config: "ServeConfig", input_: str, output: str, stream: bool,
             out.close()
     if failure is not None:
         click.echo(f"Error: {failure}", err=True)
+    elif code == ENDLESS_EXIT:
+        _warn(f"the input ended, and --endless says it never should: exit {ENDLESS_EXIT} "
+              f"(answers flushed{', state saved' if config.state else ''}) for a restart")
     sys.exit(code)
 
 

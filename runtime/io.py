@@ -2,9 +2,10 @@
 
 :class:`LineReader` cuts a file descriptor into batches of lines *as they arrive*: it never
 holds a complete line back waiting for more. :class:`Output` hands every byte of a batch's
-answers to the OS before it returns. :class:`Signals` turns SIGINT/SIGTERM into a flag and a
-wake-up pipe, so that a reader blocked on a quiet sensor, or a writer waiting on a slow
-reader, sees the signal at once. The rule these serve ("answers first, then the state that
+answers to the OS before it returns, and reopens its file for log rotation. :class:`Signals`
+turns SIGINT/SIGTERM into a flag and a wake-up pipe, so that a reader blocked on a quiet
+sensor, or a writer waiting on a slow reader, sees the signal at once; SIGHUP runs a hook
+between batches instead (``lstm-run``: save the state, reopen ``-o``). The rule these serve ("answers first, then the state that
 counts them") is :func:`runtime.serve.serve`'s.
 
 >>> r, w = os.pipe()
@@ -20,7 +21,7 @@ import select
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from . import lines as fmt
@@ -40,16 +41,23 @@ class Interrupted(Exception):
 
 # ---- reading ---------------------------------------------------------------------------
 
+HANGUP = getattr(signal, "SIGHUP", None)     # none on Windows
+
+
 class Signals:
     """SIGINT/SIGTERM as a flag, plus a pipe that wakes :class:`LineReader` out of select.
 
     The handler only records the signal: a model call or a snapshot being written is never
     cut in half. The reader checks the flag between reads, and the wake-up pipe
     (``signal.set_wakeup_fd``) makes sure a reader blocked on a quiet sensor sees it at once.
+    SIGHUP ends nothing: :meth:`check` runs ``on_hangup`` (once for any number of SIGHUPs
+    that came since the last check) at the same safe points, where no batch is half answered.
     """
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        self.hangups = 0                 # SIGHUPs not yet handled
+        self.on_hangup: Callable[[], None] | None = None   # what a SIGHUP does, set by serve()
         self._pipe = os.pipe()
         self._wake_r: int | None = self._pipe[0]
         self._wake_w = self._pipe[1]
@@ -58,8 +66,9 @@ class Signals:
         self._old: dict[int, Any] = {}     # signal -> the handler it had
 
     def __enter__(self) -> "Signals":
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self._old[sig] = signal.signal(sig, self._handle)
+        for sig in (signal.SIGINT, signal.SIGTERM, HANGUP):
+            if sig is not None:
+                self._old[sig] = signal.signal(sig, self._handle)
         try:
             self._old_fd = signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
         except ValueError:      # Windows takes sockets only: signals then wait for a line
@@ -75,7 +84,10 @@ class Signals:
         os.close(self._pipe[1])
 
     def _handle(self, signum, frame) -> None:
-        self.signum = signum
+        if signum == HANGUP:
+            self.hangups += 1
+        else:
+            self.signum = signum
 
     @property
     def wake_fd(self) -> int | None:
@@ -83,7 +95,10 @@ class Signals:
         return self._wake_r
 
     def check(self) -> None:
-        """Raise :class:`Interrupted` if a signal has arrived."""
+        """Run ``on_hangup`` if SIGHUP came; raise :class:`Interrupted` if SIGINT/SIGTERM did."""
+        if self.hangups and self.on_hangup is not None:
+            self.hangups = 0
+            self.on_hangup()
         if self.signum is not None:
             raise Interrupted(self.signum)
 
@@ -177,11 +192,17 @@ class Output:
     goes through ``select`` with the signal wake-up pipe, so SIGINT/SIGTERM is seen while a
     reader is slow; from then on the reader has ``GRACE`` seconds to take what is left,
     and after that the batch counts as not delivered (:class:`OutputStalled`).
+
+
+    A file is opened with ``O_APPEND``, so every write lands at its current end: after
+    logrotate's ``copytruncate`` the answers go on at the start of the emptied file instead
+    of at the old offset behind a hole of NUL bytes. ``append`` keeps what the file holds
+    (a restarted service); otherwise it is emptied first. :meth:`reopen` follows a rename.
     """
 
     GRACE = 2.0     # seconds a reader gets, after a signal, to take the rest of a batch
 
-    def __init__(self, path: str, signals: Signals | None = None):
+    def __init__(self, path: str, signals: Signals | None = None, append: bool = False):
         self.to_stdout = path == "-"
         self.signals = signals
         self.deadline: float | None = None
@@ -196,8 +217,7 @@ class Output:
                 else:
                     os.fstat(self.fd)
             else:
-                self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC
-                                  | getattr(os, "O_BINARY", 0), 0o666)
+                self.fd = self._open(path, truncate=not append)
         except OSError as exc:
             raise OutputError(f"cannot write {'stdout' if self.to_stdout else path}: "
                               f"{exc.strerror or exc}; check that it is open and writable") \
@@ -245,6 +265,29 @@ class Output:
         if left <= 0 or not select.select([], [self.fd], [], left)[1]:
             raise OutputStalled()
         return select.PIPE_BUF      # fits in a pipe that select called writable
+
+    @staticmethod
+    def _open(path: str, truncate: bool) -> int:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_BINARY", 0)
+        return os.open(path, flags | (os.O_TRUNC if truncate else 0), 0o666)
+
+    def reopen(self) -> bool:
+        """Write to the ``-o`` path afresh (log rotation); False where the output is stdout.
+
+        A file renamed away is closed and a new one created at the path; a file still there
+        (``copytruncate``) is appended to, never emptied. Call it between batches.
+        """
+        if self.to_stdout:
+            return False
+        try:
+            fd = self._open(self.path, truncate=False)
+        except OSError as exc:
+            raise OutputError(f"cannot reopen {self.path} after SIGHUP: {exc.strerror or exc}; "
+                              f"the answers before it are in the file it had, and the state "
+                              f"counts them") from None
+        os.close(self.fd)
+        self.fd = fd
+        return True
 
     def close(self) -> None:
         if not self.to_stdout:

@@ -8,6 +8,7 @@ in input order. A bad line becomes an error record and leaves every stream as it
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections import OrderedDict
@@ -353,8 +354,16 @@ def _runs(records: list[fmt.Record]) -> list[list[fmt.Record]]:
     return runs
 
 
+def _hangup(server: Server, then) -> None:
+    """SIGHUP: the answers so far are out (this runs between batches); save the state that
+    counts them, then let the caller reopen its output."""
+    server.save_state()
+    if then is not None:
+        then()
+
+
 def serve(model, config: ServeConfig, reader: LineReader, write, *, warn=None,
-          progress=None) -> Server:
+          progress=None, hangup=None) -> Server:
     """Run ``reader``'s lines through ``model`` and ``write`` one answer per line.
 
     ``write(lines)`` gets each batch's output lines (without newlines) and must have handed
@@ -362,6 +371,8 @@ def serve(model, config: ServeConfig, reader: LineReader, write, *, warn=None,
     batch whose ``write`` raised is left out of it, so a crash or a reader that goes away can
     repeat a line's answer on restart but never lose one. ``warn(message)`` gets the per-line complaints.
     ``progress(server)``, where given, is called after every batch (see :mod:`runtime.progress`).
+    At SIGHUP (with ``reader.signals``), between batches, the state is saved and then
+    ``hangup()`` is called (``lstm-run`` reopens ``-o`` there, for log rotation).
 
     Raises
     ------
@@ -372,6 +383,8 @@ def serve(model, config: ServeConfig, reader: LineReader, write, *, warn=None,
     """
     server = Server(model, config, warn=warn)
     server.load_state()
+    if reader.signals is not None:
+        reader.signals.on_hangup = functools.partial(_hangup, server, hangup)
     try:
         for batch in reader.batches():
             try:
