@@ -39,4 +39,5 @@ def __getattr__(name: str):
 
 __all__ = ["ModelInfo", "StateSpec", "ContractError", "DeviceError", "InputError",
            "LstmEdgeError", "MissingExtra", "RunError", "ShapeError", "SnapshotError",
-           "check_shape", "shape_problem", "load", "Model", "Stream", "Snapshot", "save_snapshots", "load_snapshots"]
+           "check_shape", "shape_problem", "load", "Model", "Stream", "Snapshot",
+           "save_snapshots", "load_snapshots"]

@@ -295,9 +295,9 @@ def _checked(parity: dict) -> str:
 @click.option("--strict", is_flag=True, help="Stop at the first bad line, with exit code 1.")
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads for the model.")
 @reports_errors
-def main(model, info, stream, input_, output, append, endless, format_, stream_column, columns, reset_column,
-         progress, idle_timeout, max_streams, device, window, carry_state, missing, state,
-         save_every, save_interval, strict, threads):
+def main(model, info, stream, input_, output, append, endless, format_, stream_column, columns,
+         reset_column, progress, idle_timeout, max_streams, device, window, carry_state, missing,
+         state, save_every, save_interval, strict, threads):
     """Run MODEL.onnx (exported by lstm-export) over sensor lines, one answer per line.
 
     \b

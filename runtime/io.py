@@ -5,8 +5,8 @@ holds a complete line back waiting for more. :class:`Output` hands every byte of
 answers to the OS before it returns, and reopens its file for log rotation. :class:`Signals`
 turns SIGINT/SIGTERM into a flag and a wake-up pipe, so that a reader blocked on a quiet
 sensor, or a writer waiting on a slow reader, sees the signal at once; SIGHUP runs a hook
-between batches instead (``lstm-run``: save the state, reopen ``-o``). The rule these serve ("answers first, then the state that
-counts them") is :func:`runtime.serve.serve`'s.
+between batches instead (``lstm-run``: save the state, reopen ``-o``). The rule these serve
+("answers first, then the state that counts them") is :func:`runtime.serve.serve`'s.
 
 >>> r, w = os.pipe()
 >>> _ = os.write(w, b"a,1\\nb,2\\npartial"); os.close(w)

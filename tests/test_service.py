@@ -31,7 +31,8 @@ MODEL = ROOT / "exported" / "water-flow.onnx"
 UNIT = ROOT / "examples" / "lstm-run.service"
 FLOW = "Water flow [l/s]"
 ENDLESS_EXIT = 75
-UNBUFFERED = pytest.mark.parametrize("unbuffered", ["1", None], ids=["PYTHONUNBUFFERED", "buffered"])
+UNBUFFERED = pytest.mark.parametrize("unbuffered", ["1", None],
+                                     ids=["PYTHONUNBUFFERED", "buffered"])
 
 
 def readings(first: int, last: int) -> list[bytes]:
