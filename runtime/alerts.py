@@ -13,7 +13,8 @@ absolute change of the target over its last ``readings`` differences, never belo
 ``floor``: the normalised nonconformity score of locally-weighted conformal prediction
 (Papadopoulos et al. 2008, "Normalized nonconformity measures for regression conformal
 prediction"), so that intervals widen on volatile stretches. A stream has fewer
-differences at its start and uses those it has (none: ``floor``); :func:`local_spread` is
+differences at its start: the missing ones count as ``prior``, the calibration rows' mean
+absolute change, so a fresh stream starts from the typical width. :func:`local_spread` is
 the one definition, used by the trainer's calibration and by every stream.
 
 When the reading a forecast was for arrives (``horizon`` readings later; the stream keeps
@@ -31,8 +32,9 @@ read the same value ``stuck`` times in a row (a flat line fools a forecaster, wh
 forecast is that value again).
 
 >>> import numpy as np
->>> local_spread(np.array([[1.0], [3.0], [2.0], [2.0]]), readings=2, floor=np.array([0.1]))[:, 0]
-array([0.1, 2. , 1.5, 0.5])
+>>> local_spread(np.array([[1.0], [3.0], [2.0], [2.0]]), readings=2, floor=np.array([0.1]),
+...              prior=np.array([1.0]))[:, 0]
+array([1. , 1.5, 1.5, 0.5])
 """
 
 from __future__ import annotations
@@ -52,21 +54,20 @@ SCALES = ("none", "mean-abs-change")
 _MAGIC = b"LEA1"                     # alert state bytes, version 1
 
 
-def local_spread(values: np.ndarray, readings: int, floor: np.ndarray) -> np.ndarray:
+def local_spread(values: np.ndarray, readings: int, floor: np.ndarray,
+                 prior: np.ndarray) -> np.ndarray:
     """``(rows, targets)`` values -> ``(rows, targets)``: the spread after each row.
 
-    The mean of ``|v[t] - v[t-1]|`` over the last ``readings`` differences up to row ``t``
-    (fewer at the start: those there are), at least ``floor``; ``floor`` where there is none.
+    The mean of ``|v[t] - v[t-1]|`` over the last ``readings`` differences up to row ``t``,
+    those before the first row counting as ``prior``; at least ``floor``.
     """
     values = np.asarray(values, np.float64)
     diffs = np.abs(np.diff(values, axis=0))                        # (rows - 1, targets)
     total = np.concatenate((np.zeros((1, values.shape[1])), np.cumsum(diffs, axis=0)))
     rows = np.arange(len(values))
     start = np.maximum(rows - readings, 0)
-    count = (rows - start)[:, None]                                # differences in the mean
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = (total[rows] - total[start]) / count
-    mean = np.where(count > 0, mean, 0.0)
+    missing = (readings - (rows - start))[:, None]                 # differences not yet seen
+    mean = (total[rows] - total[start] + missing * prior) / readings
     return np.maximum(mean, floor)
 
 
@@ -79,6 +80,7 @@ class Intervals:
     scale: str = "none"
     readings: int = 0                # spread: differences averaged (scale mean-abs-change)
     floor: np.ndarray | None = None  # (targets,) the spread's lower bound
+    prior: np.ndarray | None = None  # (targets,) a fresh stream's spread
     target_features: tuple = ()      # input column of each target, None where it is none
     n: int = 0
     source: str = ""
@@ -98,7 +100,8 @@ class Intervals:
             scale = str(d.get("scale", "none"))
             spread = d.get("spread") or {}
             floor = np.asarray(spread["floor"], np.float64) if scale != "none" else None
-            found = cls(levels, q, scale, int(spread.get("readings", 0)), floor,
+            prior = np.asarray(spread["prior"], np.float64) if scale != "none" else None
+            found = cls(levels, q, scale, int(spread.get("readings", 0)), floor, prior,
                         tuple(d.get("target_features") or [None] * n_outputs),
                         int(d.get("n", 0)), str(d.get("source", "")))
         except (ValueError, TypeError, KeyError) as exc:
@@ -125,9 +128,11 @@ class Intervals:
             problems.append(f"target_features must name one input column per output, got "
                             f"{len(self.target_features)} for {n_outputs}")
         if self.scale != "none":
-            if self.readings < 1 or self.floor is None or self.floor.shape != (n_outputs,) \
-                    or not (self.floor > 0).all():
-                problems.append("spread needs readings >= 1 and one floor > 0 per output")
+            if self.readings < 1 or self.floor is None or self.prior is None \
+                    or self.floor.shape != (n_outputs,) or self.prior.shape != (n_outputs,) \
+                    or not ((self.floor > 0).all() and np.isfinite(self.prior).all()):
+                problems.append("spread needs readings >= 1 and one floor > 0 and one finite "
+                                "prior per output")
             if None in self.target_features:
                 problems.append("a scaled interval needs every target among the features")
         return problems
@@ -180,6 +185,7 @@ class AlertState:
     calm: int = 0         # readings in a row inside, while an alert stands
     alerting: bool = False
     same: int = 0         # readings in a row with the same target values
+    steps: int = 0        # the stream's step count at the last reading observed (lstm-run)
 
     def to_bytes(self) -> bytes:
         """A versioned byte string (the stream state's ``alerts`` section)."""
@@ -187,7 +193,7 @@ class AlertState:
             "pending": [None if p is None else [p[0].tolist(), p[1].tolist()]
                         for p in self.pending],
             "recent": [r.tolist() for r in self.recent],
-            "counters": [self.run, self.calm, int(self.alerting), self.same]})
+            "counters": [self.run, self.calm, int(self.alerting), self.same, self.steps]})
         return _MAGIC + struct.pack("<I", len(body)) + body.encode()
 
     @classmethod
@@ -200,12 +206,12 @@ class AlertState:
             pending = deque(None if p is None else (np.asarray(p[0], np.float64),
                                                     np.asarray(p[1], np.float64))
                             for p in d["pending"])
-            run, calm, alerting, same = (int(v) for v in d["counters"])
+            run, calm, alerting, same, steps = (int(v) for v in d["counters"])
             recent = [np.asarray(r, np.float64) for r in d["recent"]]
         except (ValueError, TypeError, KeyError, struct.error, UnicodeDecodeError) as exc:
             raise SnapshotError(f"the stream's alert state cannot be read ({exc}); start "
                                 f"the stream afresh") from None
-        return cls(pending, recent, run, calm, bool(alerting), same)
+        return cls(pending, recent, run, calm, bool(alerting), same, steps)
 
 
 class Alerts:
@@ -235,7 +241,8 @@ class Alerts:
         iv = self.intervals
         if iv.scale == "none":
             return np.ones(len(self.q))
-        return local_spread(np.stack(state.recent), iv.readings, iv.floor)[-1]
+        assert iv.floor is not None and iv.prior is not None    # checked by parse
+        return local_spread(np.stack(state.recent), iv.readings, iv.floor, iv.prior)[-1]
 
     def observe(self, state: AlertState, reading: np.ndarray, pred) -> Answer:
         """One reading the stream fed, and its prediction (None or NaN while warming up)."""

@@ -16,6 +16,7 @@ from typing import cast
 
 import click
 
+from .alerts import AlertConfig
 from .errors import LstmEdgeError
 from .lines import FORMATS, MAX_LINE
 from .progress import Progress
@@ -275,12 +276,23 @@ def _checked(parity: dict) -> str:
               help="Also save --state when this long has passed since the last save and a "
                    "sensor changed (0: only --save-every and exit). Bounds both what a "
                    "kill -9 loses and what SIGTERM still has to write.")
+@click.option("--interval", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              metavar="LEVEL", help="Add lo_/hi_<target> (the calibrated interval at LEVEL, "
+              "e.g. 0.9), anomaly, score and alert columns (README, Alerts).")
+@click.option("--min-run", type=click.IntRange(min=1), default=1, show_default=True,
+              metavar="N", help="--interval: N readings in a row outside raise an alert.")
+@click.option("--hold-off", type=click.IntRange(min=0), default=3, show_default=True,
+              metavar="N", help="--interval: no new alert until N readings in a row fell "
+              "inside (one bad stretch, one alert).")
+@click.option("--stuck", type=click.IntRange(min=0), default=0, show_default=True,
+              metavar="N", help="--interval: the same target value N times in a row raises "
+              "a 'stuck' alert (0: off).")
 @click.option("--strict", is_flag=True, help="Stop at the first bad line, with exit code 1.")
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads for the model.")
 @reports_errors
 def main(model, info, stream, input_, output, format_, stream_column, columns, reset_column,
          progress, idle_timeout, max_streams, device, window, carry_state, missing, state,
-         save_every, save_interval, strict, threads):
+         save_every, save_interval, interval, min_run, hold_off, stuck, strict, threads):
     """Run MODEL.onnx (exported by lstm-export) over sensor lines, one answer per line.
 
     \b
@@ -301,7 +313,9 @@ def main(model, info, stream, input_, output, format_, stream_column, columns, r
     config = ServeConfig(format=format_, stream_column=stream_column, strict=strict,
                          idle_timeout=idle_timeout, max_streams=max_streams, state=state,
                          save_every=save_every, save_interval=save_interval,
-                         columns=_column_names(columns), reset_column=reset_column)
+                         columns=_column_names(columns), reset_column=reset_column,
+                         alerts=None if interval is None else
+                         AlertConfig(interval, min_run, hold_off, stuck))
     if progress is None:
         progress = stream and sys.stderr.isatty()
     run(loaded, config, input_, output, stream,

@@ -56,7 +56,14 @@ def spread_rule(y_rows: np.ndarray, readings: int = SPREAD_READINGS) -> dict:
     """The spread's parameters, its floor taken from ``y_rows`` ``(rows, targets)``."""
     mean_change = np.abs(np.diff(y_rows, axis=0)).mean(axis=0)     # (targets,)
     floor = np.where(mean_change > 0, FLOOR_SHARE * mean_change, 1e-6)
-    return {"readings": int(readings), "floor": floor.tolist()}
+    return {"readings": int(readings), "floor": floor.tolist(), "prior": mean_change.tolist()}
+
+
+def spread_of(iv: dict, y: np.ndarray) -> np.ndarray:
+    """``(rows, targets)``: the local spread of ``iv`` after each row of ``y``."""
+    rule = iv["spread"]
+    return local_spread(y, rule["readings"], np.asarray(rule["floor"]),
+                        np.asarray(rule["prior"]))
 
 
 def intervals(y: np.ndarray, pred: np.ndarray, last: np.ndarray, horizon: int,
@@ -65,7 +72,8 @@ def intervals(y: np.ndarray, pred: np.ndarray, last: np.ndarray, horizon: int,
     """``lstm_edge.intervals`` for forecasts ``pred`` ``(steps, targets)`` of rows
     ``last + horizon`` of the target series ``y`` ``(rows, targets)``.
 
-    ``floor_rows``: the rows whose mean change sets the spread's floor (the training rows).
+    ``floor_rows``: the rows whose mean change sets the spread's prior and floor (the
+    training rows).
     The spread is local only where every target is a feature (a stream must read it).
     """
     if None in target_features:
@@ -74,8 +82,7 @@ def intervals(y: np.ndarray, pred: np.ndarray, last: np.ndarray, horizon: int,
     spread = None
     if scale != "none":
         out["spread"] = spread_rule(floor_rows)
-        spread = local_spread(y, out["spread"]["readings"],
-                              np.asarray(out["spread"]["floor"]))[last]   # (steps, targets)
+        spread = spread_of(out, y)[last]                            # (steps, targets)
     out.update(calibrate(y[last + horizon], pred, spread))
     out.update(target_features=list(target_features), source=source)
     return out
@@ -86,8 +93,7 @@ def coverage(iv: dict, y: np.ndarray, pred: np.ndarray, last: np.ndarray,
     """Per level: the share of rows ``last + horizon`` inside the interval, and mean width."""
     half_unit = np.ones_like(pred, np.float64)
     if iv["scale"] != "none":
-        half_unit = local_spread(y, iv["spread"]["readings"],
-                                 np.asarray(iv["spread"]["floor"]))[last]
+        half_unit = spread_of(iv, y)[last]
     truth = y[last + horizon]
     out = []
     for level, q in zip(iv["levels"], iv["q"]):

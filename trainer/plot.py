@@ -13,15 +13,14 @@ from .forecast import parse_time
 
 def band_90(intervals: dict, y: np.ndarray, last: np.ndarray):
     """The 90 % interval's half-width ``(steps, targets)`` at rows ``last``, if calibrated."""
-    from runtime.alerts import local_spread
+    from .calibrate import spread_of
 
     if 0.9 not in intervals["levels"]:
         return None
     q = np.asarray(intervals["q"][intervals["levels"].index(0.9)])
     if intervals["scale"] == "none":
         return np.broadcast_to(q, (len(last), len(q)))
-    spread = intervals["spread"]
-    return q * local_spread(y, spread["readings"], np.asarray(spread["floor"]))[last]
+    return q * spread_of(intervals, y)[last]
 
 
 def plot_test(path, sel, pred: np.ndarray, last: np.ndarray, horizon: int,
