@@ -99,8 +99,8 @@ class Intervals:
             q = np.asarray(d["q"], np.float64)
             scale = str(d.get("scale", "none"))
             spread = d.get("spread") or {}
-            floor = np.asarray(spread["floor"], np.float64) if scale != "none" else None
-            prior = np.asarray(spread["prior"], np.float64) if scale != "none" else None
+            floor = np.asarray(spread.get("floor", []), np.float64) if scale != "none" else None
+            prior = np.asarray(spread.get("prior", []), np.float64) if scale != "none" else None
             found = cls(levels, q, scale, int(spread.get("readings", 0)), floor, prior,
                         tuple(d.get("target_features") or [None] * n_outputs),
                         int(d.get("n", 0)), str(d.get("source", "")))
