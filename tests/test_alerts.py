@@ -230,3 +230,41 @@ def test_lstm_run_alerts_resume_with_state(tmp_path, readings):
 def test_lstm_run_refuses_a_model_without_intervals():
     _, err = run([WATER, "--interval", "0.9"], f"{TARGET}\n1.0\n".encode(), code=2)
     assert err.strip().splitlines()[-1].startswith("Error: the model has no calibrated")
+
+
+# ---- lstm-train and lstm-export ---------------------------------------------------------
+
+def test_train_reports_coverage_and_export_writes_the_intervals(tmp_path):
+    import subprocess
+    import sys
+
+    import onnx
+
+    bin_ = Path(sys.executable).parent
+
+    def tool(*args):
+        proc = subprocess.run([str(bin_ / args[0]), *map(str, args[1:])], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+        return proc.stdout
+
+    out = tool("lstm-train", ROOT / "data" / "water-flow.csv", "--target", TARGET, "--mode",
+               "sequence", "--look-back", 6, "--units", 4, "--epochs", 1, "--quiet",
+               "--plot", "tail.png", "-o", "m.keras")
+    side = json.loads((tmp_path / "m.lstm-edge.json").read_text())
+    iv, metrics = side["intervals"], side["metrics"]
+    assert iv["source"] == "validation" and iv["n"] == metrics["validation"]["steps"]
+    line = next(r for r in out.splitlines() if "test coverage" in r)
+    for figure in metrics["test"]["intervals"]:
+        assert f"{figure['level']:.0%} {figure['coverage'][0]:.1%}" in line
+    assert (tmp_path / "tail.png").stat().st_size > 0
+
+    tool("lstm-export", "m.keras", "-o", "m.onnx", "--no-check")
+    props = {p.key: p.value for p in onnx.load(str(tmp_path / "m.onnx")).metadata_props}
+    assert json.loads(props["lstm_edge.intervals"]) == iv
+    rows = (ROOT / "data" / "water-flow.csv").read_text().splitlines()
+    (tmp_path / "cal.csv").write_text("\n".join(rows[:1] + rows[889:1080]) + "\n")
+    assert "calibration CSV cal.csv" in tool("lstm-export", "m.keras", "-o", "c.onnx",
+                                             "--no-check", "--calibrate", "cal.csv")
+    props = {p.key: p.value for p in onnx.load(str(tmp_path / "c.onnx")).metadata_props}
+    assert json.loads(props["lstm_edge.intervals"])["n"] == 191 - 1   # readings - horizon

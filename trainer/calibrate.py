@@ -26,7 +26,7 @@ import numpy as np
 from runtime.alerts import local_spread
 
 LEVELS = (0.8, 0.9, 0.95, 0.99)
-SPREAD_READINGS = 24      # differences the local spread averages
+SPREAD_READINGS = 12      # differences the spread averages (bench/alerts.py: of 12, 24, 48)
 FLOOR_SHARE = 0.1         # the spread's floor: this share of the mean |change| of the rows
 
 
