@@ -214,6 +214,16 @@ class AlertState:
         return cls(pending, recent, run, calm, bool(alerting), same, steps)
 
 
+    def check(self, outputs: int, watched: int) -> None:
+        """Raise SnapshotError where the arrays do not fit a model of this many columns."""
+        fits = all(p is None or (p[0].shape == (outputs,) and p[1].shape == (outputs,))
+                   for p in self.pending) and all(r.shape == (watched,) for r in self.recent)
+        if not fits:
+            raise SnapshotError(f"the stream's alert state was saved for another model (not "
+                                f"{outputs} output(s) and {watched} watched column(s)); start "
+                                f"the stream's alerts afresh")
+
+
 class Alerts:
     """A model's intervals and an alert configuration: what every stream of it applies.
 
@@ -309,6 +319,7 @@ class Monitor:
         self.alerts = Alerts(stream.model, config)
         self.state = AlertState.from_bytes(state) if isinstance(state, bytes) \
             else state or AlertState()
+        self.state.check(len(self.alerts.q), len(self.alerts.watch))
 
     def step(self, reading) -> Answer | None:
         """Feed one reading; None where the stream did not feed it (skipped), else the answer."""

@@ -76,6 +76,8 @@ class StreamAlerts:
             self.states = {str(k): AlertState.from_bytes(base64.b64decode(v))
                            for k, v in found.items()}
             self.saved = {str(k): str(v) for k, v in found.items()}
+            for one in self.states.values():
+                one.check(len(self.alerts.q), len(self.alerts.watch))
         except (OSError, ValueError, TypeError, AttributeError) as exc:
             raise SnapshotError(f"{path}: the alert states cannot be read ({exc}); delete it "
                                 f"to start the alerts afresh") from None

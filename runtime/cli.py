@@ -39,6 +39,8 @@ Output (same format as the input, one line per input line):
   than the model's window) and for a reading skipped by --missing skip.
   One line is one reading: one time step's feature values (a Keras
   sample is a whole window; Model.predict in Python takes those).
+  --interval L adds lo_<target>, hi_<target>, anomaly, score and alert
+  after the predictions (README, Alerts).
 
 \b
 Headerless CSV: the model's features in its order; or an ISO date/time
@@ -177,6 +179,8 @@ def describe(model, path: Path, timed: bool = False) -> str:
         kind = f" ({info.scaler['kind']})" if "kind" in info.scaler else ""
         rows.append(("scaler", f"the {which} scaling{kind} is in the graph: raw values in, "
                                f"raw values out"))
+    if "intervals" in info.extra:
+        rows.append(("intervals", _intervals_row(model)))
     rows.append(("device", str(model.device)))
     if timed:
         from .timing import latency
@@ -185,6 +189,15 @@ def describe(model, path: Path, timed: bool = False) -> str:
                                 f"machine ({rate:,.0f} readings/s; median of {steps} steps)"))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def _intervals_row(model) -> str:
+    """What ``--interval`` can add: the levels, and where the calibration came from."""
+    from .alerts import Intervals
+    iv = Intervals.from_model(model)
+    assert iv is not None
+    return (f"calibrated at {', '.join(f'{v:g}' for v in iv.levels)} on {iv.n} rows "
+            f"({iv.source}; scale {iv.scale}): --interval LEVEL adds lo/hi, anomaly, score")
 
 
 def _streaming_rows(model) -> list[tuple[str, str]]:

@@ -22,6 +22,7 @@ no feature or stream key of a JSON object):
 - ``warmup``: ``true`` while the stream has seen fewer readings than the model's window
   (the predictions are then empty / ``null``);
 - ``pred_<target>`` for each target of the model (``pred_0``, ... where it names none);
+- with ``--interval``, the alert columns (:mod:`runtime.alerts_run`) after the predictions;
 - ``error``: why the line could not be used (CSV: always present, empty when fine;
   JSON: present only on an error record, which carries no step or predictions);
 - ``input`` (CSV, always the last column): empty, except on an error record whose fields do

@@ -149,6 +149,8 @@ def test_alert_state_survives_a_restart(tmp_path, readings):
     for bad in (b"", saved[:-3], b"LEA1" + saved[4:8] + b"x" * (len(saved) - 8)):
         with pytest.raises(SnapshotError):
             AlertState.from_bytes(bad)
+    with pytest.raises(SnapshotError, match="another model"):
+        Monitor(model.stream(), cfg, AlertState(recent=[np.zeros(3)]).to_bytes())
 
 
 def test_hygiene_min_run_and_hold_off():
@@ -225,11 +227,16 @@ def test_lstm_run_alerts_resume_with_state(tmp_path, readings):
     rest = _table(run(args + ["--state", state], "".join(lines[:1] + lines[31:]).encode())[0])
     keys = (f"lo_{TARGET}", "anomaly", "score", "alert")
     assert [[r[k] for k in keys] for r in rest] == [[r[k] for k in keys] for r in whole[30:]]
+    Path(f"{state}.alerts").write_text("{not json")
+    _, err = run(args + ["--state", state], "".join(lines[:2]).encode(), code=2)
+    assert "alert states cannot be read" in err and "Traceback" not in err
 
 
-def test_lstm_run_refuses_a_model_without_intervals():
+def test_lstm_run_refuses_a_model_without_intervals(tmp_path):
     _, err = run([WATER, "--interval", "0.9"], f"{TARGET}\n1.0\n".encode(), code=2)
     assert err.strip().splitlines()[-1].startswith("Error: the model has no calibrated")
+    info, _ = run([with_intervals(tmp_path / "m.onnx"), "--info"])
+    assert "calibrated at 0.8, 0.9, 0.95, 0.99 on 99 rows (test" in info
 
 
 # ---- lstm-train and lstm-export ---------------------------------------------------------
