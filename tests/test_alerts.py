@@ -275,3 +275,22 @@ def test_train_reports_coverage_and_export_writes_the_intervals(tmp_path):
                                              "--no-check", "--calibrate", "cal.csv")
     props = {p.key: p.value for p in onnx.load(str(tmp_path / "c.onnx")).metadata_props}
     assert json.loads(props["lstm_edge.intervals"])["n"] == 191 - 1   # readings - horizon
+
+
+def test_lstm_run_keeps_one_alert_state_per_sensor(tmp_path, readings):
+    """Two sensors interleaved (stepped together in one call) answer as each one alone."""
+    path = with_intervals(tmp_path / "m.onnx")
+    a, b = readings[:40, 0], readings[100:140, 0] + 5.0
+    mixed = "".join(json.dumps({"sensor": s, TARGET: float(v)}) + "\n"
+                    for pair in zip(a, b) for s, v in zip("ab", pair))
+    args = [path, "--interval", "0.8", "--stream-column", "sensor", "--stuck", "2"]
+    out = [json.loads(line) for line in run(args, mixed.encode())[0].splitlines()]
+    for name, values in (("a", a), ("b", b)):
+        alone = "".join(json.dumps({"sensor": name, TARGET: float(v)}) + "\n" for v in values)
+        want = [json.loads(line) for line in run(args, alone.encode())[0].splitlines()]
+        got = [r for r in out if r["sensor"] == name]
+        assert [(r["anomaly"], r["alert"]) for r in got] == \
+            [(r["anomaly"], r["alert"]) for r in want]
+        for k in (f"lo_{TARGET}", "score"):                 # the first score is null
+            assert [r[k] for r in got[1:]] == pytest.approx([r[k] for r in want[1:]], rel=1e-5)
+            assert got[0]["score"] is want[0]["score"] is None
