@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, cast
 
 import click
 
+from .alerts import AlertConfig
 from .errors import LstmEdgeError
 from .lines import FORMATS, MAX_LINE
 from .progress import Progress
@@ -40,6 +41,8 @@ Output (same format as the input, one line per input line):
   than the model's window) and for a reading skipped by --missing skip.
   One line is one reading: one time step's feature values (a Keras
   sample is a whole window; Model.predict in Python takes those).
+  --interval L adds lo_<target>, hi_<target>, anomaly, score and alert
+  after the predictions (README, Alerts).
 
 \b
 Headerless CSV: the model's features in its order; or an ISO date/time
@@ -185,6 +188,8 @@ def describe(model, path: Path, timed: bool = False) -> str:
         kind = f" ({info.scaler['kind']})" if "kind" in info.scaler else ""
         rows.append(("scaler", f"the {which} scaling{kind} is in the graph: raw values in, "
                                f"raw values out"))
+    if "intervals" in info.extra:
+        rows.append(("intervals", _intervals_row(model)))
     rows.append(("device", str(model.device)))
     if timed:
         from .timing import latency
@@ -193,6 +198,15 @@ def describe(model, path: Path, timed: bool = False) -> str:
                                 f"machine ({rate:,.0f} readings/s; median of {steps} steps)"))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def _intervals_row(model) -> str:
+    """What ``--interval`` can add: the levels, and where the calibration came from."""
+    from .alerts import Intervals
+    iv = Intervals.from_model(model)
+    assert iv is not None
+    return (f"calibrated at {', '.join(f'{v:g}' for v in iv.levels)} on {iv.n} rows "
+            f"({iv.source}; scale {iv.scale}): --interval LEVEL adds lo/hi, anomaly, score")
 
 
 def _streaming_rows(model) -> list[tuple[str, str]]:
@@ -292,12 +306,23 @@ def _checked(parity: dict) -> str:
               help="Also save --state when this long has passed since the last save and a "
                    "sensor changed (0: only --save-every and exit). Bounds both what a "
                    "kill -9 loses and what SIGTERM still has to write.")
+@click.option("--interval", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              metavar="LEVEL", help="Add lo_/hi_<target> (the calibrated interval at LEVEL, "
+              "e.g. 0.9), anomaly, score and alert columns (README, Alerts).")
+@click.option("--min-run", type=click.IntRange(min=1), default=1, show_default=True,
+              metavar="N", help="--interval: N readings in a row outside raise an alert.")
+@click.option("--hold-off", type=click.IntRange(min=0), default=3, show_default=True,
+              metavar="N", help="--interval: no new alert until N readings in a row fell "
+              "inside (one bad stretch, one alert).")
+@click.option("--stuck", type=click.IntRange(min=0), default=0, show_default=True,
+              metavar="N", help="--interval: the same target value N times in a row raises "
+              "a 'stuck' alert (0: off).")
 @click.option("--strict", is_flag=True, help="Stop at the first bad line, with exit code 1.")
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads for the model.")
 @reports_errors
 def main(model, info, stream, input_, output, append, endless, format_, stream_column, columns,
          reset_column, progress, idle_timeout, max_streams, device, window, carry_state, missing,
-         state, save_every, save_interval, strict, threads):
+         state, save_every, save_interval, interval, min_run, hold_off, stuck, strict, threads):
     """Run MODEL.onnx (exported by lstm-export) over sensor lines, one answer per line.
 
     \b
@@ -322,7 +347,9 @@ def main(model, info, stream, input_, output, append, endless, format_, stream_c
     config = ServeConfig(format=format_, stream_column=stream_column, strict=strict,
                          idle_timeout=idle_timeout, max_streams=max_streams, state=state,
                          save_every=save_every, save_interval=save_interval,
-                         columns=_column_names(columns), reset_column=reset_column)
+                         columns=_column_names(columns), reset_column=reset_column,
+                         alerts=None if interval is None else
+                         AlertConfig(interval, min_run, hold_off, stuck))
     if progress is None:
         progress = stream and sys.stderr.isatty()
     run(loaded, config, input_, output, stream,

@@ -22,6 +22,7 @@ no feature or stream key of a JSON object):
 - ``warmup``: ``true`` while the stream has seen fewer readings than the model's window
   (the predictions are then empty / ``null``);
 - ``pred_<target>`` for each target of the model (``pred_0``, ... where it names none);
+- with ``--interval``, the alert columns (:mod:`runtime.alerts_run`) after the predictions;
 - ``error``: why the line could not be used (CSV: always present, empty when fine;
   JSON: present only on an error record, which carries no step or predictions);
 - ``input`` (CSV, always the last column): empty, except on an error record whose fields do
@@ -141,6 +142,15 @@ def format_value(value) -> str:
     """
     value = np.float32(value)
     return "" if np.isnan(value) else str(value)
+
+
+def cell(value) -> str:
+    """An added column's CSV text: ``true``/``false``, text as it is, a float32, or empty."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None or isinstance(value, str):
+        return value or ""
+    return format_value(value)
 
 
 def json_value(value):
@@ -304,6 +314,7 @@ class LineFormat:
 
     name = ""
     note = ""        # what detect() guessed about the input, for one line on stderr
+    extra: list[str] = []     # columns added after the predictions (lstm-run --interval)
 
     def __init__(self, features: Sequence[str], targets: Sequence[str],
                  stream_column: str | None = None):
@@ -314,6 +325,19 @@ class LineFormat:
     def header(self) -> str | None:
         """The output's header line, where the format has one."""
         return None
+
+    def add_columns(self, names: Sequence[str]) -> None:
+        """Columns after the predictions, each named fresh as the others are."""
+        used = {*getattr(self, "columns", ()), *self.features, self.stream_column}
+        self.extra = []
+        for name in names:
+            while name in used:
+                name += "_"
+            used.add(name)
+            self.extra.append(name)
+        blank: list[str] | None = getattr(self, "_blank_tail", None)   # CSV error records
+        if blank is not None:
+            self._blank_tail = blank + [""] * len(names)
 
     def parse(self, line: int, raw: bytes) -> Record:
         """A record for one line (without its newline); a bad line gives an error record."""
@@ -330,8 +354,10 @@ class LineFormat:
     def _parse(self, line: int, text: str) -> Record:
         raise NotImplementedError
 
-    def format(self, rec: Record, step: int, warmup: bool, pred: np.ndarray) -> str:
-        """The answer to ``rec``: its fields, step, warm-up flag and ``pred`` (n_targets,)."""
+    def format(self, rec: Record, step: int, warmup: bool, pred: np.ndarray,
+               extra: Sequence = ()) -> str:
+        """The answer to ``rec``: its fields, step, warm-up flag, ``pred`` (n_targets,) and the
+        values of the ``extra`` columns (numbers, bools, text; None or NaN for empty)."""
         raise NotImplementedError
 
     def format_error(self, rec: Record) -> str:
@@ -384,8 +410,8 @@ class CsvFormat(LineFormat):
     def header(self) -> str | None:
         if not self.has_header:
             return None
-        return join_csv(self.columns + [self.step, self.warmup, *self.preds, self.error,
-                                        self.input])
+        return join_csv(self.columns + [self.step, self.warmup, *self.preds, *self.extra,
+                                        self.error, self.input])
 
     def _parse(self, line: int, text: str) -> Record:
         fields = split_csv(text)
@@ -410,9 +436,9 @@ class CsvFormat(LineFormat):
         # A line with the wrong number of fields keeps what fits (a timestamp, say).
         return (fields + [""] * len(self.columns))[:len(self.columns)]
 
-    def format(self, rec, step, warmup, pred):
+    def format(self, rec, step, warmup, pred, extra=()):
         return join_csv(rec.fields + [str(step), "true" if warmup else "false",
-                                      *map(format_value, pred), "", ""])
+                                      *map(format_value, pred), *map(cell, extra), "", ""])
 
     def format_error(self, rec):
         return join_csv(self._passed(rec) + self._blank_tail
@@ -455,9 +481,9 @@ class HeaderlessFormat(LineFormat):
             raise BadLine(str(exc), fields) from None
         return Record(line, "", values, fields)
 
-    def format(self, rec, step, warmup, pred):
+    def format(self, rec, step, warmup, pred, extra=()):
         return join_csv(rec.fields + [str(step), "true" if warmup else "false",
-                                      *map(format_value, pred), "", ""])
+                                      *map(format_value, pred), *map(cell, extra), "", ""])
 
     def format_error(self, rec):
         fields = rec.fields if isinstance(rec.fields, list) else []
@@ -514,12 +540,15 @@ class JsonlFormat(LineFormat):
         except OverflowError:           # an integer beyond float range
             return math.inf
 
-    def format(self, rec, step, warmup, pred):
+    def format(self, rec, step, warmup, pred, extra=()):
         out = dict(rec.fields)
         out[self.step] = step
         out[self.warmup] = bool(warmup)
         for name, value in zip(self.preds, pred):
             out[name] = json_value(value)
+        for name, value in zip(self.extra, extra):
+            out[name] = value if isinstance(value, (bool, str)) or value is None \
+                else json_value(value)
         return dump_json(out)
 
     def format_error(self, rec):

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, cast
 import numpy as np
 
 from . import lines as fmt
+from .alerts import AlertConfig
+from .alerts_run import StreamAlerts
 from .errors import InputError, LstmEdgeError, SnapshotError
 from .io import TOO_LONG, LineReader
 from .stream import Stream
@@ -61,6 +63,7 @@ class ServeConfig:
     chunked: bool = True                 # let one sensor's run of lines go in one feed() call
     columns: tuple[str, ...] | None = None   # names of header-less CSV fields (--columns)
     reset_column: str | None = None      # the column/key whose true value resets a sensor
+    alerts: AlertConfig | None = None    # --interval: lo/hi, anomaly, score, alert columns
 
 
 @dataclass
@@ -94,6 +97,7 @@ class Server:
         self.saved_at: float | None = None   # time.time() of the last --state save (--progress)
         self._warn = warn or (lambda message: None)
         self.window = int(model.window)   # readings up to the first prediction (overrides too)
+        self.alerts = StreamAlerts(model, config.alerts) if config.alerts else None
 
     # -- state --
 
@@ -123,6 +127,8 @@ class Server:
         for key, stream, _ in loaded:
             # Seen now: the time the tool was down is not the sensor's silence.
             self.slots[key] = _Slot(stream)
+        if self.alerts is not None:     # FILE.alerts until the state carries sections
+            self.alerts.load(Path(path))
         if self.slots:
             meta = self.store.summary()
             self._warn(f"resumed {len(self.slots)} stream(s) from {path} (saved after input "
@@ -146,6 +152,8 @@ class Server:
                 for k in keys if (slot := slots.get(k)) is not None)
         self.store.save(rows, self.dropped,
                         lines=None if self.inflight else self.delivered_lines)
+        if self.alerts is not None and self.config.state is not None:
+            self.alerts.save(self.config.state, self.slots, self.inflight)
         self.changed = self.changed & self.inflight
         self.dropped.clear()
         self._unsaved, self._saved_at = 0, time.monotonic()
@@ -220,6 +228,8 @@ class Server:
                     reset_column=self.config.reset_column)
                 if self.format.note:
                     self._warn(self.format.note)
+                if self.alerts is not None:
+                    self.alerts.columns(self.format)
                 header = self.format.header() if is_header else None
                 if header is not None:
                     out.append(header)
@@ -249,13 +259,14 @@ class Server:
         good = [r for r in answered if isinstance(r, fmt.Record) and r.ok]
         answers = self._step(good)
         form = cast(fmt.LineFormat, self.format)    # set by the line before any record
+        extra = self.alerts.annotate(good, answers) if self.alerts is not None else {}
         out = []
         for item in answered:
             if isinstance(item, str):
                 out.append(item)
             elif item.ok:
                 step, warmup, pred = answers[id(item)]
-                out.append(form.format(item, step, warmup, pred))
+                out.append(form.format(item, step, warmup, pred, extra.get(id(item), ())))
             else:
                 self.errors += 1
                 self._warn(f"line {item.line}: {item.error}")

@@ -173,11 +173,15 @@ where there is a scaler). Notes on suspicious shapes go to stderr.
               help="Length of the runs the check feeds a sequence model (window modes "
               "run windows).")
 @click.option("--no-check", is_flag=True, help="Skip the check against Keras.")
+@click.option("--calibrate", "calibration", type=click.Path(exists=True, dir_okay=False),
+              help="Calibrate the prediction intervals on this CSV: rows the model was not "
+              "trained on, and not the rows you will judge it on [default: the training "
+              "sidecar's validation rows, if any].")
 @click.option("--triton", "triton_dir", type=click.Path(file_okay=False),
               help="Also write a Triton model repository there (see lstm-triton for options).")
 @reports_errors
 def export_main(model, output, scaler, features, targets, window, carry_state, atol, opset,
-                state_slots, steps, no_check, triton_dir):
+                state_slots, steps, no_check, calibration, triton_dir):
     """Export MODEL (.keras or .h5) to a streaming ONNX file the runtime can step through."""
     require_training("lstm-export", EXPORTING)
     import runtime.device  # noqa: F401 - the check runs the graph: says which ONNX Runtime extra
@@ -190,6 +194,10 @@ def export_main(model, output, scaler, features, targets, window, carry_state, a
     for note in report.notes:
         click.echo(f"note: {note}", err=True)
     click.echo(report.summary())
+    if calibration is not None:
+        from .calibrate import calibrate_file, describe
+
+        click.echo(describe(calibrate_file(report.path, calibration)) + " (written)")
     if triton_dir is not None:
         from integrations.triton.repository import write_repository
 

@@ -28,7 +28,7 @@ import onnx
 from onnx import helper
 
 from runtime.contract import ModelInfo
-from . import forecast_graph
+from . import calibrate, forecast_graph
 from .errors import ExportError
 from .loading import KERAS_SUFFIXES, chain, load_model  # noqa: F401 - re-exported
 from .notes import shape_notes, state_slots as _state_slots
@@ -77,6 +77,8 @@ class ExportReport:
         lines.append(f"columns: features {list(info.features)} -> targets {list(info.targets)}"
                      f"{'' if info.scaler else ' (no scaler: raw values in, model units out)'}")
         lines.append(f"predicts: {_predicts(info, self.layers)}")
+        if "intervals" in info.extra:
+            lines.append(calibrate.describe(json.loads(info.extra["intervals"])))
         if "mask_value" in info.extra:
             lines.append(f"masking: readings equal to {info.extra['mask_value']} are skipped")
         if self.parity:
@@ -280,7 +282,8 @@ def _prepare(model, *, scaler, features, targets, window, carry_state, opset,
         features=features, targets=targets,
         horizon=int((sidecar or {}).get("horizon", 1)),
         scaler=scaler, source=_source(path, model),
-        extra={**_mask_metadata(extra, scaler, n_features), **framed})
+        extra={**_mask_metadata(extra, scaler, n_features), **framed,
+               **calibrate.metadata(sidecar, n_outputs)})
     if info.window < 1:
         raise ExportError(f"window must be at least 1, got {info.window}")
     slots = _state_slots(model, layers, sidecar, info, state_slots)

@@ -11,8 +11,20 @@ from .errors import DataError
 from .forecast import parse_time
 
 
+def band_90(intervals: dict, y: np.ndarray, last: np.ndarray):
+    """The 90 % interval's half-width ``(steps, targets)`` at rows ``last``, if calibrated."""
+    from .calibrate import spread_of
+
+    if 0.9 not in intervals["levels"]:
+        return None
+    q = np.asarray(intervals["q"][intervals["levels"].index(0.9)])
+    if intervals["scale"] == "none":
+        return np.broadcast_to(q, (len(last), len(q)))
+    return q * spread_of(intervals, y)[last]
+
+
 def plot_test(path, sel, pred: np.ndarray, last: np.ndarray, horizon: int,
-              title: str = "") -> Path:
+              title: str = "", band: np.ndarray | None = None) -> Path:
     """Draw actual vs predicted (and naive) for each target over the test rows; save a PNG.
 
     Parameters
@@ -20,6 +32,7 @@ def plot_test(path, sel, pred: np.ndarray, last: np.ndarray, horizon: int,
     sel : the :class:`~trainer.data.Selection` the model was trained on.
     pred : (steps, targets) predictions in raw units, for rows ``last + horizon``.
     last : (steps,) the last row each prediction saw.
+    band : (steps, targets) the 90 % interval's half-width, shaded around the forecast.
     """
     try:
         import matplotlib
@@ -39,6 +52,11 @@ def plot_test(path, sel, pred: np.ndarray, last: np.ndarray, horizon: int,
         ax.plot(when, actual, color="black", lw=1.6, label="actual")
         ax.plot(when, naive, color="tab:gray", lw=1.0, ls="--",
                 label=f"naive (repeat the last value), MAE {naive_mae:.4g}")
+        if band is not None:
+            inside = np.mean(np.abs(actual - pred[:, k]) <= band[:, k])
+            ax.fill_between(when, pred[:, k] - band[:, k], pred[:, k] + band[:, k],
+                            color="tab:blue", alpha=0.15, lw=0,
+                            label=f"90 % interval ({inside:.0%} of actual inside)")
         ax.plot(when, pred[:, k], color="tab:blue", lw=1.3,
                 label=f"model, MAE {model_mae:.4g} (skill {model_mae / naive_mae:.3f})"
                 if naive_mae > 0 else f"model, MAE {model_mae:.4g}")

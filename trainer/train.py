@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .calibrate import coverage, intervals, target_columns
 from .data import growing_features, read_csv, select
 from .errors import DataError
 from .model import ModelConfig, build_model, reset_states
@@ -99,12 +100,22 @@ class TrainResult:
         lines.append(f"validation: {val['steps']} predictions, used for early stopping: model "
                      f"MAE {np.mean(val['model']['mae']):.4g}, naive "
                      f"{np.mean(val['naive']['mae']):.4g}, skill {np.mean(val['skill']):.3f}")
+        lines.extend(interval_lines(test.get("intervals")))
         note = caution(test, season)
         if note:
             lines.append(note)
         saved = f"saved {self.model_path} and {self.sidecar_path}"
         lines.append(saved + (f"; plot {self.plot_path}" if self.plot_path else ""))
         return "\n".join(lines)
+
+
+def interval_lines(figures: list | None) -> list[str]:
+    """The test tail's coverage and mean width of each calibrated interval level."""
+    if not figures:
+        return []
+    cells = [f"{f['level']:.0%} {np.mean(f['coverage']):.1%} (width {np.mean(f['width']):.4g})"
+             for f in figures]
+    return ["  intervals (calibrated on validation), test coverage: " + ", ".join(cells)]
 
 
 def sidecar_path(model_path: str | Path) -> Path:
@@ -303,6 +314,14 @@ def train(csv: str | Path, target: str | list[str], features: str | list[str] | 
     metrics = {name: score(sel.y, pred[rows], last[rows], cfg.horizon, sel.y[:split], season)
                for name, rows in parts.items()}
     metrics.update(season=season, season_source=found)
+    # Calibrated on the validation rows; the test tail only measures the coverage.
+    val, tail = parts["validation"], parts["test"]
+    pred = pred.astype(np.float64)
+    calibration = intervals(sel.y, pred[val], last[val], cfg.horizon,
+                            target_columns(sel.features, sel.targets), "validation",
+                            sel.y[:split])
+    metrics["test"]["intervals"] = coverage(calibration, sel.y, pred[tail], last[tail],
+                                            cfg.horizon)
 
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -316,6 +335,7 @@ def train(csv: str | Path, target: str | list[str], features: str | list[str] | 
         "look_back": window,
         "horizon": cfg.horizon,
         "forecast": framing.to_json(),
+        "intervals": calibration,
         "metrics": metrics,
         "data": {"file": Path(csv).name, "rows": int(len(sel.x)), "split": int(split),
                  "test": int(test), "time_column": table.time_column},
@@ -325,10 +345,11 @@ def train(csv: str | Path, target: str | list[str], features: str | list[str] | 
     side.write_text(json.dumps(sidecar, indent=2) + "\n")
     plot_path = None
     if plot is not None:
-        from .plot import plot_test
+        from .plot import band_90, plot_test
 
         rows = parts["test"]
         plot_path = plot_test(plot, sel, pred[rows], last[rows], cfg.horizon,
+                              band=band_90(calibration, sel.y, last[rows]),
                               title=f"{Path(csv).name}: test tail, {cfg.horizon} step(s) ahead")
     return TrainResult(output, side, sidecar, warnings, plot_path)
 

@@ -1,0 +1,335 @@
+"""Calibrated prediction intervals and anomaly flags on a stream (numpy only).
+
+A model whose file holds ``lstm_edge.intervals`` (docs/contract.md) knows, for each output
+column and a few levels L (0.8, 0.9, 0.95, 0.99), a split-conformal quantile ``q``: on
+calibration rows the model never trained on, a share L of the nonconformity scores
+``|y - pred| / spread`` lay at or below ``q`` (Lei et al. 2018, "Distribution-free
+predictive inference for regression", JASA 113(523)). Each forecast then carries
+
+    lo = pred - q * spread,     hi = pred + q * spread
+
+``spread`` is 1 with ``scale: "none"``. With ``scale: "mean-abs-change"`` it is the mean
+absolute change of the target over its last ``readings`` differences, never below
+``floor``: the normalised nonconformity score of locally-weighted conformal prediction
+(Papadopoulos et al. 2008, "Normalized nonconformity measures for regression conformal
+prediction"), so that intervals widen on volatile stretches. A stream has fewer
+differences at its start: the missing ones count as ``prior``, the calibration rows' mean
+absolute change, so a fresh stream starts from the typical width. :func:`local_spread` is
+the one definition, used by the trainer's calibration and by every stream.
+
+When the reading a forecast was for arrives (``horizon`` readings later; the stream keeps
+the last ``horizon`` forecasts), the answer says whether it fell outside (``anomaly``) and
+its ``score`` = ``|y - pred| / half-width``: how many half-widths from the forecast it
+lies, so ``score > 1`` is outside and 2 is twice as far out as the interval reaches. With
+several targets the largest score counts. Conformal coverage is an average over
+exchangeable rows (Barber et al. 2023, "Conformal prediction beyond exchangeability",
+discuss what drift costs a time series); the benchmark (bench/alerts.py) measures it.
+
+Alert hygiene, per stream (:class:`AlertConfig`): an ``outside`` alert is raised once
+``min_run`` readings in a row fell outside, and none again until ``hold_off`` readings in a
+row fell inside: one bad stretch is one alert. A ``stuck`` alert is raised when a target
+read the same value ``stuck`` times in a row (a flat line fools a forecaster, whose next
+forecast is that value again).
+
+>>> import numpy as np
+>>> local_spread(np.array([[1.0], [3.0], [2.0], [2.0]]), readings=2, floor=np.array([0.1]),
+...              prior=np.array([1.0]))[:, 0]
+array([1. , 1.5, 1.5, 0.5])
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import ContractError, InputError, SnapshotError
+
+KEY = "intervals"                    # lstm_edge.intervals in the file's metadata
+SCALES = ("none", "mean-abs-change")
+_MAGIC = b"LEA1"                     # alert state bytes, version 1
+
+
+def local_spread(values: np.ndarray, readings: int, floor: np.ndarray,
+                 prior: np.ndarray) -> np.ndarray:
+    """``(rows, targets)`` values -> ``(rows, targets)``: the spread after each row.
+
+    The mean of ``|v[t] - v[t-1]|`` over the last ``readings`` differences up to row ``t``,
+    those before the first row counting as ``prior``; at least ``floor``.
+    """
+    values = np.asarray(values, np.float64)
+    diffs = np.abs(np.diff(values, axis=0))                        # (rows - 1, targets)
+    total = np.concatenate((np.zeros((1, values.shape[1])), np.cumsum(diffs, axis=0)))
+    rows = np.arange(len(values))
+    start = np.maximum(rows - readings, 0)
+    missing = (readings - (rows - start))[:, None]                 # differences not yet seen
+    mean = (total[rows] - total[start] + missing * prior) / readings
+    return np.maximum(mean, floor)
+
+
+@dataclass(frozen=True)
+class Intervals:
+    """``lstm_edge.intervals``, checked: one quantile per level and output column."""
+
+    levels: tuple[float, ...]
+    q: np.ndarray                    # (levels, outputs)
+    scale: str = "none"
+    readings: int = 0                # spread: differences averaged (scale mean-abs-change)
+    floor: np.ndarray | None = None  # (targets,) the spread's lower bound
+    prior: np.ndarray | None = None  # (targets,) a fresh stream's spread
+    target_features: tuple = ()      # input column of each target, None where it is none
+    n: int = 0
+    source: str = ""
+
+    @classmethod
+    def from_model(cls, model) -> "Intervals | None":
+        """The model's intervals, None where its file has none."""
+        text = model.info.extra.get(KEY)
+        return None if text is None else cls.parse(text, model.n_targets)
+
+    @classmethod
+    def parse(cls, text: str, n_outputs: int) -> "Intervals":
+        try:
+            d = json.loads(text)
+            levels = tuple(float(v) for v in d["levels"])
+            q = np.asarray(d["q"], np.float64)
+            scale = str(d.get("scale", "none"))
+            spread = d.get("spread") or {}
+            floor = np.asarray(spread.get("floor", []), np.float64) if scale != "none" else None
+            prior = np.asarray(spread.get("prior", []), np.float64) if scale != "none" else None
+            found = cls(levels, q, scale, int(spread.get("readings", 0)), floor, prior,
+                        tuple(d.get("target_features") or [None] * n_outputs),
+                        int(d.get("n", 0)), str(d.get("source", "")))
+        except (ValueError, TypeError, KeyError) as exc:
+            raise ContractError(f"metadata lstm_edge.{KEY} cannot be read ({exc}); re-export "
+                                f"the model with lstm-export") from None
+        problems = found._problems(n_outputs)
+        if problems:
+            raise ContractError(f"metadata lstm_edge.{KEY}: {'; '.join(problems)}; re-export "
+                                f"the model with lstm-export")
+        return found
+
+    def _problems(self, n_outputs: int) -> list[str]:
+        problems = []
+        if not all(0 < v < 1 for v in self.levels):
+            problems.append(f"levels must lie between 0 and 1, got {list(self.levels)}")
+        if self.q.shape != (len(self.levels), n_outputs):
+            problems.append(f"q must be (levels, outputs) = ({len(self.levels)}, {n_outputs}), "
+                            f"got {self.q.shape}")
+        elif not (np.isfinite(self.q).all() and (self.q >= 0).all()):
+            problems.append("q must be finite and not negative")
+        if self.scale not in SCALES:
+            problems.append(f"scale must be one of {', '.join(SCALES)}, got {self.scale!r}")
+        if len(self.target_features) != n_outputs:
+            problems.append(f"target_features must name one input column per output, got "
+                            f"{len(self.target_features)} for {n_outputs}")
+        if self.scale != "none":
+            if self.readings < 1 or self.floor is None or self.prior is None \
+                    or self.floor.shape != (n_outputs,) or self.prior.shape != (n_outputs,) \
+                    or not ((self.floor > 0).all() and np.isfinite(self.prior).all()):
+                problems.append("spread needs readings >= 1 and one floor > 0 and one finite "
+                                "prior per output")
+            if None in self.target_features:
+                problems.append("a scaled interval needs every target among the features")
+        return problems
+
+    def level_index(self, level: float) -> int:
+        for i, v in enumerate(self.levels):
+            if abs(v - level) < 1e-9:
+                return i
+        raise InputError(f"no interval at level {level:g}: the model is calibrated at "
+                         f"{', '.join(f'{v:g}' for v in self.levels)}; pick one of those")
+
+
+@dataclass
+class AlertConfig:
+    """What a stream's answers carry and when it raises an alert (see the module's notes)."""
+
+    level: float = 0.9     # interval level: one of those the model was calibrated at
+    min_run: int = 1       # readings in a row outside before an ``outside`` alert is raised
+    hold_off: int = 3      # readings in a row inside before another one may be raised
+    stuck: int = 0         # the same target value this many readings in a row: ``stuck`` (0: off)
+
+    def __post_init__(self):
+        problems = [f"{name} must be at least {low}, got {getattr(self, name)}"
+                    for name, low in (("min_run", 1), ("hold_off", 0), ("stuck", 0))
+                    if getattr(self, name) < low]
+        if problems:
+            raise InputError("; ".join(problems))
+
+
+@dataclass
+class Answer:
+    """What one fed reading gives: the forecast with its interval, and the check of the
+    reading against the forecast made ``horizon`` readings before (NaN/False without one)."""
+
+    pred: np.ndarray            # (outputs,) NaN while warming up
+    lo: np.ndarray              # (outputs,)
+    hi: np.ndarray              # (outputs,)
+    score: float = math.nan     # |y - pred| / half-width, largest over targets
+    anomaly: bool = False       # this reading fell outside its interval
+    alert: str = ""             # "outside" | "stuck" where an alert is raised at this reading
+
+
+@dataclass
+class AlertState:
+    """One stream's alert state: its pending forecasts, recent target values and counters."""
+
+    pending: deque = field(default_factory=deque)   # (pred, half) of the last forecasts
+    recent: list = field(default_factory=list)      # last readings + 1 target values
+    run: int = 0          # readings in a row outside
+    calm: int = 0         # readings in a row inside, while an alert stands
+    alerting: bool = False
+    same: int = 0         # readings in a row with the same target values
+    steps: int = 0        # the stream's step count at the last reading observed (lstm-run)
+
+    def to_bytes(self) -> bytes:
+        """A versioned byte string (the stream state's ``alerts`` section)."""
+        body = json.dumps({
+            "pending": [None if p is None else [p[0].tolist(), p[1].tolist()]
+                        for p in self.pending],
+            "recent": [r.tolist() for r in self.recent],
+            "counters": [self.run, self.calm, int(self.alerting), self.same, self.steps]})
+        return _MAGIC + struct.pack("<I", len(body)) + body.encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "AlertState":
+        """Raises SnapshotError for bytes that are not an alert state of this version."""
+        try:
+            if data[:4] != _MAGIC or struct.unpack("<I", data[4:8])[0] != len(data) - 8:
+                raise ValueError("not an alert state of version 1")
+            d = json.loads(data[8:].decode())
+            pending = deque(None if p is None else (np.asarray(p[0], np.float64),
+                                                    np.asarray(p[1], np.float64))
+                            for p in d["pending"])
+            run, calm, alerting, same, steps = (int(v) for v in d["counters"])
+            recent = [np.asarray(r, np.float64) for r in d["recent"]]
+        except (ValueError, TypeError, KeyError, struct.error, UnicodeDecodeError) as exc:
+            raise SnapshotError(f"the stream's alert state cannot be read ({exc}); start "
+                                f"the stream afresh") from None
+        return cls(pending, recent, run, calm, bool(alerting), same, steps)
+
+
+    def check(self, outputs: int, watched: int) -> None:
+        """Raise SnapshotError where the arrays do not fit a model of this many columns."""
+        fits = all(p is None or (p[0].shape == (outputs,) and p[1].shape == (outputs,))
+                   for p in self.pending) and all(r.shape == (watched,) for r in self.recent)
+        if not fits:
+            raise SnapshotError(f"the stream's alert state was saved for another model (not "
+                                f"{outputs} output(s) and {watched} watched column(s)); start "
+                                f"the stream's alerts afresh")
+
+
+class Alerts:
+    """A model's intervals and an alert configuration: what every stream of it applies.
+
+    ``observe`` turns one fed reading and its prediction into an :class:`Answer`, moving a
+    stream's :class:`AlertState` on; :class:`Monitor` does it for one stream object.
+    """
+
+    def __init__(self, model, config: AlertConfig | None = None):
+        iv = Intervals.from_model(model)
+        if iv is None:
+            raise InputError("the model has no calibrated intervals (lstm_edge.intervals): "
+                             "train it with lstm-train, or export it with lstm-export "
+                             "--calibrate DATA.csv")
+        self.config = config or AlertConfig()
+        self.intervals = iv
+        self.q = iv.q[iv.level_index(self.config.level)]          # (outputs,)
+        self.horizon = int(model.info.horizon)
+        self.targets = tuple(model.targets)
+        watched = [i for i in iv.target_features if i is not None]
+        self.watch = np.asarray(watched, np.intp)                  # input column per target
+        self.checks = len(watched) == len(iv.target_features)      # every target is read
+
+    def spread(self, state: AlertState) -> np.ndarray:
+        """``(outputs,)`` the spread after the stream's last reading (1 unscaled)."""
+        iv = self.intervals
+        if iv.scale == "none":
+            return np.ones(len(self.q))
+        assert iv.floor is not None and iv.prior is not None    # checked by parse
+        return local_spread(np.stack(state.recent), iv.readings, iv.floor, iv.prior)[-1]
+
+    def observe(self, state: AlertState, reading: np.ndarray, pred) -> Answer:
+        """One reading the stream fed, and its prediction (None or NaN while warming up)."""
+        cfg = self.config
+        value = np.asarray(reading, np.float64)[self.watch] if self.checks else None
+        if value is not None and not np.isfinite(value).all():
+            value = None                 # a gap (--missing hold/skip): nothing to check
+        score = math.nan
+        if value is not None:
+            state.recent = (state.recent + [value])[-max(self.intervals.readings + 1, 2):]
+            if state.pending and len(state.pending) == self.horizon:
+                due = state.pending[0]
+                if due is not None:
+                    score = _score(value, *due)
+        pred = np.full(len(self.q), np.nan) if pred is None else np.asarray(pred, np.float64)
+        half = self.q * self.spread(state)
+        ready = bool(np.isfinite(pred).all())
+        state.pending.append((pred, half) if ready else None)
+        while len(state.pending) > self.horizon:
+            state.pending.popleft()
+        answer = Answer(pred, pred - half, pred + half, score)
+        if value is not None:
+            answer.anomaly = score > 1.0
+            answer.alert = self._hygiene(state, answer.anomaly, value, cfg)
+        return answer
+
+    @staticmethod
+    def _hygiene(state: AlertState, outside: bool, value, cfg: AlertConfig) -> str:
+        last = state.recent[-2] if len(state.recent) > 1 else None
+        state.same = state.same + 1 if last is not None and np.array_equal(last, value) else 1
+        alert = ""
+        if cfg.stuck and state.same == cfg.stuck:
+            alert = "stuck"
+        if outside:
+            state.run, state.calm = state.run + 1, 0
+            if state.run >= cfg.min_run and not state.alerting:
+                state.alerting, alert = True, alert or "outside"
+        else:
+            state.run, state.calm = 0, state.calm + 1
+            if state.alerting and state.calm >= cfg.hold_off:
+                state.alerting = False
+        return alert
+
+
+def _score(value, pred, half) -> float:
+    """The largest ``|y - pred| / half`` over targets (inf where a zero half-width misses)."""
+    miss = np.abs(value - pred)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(half > 0, miss / half, np.where(miss > 0, np.inf, 0.0))
+    return float(ratio.max())
+
+
+class Monitor:
+    """One stream with intervals and alerts: ``step(reading) -> Answer``.
+
+    >>> monitor = Monitor(model.stream(), AlertConfig(level=0.9))   # doctest: +SKIP
+    >>> answer = monitor.step([101.2])                               # doctest: +SKIP
+    >>> answer.lo, answer.hi, answer.anomaly, answer.alert           # doctest: +SKIP
+    """
+
+    def __init__(self, stream, config: AlertConfig | None = None,
+                 state: AlertState | bytes | None = None):
+        self.stream = stream
+        self.alerts = Alerts(stream.model, config)
+        self.state = AlertState.from_bytes(state) if isinstance(state, bytes) \
+            else state or AlertState()
+        self.state.check(len(self.alerts.q), len(self.alerts.watch))
+
+    def step(self, reading) -> Answer | None:
+        """Feed one reading; None where the stream did not feed it (skipped), else the answer."""
+        before = self.stream.steps
+        pred = self.stream.step(reading)
+        if self.stream.steps == before:
+            return None
+        return self.alerts.observe(self.state, np.asarray(reading, np.float64), pred)
+
+    def reset(self) -> None:
+        """A fresh stream and a fresh alert state."""
+        self.stream.reset()
+        self.state = AlertState()

@@ -1,0 +1,296 @@
+"""Calibrated intervals and alerts: the quantile rule by hand, a stream against
+``Model.predict`` offline, the alert state across a restart, and lstm-run's columns through
+a real subprocess. The model is the bundled water-flow export with intervals written in."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+import runtime
+from runtime.alerts import (AlertConfig, Alerts, AlertState, Intervals, Monitor,
+                            local_spread)
+from runtime.errors import ContractError, InputError, SnapshotError
+from trainer.calibrate import calibrate, calibrate_file, conformal_quantile
+
+from test_cli_run import run
+
+ROOT = Path(__file__).resolve().parent.parent
+WATER = ROOT / "exported" / "water-flow.onnx"
+TARGET = "Water flow [l/s]"
+SPREAD = {"readings": 6, "floor": [0.02], "prior": [0.3]}
+Q = [[1.2], [1.6], [2.0], [3.0]]          # per level (0.8 .. 0.99), one output
+
+
+def with_intervals(path: Path, scale: str = "mean-abs-change") -> Path:
+    """The water-flow model with hand-written intervals."""
+    import onnx
+    from onnx import helper
+
+    proto = onnx.load(str(WATER))
+    props = {p.key: p.value for p in proto.metadata_props}
+    iv = {"method": "split-conformal", "scale": scale, "levels": [0.8, 0.9, 0.95, 0.99],
+          "q": Q, "n": 99, "source": "test", "target_features": [0]}
+    if scale != "none":
+        iv["spread"] = SPREAD
+    props["lstm_edge.intervals"] = json.dumps(iv)
+    del proto.metadata_props[:]
+    helper.set_model_props(proto, props)
+    onnx.save(proto, str(path))
+    return path
+
+
+@pytest.fixture
+def readings() -> np.ndarray:
+    with open(ROOT / "data" / "water-flow.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    return np.array([[float(r[TARGET])] for r in rows[:240]])      # (240, 1)
+
+
+def hygiene(outside, values, min_run, hold_off, stuck):
+    """The alert rules written out plainly, one reading at a time (the reference)."""
+    alerts, run_, calm, on, same = [], 0, 0, False, 0
+    for i, (o, v) in enumerate(zip(outside, values)):
+        same = same + 1 if i and values[i - 1] == v else 1
+        alert = "stuck" if stuck and same == stuck else ""
+        if o is None:
+            alerts.append(alert)
+            continue
+        if o:
+            run_, calm = run_ + 1, 0
+            if run_ >= min_run and not on:
+                on, alert = True, alert or "outside"
+        else:
+            run_, calm = 0, calm + 1
+            if on and calm >= hold_off:
+                on = False
+        alerts.append(alert)
+    return alerts
+
+
+# ---- the rules by hand ------------------------------------------------------------------
+
+def test_conformal_quantile_by_hand():
+    scores = np.array([0.5, 0.1, 0.9, 0.3, 0.7, 0.2, 0.8, 0.4, 0.6])   # n = 9
+    assert conformal_quantile(scores, 0.5) == 0.5     # ceil(10 * 0.5) = 5th smallest
+    assert conformal_quantile(scores, 0.8) == 0.8     # ceil(8.0) = 8th
+    assert conformal_quantile(scores, 0.85) == 0.9    # ceil(8.5) = 9th
+    assert conformal_quantile(scores, 0.95) == 0.9    # ceil(9.5) = 10 > 9: the largest
+    found = calibrate(np.array([[1.0], [2.0], [4.0]]), np.array([[0.0], [0.0], [0.0]]),
+                      np.array([[1.0], [4.0], [1.0]]), levels=(0.5,))
+    assert found == {"levels": [0.5], "q": [[1.0]], "n": 3}   # scores 1, 0.5, 4: 2nd
+
+
+def test_local_spread_by_hand():
+    v = np.array([[10.0], [12.0], [11.0], [11.0], [11.0]])
+    got = local_spread(v, readings=2, floor=np.array([0.25]), prior=np.array([1.0]))[:, 0]
+    # (2 priors)/2, (1 prior + 2)/2, (2 + 1)/2, (1 + 0)/2, (0 + 0)/2 -> floor
+    np.testing.assert_allclose(got, [1.0, 1.5, 1.5, 0.5, 0.25])
+
+
+def test_bad_intervals_are_refused():
+    with pytest.raises(ContractError, match="q must be"):
+        Intervals.parse(json.dumps({"levels": [0.9], "q": [[1.0, 2.0]]}), 1)
+    with pytest.raises(ContractError, match="scale must be"):
+        Intervals.parse(json.dumps({"levels": [0.9], "q": [[1.0]], "scale": "x"}), 1)
+    with pytest.raises(ContractError, match="cannot be read"):
+        Intervals.parse("{", 1)
+
+
+# ---- a stream against Model.predict -----------------------------------------------------
+
+@pytest.mark.parametrize("scale", ["mean-abs-change", "none"])
+def test_stream_equals_offline_predict(tmp_path, readings, scale):
+    model = runtime.load(with_intervals(tmp_path / "m.onnx", scale), device="cpu")
+    cfg = AlertConfig(level=0.9, min_run=2, hold_off=3, stuck=3)
+    readings = readings.copy()
+    readings[100:104] = readings[99]                     # stuck for five readings
+    readings[150:153] += 3.0                             # a level shift of three readings
+    monitor = Monitor(model.stream(), cfg)
+    answers = [monitor.step(r) for r in readings]
+
+    pred = model.predict(readings[None])[0].astype(np.float64)       # (rows, 1)
+    spread = (local_spread(readings, 6, np.array([0.02]), np.array([0.3]))
+              if scale != "none" else np.ones_like(readings))
+    half = Q[1][0] * spread
+    np.testing.assert_allclose([a.lo for a in answers], pred - half, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose([a.hi for a in answers], pred + half, rtol=1e-5, atol=1e-4)
+    score = np.abs(readings[1:] - pred[:-1]) / half[:-1]              # horizon 1
+    assert math.isnan(answers[0].score)
+    np.testing.assert_allclose([a.score for a in answers[1:]], score[:, 0], rtol=1e-4)
+    outside = [None] + [bool(s > 1) for s in score[:, 0]]
+    assert [a.anomaly for a in answers[1:]] == outside[1:]
+    assert [a.alert for a in answers] == hygiene(outside, readings[:, 0].tolist(), 2, 3, 3)
+    assert "stuck" in [a.alert for a in answers] and "outside" in [a.alert for a in answers]
+
+
+def test_alert_state_survives_a_restart(tmp_path, readings):
+    model = runtime.load(with_intervals(tmp_path / "m.onnx"), device="cpu")
+    cfg = AlertConfig(level=0.8, hold_off=2)
+    whole = Monitor(model.stream(), cfg)
+    expected = [whole.step(r) for r in readings]
+    first = Monitor(model.stream(), cfg)
+    for r in readings[:120]:
+        first.step(r)
+    first.stream.snapshot().save(tmp_path / "s.npz")
+    saved = first.state.to_bytes()
+    again = Monitor(model.stream(tmp_path / "s.npz"), cfg, saved)
+    got = [again.step(r) for r in readings[120:]]
+    for a, b in zip(got, expected[120:]):
+        np.testing.assert_allclose(a.lo, b.lo, rtol=1e-6)
+        assert (a.score, a.anomaly, a.alert) == pytest.approx((b.score, b.anomaly, b.alert))
+    for bad in (b"", saved[:-3], b"LEA1" + saved[4:8] + b"x" * (len(saved) - 8)):
+        with pytest.raises(SnapshotError):
+            AlertState.from_bytes(bad)
+    with pytest.raises(SnapshotError, match="another model"):
+        Monitor(model.stream(), cfg, AlertState(recent=[np.zeros(3)]).to_bytes())
+
+
+def test_hygiene_min_run_and_hold_off():
+    """Forecasts of 0 with half-width 1: a reading beyond ±1 is outside."""
+    iv = json.dumps({"levels": [0.9], "q": [[1.0]], "scale": "none", "target_features": [0]})
+    model = SimpleNamespace(info=SimpleNamespace(extra={"intervals": iv}, horizon=1),
+                            n_targets=1, targets=("y",))
+    alerts = Alerts(model, AlertConfig(level=0.9, min_run=2, hold_off=2))
+    state = AlertState()
+    values = [0, 5, 0, 5, 5, 5, 0, 5, 5, 0, 0, 5, 5, 0.5, 0.25, 0.125]
+    got = [alerts.observe(state, np.array([v]), np.array([0.0])).alert for v in values]
+    # one alert once two in a row fell outside; the inside reading at 6 is not hold-off 2
+    assert [i for i, a in enumerate(got) if a] == [4, 12]
+    with pytest.raises(InputError, match="min_run"):
+        AlertConfig(min_run=0)
+    with pytest.raises(InputError, match="level 0.5"):
+        Alerts(model, AlertConfig(level=0.5))
+
+
+# ---- calibration from a CSV ---------------------------------------------------------------
+
+def test_calibrate_file_applies_the_rule_to_the_runtime_residuals(tmp_path):
+    path = tmp_path / "m.onnx"
+    path.write_bytes(WATER.read_bytes())
+    rows = (ROOT / "data" / "water-flow.csv").read_text().splitlines()[:301]
+    (tmp_path / "cal.csv").write_text("\n".join(rows) + "\n")
+    found = calibrate_file(path, tmp_path / "cal.csv")
+    y = np.array([[float(r.split(",")[1])] for r in rows[1:]])          # (300, 1)
+    model = runtime.load(path, device="cpu")
+    pred = model.predict(y[None])[0].astype(np.float64)[:-1]
+    spread = local_spread(y, found["spread"]["readings"], np.array(found["spread"]["floor"]),
+                          np.array(found["spread"]["prior"]))[:-1]
+    scores = np.sort(np.abs(y[1:] - pred)[:, 0] / spread[:, 0])
+    assert found["n"] == 299 and found["source"] == "calibration CSV cal.csv"
+    for level, q in zip(found["levels"], found["q"]):
+        assert q[0] == pytest.approx(scores[min(math.ceil(300 * level), 299) - 1], rel=1e-4)
+    assert Intervals.from_model(model) is not None
+
+
+# ---- lstm-run ---------------------------------------------------------------------------
+
+def _table(text: str) -> list[dict]:
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def test_lstm_run_alert_columns_match_the_python_api(tmp_path, readings):
+    path = with_intervals(tmp_path / "m.onnx")
+    data = (f"{TARGET}\n" + "".join(f"{v}\n" for v in readings[:80, 0])).encode()
+    out, _ = run([path, "--interval", "0.95", "--stuck", "3"], data)
+    rows = _table(out)
+    assert list(rows[0]) == [TARGET, "step", "warmup", f"pred_{TARGET}", f"lo_{TARGET}",
+                             f"hi_{TARGET}", "anomaly", "score", "alert", "error", "input"]
+    monitor = Monitor(runtime.load(path, device="cpu").stream(), AlertConfig(0.95, 1, 3, 3))
+    for row, r in zip(rows, readings[:80]):
+        a = monitor.step(r)
+        assert float(row[f"lo_{TARGET}"]) == pytest.approx(a.lo[0], rel=1e-6)
+        assert row["anomaly"] == ("" if math.isnan(a.score) else str(a.anomaly).lower())
+        assert row["alert"] == a.alert
+    jsonl = "".join(json.dumps({TARGET: float(v), "sensor": "a"}) + "\n" for v in readings[:5, 0])
+    out, _ = run([path, "--interval", "0.9", "--format", "jsonl"], jsonl.encode())
+    first, second = (json.loads(line) for line in out.splitlines()[:2])
+    assert first["anomaly"] is None and isinstance(second["anomaly"], bool)
+    assert second[f"hi_{TARGET}"] > second[f"lo_{TARGET}"]
+
+
+def test_lstm_run_alerts_resume_with_state(tmp_path, readings):
+    path = with_intervals(tmp_path / "m.onnx")
+    lines = [f"{TARGET}\n"] + [f"{v}\n" for v in readings[:60, 0]]
+    args = [path, "--interval", "0.8", "--hold-off", "1"]
+    whole = _table(run(args, "".join(lines).encode())[0])
+    state = tmp_path / "s.db"
+    run(args + ["--state", state], "".join(lines[:31]).encode())
+    assert Path(f"{state}.alerts").is_file()
+    rest = _table(run(args + ["--state", state], "".join(lines[:1] + lines[31:]).encode())[0])
+    keys = (f"lo_{TARGET}", "anomaly", "score", "alert")
+    assert [[r[k] for k in keys] for r in rest] == [[r[k] for k in keys] for r in whole[30:]]
+    Path(f"{state}.alerts").write_text("{not json")
+    _, err = run(args + ["--state", state], "".join(lines[:2]).encode(), code=2)
+    assert "alert states cannot be read" in err and "Traceback" not in err
+
+
+def test_lstm_run_refuses_a_model_without_intervals(tmp_path):
+    _, err = run([WATER, "--interval", "0.9"], f"{TARGET}\n1.0\n".encode(), code=2)
+    assert err.strip().splitlines()[-1].startswith("Error: the model has no calibrated")
+    info, _ = run([with_intervals(tmp_path / "m.onnx"), "--info"])
+    assert "calibrated at 0.8, 0.9, 0.95, 0.99 on 99 rows (test" in info
+
+
+# ---- lstm-train and lstm-export ---------------------------------------------------------
+
+def test_train_reports_coverage_and_export_writes_the_intervals(tmp_path):
+    import subprocess
+    import sys
+
+    import onnx
+
+    bin_ = Path(sys.executable).parent
+
+    def tool(*args):
+        proc = subprocess.run([str(bin_ / args[0]), *map(str, args[1:])], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+        return proc.stdout
+
+    out = tool("lstm-train", ROOT / "data" / "water-flow.csv", "--target", TARGET, "--mode",
+               "sequence", "--look-back", 6, "--units", 4, "--epochs", 1, "--quiet",
+               "--plot", "tail.png", "-o", "m.keras")
+    side = json.loads((tmp_path / "m.lstm-edge.json").read_text())
+    iv, metrics = side["intervals"], side["metrics"]
+    assert iv["source"] == "validation" and iv["n"] == metrics["validation"]["steps"]
+    line = next(r for r in out.splitlines() if "test coverage" in r)
+    for figure in metrics["test"]["intervals"]:
+        assert f"{figure['level']:.0%} {figure['coverage'][0]:.1%}" in line
+    assert (tmp_path / "tail.png").stat().st_size > 0
+
+    tool("lstm-export", "m.keras", "-o", "m.onnx", "--no-check")
+    props = {p.key: p.value for p in onnx.load(str(tmp_path / "m.onnx")).metadata_props}
+    assert json.loads(props["lstm_edge.intervals"]) == iv
+    rows = (ROOT / "data" / "water-flow.csv").read_text().splitlines()
+    (tmp_path / "cal.csv").write_text("\n".join(rows[:1] + rows[889:1080]) + "\n")
+    assert "calibration CSV cal.csv" in tool("lstm-export", "m.keras", "-o", "c.onnx",
+                                             "--no-check", "--calibrate", "cal.csv")
+    props = {p.key: p.value for p in onnx.load(str(tmp_path / "c.onnx")).metadata_props}
+    assert json.loads(props["lstm_edge.intervals"])["n"] == 191 - 1   # readings - horizon
+
+
+def test_lstm_run_keeps_one_alert_state_per_sensor(tmp_path, readings):
+    """Two sensors interleaved (stepped together in one call) answer as each one alone."""
+    path = with_intervals(tmp_path / "m.onnx")
+    a, b = readings[:40, 0], readings[100:140, 0] + 5.0
+    mixed = "".join(json.dumps({"sensor": s, TARGET: float(v)}) + "\n"
+                    for pair in zip(a, b) for s, v in zip("ab", pair))
+    args = [path, "--interval", "0.8", "--stream-column", "sensor", "--stuck", "2"]
+    out = [json.loads(line) for line in run(args, mixed.encode())[0].splitlines()]
+    for name, values in (("a", a), ("b", b)):
+        alone = "".join(json.dumps({"sensor": name, TARGET: float(v)}) + "\n" for v in values)
+        want = [json.loads(line) for line in run(args, alone.encode())[0].splitlines()]
+        got = [r for r in out if r["sensor"] == name]
+        assert [(r["anomaly"], r["alert"]) for r in got] == \
+            [(r["anomaly"], r["alert"]) for r in want]
+        for k in (f"lo_{TARGET}", "score"):                 # the first score is null
+            assert [r[k] for r in got[1:]] == pytest.approx([r[k] for r in want[1:]], rel=1e-5)
+            assert got[0]["score"] is want[0]["score"] is None

@@ -1,0 +1,166 @@
+"""Split-conformal calibration: the quantiles behind ``lstm_edge.intervals``.
+
+On rows the model never trained on — the validation rows in ``lstm-train``, never the test
+tail; the rows of a calibration CSV in ``lstm-export --calibrate`` — each forecast's
+nonconformity score is ``|y - pred| / spread`` (see :mod:`runtime.alerts` for the spread).
+For a level L over n scores the quantile is the ``ceil((n + 1) L)``-th smallest: on rows
+exchangeable with those, ``|y - pred| <= q * spread`` holds with probability at least L
+(Lei et al. 2018, "Distribution-free predictive inference for regression", JASA 113(523);
+the normalised score is Papadopoulos et al. 2008's). Where ``ceil((n + 1) L) > n`` the
+guarantee needs more rows than there are; the largest score is used, and ``n`` is in the
+file for anyone to judge.
+
+>>> conformal_quantile(np.arange(1.0, 10.0), 0.8)     # ceil(10 * 0.8) = 8th smallest
+8.0
+>>> conformal_quantile(np.arange(1.0, 10.0), 0.99)    # ceil(9.9) = 10 > 9: the largest
+9.0
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+
+from runtime.alerts import local_spread
+
+LEVELS = (0.8, 0.9, 0.95, 0.99)
+SPREAD_READINGS = 12      # differences the spread averages (bench/alerts.py: of 12, 24, 48)
+FLOOR_SHARE = 0.1         # the spread's floor: this share of the mean |change| of the rows
+
+
+def conformal_quantile(scores: np.ndarray, level: float) -> float:
+    """The ``ceil((n + 1) level)``-th smallest of ``scores`` (the largest where that is > n)."""
+    s = np.sort(np.asarray(scores, np.float64))
+    rank = min(math.ceil((len(s) + 1) * level - 1e-9), len(s))
+    return float(s[rank - 1])
+
+
+def calibrate(truth: np.ndarray, pred: np.ndarray, spread: np.ndarray | None,
+              levels=LEVELS) -> dict:
+    """Quantiles per level and output column from ``(rows, outputs)`` truth and forecasts.
+
+    ``spread`` ``(rows, outputs)``: the local spread each forecast was made with; None for
+    raw residuals. Returns ``{"levels", "q", "n"}`` of ``lstm_edge.intervals``.
+    """
+    scores = np.abs(np.asarray(truth, np.float64) - pred)           # (rows, outputs)
+    if spread is not None:
+        scores = scores / spread
+    q = [[conformal_quantile(scores[:, j], level) for j in range(scores.shape[1])]
+         for level in levels]
+    return {"levels": list(levels), "q": q, "n": int(len(scores))}
+
+
+def spread_rule(y_rows: np.ndarray, readings: int = SPREAD_READINGS) -> dict:
+    """The spread's parameters, its floor taken from ``y_rows`` ``(rows, targets)``."""
+    mean_change = np.abs(np.diff(y_rows, axis=0)).mean(axis=0)     # (targets,)
+    floor = np.where(mean_change > 0, FLOOR_SHARE * mean_change, 1e-6)
+    return {"readings": int(readings), "floor": floor.tolist(), "prior": mean_change.tolist()}
+
+
+def spread_of(iv: dict, y: np.ndarray) -> np.ndarray:
+    """``(rows, targets)``: the local spread of ``iv`` after each row of ``y``."""
+    rule = iv["spread"]
+    return local_spread(y, rule["readings"], np.asarray(rule["floor"]),
+                        np.asarray(rule["prior"]))
+
+
+def intervals(y: np.ndarray, pred: np.ndarray, last: np.ndarray, horizon: int,
+              target_features, source: str, floor_rows: np.ndarray,
+              scale: str = "mean-abs-change") -> dict:
+    """``lstm_edge.intervals`` for forecasts ``pred`` ``(steps, targets)`` of rows
+    ``last + horizon`` of the target series ``y`` ``(rows, targets)``.
+
+    ``floor_rows``: the rows whose mean change sets the spread's prior and floor (the
+    training rows).
+    The spread is local only where every target is a feature (a stream must read it).
+    """
+    if None in target_features:
+        scale = "none"
+    out = {"method": "split-conformal", "scale": scale}
+    spread = None
+    if scale != "none":
+        out["spread"] = spread_rule(floor_rows)
+        spread = spread_of(out, y)[last]                            # (steps, targets)
+    out.update(calibrate(y[last + horizon], pred, spread))
+    out.update(target_features=list(target_features), source=source)
+    return out
+
+
+def coverage(iv: dict, y: np.ndarray, pred: np.ndarray, last: np.ndarray,
+             horizon: int) -> list[dict]:
+    """Per level: the share of rows ``last + horizon`` inside the interval, and mean width."""
+    half_unit = np.ones_like(pred, np.float64)
+    if iv["scale"] != "none":
+        half_unit = spread_of(iv, y)[last]
+    truth = y[last + horizon]
+    out = []
+    for level, q in zip(iv["levels"], iv["q"]):
+        half = np.asarray(q) * half_unit                               # (steps, targets)
+        inside = np.abs(truth - pred) <= half
+        out.append({"level": level, "coverage": inside.mean(axis=0).tolist(),
+                    "width": (2 * half).mean(axis=0).tolist()})
+    return out
+
+
+def target_columns(features, targets) -> list:
+    """The input column of each target, None where a target is not a feature."""
+    features = list(features)
+    return [features.index(t) if t in features else None for t in targets]
+
+
+def calibrate_file(onnx_path, csv, *, missing: str = "error") -> dict:
+    """Stream ``csv`` through the exported model and write ``lstm_edge.intervals`` into it.
+
+    The forecasts come from the runtime itself, the way they will be served; the rows must
+    be rows the model was not trained on, and not the rows it will be judged on.
+    """
+    from pathlib import Path
+
+    import onnx
+    from onnx import helper
+
+    from runtime import load
+    from .data import read_csv, select
+    from .errors import DataError
+    from .export import write_atomically
+
+    model = load(onnx_path, device="cpu")
+    sel = select(read_csv(csv), list(model.targets), list(model.features), missing,
+                 source=str(csv))
+    horizon = int(model.info.horizon)
+    preds = model.stream().feed(sel.x.astype(np.float32))           # (rows, targets)
+    last = np.flatnonzero(np.isfinite(preds).all(axis=1))
+    last = last[last + horizon < len(sel.y)]
+    if len(last) < 10:
+        raise DataError(f"{csv}: {len(last)} forecasts to calibrate on; expected at least 10 "
+                        f"(the window is {model.window} readings, the horizon {horizon}); "
+                        f"give more rows")
+    found = intervals(sel.y, preds[last].astype(np.float64), last, horizon,
+                      target_columns(model.features, model.targets),
+                      f"calibration CSV {Path(csv).name}", sel.y)
+    proto = onnx.load(str(onnx_path))
+    props = {p.key: p.value for p in proto.metadata_props}
+    props["lstm_edge.intervals"] = json.dumps(found)
+    del proto.metadata_props[:]
+    helper.set_model_props(proto, props)
+    write_atomically(Path(onnx_path), proto.SerializeToString())
+    return found
+
+
+def metadata(sidecar: dict | None, n_outputs: int) -> dict:
+    """``{"intervals": JSON}`` for the exporter where the sidecar holds intervals that fit."""
+    iv = (sidecar or {}).get("intervals")
+    if not iv or len(iv["q"][0]) != n_outputs:
+        return {}
+    return {"intervals": json.dumps(iv)}
+
+
+def describe(iv: dict) -> str:
+    """One line for lstm-export's report."""
+    q90 = dict(zip(iv["levels"], iv["q"])).get(0.9)
+    unit = " spreads" if iv["scale"] != "none" else ""
+    return (f"intervals: split-conformal on {iv['n']} rows ({iv['source']}), scale "
+            f"{iv['scale']}" + (f"; 90 % half-width {', '.join(f'{v:.4g}' for v in q90)}"
+                                f"{unit}" if q90 else ""))
