@@ -117,7 +117,7 @@ class Server:
         try:
             loaded = self.store.load()
         except BaseException:
-            self.store.close()
+            self.store.close(refused=True)
             raise
         for key, stream, _ in loaded:
             # Seen now: the time the tool was down is not the sensor's silence.

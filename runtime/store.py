@@ -31,11 +31,15 @@ here directly: 100,000 sensors must save and load in a second or two, which a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import sqlite3
+import stat
 import time
+import urllib.parse
+import uuid
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -91,6 +95,10 @@ def sweep_temporary(path) -> list[Path]:
     return gone
 
 
+class ModelChanged(SnapshotError):
+    """The state file holds the streams of another model (another fingerprint)."""
+
+
 class StateStore:
     """One SQLite state database, opened for one model.
 
@@ -98,14 +106,21 @@ class StateStore:
     ----------
     path : the database file; created (with its tables) when missing.
     model : the :class:`~runtime.Model` whose streams it keeps.
+    on_new_model : a file of another model: ``"refuse"`` (:class:`ModelChanged`, both models
+        named) or ``"fresh"`` (the file is copied to a backup beside it, see :func:`backup_name`,
+        and every sensor starts fresh).
+
+    The file is locked (``flock``) while it is open, so a second ``lstm-run`` on it is refused.
+    Every check that can refuse the file runs on a read-only connection before anything is
+    written: a refused file is left byte for byte as it was.
 
     Raises
     ------
-    SnapshotError : the file is not a database this runtime can read, or holds the state of
-        another model or streaming mode; the message names the file and what to do.
+    SnapshotError : the file is not a database this runtime can read, is in use, or holds the
+        state of another model or streaming mode; the message names the file and what to do.
     """
 
-    def __init__(self, path, model):
+    def __init__(self, path, model, *, on_new_model: str = "refuse"):
         self.path, self.model = Path(path), model
         self.units = tuple(int(u) for u in model.units)
         # State slots (lstm_edge.state_slots): a stream carrying B > 1 keeps B states per
@@ -113,51 +128,136 @@ class StateStore:
         self.slots = int(model.slots) if model.carry_state else 1
         self.width = sum(self.units) * self.slots          # float32 values per state row
         self.dtype = np.dtype(model.dtype if model.tokens else np.float32)
+        self.notes: list[str] = []     # what the caller should tell the user (a lost -wal, ...)
+        self.file = _real_file(self.path)
+        existed = self.file.exists()
+        self._lock = _lock(self.file, self.path)
         try:
-            self.db = sqlite3.connect(str(self.path), isolation_level=None,
-                                      check_same_thread=False)
-        except sqlite3.Error as exc:
-            raise self._error(f"cannot open it ({exc})", "check the path and its "
-                              "permissions") from None
-        try:
-            meta = self._open()
-        except sqlite3.DatabaseError as exc:
+            self.meta = self._open(existed, on_new_model)
+        except BaseException:
             self.close()
-            raise self._error(f"cannot open it as a state database ({exc})",
-                              "restore a good copy, or delete it to start the streams "
-                              "fresh") from None
-        except SnapshotError:
-            self.close()
+            if not existed:               # leave no empty file behind
+                for suffix in ("", "-wal", "-shm"):
+                    with contextlib.suppress(OSError):
+                        os.unlink(f"{self.file}{suffix}")
             raise
-        self.meta = meta
         self.run = int(self.meta.get("run", "0")) + 1
         self.commits = int(self.meta.get("commits", "0"))
 
-    def _open(self) -> dict:
-        """Check (or create) the tables, then set the database up; the meta table's values.
+    def _connect(self, mode: str = "rwc") -> sqlite3.Connection:
+        # A file: URI of the absolute path: no name is ever taken as ":memory:" or a URI.
+        uri = f"file:{urllib.parse.quote(str(self.file.absolute()))}?mode={mode}"
+        return sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
 
-        A database that is not ours (other tables) is refused before anything is written.
+    def _open(self, existed: bool, on_new_model: str) -> dict:
+        """Check the file (read-only), then set the database up; the meta table's values."""
+        meta: dict = {}
+        try:
+            if existed:
+                try:
+                    meta = self._check()
+                except ModelChanged as exc:
+                    if on_new_model != "fresh":
+                        raise
+                    self._set_aside(exc)
+            self.db = db = self._connect()
+            db.execute("PRAGMA journal_mode=WAL")
+            # NORMAL: a commit survives the process being killed (the WAL is in the OS's
+            # hands); only a power cut may take back the last commits.
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA cache_size=-65536")    # 64 MiB: the key index stays cached
+            # Checkpoint (copy the WAL into the file, with an fsync) once the WAL holds
+            # 64 MiB, not SQLite's default 4 MiB: a save of 1,000 of 100,000 sensors then
+            # costs 4-5x less (bench/state.py). Quiet moments checkpoint too (checkpoint()).
+            db.execute("PRAGMA wal_autocheckpoint=16384")
+            db.execute(f"PRAGMA journal_size_limit={64 << 20}")
+            if not meta:                 # nothing is written to a file that is there
+                db.executescript(_SCHEMA)
+                meta = {**self._model_meta(), "id": uuid.uuid4().hex, "closed": "1"}
+                self._write_meta(meta)
+                self.checkpoint()        # the main file alone holds the tables from now on
+        except sqlite3.Error as exc:
+            raise self._sqlite_error(exc, "cannot open it as a state database",
+                                     "restore a good copy, or delete it to start the "
+                                     "streams fresh") from None
+        return meta
+
+    def _check(self) -> dict:
+        """Read and check an existing file without writing to it; its meta values."""
+        if self.file.stat().st_size == 0:
+            # A file truncated by a full disk or a bad copy: not taken for a new database.
+            raise self._error("it is empty (0 bytes), not a state database", "restore a good "
+                              "copy, or delete it to start the streams fresh")
+        wal = Path(f"{self.file}-wal")
+        had_wal = wal.exists()
+        ro = self._connect("ro")
+        try:
+            tables = {name for (name,) in ro.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if tables and not {"meta", "streams"} <= tables:
+                raise self._error(f"it is a SQLite database of another program (tables "
+                                  f"{', '.join(sorted(tables))})", "give lstm-run a --state "
+                                  "file of its own")
+            meta = dict(ro.execute("SELECT name, value FROM meta").fetchall()) if tables else {}
+            if meta:
+                self._check_meta(meta)
+            if had_wal and meta.get("id") and self._main_id() not in (None, meta["id"]):
+                raise self._error(f"its -wal file {wal.name} belongs to another database",
+                                  f"move {wal.name} away to resume from the file's last "
+                                  f"checkpoint, or restore the two files together")
+        finally:
+            ro.close()
+        if meta.get("closed") == "0" and not had_wal:
+            self.notes.append(f"the state file {self.path} was not closed cleanly and its "
+                              f"-wal file is missing: resuming from its last checkpoint "
+                              f"(commit {meta.get('commits', '0')}); commits after it, if "
+                              f"any, are lost (sensors resume from earlier steps)")
+        return meta
+
+    def _main_id(self) -> str | None:
+        """The database id in the main file alone (its -wal not applied)."""
+        uri = f"file:{urllib.parse.quote(str(self.file.absolute()))}?immutable=1"
+        main = sqlite3.connect(uri, uri=True)
+        try:
+            row = main.execute("SELECT value FROM meta WHERE name = 'id'").fetchone()
+        except sqlite3.Error:
+            return None           # no tables yet in the main file
+        finally:
+            main.close()
+        return None if row is None else str(row[0])
+
+    def _set_aside(self, changed: ModelChanged) -> None:
+        """``--on-new-model fresh``: copy the file to a backup, then empty it in place.
+
+        Emptied, not renamed: the lock is on this file, so no other process can take it in
+        between.
         """
-        tables = {name for (name,) in self.db.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'table'")}
-        if tables and not {"meta", "streams"} <= tables:
-            raise self._error(f"it is a SQLite database of another program (tables "
-                              f"{', '.join(sorted(tables))})", "give lstm-run a --state file "
-                              "of its own")
-        self.db.execute("PRAGMA journal_mode=WAL")
-        # NORMAL: a commit survives the process being killed (the WAL is in the OS's hands);
-        # only a power cut may take back the last commits.
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute("PRAGMA cache_size=-65536")    # 64 MiB: the key index stays cached
-        # Checkpoint (copy the WAL into the file, with an fsync) once the WAL holds 64 MiB,
-        # not SQLite's default 4 MiB: a save of 1,000 of 100,000 sensors then costs 4-5x
-        # less (bench/state.py); the WAL is cut back to that size after each checkpoint.
-        self.db.execute("PRAGMA wal_autocheckpoint=16384")
-        self.db.execute(f"PRAGMA journal_size_limit={64 << 20}")
-        if not tables:
-            self.db.executescript(_SCHEMA)
-        meta = dict(self.db.execute("SELECT name, value FROM meta").fetchall())
-        return self._check_meta(meta)
+        backup = backup_name(self.path)
+        old = self._connect("ro")
+        try:
+            with sqlite3.connect(str(backup)) as copy:
+                old.backup(copy)              # the -wal's commits included
+            copy.close()
+        finally:
+            old.close()
+        os.truncate(self.file, 0)
+        for suffix in ("-wal", "-shm"):
+            with contextlib.suppress(OSError):
+                os.unlink(f"{self.file}{suffix}")
+        self.notes.append(f"{changed}: kept it as {backup} and started every sensor fresh "
+                          f"(--on-new-model fresh)")
+
+    def checkpoint(self) -> None:
+        """Copy the WAL into the main file and empty it: the file alone is then complete.
+
+        Raises SnapshotError where the disk refuses; the commits stay in the WAL.
+        """
+        try:
+            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        except sqlite3.Error as exc:
+            raise self._sqlite_error(exc, "its last saves could not be copied from its -wal "
+                                     "file", "free disk space; keep the -wal file beside "
+                                     "it") from None
 
     # -- meta --
 
@@ -167,22 +267,20 @@ class StateStore:
                 "carry_state": json.dumps(bool(m.carry_state)),
                 "state": json.dumps(list(m.state_inputs)), "units": json.dumps(self.units),
                 "features": str(m.n_features), "targets": str(m.n_targets),
-                "buffer_dtype": self.dtype.str,
+                "buffer_dtype": self.dtype.str, "model": _model_words(m),
                 **({"slots": str(self.slots)} if self.slots > 1 else {})}
 
-    def _check_meta(self, meta: dict) -> dict:
+    def _check_meta(self, meta: dict) -> None:
         want = self._model_meta()
-        if not meta:
-            self._write_meta(want)
-            return want
         if meta.get("format", "").isdigit() and int(meta["format"]) > FORMAT:
             raise self._error(f"it has state format {meta['format']}, this runtime reads up "
                               f"to {FORMAT}", "upgrade lstm-edge")
         if meta.get("fingerprint") != want["fingerprint"]:
-            found = str(meta.get("fingerprint", "none"))[:12]
-            raise self._error(f"it holds the state of another model (sha256 {found}…, this one "
-                              f"is {want['fingerprint'][:12]}…)",
-                              "give another --state file, or delete it to start fresh")
+            old = meta.get("model") or f"sha256 {str(meta.get('fingerprint', 'none'))[:12]}…"
+            raise ModelChanged(
+                f"the state file {self.path}: it holds the streams of another model ({old}); "
+                f"this one is {want['model']}; give another --state file, or run with "
+                f"--on-new-model fresh to keep it as a backup and start every sensor fresh")
         for name in ("window", "carry_state", "state", "units", "features", "targets",
                      "buffer_dtype", "slots"):
             if meta.get(name) != want.get(name):
@@ -190,7 +288,6 @@ class StateStore:
                                   f"streams with {name}={want[name]}",
                                   "load the model with the same --window/--carry-state, or "
                                   "give another --state file")
-        return meta
 
     def _write_meta(self, values: dict) -> None:
         self.db.executemany("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)",
@@ -214,28 +311,34 @@ class StateStore:
         (full, read-only); the database then holds the last commit, as it was.
         """
         rows = self._rows(slots)
+        for row in rows:
+            row[0] = db_key(row[0])
         self.commits += 1
-        meta = {"commits": str(self.commits), "run": str(self.run), "saved_at": repr(time.time())}
+        # closed=0 until close(): a main file that says so and has no -wal beside it has
+        # lost its last commits (see _check).
+        meta = {"commits": str(self.commits), "run": str(self.run),
+                "saved_at": repr(time.time()), "closed": "0"}
         if lines is not None:
             meta["lines"] = str(lines)
         try:
             self.db.execute("BEGIN IMMEDIATE")
             try:
-                self.db.executemany("DELETE FROM streams WHERE key = ?", ((k,) for k in dropped))
+                self.db.executemany("DELETE FROM streams WHERE key = ?", ((db_key(k),) for k in dropped))
                 self.db.executemany(
                     "INSERT OR REPLACE INTO streams (key, fingerprint, steps, buffer, state, "
                     "prediction, seen, run, line) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
                 self._write_meta(meta)
                 self.db.execute("COMMIT")
+                self.meta["closed"] = "0"
             except BaseException:
                 if self.db.in_transaction:     # SQLITE_FULL has rolled it back already
                     self.db.execute("ROLLBACK")
                 raise
         except sqlite3.Error as exc:
             self.commits -= 1
-            raise self._error(f"the state could not be saved ({exc}); the file holds the last "
-                              f"save", "free disk space or check the file's permissions, then "
-                              "resume from it") from None
+            raise self._sqlite_error(exc, "the state could not be saved; the file holds the "
+                                     "last save", "free disk space or check the file's "
+                                     "permissions, then resume from it") from None
         return len(rows)
 
     def _rows(self, slots) -> list[list]:
@@ -308,6 +411,7 @@ class StateStore:
         if not rows:
             return []
         keys, fps, steps, bufs, states, preds, seen = zip(*rows)
+        keys = tuple(map(py_key, keys))
         model = self.model
         bad = next((i for i, f in enumerate(fps) if f != model.fingerprint), None)
         if bad is not None:
@@ -383,22 +487,126 @@ class StateStore:
         """The meta table's values (lines, commits, run, saved_at, ...) as strings."""
         return dict(self.db.execute("SELECT name, value FROM meta").fetchall())
 
-    def close(self) -> None:
-        """Close the connection; SQLite folds the WAL into the file and removes it."""
-        try:
-            self.db.close()
-        except sqlite3.Error:
-            pass
+    def close(self, *, refused: bool = False) -> None:
+        """Mark the file closed cleanly and close it (SQLite folds the WAL into the file and
+        removes it), then let the lock go. ``refused``: its rows were refused; it is left
+        as it was."""
+        db = getattr(self, "db", None)
+        if db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                if not refused and getattr(self, "meta", {}).get("closed") != "1":
+                    self._write_meta({"closed": "1"})
+            with contextlib.suppress(sqlite3.Error):
+                db.close()
+            self.db = None        # type: ignore[assignment]
+        lock = getattr(self, "_lock", None)
+        if lock is not None:
+            os.close(lock)        # after the connection: closing it drops SQLite's locks too
+            self._lock = None
 
     # -- messages --
 
     def _error(self, what: str, todo: str) -> SnapshotError:
         return SnapshotError(f"the state file {self.path}: {what}; {todo}")
 
+    def _sqlite_error(self, exc: sqlite3.Error, what: str, todo: str) -> SnapshotError:
+        """``what`` failed with ``exc``; a full disk is said as such, the file kept."""
+        if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+            return self._error(f"{what}: the disk is full ({exc})", "free space on it and "
+                               "start again; the file is kept as it was")
+        if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_READONLY:
+            return self._error(f"{what}: it is read-only ({exc})", "make it and its folder "
+                               "writable, or give another --state file")
+        return self._error(f"{what} ({exc})", todo)
+
     def _row_error(self, key, what: str) -> SnapshotError:
         return self._error(f"sensor {key!r}: {what}",
                            "restore a good copy, or delete the file to start the streams "
                            "fresh")
+
+
+def db_key(key: str) -> str | bytes:
+    """A sensor key as stored: text, or (a key no UTF-8 can hold, a lone surrogate from a JSON
+    ``"\\ud800"``) the bytes of its ``surrogatepass`` encoding, a BLOB. Lossless both ways
+    (:func:`py_key`), and a BLOB never equals a TEXT key in SQLite."""
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        return key.encode("utf-8", "surrogatepass")
+    return key
+
+
+def py_key(value) -> str:
+    """The sensor key a stored key (:func:`db_key`) came from."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "surrogatepass")
+    return str(value)
+
+
+def backup_name(path: Path) -> Path:
+    """Where ``--on-new-model fresh`` keeps an old state file: ``NAME.old-N`` beside it."""
+    n = 1
+    while (path.with_name(f"{path.name}.old-{n}")).exists():
+        n += 1
+    return path.with_name(f"{path.name}.old-{n}")
+
+
+def _model_words(model) -> str:
+    """A model in words for a refusal: its file, fingerprint and Keras source."""
+    src = model.info.source or {}
+    made = f", exported from {src['file']}" if src.get("file") else ""
+    return f"{model.name}, sha256 {model.fingerprint[:12]}…{made}"
+
+
+def _real_file(path: Path) -> Path:
+    """The regular file a ``--state`` path names (symlinks followed), or SnapshotError.
+
+    ``:memory:`` and ``file:`` URIs would keep nothing or something else than a file; a
+    device (a symlink to /dev/null) would take SQLite's journal beside it.
+    """
+    name = str(path)
+    if name == ":memory:" or name.lower().startswith("file:"):
+        raise SnapshotError(f"the state file {name!r} is a SQLite name for a memory database "
+                            f"or a URI, not a file: the state would not be kept; give a file "
+                            f"path (./{name} for a file of that name)")
+    real = Path(os.path.realpath(path))
+    try:
+        mode = os.stat(real).st_mode
+    except FileNotFoundError:
+        return real
+    except OSError as exc:
+        raise SnapshotError(f"the state file {path} cannot be read ({exc.strerror}); check "
+                            f"the path and its permissions") from None
+    if not stat.S_ISREG(mode):
+        raise SnapshotError(f"the state file {path} is not a regular file ({real} is a "
+                            f"{'directory' if stat.S_ISDIR(mode) else 'device or pipe'}); "
+                            f"give a file path")
+    return real
+
+
+def _lock(file: Path, path: Path) -> int | None:
+    """Hold an exclusive ``flock`` on the state file (created if missing); its descriptor.
+
+    ``flock``, not SQLite's locks: those last a transaction, this lasts the run, and it
+    leaves readers (``sqlite3 FILE``) free. Windows has no ``flock``: SQLite's locks only.
+    """
+    try:
+        import fcntl
+    except ImportError:                                # pragma: no cover - Windows
+        return None
+    try:
+        fd = os.open(file, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+    except OSError as exc:
+        raise SnapshotError(f"the state file {path} cannot be opened for writing "
+                            f"({exc.strerror}); make it and its folder writable, or give "
+                            f"another --state file") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise SnapshotError(f"the state file {path} is in use by another lstm-run; stop that "
+                            f"one first, or give this one another --state file") from None
+    return fd
 
 
 def _blob(pred) -> bytes | None:
@@ -415,16 +623,19 @@ def _length(blob) -> str:
     return str(len(blob)) if isinstance(blob, (bytes, bytearray)) else f"no ({type(blob).__name__})"
 
 
-def open_store(path, model, *, warn=None) -> StateStore:
+def open_store(path, model, *, warn=None, on_new_model: str = "refuse") -> StateStore:
     """The state database at ``path`` for ``model``: made, opened, or converted from an npz.
 
     ``path`` may hold an ``.npz`` snapshot file (:func:`runtime.save_snapshots`, the format
     ``lstm-run --state`` wrote before): its streams are checked against the model, written
     into a new database beside it, and that database replaces the file at the same path, in
     one :func:`os.replace` (a crash before it leaves the npz as it was). Temporary files an
-    interrupted save left beside ``path`` are removed first.
+    interrupted save left beside ``path`` are removed first. ``on_new_model``: see
+    :class:`StateStore`; ``warn(message)`` gets what the user should know (a conversion, a
+    missing ``-wal``, a file kept as a backup).
     """
     path = Path(path)
+    _real_file(path)                  # no read of a device, a URI or ":memory:"
     sweep_temporary(path)
     for leftover in (path.with_name(path.name + ".converting"),):
         for suffix in ("", "-wal", "-shm", "-journal"):
@@ -441,7 +652,11 @@ def open_store(path, model, *, warn=None) -> StateStore:
             raise SnapshotError(f"the state file {path} is neither a state database nor an .npz "
                                 f"snapshot file (it starts with {head[:8]!r}); give another "
                                 f"--state file, or delete it to start fresh")
-    return StateStore(path, model)
+    store = StateStore(path, model, on_new_model=on_new_model)
+    for note in store.notes:
+        if warn is not None:
+            warn(note)
+    return store
 
 
 def _convert(path: Path, model, warn) -> StateStore:
