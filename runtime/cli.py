@@ -16,6 +16,7 @@ from typing import cast
 
 import click
 
+from . import stderr
 from .errors import LstmEdgeError
 from .lines import FORMATS, MAX_LINE
 from .progress import Progress
@@ -80,10 +81,11 @@ def reports_errors(func):
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
+        stderr.ensure()        # a closed stderr costs the messages, never the answers
         try:
             return func(*args, **kwargs)
         except LstmEdgeError as exc:
-            click.echo(f"Error: {exc}", err=True)
+            stderr.warn(f"Error: {exc}")
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:       # Ctrl-C before the stream started: nothing to save
             sys.exit(130)
@@ -92,7 +94,7 @@ def reports_errors(func):
 
 
 def _warn(message: str) -> None:
-    click.echo(message, err=True)
+    stderr.warn(message)
 
 
 def load_model(model: Path, *, device, window, carry_state, missing, threads):
@@ -214,7 +216,7 @@ def _checked(parity: dict) -> str:
     return f"{steps} steps"     # a file from before the check said how it ran
 
 
-@click.command(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"],
+@click.command(cls=stderr.Command, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"],
                                                 "max_content_width": 100})
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--info", is_flag=True,
@@ -275,12 +277,16 @@ def _checked(parity: dict) -> str:
               help="Also save --state when this long has passed since the last save and a "
                    "sensor changed (0: only --save-every and exit). Bounds both what a "
                    "kill -9 loses and what SIGTERM still has to write.")
+@click.option("--on-new-model", type=click.Choice(["refuse", "fresh"]), default="refuse",
+              show_default=True,
+              help="A --state file of another model (a new version): refuse, naming both; "
+                   "or keep it beside as FILE.old-N and start every sensor fresh.")
 @click.option("--strict", is_flag=True, help="Stop at the first bad line, with exit code 1.")
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads for the model.")
 @reports_errors
 def main(model, info, stream, input_, output, format_, stream_column, columns, reset_column,
          progress, idle_timeout, max_streams, device, window, carry_state, missing, state,
-         save_every, save_interval, strict, threads):
+         save_every, save_interval, on_new_model, strict, threads):
     """Run MODEL.onnx (exported by lstm-export) over sensor lines, one answer per line.
 
     \b
@@ -301,7 +307,8 @@ def main(model, info, stream, input_, output, format_, stream_column, columns, r
     config = ServeConfig(format=format_, stream_column=stream_column, strict=strict,
                          idle_timeout=idle_timeout, max_streams=max_streams, state=state,
                          save_every=save_every, save_interval=save_interval,
-                         columns=_column_names(columns), reset_column=reset_column)
+                         columns=_column_names(columns), reset_column=reset_column,
+                         on_new_model=on_new_model)
     if progress is None:
         progress = stream and sys.stderr.isatty()
     run(loaded, config, input_, output, stream,
@@ -355,7 +362,7 @@ def run(model, config: ServeConfig, input_: str, output: str, stream: bool,
                 progress.finish()
             out.close()
     if failure is not None:
-        click.echo(f"Error: {failure}", err=True)
+        stderr.warn(f"Error: {failure}")
     sys.exit(code)
 
 
