@@ -198,6 +198,15 @@ class StateStore:
                 raise self._error(f"it is a SQLite database of another program (tables "
                                   f"{', '.join(sorted(tables))})", "give lstm-run a --state "
                                   "file of its own")
+            # SQLite's own check of every page (0.15 s for 100,000 sensors, 43 MB): a damaged
+            # file is refused at start, not met at the first save hours later.
+            damage = ro.execute("PRAGMA quick_check(3)").fetchall()
+            if damage != [("ok",)]:
+                said = [line for d in damage for line in str(d[0]).splitlines()
+                        if line.strip() and not line.startswith("***")]
+                raise self._error(f"its pages are damaged (SQLite quick_check: "
+                                  f"{'; '.join(said[:3])})", "restore a good copy, or "
+                                  "delete it to start the streams fresh")
             meta = dict(ro.execute("SELECT name, value FROM meta").fetchall()) if tables else {}
             if meta:
                 self._check_meta(meta)

@@ -320,3 +320,19 @@ def test_new_model_fresh_keeps_the_old_file_beside(models, tmp_path):
     assert f"kept it as {backup}" in err
     assert [line.split(",")[4] for line in out.splitlines()[1:]] == ["1", "1"]
     assert steps(backup) == old and steps(state) == {"a": 1, "b": 1}
+
+
+# ---- 4. SQLite's own check at start ------------------------------------------------------
+
+def test_damaged_page_is_refused_at_start(models, tmp_path):
+    state = saved(models["tiny"], tmp_path / "s.db", HEADER + csv(4, sensors=("a", "b", "c")))
+    data = bytearray(state.read_bytes())
+    size = int.from_bytes(data[16:18], "big")          # the page size, from the header
+    for page in range(1, len(data) // size):            # every page's b-tree header
+        data[page * size] = 0x07                         # no valid page type
+    state.write_bytes(bytes(data))
+    before = digest(state)
+    code, out, err = lstm_run([models["tiny"], "--stream-column", "sensor", "--state", state],
+                              HEADER + csv(1))
+    one_line_error(code, err, "its pages are damaged (SQLite quick_check")
+    assert out == "" and digest(state) == before
