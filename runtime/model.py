@@ -239,6 +239,10 @@ class Model:
         a = _asarray(reading, "reading")
         if a.dtype.kind not in "fiu" or a.shape != self._fshape or self.tokens:
             return self._check_slow(a, reading)
+        if a.dtype.kind == "f" and a.dtype.itemsize > 4:
+            # 1e300 becomes inf, which the finite check refuses in words: no numpy warning.
+            with np.errstate(over="ignore"):
+                return a.astype(np.float32)
         return a.astype(np.float32)
 
     def _check_slow(self, a, reading):
@@ -263,7 +267,8 @@ class Model:
 
     def _as_model_dtype(self, a):
         if not self.tokens:
-            return a.astype(np.float32)
+            with np.errstate(over="ignore"):      # beyond float32: inf, refused in words
+                return a.astype(np.float32)
         if a.dtype.kind == "f":
             finite = np.isfinite(a)
             if (a[finite] != np.round(a[finite])).any():

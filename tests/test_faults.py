@@ -631,6 +631,17 @@ def test_bad_samples_leave_the_stream_as_it_was(api, case, sample, error):
     _same(stream.snapshot(), before)
 
 
+@pytest.mark.filterwarnings("error")        # numpy's "overflow encountered in cast" fails it
+def test_reading_beyond_float32_is_refused_without_a_numpy_warning(api):
+    stream = _fed(api)
+    before = stream.snapshot()
+    for call in (lambda: stream.step([1e300, 40.0]), lambda: stream.feed([[1e300, 40.0]]),
+                 lambda: api.step([stream], np.array([[21.0, -1e300]]))):
+        with pytest.raises(runtime.InputError, match="inf"):
+            call()
+    _same(stream.snapshot(), before)
+
+
 # ---- item 3: ONNX Runtime failures are the project's error, state untouched ------------
 
 def test_run_failures_become_run_errors_and_change_nothing(models):
