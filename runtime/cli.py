@@ -244,7 +244,8 @@ def _checked(parity: dict) -> str:
                    "their header.")
 @click.option("--reset-column", metavar="NAME",
               help="Column (CSV) or key (JSONL) that resets its sensor's stream when true "
-                   "(true/1/yes; false/0/empty carry on), before that line is fed.")
+                   "(true/1/yes/y/t/start; false/0/no/n/f/empty carry on; any case, "
+                   "1.0/0.0 too), before that line is fed.")
 @click.option("--progress/--no-progress", default=None,
               help="A live status line on stderr: lines/s, sensors, errors, last save "
                    "[default: on with --stream when stderr is a terminal].")
