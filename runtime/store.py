@@ -6,16 +6,23 @@ step count again, which every answer line carries, and the input line of its las
 A save writes only the sensors that changed since the last one, in one transaction, so its
 cost follows the traffic, not the number of sensors; the database is in WAL mode, so a
 ``kill -9`` at any moment leaves the last committed save, readable, and no temporary files.
+A checkpoint (:meth:`StateStore.checkpoint`, at creation and when the feed is quiet) makes
+the main file complete without its ``-wal``. One process at a time: the file is locked
+(``flock``) while open. Every check that may refuse a file (including SQLite's
+``quick_check``) runs read-only before anything is written.
 
 Schema (format 1)::
 
     meta(name TEXT PRIMARY KEY, value TEXT)       format, fingerprint, window, carry_state,
                                                   state names and units, features, targets,
-                                                  buffer dtype, commits, lines, run, saved_at
+                                                  buffer dtype, commits, lines, run, saved_at,
+                                                  model (in words), id (random, per file),
+                                                  closed (0 while a run has it open)
     streams(key TEXT PRIMARY KEY, fingerprint TEXT, steps INTEGER, buffer BLOB, state BLOB,
             prediction BLOB, seen REAL, run INTEGER, line INTEGER)
 
-``state`` is every state tensor's ``(units,)`` float32 values, one after the other in the
+``key`` is TEXT, or a BLOB for a key UTF-8 cannot hold (:func:`db_key`). ``state`` is every
+state tensor's ``(units,)`` float32 values, one after the other in the
 order ``meta.state`` names them; ``buffer`` the ``(m, features)`` last samples fed, C order, in
 ``meta.buffer_dtype``; ``prediction`` ``(targets,)`` float32 or NULL; ``seen`` the wall-clock
 time of the sensor's last line; ``run``/``line`` the run (``meta.run`` counts them) and the
