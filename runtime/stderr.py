@@ -36,11 +36,16 @@ def warn(message: str) -> None:
     try:
         click.echo(message, err=True)
     except (OSError, ValueError):        # BrokenPipeError, EBADF, a closed sys.stderr
-        _devnull()
-        try:
-            sys.stderr.flush()           # what was buffered goes to /dev/null, not at exit
-        except (OSError, ValueError, AttributeError):
-            pass
+        gone()
+
+
+def gone() -> None:
+    """A write to stderr failed: point descriptor 2 at ``/dev/null`` for the rest of the run."""
+    _devnull()
+    try:
+        sys.stderr.flush()               # what was buffered goes to /dev/null, not at exit
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 def _devnull() -> None:

@@ -41,11 +41,13 @@ def close_stderr() -> None:
 
 
 @pytest.mark.parametrize("unbuffered", [False, True], ids=["buffered", "unbuffered"])
-def test_broken_stderr_pipe_leaves_every_answer(model, unbuffered):
+@pytest.mark.parametrize("progress", [[], ["--progress"]], ids=["", "progress"])
+def test_broken_stderr_pipe_leaves_every_answer(model, unbuffered, progress):
     read, write = os.pipe()
     os.close(read)               # the reader of stderr is gone: every write to it is EPIPE
     try:
-        proc = subprocess.run(LSTM_RUN + [str(model), "--stream", "--stream-column", "sensor"],
+        proc = subprocess.run(LSTM_RUN + [str(model), "--stream", "--stream-column", "sensor",
+                                          *progress],
                               input=half_bad(), stdout=subprocess.PIPE, stderr=write,
                               env=environ(unbuffered), timeout=TIMEOUT, cwd=ROOT)
     finally:
