@@ -725,7 +725,7 @@ def read_snapshots(path) -> dict[str, Snapshot]:
             raise SnapshotError(f"the state file {path}: sensor {key!r}: its arrays have the "
                                 f"wrong size; restore a good copy, or delete it to start fresh")
         # B > 1 slots: (B, units) per tensor, the next slot first (so next_slot is 0).
-        out[key] = Snapshot(
+        out[py_key(key)] = Snapshot(
             state={n: values[a:b].reshape(slots, -1).copy() if slots > 1 else values[a:b].copy()
                    for n, a, b in zip(names, cuts[:-1], cuts[1:])},
             next_slot=0 if slots > 1 else None,

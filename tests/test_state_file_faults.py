@@ -91,6 +91,7 @@ def test_lone_surrogate_key_keeps_every_sensor(models, tmp_path):
         assert code == 0 and "Traceback" not in err, err
         assert [json.loads(line)["step"] for line in out.splitlines()] == [run, run]
     assert steps(state) == {"ok": 2, "\ud800": 2}
+    assert set(runtime.load_snapshots(state)) == {"ok", "\ud800"}
 
 
 # ---- 2. one run per file -------------------------------------------------------------
