@@ -92,6 +92,7 @@ class Server:
         self.drops = 0              # sensors dropped in all (named on stderr: the first few)
         self._checkpointed = True   # the state file alone holds every commit (see quiet())
         self._checkpoint_at = time.monotonic()
+        self._retry_at = 0.0        # after a failed checkpoint: not before this
         self.delivered_lines = 0    # input lines whose answers are out
         self._saved_at = time.monotonic()   # when the state was last saved (or loaded)
         self.saved_at: float | None = None   # time.time() of the last --state save (--progress)
@@ -162,10 +163,20 @@ class Server:
     CHECKPOINT_EVERY = 30.0
 
     def checkpoint(self) -> None:
-        """Copy the saves from the state file's WAL into the file itself (see quiet())."""
-        if self.store is not None and not self._checkpointed:
-            self.store.checkpoint()
-            self._checkpointed, self._checkpoint_at = True, time.monotonic()
+        """Copy the saves from the state file's WAL into the file itself (see quiet()).
+
+        A failure (a full disk) is said and the run goes on: the saves are safe in the WAL.
+        """
+        now = time.monotonic()
+        if self.store is not None and not self._checkpointed and now >= self._retry_at:
+            self._checkpoint_at = now
+            try:
+                self.store.checkpoint()
+            except SnapshotError as exc:
+                self._retry_at = now + self.CHECKPOINT_EVERY
+                self._warn(f"{exc}; trying again in {self.CHECKPOINT_EVERY:g} s")
+                return
+            self._checkpointed = True
 
     def quiet(self) -> None:
         """The feed has been quiet a while: save what is due, then checkpoint.

@@ -334,6 +334,9 @@ class StateStore:
         # lost its last commits (see _check).
         meta = {"commits": str(self.commits), "run": str(self.run),
                 "saved_at": repr(time.time()), "closed": "0"}
+        if "id" not in self.meta:        # a file from before ids: one from its next save on
+            meta["id"] = self.meta["id"] = uuid.uuid4().hex
+            meta["model"] = _model_words(self.model)
         if lines is not None:
             meta["lines"] = str(lines)
         try:
