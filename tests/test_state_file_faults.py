@@ -260,10 +260,35 @@ def test_read_only_state_is_found_at_start(models):
         shutil.rmtree(folder)
 
 
+def test_state_on_a_read_only_filesystem_is_found_at_start(models, small_disk):
+    """Root may write any file, but not to a read-only mount: the same refusal, at start."""
+    state = saved(models["tiny"], small_disk / "s.db", HEADER + csv(4))
+    remount = subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], capture_output=True)
+    if remount.returncode != 0:
+        pytest.skip(f"cannot remount read-only: {remount.stderr.decode().strip()}")
+    code, out, err = lstm_run([models["tiny"], "--state", state], HEADER + csv(20))
+    one_line_error(code, err, "cannot be written")
+    assert out == "" and sorted(p.name for p in small_disk.iterdir()) == ["s.db"]
+
+
+def test_new_database_holds_its_tables_after_kill_9(models, tmp_path):
+    """Created, then killed before any save: the main file alone is a state database."""
+    state = tmp_path / "s.db"
+    live = Live([models["tiny"], "--stream", "--stream-column", "sensor", "--state", state])
+    try:
+        live.send(HEADER)
+        live.read_line()
+        live.proc.send_signal(signal.SIGKILL)
+        live.proc.wait()
+    finally:
+        live.kill()
+    assert steps(state, main_only=True) == {}          # the tables are there, empty
+
+
 # ---- 10. a full disk at start ----------------------------------------------------------
 
 @pytest.fixture
-def full_disk(tmp_path):
+def small_disk(tmp_path):
     """A real, small filesystem (tmpfs, 256 KiB) to fill up; skipped where none can be
     mounted (not root, no tmpfs)."""
     folder = tmp_path / "disk"
@@ -278,13 +303,13 @@ def full_disk(tmp_path):
         subprocess.run(["umount", str(folder)], check=False)
 
 
-def test_full_disk_at_start_says_so_and_keeps_the_file(models, full_disk):
+def test_full_disk_at_start_says_so_and_keeps_the_file(models, small_disk):
     model = runtime.load(models["tiny"], device="cpu")
     stream = model.stream()
     stream.feed(np.array([[21.0, 40.0], [22.0, 41.0]]))
-    state = full_disk / "s.npz"
+    state = small_disk / "s.npz"
     runtime.save_snapshots(state, {"a": stream.snapshot()})
-    filler = full_disk / "filler"
+    filler = small_disk / "filler"
     with open(filler, "wb", buffering=0) as f:         # fill the disk to the last byte
         with pytest.raises(OSError):
             while True:
@@ -295,7 +320,7 @@ def test_full_disk_at_start_says_so_and_keeps_the_file(models, full_disk):
     one_line_error(code, err, "the disk is full")
     assert "kept as it was" in err and "delete" not in err
     assert out == "" and digest(state) == before
-    assert sorted(p.name for p in full_disk.iterdir()) == ["filler", "s.npz"]
+    assert sorted(p.name for p in small_disk.iterdir()) == ["filler", "s.npz"]
 
 
 # ---- issue 20: a new model version on an old state file ----------------------------------
