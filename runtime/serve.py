@@ -428,7 +428,8 @@ def serve(model, config: ServeConfig, reader: LineReader, write, *, warn=None,
     """
     server = Server(model, config, warn=warn)
     server.load_state()
-    if server.store is not None and config.save_interval and getattr(reader, "tick", 0) is None:
+    if server.store is not None and config.save_interval and os.name == "posix" \
+            and getattr(reader, "tick", 0) is None:     # (select() takes pipes on POSIX only)
         reader.tick = max(config.save_interval / 2, 0.05)   # quiet feeds save too
     try:
         for batch in reader.batches():

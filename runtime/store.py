@@ -43,7 +43,6 @@ import json
 import os
 import re
 import sqlite3
-import stat
 import time
 import urllib.parse
 import uuid
@@ -55,6 +54,7 @@ import numpy as np
 
 from .device import to_host
 from .errors import SnapshotError
+from .statefile import backup_name, db_key, lock, model_words, py_key, real_file
 from .snapshot import Snapshot, load_snapshots
 from .stream import Stream
 
@@ -136,9 +136,9 @@ class StateStore:
         self.width = sum(self.units) * self.slots          # float32 values per state row
         self.dtype = np.dtype(model.dtype if model.tokens else np.float32)
         self.notes: list[str] = []     # what the caller should tell the user (a lost -wal, ...)
-        self.file = _real_file(self.path)
+        self.file = real_file(self.path)
         existed = self.file.exists()
-        self._lock = _lock(self.file, self.path)
+        self._lock = lock(self.file, self.path)
         try:
             self.meta = self._open(existed, on_new_model)
         except BaseException:
@@ -283,7 +283,7 @@ class StateStore:
                 "carry_state": json.dumps(bool(m.carry_state)),
                 "state": json.dumps(list(m.state_inputs)), "units": json.dumps(self.units),
                 "features": str(m.n_features), "targets": str(m.n_targets),
-                "buffer_dtype": self.dtype.str, "model": _model_words(m),
+                "buffer_dtype": self.dtype.str, "model": model_words(m),
                 **({"slots": str(self.slots)} if self.slots > 1 else {})}
 
     def _check_meta(self, meta: dict) -> None:
@@ -336,7 +336,7 @@ class StateStore:
                 "saved_at": repr(time.time()), "closed": "0"}
         if "id" not in self.meta:        # a file from before ids: one from its next save on
             meta["id"] = self.meta["id"] = uuid.uuid4().hex
-            meta["model"] = _model_words(self.model)
+            meta["model"] = model_words(self.model)
         if lines is not None:
             meta["lines"] = str(lines)
         try:
@@ -544,90 +544,6 @@ class StateStore:
                            "fresh")
 
 
-def db_key(key: str) -> str | bytes:
-    """A sensor key as stored: text, or (a key no UTF-8 can hold, a lone surrogate from a JSON
-    ``"\\ud800"``) the bytes of its ``surrogatepass`` encoding, a BLOB. Lossless both ways
-    (:func:`py_key`), and a BLOB never equals a TEXT key in SQLite."""
-    try:
-        key.encode("utf-8")
-    except UnicodeEncodeError:
-        return key.encode("utf-8", "surrogatepass")
-    return key
-
-
-def py_key(value) -> str:
-    """The sensor key a stored key (:func:`db_key`) came from."""
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "surrogatepass")
-    return str(value)
-
-
-def backup_name(path: Path) -> Path:
-    """Where ``--on-new-model fresh`` keeps an old state file: ``NAME.old-N`` beside it."""
-    n = 1
-    while (path.with_name(f"{path.name}.old-{n}")).exists():
-        n += 1
-    return path.with_name(f"{path.name}.old-{n}")
-
-
-def _model_words(model) -> str:
-    """A model in words for a refusal: its file, fingerprint and Keras source."""
-    src = model.info.source or {}
-    made = f", exported from {src['file']}" if src.get("file") else ""
-    return f"{model.name}, sha256 {model.fingerprint[:12]}…{made}"
-
-
-def _real_file(path: Path) -> Path:
-    """The regular file a ``--state`` path names (symlinks followed), or SnapshotError.
-
-    ``:memory:`` and ``file:`` URIs would keep nothing or something else than a file; a
-    device (a symlink to /dev/null) would take SQLite's journal beside it.
-    """
-    name = str(path)
-    if name == ":memory:" or name.lower().startswith("file:"):
-        raise SnapshotError(f"the state file {name!r} is a SQLite name for a memory database "
-                            f"or a URI, not a file: the state would not be kept; give a file "
-                            f"path (./{name} for a file of that name)")
-    real = Path(os.path.realpath(path))
-    try:
-        mode = os.stat(real).st_mode
-    except FileNotFoundError:
-        return real
-    except OSError as exc:
-        raise SnapshotError(f"the state file {path} cannot be read ({exc.strerror}); check "
-                            f"the path and its permissions") from None
-    if not stat.S_ISREG(mode):
-        raise SnapshotError(f"the state file {path} is not a regular file ({real} is a "
-                            f"{'directory' if stat.S_ISDIR(mode) else 'device or pipe'}); "
-                            f"give a file path")
-    return real
-
-
-def _lock(file: Path, path: Path) -> int | None:
-    """Hold an exclusive ``flock`` on the state file (created if missing); its descriptor.
-
-    ``flock``, not SQLite's locks: those last a transaction, this lasts the run, and it
-    leaves readers (``sqlite3 FILE``) free. Windows has no ``flock``: SQLite's locks only.
-    """
-    try:
-        import fcntl
-    except ImportError:                                # pragma: no cover - Windows
-        return None
-    try:
-        fd = os.open(file, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
-    except OSError as exc:
-        raise SnapshotError(f"the state file {path} cannot be opened for writing "
-                            f"({exc.strerror}); make it and its folder writable, or give "
-                            f"another --state file") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)
-        raise SnapshotError(f"the state file {path} is in use by another lstm-run; stop that "
-                            f"one first, or give this one another --state file") from None
-    return fd
-
-
 def _blob(pred) -> bytes | None:
     return None if pred is None else np.asarray(pred, np.float32).tobytes()
 
@@ -654,7 +570,7 @@ def open_store(path, model, *, warn=None, on_new_model: str = "refuse") -> State
     missing ``-wal``, a file kept as a backup).
     """
     path = Path(path)
-    _real_file(path)                  # no read of a device, a URI or ":memory:"
+    real_file(path)                  # no read of a device, a URI or ":memory:"
     sweep_temporary(path)
     for leftover in (path.with_name(path.name + ".converting"),):
         for suffix in ("", "-wal", "-shm", "-journal"):
