@@ -171,12 +171,10 @@ class Server:
         if self.store is not None and not self._checkpointed and now >= self._retry_at:
             self._checkpoint_at = now
             try:
-                self.store.checkpoint()
+                self._checkpointed = self.store.checkpoint()   # False: a reader held it
             except SnapshotError as exc:
                 self._retry_at = now + self.CHECKPOINT_EVERY
                 self._warn(f"{exc}; trying again in {self.CHECKPOINT_EVERY:g} s")
-                return
-            self._checkpointed = True
 
     def quiet(self) -> None:
         """The feed has been quiet a while: save what is due, then checkpoint.

@@ -263,17 +263,20 @@ class StateStore:
         self.notes.append(f"{changed}: kept it as {backup} and started every sensor fresh "
                           f"(--on-new-model fresh)")
 
-    def checkpoint(self) -> None:
-        """Copy the WAL into the main file and empty it: the file alone is then complete.
+    def checkpoint(self) -> bool:
+        """Copy the WAL into the main file: the file alone is then complete.
 
-        Raises SnapshotError where the disk refuses; the commits stay in the WAL.
+        PASSIVE: it never waits for a reader (``sqlite3 FILE``); False where one kept it from
+        copying every commit. Raises SnapshotError where the disk refuses (the commits stay
+        in the WAL).
         """
         try:
-            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            busy, frames, copied = self.db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         except sqlite3.Error as exc:
             raise self._sqlite_error(exc, "its last saves could not be copied from its -wal "
                                      "file", "free disk space; keep the -wal file beside "
                                      "it") from None
+        return not busy and frames == copied
 
     # -- meta --
 
