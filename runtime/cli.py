@@ -216,8 +216,9 @@ def _checked(parity: dict) -> str:
     return f"{steps} steps"     # a file from before the check said how it ran
 
 
-@click.command(cls=stderr.Command, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"],
-                                                "max_content_width": 100})
+@click.command(cls=stderr.Command, epilog=EPILOG,
+               context_settings={"help_option_names": ["-h", "--help"],
+                                 "max_content_width": 100})
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--info", is_flag=True,
               help="Describe the model's contract, time it on this machine, and exit.")

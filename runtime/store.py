@@ -345,7 +345,8 @@ class StateStore:
         try:
             self.db.execute("BEGIN IMMEDIATE")
             try:
-                self.db.executemany("DELETE FROM streams WHERE key = ?", ((db_key(k),) for k in dropped))
+                self.db.executemany("DELETE FROM streams WHERE key = ?",
+                                    ((db_key(k),) for k in dropped))
                 self.db.executemany(
                     "INSERT OR REPLACE INTO streams (key, fingerprint, steps, buffer, state, "
                     "prediction, seen, run, line) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
