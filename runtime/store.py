@@ -576,17 +576,16 @@ def open_store(path, model, *, warn=None, on_new_model: str = "refuse") -> State
     path = Path(path)
     real_file(path)                  # no read of a device, a URI or ":memory:"
     sweep_temporary(path)
-    for leftover in (path.with_name(path.name + ".converting"),):
-        for suffix in ("", "-wal", "-shm", "-journal"):
-            try:
-                os.unlink(f"{leftover}{suffix}")
-            except OSError:
-                pass
     if path.exists() and not path.is_dir():
         with open(path, "rb") as f:
             head = f.read(16)
         if head.startswith(_NPZ):
-            return _convert(path, model, warn)
+            held = lock(real_file(path), path)     # one conversion (and run) at a time
+            try:
+                return _convert(path, model, warn)
+            finally:
+                if held is not None:     # the old npz's inode: SQLite's locks are elsewhere
+                    os.close(held)
         if head and head != MAGIC:
             raise SnapshotError(f"the state file {path} is neither a state database nor an .npz "
                                 f"snapshot file (it starts with {head[:8]!r}); give another "
@@ -599,7 +598,13 @@ def open_store(path, model, *, warn=None, on_new_model: str = "refuse") -> State
 
 
 def _convert(path: Path, model, warn) -> StateStore:
-    """Read an npz snapshot file and replace it with a state database of the same streams."""
+    """Read an npz snapshot file and replace it with a state database of the same streams.
+
+    The caller holds the npz's lock: what an interrupted conversion left is removed first.
+    """
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        with contextlib.suppress(OSError):
+            os.unlink(f"{path}.converting{suffix}")
     snaps = load_snapshots(path)
     streams = []
     for key, snap in snaps.items():

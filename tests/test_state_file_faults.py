@@ -115,6 +115,21 @@ def test_second_run_on_the_same_file_is_refused(models, tmp_path):
     assert steps(state) == {"a": 2, "b": 2}          # the first run's readings, all of them
 
 
+def test_npz_being_converted_elsewhere_is_refused(models, tmp_path):
+    """The lock covers an .npz too: while another process holds it (as a run converting it
+    does), a run on it is refused and the npz is left as it was."""
+    import fcntl
+    model = runtime.load(models["tiny"], device="cpu")
+    state = tmp_path / "s.npz"
+    runtime.save_snapshots(state, {"a": model.stream().snapshot()})
+    before = digest(state)
+    with open(state, "rb") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        code, out, err = lstm_run([models["tiny"], "--state", state], HEADER + csv(1))
+    one_line_error(code, err, "in use by another lstm-run")
+    assert out == "" and digest(state) == before
+
+
 # ---- 3, 4. a quiet feed saves and checkpoints; kill -9; a lost or foreign -wal ---------
 
 def test_reader_tick_yields_an_empty_batch_on_a_quiet_feed():
