@@ -137,7 +137,24 @@ def save_cost(db: Path, sensors: int) -> dict:
         server.save_state()
         out[f"save_{int(share * 100)}pct_s"] = time.perf_counter() - t0
         out[f"save_{int(share * 100)}pct_rows"] = n
+        t0 = time.perf_counter()
+        server.checkpoint()          # what a quiet feed does after the save
+        out[f"checkpoint_{int(share * 100)}pct_s"] = time.perf_counter() - t0
     server.close()
+    return out
+
+
+def integrity(db: Path) -> dict:
+    """What an integrity check of the whole database at start would cost."""
+    import sqlite3
+    out = {}
+    for check in ("quick_check", "integrity_check"):
+        con = sqlite3.connect(db)
+        t0 = time.perf_counter()
+        result = con.execute(f"PRAGMA {check}").fetchall()
+        out[f"{check}_s"] = time.perf_counter() - t0
+        out[f"{check}_result"] = result[0][0]
+        con.close()
     return out
 
 
@@ -200,6 +217,8 @@ def main(argv=None) -> None:
         print(json.dumps(figures["resume"]), flush=True)
         figures["save"] = save_cost(db, args.sensors)
         print(json.dumps(figures["save"]), flush=True)
+        figures["integrity"] = integrity(db)
+        print(json.dumps(figures["integrity"]), flush=True)
         figures["commits"] = per_batch_commits(folder)
         print(json.dumps(figures["commits"]), flush=True)
         figures["npz"] = npz_reference(db, folder)
@@ -217,7 +236,11 @@ def main(argv=None) -> None:
           f"resume (target <= 5 s); in process {c['load_in_process_s']:.2f} s")
     for p in (1, 10, 100):
         print(f"  save after {p:>3}% changed ({c[f'save_{p}pct_rows']:,} rows): "
-              f"{c[f'save_{p}pct_s'] * 1e3:.1f} ms")
+              f"{c[f'save_{p}pct_s'] * 1e3:.1f} ms, then its checkpoint into the file "
+              f"{c[f'checkpoint_{p}pct_s'] * 1e3:.1f} ms")
+    g = figures["integrity"]
+    print(f"  PRAGMA quick_check {g['quick_check_s']:.2f} s, integrity_check "
+          f"{g['integrity_check_s']:.2f} s ({g['quick_check_result']})")
     print(f"  one-line batches: {v['lines_per_s_save_every_0']:.0f} lines/s saving at the end, "
           f"{v['lines_per_s_save_every_1']:.0f} lines/s committing each batch "
           f"(+{v['commit_us_per_line']:.0f} µs a line)")

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, cast
 
 import click
 
+from . import stderr
 from .alerts import AlertConfig
 from .errors import LstmEdgeError
 from .lines import FORMATS, MAX_LINE
@@ -92,10 +93,11 @@ def reports_errors(func):
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
+        stderr.ensure()        # a closed stderr costs the messages, never the answers
         try:
             return func(*args, **kwargs)
         except LstmEdgeError as exc:
-            click.echo(f"Error: {exc}", err=True)
+            stderr.warn(f"Error: {exc}")
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:       # Ctrl-C before the stream started: nothing to save
             sys.exit(130)
@@ -104,7 +106,7 @@ def reports_errors(func):
 
 
 def _warn(message: str) -> None:
-    click.echo(message, err=True)
+    stderr.warn(message)
 
 
 def load_model(model: Path, *, device, window, carry_state, missing, threads):
@@ -237,8 +239,9 @@ def _checked(parity: dict) -> str:
     return f"{steps} steps"     # a file from before the check said how it ran
 
 
-@click.command(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"],
-                                                "max_content_width": 100})
+@click.command(cls=stderr.Command, epilog=EPILOG,
+               context_settings={"help_option_names": ["-h", "--help"],
+                                 "max_content_width": 100})
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--info", is_flag=True,
               help="Describe the model's contract, time it on this machine, and exit.")
@@ -273,7 +276,8 @@ def _checked(parity: dict) -> str:
                    "their header.")
 @click.option("--reset-column", metavar="NAME",
               help="Column (CSV) or key (JSONL) that resets its sensor's stream when true "
-                   "(true/1/yes; false/0/empty carry on), before that line is fed.")
+                   "(true/1/yes/y/t/start; false/0/no/n/f/empty carry on; any case, "
+                   "1.0/0.0 too), before that line is fed.")
 @click.option("--progress/--no-progress", default=None,
               help="A live status line on stderr: lines/s, sensors, errors, last save "
                    "[default: on with --stream when stderr is a terminal].")
@@ -317,12 +321,17 @@ def _checked(parity: dict) -> str:
 @click.option("--stuck", type=click.IntRange(min=0), default=0, show_default=True,
               metavar="N", help="--interval: the same target value N times in a row raises "
               "a 'stuck' alert (0: off).")
+@click.option("--on-new-model", type=click.Choice(["refuse", "fresh"]), default="refuse",
+              show_default=True,
+              help="A --state file of another model (a new version): refuse, naming both; "
+                   "or keep it beside as FILE.old-N and start every sensor fresh.")
 @click.option("--strict", is_flag=True, help="Stop at the first bad line, with exit code 1.")
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads for the model.")
 @reports_errors
 def main(model, info, stream, input_, output, append, endless, format_, stream_column, columns,
          reset_column, progress, idle_timeout, max_streams, device, window, carry_state, missing,
-         state, save_every, save_interval, interval, min_run, hold_off, stuck, strict, threads):
+         state, save_every, save_interval, interval, min_run, hold_off, stuck, on_new_model, strict,
+         threads):
     """Run MODEL.onnx (exported by lstm-export) over sensor lines, one answer per line.
 
     \b
@@ -349,7 +358,8 @@ def main(model, info, stream, input_, output, append, endless, format_, stream_c
                          save_every=save_every, save_interval=save_interval,
                          columns=_column_names(columns), reset_column=reset_column,
                          alerts=None if interval is None else
-                         AlertConfig(interval, min_run, hold_off, stuck))
+                         AlertConfig(interval, min_run, hold_off, stuck),
+                         on_new_model=on_new_model)
     if progress is None:
         progress = stream and sys.stderr.isatty()
     run(loaded, config, input_, output, stream,
@@ -418,7 +428,7 @@ def run(model, config: "ServeConfig", input_: str, output: str, stream: bool,
                 progress.finish()
             out.close()
     if failure is not None:
-        click.echo(f"Error: {failure}", err=True)
+        stderr.warn(f"Error: {failure}")
     elif code == ENDLESS_EXIT:
         _warn(f"the input ended, and --endless says it never should: exit {ENDLESS_EXIT} "
               f"(answers flushed{', state saved' if config.state else ''}) for a restart")

@@ -113,19 +113,19 @@ def cuda_library_problem() -> str | None:
     return None
 
 
-def new_session(model: bytes, providers: list, options: ort.SessionOptions):
+def new_session(model: bytes | str, providers: list, options: ort.SessionOptions):
     """One :class:`onnxruntime.InferenceSession` (a seam the tests replace)."""
     return ort.InferenceSession(model, options, providers=providers)
 
 
-def create_session(model: bytes, device: str = "auto",
+def create_session(model: bytes | str, device: str = "auto",
                    config: SessionConfig | None = None,
                    options: ort.SessionOptions | None = None, *, name: str = "model"):
     """A session on the device asked for, and the device it really runs on.
 
     Parameters
     ----------
-    model : the ONNX file's bytes.
+    model : the ONNX file's bytes, or its path.
     device : ``"auto"`` (CUDA where a session really runs on it, else CPU), ``"cpu"``,
         ``"cuda"`` or ``"cuda:N"``.
     config : session settings; :class:`SessionConfig` defaults when None.

@@ -110,29 +110,41 @@ class LineReader:
     completed, so a line from a live sensor is answered before the next one arrives. With
     ``gather`` (a file whose whole content is there), reads go on until ``block`` bytes are in
     hand, for fewer, larger batches. A line longer than ``max_line`` bytes yields
-    ``TOO_LONG`` (``None``) instead of its bytes, and is never held in memory whole.
+    ``TOO_LONG`` (``None``) instead of its bytes, and is never held in memory whole. With
+    ``tick`` (seconds), a descriptor quiet that long yields an empty batch, so that the
+    caller can do what is due on a quiet feed (``lstm-run --save-interval``).
     """
 
     def __init__(self, fd: int, *, block: int = 1 << 16, gather: bool = False,
-                 max_line: int = fmt.MAX_LINE, signals: Signals | None = None):
+                 max_line: int = fmt.MAX_LINE, signals: Signals | None = None,
+                 tick: float | None = None):
         self.fd, self.block, self.gather, self.max_line = fd, block, gather, max_line
         self.signals = signals
+        self.tick = tick
         self.line = 0          # number of the last line yielded
         self.bytes = 0         # bytes read so far
 
-    def _read(self) -> bytes:
-        if self.signals is not None and self.signals.wake_fd is not None:
-            self.signals.check()
+    def _read(self, patient: bool = False) -> bytes | None:
+        """The next bytes (b"" at the end); None when ``tick`` passed first (unless
+        ``patient``)."""
+        wake = self.signals.wake_fd if self.signals is not None else None
+        if wake is not None or self.tick is not None:
+            if self.signals is not None:
+                self.signals.check()
+            watch = [self.fd] if wake is None else [self.fd, wake]
             while True:   # select, so that a signal wakes a reader waiting on a quiet pipe
                 try:
-                    ready, _, _ = select.select([self.fd, self.signals.wake_fd], [], [])
+                    ready, _, _ = select.select(watch, [], [], self.tick)
                 except InterruptedError:   # pragma: no cover - PEP 475 retries
-                    ready = []
-                if self.signals.wake_fd in ready:
-                    os.read(self.signals.wake_fd, 512)
-                self.signals.check()
+                    ready = []             # at worst an early, empty batch
+                if wake is not None and wake in ready:
+                    os.read(wake, 512)
+                if self.signals is not None:
+                    self.signals.check()
                 if self.fd in ready:
                     break
+                if not ready and not patient:
+                    return None                  # quiet for tick seconds
         data = os.read(self.fd, self.block)
         self.bytes += len(data)
         return data
@@ -142,9 +154,14 @@ class LineReader:
         skipping = False       # inside an over-long line that has been reported already
         eof = False
         while not eof:
-            data = self._read()
+            got = self._read()
+            if got is None:
+                yield []                  # a quiet feed: the caller's turn
+                continue
+            data = got
             while self.gather and data and len(data) < self.block:
-                more = self._read()
+                more = self._read(patient=True)
+                assert more is not None
                 if not more:
                     eof = True
                     break

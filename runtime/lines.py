@@ -64,6 +64,7 @@ MAX_LINE = 1 << 20          # bytes: a longer line is reported, not parsed (1 Mi
 FORMATS = ("auto", "csv", "headerless", "jsonl")
 MISSING_TOKENS = {"", "na", "nan", "n/a", "null", "none", "?", "-"}   # as the trainer reads CSVs
 RESET_TRUE = {"true", "1", "yes", "y", "t", "start"}      # --reset-column: reset, then feed
+# (any case; also 1.0 / 0.0, in CSV as in JSON)
 RESET_FALSE = {"false", "0", "no", "n", "f", ""}          # --reset-column: carry on
 TIME_COLUMN = "time"     # the name given to a recognised leading time column
 FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -195,6 +196,8 @@ def reset_flag(value, column: str) -> bool:
     text = str(value).strip().lower()
     if text in RESET_TRUE or text in RESET_FALSE:
         return text in RESET_TRUE
+    if text in ("1.0", "0.0"):            # as JSON's 1.0 and 0.0: CSV and JSON lines agree
+        return text == "1.0"
     shown = json.dumps(value) if not isinstance(value, str) else repr(value[:40])
     raise BadLine(f"--reset-column {column!r}: {shown} is not a reset flag (expected true/1 "
                   f"to reset the sensor's stream before this reading, false/0/empty to carry on)")

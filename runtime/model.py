@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -62,18 +63,34 @@ def load(path, *, device: str = "auto", window: int | None = None,
     """
     if isinstance(path, (bytes, bytearray)):
         data, name, what = bytes(path), "model", "the model bytes"
+        # Bytes have no folder: /dev/null as theirs makes every external data file missing,
+        # where ONNX Runtime would otherwise look in the current directory.
+        source: bytes | str = data
+        folder = os.devnull
     else:
         try:
             data, name, what = Path(path).read_bytes(), Path(path).name, str(path)
         except OSError as exc:
             raise ContractError(f"cannot read the model file {path}: {exc.strerror or exc}; "
                                 f"check the path and its permissions") from None
+        # ONNX Runtime reads a file given by its path (not its bytes) with its external data
+        # from the file's folder, shape inference included.
+        source, folder = str(Path(path).absolute()), str(Path(path).absolute().parent)
     config = _device.SessionConfig(threads=1 if threads is None else threads)
+    options = session_options if session_options is not None else config.options()
+    # A model file is untrusted input: its external data (weights in a file beside it) is
+    # read from the model's own folder, never from the current directory; ONNX Runtime
+    # refuses a location that is absolute or leads out of that folder.
+    options.add_session_config_entry(_EXTERNAL_FOLDER, folder)
     try:
-        session, where = _device.create_session(data, device, config, session_options, name=name)
+        session, where = _device.create_session(source, device, config, options, name=name)
     except DeviceError:
         raise
     except _device.ORT_ERRORS as exc:   # InvalidProtobuf, InvalidGraph, Fail, ...: no common base
+        if "external data" in str(exc).lower():
+            raise ContractError(f"{what}: its external data cannot be used "
+                                f"({_external_words(exc)}); an external data file must lie in "
+                                f"the model's folder, named relative to it") from None
         raise ContractError(f"{what} is not an ONNX model ONNX Runtime can load "
                             f"({type(exc).__name__}: {_first_line(exc)}); the file may be "
                             f"truncated or corrupt, or not an ONNX file at all: re-export the "
@@ -156,6 +173,7 @@ class Model:
         self.state_inputs = tuple(n for s in info.state for n in s.inputs)
         self.state_outputs = tuple(n for s in info.state for n in s.outputs)
         self.units = tuple(_units(inputs[n].shape, s.units) for s in info.state for n in s.inputs)
+        _check_sizes(self)
         bound = device.startswith("cuda") if io_binding is None else bool(io_binding)
         self._host = _device.HostRunner(session, X, Y, self.state_inputs, self.state_outputs)
         self._runner = (_device.BoundRunner(session, X, Y, self.state_inputs, self.state_outputs,
@@ -221,6 +239,10 @@ class Model:
         a = _asarray(reading, "reading")
         if a.dtype.kind not in "fiu" or a.shape != self._fshape or self.tokens:
             return self._check_slow(a, reading)
+        if a.dtype.kind == "f" and a.dtype.itemsize > 4:
+            # 1e300 becomes inf, which the finite check refuses in words: no numpy warning.
+            with np.errstate(over="ignore"):
+                return a.astype(np.float32)
         return a.astype(np.float32)
 
     def _check_slow(self, a, reading):
@@ -245,7 +267,8 @@ class Model:
 
     def _as_model_dtype(self, a):
         if not self.tokens:
-            return a.astype(np.float32)
+            with np.errstate(over="ignore"):      # beyond float32: inf, refused in words
+                return a.astype(np.float32)
         if a.dtype.kind == "f":
             finite = np.isfinite(a)
             if (a[finite] != np.round(a[finite])).any():
@@ -517,6 +540,33 @@ def _mask_rule(value, info: ModelInfo):
     tol = MASK_RTOL * (np.abs(value) + mean)
     value32, tol32 = value.astype(np.float32), tol.astype(np.float32)
     return value32, tol32, float(value32[0]), float(tol32[0])
+
+
+_EXTERNAL_FOLDER = "session.model_external_initializers_file_folder_path"
+
+# Sizes no model for a device comes near (an LSTM of 2**20 units has 4 * 2**40 recurrent
+# weights): a file declaring more is refused in words before any array is made for it.
+_MOST = {"state units": 1 << 20, "features": 1 << 20, "targets": 1 << 20,
+         "window": 1 << 24, "state slots": 1 << 16}
+
+
+def _check_sizes(model) -> None:
+    """Every size the streams allocate by, against :data:`_MOST`; one error naming each."""
+    sizes = {"state units": max(model.units, default=0), "features": model.n_features,
+             "targets": model.n_targets, "window": model.window, "state slots": model.slots}
+    over = [f"{what} {n:,} (at most {_MOST[what]:,})" for what, n in sizes.items()
+            if n > _MOST[what]]
+    if over:
+        raise ContractError(f"the model declares sizes no stream can hold: {', '.join(over)}; "
+                            f"the file is damaged or not made for this runtime: re-export it "
+                            f"with lstm-export")
+
+
+def _external_words(exc) -> str:
+    """ONNX Runtime's external-data refusal without its source-file positions."""
+    text = " ".join(str(exc).split())
+    text = text.split("External data path validation failed for ", 1)[-1]
+    return re.sub(r"\S+\.cc:\d+ \w+ ", "", text)
 
 
 def _first_line(exc) -> str:

@@ -16,8 +16,11 @@ line of its own.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
+
+from . import stderr
 
 CLEAR = "\r\x1b[K"     # back to the start of the line and erase it (every ANSI terminal)
 
@@ -62,19 +65,17 @@ class Progress:
         text = self.line(server, now)
         self._last, self._last_lines = now, server.lines
         if self.tty:
-            self.out.write(CLEAR + text)
+            self._write(CLEAR + text)
             self._shown = True
         else:
-            self.out.write(text + "\n")
-        self.out.flush()
+            self._write(text + "\n")
 
     def warn(self, message: str) -> None:
         """Write another message on its own line, clearing the status line first."""
         if self._shown:
-            self.out.write(CLEAR)
+            self._write(CLEAR)
             self._shown = False
-        self.out.write(message + "\n")
-        self.out.flush()
+        self._write(message + "\n")
 
     def finish(self) -> None:
         """The last counts, on a line that ends, when the run is over."""
@@ -84,6 +85,15 @@ class Progress:
             self._last = self.start
             self._draw(self._server, now)
         if self._shown:
-            self.out.write("\n")
-            self.out.flush()
+            self._write("\n")
             self._shown = False
+
+    def _write(self, text: str) -> None:
+        """Write and flush; a stderr whose reader went away costs the status, not the run."""
+        try:
+            self.out.write(text)
+            self.out.flush()
+        except (OSError, ValueError):
+            if self.out is sys.stderr:
+                stderr.gone()
+            self.out = open(os.devnull, "w")

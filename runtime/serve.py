@@ -64,6 +64,7 @@ class ServeConfig:
     columns: tuple[str, ...] | None = None   # names of header-less CSV fields (--columns)
     reset_column: str | None = None      # the column/key whose true value resets a sensor
     alerts: AlertConfig | None = None    # --interval: lo/hi, anomaly, score, alert columns
+    on_new_model: str = "refuse"         # a state file of another model: refuse | fresh
 
 
 @dataclass
@@ -91,7 +92,11 @@ class Server:
         self.store: StateStore | None = None    # the --state database
         self.changed: set[str] = set()    # sensors stepped, answers delivered, not yet saved
         self.inflight: set[str] = set()   # sensors stepped in the batch whose answers are not out
-        self.dropped: set[str] = set()    # sensors dropped since the last save
+        self.dropped: set[str] = set()    # sensors dropped since the last save (--state only)
+        self.drops = 0              # sensors dropped in all (named on stderr: the first few)
+        self._checkpointed = True   # the state file alone holds every commit (see quiet())
+        self._checkpoint_at = time.monotonic()
+        self._retry_at = 0.0        # after a failed checkpoint: not before this
         self.delivered_lines = 0    # input lines whose answers are out
         self._saved_at = time.monotonic()   # when the state was last saved (or loaded)
         self.saved_at: float | None = None   # time.time() of the last --state save (--progress)
@@ -118,11 +123,12 @@ class Server:
         if Path(path).is_dir():
             raise SnapshotError(f"the state file {path} is a directory; give a file path")
         from .store import open_store
-        self.store = open_store(path, self.model, warn=self._warn)
+        self.store = open_store(path, self.model, warn=self._warn,
+                                on_new_model=self.config.on_new_model)
         try:
             loaded = self.store.load()
         except BaseException:
-            self.store.close()
+            self.store.close(refused=True)
             raise
         for key, stream, _ in loaded:
             # Seen now: the time the tool was down is not the sensor's silence.
@@ -158,6 +164,36 @@ class Server:
         self.dropped.clear()
         self._unsaved, self._saved_at = 0, time.monotonic()
         self.saved_at = time.time()
+        self._checkpointed = False
+        if self._saved_at - self._checkpoint_at >= self.CHECKPOINT_EVERY:
+            self.checkpoint()
+
+    # Seconds between checkpoints on a busy feed; a quiet one checkpoints after each save.
+    CHECKPOINT_EVERY = 30.0
+
+    def checkpoint(self) -> None:
+        """Copy the saves from the state file's WAL into the file itself (see quiet()).
+
+        A failure (a full disk) is said and the run goes on: the saves are safe in the WAL.
+        """
+        now = time.monotonic()
+        if self.store is not None and not self._checkpointed and now >= self._retry_at:
+            self._checkpoint_at = now
+            try:
+                self._checkpointed = self.store.checkpoint()   # False: a reader held it
+            except SnapshotError as exc:
+                self._retry_at = now + self.CHECKPOINT_EVERY
+                self._warn(f"{exc}; trying again in {self.CHECKPOINT_EVERY:g} s")
+
+    def quiet(self) -> None:
+        """The feed has been quiet a while: save what is due, then checkpoint.
+
+        So a ``kill -9`` after a pause loses nothing saved, and the file alone (without its
+        ``-wal``) holds every save up to the pause.
+        """
+        if self.due():
+            self.save_state()
+        self.checkpoint()
 
     def delivered(self) -> None:
         """The last batch's answers are out: its sensors may be saved now."""
@@ -183,9 +219,8 @@ class Server:
                 if old is None:
                     break
                 del self.slots[old]
-                self.dropped.add(old)
-                self._warn(f"dropped stream {old!r}, the least recently seen, to stay within "
-                           f"--max-streams {self.config.max_streams}")
+                self._drop(old, f"the least recently seen, to stay within --max-streams "
+                                f"{self.config.max_streams}")
             slot = self.slots[key] = _Slot(self.model.stream())
         self.slots.move_to_end(key)
         slot.seen = time.monotonic()
@@ -201,9 +236,28 @@ class Server:
             if slot.seen >= limit:
                 break
             del self.slots[key]
-            self.dropped.add(key)
-            self._warn(f"dropped stream {key!r}: no line for {self.config.idle_timeout:g} s "
-                       f"(--idle-timeout)")
+            self._drop(key, f"no line for {self.config.idle_timeout:g} s (--idle-timeout)")
+
+    NAMED_DROPS = 10     # drops named one by one on stderr; then counts at 100, 1,000, ...
+
+    def _drop(self, key: str, why: str) -> None:
+        """Forget a dropped sensor (its row goes at the next save); tell stderr, in brief."""
+        if self.store is not None:
+            self.dropped.add(key)      # without a state file there is no row to delete
+        self.drops += 1
+        n = self.drops
+        if n <= self.NAMED_DROPS:
+            self._warn(f"dropped stream {key!r}: {why}")
+        elif len(str(n)) > 2 and str(n).strip("0") == "1":            # 100, 1000, ...
+            self._warn(f"dropped {n:,} streams so far (the first {self.NAMED_DROPS} named "
+                       f"above; latest: {why})")
+
+    def report_drops(self) -> None:
+        """One line with the number of streams dropped, where more than were named."""
+        if self.drops > self.NAMED_DROPS:
+            self._warn(f"dropped {self.drops:,} streams in all (--max-streams "
+                       f"{self.config.max_streams}, --idle-timeout "
+                       f"{self.config.idle_timeout or 'none'})")
 
     # -- one batch --
 
@@ -396,8 +450,16 @@ def serve(model, config: ServeConfig, reader: LineReader, write, *, warn=None,
     server.load_state()
     if reader.signals is not None:
         reader.signals.on_hangup = functools.partial(_hangup, server, hangup)
+    if server.store is not None and config.save_interval and os.name == "posix" \
+            and getattr(reader, "tick", 0) is None:     # (select() takes pipes on POSIX only)
+        reader.tick = max(config.save_interval / 2, 0.05)   # quiet feeds save too
     try:
         for batch in reader.batches():
+            if not batch:                # the feed is quiet: save what is due
+                server.quiet()
+                if reader.signals is not None:
+                    reader.signals.check()
+                continue
             try:
                 out = server.handle(batch)
             except StrictStop as stop:
@@ -415,6 +477,7 @@ def serve(model, config: ServeConfig, reader: LineReader, write, *, warn=None,
     finally:
         server.close()
     server.report_warmup()
+    server.report_drops()
     if server.samples == 0 and server.errors == 0:
         raise EmptyInput("the input is empty: no lines to run the model on" if not server.lines
                          else "the input is empty: only blank lines, no readings to run the "

@@ -6,16 +6,23 @@ step count again, which every answer line carries, and the input line of its las
 A save writes only the sensors that changed since the last one, in one transaction, so its
 cost follows the traffic, not the number of sensors; the database is in WAL mode, so a
 ``kill -9`` at any moment leaves the last committed save, readable, and no temporary files.
+A checkpoint (:meth:`StateStore.checkpoint`, at creation and when the feed is quiet) makes
+the main file complete without its ``-wal``. One process at a time: the file is locked
+(``flock``) while open. Every check that may refuse a file (including SQLite's
+``quick_check``) runs read-only before anything is written.
 
 Schema (format 1)::
 
     meta(name TEXT PRIMARY KEY, value TEXT)       format, fingerprint, window, carry_state,
                                                   state names and units, features, targets,
-                                                  buffer dtype, commits, lines, run, saved_at
+                                                  buffer dtype, commits, lines, run, saved_at,
+                                                  model (in words), id (random, per file),
+                                                  closed (0 while a run has it open)
     streams(key TEXT PRIMARY KEY, fingerprint TEXT, steps INTEGER, buffer BLOB, state BLOB,
             prediction BLOB, seen REAL, run INTEGER, line INTEGER)
 
-``state`` is every state tensor's ``(units,)`` float32 values, one after the other in the
+``key`` is TEXT, or a BLOB for a key UTF-8 cannot hold (:func:`db_key`). ``state`` is every
+state tensor's ``(units,)`` float32 values, one after the other in the
 order ``meta.state`` names them; ``buffer`` the ``(m, features)`` last samples fed, C order, in
 ``meta.buffer_dtype``; ``prediction`` ``(targets,)`` float32 or NULL; ``seen`` the wall-clock
 time of the sensor's last line; ``run``/``line`` the run (``meta.run`` counts them) and the
@@ -31,11 +38,14 @@ here directly: 100,000 sensors must save and load in a second or two, which a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import sqlite3
 import time
+import urllib.parse
+import uuid
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -44,6 +54,7 @@ import numpy as np
 
 from .device import to_host
 from .errors import SnapshotError
+from .statefile import backup_name, db_key, lock, model_words, py_key, real_file
 from .snapshot import Snapshot, load_snapshots
 from .stream import Stream
 
@@ -91,6 +102,10 @@ def sweep_temporary(path) -> list[Path]:
     return gone
 
 
+class ModelChanged(SnapshotError):
+    """The state file holds the streams of another model (another fingerprint)."""
+
+
 class StateStore:
     """One SQLite state database, opened for one model.
 
@@ -98,14 +113,21 @@ class StateStore:
     ----------
     path : the database file; created (with its tables) when missing.
     model : the :class:`~runtime.Model` whose streams it keeps.
+    on_new_model : a file of another model: ``"refuse"`` (:class:`ModelChanged`, both models
+        named) or ``"fresh"`` (the file is copied to a backup beside it, see :func:`backup_name`,
+        and every sensor starts fresh).
+
+    The file is locked (``flock``) while it is open, so a second ``lstm-run`` on it is refused.
+    Every check that can refuse the file runs on a read-only connection before anything is
+    written: a refused file is left byte for byte as it was.
 
     Raises
     ------
-    SnapshotError : the file is not a database this runtime can read, or holds the state of
-        another model or streaming mode; the message names the file and what to do.
+    SnapshotError : the file is not a database this runtime can read, is in use, or holds the
+        state of another model or streaming mode; the message names the file and what to do.
     """
 
-    def __init__(self, path, model):
+    def __init__(self, path, model, *, on_new_model: str = "refuse"):
         self.path, self.model = Path(path), model
         self.units = tuple(int(u) for u in model.units)
         # State slots (lstm_edge.state_slots): a stream carrying B > 1 keeps B states per
@@ -113,51 +135,148 @@ class StateStore:
         self.slots = int(model.slots) if model.carry_state else 1
         self.width = sum(self.units) * self.slots          # float32 values per state row
         self.dtype = np.dtype(model.dtype if model.tokens else np.float32)
+        self.notes: list[str] = []     # what the caller should tell the user (a lost -wal, ...)
+        self.file = real_file(self.path)
+        existed = self.file.exists()
+        self._lock = lock(self.file, self.path)
         try:
-            self.db = sqlite3.connect(str(self.path), isolation_level=None,
-                                      check_same_thread=False)
-        except sqlite3.Error as exc:
-            raise self._error(f"cannot open it ({exc})", "check the path and its "
-                              "permissions") from None
-        try:
-            meta = self._open()
-        except sqlite3.DatabaseError as exc:
+            self.meta = self._open(existed, on_new_model)
+        except BaseException:
             self.close()
-            raise self._error(f"cannot open it as a state database ({exc})",
-                              "restore a good copy, or delete it to start the streams "
-                              "fresh") from None
-        except SnapshotError:
-            self.close()
+            if not existed:               # leave no empty file behind
+                for suffix in ("", "-wal", "-shm"):
+                    with contextlib.suppress(OSError):
+                        os.unlink(f"{self.file}{suffix}")
             raise
-        self.meta = meta
         self.run = int(self.meta.get("run", "0")) + 1
         self.commits = int(self.meta.get("commits", "0"))
 
-    def _open(self) -> dict:
-        """Check (or create) the tables, then set the database up; the meta table's values.
+    def _connect(self, mode: str = "rwc") -> sqlite3.Connection:
+        # A file: URI of the absolute path: no name is ever taken as ":memory:" or a URI.
+        uri = f"file:{urllib.parse.quote(str(self.file.absolute()))}?mode={mode}"
+        return sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
 
-        A database that is not ours (other tables) is refused before anything is written.
+    def _open(self, existed: bool, on_new_model: str) -> dict:
+        """Check the file (read-only), then set the database up; the meta table's values."""
+        meta: dict = {}
+        try:
+            if existed:
+                try:
+                    meta = self._check()
+                except ModelChanged as exc:
+                    if on_new_model != "fresh":
+                        raise
+                    self._set_aside(exc)
+            self.db = db = self._connect()
+            db.execute("PRAGMA journal_mode=WAL")
+            # NORMAL: a commit survives the process being killed (the WAL is in the OS's
+            # hands); only a power cut may take back the last commits.
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA cache_size=-65536")    # 64 MiB: the key index stays cached
+            # Checkpoint (copy the WAL into the file, with an fsync) once the WAL holds
+            # 64 MiB, not SQLite's default 4 MiB: a save of 1,000 of 100,000 sensors then
+            # costs 4-5x less (bench/state.py). Quiet moments checkpoint too (checkpoint()).
+            db.execute("PRAGMA wal_autocheckpoint=16384")
+            db.execute(f"PRAGMA journal_size_limit={64 << 20}")
+            if not meta:                 # nothing is written to a file that is there
+                db.executescript(_SCHEMA)
+                meta = {**self._model_meta(), "id": uuid.uuid4().hex, "closed": "1"}
+                self._write_meta(meta)
+                self.checkpoint()        # the main file alone holds the tables from now on
+        except sqlite3.Error as exc:
+            raise self._sqlite_error(exc, "cannot open it as a state database",
+                                     "restore a good copy, or delete it to start the "
+                                     "streams fresh") from None
+        return meta
+
+    def _check(self) -> dict:
+        """Read and check an existing file without writing to it; its meta values."""
+        if self.file.stat().st_size == 0:
+            # A file truncated by a full disk or a bad copy: not taken for a new database.
+            raise self._error("it is empty (0 bytes), not a state database", "restore a good "
+                              "copy, or delete it to start the streams fresh")
+        wal = Path(f"{self.file}-wal")
+        had_wal = wal.exists()
+        ro = self._connect("ro")
+        try:
+            tables = {name for (name,) in ro.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if tables and not {"meta", "streams"} <= tables:
+                raise self._error(f"it is a SQLite database of another program (tables "
+                                  f"{', '.join(sorted(tables))})", "give lstm-run a --state "
+                                  "file of its own")
+            # SQLite's own check of every page (0.08-0.15 s for 100,000 sensors, 43 MB): a damaged
+            # file is refused at start, not met at the first save hours later.
+            damage = ro.execute("PRAGMA quick_check(3)").fetchall()
+            if damage != [("ok",)]:
+                said = [line for d in damage for line in str(d[0]).splitlines()
+                        if line.strip() and not line.startswith("***")]
+                raise self._error(f"its pages are damaged (SQLite quick_check: "
+                                  f"{'; '.join(said[:3])})", "restore a good copy, or "
+                                  "delete it to start the streams fresh")
+            meta = dict(ro.execute("SELECT name, value FROM meta").fetchall()) if tables else {}
+            if meta:
+                self._check_meta(meta)
+            if had_wal and meta.get("id") and self._main_id() not in (None, meta["id"]):
+                raise self._error(f"its -wal file {wal.name} belongs to another database",
+                                  f"move {wal.name} away to resume from the file's last "
+                                  f"checkpoint, or restore the two files together")
+        finally:
+            ro.close()
+        if meta.get("closed") == "0" and not had_wal:
+            self.notes.append(f"the state file {self.path} was not closed cleanly and its "
+                              f"-wal file is missing: resuming from its last checkpoint "
+                              f"(commit {meta.get('commits', '0')}); commits after it, if "
+                              f"any, are lost (sensors resume from earlier steps)")
+        return meta
+
+    def _main_id(self) -> str | None:
+        """The database id in the main file alone (its -wal not applied)."""
+        uri = f"file:{urllib.parse.quote(str(self.file.absolute()))}?immutable=1"
+        main = sqlite3.connect(uri, uri=True)
+        try:
+            row = main.execute("SELECT value FROM meta WHERE name = 'id'").fetchone()
+        except sqlite3.Error:
+            return None           # no tables yet in the main file
+        finally:
+            main.close()
+        return None if row is None else str(row[0])
+
+    def _set_aside(self, changed: ModelChanged) -> None:
+        """``--on-new-model fresh``: copy the file to a backup, then empty it in place.
+
+        Emptied, not renamed: the lock is on this file, so no other process can take it in
+        between.
         """
-        tables = {name for (name,) in self.db.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'table'")}
-        if tables and not {"meta", "streams"} <= tables:
-            raise self._error(f"it is a SQLite database of another program (tables "
-                              f"{', '.join(sorted(tables))})", "give lstm-run a --state file "
-                              "of its own")
-        self.db.execute("PRAGMA journal_mode=WAL")
-        # NORMAL: a commit survives the process being killed (the WAL is in the OS's hands);
-        # only a power cut may take back the last commits.
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute("PRAGMA cache_size=-65536")    # 64 MiB: the key index stays cached
-        # Checkpoint (copy the WAL into the file, with an fsync) once the WAL holds 64 MiB,
-        # not SQLite's default 4 MiB: a save of 1,000 of 100,000 sensors then costs 4-5x
-        # less (bench/state.py); the WAL is cut back to that size after each checkpoint.
-        self.db.execute("PRAGMA wal_autocheckpoint=16384")
-        self.db.execute(f"PRAGMA journal_size_limit={64 << 20}")
-        if not tables:
-            self.db.executescript(_SCHEMA)
-        meta = dict(self.db.execute("SELECT name, value FROM meta").fetchall())
-        return self._check_meta(meta)
+        backup = backup_name(self.path)
+        old = self._connect("ro")
+        try:
+            with sqlite3.connect(str(backup)) as copy:
+                old.backup(copy)              # the -wal's commits included
+            copy.close()
+        finally:
+            old.close()
+        os.truncate(self.file, 0)
+        for suffix in ("-wal", "-shm"):
+            with contextlib.suppress(OSError):
+                os.unlink(f"{self.file}{suffix}")
+        self.notes.append(f"{changed}: kept it as {backup} and started every sensor fresh "
+                          f"(--on-new-model fresh)")
+
+    def checkpoint(self) -> bool:
+        """Copy the WAL into the main file: the file alone is then complete.
+
+        PASSIVE: it never waits for a reader (``sqlite3 FILE``); False where one kept it from
+        copying every commit. Raises SnapshotError where the disk refuses (the commits stay
+        in the WAL).
+        """
+        try:
+            busy, frames, copied = self.db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        except sqlite3.Error as exc:
+            raise self._sqlite_error(exc, "its last saves could not be copied from its -wal "
+                                     "file", "free disk space; keep the -wal file beside "
+                                     "it") from None
+        return not busy and frames == copied
 
     # -- meta --
 
@@ -167,22 +286,20 @@ class StateStore:
                 "carry_state": json.dumps(bool(m.carry_state)),
                 "state": json.dumps(list(m.state_inputs)), "units": json.dumps(self.units),
                 "features": str(m.n_features), "targets": str(m.n_targets),
-                "buffer_dtype": self.dtype.str,
+                "buffer_dtype": self.dtype.str, "model": model_words(m),
                 **({"slots": str(self.slots)} if self.slots > 1 else {})}
 
-    def _check_meta(self, meta: dict) -> dict:
+    def _check_meta(self, meta: dict) -> None:
         want = self._model_meta()
-        if not meta:
-            self._write_meta(want)
-            return want
         if meta.get("format", "").isdigit() and int(meta["format"]) > FORMAT:
             raise self._error(f"it has state format {meta['format']}, this runtime reads up "
                               f"to {FORMAT}", "upgrade lstm-edge")
         if meta.get("fingerprint") != want["fingerprint"]:
-            found = str(meta.get("fingerprint", "none"))[:12]
-            raise self._error(f"it holds the state of another model (sha256 {found}…, this one "
-                              f"is {want['fingerprint'][:12]}…)",
-                              "give another --state file, or delete it to start fresh")
+            old = meta.get("model") or f"sha256 {str(meta.get('fingerprint', 'none'))[:12]}…"
+            raise ModelChanged(
+                f"the state file {self.path}: it holds the streams of another model ({old}); "
+                f"this one is {want['model']}; give another --state file, or run with "
+                f"--on-new-model fresh to keep it as a backup and start every sensor fresh")
         for name in ("window", "carry_state", "state", "units", "features", "targets",
                      "buffer_dtype", "slots"):
             if meta.get(name) != want.get(name):
@@ -190,7 +307,6 @@ class StateStore:
                                   f"streams with {name}={want[name]}",
                                   "load the model with the same --window/--carry-state, or "
                                   "give another --state file")
-        return meta
 
     def _write_meta(self, values: dict) -> None:
         self.db.executemany("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)",
@@ -214,28 +330,38 @@ class StateStore:
         (full, read-only); the database then holds the last commit, as it was.
         """
         rows = self._rows(slots)
+        for row in rows:
+            row[0] = db_key(row[0])
         self.commits += 1
-        meta = {"commits": str(self.commits), "run": str(self.run), "saved_at": repr(time.time())}
+        # closed=0 until close(): a main file that says so and has no -wal beside it has
+        # lost its last commits (see _check).
+        meta = {"commits": str(self.commits), "run": str(self.run),
+                "saved_at": repr(time.time()), "closed": "0"}
+        if "id" not in self.meta:        # a file from before ids: one from its next save on
+            meta["id"] = self.meta["id"] = uuid.uuid4().hex
+            meta["model"] = model_words(self.model)
         if lines is not None:
             meta["lines"] = str(lines)
         try:
             self.db.execute("BEGIN IMMEDIATE")
             try:
-                self.db.executemany("DELETE FROM streams WHERE key = ?", ((k,) for k in dropped))
+                self.db.executemany("DELETE FROM streams WHERE key = ?",
+                                    ((db_key(k),) for k in dropped))
                 self.db.executemany(
                     "INSERT OR REPLACE INTO streams (key, fingerprint, steps, buffer, state, "
                     "prediction, seen, run, line) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
                 self._write_meta(meta)
                 self.db.execute("COMMIT")
+                self.meta["closed"] = "0"
             except BaseException:
                 if self.db.in_transaction:     # SQLITE_FULL has rolled it back already
                     self.db.execute("ROLLBACK")
                 raise
         except sqlite3.Error as exc:
             self.commits -= 1
-            raise self._error(f"the state could not be saved ({exc}); the file holds the last "
-                              f"save", "free disk space or check the file's permissions, then "
-                              "resume from it") from None
+            raise self._sqlite_error(exc, "the state could not be saved; the file holds the "
+                                     "last save", "free disk space or check the file's "
+                                     "permissions, then resume from it") from None
         return len(rows)
 
     def _rows(self, slots) -> list[list]:
@@ -308,6 +434,7 @@ class StateStore:
         if not rows:
             return []
         keys, fps, steps, bufs, states, preds, seen = zip(*rows)
+        keys = tuple(map(py_key, keys))
         model = self.model
         bad = next((i for i, f in enumerate(fps) if f != model.fingerprint), None)
         if bad is not None:
@@ -383,17 +510,37 @@ class StateStore:
         """The meta table's values (lines, commits, run, saved_at, ...) as strings."""
         return dict(self.db.execute("SELECT name, value FROM meta").fetchall())
 
-    def close(self) -> None:
-        """Close the connection; SQLite folds the WAL into the file and removes it."""
-        try:
-            self.db.close()
-        except sqlite3.Error:
-            pass
+    def close(self, *, refused: bool = False) -> None:
+        """Mark the file closed cleanly and close it (SQLite folds the WAL into the file and
+        removes it), then let the lock go. ``refused``: its rows were refused; it is left
+        as it was."""
+        db = getattr(self, "db", None)
+        if db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                if not refused and getattr(self, "meta", {}).get("closed") != "1":
+                    self._write_meta({"closed": "1"})
+            with contextlib.suppress(sqlite3.Error):
+                db.close()
+            self.db = None        # type: ignore[assignment]
+        lock = getattr(self, "_lock", None)
+        if lock is not None:
+            os.close(lock)        # after the connection: closing it drops SQLite's locks too
+            self._lock = None
 
     # -- messages --
 
     def _error(self, what: str, todo: str) -> SnapshotError:
         return SnapshotError(f"the state file {self.path}: {what}; {todo}")
+
+    def _sqlite_error(self, exc: sqlite3.Error, what: str, todo: str) -> SnapshotError:
+        """``what`` failed with ``exc``; a full disk is said as such, the file kept."""
+        if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+            return self._error(f"{what}: the disk is full ({exc})", "free space on it and "
+                               "start again; the file is kept as it was")
+        if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_READONLY:
+            return self._error(f"{what}: it is read-only ({exc})", "make it and its folder "
+                               "writable, or give another --state file")
+        return self._error(f"{what} ({exc})", todo)
 
     def _row_error(self, key, what: str) -> SnapshotError:
         return self._error(f"sensor {key!r}: {what}",
@@ -415,37 +562,49 @@ def _length(blob) -> str:
     return str(len(blob)) if isinstance(blob, (bytes, bytearray)) else f"no ({type(blob).__name__})"
 
 
-def open_store(path, model, *, warn=None) -> StateStore:
+def open_store(path, model, *, warn=None, on_new_model: str = "refuse") -> StateStore:
     """The state database at ``path`` for ``model``: made, opened, or converted from an npz.
 
     ``path`` may hold an ``.npz`` snapshot file (:func:`runtime.save_snapshots`, the format
     ``lstm-run --state`` wrote before): its streams are checked against the model, written
     into a new database beside it, and that database replaces the file at the same path, in
     one :func:`os.replace` (a crash before it leaves the npz as it was). Temporary files an
-    interrupted save left beside ``path`` are removed first.
+    interrupted save left beside ``path`` are removed first. ``on_new_model``: see
+    :class:`StateStore`; ``warn(message)`` gets what the user should know (a conversion, a
+    missing ``-wal``, a file kept as a backup).
     """
     path = Path(path)
+    real_file(path)                  # no read of a device, a URI or ":memory:"
     sweep_temporary(path)
-    for leftover in (path.with_name(path.name + ".converting"),):
-        for suffix in ("", "-wal", "-shm", "-journal"):
-            try:
-                os.unlink(f"{leftover}{suffix}")
-            except OSError:
-                pass
     if path.exists() and not path.is_dir():
         with open(path, "rb") as f:
             head = f.read(16)
         if head.startswith(_NPZ):
-            return _convert(path, model, warn)
+            held = lock(real_file(path), path)     # one conversion (and run) at a time
+            try:
+                return _convert(path, model, warn)
+            finally:
+                if held is not None:     # the old npz's inode: SQLite's locks are elsewhere
+                    os.close(held)
         if head and head != MAGIC:
             raise SnapshotError(f"the state file {path} is neither a state database nor an .npz "
                                 f"snapshot file (it starts with {head[:8]!r}); give another "
                                 f"--state file, or delete it to start fresh")
-    return StateStore(path, model)
+    store = StateStore(path, model, on_new_model=on_new_model)
+    for note in store.notes:
+        if warn is not None:
+            warn(note)
+    return store
 
 
 def _convert(path: Path, model, warn) -> StateStore:
-    """Read an npz snapshot file and replace it with a state database of the same streams."""
+    """Read an npz snapshot file and replace it with a state database of the same streams.
+
+    The caller holds the npz's lock: what an interrupted conversion left is removed first.
+    """
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        with contextlib.suppress(OSError):
+            os.unlink(f"{path}.converting{suffix}")
     snaps = load_snapshots(path)
     streams = []
     for key, snap in snaps.items():
@@ -494,7 +653,7 @@ def read_snapshots(path) -> dict[str, Snapshot]:
             raise SnapshotError(f"the state file {path}: sensor {key!r}: its arrays have the "
                                 f"wrong size; restore a good copy, or delete it to start fresh")
         # B > 1 slots: (B, units) per tensor, the next slot first (so next_slot is 0).
-        out[key] = Snapshot(
+        out[py_key(key)] = Snapshot(
             state={n: values[a:b].reshape(slots, -1).copy() if slots > 1 else values[a:b].copy()
                    for n, a, b in zip(names, cuts[:-1], cuts[1:])},
             next_slot=0 if slots > 1 else None,

@@ -631,6 +631,17 @@ def test_bad_samples_leave_the_stream_as_it_was(api, case, sample, error):
     _same(stream.snapshot(), before)
 
 
+@pytest.mark.filterwarnings("error")        # numpy's "overflow encountered in cast" fails it
+def test_reading_beyond_float32_is_refused_without_a_numpy_warning(api):
+    stream = _fed(api)
+    before = stream.snapshot()
+    for call in (lambda: stream.step([1e300, 40.0]), lambda: stream.feed([[1e300, 40.0]]),
+                 lambda: api.step([stream], np.array([[21.0, -1e300]]))):
+        with pytest.raises(runtime.InputError, match="inf"):
+            call()
+    _same(stream.snapshot(), before)
+
+
 # ---- item 3: ONNX Runtime failures are the project's error, state untouched ------------
 
 def test_run_failures_become_run_errors_and_change_nothing(models):
@@ -727,3 +738,23 @@ def test_overflow_warns_nothing_on_stderr(models):
     assert code == 0 and "RuntimeWarning" not in err and "overflow" not in err, err
     assert [line for line in err.splitlines() if not line.startswith("line ")] == \
         ["3 of 5 lines were refused (see above)"]
+
+
+@pytest.mark.parametrize("flag, resets", [("1.0", True), ("0.0", False), ("Y", True),
+                                          ("t", True), ("start", True), ("n", False),
+                                          ("F", False), ("no", False)])
+def test_reset_values_agree_in_csv_and_json(models, flag, resets):
+    """Every documented reset value means the same in a CSV field and a JSON string, and
+    CSV "1.0" resets as JSON's 1.0 does."""
+    csv = b"sensor,temperature,humidity,start\na,21,40,\na,22,41," + flag.encode() + b"\n"
+    code, out, err = lstm_run([models["tiny"], "--stream-column", "sensor",
+                               "--reset-column", "start"], csv)
+    assert code == 0, err
+    assert out.decode().splitlines()[2].split(",")[4] == ("1" if resets else "2")
+    value = json.loads(flag) if flag in ("1.0", "0.0") else flag
+    jsonl = "".join(json.dumps({"sensor": "a", "temperature": t, "humidity": 40, "start": v})
+                    + "\n" for t, v in ((21, False), (22, value))).encode()
+    code, out, err = lstm_run([models["tiny"], "--stream-column", "sensor",
+                               "--reset-column", "start"], jsonl)
+    assert code == 0, err
+    assert json.loads(out.decode().splitlines()[1])["step"] == (1 if resets else 2)

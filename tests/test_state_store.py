@@ -313,9 +313,9 @@ def test_a_save_writes_only_the_sensors_that_changed(model, tmp_path):
     after = rows()
     assert after["a"] == before["a"] and after["c"] == before["c"]
     assert after["b"] != before["b"] and after["b"][2] == 3 and after["b"][8] == 20
-    assert server.store.db.total_changes - changes == 1 + 4     # one row, the meta values
+    assert server.store.db.total_changes - changes == 1 + 5     # one row, the meta values
     server.save_state()                                          # nothing changed: no commit
-    assert server.store.db.total_changes - changes == 5
+    assert server.store.db.total_changes - changes == 6
     server.close()
 
 

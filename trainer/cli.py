@@ -11,6 +11,7 @@ import os
 
 import click
 
+from runtime import stderr
 from runtime.cli import reports_errors
 from runtime.errors import MissingExtra
 
@@ -63,7 +64,8 @@ Modes (how the model will stream, see README):
 """
 
 
-@click.command(epilog=TRAIN_EXAMPLES, context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=stderr.Command, epilog=TRAIN_EXAMPLES,
+               context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("data", type=click.Path(exists=True, dir_okay=False))
 @click.option("--target", required=True, help="Column(s) to predict, comma-separated.")
 @click.option("--features", help="Input columns, comma-separated [default: every numeric "
@@ -151,7 +153,8 @@ where there is a scaler). Notes on suspicious shapes go to stderr.
 """
 
 
-@click.command(epilog=EXPORT_EXAMPLES, context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=stderr.Command, epilog=EXPORT_EXAMPLES,
+               context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("model", type=click.Path(exists=True))  # a directory gets the exporter's message
 @click.option("-o", "--output", type=click.Path(dir_okay=False),
               help="Where to write the ONNX file [default: exported/NAME.onnx].")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import zipfile
 from pathlib import Path
 
@@ -45,6 +46,14 @@ def load_model(path) -> object:
     try:
         return keras.models.load_model(path, compile=False)
     except Exception as exc:  # noqa: BLE001 - Keras raises anything from a bad file
+        code = _code_names(path)
+        if code:
+            # Not a layer someone forgot to import: a model file is untrusted input, and one
+            # that names Python's own modules (subprocess.Popen) gets no advice to load it.
+            raise ExportError(f"{path}: its config names {', '.join(code)}, from Python's "
+                              f"standard library, not a Keras layer; refused: a model file "
+                              f"is not allowed to name such code. Save the model again "
+                              f"from its source") from None
         custom = _custom_classes(path) or re.findall(r"Unknown \w+: '([^']+)'", str(exc))
         if custom:
             names = ", ".join(repr(c) for c in custom)
@@ -65,8 +74,31 @@ def _first_words(exc: Exception, limit: int = 200) -> str:
     return text[:limit].rsplit(" ", 1)[0].rstrip(",;:") + " ..."
 
 
-def _custom_classes(path: Path) -> list[str]:
-    """Class names in a saved model's config that are not Keras's own (custom layers)."""
+def _code_names(path: Path) -> list[str]:
+    """``module.name`` of each object in a saved model's config that comes from Python's
+    standard library (``subprocess.Popen``, ``os.system``): code, not a layer."""
+    found: list[str] = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            module = str(node.get("module") or "")
+            if module.split(".")[0] in sys.stdlib_module_names and module != "builtins":
+                name = f"{module}.{node.get('class_name', node.get('registered_name', '?'))}"
+                if name not in found:
+                    found.append(name)
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(_config(path))
+    return found
+
+
+def _config(path: Path):
+    """A saved model's config (``config.json`` of a .keras, ``model_config`` of an .h5), or
+    None where it cannot be read."""
     try:
         if zipfile.is_zipfile(path):
             with zipfile.ZipFile(path) as archive:
@@ -78,7 +110,13 @@ def _custom_classes(path: Path) -> list[str]:
                 raw = fh.attrs.get("model_config")
                 config = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
     except Exception:  # noqa: BLE001 - best effort: the caller has a message either way
-        return []
+        return None
+    return config
+
+
+def _custom_classes(path: Path) -> list[str]:
+    """Class names in a saved model's config that are not Keras's own (custom layers)."""
+    config = _config(path)
     found = []
 
     def walk(node):

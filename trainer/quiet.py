@@ -57,7 +57,9 @@ def filter_stderr() -> None:
     if _child is not None or os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "0":
         return
     try:
-        sys.stderr.flush()
+        if sys.stderr is not None:
+            sys.stderr.flush()
+        os.fstat(2)                 # a closed stderr has no noise to filter
         read, write = os.pipe()
         saved = os.dup(2)
         child = subprocess.Popen([sys.executable, "-S", "-c", _CHILD], stdin=read,
@@ -78,7 +80,7 @@ def _restore() -> None:
         return
     try:
         sys.stderr.flush()
-    except (OSError, ValueError):
+    except (OSError, ValueError, AttributeError):     # AttributeError: no sys.stderr
         pass
     os.dup2(_saved_fd, 2)           # the pipe's last write end closes: the child sees EOF
     try:
