@@ -217,9 +217,12 @@ def _ratio(a, b) -> list:
 
 
 def best_by_mae(figures: dict) -> str:
-    """Which of model, naive, seasonal naive and mean has the lowest mean MAE."""
-    names = [n for n in ("model", "naive", "seasonal_naive", "mean") if n in figures]
-    return min(names, key=lambda n: float(np.mean(figures[n]["mae"])))
+    """Which of model, naive, seasonal naive, mean and the statistical anchors (where
+    measured, :mod:`trainer.anchors`) has the lowest mean MAE."""
+    candidates = {n: figures[n] for n in ("model", "naive", "seasonal_naive", "mean")
+                  if n in figures}
+    candidates.update(figures.get("anchors", {}))
+    return min(candidates, key=lambda n: float(np.mean(candidates[n]["mae"])))
 
 
 def caution(figures: dict, season: int | None) -> str | None:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import anchors
 from .data import growing_features, read_csv, select
 from .errors import DataError
 from .model import ModelConfig, build_model, reset_states
@@ -53,6 +54,7 @@ class TrainConfig:
     difference: bool = True      # feed x[t] - x[t-1], not x[t]: beats naive 6/6 vs 4/6 (README)
     season: int | None = None    # readings per season for the seasonal naive; None: guess
     seed: int | None = 0         # repeatable runs; None for a fresh draw
+    anchor_budget: float = 60.0  # seconds for ETS/Theta/ARIMA on the test tail (0: none)
     verbose: int = 2             # Keras progress: 0 silent, 1 bars, 2 one line per epoch
     model: ModelConfig = field(default_factory=ModelConfig)
 
@@ -84,6 +86,7 @@ class TrainResult:
             label = name.replace("_", " ") + (f" ({season})" if name == "seasonal_naive" else "")
             ratio = f"{mae / naive:>13.3f}" if naive > 0 else f"{'-':>13}"
             lines.append(f"  {label:<21}{mae:>11.4g}{rmse:>11.4g}{ratio}")
+        lines += anchors.lines(test, naive)
         skill = np.mean(test["skill"])
         verdict = "beats" if skill < 1 else "does not beat"
         lines.append(f"  skill {skill:.3f} = model MAE / naive MAE: the model {verdict} "
@@ -302,6 +305,8 @@ def train(csv: str | Path, target: str | list[str], features: str | list[str] | 
              "test": target_row >= test}
     metrics = {name: score(sel.y, pred[rows], last[rows], cfg.horizon, sel.y[:split], season)
                for name, rows in parts.items()}
+    metrics["test"].update(anchors.measure(sel.y, last[parts["test"]], cfg.horizon, season,
+                                           cfg.anchor_budget))
     metrics.update(season=season, season_source=found)
 
     output = Path(output)
