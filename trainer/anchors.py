@@ -8,9 +8,9 @@ refitted, as the LSTM carries its state: statsforecast's
 forecast scored, so every anchor is judged on exactly the rows and truths the model is.
 
 A seasonal AutoARIMA with a long season can take minutes (occupancy's 90: about four), so
-the fits run in a child process under a time budget (``--anchor-budget``): a non-seasonal AutoARIMA first (a
-second or less), then the seasonal one if the season is above 1; where the seasonal fit
-does not finish in time the non-seasonal one stands, and the note says so.
+the fits run in a child process under a time budget (``--anchor-budget``): a non-seasonal
+AutoARIMA first (a second or less), then the seasonal one if the season is above 1; where
+the seasonal fit does not finish in time the non-seasonal one stands, and the note says so.
 """
 
 from __future__ import annotations

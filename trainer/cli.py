@@ -79,9 +79,11 @@ Modes (how the model will stream, see README):
               show_default=True, help="Where to save the model; NAME.lstm-edge.json goes beside.")
 @click.option("--test-fraction", type=float, default=0.15, show_default=True,
               help="The last rows, never trained or early-stopped on: the report's test tail.")
-@click.option("--target-kind", type=click.Choice(["residual", "level"]), default="residual",
-              show_default=True, help="residual: predict the change from the last reading "
-              "(an untrained model is the naive forecast); level: predict the value itself.")
+@click.option("--target-kind", type=click.Choice(["auto", "residual", "seasonal", "level"]),
+              default="auto", show_default=True, help="residual: predict the change from the "
+              "last reading (an untrained model is the naive forecast); seasonal: from the last "
+              "reading plus the change one season before (sequence mode); level: the value "
+              "itself; auto: seasonal where it beats residual on the validation rows.")
 @click.option("--difference/--no-difference", default=True, show_default=True,
               help="Feed the changes between readings instead of the readings.")
 @click.option("--season", type=int, help="Readings per season for the seasonal-naive "

@@ -50,7 +50,8 @@ class TrainConfig:
     missing: str = "error"       # error | drop | ffill | interpolate
     scaling: str = "robust"      # robust (median/IQR) | standard (mean/std)
     loss: str = "huber"          # huber | mse; huber keeps sensor glitches from ruling the fit
-    target_kind: str = "residual"  # residual: predict the change, add the reading back | level
+    target_kind: str = "auto"    # residual | seasonal (the change from a start the graph adds
+    #                              back) | level; auto: seasonal where it wins on validation
     difference: bool = True      # feed x[t] - x[t-1], not x[t]: beats naive 6/6 vs 4/6 (README)
     season: int | None = None    # readings per season for the seasonal naive; None: guess
     seed: int | None = 0         # repeatable runs; None for a fresh draw
@@ -286,8 +287,9 @@ def train(csv: str | Path, target: str | list[str], features: str | list[str] | 
     split, test = split_points(len(sel.x), cfg.val_fraction, cfg.test_fraction,
                                window + cfg.horizon)
     warnings = growing_features(sel, split)
-    framing = Framing.choose(cfg.target_kind, sel.features, sel.targets, sel.y[:split],
-                             cfg.horizon, cfg.difference)
+    season, found = ((cfg.season, "given") if cfg.season else guess_season(sel.time))
+    framing = Framing.choose(cfg.target_kind, sel.features, sel.targets, sel.y, split, test,
+                             cfg.horizon, cfg.difference, season, cfg.model.mode)
     if framing.note:
         warnings.append("note: " + framing.note)
     series, scaler = _network_series(sel, framing, split, test, cfg)
@@ -296,10 +298,9 @@ def train(csv: str | Path, target: str | list[str], features: str | list[str] | 
     _seed(cfg.seed)
     model, pred, last = FIT[cfg.model.mode](series, run, len(sel.targets))
     if framing.residual:
-        pred = pred * framing.delta_scale + sel.y[last]              # (steps, targets), raw
+        pred = pred * framing.delta_scale + framing.start(sel.y, last, cfg.horizon)  # raw
     else:
         pred = scaler.y_inverse(pred)
-    season, found = ((cfg.season, "given") if cfg.season else guess_season(sel.time))
     target_row = last + cfg.horizon
     parts = {"validation": (target_row >= split) & (target_row < test),
              "test": target_row >= test}
