@@ -12,8 +12,10 @@ figure is measured the way the model will stream, in the target's own units:
 The headline is the *skill*: the model's MAE over the naive forecast's ("repeat the last
 value") on the same test rows; below 1 the model earns its place. Beside it stand the
 seasonal naive forecast (a season ago, when the season is known or guessed from the time
-column), the training mean, and MASE. By default the network predicts the change from the
-last reading (see :mod:`trainer.forecast`), so an untrained model starts as the naive one.
+column), the training mean, MASE, and the statistical anchors (:mod:`trainer.anchors`). By
+default the network predicts the change from the last reading, or from the seasonal random
+walk where that wins on the validation rows (see :mod:`trainer.forecast`), so an untrained
+model starts as one of those forecasts.
 """
 
 from __future__ import annotations
