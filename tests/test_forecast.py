@@ -161,6 +161,24 @@ def test_auto_takes_the_seasonal_target_only_where_it_wins_on_validation(series_
     assert choose(noise, "sequence").kind == "residual"
 
 
+def test_a_seasonal_target_where_it_cannot_stream_is_refused_in_one_line(series_csv):
+    from trainer.errors import DataError, ExportError
+    from trainer.forecast import Framing
+    from trainer.forecast_graph import plan
+
+    y = readings(series_csv)[:, :1].astype(np.float64)
+    with pytest.raises(DataError, match="needs --mode sequence"):
+        Framing.choose("seasonal", ["level", "other"], ["level"], y, 182, 221, 1, True, 24,
+                       "window")
+    with pytest.raises(DataError, match="needs --horizon at most the season"):
+        Framing.choose("seasonal", ["level", "other"], ["level"], y, 182, 221, 30, True, 24)
+    side = {"horizon": 1, "forecast": {"target_kind": "seasonal", "season": 24,
+                                       "target_features": [0], "difference": False}}
+    with pytest.raises(ExportError, match="export it in sequence mode"):
+        plan(side, window=6, carry_state=False)
+    assert plan(side, window=1, carry_state=True)["seasonal"] == {"season": 24, "horizon": 1}
+
+
 def test_untrained_residual_model_is_the_naive_forecast_exactly(tmp_path, series_csv):
     """Zero epochs: the head is still zero, so every prediction is the last reading."""
     result = train(series_csv, "level", None, tmp_path / "m.keras",
