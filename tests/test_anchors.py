@@ -84,3 +84,12 @@ def test_best_by_mae_names_an_anchor_that_beats_the_model():
     fig = {"model": {"mae": [2.0]}, "naive": {"mae": [3.0]}, "mean": {"mae": [9.0]},
            "anchors": {"AutoETS": {"mae": [2.5]}, "AutoARIMA": {"mae": [1.5]}}}
     assert best_by_mae(fig) == "AutoARIMA"
+
+
+def test_a_fit_that_fails_is_named_with_its_reason_not_a_traceback():
+    y = airline_like()[:, None]
+    y[5] = np.nan                                                   # statsforecast refuses it
+    got = anchors.measure(y, np.arange(60, 83), 1, 12, budget=60)
+    assert got["anchors"] == {}
+    assert got["anchors_note"].startswith("AutoETS, AutoTheta, AutoARIMA left out: the fit "
+                                          "failed (ValueError: ")

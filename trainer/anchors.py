@@ -111,15 +111,20 @@ def measure(y: np.ndarray, last: np.ndarray, horizon: int, season: int | None,
         out, err = child.communicate()        # the lines written before the kill
     got = {}
     for line in out.splitlines():
-        done = json.loads(line)
+        try:
+            done = json.loads(line)
+        except json.JSONDecodeError:          # a line the kill cut short: that fit is not done
+            continue
         got[done["index"]] = (done["label"], np.asarray(done["pred"], np.float64))
     truth = y[last + horizon]                                        # (steps, targets)
     figures = {label: errors(pred, truth) for _, (label, pred) in sorted(got.items())}
-    note = _note(got, m, budget)
-    if child.returncode not in (0, -signal.SIGKILL):
-        reason = (err.strip().splitlines() or [f"exit code {child.returncode}"])[-1]
-        note = f"the anchors' fit failed: {reason}" + (f"; {note}" if note else "")
-    return {"anchors": figures, "anchors_note": note}
+    if child.returncode in (0, -signal.SIGKILL):
+        return {"anchors": figures, "anchors_note": _note(got, m, budget)}
+    reason = (err.strip().splitlines() or [f"exit code {child.returncode}"])[-1]
+    missing = [label for label in NAMES if label not in figures]
+    what = (f"{', '.join(missing)} left out" if missing
+            else "AutoARIMA is non-seasonal: the seasonal one")
+    return {"anchors": figures, "anchors_note": f"{what}: the fit failed ({reason})"}
 
 
 def _note(got: dict, season: int, budget: float) -> str:
