@@ -14,7 +14,7 @@ import pytest
 
 from runtime import load
 from trainer.export import export
-from trainer.forecast import differences
+from trainer.forecast import differences, seasonal_change
 from trainer.model import ModelConfig, build_model, reset_states
 from trainer.train import TrainConfig, train
 
@@ -36,9 +36,10 @@ def series_csv(tmp_path_factory):
     return path
 
 
-def config(mode, difference=False, epochs=2, **kw):
+def config(mode, difference=False, epochs=2, target_kind="residual", **kw):
     return TrainConfig(look_back=6, epochs=epochs, batch_size=16, verbose=0, seed=2,
-                       difference=difference, model=ModelConfig(mode=mode, units=4), **kw)
+                       difference=difference, target_kind=target_kind, anchor_budget=0,
+                       model=ModelConfig(mode=mode, units=4), **kw)
 
 
 def readings(csv_path):
@@ -75,7 +76,11 @@ def keras_reference(model_path, side, x):
             change = model.predict(wins, verbose=0)
         rows = np.arange(window - 1, len(x))
     index = framing["target_features"]
-    return rows, change * np.asarray(framing["delta_scale"]) + x[rows][:, index]
+    start = x[rows][:, index].astype(np.float64)
+    if framing["target_kind"] == "seasonal":
+        start += seasonal_change(x[:, index].astype(np.float64), side["horizon"],
+                                 framing["season"])[rows]
+    return rows, change * np.asarray(framing["delta_scale"]) + start
 
 
 def assert_close(actual, expected, side):
@@ -112,6 +117,66 @@ def test_residual_graph_streams_what_keras_predicts(tmp_path, series_csv, mode, 
     assert_close(chunked, expected, side)
     if difference:
         assert json.loads(extra["difference"]) == kind
+
+
+@pytest.mark.parametrize("difference, horizon", [(False, 1), (True, 3)])
+def test_seasonal_graph_streams_what_keras_predicts(tmp_path, series_csv, difference, horizon):
+    """The start y[t] + y[t+h-m] - y[t-m] is built in the graph from the last season's
+    readings, carried as state: stepped, chunked and resumed streams equal Keras."""
+    result = train(series_csv, "level", None, tmp_path / "m.keras",
+                   config("sequence", difference, target_kind="seasonal", horizon=horizon))
+    side = result.sidecar
+    assert side["forecast"]["target_kind"] == "seasonal" and side["forecast"]["season"] == 24
+    report = export(result.model_path, tmp_path / "m.onnx", steps=200)
+    assert json.loads(report.info.extra["seasonal"]) == {"season": 24, "horizon": horizon}
+    held = [s for s in report.info.state if s.layer == "last season's readings"]
+    assert [(s.kind, s.units) for s in held] == [("prev", 24 * 2)]
+
+    x = readings(series_csv)
+    rows, expected = keras_reference(result.model_path, side, x)
+    model = load(tmp_path / "m.onnx")
+    stream = model.stream()
+    stepped = np.array([stream.step(r) for r in x])                   # (rows, targets)
+    assert_close(stepped, expected, side)
+    assert_close(model.stream().feed(x), expected, side)
+    first = model.stream()
+    first.feed(x[:100])
+    resumed = model.stream(first.snapshot())
+    assert_close(resumed.feed(x[100:]), expected[100:], side)
+
+
+def test_auto_takes_the_seasonal_target_only_where_it_wins_on_validation(series_csv):
+    from trainer.data import read_csv, select
+    from trainer.forecast import Framing
+
+    sel = select(read_csv(series_csv), "level", None, "error", source="s")
+    y = sel.y.astype(np.float64)
+    choose = lambda y, mode: Framing.choose("auto", sel.features, sel.targets, y, 182, 221,
+                                            1, True, 24, mode)              # noqa: E731
+    picked = choose(y, "sequence")
+    assert picked.kind == "seasonal" and "validation rows" in picked.note
+    assert choose(y, "window").kind == "residual"          # the graph carries no season there
+    # A season that repeats nothing (noise) loses to the last reading on validation.
+    noise = np.cumsum(np.random.default_rng(0).normal(size=y.shape), axis=0)
+    assert choose(noise, "sequence").kind == "residual"
+
+
+def test_a_seasonal_target_where_it_cannot_stream_is_refused_in_one_line(series_csv):
+    from trainer.errors import DataError, ExportError
+    from trainer.forecast import Framing
+    from trainer.forecast_graph import plan
+
+    y = readings(series_csv)[:, :1].astype(np.float64)
+    with pytest.raises(DataError, match="needs --mode sequence"):
+        Framing.choose("seasonal", ["level", "other"], ["level"], y, 182, 221, 1, True, 24,
+                       "window")
+    with pytest.raises(DataError, match="needs --horizon at most the season"):
+        Framing.choose("seasonal", ["level", "other"], ["level"], y, 182, 221, 30, True, 24)
+    side = {"horizon": 1, "forecast": {"target_kind": "seasonal", "season": 24,
+                                       "target_features": [0], "difference": False}}
+    with pytest.raises(ExportError, match="export it in sequence mode"):
+        plan(side, window=6, carry_state=False)
+    assert plan(side, window=1, carry_state=True)["seasonal"] == {"season": 24, "horizon": 1}
 
 
 def test_untrained_residual_model_is_the_naive_forecast_exactly(tmp_path, series_csv):

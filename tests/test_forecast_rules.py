@@ -81,6 +81,9 @@ def test_lstm_train_warns_on_stderr_and_reports_skill(tmp_path):
     assert "feature 'distance' only ever grows" in proc.stderr
     assert "--features speed" in proc.stderr
     assert "skill" in proc.stdout and "best by MAE" in proc.stdout
+    # The statistical anchors stand beside the model (no season in minute readings).
+    assert "AutoARIMA" in proc.stdout or "pip install 'lstm-edge[stats]'" in proc.stdout
+    assert "no season known" in proc.stdout or "not installed" in proc.stdout
     side = json.loads((tmp_path / "m.lstm-edge.json").read_text())
     assert side["features"] == ["distance", "speed"]               # the time column is no feature
     assert side["data"]["time_column"] == "epoch"

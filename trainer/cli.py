@@ -99,20 +99,26 @@ Modes (how the model will stream, see README):
               show_default=True, help="Where to save the model; NAME.lstm-edge.json goes beside.")
 @click.option("--test-fraction", type=float, default=0.15, show_default=True,
               help="The last rows, never trained or early-stopped on: the report's test tail.")
-@click.option("--target-kind", type=click.Choice(["residual", "level"]), default="residual",
-              show_default=True, help="residual: predict the change from the last reading "
-              "(an untrained model is the naive forecast); level: predict the value itself.")
+@click.option("--target-kind", type=click.Choice(["auto", "residual", "seasonal", "level"]),
+              default="auto", show_default=True, help="residual: predict the change from the "
+              "last reading (an untrained model is the naive forecast); seasonal: from the last "
+              "reading plus the change one season before (sequence mode); level: the value "
+              "itself; auto: seasonal where it beats residual on the validation rows.")
 @click.option("--difference/--no-difference", default=True, show_default=True,
               help="Feed the changes between readings instead of the readings.")
 @click.option("--season", type=int, help="Readings per season for the seasonal-naive "
               "baseline [default: guessed from the time column: hourly 24, daily 7, "
               "weekly 52, monthly 12].")
+@click.option("--anchor-budget", type=click.FloatRange(min=0), default=60.0, show_default=True,
+              help="Seconds for the statistical anchors (AutoETS, AutoTheta, AutoARIMA; the "
+              "[stats] extra) on the test tail; 0 leaves them out.")
 @click.option("--plot", type=click.Path(dir_okay=False),
               help="Draw actual vs predicted (and naive) over the test tail into this PNG.")
 @reports_errors
 def train_main(data, target, features, look_back, horizon, mode, cell, units, layers, dropout,
                dense, epochs, batch_size, patience, val_fraction, missing, scaling, loss, seed,
-               quiet, output, test_fraction, target_kind, difference, season, plot):
+               quiet, output, test_fraction, target_kind, difference, season, anchor_budget,
+               plot):
     """Fit an LSTM (or GRU) on DATA, a CSV with a header row, and report it against baselines."""
     require_training("lstm-train", TRAINING)
     from .model import ModelConfig
@@ -123,6 +129,7 @@ def train_main(data, target, features, look_back, horizon, mode, cell, units, la
                       missing=missing, scaling=scaling, loss=loss, seed=seed,
                       verbose=0 if quiet else 2, test_fraction=test_fraction,
                       target_kind=target_kind, difference=difference, season=season,
+                      anchor_budget=anchor_budget,
                       model=ModelConfig(mode=mode, cell=cell, units=units, layers=layers,
                                         dropout=dropout, dense=dense))
     check_config(cfg, rows=cfg.look_back + cfg.horizon)   # flag errors before TF loads

@@ -8,6 +8,13 @@ last value") and training can only move it from there; and the model never has t
 a level it did not see in training. Where a target is not among the features there is no
 current reading to add back, and the target stays a level (``Framing.note`` says so).
 
+Seasonal target (``--target-kind seasonal``; ``auto``, the default, takes it where it beats
+the residual one on the validation rows). The change is counted from ``y[t] + y[t+h-m] -
+y[t-m]``: the last reading plus the change the same ``h`` steps made one season ago, the
+seasonal random walk, which on a trended seasonal series (airline passengers) is a close
+second to ARIMA where the last reading is far behind. The exported graph carries the last
+season's readings as state (docs/contract.md, changelog).
+
 Differenced inputs (``difference=True``, the default: it beat the naive forecast in 6 of 6
 bundled settings where readings in, residual out did in 4 of 6; README, "Forecast
 quality"). The network reads ``x[t] - x[t-1]`` scaled by
@@ -30,7 +37,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-TARGET_KINDS = ("residual", "level")
+from .errors import DataError
+
+TARGET_KINDS = ("auto", "residual", "seasonal", "level")
 SHORT_TAIL = 48   # fewer test predictions than this get a line of caution
 
 
@@ -46,24 +55,52 @@ def differences(x: np.ndarray) -> np.ndarray:
     return np.concatenate((np.zeros_like(x[:1]), np.diff(x, axis=0)))
 
 
+def seasonal_change(y: np.ndarray, horizon: int, season: int) -> np.ndarray:
+    """Row ``t``: the change the same ``horizon`` steps made one season before,
+    ``y[t + h - m] - y[t - m]``; 0 ("no change") while ``t < m``: a stream from the series'
+    first row has not seen a season yet (the exported graph's rule too).
+
+    >>> seasonal_change(np.array([[1.0], [5.0], [2.0], [7.0], [3.0]]), 1, 2).ravel().tolist()
+    [0.0, 0.0, 4.0, -3.0, 5.0]
+    """
+    out = np.zeros_like(y, dtype=np.float64)                         # (rows, targets)
+    if len(y) > season:
+        out[season:] = y[horizon:len(y) - season + horizon] - y[:len(y) - season]
+    return out
+
+
 @dataclass(frozen=True)
 class Framing:
-    """How the network's target and inputs relate to the CSV's columns."""
+    """How the network's target and inputs relate to the CSV's columns.
 
-    kind: str                      # residual | level
-    target_features: tuple         # feature index of each target (residual), else ()
+    The network predicts ``(y[t+h] - start[t]) / delta_scale``, the forecast it starts from
+    (an untrained model) being ``start``: the last reading (``residual``), or the last
+    reading plus the change the same ``h`` steps made one season before (``seasonal``: the
+    seasonal random walk, a close second to ARIMA on a trended seasonal series).
+    """
+
+    kind: str                      # residual | seasonal | level
+    target_features: tuple         # feature index of each target (residual, seasonal), else ()
     delta_scale: np.ndarray | None  # (targets,) robust scale of the training changes
     difference: bool               # the network reads differenced inputs
-    note: str = ""                 # why the target is a level although residual was asked
+    note: str = ""                 # why this target: a fallback, or the validation's choice
+    season: int | None = None      # m of a seasonal target
 
     @classmethod
-    def choose(cls, kind: str, features, targets, y_train: np.ndarray, horizon: int,
-               difference: bool) -> "Framing":
-        """Residual where every target is also a feature; the scale from ``y_train`` only."""
+    def choose(cls, kind: str, features, targets, y: np.ndarray, split: int, test: int,
+               horizon: int, difference: bool, season: int | None = None,
+               mode: str = "sequence") -> "Framing":
+        """The target framing; scales from the training rows ``y[:split]`` only.
+
+        ``auto`` takes the seasonal target where a season is known, the model streams one
+        reading at a time (``sequence`` mode: the graph carries the last season's readings)
+        and the seasonal start beats the last reading on the validation rows
+        ``[split, test)``; otherwise the residual one. The test tail is never looked at.
+        """
         if kind not in TARGET_KINDS:
             raise ValueError(f"target kind must be one of {TARGET_KINDS}, got {kind!r}")
         missing = [t for t in targets if t not in features]
-        if kind == "residual" and missing:
+        if kind in ("auto", "residual", "seasonal") and missing:
             # Differences alone cannot tell a level either: the model reads the readings.
             note = (f"target {', '.join(map(repr, missing))} is not among the features, so "
                     f"there is no current reading to add a change to: the model predicts the "
@@ -73,21 +110,63 @@ class Framing:
         if kind == "level":
             return cls("level", (), None, difference)
         index = tuple(list(features).index(t) for t in targets)
-        changes = y_train[horizon:] - y_train[:-horizon]            # (rows - h, targets)
-        return cls("residual", index, robust_scale(changes), difference)
+        residual = cls("residual", index, None, difference)
+        seasonal = cls("seasonal", index, None, difference, season=season)
+        why = seasonal._unfit(mode, horizon, split)
+        if kind == "seasonal" and why:
+            raise DataError(f"--target-kind seasonal {why}; or use --target-kind residual")
+        if kind == "auto" and not why:
+            rows = np.arange(split, test) - horizon                  # validation predictions
+            truth = y[rows + horizon]
+            naive = np.abs(residual.start(y, rows, horizon) - truth).mean()
+            ours = np.abs(seasonal.start(y, rows, horizon) - truth).mean()
+            kind = "seasonal" if ours < naive else "residual"
+            note = (f"target {kind}: on the validation rows the seasonal start (last reading "
+                    f"+ the change {horizon} step(s) made one season of {season} before) has "
+                    f"{ours / naive:.3f} x the naive MAE")
+        else:
+            kind, note = ("residual" if kind == "auto" else kind), ""
+        chosen = seasonal if kind == "seasonal" else residual
+        rows = np.arange(0, split - horizon)                         # training predictions
+        changes = y[rows + horizon] - chosen.start(y, rows, horizon)  # (rows - h, targets)
+        return cls(kind, index, robust_scale(changes), difference, note, chosen.season)
+
+    def _unfit(self, mode: str, horizon: int, split: int) -> str:
+        """Why a seasonal target cannot be had here ("" where it can)."""
+        m = self.season
+        if not m or m < 2:
+            return "needs a season (--season N, or a time column it can be guessed from)"
+        if mode != "sequence":
+            return ("needs --mode sequence (the exported graph carries the last season's "
+                    "readings as state, one reading per step)")
+        if horizon > m:
+            return f"needs --horizon at most the season ({m}), got {horizon}"
+        if split < 2 * m + horizon:
+            return f"needs at least two seasons of training rows ({2 * m + horizon}), got {split}"
+        return ""
 
     @property
     def residual(self) -> bool:
-        return self.kind == "residual"
+        """Whether the network predicts a change that the graph adds to a start."""
+        return self.kind in ("residual", "seasonal")
+
+    def start(self, y: np.ndarray, last: np.ndarray, horizon: int) -> np.ndarray:
+        """The forecast an untrained model gives for ``y[last + horizon]``: (steps, targets)."""
+        if self.kind == "seasonal":
+            return y[last] + seasonal_change(y, horizon, self.season)[last]
+        return y[last]
 
     def target_series(self, y: np.ndarray, horizon: int) -> np.ndarray:
-        """Row ``r`` holds the change from ``r - horizon`` to ``r``, scaled (0 before).
+        """Row ``r`` holds the change from the start at ``r - horizon`` to ``r``, scaled
+        (0 before).
 
         The windowing code takes a window's target from row ``last + horizon``, so this
-        series gives it ``(y[last + h] - y[last]) / scale`` without knowing about residuals.
+        series gives it ``(y[last + h] - start[last]) / scale`` without knowing about
+        residuals.
         """
         out = np.zeros_like(y, dtype=np.float32)
-        out[horizon:] = (y[horizon:] - y[:-horizon]) / self.delta_scale
+        last = np.arange(len(y) - horizon)
+        out[horizon:] = (y[horizon:] - self.start(y, last, horizon)) / self.delta_scale
         return out
 
     def to_json(self) -> dict:
@@ -96,6 +175,8 @@ class Framing:
         if self.residual:
             side["target_features"] = list(self.target_features)
             side["delta_scale"] = self.delta_scale.tolist()
+        if self.kind == "seasonal":
+            side["season"] = self.season
         if self.note:
             side["target_note"] = self.note
         return side
@@ -217,9 +298,12 @@ def _ratio(a, b) -> list:
 
 
 def best_by_mae(figures: dict) -> str:
-    """Which of model, naive, seasonal naive and mean has the lowest mean MAE."""
-    names = [n for n in ("model", "naive", "seasonal_naive", "mean") if n in figures]
-    return min(names, key=lambda n: float(np.mean(figures[n]["mae"])))
+    """Which of model, naive, seasonal naive, mean and the statistical anchors (where
+    measured, :mod:`trainer.anchors`) has the lowest mean MAE."""
+    candidates = {n: figures[n] for n in ("model", "naive", "seasonal_naive", "mean")
+                  if n in figures}
+    candidates.update(figures.get("anchors", {}))
+    return min(candidates, key=lambda n: float(np.mean(candidates[n]["mae"])))
 
 
 def caution(figures: dict, season: int | None) -> str | None:

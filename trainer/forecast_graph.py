@@ -37,14 +37,22 @@ def plan(sidecar: dict | None, window: int, carry_state: bool) -> dict | None:
     reading must be carried), ``"window"`` where each call holds a whole window, else None.
     """
     framing = (sidecar or {}).get("forecast") or {}
-    residual = framing.get("target_features") if framing.get("target_kind") == "residual" else None
+    kind = framing.get("target_kind")
+    residual = framing.get("target_features") if kind in ("residual", "seasonal") else None
     difference = None
     if framing.get("difference"):
         difference = "state" if window == 1 and carry_state else "window"
+    seasonal = None
+    if kind == "seasonal":
+        if not (window == 1 and carry_state):
+            raise ExportError("a seasonal-target model streams one reading at a time, carrying "
+                              "the last season's readings: export it in sequence mode (no "
+                              "--window, no --no-carry-state)")
+        seasonal = {"season": int(framing["season"]), "horizon": int(sidecar["horizon"])}
     if residual is None and difference is None:
         return None
     return {"residual": None if residual is None else [int(i) for i in residual],
-            "difference": difference}
+            "difference": difference, "seasonal": seasonal}
 
 
 def apply(graph: onnx.GraphProto, state: list, extra: dict, wrap: dict | None, *,
@@ -81,8 +89,11 @@ def apply(graph: onnx.GraphProto, state: list, extra: dict, wrap: dict | None, *
         _rename_output(graph, "y", "fc_y_change")
         node = _adder(post)
         index = const("fc_target_features", np.asarray(residual, np.int64))
-        node("Gather", ["x", index], "fc_y_last", axis=2)             # (b, T, targets), raw
-        node("Add", ["fc_y_change", "fc_y_last"], "y")
+        start = node("Gather", ["x", index], "fc_y_last", axis=2)     # (b, T, targets), raw
+        if wrap.get("seasonal"):
+            start = _seasonal(graph, node, const, len(residual), state, **wrap["seasonal"])
+            meta["seasonal"] = json.dumps(wrap["seasonal"])
+        node("Add", ["fc_y_change", start], "y")
         meta["residual"] = json.dumps({"target_features": residual})
     body = list(graph.node)
     del graph.node[:]
@@ -133,6 +144,75 @@ def _difference(graph, node, const, features: int, kind: str, state: list) -> No
         node("Concat", ["fc_x_last_flat", "fc_ones"], carried, axis=1)  # (b, F + 1)
     node("Concat", ["fc_x_start", "fc_x_head"], "fc_x_before", axis=1)   # (b, T, F)
     node("Sub", ["x", "fc_x_before"], "fc_x_change")
+
+
+def _seasonal(graph, node, const, targets: int, state: list, season: int,
+              horizon: int) -> str:
+    """Nodes from ``fc_y_last`` to ``fc_y_start``, the seasonal target's start: the reading
+    plus ``y[t+h-m] - y[t-m]``; adds the ``prev`` state of the last season's readings.
+
+    The state holds the last ``m`` target readings, each with a flag (1: a real reading), as
+    ``(batch, m * (targets + 1))``; zeros are a fresh stream. A chunk of ``T`` readings is
+    appended to it, ``H = (b, m + T, targets + 1)``: step ``t`` finds ``y[t-m]`` in row ``t``
+    and ``y[t+h-m]`` in row ``t+h``. Until a season was seen (row ``t`` not a real reading)
+    the change is 0, the trainer's rule, so the start is the last reading.
+    """
+    m, k = season, targets
+    width = m * (k + 1)
+    spec = StateSpec.for_layer(_next_index(state), "last season's readings", "prev", width)
+    state.append(spec)
+    (held,), (carried,) = spec.inputs, spec.outputs
+    graph.input.append(helper.make_tensor_value_info(held, TensorProto.FLOAT, ["batch", width]))
+    graph.output.append(helper.make_tensor_value_info(carried, TensorProto.FLOAT,
+                                                      ["batch", width]))
+    axis1 = const("fc_s_axis1", np.array([1], np.int64))
+    axis2 = const("fc_s_axis2", np.array([2], np.int64))
+    zero = const("fc_s_zero", np.array([0], np.int64))
+    node("Reshape", [held, const("fc_s_shape3", np.array([-1, m, k + 1], np.int64))],
+         "fc_s_held")                                                  # (b, m, k + 1)
+    node("Shape", ["fc_y_last"], "fc_s_ylast_shape")                   # [b, T, k]
+    node("Slice", ["fc_s_ylast_shape", zero, const("fc_s_two", np.array([2], np.int64))],
+         "fc_s_bt")
+    node("Concat", ["fc_s_bt", const("fc_s_one", np.array([1], np.int64))], "fc_s_flag_shape",
+         axis=0)
+    node("Expand", [const("fc_s_ones", np.ones((1, 1, 1), np.float32)), "fc_s_flag_shape"],
+         "fc_s_flags")                                                 # (b, T, 1)
+    node("Concat", ["fc_y_last", "fc_s_flags"], "fc_s_new", axis=2)    # (b, T, k + 1)
+    node("Concat", ["fc_s_held", "fc_s_new"], "fc_s_hist", axis=1)     # (b, m + T, k + 1)
+    end = np.array([horizon - m if horizon < m else INT_MAX], np.int64)
+    node("Slice", ["fc_s_hist", zero, const("fc_s_minus_m", np.array([-m], np.int64)), axis1],
+         "fc_s_back")                                                  # (b, T, k + 1): y[t-m]
+    node("Slice", ["fc_s_hist", const("fc_s_h", np.array([horizon], np.int64)),
+                   const("fc_s_end", end), axis1], "fc_s_then")        # y[t+h-m]
+    reads, flag = const("fc_s_k", np.array([k], np.int64)), const("fc_s_k1", np.array([k + 1],
+                                                                                 np.int64))
+    node("Slice", ["fc_s_back", zero, reads, axis2], "fc_s_back_y")    # (b, T, k)
+    node("Slice", ["fc_s_back", reads, flag, axis2], "fc_s_back_flag")  # (b, T, 1)
+    node("Slice", ["fc_s_then", zero, reads, axis2], "fc_s_then_y")    # (b, T, k)
+    node("Sub", ["fc_s_then_y", "fc_s_back_y"], "fc_s_change")
+    node("Greater", ["fc_s_back_flag", const("fc_s_half", np.array(0.5, np.float32))],
+         "fc_s_known")
+    node("Where", ["fc_s_known", "fc_s_change", const("fc_s_nothing", np.array(0.0, np.float32))],
+         "fc_s_change_known")                                          # 0 before a season
+    node("Slice", ["fc_s_hist", const("fc_s_last_m", np.array([-m], np.int64)),
+                   const("fc_s_inf", np.array([INT_MAX], np.int64)), axis1], "fc_s_kept")
+    node("Reshape", ["fc_s_kept", const("fc_s_shape2", np.array([-1, width], np.int64))],
+         carried)                                                      # (b, m * (k + 1))
+    return node("Add", ["fc_y_last", "fc_s_change_known"], "fc_y_start")
+
+
+def seasonal_reference(raw: np.ndarray, held: np.ndarray | None, season: int,
+                       horizon: int) -> tuple[np.ndarray, np.ndarray]:
+    """What :func:`_seasonal` computes, in numpy: the change added to the reading and the
+    state handed on, for raw target readings ``(b, T, k)`` after ``held`` (None: fresh)."""
+    b, steps, k = raw.shape
+    m = season
+    held = np.zeros((b, m * (k + 1)), np.float32) if held is None else held
+    new = np.concatenate([raw, np.ones((b, steps, 1), np.float32)], axis=2)
+    hist = np.concatenate([held.reshape(b, m, k + 1), new], axis=1)    # (b, m + T, k + 1)
+    back, then = hist[:, :steps], hist[:, horizon:horizon + steps]
+    change = np.where(back[..., k:] > 0.5, then[..., :k] - back[..., :k], np.float32(0))
+    return change, hist[:, -m:].reshape(b, m * (k + 1))
 
 
 def _next_index(state: list) -> int:

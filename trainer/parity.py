@@ -34,6 +34,7 @@ import numpy as np
 
 from runtime.contract import streaming_mode
 from .errors import ParityError
+from .forecast_graph import seasonal_reference
 from .graph import is_recurrent
 
 STREAMS = 4     # parallel streams in the sequence-mode check: the batch axis is exercised too
@@ -156,7 +157,11 @@ def _framed_y(subject: Subject, y: np.ndarray, raw) -> np.ndarray:
     residual = (subject.forecast or {}).get("residual")
     if residual is None:
         return y
-    return y.astype(np.float64) - raw[..., residual].astype(np.float64)[:, -y.shape[1]:]
+    start = raw[..., residual].astype(np.float64)[:, -y.shape[1]:]
+    seasonal = (subject.forecast or {}).get("seasonal")
+    if seasonal:    # sequence runs start from a fresh stream: no season seen before them
+        start = start + seasonal_reference(raw[..., residual], None, **seasonal)[0]
+    return y.astype(np.float64) - start
 
 
 def _framed_x(subject: Subject, raw, norm, states):
@@ -164,18 +169,22 @@ def _framed_x(subject: Subject, raw, norm, states):
 
     The graph takes ``x[t] - x[t-1]`` in raw float32 and ``d[0]`` from the carried reading
     (sequence mode; "no change" for a fresh stream) or as 0 (windows). Returns the
-    normalised input, the recurrent layers' states (without the reading), and the reading
-    state the graph should hand on (None where it has none).
+    normalised input, the recurrent layers' states (without the readings), and the reading
+    states the graph should hand on (the previous reading, the last season's; [] for none).
     """
     kind = (subject.forecast or {}).get("difference")
+    states, carried = list(states), []
+    seasonal = (subject.forecast or {}).get("seasonal")
+    if seasonal:                    # the last season's readings: the last state
+        residual = subject.forecast["residual"]
+        carried.append(seasonal_reference(raw[..., residual], states.pop(), **seasonal)[1])
     if not kind:
-        return norm, states, None
-    states, carried = list(states), None
+        return norm, states, carried
     if kind == "state":
         held = states.pop()                                         # (batch, F + 1)
         start = np.where(held[:, -1:] > 0.5, held[:, :-1], raw[:, 0])   # (batch, F)
         ones = np.ones((len(raw), 1), np.float32)
-        carried = np.concatenate([raw[:, -1], ones], axis=1)
+        carried.insert(0, np.concatenate([raw[:, -1], ones], axis=1))
     else:
         start = raw[:, 0]
     change = raw - np.concatenate([start[:, None], raw[:, :-1]], axis=1)   # float32
@@ -334,7 +343,7 @@ def _against_reference(session, reference, subject: Subject, raw, norm, states) 
     the Keras reference from the same initial ``states``; returns (figures, ONNX outputs)."""
     framed, keras_states, carried = _framed_x(subject, raw, norm, states)
     expected = _keras(reference, subject, framed, keras_states)
-    expected += [carried] if carried is not None else []
+    expected += carried
     _diverges(subject, expected, norm.shape[1])
     masked = _masked(subject, norm)
     figures = {}

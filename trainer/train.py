@@ -12,8 +12,10 @@ figure is measured the way the model will stream, in the target's own units:
 The headline is the *skill*: the model's MAE over the naive forecast's ("repeat the last
 value") on the same test rows; below 1 the model earns its place. Beside it stand the
 seasonal naive forecast (a season ago, when the season is known or guessed from the time
-column), the training mean, and MASE. By default the network predicts the change from the
-last reading (see :mod:`trainer.forecast`), so an untrained model starts as the naive one.
+column), the training mean, MASE, and the statistical anchors (:mod:`trainer.anchors`). By
+default the network predicts the change from the last reading, or from the seasonal random
+walk where that wins on the validation rows (see :mod:`trainer.forecast`), so an untrained
+model starts as one of those forecasts.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import anchors
 from .calibrate import coverage, intervals, target_columns
 from .data import growing_features, read_csv, select
 from .errors import DataError
@@ -50,10 +53,12 @@ class TrainConfig:
     missing: str = "error"       # error | drop | ffill | interpolate
     scaling: str = "robust"      # robust (median/IQR) | standard (mean/std)
     loss: str = "huber"          # huber | mse; huber keeps sensor glitches from ruling the fit
-    target_kind: str = "residual"  # residual: predict the change, add the reading back | level
+    target_kind: str = "auto"    # residual | seasonal (the change from a start the graph adds
+    #                              back) | level; auto: seasonal where it wins on validation
     difference: bool = True      # feed x[t] - x[t-1], not x[t]: beats naive 6/6 vs 4/6 (README)
     season: int | None = None    # readings per season for the seasonal naive; None: guess
     seed: int | None = 0         # repeatable runs; None for a fresh draw
+    anchor_budget: float = 60.0  # seconds for ETS/Theta/ARIMA on the test tail (0: none)
     verbose: int = 2             # Keras progress: 0 silent, 1 bars, 2 one line per epoch
     model: ModelConfig = field(default_factory=ModelConfig)
 
@@ -85,6 +90,7 @@ class TrainResult:
             label = name.replace("_", " ") + (f" ({season})" if name == "seasonal_naive" else "")
             ratio = f"{mae / naive:>13.3f}" if naive > 0 else f"{'-':>13}"
             lines.append(f"  {label:<21}{mae:>11.4g}{rmse:>11.4g}{ratio}")
+        lines += anchors.lines(test, naive)
         skill = np.mean(test["skill"])
         verdict = "beats" if skill < 1 else "does not beat"
         lines.append(f"  skill {skill:.3f} = model MAE / naive MAE: the model {verdict} "
@@ -294,8 +300,9 @@ def train(csv: str | Path, target: str | list[str], features: str | list[str] | 
     split, test = split_points(len(sel.x), cfg.val_fraction, cfg.test_fraction,
                                window + cfg.horizon)
     warnings = growing_features(sel, split)
-    framing = Framing.choose(cfg.target_kind, sel.features, sel.targets, sel.y[:split],
-                             cfg.horizon, cfg.difference)
+    season, found = ((cfg.season, "given") if cfg.season else guess_season(sel.time))
+    framing = Framing.choose(cfg.target_kind, sel.features, sel.targets, sel.y, split, test,
+                             cfg.horizon, cfg.difference, season, cfg.model.mode)
     if framing.note:
         warnings.append("note: " + framing.note)
     series, scaler = _network_series(sel, framing, split, test, cfg)
@@ -304,15 +311,16 @@ def train(csv: str | Path, target: str | list[str], features: str | list[str] | 
     _seed(cfg.seed)
     model, pred, last = FIT[cfg.model.mode](series, run, len(sel.targets))
     if framing.residual:
-        pred = pred * framing.delta_scale + sel.y[last]              # (steps, targets), raw
+        pred = pred * framing.delta_scale + framing.start(sel.y, last, cfg.horizon)  # raw
     else:
         pred = scaler.y_inverse(pred)
-    season, found = ((cfg.season, "given") if cfg.season else guess_season(sel.time))
     target_row = last + cfg.horizon
     parts = {"validation": (target_row >= split) & (target_row < test),
              "test": target_row >= test}
     metrics = {name: score(sel.y, pred[rows], last[rows], cfg.horizon, sel.y[:split], season)
                for name, rows in parts.items()}
+    metrics["test"].update(anchors.measure(sel.y, last[parts["test"]], cfg.horizon, season,
+                                           cfg.anchor_budget))
     metrics.update(season=season, season_source=found)
     # Calibrated on the validation rows; the test tail only measures the coverage.
     val, tail = parts["validation"], parts["test"]
