@@ -86,8 +86,7 @@ def reference_model(layers, subject: Subject):
             # TimeDistributed(Dense) is its Dense on the last axis (a TimeDistributed over a
             # fixed 1,000-step axis builds 1,000 copies and takes half a minute).
             inner = getattr(layer, "layer", None)
-            per_step = inner if type(inner).__name__ == "Dense" else layer
-            x = per_step(x)
+            x = _per_step(inner if type(inner).__name__ == "Dense" else layer, x)
             continue
         config = layer.get_config()
         for key in ("batch_input_shape", "input_shape", "batch_shape"):
@@ -103,6 +102,35 @@ def reference_model(layers, subject: Subject):
         state_in += initial
         state_out += states
     return keras.Model([inp, *state_in], [x, *state_out])
+
+
+def _per_step(layer, x):
+    """``layer`` on every step of ``x`` ``(batch, time, width)``.
+
+    A layer after a recurrent layer that returns its last step only was built for
+    ``(batch, width)``: BatchNormalization then refuses the reference's ``(batch, time,
+    width)`` (its input spec fixes ndim=2), so it runs on the steps folded into the batch.
+    """
+    try:
+        return layer(x)
+    except ValueError:
+        return _steps_as_batch(layer)(x)
+
+
+def _steps_as_batch(layer):
+    """A Keras layer running ``layer`` on ``(batch * time, width)`` and unfolding the result."""
+    import keras
+
+    class StepsAsBatch(keras.layers.Layer):
+        def call(self, x):
+            shape = keras.ops.shape(x)                                # (batch, time, width)
+            y = layer(keras.ops.reshape(x, (-1, shape[-1])), training=False)
+            return keras.ops.reshape(y, (shape[0], shape[1], y.shape[-1]))
+
+        def compute_output_shape(self, shape):
+            return (*shape[:2], layer.compute_output_shape((None, shape[-1]))[-1])
+
+    return StepsAsBatch(name=f"{layer.name}_per_step")
 
 
 # --------------------------------------------------------------------------- inputs
@@ -284,7 +312,14 @@ def compare(subject: Subject, *, steps: int = 1000, atol: float = 1e-4, seed: in
 
     rng = np.random.default_rng(seed)
     session = ort.InferenceSession(subject.onnx_bytes, providers=["CPUExecutionProvider"])
-    reference = reference_model(subject.layers, subject)
+    try:
+        reference = reference_model(subject.layers, subject)
+    except Exception as exc:  # noqa: BLE001 - Keras raises anything from a layer it rebuilds
+        raise ParityError(f"the check cannot rebuild the model in Keras to compare it "
+                          f"({str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__})"
+                          f"; nothing was written. Export with --no-check and compare "
+                          f"lstm-run's predictions with your model's, and report it with "
+                          f"the model") from None
     # A stateful model of one timestep with B > 1 slots streams as B interleaved chains of
     # single readings: the slot check runs it so (windows of one reading), against Keras.
     how = "stateful" if subject.carry_state and subject.slots > 1 else subject.mode
