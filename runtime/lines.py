@@ -149,6 +149,11 @@ def json_value(value):
     return float(text) if text else None
 
 
+class Score(str):
+    """An answer column written under its own name, not as ``pred_<name>``: a
+    reconstruction model's ``score`` (docs/contract.md)."""
+
+
 def added_names(taken: Sequence[str], targets: Sequence[str]) -> tuple[str, str, list[str], str]:
     """Names of the added columns (step, warmup, predictions, error), none of them in ``taken``."""
     used = set(taken)
@@ -160,7 +165,8 @@ def added_names(taken: Sequence[str], targets: Sequence[str]) -> tuple[str, str,
         return name
 
     step, warmup = fresh("step"), fresh("warmup")
-    preds = [fresh(f"pred_{t}" if t else f"pred_{i}") for i, t in enumerate(targets)]
+    preds = [fresh(str(t) if isinstance(t, Score) else f"pred_{t}" if t else f"pred_{i}")
+             for i, t in enumerate(targets)]
     return step, warmup, preds, fresh("error")
 
 

@@ -21,6 +21,7 @@ import numpy as np
 import onnxruntime as ort
 
 from . import device as _device
+from .lines import Score
 from .contract import X, Y, ModelInfo, derive_state, streaming_mode
 from .errors import ContractError, DeviceError, InputError, RunError, ShapeError, SnapshotError
 from .batch import step_many
@@ -145,12 +146,22 @@ class Model:
         self.dtype = _DTYPES[x.type]
         self.n_features = 1 if self.tokens else _axis(x.shape[2], info.features, "features")
         self.n_targets = _axis(outputs[Y].shape[2], info.targets, "targets")
+        self._y_steps = outputs[Y].shape[1]             # 1 for a graph that answers a window once
         self.info = info
         self.features = info.features or tuple(f"x{i}" for i in range(self.n_features))
         self.targets = info.targets or tuple(f"y{i}" for i in range(self.n_targets))
+        # A block (docs/contract.md, lstm_edge.block): one name per output column of y.
+        self.block = info.block
+        if self.block is not None:
+            self.targets = self.block.columns()
+        self.reconstructs = self.block is not None and self.block.kind == "reconstruction"
+        # What lstm-run answers each reading with: a prediction per output, or the score.
+        self.answers = (Score("score"),) if self.reconstructs else self.targets
+        x_scaler = (info.scaler or {}).get("x") or {}
+        self._score_scale = np.asarray(x_scaler.get("std", 1.0), np.float64)   # (features,)
         if len(self.features) != self.n_features or len(self.targets) != self.n_targets:
             raise ContractError(f"metadata names {len(self.features)} features and "
-                                f"{len(self.targets)} targets, the graph reads "
+                                f"{len(self.targets)} outputs, the graph reads "
                                 f"{self.n_features} and writes {self.n_targets}")
 
         self.state_inputs = tuple(n for s in info.state for n in s.inputs)
@@ -311,7 +322,9 @@ class Model:
         """
         dtype = self.dtype if self.tokens else np.float32
         x = np.zeros((1, self.window, self.n_features), dtype)   # (1, window, features)
-        y = np.zeros((1, self.window, self.n_targets), np.float32)   # (1, window, targets)
+        # A window graph without state (docs/contract.md) answers the window once: y (1, 1, .)
+        steps = 1 if self._y_steps == 1 else self.window
+        y = np.zeros((1, steps, self.n_targets), np.float32)         # (1, window, targets)
         graph_x = x.reshape(1, self.window) if self.tokens else x   # ids: (1, window), same memory
         return self._runner.step_binding(x, graph_x, y, self.units)
 
@@ -374,6 +387,35 @@ class Model:
         """
         from .predict import predict
         return predict(self, X)
+
+    def score(self, history, ys) -> np.ndarray:
+        """A reconstruction model's anomaly score for each of the last ``len(ys)`` readings.
+
+        Parameters
+        ----------
+        history : ``(m, features)`` raw readings of one stream, in order, ending at the
+            reading of the last row of ``ys``.
+        ys : ``(n, outputs)`` the model's answers for the last ``n`` readings of ``history``
+            (NaN rows while warming up).
+
+        Returns
+        -------
+        ``(n,)`` float32: the mean over the window's positions and features of
+        ``|reconstruction - reading| / std``, ``std`` being the feature's scale in
+        ``lstm_edge.scaler.x`` (1 without one): the mean absolute error in the units the
+        model was trained in, of the window ending at that reading; NaN while warming up.
+        docs/contract.md defines it.
+        """
+        window, ys = self.window, np.asarray(ys, np.float64)
+        out = np.full(len(ys), np.nan, np.float32)
+        count = min(len(ys), len(history) - window + 1)
+        if count > 0:
+            wins = np.lib.stride_tricks.sliding_window_view(
+                np.asarray(history, np.float64), window, axis=0)[-count:]   # (count, F, window)
+            rebuilt = ys[-count:].reshape(count, window, -1)         # (count, window, F)
+            error = np.abs(rebuilt - wins.transpose(0, 2, 1)) / self._score_scale
+            out[-count:] = error.mean(axis=(1, 2))
+        return out
 
     # --- snapshots -----------------------------------------------------------------------
 
