@@ -206,6 +206,7 @@ def test_many_streams_stepped_together_equal_one_by_one(trained, tmp_path):
 
 # --------------------------------------------------------------------------- the commands
 
+@pytest.mark.slow
 def test_autoencoder_through_the_commands_scores_its_reconstruction_error(trained, tmp_path):
     """lstm-export with --scaler, lstm-run's score = Keras's mean absolute error, scaled."""
     path, model = trained("autoencoder")
@@ -232,6 +233,7 @@ def test_autoencoder_through_the_commands_scores_its_reconstruction_error(traine
     assert "reconstruction of the window's 12 readings" in info.stdout, info.stderr
 
 
+@pytest.mark.slow
 def test_multi_step_h5_through_the_commands_names_each_step(trained, tmp_path):
     path, model = trained("multi_step", ".h5")
     scale, _ = y_scaler("forecast")
@@ -361,6 +363,23 @@ def two_inputs():
     return keras.Model([window, site], L.Dense(1)(L.Concatenate()([encoded, site])))
 
 
+def test_static_inputs_are_refused_with_a_workaround_that_exports(tmp_path):
+    """[sensor window, site features]: refused; one file per site with them fixed exports."""
+    keras.utils.set_random_seed(0)
+    model = two_inputs()
+    with pytest.raises(ExportError, match="one file per sensor with them fixed") as err:
+        export(model, tmp_path / "m.onnx")
+    assert "w[:, 0, :1] * 0.0 + static_values" in str(err.value)
+    static_values = np.array([0.5, -1.0], np.float32)               # this sensor's site
+    w = keras.Input((T, F))
+    wrapped = keras.Model(w, model([w, w[:, 0, :1] * 0.0 + static_values]))
+    report = export(wrapped, tmp_path / "site.onnx")
+    raw = series(READINGS, seed=1)
+    windows = sliding(raw, T)
+    want = model.predict([windows, np.tile(static_values, (len(windows), 1))], verbose=0)
+    assert_close(stepped(report.path, raw), want)
+
+
 def cnn_lstm():
     return keras.Sequential([keras.Input((2, 6, F)),
                              L.TimeDistributed(L.Conv1D(4, 3, activation="relu")),
@@ -368,11 +387,14 @@ def cnn_lstm():
 
 
 REFUSALS = {
-    "two_inputs": (two_inputs, "repeat them as extra feature columns"),
+    "two_inputs": (two_inputs, "repeat them as extra feature columns of every reading"),
     "cnn_lstm_4d": (cnn_lstm, r"keras.layers.Reshape\(\(2, 6, 3\)\)"),
     "flatten_sequence": (lambda: keras.Sequential([
         keras.Input((None, F)), L.LSTM(4, return_sequences=True), L.GlobalMaxPooling1D(),
         L.Dense(1)]), r"give it a fixed window, keras.Input\(\(T, features\)\)"),
+    "masking_autoencoder": (lambda: keras.Sequential([
+        keras.Input((T, F)), L.Masking(0.0), L.LSTM(4), L.RepeatVector(T),
+        L.LSTM(4, return_sequences=True)]), r"drop it and fill missing readings"),
     "repeat_vector_carrying_state": (lambda: keras.Sequential([
         keras.Input((T, F)), L.LSTM(4), L.RepeatVector(2), L.LSTM(2)]), "drop --carry-state"),
 }
@@ -396,3 +418,26 @@ def test_mixed_float16_check_failure_suggests_the_tolerance(tmp_path):
         export(model, tmp_path / "m.onnx", atol=1e-9)
     report = export(model, tmp_path / "m.onnx", atol=1e-3)
     assert report.parity["max_abs_diff"] <= 1e-3
+
+
+def test_triton_variant_of_a_block_model_answers_as_the_stream(trained, tmp_path):
+    """The Triton repository's graph (window kept as state) gives each reading's block."""
+    import onnxruntime as ort
+
+    from trainer.triton import write_repository
+
+    path, _ = trained("multi_step")
+    report = export_scaled(path, "multi_step", tmp_path / "ms.onnx")
+    write_repository(report.path, tmp_path / "models")
+    session = ort.InferenceSession(str(tmp_path / "models" / "ms" / "1" / "model.onnx"),
+                                   providers=["CPUExecutionProvider"])
+    feeds = {i.name: np.zeros([1 if not isinstance(d, int) else d for d in i.shape], np.float32)
+             for i in session.get_inputs()}
+    names = [o.name for o in session.get_outputs()]
+    raw, served = series(30, seed=5), []
+    for reading in raw:
+        feeds["x"] = reading[None, None]
+        out = dict(zip(names, session.run(None, feeds)))
+        served.append(out["y"][0, 0])
+        feeds.update({n: out["out_" + n[3:]] for n in feeds if n.startswith("in_")})
+    assert_close(np.stack(served[T - 1:]), stepped(report.path, raw))

@@ -263,9 +263,13 @@ def _prepare(model, *, scaler, features, targets, window, carry_state, opset,
         # time still exports whole (trainer.window_graph), unless that is what failed.
         why = window_graph.refusal(model, window=window, carry_state=carry_state,
                                    sidecar=sidecar)
-        if why is None and state_slots is None:
+        if why is not None or state_slots is not None:
+            raise ExportError(f"{exc}{f'; {why}' if why else ''}") from None
+        try:
             return _prepare_whole(model, path, sidecar, **args)
-        raise ExportError(f"{exc}{f'; {why}' if why else ''}") from None
+        except ExportError as whole:
+            raise ExportError(f"{exc}; converting it whole over its window failed too "
+                              f"({whole})") from None
 
 
 def _prepare_streaming(model, path, sidecar, *, scaler, features, targets, window,

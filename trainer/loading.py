@@ -118,8 +118,9 @@ def chain(model) -> list:
             f"({', '.join(t.name for t in inputs)}); a stream feeds one input. If the others "
             f"are static per sensor (site features), either repeat them as extra feature "
             f"columns of every reading and retrain on one input, or export one file per "
-            f"sensor with them fixed: w = keras.Input(window_shape); keras.Model(w, "
-            f"model([w, keras.ops.tile(static_values[None], (keras.ops.shape(w)[0], 1))]))")
+            f"sensor with them fixed (it exports as a window model): w = "
+            f"keras.Input(window_shape); keras.Model(w, model([w, w[:, 0, :1] * 0.0 + "
+            f"static_values]))")
     if len(model.outputs) > 1:
         raise ExportError(f"model {model.name!r} has {len(model.outputs)} outputs; "
                           f"the contract has one y")
