@@ -133,8 +133,11 @@ def _quote(text: str) -> str:
     return shlex.quote(text)
 
 
-def _names(names) -> str:
-    return ", ".join(n or f"#{i}" for i, n in enumerate(names)) or "(none)"
+def _names(names, most: int | None = None) -> str:
+    shown = [n or f"#{i}" for i, n in enumerate(names)]
+    if most is not None and len(shown) > most:
+        shown = shown[:most - 1] + ["…", shown[-1]]
+    return ", ".join(shown) or "(none)"
 
 
 def describe(model, path: Path, timed: bool = False) -> str:
@@ -155,7 +158,7 @@ def describe(model, path: Path, timed: bool = False) -> str:
     elif block.kind == "forecast":
         rows.append(("targets", f"{len(block.names)}: {_names(block.names)}, each 1 to "
                                 f"{block.steps} steps ahead ({block.outputs} columns: "
-                                f"{_names(model.targets)})"))
+                                f"{_names(model.targets, 8)})"))
     else:
         rows.append(("targets", f"reconstruction of the window's {block.steps} readings of "
                                 f"{_names(block.names)} ({block.outputs} columns); lstm-run "

@@ -441,3 +441,15 @@ def test_triton_variant_of_a_block_model_answers_as_the_stream(trained, tmp_path
         served.append(out["y"][0, 0])
         feeds.update({n: out["out_" + n[3:]] for n in feeds if n.startswith("in_")})
     assert_close(np.stack(served[T - 1:]), stepped(report.path, raw))
+
+
+def test_horizon_decides_a_window_shaped_block_and_must_match_a_forecast(tmp_path):
+    keras.utils.set_random_seed(0)
+    same_shape = keras.Sequential([keras.Input((T, F)), L.LSTM(4), L.RepeatVector(T),
+                                   L.LSTM(4, return_sequences=True),
+                                   L.TimeDistributed(L.Dense(F))])
+    assert export(same_shape, tmp_path / "a.onnx").info.block.kind == "reconstruction"
+    forecast = export(same_shape, tmp_path / "f.onnx", horizon=T).info
+    assert forecast.block.kind == "forecast" and forecast.horizon == T
+    with pytest.raises(ExportError, match=f"--horizon must be {T}"):
+        export(same_shape, tmp_path / "g.onnx", horizon=2)

@@ -122,7 +122,14 @@ def _predicts(info, layers) -> str:
     """What y is, in words: a forecast only where the trainer's sidecar says so."""
     names = ", ".join(info.targets)
     last = layers[-1][1] if layers else ""
-    if info.scaler and info.scaler.get("y"):
+    block = info.block
+    if block is not None and block.kind == "reconstruction":
+        return (f"the window's {block.steps} readings of {names} rebuilt (a reconstruction, "
+                f"{block.outputs} columns); lstm-run answers each reading with its score")
+    if block is not None:
+        return (f"{names}, each 1 to {block.steps} readings ahead of the last reading "
+                f"({block.outputs} columns, step by step)")
+    if (info.scaler and info.scaler.get("y")) or info.horizon != 1:
         return f"{names}, {info.horizon} step(s) ahead of the last reading"
     return f"{names}, what the model's last layer{f' ({last})' if last else ''} outputs " \
            f"for the readings so far (no training sidecar says what it forecasts)"
@@ -338,13 +345,16 @@ def _prepare_whole(model, path, sidecar, *, scaler, features, targets, window, c
     targets = _names(targets or (sidecar or {}).get("targets") or
                      (features if reconstruction else None), width, "y", "targets")
     steps = block["steps"] if block else 1
+    if block and not reconstruction and horizon is not None and horizon != steps:
+        raise ExportError(f"the model forecasts a block of {steps} steps, 1 to {steps} "
+                          f"readings ahead; --horizon must be {steps} (or left out)")
     extra = {}
     if block:
         extra["block"] = json.dumps({**block, "names": list(targets)})
     info = ModelInfo(
         state=(), window=length, carry_state=False, features=features, targets=targets,
-        horizon=int(horizon or (sidecar or {}).get("horizon")
-                    or (steps if block and not reconstruction else 1)),
+        horizon=steps if block and not reconstruction
+        else int(horizon or (sidecar or {}).get("horizon") or 1),
         scaler=scaler, source=_source(path, model), extra=extra)
     converted = window_graph.convert(model, window=length, features=n_features, scaler=scaler,
                                      block=block, names=width, opset=opset)
