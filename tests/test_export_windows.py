@@ -231,6 +231,20 @@ def test_autoencoder_through_the_commands_scores_its_reconstruction_error(traine
     assert np.abs(got - want).max() <= 1e-5
     info = lstm_run("ae.onnx", "--info", cwd=tmp_path)
     assert "reconstruction of the window's 12 readings" in info.stdout, info.stderr
+    # Many sensors, interleaved: stepped together in rounds rather than fed per sensor.
+    sensors = {f"s{k}": series(T + 3, seed=10 + k) for k in range(20)}
+    lines = "sensor," + ",".join(FEATURES) + "\n" + "".join(
+        f"{key}," + ",".join(f"{v:.9g}" for v in raw[t]) + "\n"
+        for t in range(T + 3) for key, raw in sensors.items())
+    ran = lstm_run("ae.onnx", "--stream-column", "sensor", cwd=tmp_path, data=lines)
+    assert ran.returncode == 0, ran.stderr
+    rows = list(csv.DictReader(ran.stdout.splitlines()))
+    for key, raw in sensors.items():
+        mine = [r for r in rows if r["sensor"] == key]
+        got = np.array([float(r["score"]) for r in mine[T - 1:]])
+        rebuilt = keras_answers(model, "reconstruction", raw).reshape(-1, T, F)
+        want = np.mean(np.abs(rebuilt - sliding(raw, T)) / STD, axis=(1, 2))
+        assert np.abs(got - want).max() <= 1e-5
 
 
 @pytest.mark.slow

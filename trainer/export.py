@@ -3,7 +3,9 @@
 :func:`export` loads the model, emits the streaming graph from its weights
 (:mod:`trainer.graph`), bakes in the trainer's normalisation, writes the contract's
 metadata, checks the graph against Keras (:mod:`trainer.parity`) and writes the file
-atomically; :func:`to_onnx` does the same without the check and without writing.
+atomically; :func:`to_onnx` does the same without the check and without writing. A window
+model the streaming emitter refuses (an autoencoder, an encoder-decoder, a Bidirectional
+layer...) is converted whole over its window (:mod:`trainer.window_graph`).
 
 The trainer saves ``NAME.lstm-edge.json`` next to ``NAME.keras``::
 

@@ -9,7 +9,8 @@ Why not tf2onnx for the whole model: tf2onnx 1.17 fuses only sigmoid Keras 3 LST
 GRUs, not ``hard_sigmoid``), turns ``TimeDistributed`` into a ``Loop``, and freezes the
 state of ``stateful=True`` layers into constants. Emitting from the weights gives the exact
 gate order, a lean graph (the runtime's step-latency target is 1.1x raw ONNX Runtime) and one
-code path for every model kind.
+code path for every model kind. A window model this table refuses (it does not step one
+reading at a time) is converted whole over its window instead: see :mod:`trainer.window_graph`.
 
 Layout: ONNX Runtime's CPU kernels refuse the batch-first ``layout=1`` of LSTM/GRU/RNN
 ("Batchwise recurrent operations (layout == 1) are not supported", checked on ORT 1.31), so
