@@ -142,6 +142,14 @@ class Model:
         self.mode = streaming_mode(self.window, self.carry_state)
 
         x = inputs[X]
+        fixed = x.shape[1] if len(x.shape) > 1 else None
+        if isinstance(fixed, int) and (self.window, self.carry_state) != (fixed, False):
+            # A window model converted whole (docs/contract.md) reads exactly its window.
+            raise ContractError(f"the graph reads windows of exactly {fixed} readings from a "
+                                f"zero state (a window model converted whole); it runs with "
+                                f"window={fixed} and carry_state=false only, not "
+                                f"window={self.window}, carry_state="
+                                f"{str(self.carry_state).lower()}: drop the override")
         self.tokens = len(x.shape) == 2                 # x is (batch, time) token ids
         self.dtype = _DTYPES[x.type]
         self.n_features = 1 if self.tokens else _axis(x.shape[2], info.features, "features")

@@ -192,6 +192,15 @@ def test_window_model_exports_and_streams_as_keras_predicts(trained, tmp_path, n
           f"{np.abs(stepped(report.path, raw) - want).max():.2g} (raw units)")
 
 
+def test_a_whole_window_file_refuses_another_window_at_run_time(trained, tmp_path):
+    path, _ = trained("multi_step")
+    report = export_scaled(path, "multi_step", tmp_path / "m.onnx")
+    with pytest.raises(runtime.ContractError, match=f"exactly {T} readings.*drop the override"):
+        runtime.load(report.path, window=T + 1)
+    with pytest.raises(runtime.ContractError, match="carry_state=true"):
+        runtime.load(report.path, carry_state=True)
+
+
 def test_many_streams_stepped_together_equal_one_by_one(trained, tmp_path):
     path, model = trained("multi_step")
     report = export_scaled(path, "multi_step", tmp_path / "m.onnx")
