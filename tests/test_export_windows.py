@@ -476,3 +476,11 @@ def test_horizon_decides_a_window_shaped_block_and_must_match_a_forecast(tmp_pat
     assert forecast.block.kind == "forecast" and forecast.horizon == T
     with pytest.raises(ExportError, match=f"--horizon must be {T}"):
         export(same_shape, tmp_path / "g.onnx", horizon=2)
+
+
+def test_a_scaler_that_does_not_fit_is_said_once(tmp_path):
+    model = keras.Sequential([keras.Input((T, F)), L.LSTM(4), L.Dense(1)])
+    wrong = {"x": {"mean": [0.0, 0.0], "std": [1.0, 1.0]}}
+    with pytest.raises(ExportError) as err:
+        export(model, tmp_path / "m.onnx", scaler=wrong)
+    assert str(err.value).count("the scaler does not fit") == 1

@@ -277,6 +277,8 @@ def _prepare(model, *, scaler, features, targets, window, carry_state, opset,
         try:
             return _prepare_whole(model, path, sidecar, **args)
         except ExportError as whole:
+            if str(whole) == str(exc):       # not the layers: the same error either way
+                raise
             raise ExportError(f"{exc}; converting it whole over its window failed too "
                               f"({whole})") from None
 
