@@ -365,7 +365,8 @@ class Model:
         Returns
         -------
         ``window`` mode: ``(samples, targets)``, each sample from a zero state, as Keras
-        ``model.predict(X)``. ``stateful`` mode: ``(samples, targets)``, sample ``j``
+        ``model.predict(X)``; a block (``lstm_edge.block``) as Keras gives it,
+        ``(samples, steps, names)``. ``stateful`` mode: ``(samples, targets)``, sample ``j``
         continuing the state sample ``j - B`` ended in (``B`` = :attr:`slots`), as Keras
         ``model.predict(X, batch_size=B)`` right after ``reset_states()``. ``sequence`` mode:
         ``(samples, timesteps, targets)``, each sample a whole sequence from a zero state,

@@ -117,10 +117,12 @@ def _freeze_captures(proto, concrete) -> None:
     from onnx import numpy_helper
 
     values = {inner.name: outer for outer, inner in concrete.graph.captures}
+    used = {name for node in proto.graph.node for name in node.input}
     for value in list(proto.graph.input):
         if value.name in values:
-            array = np.asarray(values[value.name].numpy())
-            proto.graph.initializer.append(numpy_helper.from_array(array, value.name))
+            if value.name in used:         # ONNX Runtime warns about an unused initializer
+                array = np.asarray(values[value.name].numpy())
+                proto.graph.initializer.append(numpy_helper.from_array(array, value.name))
             proto.graph.input.remove(value)
 
 
