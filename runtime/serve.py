@@ -314,11 +314,19 @@ class Server:
         for key, recs in by_key.items():
             slots[key].line = recs[-1].line
         answers: dict[int, tuple[int, bool, np.ndarray]] = {}
-        if self.model.reconstructs:     # its answer is the score of the window: keep them
+        if not self.model.reconstructs:
+            self._step_rounds(by_key, slots, values, records, answers)
+            return answers
+        # A reconstruction model answers with the score of the window each reading ends.
+        if np.isfinite(np.stack(list(values.values()))).all() if values else True:
             before = {key: slots[key].stream.snapshot().buffer for key in by_key}
             self._step_rounds(by_key, slots, values, records, answers)
             return _scored(self.model, by_key, before, values, answers)
-        self._step_rounds(by_key, slots, values, records, answers)
+        for rec in records:   # a missing value is filled or skipped: score what was fed
+            self._step_rounds({rec.key: [rec]}, slots, values, [rec], answers)
+            step, warmup, pred = answers[id(rec)]
+            fed = slots[rec.key].stream.snapshot().buffer                 # (<= window, features)
+            answers[id(rec)] = (step, warmup, self.model.score(fed, pred[None]))
         return answers
 
     def _step_rounds(self, by_key, slots, values, records, answers) -> None:

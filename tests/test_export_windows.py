@@ -243,6 +243,19 @@ def test_autoencoder_through_the_commands_scores_its_reconstruction_error(traine
     assert np.abs(got - want).max() <= 1e-5
     info = lstm_run("ae.onnx", "--info", cwd=tmp_path)
     assert "reconstruction of the window's 12 readings" in info.stdout, info.stderr
+    # A missing value held (--missing hold): the score is of the window as it was fed.
+    held = raw.copy()
+    held[20, 1] = held[19, 1]
+    text = lines.splitlines(keepends=True)
+    fields = text[21].split(",")
+    text[21] = ",".join([fields[0], fields[1], "", fields[3]])
+    ran = lstm_run("ae.onnx", "--missing", "hold", cwd=tmp_path, data="".join(text))
+    assert ran.returncode == 0, ran.stderr
+    rows = list(csv.DictReader(ran.stdout.splitlines()))
+    got = np.array([float(r["score"]) for r in rows[T - 1:]])
+    rebuilt_held = keras_answers(model, "reconstruction", held).reshape(-1, T, F)
+    want = np.mean(np.abs(rebuilt_held - sliding(held, T)) / STD, axis=(1, 2))
+    assert np.abs(got - want).max() <= 1e-5
     # Many sensors, interleaved: stepped together in rounds rather than fed per sensor.
     sensors = {f"s{k}": series(T + 3, seed=10 + k) for k in range(20)}
     lines = "sensor," + ",".join(FEATURES) + "\n" + "".join(
@@ -420,7 +433,7 @@ REFUSALS = {
         L.Dense(1)]), r"give it a fixed window, keras.Input\(\(T, features\)\)"),
     "masking_autoencoder": (lambda: keras.Sequential([
         keras.Input((T, F)), L.Masking(0.0), L.LSTM(4), L.RepeatVector(T),
-        L.LSTM(4, return_sequences=True)]), r"drop it and fill missing readings"),
+        L.LSTM(4, return_sequences=True)]), r"drop it and leave missing values empty.*--missing hold"),
     "repeat_vector_carrying_state": (lambda: keras.Sequential([
         keras.Input((T, F)), L.LSTM(4), L.RepeatVector(2), L.LSTM(2)]), "drop --carry-state"),
 }

@@ -39,7 +39,8 @@ def refusal(model, *, window, carry_state, sidecar: dict | None) -> str | None:
         return "it has stateful=True layers, whose state runs from window to window"
     if any(type(layer).__name__ == "Masking" for layer in _leaves(model)):
         return ("a Masking layer is not honoured by a model converted whole: drop it and "
-                "fill missing readings at run time instead (lstm-run --missing ffill)")
+                "leave missing values empty for lstm-run to skip or hold (--missing skip, "
+                "--missing hold)")
     if carry_state or (sidecar or {}).get("mode") in ("sequence", "stateful"):
         return "a model converted whole restarts every window: drop --carry-state"
     if window is not None and int(window) != int(shape[1]):
