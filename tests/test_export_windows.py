@@ -392,6 +392,11 @@ def test_return_sequences_on_a_fixed_window_gets_the_window_note(tmp_path):
     report = export(model, tmp_path / "m.onnx", steps=30)
     assert report.info.streaming_mode == "sequence"
     assert any(f"--window {T} --no-carry-state" in note for note in report.notes)
+    # What the note suggests gives the tutorial's per-window answers (the last step's).
+    windowed = export(model, tmp_path / "w.onnx", window=T, carry_state=False)
+    assert not any("--no-carry-state" in note for note in windowed.notes)
+    raw = series(READINGS, seed=1)
+    assert_close(stepped(windowed.path, raw), model.predict(sliding(raw, T), verbose=0)[:, -1])
 
 
 # --------------------------------------------------------------------------- refusals
