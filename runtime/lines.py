@@ -22,6 +22,8 @@ no feature or stream key of a JSON object):
 - ``warmup``: ``true`` while the stream has seen fewer readings than the model's window
   (the predictions are then empty / ``null``);
 - ``pred_<target>`` for each target of the model (``pred_0``, ... where it names none);
+  for a forecast block (``lstm_edge.block``) ``pred_<target>+<s>``, *s* readings ahead;
+  for a reconstruction model one ``score`` column instead (``Model.score``);
 - ``error``: why the line could not be used (CSV: always present, empty when fine;
   JSON: present only on an error record, which carries no step or predictions);
 - ``input`` (CSV, always the last column): empty, except on an error record whose fields do
