@@ -147,8 +147,11 @@ def _quote(text: str) -> str:
     return shlex.quote(text)
 
 
-def _names(names) -> str:
-    return ", ".join(n or f"#{i}" for i, n in enumerate(names)) or "(none)"
+def _names(names, most: int | None = None) -> str:
+    shown = [n or f"#{i}" for i, n in enumerate(names)]
+    if most is not None and len(shown) > most:
+        shown = shown[:most - 1] + ["…", shown[-1]]
+    return ", ".join(shown) or "(none)"
 
 
 def describe(model, path: Path, timed: bool = False) -> str:
@@ -162,8 +165,18 @@ def describe(model, path: Path, timed: bool = False) -> str:
     elif src:
         rows.append(("source", f"Keras model {src.get('model', '?')!r}, exported from memory"))
     rows.append(("features", f"{len(model.features)}: {_names(model.features)}"))
-    ahead = f" ({info.horizon} step{'s' if info.horizon != 1 else ''} ahead)"
-    rows.append(("targets", f"{len(model.targets)}: {_names(model.targets)}{ahead}"))
+    block = model.block
+    if block is None:
+        ahead = f" ({info.horizon} step{'s' if info.horizon != 1 else ''} ahead)"
+        rows.append(("targets", f"{len(model.targets)}: {_names(model.targets)}{ahead}"))
+    elif block.kind == "forecast":
+        rows.append(("targets", f"{len(block.names)}: {_names(block.names)}, each 1 to "
+                                f"{block.steps} steps ahead ({block.outputs} columns: "
+                                f"{_names(model.targets, 8)})"))
+    else:
+        rows.append(("targets", f"reconstruction of the window's {block.steps} readings of "
+                                f"{_names(block.names)} ({block.outputs} columns); lstm-run "
+                                f"writes its error as score"))
     for spec in info.state:
         rows.append(("state", f"{spec.kind.upper()} {spec.layer!r}, {spec.units} units: "
                               f"{', '.join(spec.inputs)} -> {', '.join(spec.outputs)}"))

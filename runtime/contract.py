@@ -42,6 +42,46 @@ class StateSpec:
                 "inputs": list(self.inputs), "outputs": list(self.outputs)}
 
 
+BLOCK_KINDS = ("forecast", "reconstruction")
+
+
+@dataclass(frozen=True)
+class Block:
+    """``lstm_edge.block``: ``y``'s last axis holds ``steps`` rows of ``names``, step-major.
+
+    ``forecast``: ``y[..., s * K + k]`` is name *k*, *s* + 1 readings ahead of the window's
+    last reading. ``reconstruction``: it rebuilds feature *k* at window position *s* (0 =
+    the oldest reading of the window).
+
+    >>> Block("forecast", 2, ("t", "rh")).columns()
+    ('t+1', 'rh+1', 't+2', 'rh+2')
+    """
+
+    kind: str
+    steps: int
+    names: tuple[str, ...]
+
+    @property
+    def outputs(self) -> int:
+        return self.steps * len(self.names)
+
+    def columns(self) -> tuple[str, ...]:
+        """One name per output column: ``name+s`` (s readings ahead) or ``name@s`` (window
+        position s), in y's order."""
+        if self.kind == "forecast":
+            return tuple(f"{n}+{s + 1}" for s in range(self.steps) for n in self.names)
+        return tuple(f"{n}@{s}" for s in range(self.steps) for n in self.names)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Block":
+        data = json.loads(text)
+        block = cls(str(data["kind"]), int(data["steps"]), tuple(map(str, data["names"])))
+        if block.kind not in BLOCK_KINDS or block.steps < 1 or not block.names:
+            raise ValueError(f"expected kind {' or '.join(BLOCK_KINDS)}, steps >= 1 and "
+                             f"names, got {data}")
+        return block
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     """What an exported file says about itself; defaults are the contract's."""
@@ -58,6 +98,12 @@ class ModelInfo:
     parity: dict | None = None            # what the export check measured
     source: dict | None = None            # {"file", "sha256"} of the Keras model
     extra: dict = field(default_factory=dict)  # other lstm_edge.* keys, kept verbatim
+
+    @property
+    def block(self) -> Block | None:
+        """``lstm_edge.block`` (None: y holds one step of ``targets``)."""
+        text = self.extra.get("block")
+        return None if text is None else Block.from_json(text)
 
     @property
     def streaming_mode(self) -> str:
@@ -121,6 +167,11 @@ class ModelInfo:
             source=parse("source", json.loads, None),
             extra={**ours, **({} if slots_text is None else {"state_slots": slots_text})},
         )
+        try:
+            info.block                          # noqa: B018 - parsed to refuse a bad one here
+        except (ValueError, TypeError, KeyError) as exc:
+            raise ContractError(f"metadata {PREFIX}block cannot be read ({exc}); re-export "
+                                f"the model with lstm-export") from None
         if info.contract > VERSION:
             raise ContractError(f"the file is written for contract version {info.contract}, "
                                 f"this runtime reads up to {VERSION}; upgrade lstm-edge")

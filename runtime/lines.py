@@ -22,6 +22,8 @@ no feature or stream key of a JSON object):
 - ``warmup``: ``true`` while the stream has seen fewer readings than the model's window
   (the predictions are then empty / ``null``);
 - ``pred_<target>`` for each target of the model (``pred_0``, ... where it names none);
+  for a forecast block (``lstm_edge.block``) ``pred_<target>+<s>``, *s* readings ahead;
+  for a reconstruction model one ``score`` column instead (``Model.score``);
 - with ``--interval``, the alert columns (:mod:`runtime.alerts_run`) after the predictions;
 - ``error``: why the line could not be used (CSV: always present, empty when fine;
   JSON: present only on an error record, which carries no step or predictions);
@@ -160,6 +162,11 @@ def json_value(value):
     return float(text) if text else None
 
 
+class Score(str):
+    """An answer column written under its own name, not as ``pred_<name>``: a
+    reconstruction model's ``score`` (docs/contract.md)."""
+
+
 def added_names(taken: Sequence[str], targets: Sequence[str]) -> tuple[str, str, list[str], str]:
     """Names of the added columns (step, warmup, predictions, error), none of them in ``taken``."""
     used = set(taken)
@@ -171,7 +178,8 @@ def added_names(taken: Sequence[str], targets: Sequence[str]) -> tuple[str, str,
         return name
 
     step, warmup = fresh("step"), fresh("warmup")
-    preds = [fresh(f"pred_{t}" if t else f"pred_{i}") for i, t in enumerate(targets)]
+    preds = [fresh(str(t) if isinstance(t, Score) else f"pred_{t}" if t else f"pred_{i}")
+             for i, t in enumerate(targets)]
     return step, warmup, preds, fresh("error")
 
 

@@ -22,6 +22,7 @@ import numpy as np
 
 from . import device as _device
 from .device import ort       # imported once there, with a one-line error where it is missing
+from .lines import Score
 from .contract import X, Y, ModelInfo, derive_state, streaming_mode
 from .errors import ContractError, DeviceError, InputError, RunError, ShapeError, SnapshotError
 from .batch import step_many
@@ -158,16 +159,34 @@ class Model:
         self.mode = streaming_mode(self.window, self.carry_state)
 
         x = inputs[X]
+        fixed = x.shape[1] if len(x.shape) > 1 else None
+        if isinstance(fixed, int) and (self.window, self.carry_state) != (fixed, False):
+            # A window model converted whole (docs/contract.md) reads exactly its window.
+            raise ContractError(f"the graph reads windows of exactly {fixed} readings from a "
+                                f"zero state (a window model converted whole); it runs with "
+                                f"window={fixed} and carry_state=false only, not "
+                                f"window={self.window}, carry_state="
+                                f"{str(self.carry_state).lower()}: drop the override")
         self.tokens = len(x.shape) == 2                 # x is (batch, time) token ids
         self.dtype = _DTYPES[x.type]
         self.n_features = 1 if self.tokens else _axis(x.shape[2], info.features, "features")
         self.n_targets = _axis(outputs[Y].shape[2], info.targets, "targets")
+        self._y_steps = outputs[Y].shape[1]             # 1 for a graph that answers a window once
         self.info = info
         self.features = info.features or tuple(f"x{i}" for i in range(self.n_features))
         self.targets = info.targets or tuple(f"y{i}" for i in range(self.n_targets))
+        # A block (docs/contract.md, lstm_edge.block): one name per output column of y.
+        self.block = info.block
+        if self.block is not None:
+            self.targets = self.block.columns()
+        self.reconstructs = self.block is not None and self.block.kind == "reconstruction"
+        # What lstm-run answers each reading with: a prediction per output, or the score.
+        self.answers = (Score("score"),) if self.reconstructs else self.targets
+        x_scaler = (info.scaler or {}).get("x") or {}
+        self._score_scale = np.asarray(x_scaler.get("std", 1.0), np.float64)   # (features,)
         if len(self.features) != self.n_features or len(self.targets) != self.n_targets:
             raise ContractError(f"metadata names {len(self.features)} features and "
-                                f"{len(self.targets)} targets, the graph reads "
+                                f"{len(self.targets)} outputs, the graph reads "
                                 f"{self.n_features} and writes {self.n_targets}")
 
         self.state_inputs = tuple(n for s in info.state for n in s.inputs)
@@ -334,7 +353,9 @@ class Model:
         """
         dtype = self.dtype if self.tokens else np.float32
         x = np.zeros((1, self.window, self.n_features), dtype)   # (1, window, features)
-        y = np.zeros((1, self.window, self.n_targets), np.float32)   # (1, window, targets)
+        # A window graph without state (docs/contract.md) answers the window once: y (1, 1, .)
+        steps = 1 if self._y_steps == 1 else self.window
+        y = np.zeros((1, steps, self.n_targets), np.float32)         # (1, window, targets)
         graph_x = x.reshape(1, self.window) if self.tokens else x   # ids: (1, window), same memory
         return self._runner.step_binding(x, graph_x, y, self.units)
 
@@ -367,7 +388,8 @@ class Model:
         Returns
         -------
         ``window`` mode: ``(samples, targets)``, each sample from a zero state, as Keras
-        ``model.predict(X)``. ``stateful`` mode: ``(samples, targets)``, sample ``j``
+        ``model.predict(X)``; a block (``lstm_edge.block``) as Keras gives it,
+        ``(samples, steps, names)``. ``stateful`` mode: ``(samples, targets)``, sample ``j``
         continuing the state sample ``j - B`` ended in (``B`` = :attr:`slots`), as Keras
         ``model.predict(X, batch_size=B)`` right after ``reset_states()``. ``sequence`` mode:
         ``(samples, timesteps, targets)``, each sample a whole sequence from a zero state,
@@ -397,6 +419,35 @@ class Model:
         """
         from .predict import predict
         return predict(self, X)
+
+    def score(self, history, ys) -> np.ndarray:
+        """A reconstruction model's anomaly score for each of the last ``len(ys)`` readings.
+
+        Parameters
+        ----------
+        history : ``(m, features)`` raw readings of one stream, in order, ending at the
+            reading of the last row of ``ys``.
+        ys : ``(n, outputs)`` the model's answers for the last ``n`` readings of ``history``
+            (NaN rows while warming up).
+
+        Returns
+        -------
+        ``(n,)`` float32: the mean over the window's positions and features of
+        ``|reconstruction - reading| / std``, ``std`` being the feature's scale in
+        ``lstm_edge.scaler.x`` (1 without one): the mean absolute error in the units the
+        model was trained in, of the window ending at that reading; NaN while warming up.
+        docs/contract.md defines it.
+        """
+        window, ys = self.window, np.asarray(ys, np.float64)
+        out = np.full(len(ys), np.nan, np.float32)
+        count = min(len(ys), len(history) - window + 1)
+        if count > 0:
+            wins = np.lib.stride_tricks.sliding_window_view(
+                np.asarray(history, np.float64), window, axis=0)[-count:]   # (count, F, window)
+            rebuilt = ys[-count:].reshape(count, window, -1)         # (count, window, F)
+            error = np.abs(rebuilt - wins.transpose(0, 2, 1)) / self._score_scale
+            out[-count:] = error.mean(axis=(1, 2))
+        return out
 
     # --- snapshots -----------------------------------------------------------------------
 

@@ -38,7 +38,10 @@ def predict(model, X) -> np.ndarray:
     if model.carry_state and (model.window > 1 or model.slots > 1):
         return _stateful(model, x)
     if not model.carry_state:
-        return _window(model, x)
+        ys = _window(model, x)                             # (samples, outputs)
+        block = model.block
+        # A block comes back as Keras gives it: (samples, steps, names).
+        return ys if block is None else ys.reshape(len(ys), block.steps, len(block.names))
     return _sequence(model, x)
 
 

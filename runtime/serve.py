@@ -277,7 +277,7 @@ class Server:
                                      f"cannot tell the input format from it (expected a CSV "
                                      f"header, a first reading or a JSON object)")
                 self.format, is_header = fmt.detect(
-                    raw, self.model.features, self.model.targets, fmt=self.config.format,
+                    raw, self.model.features, self.model.answers, fmt=self.config.format,
                     stream_column=self.config.stream_column, columns=self.config.columns,
                     reset_column=self.config.reset_column)
                 if self.format.note:
@@ -379,7 +379,24 @@ class Server:
         self.inflight |= busy          # stepped from here on; saved once the answers are out
         for key, recs in by_key.items():
             slots[key].line = recs[-1].line
-        answers = {}
+        answers: dict[int, tuple[int, bool, np.ndarray]] = {}
+        if not self.model.reconstructs:
+            self._step_rounds(by_key, slots, values, records, answers)
+            return answers
+        # A reconstruction model answers with the score of the window each reading ends.
+        if np.isfinite(np.stack(list(values.values()))).all() if values else True:
+            before = {key: slots[key].stream.snapshot().buffer for key in by_key}
+            self._step_rounds(by_key, slots, values, records, answers)
+            return _scored(self.model, by_key, before, values, answers)
+        for rec in records:   # a missing value is filled or skipped: score what was fed
+            self._step_rounds({rec.key: [rec]}, slots, values, [rec], answers)
+            step, warmup, pred = answers[id(rec)]
+            fed = slots[rec.key].stream.snapshot().buffer                 # (<= window, features)
+            answers[id(rec)] = (step, warmup, self.model.score(fed, pred[None]))
+        return answers
+
+    def _step_rounds(self, by_key, slots, values, records, answers) -> None:
+        """Step the records' streams, chunked or in rounds; fills ``answers``."""
         rounds = max((len(v) for v in by_key.values()), default=0)
         # A skipped or held reading (NaN) is stepped on its own, so its step count is exact.
         complete = bool(records) and np.isfinite(np.stack(list(values.values()))).all()
@@ -394,7 +411,7 @@ class Server:
                     first = stream.steps - len(run)
                     for i, (rec, pred) in enumerate(zip(run, preds)):
                         answers[id(rec)] = (first + i + 1, first + i + 1 < self.window, pred)
-            return answers
+            return
         # Many sensors: round r steps the r-th line of every sensor in one batched call.
         for r in range(rounds):
             keys = [k for k, v in by_key.items() if len(v) > r]
@@ -406,7 +423,24 @@ class Server:
             preds = self.model.step(streams, samples)                   # (streams, targets)
             for k, stream, pred in zip(keys, streams, preds):
                 answers[id(by_key[k][r])] = (stream.steps, not stream.ready, pred)
-        return answers
+
+
+def _scored(model, by_key, before, values, answers):
+    """A reconstruction model's answers as its score (``Model.score``), one per reading.
+
+    Each sensor's window history is its buffer before the batch, then its readings in
+    order; a reset starts it afresh.
+    """
+    for key, recs in by_key.items():
+        for run_index, run in enumerate(_runs(recs)):
+            start = before[key] if run_index == 0 and not run[0].reset \
+                else before[key][:0]                              # (m, features)
+            history = np.concatenate([start, np.stack([values[id(r)] for r in run])])
+            ys = np.stack([answers[id(r)][2] for r in run])       # (n, outputs)
+            for rec, score in zip(run, model.score(history, ys)):
+                step, warmup, _ = answers[id(rec)]
+                answers[id(rec)] = (step, warmup, np.array([score], np.float32))
+    return answers
 
 
 def _runs(records: list[fmt.Record]) -> list[list[fmt.Record]]:

@@ -244,8 +244,9 @@ REFUSALS = {
     "no_recurrent": (lambda: seq(L.Dense(4), L.Dense(1)), "no recurrent layer"),
     "conv1d": (lambda: seq(L.Conv1D(4, 3), L.LSTM(4), L.Dense(1)), "conv1d"),
     "causal_conv1d": (lambda: seq(L.Conv1D(4, 3, padding="causal"), L.LSTM(4)), "buffer"),
-    "flatten": (lambda: seq(L.LSTM(4, return_sequences=True), L.Flatten(), L.Dense(1),
-                            shape=(5, 3)), "flatten"),
+    # A window model (fixed time axis) with these layers exports whole (test_export_windows).
+    "flatten": (lambda: seq(L.LSTM(4, return_sequences=True), L.GlobalMaxPooling1D(),
+                            L.Dense(1)), "maximum over the whole time axis.*fixed window"),
     "repeat_vector": (lambda: seq(L.LSTM(4), L.RepeatVector(3), L.LSTM(2)), "repeat_vector"),
     "masking_late": (lambda: seq(L.LSTM(4, return_sequences=True), L.Masking(),
                                  L.LSTM(2)), "masking"),

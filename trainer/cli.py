@@ -149,6 +149,7 @@ Examples:
   lstm-export model.h5 -o exported/co2.onnx --scaler scaler.json
   lstm-export model.keras --window 24 --no-carry-state --atol 1e-5
   lstm-export model.keras --features temp,humidity --targets temp --opset 13
+  lstm-export weather.keras --scaler s.json --horizon 72     # predicts 72 readings ahead
 
 \b
 The scaler, column names and streaming mode come from NAME.lstm-edge.json next to
@@ -182,6 +183,9 @@ where there is a scaler). Notes on suspicious shapes go to stderr.
 @click.option("--steps", type=click.IntRange(min=1), default=1000, show_default=True,
               help="Length of the runs the check feeds a sequence model (window modes "
               "run windows).")
+@click.option("--horizon", type=click.IntRange(min=1),
+              help="How many readings ahead the model predicts, for the record and the "
+              "runtime's label [default: the sidecar's, else a forecast block's steps, else 1].")
 @click.option("--no-check", is_flag=True, help="Skip the check against Keras.")
 @click.option("--calibrate", "calibration", type=click.Path(exists=True, dir_okay=False),
               help="Calibrate the prediction intervals on this CSV: rows the model was not "
@@ -191,7 +195,7 @@ where there is a scaler). Notes on suspicious shapes go to stderr.
               help="Also write a Triton model repository there (see lstm-triton for options).")
 @reports_errors
 def export_main(model, output, scaler, features, targets, window, carry_state, atol, opset,
-                state_slots, steps, no_check, calibration, triton_dir):
+                state_slots, steps, horizon, no_check, calibration, triton_dir):
     """Export MODEL (.keras or .h5) to a streaming ONNX file the runtime can step through."""
     require_training("lstm-export", EXPORTING)
     import runtime.device  # noqa: F401 - the check runs the graph: says which ONNX Runtime extra
@@ -200,7 +204,8 @@ def export_main(model, output, scaler, features, targets, window, carry_state, a
 
     report = export(model, output, scaler=scaler, features=features, targets=targets,
                     window=window, carry_state=carry_state, atol=atol, opset=opset,
-                    check=not no_check, steps=steps, state_slots=state_slots)
+                    check=not no_check, steps=steps, state_slots=state_slots,
+                    horizon=horizon)
     for note in report.notes:
         click.echo(f"note: {note}", err=True)
     click.echo(report.summary())

@@ -3,7 +3,9 @@
 :func:`export` loads the model, emits the streaming graph from its weights
 (:mod:`trainer.graph`), bakes in the trainer's normalisation, writes the contract's
 metadata, checks the graph against Keras (:mod:`trainer.parity`) and writes the file
-atomically; :func:`to_onnx` does the same without the check and without writing.
+atomically; :func:`to_onnx` does the same without the check and without writing. A window
+model the streaming emitter refuses (an autoencoder, an encoder-decoder, a Bidirectional
+layer...) is converted whole over its window (:mod:`trainer.window_graph`).
 
 The trainer saves ``NAME.lstm-edge.json`` next to ``NAME.keras``::
 
@@ -29,9 +31,10 @@ from onnx import helper
 
 from runtime.contract import ModelInfo
 from . import calibrate, forecast_graph
-from .errors import ExportError
+from .errors import ExportError, ParityError
 from .loading import KERAS_SUFFIXES, chain, load_model  # noqa: F401 - re-exported
-from .notes import shape_notes, state_slots as _state_slots
+from . import window_graph
+from .notes import sequence_notes, shape_notes, state_slots as _state_slots
 from .train import sidecar_path
 from .graph import (check_fused, check_layers, emit, emit_embedding, is_recurrent, lookup,
                     op_counts)
@@ -123,7 +126,14 @@ def _predicts(info, layers) -> str:
     """What y is, in words: a forecast only where the trainer's sidecar says so."""
     names = ", ".join(info.targets)
     last = layers[-1][1] if layers else ""
-    if info.scaler and info.scaler.get("y"):
+    block = info.block
+    if block is not None and block.kind == "reconstruction":
+        return (f"the window's {block.steps} readings of {names} rebuilt (a reconstruction, "
+                f"{block.outputs} columns); lstm-run answers each reading with its score")
+    if block is not None:
+        return (f"{names}, each 1 to {block.steps} readings ahead of the last reading "
+                f"({block.outputs} columns, step by step)")
+    if (info.scaler and info.scaler.get("y")) or info.horizon != 1:
         return f"{names}, {info.horizon} step(s) ahead of the last reading"
     return f"{names}, what the model's last layer{f' ({last})' if last else ''} outputs " \
            f"for the readings so far (no training sidecar says what it forecasts)"
@@ -150,6 +160,7 @@ class _Prepared:
     notes: list                   # export notes: suspicious shapes, which window was written
     slots: int = 1                # state slots of a stateful stream
     mask: float | None = None     # the Masking value in normalised units
+    whole: bool = False           # converted whole over its window (trainer.window_graph)
 
 
 # --------------------------------------------------------------------------- artefacts
@@ -243,24 +254,49 @@ def _source(path: Path | None, model) -> dict:
 # --------------------------------------------------------------------------- conversion
 
 def _prepare(model, *, scaler, features, targets, window, carry_state, opset,
-             state_slots=None) -> _Prepared:
+             state_slots=None, horizon=None) -> _Prepared:
     if opset not in OPSETS:
         raise ExportError(f"opset {opset} is out of range: the exporter writes opset "
                           f"{OPSETS.start} to {OPSETS.stop - 1} (default 17)")
+    if horizon is not None and horizon < 1:
+        raise ExportError(f"horizon must be at least 1, got {horizon}")
     path = None
     if isinstance(model, (str, os.PathLike)):
         path = Path(model)
         model = load_model(path)
+    sidecar = read_sidecar(path)
+    args = dict(scaler=scaler, features=features, targets=targets, window=window,
+                carry_state=carry_state, opset=opset, horizon=horizon)
+    try:
+        return _prepare_streaming(model, path, sidecar, state_slots=state_slots, **args)
+    except ExportError as exc:
+        # A window model is a function of its window: what cannot step one reading at a
+        # time still exports whole (trainer.window_graph), unless that is what failed.
+        why = window_graph.refusal(model, window=window, carry_state=carry_state,
+                                   sidecar=sidecar)
+        if why is not None or state_slots is not None:
+            raise ExportError(f"{exc}{f'; {why}' if why else ''}") from None
+        try:
+            return _prepare_whole(model, path, sidecar, **args)
+        except ExportError as whole:
+            if str(whole) == str(exc):       # not the layers: the same error either way
+                raise
+            raise ExportError(f"{exc}; converting it whole over its window failed too "
+                              f"({whole})") from None
+
+
+def _prepare_streaming(model, path, sidecar, *, scaler, features, targets, window,
+                       carry_state, opset, horizon, state_slots) -> _Prepared:
+    """The streaming graph: one fused operator per recurrent layer, state in and out."""
     layers = chain(model)
     check_layers(layers)
-    sidecar = read_sidecar(path)
     tokens = lookup(layers[0]) is emit_embedding
     if not tokens and any(lookup(layer) is emit_embedding for layer in layers):
         raise ExportError("an Embedding layer must be the model's first layer to stream")
     shape = tuple(model.inputs[0].shape)             # (batch, time, features) or (batch, time)
     if len(shape) != (2 if tokens else 3):
         raise ExportError(f"model {model.name!r} reads {shape}; a streaming model reads "
-                          f"(samples, timesteps, features)")
+                          f"(samples, timesteps, features){_subsequences(shape)}")
     n_features = 1 if tokens else int(shape[-1])
     n_outputs = int(model.outputs[0].shape[-1])
     scaler = _check_scaler(_scaler_from(scaler) if scaler is not None
@@ -280,7 +316,7 @@ def _prepare(model, *, scaler, features, targets, window, carry_state, opset,
         state=tuple(state),
         window=window, carry_state=carry_state,
         features=features, targets=targets,
-        horizon=int((sidecar or {}).get("horizon", 1)),
+        horizon=int(horizon or (sidecar or {}).get("horizon", 1)),
         scaler=scaler, source=_source(path, model),
         extra={**_mask_metadata(extra, scaler, n_features), **framed,
                **calibrate.metadata(sidecar, n_outputs)})
@@ -290,6 +326,66 @@ def _prepare(model, *, scaler, features, targets, window, carry_state, opset,
     if slots is not None:
         info = dataclasses.replace(info, extra={**info.extra, "state_slots": str(slots)})
     notes = shape_notes(shape, sidecar, info, tokens, window_given)
+    notes += sequence_notes(shape, sidecar, info, window_given)
+    proto = _model_proto(graph, opset, info)
+    check_fused(proto, sum(1 for spec in state if spec.kind != "prev"))
+    vocab = int(layers[0].input_dim) if tokens else 0
+    mask = next((float(layer.mask_value) for layer in layers
+                 if type(layer).__name__ == "Masking"), None)
+    return _Prepared(proto, info, model, layers, tokens, n_features, vocab, path, framing,
+                     notes, slots or 1, mask)
+
+
+def _prepare_whole(model, path, sidecar, *, scaler, features, targets, window, carry_state,
+                   opset, horizon) -> _Prepared:
+    """A window model converted whole over its window (see :mod:`trainer.window_graph`)."""
+    shape = tuple(model.inputs[0].shape)             # (batch, window, features)
+    length, n_features = int(shape[1]), int(shape[2])
+    width, block = window_graph.block_of(model, length, n_features, horizon=horizon,
+                                         sidecar=sidecar)
+    scaler = _scaler_from(scaler) if scaler is not None else (sidecar or {}).get("scaler")
+    reconstruction = (block or {}).get("kind") == "reconstruction"
+    if reconstruction and scaler and "x" in scaler and "y" not in scaler:
+        scaler = {**scaler, "y": scaler["x"]}        # it reconstructs the scaled readings
+    scaler = _check_scaler(scaler, n_features, width, False)
+    features = _names(features or (sidecar or {}).get("features"), n_features, "x", "features")
+    targets = _names(targets or (sidecar or {}).get("targets") or
+                     (features if reconstruction else None), width, "y", "targets")
+    steps = block["steps"] if block else 1
+    if block and not reconstruction and horizon is not None and horizon != steps:
+        raise ExportError(f"the model forecasts a block of {steps} steps, 1 to {steps} "
+                          f"readings ahead; --horizon must be {steps} (or left out)")
+    extra = {}
+    if block:
+        extra["block"] = json.dumps({**block, "names": list(targets)})
+    info = ModelInfo(
+        state=(), window=length, carry_state=False, features=features, targets=targets,
+        horizon=steps if block and not reconstruction
+        else int(horizon or (sidecar or {}).get("horizon") or 1),
+        scaler=scaler, source=_source(path, model), extra=extra)
+    converted = window_graph.convert(model, window=length, features=n_features, scaler=scaler,
+                                     block=block, names=width, opset=opset)
+    proto = _model_proto(converted.graph, opset, info)
+    notes = [f"window mode, converted whole: the model does not step one reading at a time "
+             f"(it is not one chain of layers the streaming emitter knows), so each "
+             f"prediction runs its last {length} readings through the whole model, as "
+             f"model.predict(window) does"]
+    return _Prepared(proto, info, model, [], False, n_features, 0, path, None, notes,
+                     whole=True)
+
+
+def _subsequences(shape) -> str:
+    """The fix for a 4-D input (a CNN-LSTM reading sub-sequences)."""
+    if len(shape) != 4:
+        return ""
+    _, seqs, steps, feats = shape
+    return (f"; a model of sub-sequences (a CNN-LSTM's TimeDistributed(Conv1D)) can read "
+            f"the flat window instead: put keras.Input(({seqs * steps if seqs and steps else 'T'}, "
+            f"{feats})) and keras.layers.Reshape(({seqs}, {steps}, {feats})) in front of it, "
+            f"then export that as a window model")
+
+
+def _model_proto(graph, opset: int, info: ModelInfo) -> onnx.ModelProto:
     opsets = [helper.make_opsetid("", opset)]
     proto = helper.make_model(graph, opset_imports=opsets, producer_name="lstm-edge",
                               ir_version=helper.find_min_ir_version_for(opsets))
@@ -299,12 +395,7 @@ def _prepare(model, *, scaler, features, targets, window, carry_state, opset,
     except Exception as exc:  # noqa: BLE001 - onnx raises several types
         raise ExportError(f"the emitted graph fails onnx.checker ({exc}); this is a bug "
                           f"in lstm-export, please report it with the model") from None
-    check_fused(proto, sum(1 for spec in state if spec.kind != "prev"))
-    vocab = int(layers[0].input_dim) if tokens else 0
-    mask = next((float(layer.mask_value) for layer in layers
-                 if type(layer).__name__ == "Masking"), None)
-    return _Prepared(proto, info, model, layers, tokens, n_features, vocab, path, framing,
-                     notes, slots or 1, mask)
+    return proto
 
 
 def _names(given, width: int, prefix: str, what: str) -> tuple[str, ...]:
@@ -333,20 +424,22 @@ def _set_metadata(proto: onnx.ModelProto, info: ModelInfo) -> None:
 
 
 def to_onnx(model, *, scaler=None, features=None, targets=None, window=None,
-            carry_state=None, opset: int = 17, state_slots: int | None = None):
+            carry_state=None, opset: int = 17, state_slots: int | None = None,
+            horizon: int | None = None):
     """The streaming graph and its :class:`ModelInfo`, without the check or a file.
 
     Parameters are those of :func:`export`. Returns ``(onnx.ModelProto, ModelInfo)``.
     """
     prepared = _prepare(model, scaler=scaler, features=features, targets=targets,
                         window=window, carry_state=carry_state, opset=opset,
-                        state_slots=state_slots)
+                        state_slots=state_slots, horizon=horizon)
     return prepared.proto, prepared.info
 
 
 def export(model, output=None, *, scaler=None, features=None, targets=None, window=None,
            carry_state=None, atol: float = 1e-4, opset: int = 17, check: bool = True,
-           steps: int = 1000, state_slots: int | None = None) -> ExportReport:
+           steps: int = 1000, state_slots: int | None = None,
+           horizon: int | None = None) -> ExportReport:
     """Export ``model`` to a streaming ONNX file, check it against Keras, and write it.
 
     Parameters
@@ -367,6 +460,8 @@ def export(model, output=None, *, scaler=None, features=None, targets=None, wind
         windows of ``window`` readings).
     state_slots : state slots of a stateful stream (``lstm_edge.state_slots``); default the
         batch size the model's stateful layer was built with (see :mod:`trainer.notes`).
+    horizon : how many readings ahead y predicts (``lstm_edge.horizon``); default the
+        sidecar's, else the steps of a forecast block, else 1.
 
     Raises
     ------
@@ -376,17 +471,10 @@ def export(model, output=None, *, scaler=None, features=None, targets=None, wind
     started = time.perf_counter()
     prepared = _prepare(model, scaler=scaler, features=features, targets=targets,
                         window=window, carry_state=carry_state, opset=opset,
-                        state_slots=state_slots)
+                        state_slots=state_slots, horizon=horizon)
     info, parity = prepared.info, None
     if check:
-        from .parity import Subject, check as check_parity
-
-        parity = check_parity(Subject(
-            onnx_bytes=prepared.proto.SerializeToString(), layers=prepared.layers,
-            original=prepared.model, state=info.state, tokens=prepared.tokens,
-            features=prepared.features, vocab=prepared.vocab, scaler=info.scaler,
-            window=info.window, carry_state=info.carry_state, slots=prepared.slots, forecast=prepared.forecast,
-            mask=prepared.mask), steps=steps, atol=atol)
+        parity = _check(prepared, steps=steps, atol=atol)
         info = dataclasses.replace(info, parity=parity)
         _set_metadata(prepared.proto, info)
     data = prepared.proto.SerializeToString()
@@ -399,6 +487,36 @@ def export(model, output=None, *, scaler=None, features=None, targets=None, wind
         size_bytes=len(data), inputs=[_describe(v) for v in graph.input],
         outputs=[_describe(v) for v in graph.output], seconds=time.perf_counter() - started,
         notes=list(prepared.notes), layers=keras_layers(prepared.model))
+
+
+def _check(prepared: _Prepared, *, steps: int, atol: float) -> dict:
+    """The parity check (:mod:`trainer.parity`) the way the file will stream."""
+    from .parity import Subject, check as check_parity
+
+    info = prepared.info
+    subject = Subject(
+        onnx_bytes=prepared.proto.SerializeToString(), layers=prepared.layers,
+        original=prepared.model, state=info.state, tokens=prepared.tokens,
+        features=prepared.features, vocab=prepared.vocab, scaler=info.scaler,
+        window=info.window, carry_state=info.carry_state, slots=prepared.slots,
+        forecast=prepared.forecast, mask=prepared.mask, whole=prepared.whole)
+    try:
+        return check_parity(subject, steps=steps, atol=atol)
+    except ParityError as exc:
+        if _policy(prepared.model) != "mixed_float16":
+            raise
+        raise ParityError(f"{exc}. The model computes in float16 (mixed_float16): Keras's "
+                          f"own float16 rounding differs from the float32 graph by about "
+                          f"1e-3; export with --atol 1e-3") from None
+
+
+def _policy(model) -> str:
+    """``mixed_float16`` where any layer computes in it, else the model's dtype policy."""
+    layers = list(getattr(model, "layers", []))
+    if any(getattr(getattr(layer, "dtype_policy", None), "name", "") == "mixed_float16"
+           for layer in layers):
+        return "mixed_float16"
+    return getattr(getattr(model, "dtype_policy", None), "name", None) or "float32"
 
 
 def write_atomically(path: Path, data: bytes) -> None:

@@ -9,7 +9,8 @@ Why not tf2onnx for the whole model: tf2onnx 1.17 fuses only sigmoid Keras 3 LST
 GRUs, not ``hard_sigmoid``), turns ``TimeDistributed`` into a ``Loop``, and freezes the
 state of ``stateful=True`` layers into constants. Emitting from the weights gives the exact
 gate order, a lean graph (the runtime's step-latency target is 1.1x raw ONNX Runtime) and one
-code path for every model kind.
+code path for every model kind. A window model this table refuses (it does not step one
+reading at a time) is converted whole over its window instead: see :mod:`trainer.window_graph`.
 
 Layout: ONNX Runtime's CPU kernels refuse the batch-first ``layout=1`` of LSTM/GRU/RNN
 ("Batchwise recurrent operations (layout == 1) are not supported", checked on ORT 1.31), so
@@ -252,8 +253,8 @@ def _check_recurrent(layer) -> None:
                           f"GRUCell or SimpleRNNCell)")
     if getattr(layer, "go_backwards", False):
         raise ExportError(f"layer {layer.name!r} ({type(layer).__name__}) has go_backwards=True: "
-                          f"it reads the sequence from its end, which a stream never has; "
-                          f"retrain it with go_backwards=False")
+                          f"it reads the sequence from its end, which a stream of readings "
+                          f"never has")
 
 
 def emit_lstm(g: Graph, layer, flow: Flow) -> Flow:
@@ -406,6 +407,27 @@ def emit_batch_norm(g: Graph, layer, flow: Flow) -> Flow:
                 flow.width)
 
 
+def emit_normalization(g: Graph, layer, flow: Flow) -> Flow:
+    """``keras.layers.Normalization``: ``(x - mean) / max(sqrt(variance), eps)`` per feature,
+    a pending input scaling like ``--scaler``'s (folded into the next weighted layer)."""
+    import keras
+
+    axis = tuple(layer.axis) if isinstance(layer.axis, (list, tuple)) else (layer.axis,)
+    if axis not in ((-1,), (2,)) or getattr(layer, "invert", False):
+        raise ExportError(f"layer {layer.name!r} (Normalization) with axis={layer.axis}"
+                          f"{', invert=True' if getattr(layer, 'invert', False) else ''} does "
+                          f"not scale each feature on its own; use axis=-1, or pass the "
+                          f"scaling as --scaler (mean, std per feature) instead")
+    mean = np.asarray(layer.mean, np.float64).reshape(-1)                    # (features,)
+    std = np.maximum(np.sqrt(np.asarray(layer.variance, np.float64).reshape(-1)),
+                     keras.backend.epsilon())
+    mean, std = np.broadcast_to(mean, (flow.width,)), np.broadcast_to(std, (flow.width,))
+    if flow.pre is None:
+        return Flow(flow.name, flow.width, pre=(mean, std))
+    first_mean, first_std = flow.pre        # ((x - m1) / s1 - m2) / s2 = (x - m1 - m2 s1) / (s1 s2)
+    return Flow(flow.name, flow.width, pre=(first_mean + mean * first_std, first_std * std))
+
+
 def emit_layer_norm(g: Graph, layer, flow: Flow) -> Flow:
     axis = layer.axis if isinstance(layer.axis, int) else tuple(layer.axis)
     if axis not in (-1, (-1,), 2, (2,)) or g.opset < 17 or getattr(layer, "rms_scaling", False):
@@ -434,6 +456,7 @@ EMITTERS = {
     "Embedding": emit_embedding,
     "Masking": emit_masking,
     "BatchNormalization": emit_batch_norm,
+    "Normalization": emit_normalization,
     "LayerNormalization": emit_layer_norm,
     "Dropout": emit_identity,
     "SpatialDropout1D": emit_identity,
@@ -449,17 +472,17 @@ RECURRENT = {"LSTM", "GRU", "SimpleRNN", "RNN"}
 # Layers that cannot stream, and why (the message names the layer).
 REFUSED = {
     "Bidirectional": "reads every sequence backwards from its end as well, which a stream "
-                     "never has; export a one-directional model",
+                     "of readings never has",
     "Flatten": "flattens the time axis, so every output depends on the whole window",
-    "RepeatVector": "repeats one vector over a new time axis (an encoder-decoder), which "
-                    "does not step one sample at a time",
+    "RepeatVector": "repeats one vector over a new time axis (an encoder-decoder), so its "
+                    "answer needs the whole window",
     "GlobalAveragePooling1D": "averages over the whole time axis",
     "GlobalMaxPooling1D": "takes the maximum over the whole time axis",
     "AveragePooling1D": "pools neighbouring time steps",
     "MaxPooling1D": "pools neighbouring time steps",
     "Attention": "attends to every time step, future ones included",
     "MultiHeadAttention": "attends to every time step, future ones included",
-    "Reshape": "may move the time axis",
+    "Reshape": "reshapes its input, which can move the time axis",
     "Permute": "may move the time axis",
     "Cropping1D": "drops time steps",
     "ZeroPadding1D": "adds time steps",
@@ -475,8 +498,8 @@ def lookup(layer):
         if name in EMITTERS and cls.__module__.startswith(("keras", "tf_keras")):
             return EMITTERS[name]
         if name in REFUSED:
-            raise ExportError(f"layer {layer.name!r} ({type(layer).__name__}) cannot stream: "
-                              f"it {REFUSED[name]}")
+            raise ExportError(f"layer {layer.name!r} ({type(layer).__name__}) cannot step "
+                              f"one reading at a time: it {REFUSED[name]}")
     return None
 
 

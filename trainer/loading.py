@@ -141,12 +141,24 @@ def _custom_classes(path: Path) -> list[str]:
 def chain(model) -> list:
     """The model's layers in order, refusing anything that is not one input, one chain."""
     inputs = getattr(model, "inputs", None)
+    if not inputs and getattr(model, "built", False):
+        raise ExportError(
+            f"model {model.name!r} is a subclassed keras.Model ({type(model).__name__}) "
+            f"without a keras.Input of its own, so there is no graph to export from; wrap it "
+            f"in a functional model over its window, inp = keras.Input((T, features)); "
+            f"wrapped = keras.Model(inp, model(inp)), and export that (as a window model)")
     if not inputs:
         raise ExportError(f"model {model.name!r} has not been built: call it on data or "
                           f"give it a keras.Input first")
     if len(inputs) > 1:
-        raise ExportError(f"model {model.name!r} has {len(inputs)} inputs "
-                          f"({', '.join(t.name for t in inputs)}); a stream feeds one input")
+        raise ExportError(
+            f"model {model.name!r} has {len(inputs)} inputs "
+            f"({', '.join(t.name for t in inputs)}); a stream feeds one input. If the others "
+            f"are static per sensor (site features), either repeat them as extra feature "
+            f"columns of every reading and retrain on one input, or export one file per "
+            f"sensor with them fixed (it exports as a window model): w = "
+            f"keras.Input(window_shape); keras.Model(w, model([w, w[:, 0, :1] * 0.0 + "
+            f"static_values]))")
     if len(model.outputs) > 1:
         raise ExportError(f"model {model.name!r} has {len(model.outputs)} outputs; "
                           f"the contract has one y")
@@ -158,7 +170,7 @@ def chain(model) -> list:
             if _reads(layer) is not previous:
                 raise ExportError(f"model {model.name!r} is not a single chain of layers: layer "
                                   f"{layer.name!r} does not read the previous layer's output "
-                                  f"only")
+                                  f"only, so it cannot step one reading at a time")
             previous = _writes(layer)
     flat = []
     for layer in layers:   # a model used as a layer: its own chain, in its place

@@ -85,3 +85,21 @@ def shape_notes(shape, sidecar: dict | None, info, tokens: bool, window_given) -
             f"window j-{slots}, so the stream keeps {slots} state slots and does the same; "
             f"--state-slots 1 carries the state from each window to the next instead")
     return notes
+
+
+def sequence_notes(shape, sidecar: dict | None, info, window_given) -> list[str]:
+    """A note for a model built on fixed windows that returns sequences, run in sequence mode.
+
+    The TF tutorial's wide-window model (``keras.Input((24, F))``, ``return_sequences=True``)
+    infers sequence mode, which carries the state from the stream's start without bound;
+    the tutorial's own answers are per window, from a zero state.
+    """
+    time_axis = shape[1]
+    if (info.streaming_mode != "sequence" or window_given is not None or not time_axis
+            or time_axis < 2 or (sidecar or {}).get("mode")):
+        return []
+    return [f"sequence mode: the model reads windows of {time_axis} readings "
+            f"(keras.Input(({time_axis}, ...))) and returns a prediction for every reading, so "
+            f"the stream carries its state from the first reading on, without bound; if it "
+            f"was trained on windows of {time_axis} (Keras's answers per window, from a zero "
+            f"state), export with --window {time_axis} --no-carry-state"]

@@ -61,6 +61,7 @@ class Subject:
     forecast: dict | None = None  # residual / differencing in the graph (forecast_graph.plan)
     slots: int = 1          # state slots of a stateful stream (lstm_edge.state_slots)
     mask: float | None = None   # the Masking value in normalised units, None without one
+    whole: bool = False     # converted whole over its window: no state, y (batch, 1, outputs)
 
     @property
     def mode(self) -> str:
@@ -87,8 +88,7 @@ def reference_model(layers, subject: Subject):
             # TimeDistributed(Dense) is its Dense on the last axis (a TimeDistributed over a
             # fixed 1,000-step axis builds 1,000 copies and takes half a minute).
             inner = getattr(layer, "layer", None)
-            per_step = inner if type(inner).__name__ == "Dense" else layer
-            x = per_step(x)
+            x = _per_step(inner if type(inner).__name__ == "Dense" else layer, x)
             continue
         config = layer.get_config()
         for key in ("batch_input_shape", "input_shape", "batch_shape"):
@@ -104,6 +104,35 @@ def reference_model(layers, subject: Subject):
         state_in += initial
         state_out += states
     return keras.Model([inp, *state_in], [x, *state_out])
+
+
+def _per_step(layer, x):
+    """``layer`` on every step of ``x`` ``(batch, time, width)``.
+
+    A layer after a recurrent layer that returns its last step only was built for
+    ``(batch, width)``: BatchNormalization then refuses the reference's ``(batch, time,
+    width)`` (its input spec fixes ndim=2), so it runs on the steps folded into the batch.
+    """
+    try:
+        return layer(x)
+    except ValueError:
+        return _steps_as_batch(layer)(x)
+
+
+def _steps_as_batch(layer):
+    """A Keras layer running ``layer`` on ``(batch * time, width)`` and unfolding the result."""
+    import keras
+
+    class StepsAsBatch(keras.layers.Layer):
+        def call(self, x):
+            shape = keras.ops.shape(x)                                # (batch, time, width)
+            y = layer(keras.ops.reshape(x, (-1, shape[-1])), training=False)
+            return keras.ops.reshape(y, (shape[0], shape[1], y.shape[-1]))
+
+        def compute_output_shape(self, shape):
+            return (*shape[:2], layer.compute_output_shape((None, shape[-1]))[-1])
+
+    return StepsAsBatch(name=f"{layer.name}_per_step")
 
 
 # --------------------------------------------------------------------------- inputs
@@ -293,13 +322,28 @@ def compare(subject: Subject, *, steps: int = 1000, atol: float = 1e-4, seed: in
 
     rng = np.random.default_rng(seed)
     session = ort.InferenceSession(subject.onnx_bytes, providers=["CPUExecutionProvider"])
-    reference = reference_model(subject.layers, subject)
+    if subject.whole:
+        per_output, what, y_raw = _check_whole(session, subject, rng)
+        return _report(subject, per_output, what, y_raw, atol)
+    try:
+        reference = reference_model(subject.layers, subject)
+    except Exception as exc:  # noqa: BLE001 - Keras raises anything from a layer it rebuilds
+        raise ParityError(f"the check cannot rebuild the model in Keras to compare it "
+                          f"({str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__})"
+                          f"; nothing was written. Export with --no-check and compare "
+                          f"lstm-run's predictions with your model's, and report it with "
+                          f"the model") from None
     # A stateful model of one timestep with B > 1 slots streams as B interleaved chains of
     # single readings: the slot check runs it so (windows of one reading), against Keras.
     how = "stateful" if subject.carry_state and subject.slots > 1 else subject.mode
     run = {"window": _check_windows, "stateful": _check_stateful,
            "sequence": _check_sequence}[how]
     per_output, what, y_raw = run(session, reference, subject, rng, steps)
+    return _report(subject, per_output, what, y_raw, atol)
+
+
+def _report(subject: Subject, per_output: dict, what: dict, y_raw, atol: float) -> dict:
+    """The figures as ``lstm_edge.parity`` records them; raise where one exceeds ``atol``."""
     resolution = _resolution(subject, y_raw)
     report = {"max_abs_diff": max(per_output.values()), "per_output": per_output,
               "mode": subject.mode, **what, "atol": atol,
@@ -409,6 +453,32 @@ def _check_windows(session, reference, subject: Subject, rng, steps: int):
         predicted = subject.original.predict(framed, batch_size=WINDOWS, verbose=0)
         figures["window_vs_predict"] = _compare_last(subject, y, predicted, raw)
     return figures, {"steps": length, "windows": WINDOWS, "streams": WINDOWS}, y
+
+
+def _check_whole(session, subject: Subject, rng):
+    """A model converted whole: windows through the graph against ``model.predict``.
+
+    One window at a time and all together, so the batch axis is exercised too. A block
+    ``(steps, K)`` is compared step by step, normalised per name as the scaler says.
+    """
+    length, half = subject.window, WINDOWS // 2
+    parts = [_series(rng, subject, half, length, "normal"),
+             _series(rng, subject, WINDOWS - half, length,
+                     "normal" if subject.scaler else "unit")]
+    raw = np.concatenate([p[0] for p in parts])                         # (windows, W, F)
+    norm = np.concatenate([p[1] for p in parts])
+    predicted = np.asarray(subject.original.predict(norm, batch_size=WINDOWS, verbose=0),
+                           np.float64)                                  # (windows, [steps,] K)
+    width = predicted.shape[-1]
+    y, _ = _run(session, subject, raw, [])                              # (windows, 1, outputs)
+    one = np.concatenate([_run(session, subject, raw[i:i + 1], [])[0] for i in range(4)])
+    blocks = y.reshape(len(y), -1, width)                               # (windows, steps, K)
+    figures = {"window_vs_predict": _maxdiff(_normalised_y(subject, blocks),
+                                             predicted.reshape(blocks.shape)),
+               "chunk_vs_steps": _maxdiff(_normalised_y(subject, one.reshape(4, -1, width)),
+                                          _normalised_y(subject, blocks[:4]))}
+    _diverges(subject, [predicted], length)
+    return figures, {"steps": length, "windows": WINDOWS, "streams": WINDOWS}, blocks
 
 
 def sliding(series: np.ndarray, window: int) -> np.ndarray:
