@@ -468,7 +468,7 @@ def test_triton_variant_of_a_block_model_answers_as_the_stream(trained, tmp_path
     """The Triton repository's graph (window kept as state) gives each reading's block."""
     import onnxruntime as ort
 
-    from trainer.triton import write_repository
+    from integrations.triton.repository import write_repository
 
     path, _ = trained("multi_step")
     report = export_scaled(path, "multi_step", tmp_path / "ms.onnx")

@@ -82,6 +82,9 @@ class TrainResult:
                  f"{side['data']['test']}..{side['data']['rows'] - 1}, never trained or "
                  f"early-stopped on",
                  f"  {'':<21}{'MAE':>11}{'RMSE':>11}{'÷ naive MAE':>13}"]
+        chosen = side["forecast"].get("target_note")
+        if chosen and side["forecast"]["target_kind"] != "level":   # auto's choice, and why
+            lines.insert(1, f"  {chosen}")
         naive = np.mean(test["naive"]["mae"])
         for name in ("model", "naive", "seasonal_naive", "mean"):
             if name not in test:
@@ -303,7 +306,7 @@ def train(csv: str | Path, target: str | list[str], features: str | list[str] | 
     season, found = ((cfg.season, "given") if cfg.season else guess_season(sel.time))
     framing = Framing.choose(cfg.target_kind, sel.features, sel.targets, sel.y, split, test,
                              cfg.horizon, cfg.difference, season, cfg.model.mode)
-    if framing.note:
+    if framing.note and framing.kind == "level":   # a fallback: the user asked otherwise
         warnings.append("note: " + framing.note)
     series, scaler = _network_series(sel, framing, split, test, cfg)
     # A residual model's head starts at zero: untrained, it is the naive forecast.
