@@ -20,6 +20,7 @@ from .errors import LstmEdgeError
 from .lines import FORMATS, MAX_LINE
 from .progress import Progress
 from .io import Interrupted, LineReader, Output, OutputStalled, Signals
+from . import mqtt
 from .serve import EmptyInput, ServeConfig, StrictStop, serve
 
 EPILOG = f"""
@@ -277,10 +278,11 @@ def _checked(parity: dict) -> str:
                    "kill -9 loses and what SIGTERM still has to write.")
 @click.option("--strict", is_flag=True, help="Stop at the first bad line, with exit code 1.")
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads for the model.")
+@mqtt.options
 @reports_errors
 def main(model, info, stream, input_, output, format_, stream_column, columns, reset_column,
          progress, idle_timeout, max_streams, device, window, carry_state, missing, state,
-         save_every, save_interval, strict, threads):
+         save_every, save_interval, strict, threads, **mqtt_options):
     """Run MODEL.onnx (exported by lstm-export) over sensor lines, one answer per line.
 
     \b
@@ -302,6 +304,11 @@ def main(model, info, stream, input_, output, format_, stream_column, columns, r
                          idle_timeout=idle_timeout, max_streams=max_streams, state=state,
                          save_every=save_every, save_interval=save_interval,
                          columns=_column_names(columns), reset_column=reset_column)
+    if mqtt_options["mqtt_url"]:
+        plain = {"-i": input_ != "-", "-o": output != "-", "--strict": strict,
+                 "--stream": stream, "--format": format_ != "auto", "--progress": progress}
+        sys.exit(mqtt.run_from_options(loaded, model, config, mqtt_options, plain=plain,
+                                       warn=_warn))
     if progress is None:
         progress = stream and sys.stderr.isatty()
     run(loaded, config, input_, output, stream,
