@@ -26,9 +26,14 @@ FEATURE = "Water flow [l/s]"
 WAIT = 120          # seconds any wait for the broker or for answers may take before failing
 
 
+def mosquitto() -> str | None:
+    """The broker's executable (Debian puts it in /usr/sbin, off a user's PATH)."""
+    return shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin")
+
+
 def unavailable() -> str | None:
     """Why the MQTT tests cannot run here (None: they can)."""
-    if shutil.which("mosquitto") is None:
+    if mosquitto() is None or shutil.which("mosquitto_pub") is None:
         return "Mosquitto is not installed (apt-get install mosquitto mosquitto-clients)"
     try:
         import paho.mqtt.client  # noqa: F401
@@ -73,7 +78,7 @@ class Broker:
 
     def start(self) -> "Broker":
         log = open(self.dir / "mosquitto.log", "ab")
-        self.proc = subprocess.Popen(["mosquitto", "-c", str(self.config)], stdout=log,
+        self.proc = subprocess.Popen([str(mosquitto()), "-c", str(self.config)], stdout=log,
                                      stderr=subprocess.STDOUT)
         log.close()
 
