@@ -176,12 +176,12 @@ class Collector:
 class Tool:
     """A live ``lstm-run MODEL --mqtt URL ...``, its stderr gathered line by line."""
 
-    def __init__(self, args: list[str], env: dict | None = None):
+    def __init__(self, args: list[str], cwd: Path | None = None):
         exe = Path(sys.executable).parent / "lstm-run"
         command = [str(exe)] if exe.exists() else [sys.executable, "-m", "runtime.cli"]
         self.proc = subprocess.Popen(command + args, stdin=subprocess.DEVNULL,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     env=env)
+                                     cwd=cwd)
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()

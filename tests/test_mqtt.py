@@ -10,6 +10,8 @@ the uninterrupted run (a reading fed twice would count a step more), none lost.
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -17,7 +19,7 @@ import sys
 import numpy as np
 import pytest
 
-from mqtt_broker import (FEATURE, MODEL, Broker, Collector, Tool, publish, readings,
+from mqtt_broker import (FEATURE, MODEL, ROOT, Broker, Collector, Tool, publish, readings,
                          unavailable, until)
 from test_cli_run import ATOL, LSTM_RUN, RTOL, TIMEOUT
 
@@ -221,3 +223,49 @@ def test_without_the_extra_says_which_to_install():
     assert err.strip().splitlines() == [
         "Error: --mqtt needs the MQTT client library, which is not installed: "
         "pip install 'lstm-edge[mqtt]'"]
+
+
+def readme_blocks() -> list[str]:
+    """The fenced blocks of the README's MQTT section, in order."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("\n## MQTT\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```\w+\n(.*?)```", section, re.S)
+
+
+def test_readme_mqtt_section_runs_as_written(tmp_path):
+    """The section's commands, on a broker with its user and password, give its output."""
+    install, command, clients, shown = readme_blocks()[:4]
+    assert "pip install 'lstm-edge[mqtt]'" in install
+    subprocess.run(["mosquitto_passwd", "-b", "-c", str(tmp_path / "passwd"), "lstm",
+                    "secret"], check=True, capture_output=True)
+    broker = Broker(tmp_path / "broker", extra=f"allow_anonymous false\n"
+                                               f"password_file {tmp_path / 'passwd'}").start()
+
+    def here(text: str) -> str:            # this broker instead of localhost:1883
+        return (text.replace("localhost:1883", f"127.0.0.1:{broker.port}")
+                .replace("-h localhost", f"-h 127.0.0.1 -p {broker.port}"))
+
+    args = shlex.split(here(command).replace("\\\n", " "))
+    assert args[:2] == ["lstm-run", "exported/water-flow.onnx"]
+    tool = Tool([str(ROOT / args[1]), *args[2:]], cwd=tmp_path)
+    try:
+        tool.wait_for(f"connected to mqtt://127.0.0.1:{broker.port} as 'lstm-run-water-flow': "
+                      f"answering sensors/+/flow on predictions/{{sensor}}")
+        # The subscriber of the section, on a session made first, so that it cannot miss
+        # the answers for starting after the publishers; it exits after the two answers.
+        session = "-c -i readme -q 1"
+        subprocess.run(["bash", "-c", here(f"mosquitto_sub -h localhost -u lstm -P secret "
+                                           f"{session} -t 'predictions/#' -E")],
+                       check=True, timeout=TIMEOUT)
+        script = here(clients).replace(" -q 1 -t 'predictions/#' -v &",
+                                       f" {session} -t 'predictions/#' -v -C 2 -W 60 "
+                                       f"> answers.txt &")
+        assert "answers.txt" in script
+        subprocess.run(["bash", "-c", script + "\nwait\n"], cwd=tmp_path, check=True,
+                       timeout=TIMEOUT)
+        assert (tmp_path / "answers.txt").read_text() == shown
+        assert tool.stop() == 143, tool.stderr()
+        assert (tmp_path / "water-flow.state.db").exists()
+    finally:
+        tool.stop(signal.SIGKILL)
+        broker.stop()
