@@ -27,6 +27,7 @@ import socket
 import ssl
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -233,9 +234,12 @@ class Link:
     and answers them. A message stays in ``held`` from its arrival until its PUBACK is sent:
     the broker never reuses a packet id that is not acknowledged, so a message arriving
     with a held id is the broker delivering it again after a reconnect, and is dropped (the
-    ack that is coming covers it). Packet ids belong to one broker session: where the broker
-    has lost it (no ``session_present``), they start afresh, and what is held from before is
-    answered but never acknowledged.
+    ack that is coming covers it). An ack sent as the link went down may never have reached
+    the broker, which then delivers the message again (DUP) on the next connection: one
+    with the id, topic and payload of an ack of the connection before is acknowledged again,
+    not answered again. Packet ids belong to one broker session: where the broker has lost
+    it (no ``session_present``), they start afresh, and what is held from before is answered
+    but never acknowledged.
     """
 
     config: MqttConfig
@@ -250,6 +254,9 @@ class Link:
     closing: bool = False
     started: bool = False          # connected once: said so on stderr
     session: int = 0               # counts sessions the broker started afresh
+    next: Message | None = None    # taken from the inbox, left for the next batch
+    acked: OrderedDict = field(default_factory=OrderedDict)   # mid -> (topic, payload) acked
+    before: dict = field(default_factory=dict)    # ``acked`` of the connection before this one
 
     def __post_init__(self) -> None:
         mqtt = paho()
@@ -309,16 +316,30 @@ class Link:
     # -- the main thread's side --
 
     def take(self, most: int, timeout: float) -> list[Message]:
-        """Up to ``most`` messages: what has arrived, waiting up to ``timeout`` for the first."""
-        try:
-            batch = [self.inbox.get(timeout=timeout)]
-        except queue.Empty:
-            return []
-        while len(batch) < most:
+        """Up to ``most`` messages, at most one per sensor: what has arrived, waiting up to
+        ``timeout`` for the first.
+
+        One reading per sensor a batch: if lstm-run dies after a batch's commit and before
+        its acks, each sensor gets back only its last reading, which the order rule answers
+        with the answer it got (an older one it could only skip).
+        """
+        if self.next is None:
             try:
-                batch.append(self.inbox.get_nowait())
+                self.next = self.inbox.get(timeout=timeout)
             except queue.Empty:
+                return []
+        batch: list[Message] = []
+        sensors: set[str | None] = set()
+        while self.next is not None and len(batch) < most:
+            sensor = sensor_of(self.next.topic, self.config.topics)
+            if sensor in sensors:
                 break
+            sensors.add(sensor)
+            batch.append(self.next)
+            try:
+                self.next = self.inbox.get_nowait()
+            except queue.Empty:
+                self.next = None
         return batch
 
     def publish(self, items: Sequence[tuple[str, str]], signals: Signals) -> None:
@@ -346,9 +367,16 @@ class Link:
                 if m.qos == 0 or m.session != self.session:
                     continue
                 if self.client.is_connected() and self.client.ack(m.mid, m.qos) == 0:
-                    self.held.discard(m.mid)
+                    self._acked(m)
                 else:
                     self.unsent.append(m)
+
+    def _acked(self, m: Message) -> None:
+        """``m``'s ack is sent (lock held); remember it while the broker may not have it."""
+        self.held.discard(m.mid)
+        self.acked[m.mid] = (m.topic, m.payload)
+        while len(self.acked) > 2 * self.config.batch:    # the broker's most unacknowledged
+            self.acked.popitem(last=False)
 
     def check(self) -> None:
         if self.fatal is not None:
@@ -368,17 +396,19 @@ class Link:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         client.subscribe([(t, 1) for t in self.config.topics])
         with self.lock:
+            self.before, self.acked = self.acked, OrderedDict()
             if not flags.session_present:
                 self.session += 1
                 self.held.clear()
                 self.unsent.clear()
+                self.before.clear()
                 if self.started:
                     self.warn(f"the MQTT broker at {self.endpoint} lost lstm-run's session; "
                               f"messages it held for {self.config.client_id!r} are gone (give "
                               f"the broker persistence to keep them over a restart)")
             for m in self.unsent:
                 client.ack(m.mid, m.qos)
-                self.held.discard(m.mid)
+                self._acked(m)
             self.unsent.clear()
         if not self.started:
             self.warn(f"connected to {self.endpoint} as {self.config.client_id!r}: answering "
@@ -406,6 +436,9 @@ class Link:
         with self.lock:
             if msg.qos > 0:
                 if msg.mid in self.held:
+                    return
+                if msg.dup and self.before.get(msg.mid) == (msg.topic, msg.payload):
+                    client.ack(msg.mid, msg.qos)     # answered and counted already
                     return
                 self.held.add(msg.mid)
             self.inbox.put(Message(msg.mid, msg.qos, msg.topic, msg.payload, self.session))
