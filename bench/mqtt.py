@@ -7,7 +7,8 @@ For each number of sensors, two ways of answering the same bare-number payloads 
 ``sensors/<id>/flow``, in the same run, against the same broker:
 
 - ``lstm-run MODEL --mqtt URL --topic 'sensors/+/flow'`` (QoS 1 both ways, manual acks,
-  answers to ``predictions/<id>``; no ``--state``, as the pipe keeps none);
+  answers to ``predictions/<id>``), without ``--state`` as the pipe, and with it (a commit
+  before each batch's acks);
 - ``mosquitto_sub -q 1 -F '%t,%p' | lstm-run MODEL --stream ... | mosquitto_pub -q 1 -l``.
 
 Figures: messages/s over a burst (every message published at once, QoS 1, until the last
@@ -132,9 +133,10 @@ def lstm_run() -> list[str]:
 
 def start(way: str, broker: Broker, tag: str):
     """The process answering the broker (a Tool, or the pipe's shell)."""
-    if way == "lstm-run --mqtt":
+    if way.startswith("lstm-run"):
+        state = ["--state", str(broker.dir / f"{tag}.db")] if "--state" in way else []
         tool = Tool([str(MODEL), "--mqtt", broker.url, "--topic", "sensors/+/flow",
-                     "--client-id", f"bench-{tag}"])
+                     "--client-id", f"bench-{tag}", *state])
         tool.wait_for("connected to")
         return tool
     run = " ".join(map(shlex.quote, lstm_run()))
@@ -156,12 +158,12 @@ def stop(proc) -> None:
 
 
 def measure(broker: Broker, way: str, count: int, per_sensor: int, seconds: float) -> dict:
-    tag = f"{way.split()[0]}-{count}-{time.monotonic_ns()}"
+    tag = f"{way.split()[-1].strip('-')}-{count}-{time.monotonic_ns()}"
     answers = Answers(broker.url)
     proc = start(way, broker, tag)
     sensors = Sensors(broker.url, [f"s{i}" for i in range(count)])
     try:
-        if way != "lstm-run --mqtt":
+        if not isinstance(proc, Tool):
             time.sleep(1.0)       # mosquitto_sub has no ready signal; its session is not there yet
         warm_up(sensors, answers)
         rate = burst(sensors, answers, per_sensor)
@@ -188,7 +190,7 @@ def main() -> None:
         broker = Broker(Path(tmp) / "broker").start()
         try:
             for count, per_sensor in [(3, 1000), (1000, 5)]:
-                for way in ("lstm-run --mqtt", "shell pipe"):
+                for way in ("lstm-run --mqtt", "lstm-run --mqtt --state", "shell pipe"):
                     rows.append(measure(broker, way, count, per_sensor, args.seconds))
                     print(json.dumps(rows[-1]), flush=True)
         finally:
