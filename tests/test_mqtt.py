@@ -20,8 +20,8 @@ import sys
 import numpy as np
 import pytest
 
-from mqtt_broker import (FEATURE, MODEL, ROOT, Broker, Collector, Tool, publish, readings,
-                         unavailable, until)
+from mqtt_broker import (FEATURE, MODEL, ROOT, Broker, Collector, Tool, free_port, publish,
+                         readings, unavailable, until)
 from test_cli_run import ATOL, LSTM_RUN, RTOL, TIMEOUT
 
 pytestmark = pytest.mark.skipif(unavailable() is not None, reason=str(unavailable()))
@@ -97,7 +97,8 @@ def test_interrupted_streams_equal_an_uninterrupted_run(broker, tmp_path, fault,
             broker.stop()           # lstm-run is still answering the first half
             broker.start()
             tool.wait_for("connected to the MQTT broker")
-            assert tool.said("lost the MQTT broker"), tool.stderr()
+            outage = [line for line in tool.lines if "MQTT broker" in line]
+            assert len(outage) == 2 and "lost the MQTT broker" in outage[0], tool.stderr()
         else:
             until(lambda: collector.answers, "a first answer")
             code = tool.stop(signal.SIGTERM if fault == "sigterm" else signal.SIGKILL)
@@ -155,18 +156,25 @@ def make_tls(directory) -> dict[str, str]:
     (directory / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
     ssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
         "-CAcreateserial", "-days", "1", "-extfile", "san.ext", "-out", "server.crt")
-    return {name: str(directory / f"{name}") for name in ("ca.crt", "server.crt", "server.key")}
+    ssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=lstm-run",
+        "-keyout", "client.key", "-out", "client.csr")
+    ssl("x509", "-req", "-in", "client.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+        "-CAcreateserial", "-days", "1", "-out", "client.crt")
+    return {name: str(directory / name) for name in ("ca.crt", "server.crt", "server.key",
+                                                      "client.crt", "client.key")}
 
 
 @pytest.mark.skipif(not __import__("shutil").which("openssl"), reason="openssl is not installed")
-def test_tls_with_a_password(tmp_path):
+def test_tls_with_a_password_and_a_client_certificate(tmp_path):
     files = make_tls(tmp_path)
     subprocess.run(["mosquitto_passwd", "-b", "-c", str(tmp_path / "passwd"), "lstm", "s3cret"],
                    check=True, capture_output=True)
+    tls = (f"cafile {files['ca.crt']}\ncertfile {files['server.crt']}\n"
+           f"keyfile {files['server.key']}\n")
+    mutual = free_port()          # a second listener that wants a client certificate
     broker = Broker(tmp_path / "broker", tls=True, extra=(
-        f"cafile {files['ca.crt']}\ncertfile {files['server.crt']}\n"
-        f"keyfile {files['server.key']}\nallow_anonymous false\n"
-        f"password_file {tmp_path / 'passwd'}")).start()
+        f"{tls}allow_anonymous false\npassword_file {tmp_path / 'passwd'}\n"
+        f"listener {mutual} 127.0.0.1\n{tls}require_certificate true\n")).start()
     secure = {"auth": ("lstm", "s3cret"), "ca_certs": files["ca.crt"]}
     url = f"mqtts://lstm:s3cret@127.0.0.1:{broker.port}"
     try:
@@ -187,6 +195,11 @@ def test_tls_with_a_password(tmp_path):
                                   timeout=TIMEOUT)
             err = done.stderr.decode()
             assert done.returncode == 2 and says in err and "Traceback" not in err, err
+        # The listener that wants a client certificate answers with one.
+        mutual_url = f"mqtts://lstm:s3cret@127.0.0.1:{mutual}"
+        tool = lstm_run(mutual_url, tmp_path / "state.db", "--ca-file", files["ca.crt"],
+                        "--cert-file", files["client.crt"], "--key-file", files["client.key"])
+        assert tool.stop() == 143, tool.stderr()
     finally:
         broker.stop()
 
