@@ -498,6 +498,9 @@ def serve_mqtt(model, serve_config: ServeConfig, config: MqttConfig, *,
     state that counts them (``--state``), and only then acknowledge the messages.
     """
     endpoint = Endpoint.parse(config.url)
+    if not endpoint.tls and (config.ca_file or config.cert_file):
+        raise MqttError(f"--ca-file, --cert-file and --key-file are for TLS, but {endpoint} "
+                        f"is plain MQTT: use an mqtts:// URL (port 8883 by default)")
     for flt in config.topics:
         if not flt or "#" in flt[:-1] or any(("+" in p or "#" in p) and len(p) > 1
                                              for p in flt.split("/")):

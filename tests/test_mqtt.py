@@ -224,6 +224,7 @@ def test_broker_down_at_start_waits_and_says_so(tmp_path):
     ([], "--mqtt needs --topic"),
     (["--topic", "s/#/x"], "is not an MQTT topic filter"),
     (["--topic", "s/+", "--publish", "p/{device}"], "the only field a topic may name"),
+    (["--topic", "s/+", "--ca-file", str(MODEL)], "is plain MQTT: use an mqtts:// URL"),
 ])
 def test_usage_errors_are_one_line(args, says):
     extra = ["-i", str(MODEL)] if "-i cannot" in says else []
