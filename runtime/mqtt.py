@@ -21,6 +21,7 @@ The client library is paho-mqtt 2.x, the ``[mqtt]`` extra, imported only here.
 from __future__ import annotations
 
 import json
+import os
 import queue
 import re
 import socket
@@ -42,6 +43,7 @@ from .io import Interrupted, Signals
 from .serve import ServeConfig, Server
 
 INSTALL = "pip install 'lstm-edge[mqtt]'"
+PASSWORD_VARIABLE = "MQTT_PASSWORD"     # the password of a URL that names a user and no password
 
 
 class MqttError(LstmEdgeError):
@@ -87,6 +89,8 @@ class Endpoint:
             raise MqttError(f"--mqtt {url!r}: the port is not a number from 1 to 65535") from None
         user = unquote(parts.username) if parts.username is not None else None
         password = unquote(parts.password) if parts.password is not None else None
+        if user is not None and password is None:      # kept out of the URL, and so of ps
+            password = os.environ.get(PASSWORD_VARIABLE)
         return cls(parts.hostname, port, parts.scheme == "mqtts", user, password)
 
     def __str__(self) -> str:
@@ -584,7 +588,8 @@ def options(command):
         click.option("--mqtt", "mqtt_url", metavar="URL",
                      help="Read readings from an MQTT broker and publish the answers to it "
                           "instead of stdin/stdout: mqtt://[user[:password]@]host[:port] or "
-                          "mqtts://... (TLS). See the README's MQTT section."),
+                          "mqtts://... (TLS); a user without a password takes it from "
+                          f"${PASSWORD_VARIABLE}. See the README's MQTT section."),
         click.option("--topic", "mqtt_topics", multiple=True, metavar="FILTER",
                      help="--mqtt: a topic filter to subscribe to (repeatable); its first '+' "
                           "level names the sensor, e.g. 'sensors/+/flow'."),

@@ -165,7 +165,7 @@ def make_tls(directory) -> dict[str, str]:
 
 
 @pytest.mark.skipif(not __import__("shutil").which("openssl"), reason="openssl is not installed")
-def test_tls_with_a_password_and_a_client_certificate(tmp_path):
+def test_tls_with_a_password_and_a_client_certificate(tmp_path, monkeypatch):
     files = make_tls(tmp_path)
     subprocess.run(["mosquitto_passwd", "-b", "-c", str(tmp_path / "passwd"), "lstm", "s3cret"],
                    check=True, capture_output=True)
@@ -195,10 +195,12 @@ def test_tls_with_a_password_and_a_client_certificate(tmp_path):
                                   timeout=TIMEOUT)
             err = done.stderr.decode()
             assert done.returncode == 2 and says in err and "Traceback" not in err, err
-        # The listener that wants a client certificate answers with one.
-        mutual_url = f"mqtts://lstm:s3cret@127.0.0.1:{mutual}"
-        tool = lstm_run(mutual_url, tmp_path / "state.db", "--ca-file", files["ca.crt"],
-                        "--cert-file", files["client.crt"], "--key-file", files["client.key"])
+        # The listener that wants a client certificate answers with one (and the password
+        # from the environment).
+        monkeypatch.setenv("MQTT_PASSWORD", "s3cret")
+        tool = lstm_run(f"mqtts://lstm@127.0.0.1:{mutual}", tmp_path / "state.db",
+                        "--ca-file", files["ca.crt"], "--cert-file", files["client.crt"],
+                        "--key-file", files["client.key"])
         assert tool.stop() == 143, tool.stderr()
     finally:
         broker.stop()
