@@ -22,6 +22,7 @@ from .errors import LstmEdgeError
 from .lines import FORMATS, MAX_LINE
 from .progress import Progress
 from .io import Interrupted, LineReader, Output, OutputStalled, Signals
+from . import mqtt
 
 if TYPE_CHECKING:
     from .serve import ServeConfig
@@ -340,11 +341,12 @@ def _checked(parity: dict) -> str:
                    "or keep it beside as FILE.old-N and start every sensor fresh.")
 @click.option("--strict", is_flag=True, help="Stop at the first bad line, with exit code 1.")
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads for the model.")
+@mqtt.options
 @reports_errors
 def main(model, info, stream, input_, output, append, endless, format_, stream_column, columns,
          reset_column, progress, idle_timeout, max_streams, device, window, carry_state, missing,
          state, save_every, save_interval, interval, min_run, hold_off, stuck, on_new_model, strict,
-         threads):
+         threads, **mqtt_options):
     """Run MODEL.onnx (exported by lstm-export) over sensor lines, one answer per line.
 
     \b
@@ -373,6 +375,12 @@ def main(model, info, stream, input_, output, append, endless, format_, stream_c
                          alerts=None if interval is None else
                          AlertConfig(interval, min_run, hold_off, stuck),
                          on_new_model=on_new_model)
+    if mqtt_options["mqtt_url"]:
+        plain = {"-i": input_ != "-", "-o": output != "-", "--strict": strict,
+                 "--stream": stream, "--format": format_ != "auto", "--progress": progress,
+                 "--append": append, "--endless": endless}
+        sys.exit(mqtt.run_from_options(loaded, model, config, mqtt_options, plain=plain,
+                                       warn=_warn))
     if progress is None:
         progress = stream and sys.stderr.isatty()
     run(loaded, config, input_, output, stream,

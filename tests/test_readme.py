@@ -58,6 +58,12 @@ SKIPPED = {
                                                     "these options on files, kills and "
                                                     "resumes it",
     "flink run": "needs a Flink cluster and a Kafka broker, neither of which runs here",
+    "pip install 'lstm-edge[mqtt]'": "installs packages; the dev extra holds paho-mqtt",
+    "lstm-run exported/water-flow.onnx --mqtt": "needs an MQTT broker at localhost:1883 with "
+                                                "the README's user; tests/test_mqtt.py runs "
+                                                "the MQTT section on a broker it starts",
+    "mosquitto_sub -h localhost": "run by tests/test_mqtt.py (see lstm-run --mqtt)",
+    "mosquitto_pub -h localhost": "run by tests/test_mqtt.py (see lstm-run --mqtt)",
     "tritonserver": "no Triton server can run here; tests/test_triton.py checks the folder "
                     "it would load against Triton's own ModelConfig and simulates its state",
 }
