@@ -29,6 +29,7 @@ from onnx import helper
 
 from runtime.contract import ModelInfo
 from . import forecast_graph
+from .fold import fold
 from .errors import ExportError
 from .loading import KERAS_SUFFIXES, chain, load_model  # noqa: F401 - re-exported
 from .notes import shape_notes, state_slots as _state_slots
@@ -291,6 +292,7 @@ def _prepare(model, *, scaler, features, targets, window, carry_state, opset,
     proto = helper.make_model(graph, opset_imports=opsets, producer_name="lstm-edge",
                               ir_version=helper.find_min_ir_version_for(opsets))
     _set_metadata(proto, info)
+    fold(proto)                                      # fewer nodes, same numbers: trainer.fold
     try:
         onnx.checker.check_model(proto, full_check=True)
     except Exception as exc:  # noqa: BLE001 - onnx raises several types
