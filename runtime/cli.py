@@ -188,9 +188,12 @@ def describe(model, path: Path, timed: bool = False) -> str:
     rows.append(("device", str(model.device)))
     if timed:
         from .timing import latency
-        seconds, rate, steps = latency(model)
-        rows.append(("latency", f"{seconds * 1e6:,.1f} µs per reading, one stream on this "
-                                f"machine ({rate:,.0f} readings/s; median of {steps} steps)"))
+        lat = latency(model)
+        low, high = (s * 1e6 for s in lat.spread)
+        rows.append(("latency", f"{lat.seconds * 1e6:,.1f} µs per reading, one stream on this "
+                                f"machine ({lat.rate:,.0f} readings/s; the least of {lat.rounds} "
+                                f"rounds' medians, {lat.steps} steps; rounds {low:,.1f} to "
+                                f"{high:,.1f} µs)"))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
