@@ -146,6 +146,20 @@ def _names(names) -> str:
     return ", ".join(n or f"#{i}" for i, n in enumerate(names)) or "(none)"
 
 
+def _threads(model) -> str:
+    """The ``threads`` row of ``--info``: ONNX Runtime's intra-op threads per call."""
+    from .device import BATCH_THREADS_FROM, BatchThreads
+
+    options = getattr(model.session, "get_session_options", None)
+    own = options().intra_op_num_threads if options is not None else 1
+    batch = BatchThreads.of(model.session)
+    text = f"{own or 'all cores'} per call"
+    if batch is not None:
+        text += (f"; calls of {BATCH_THREADS_FROM:,} streams or more use {batch.threads} "
+                 f"(automatic)")
+    return text
+
+
 def describe(model, path: Path, timed: bool = False) -> str:
     """The model's contract in words, for ``--info``; ``timed`` adds the measured latency."""
     info = model.info
@@ -186,6 +200,7 @@ def describe(model, path: Path, timed: bool = False) -> str:
         rows.append(("scaler", f"the {which} scaling{kind} is in the graph: raw values in, "
                                f"raw values out"))
     rows.append(("device", str(model.device)))
+    rows.append(("threads", _threads(model)))
     if timed:
         from .timing import latency
         lat = latency(model)
