@@ -218,7 +218,11 @@ class BatchThreads:
         """``InferenceSession.run`` on the twin (created on the first call)."""
         if self._run is None:
             config = SessionConfig(**{**vars(self._config), "threads": self.threads})
-            twin = new_session(self._model, [CPU], config.options())
+            pooled = config.options()
+            # Idle pool threads sleep instead of spinning: between calls a spinning pool
+            # takes the cores from everything else on a shared machine.
+            pooled.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            twin = new_session(self._model, [CPU], pooled)
             self._run = getattr(twin, "_sess", twin).run
         return self._run(outputs, feeds, options)
 
