@@ -31,6 +31,9 @@ WORK = ROOT / "build" / "bench"
 RESULTS = Path(__file__).resolve().parent / "results"
 FEATURES = 3
 MODELS = {"lstm 1x16": (1, 16), "lstm 2x64": (2, 64), "lstm 2x128": (2, 128)}
+# The bundled model's shape (one feature, sequence mode, LSTM 32) exported twice: plain, and
+# with the default forecast framing (residual target, differenced inputs, the prev state).
+PLAIN, FRAMED = "lstm 1x32, plain", "lstm 1x32, default framing"
 STREAM_COUNTS = (1, 16, 256, 1024, 4096)
 
 
@@ -71,11 +74,67 @@ def build_models(quick: bool) -> dict:
         export(model, WORK / f"{stem}.onnx", steps=200 if quick else 1000)
         models[name] = {"keras": model, "onnx": str(WORK / f"{stem}.onnx"),
                         "export_s_in_process": time.perf_counter() - t0}
+    models |= build_framing_pair(quick)
     demo_keras, demo_onnx = ROOT / "build" / "demo" / "water.keras", ROOT / "exported" / "water-flow.onnx"
     if demo_keras.exists() and demo_onnx.exists():
         models["demo (water-flow)"] = {"keras": keras.models.load_model(demo_keras),
                                        "onnx": str(demo_onnx)}
     return models
+
+
+def build_framing_pair(quick: bool) -> dict:
+    """The same seeded LSTM 32 exported plain and with the trainer's default framing.
+
+    The framed one gets the sidecar ``lstm-train`` writes for the bundled water-flow model
+    (its scaler and forecast keys), so the exporter builds (and folds) the same framing.
+    """
+    import keras
+
+    from trainer.export import export
+    from trainer.train import sidecar_path
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((None, 1)), keras.layers.LSTM(32, return_sequences=True),
+                              keras.layers.Dense(1)])
+    scale = 0.26686434395848735          # the bundled model's change scale (l/s)
+    WORK.mkdir(parents=True, exist_ok=True)
+    side = {"mode": "sequence", "look_back": 24, "features": ["flow"], "targets": ["flow"],
+            "scaler": {"kind": "robust", "x": {"mean": [-0.03], "std": [scale]},
+                       "y": {"mean": [0.0], "std": [scale]}},
+            "forecast": {"target_kind": "residual", "target_features": [0], "difference": True,
+                         "delta_scale": [scale]}}
+    out = {}
+    for name, sidecar in ((PLAIN, None), (FRAMED, side)):
+        stem = WORK / name.replace(" ", "-").replace(",", "")
+        model.save(stem.with_suffix(".keras"))
+        if sidecar is not None:
+            sidecar_path(stem.with_suffix(".keras")).write_text(json.dumps(sidecar))
+        report = export(stem.with_suffix(".keras"), stem.with_suffix(".onnx"),
+                        steps=200 if quick else 1000)
+        out[name] = {"keras": model, "onnx": str(stem.with_suffix(".onnx")),
+                     "nodes": sum(report.op_counts.values())}
+    return out
+
+
+def bench_framing(models: dict, rounds: int, repeat: int) -> dict:
+    """µs per reading, default framing against plain, interleaved; the least round median."""
+    import runtime
+
+    streams = {name: runtime.load(models[name]["onnx"], device="cpu").stream()
+               for name in (PLAIN, FRAMED)}
+    x = np.full((512, 1), 100.0, np.float32) + np.random.default_rng(2).standard_normal(
+        (512, 1)).astype(np.float32)
+    medians: dict = {name: [] for name in streams}
+    for _ in range(rounds):
+        for name, stream in streams.items():
+            medians[name].append(float(np.median(timings_us(stream.step, x, repeat))))
+    row = {name: {"us": min(m), "spread_us": [min(m), max(m)], "nodes": models[name]["nodes"]}
+           for name, m in medians.items()}
+    row["ratio"] = row[FRAMED]["us"] / row[PLAIN]["us"]
+    print(f"  default framing vs plain LSTM 32: {row[FRAMED]['us']:.1f} vs "
+          f"{row[PLAIN]['us']:.1f} µs per reading ({row['ratio']:.2f}x; "
+          f"{row[FRAMED]['nodes']} vs {row[PLAIN]['nodes']} nodes)", flush=True)
+    return row
 
 
 def bench_single(models: dict, repeat: int, device: str) -> dict:
@@ -111,20 +170,28 @@ def bench_many(models: dict, device: str, counts, budget_s: float) -> dict:
     """Stream-steps per second: N streams in one call vs the same N streams one by one."""
     import runtime
 
+    from runtime.device import SessionConfig
+
     rows = {}
     for name in list(models)[:2]:
         model = runtime.load(models[name]["onnx"], device=device)
+        # Ready-made options: every call on one thread, the automatic threads' reference.
+        single = runtime.load(models[name]["onnx"], device=device,
+                              session_options=SessionConfig(threads=1).options())
         f = model.n_features
         row = {}
         for n in counts:
             streams = [model.stream() for _ in range(n)]
+            others = [single.stream() for _ in range(n)]
             samples = np.random.default_rng(n).standard_normal((n, f)).astype(np.float32)
             batched = _rate(lambda: model.step(streams, samples), n, budget_s)
+            one_thread = _rate(lambda: single.step(others, samples), n, budget_s)
             alone = _rate(lambda: [s.step(x) for s, x in zip(streams, samples)], n, budget_s)
             row[str(n)] = {"batched_steps_per_s": batched, "one_by_one_steps_per_s": alone,
-                           "ratio": batched / alone}
-            print(f"  {name}, {n} streams: {batched:,.0f} stream-steps/s in one call, "
-                  f"{alone:,.0f} one by one ({batched / alone:.1f}x)", flush=True)
+                           "ratio": batched / alone, "one_thread_steps_per_s": one_thread}
+            print(f"  {name}, {n} streams: {batched:,.0f} stream-steps/s in one call "
+                  f"(automatic threads), {one_thread:,.0f} on one thread, {alone:,.0f} one "
+                  f"by one ({batched / alone:.1f}x)", flush=True)
         rows[name] = row
     return rows
 
@@ -237,9 +304,13 @@ def machine() -> dict:
             versions[mod] = __import__(mod).__version__
         except ImportError:
             pass
+    from runtime.device import BATCH_THREADS_FROM
+
     return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
-            "versions": versions,
-            "threads": "runtime and raw ORT: 1 intra-op thread, sequential; TFLite: 1 thread"}
+            "versions": versions, "load": [round(v, 2) for v in os.getloadavg()],
+            "threads": f"runtime and raw ORT: 1 intra-op thread, sequential (runtime: every "
+                       f"core for calls of {BATCH_THREADS_FROM:,} streams or more); "
+                       f"TFLite: 1 thread"}
 
 
 def cuda_works() -> bool:
@@ -264,12 +335,17 @@ def main(argv=None) -> None:
     models = build_models(args.quick)
     report["export_in_process_s"] = {k: m["export_s_in_process"] for k, m in models.items()
                                      if "export_s_in_process" in m}
+    report["framing"] = bench_framing(models, 5 if args.quick else 15, repeat // 10)
     report["single"] = bench_single(models, repeat, "cpu")
+    from . import live
+
+    report["live"] = live.measure(300 if args.quick else 2000)
     report["many"] = bench_many(models, "cpu", STREAM_COUNTS, budget)
     report["chunked"] = bench_chunked(models, "cpu")
     report["cold"] = bench_cold(models, runs)
     report["memory"] = bench_memory(models)
     report["export_cli"] = bench_export(max(1, runs // 2))
+    report["load_after"] = [round(v, 2) for v in os.getloadavg()]
     if cuda_works():
         print("CUDA works here: the same on the GPU", flush=True)
         report["cuda_single"] = bench_single(models, repeat, "cuda")

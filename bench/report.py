@@ -20,13 +20,26 @@ def _single(rows: dict, title: str) -> list[str]:
 
 
 def _many(rows: dict, title: str) -> list[str]:
-    out = [f"### {title}", "", "| model | streams | stream-steps/s in one call | one by one | ratio |",
-           "|---|---|---|---|---|"]
+    out = [f"### {title}", "", "| model | streams | stream-steps/s in one call | same, one "
+           "thread | one by one | ratio |", "|---|---|---|---|---|---|"]
     for name, row in rows.items():
         for n, r in row.items():
+            one = r.get("one_thread_steps_per_s")
             out.append(f"| {name} | {int(n):,} | {r['batched_steps_per_s']:,.0f} | "
+                       f"{'–' if one is None else f'{one:,.0f}'} | "
                        f"{r['one_by_one_steps_per_s']:,.0f} | {r['ratio']:.1f}× |")
     return out + [""]
+
+
+def _framing(row: dict) -> list[str]:
+    out = ["### Default forecast framing vs the plain LSTM of the same size (CPU, one stream)",
+           "", "| model | nodes | µs per reading (least round median) | rounds' spread µs |",
+           "|---|---|---|---|"]
+    for name, r in row.items():
+        if name != "ratio":
+            out.append(f"| {name} | {r['nodes']} | {r['us']:.1f} | "
+                       f"{r['spread_us'][0]:.1f}–{r['spread_us'][1]:.1f} |")
+    return out + ["", f"Ratio {row['ratio']:.2f}× (target ≤ 1.15×).", ""]
 
 
 def markdown(report: dict) -> str:
@@ -35,9 +48,16 @@ def markdown(report: dict) -> str:
              f"- machine: {m['cpu']}, {m['cores']} cores, {m['platform']}",
              "- versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()),
              f"- threads: {m['threads']}",
+             f"- load average (1, 5, 15 min): {m.get('load')} at the start, "
+             f"{report.get('load_after')} at the end",
              "- targets: step ≤ 1.1× raw ORT and ≤ 0.7× TFLite; 1,024 streams in one call "
              "≥ 50× one by one; cold start ≤ 0.3 s", ""]
+    if "framing" in report:
+        lines += _framing(report["framing"])
     lines += _single(report["single"], "Per-step latency, one stream (CPU)")
+    if "live" in report:
+        from .live import markdown as live_markdown
+        lines += live_markdown(report["live"])
     lines += _many(report["many"], "Many streams per call (CPU)")
     lines += ["### Chunked feed (CPU, readings/s)", "", "| model | " + " | ".join(
         f"chunk {int(c):,}" for c in next(iter(report["chunked"].values()))) + " |",

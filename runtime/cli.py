@@ -155,6 +155,20 @@ def _names(names, most: int | None = None) -> str:
     return ", ".join(shown) or "(none)"
 
 
+def _threads(model) -> str:
+    """The ``threads`` row of ``--info``: ONNX Runtime's intra-op threads per call."""
+    from .device import BATCH_THREADS_FROM, BatchThreads
+
+    options = getattr(model.session, "get_session_options", None)
+    own = options().intra_op_num_threads if options is not None else 1
+    batch = BatchThreads.of(model.session)
+    text = f"{own or 'all cores'} per call"
+    if batch is not None:
+        text += (f"; calls of {BATCH_THREADS_FROM:,} streams or more use {batch.threads} "
+                 f"(automatic)")
+    return text
+
+
 def describe(model, path: Path, timed: bool = False) -> str:
     """The model's contract in words, for ``--info``; ``timed`` adds the measured latency."""
     info = model.info
@@ -207,11 +221,15 @@ def describe(model, path: Path, timed: bool = False) -> str:
     if "intervals" in info.extra:
         rows.append(("intervals", _intervals_row(model)))
     rows.append(("device", str(model.device)))
+    rows.append(("threads", _threads(model)))
     if timed:
         from .timing import latency
-        seconds, rate, steps = latency(model)
-        rows.append(("latency", f"{seconds * 1e6:,.1f} µs per reading, one stream on this "
-                                f"machine ({rate:,.0f} readings/s; median of {steps} steps)"))
+        lat = latency(model)
+        low, high = (s * 1e6 for s in lat.spread)
+        rows.append(("latency", f"{lat.seconds * 1e6:,.1f} µs per reading, one stream on this "
+                                f"machine ({lat.rate:,.0f} readings/s; the least of {lat.rounds} "
+                                f"rounds' medians, {lat.steps} steps; rounds {low:,.1f} to "
+                                f"{high:,.1f} µs)"))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 

@@ -46,6 +46,11 @@ def _ort_errors() -> tuple:
 
 ORT_ERRORS = _ort_errors()   # what creating a session may raise, for ``except ORT_ERRORS``
 
+# Streams in one call from which a one-thread CPU session hands the call to a multi-threaded
+# twin (see BatchThreads): one stream's step is ~10 µs, where waking a pool costs more than it
+# saves; from about a thousand streams the call is compute-bound and splits across cores.
+BATCH_THREADS_FROM = 1024
+
 
 @dataclass
 class SessionConfig:
@@ -56,6 +61,9 @@ class SessionConfig:
     sequential: bool = True    # ORT_SEQUENTIAL: no inter-op pool, the graph is a short chain
     optimize: bool = True      # ORT_ENABLE_ALL graph optimisations (fusions, constant folding)
     log_level: int = 3         # ORT's own log: errors only (0 verbose .. 4 fatal)
+    batch_threads: int | None = 0  # intra-op threads for calls of BATCH_THREADS_FROM streams
+                                   # or more, where threads is 1: 0 picks the machine's
+                                   # cores, None keeps every call on one thread
 
     def options(self) -> ort.SessionOptions:
         """The :class:`onnxruntime.SessionOptions` these settings stand for."""
@@ -142,10 +150,14 @@ def create_session(model: bytes | str, device: str = "auto",
     ORT_ERRORS : the model itself cannot be loaded (on CPU either).
     """
     kind, index = parse_device(device)
-    options = options if options is not None else (config or SessionConfig()).options()
+    given = options is not None
+    config = config or SessionConfig()
+    options = options if given else config.options()
     if kind == "cpu":
         session = new_session(model, [CPU], options)
         log.info("runtime: %s runs on cpu (asked for cpu)", name)
+        if not given:
+            BatchThreads.attach(session, model, config)
         return session, "cpu"
     problem, fallback = cuda_library_problem(), None
     if problem is None:
@@ -168,7 +180,51 @@ def create_session(model: bytes | str, device: str = "auto",
         raise DeviceError(f"device {device!r} cannot run: {problem}; use device='cpu' or 'auto'")
     session = fallback if fallback is not None else new_session(model, [CPU], options)
     log.info("runtime: %s runs on cpu (auto: %s)", name, problem)
+    if not given:
+        BatchThreads.attach(session, model, config)
     return session, "cpu"
+
+
+class BatchThreads:
+    """A multi-threaded twin of a one-thread CPU session, for calls of many streams.
+
+    One stream's step runs fastest on one thread; a call of thousands of streams is
+    compute-bound and splits across cores. The twin is the same model with
+    ``config.batch_threads`` intra-op threads, created at the first call that needs it, and
+    :class:`HostRunner` hands it every call of :data:`BATCH_THREADS_FROM` streams or more.
+    Attached only where the runtime chose the options (not to ready-made ``SessionOptions``)
+    and ``threads`` is 1.
+    """
+
+    def __init__(self, model: bytes, config: SessionConfig, threads: int):
+        self.threads = threads
+        self._model, self._config, self._run = model, config, None
+
+    @classmethod
+    def attach(cls, session, model: bytes, config: SessionConfig) -> None:
+        threads = config.batch_threads if config.batch_threads else (os.cpu_count() or 1)
+        if config.threads == 1 and config.batch_threads is not None and threads > 1:
+            try:
+                session.lstm_edge_batch = cls(model, config, threads)
+            except AttributeError:      # a stand-in session that takes no attributes
+                pass
+
+    @staticmethod
+    def of(session) -> "BatchThreads | None":
+        """The twin attached to ``session``, or None (one thread for every call)."""
+        return getattr(session, "lstm_edge_batch", None)
+
+    def run(self, outputs, feeds, options=None):
+        """``InferenceSession.run`` on the twin (created on the first call)."""
+        if self._run is None:
+            config = SessionConfig(**{**vars(self._config), "threads": self.threads})
+            pooled = config.options()
+            # Idle pool threads sleep instead of spinning: between calls a spinning pool
+            # takes the cores from everything else on a shared machine.
+            pooled.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            twin = new_session(self._model, [CPU], pooled)
+            self._run = getattr(twin, "_sess", twin).run
+        return self._run(outputs, feeds, options)
 
 
 def bound_call(session, io):
@@ -279,9 +335,12 @@ class HostRunner:
         # session is what it calls after that, and a stream's names were checked at load.
         inner = getattr(session, "_sess", None)
         self._run = inner.run if inner is not None else session.run
+        self._batch = BatchThreads.of(session)
 
     def run(self, x, states):
-        result = self._run(self._outputs, dict(zip(self._names, (x, *states))), None)
+        batch = self._batch
+        run = batch.run if batch is not None and len(x) >= BATCH_THREADS_FROM else self._run
+        result = run(self._outputs, dict(zip(self._names, (x, *states))), None)
         return result[0], result[1:]
 
     def step_binding(self, x, x_graph, y, units) -> StepBinding:

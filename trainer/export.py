@@ -32,6 +32,7 @@ from onnx import helper
 from runtime.contract import ModelInfo
 from . import calibrate, forecast_graph
 from .errors import ExportError, ParityError
+from .fold import fold
 from .loading import KERAS_SUFFIXES, chain, load_model  # noqa: F401 - re-exported
 from . import window_graph
 from .notes import sequence_notes, shape_notes, state_slots as _state_slots
@@ -390,6 +391,7 @@ def _model_proto(graph, opset: int, info: ModelInfo) -> onnx.ModelProto:
     proto = helper.make_model(graph, opset_imports=opsets, producer_name="lstm-edge",
                               ir_version=helper.find_min_ir_version_for(opsets))
     _set_metadata(proto, info)
+    fold(proto)                                      # fewer nodes, same numbers: trainer.fold
     try:
         onnx.checker.check_model(proto, full_check=True)
     except Exception as exc:  # noqa: BLE001 - onnx raises several types

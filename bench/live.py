@@ -1,0 +1,152 @@
+"""One live line in, its answer back: ``lstm-run --stream`` against ``cat`` and the model step.
+
+    python -m bench.live                     # the bundled model, 2,000 lines per contender
+    python -m bench.live --lines 300 --profile build/bench/live.prof
+
+A sensor writes one line and waits for its answer before the next, as a live feed does, so
+each round trip is one line through the pipe, the process and back. The same lines go, in
+the same run, through ``cat`` (the pipes' and the OS's own cost), through ``lstm-run
+--stream`` with and without ``--state``, and through the model's own ``Stream.step`` in this
+process (the floor: what the model costs). The time ``lstm-run`` adds over ``cat`` and the
+step is its own: reading, parsing, formatting, bookkeeping. ``--profile`` runs the
+``lstm-run`` child under cProfile instead and writes its statistics (timings then include
+the profiler's own cost: read them as shares).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import select
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL = ROOT / "exported" / "water-flow.onnx"
+DATA = ROOT / "data" / "water-flow.csv"
+LSTM_RUN = str(Path(sys.executable).parent / "lstm-run")
+
+
+def round_trips(argv: list[str], lines: list[bytes], header: bytes | None,
+                env: dict | None = None) -> np.ndarray:
+    """µs from writing each line to the child's stdin until its answer line is read back."""
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, bufsize=0, cwd=ROOT, env=env)
+    assert proc.stdin is not None and proc.stdout is not None
+    w, r = proc.stdin.fileno(), proc.stdout.fileno()
+    pending = b""
+
+    def answer() -> bytes:
+        nonlocal pending
+        while b"\n" not in pending:
+            select.select([r], [], [], 30)
+            chunk = os.read(r, 65536)
+            if not chunk:
+                raise RuntimeError(f"{argv[0]} ended before answering")
+            pending += chunk
+        line, _, pending = pending.partition(b"\n")
+        return line
+
+    if header is not None:
+        os.write(w, header)
+        answer()
+    out = np.empty(len(lines))
+    clock = time.perf_counter_ns
+    for k, line in enumerate(lines):
+        t0 = clock()
+        os.write(w, line)
+        answer()
+        out[k] = (clock() - t0) / 1e3
+    proc.stdin.close()
+    proc.wait(timeout=60)
+    return out
+
+
+def step_times(lines: list[bytes]) -> np.ndarray:
+    """µs per ``Stream.step`` of the bundled model on the same readings, in this process."""
+    import runtime
+
+    stream = runtime.load(str(MODEL), device="cpu").stream()
+    values = [np.array([float(b.split(b",")[1])], np.float32) for b in lines]
+    out = np.empty(len(values))
+    clock = time.perf_counter_ns
+    for k, x in enumerate(values):
+        t0 = clock()
+        stream.step(x)
+        out[k] = (clock() - t0) / 1e3
+    return out
+
+
+def measure(n: int, warm: int = 50) -> dict:
+    """p50/p99 round trip per contender, first ``warm`` lines of each left out."""
+    text = DATA.read_bytes().splitlines(keepends=True)
+    header, body = text[0], (text[1:] * (1 + (n + warm) // (len(text) - 1)))[:n + warm]
+    run = [LSTM_RUN, str(MODEL), "--stream", "--device", "cpu", "--no-progress"]
+    rows = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        contenders = {
+            "cat": lambda: round_trips(["cat"], body, header),
+            "lstm-run --stream": lambda: round_trips(run, body, header),
+            "lstm-run --stream --state": lambda: round_trips(
+                run + ["--state", str(Path(tmp) / "state.db")], body, header),
+            "model step (in process)": lambda: step_times(body),
+        }
+        for name, fn in contenders.items():
+            us = fn()[warm:]
+            rows[name] = {"p50_us": float(np.median(us)), "p99_us": float(np.percentile(us, 99)),
+                          "lines": len(us)}
+            print(f"  live round trip, {name}: p50 {rows[name]['p50_us']:.1f} µs, "
+                  f"p99 {rows[name]['p99_us']:.1f} µs", flush=True)
+    return rows
+
+
+def markdown(rows: dict) -> list[str]:
+    step = rows["model step (in process)"]["p50_us"]
+    out = ["### Live round trip: one line in, its answer back (bundled model, CPU)", "",
+           "| path | p50 µs | p99 µs | p50 − model step |", "|---|---|---|---|"]
+    for name, r in rows.items():
+        out.append(f"| {name} | {r['p50_us']:.1f} | {r['p99_us']:.1f} | "
+                   f"{r['p50_us'] - step:+.1f} |")
+    return out + ["", "Target: lstm-run p50 ≤ the model step + 40 µs.", ""]
+
+
+def profile(n: int, out: Path, state: bool) -> None:
+    """Run the ``lstm-run`` child under cProfile, fed line by line, and print its top calls."""
+    import pstats
+
+    text = DATA.read_bytes().splitlines(keepends=True)
+    body = (text[1:] * (1 + n // (len(text) - 1)))[:n]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    code = ("import sys, cProfile; from runtime.cli import main; sys.argv = sys.argv[1:]; "
+            f"cProfile.run('main()', {str(out)!r})")
+    argv = [sys.executable, "-c", code, "lstm-run", str(MODEL), "--stream", "--device", "cpu",
+            "--no-progress"]
+    with tempfile.TemporaryDirectory() as tmp:
+        if state:
+            argv += ["--state", str(Path(tmp) / "state.db")]
+        try:
+            round_trips(argv, body, text[0])
+        except SystemExit:
+            pass
+    pstats.Stats(str(out)).sort_stats("tottime").print_stats(25)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.live", description=__doc__.split("\n")[0])
+    parser.add_argument("--lines", type=int, default=2000, help="lines per contender")
+    parser.add_argument("--profile", type=Path, help="profile lstm-run into this file instead")
+    parser.add_argument("--state", action="store_true", help="with --profile: also --state")
+    args = parser.parse_args(argv)
+    if args.profile:
+        profile(args.lines, args.profile, args.state)
+        return
+    print("\n".join(markdown(measure(args.lines))))
+
+
+if __name__ == "__main__":
+    main()
