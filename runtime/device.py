@@ -196,12 +196,12 @@ class BatchThreads:
     and ``threads`` is 1.
     """
 
-    def __init__(self, model: bytes, config: SessionConfig, threads: int):
+    def __init__(self, model: bytes | str, config: SessionConfig, threads: int):
         self.threads = threads
         self._model, self._config, self._run = model, config, None
 
     @classmethod
-    def attach(cls, session, model: bytes, config: SessionConfig) -> None:
+    def attach(cls, session, model: bytes | str, config: SessionConfig) -> None:
         threads = config.batch_threads if config.batch_threads else (os.cpu_count() or 1)
         if config.threads == 1 and config.batch_threads is not None and threads > 1:
             try:

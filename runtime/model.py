@@ -50,7 +50,8 @@ def load(path, *, device: str = "auto", window: int | None = None,
     window, carry_state : override the file's ``lstm_edge.window``/``lstm_edge.carry_state``.
     missing : what a NaN in a reading does by default: ``"error"``, ``"skip"`` (the step is not
         fed, its prediction is None/NaN) or ``"hold"`` (NaN features repeat the last reading fed).
-    threads : ORT intra-op threads; 1 by default, the fastest for one small call per step.
+    threads : ORT intra-op threads for every call. Not given: 1 (the fastest for one small
+        call per step), and every core for calls of many streams (``device.BatchThreads``).
     session_options : ready-made :class:`onnxruntime.SessionOptions`, used as they are.
     io_binding : keep stream state in OrtValues bound to the session (default: on CUDA only).
     state_slots : override the file's ``lstm_edge.state_slots``: the batch size ``B`` a stateful
@@ -77,7 +78,10 @@ def load(path, *, device: str = "auto", window: int | None = None,
         # ONNX Runtime reads a file given by its path (not its bytes) with its external data
         # from the file's folder, shape inference included.
         source, folder = str(Path(path).absolute()), str(Path(path).absolute().parent)
-    config = _device.SessionConfig(threads=1 if threads is None else threads)
+    # Not given: one thread per step, every core for calls of many streams (device.BatchThreads);
+    # given (1 included): that many for every call.
+    config = _device.SessionConfig(threads=1 if threads is None else threads,
+                                   batch_threads=0 if threads is None else None)
     options = session_options if session_options is not None else config.options()
     # A model file is untrusted input: its external data (weights in a file beside it) is
     # read from the model's own folder, never from the current directory; ONNX Runtime
