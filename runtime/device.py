@@ -52,6 +52,10 @@ ORT_ERRORS = _ort_errors()   # what creating a session may raise, for ``except O
 BATCH_THREADS_FROM = 1024
 
 
+# ORT's session entry for the folder external data is read from (else: the current directory).
+EXTERNAL_FOLDER = "session.model_external_initializers_file_folder_path"
+
+
 @dataclass
 class SessionConfig:
     """How ONNX Runtime sessions are set up; the defaults suit one small call per step."""
@@ -64,6 +68,8 @@ class SessionConfig:
     batch_threads: int | None = 0  # intra-op threads for calls of BATCH_THREADS_FROM streams
                                    # or more, where threads is 1: 0 picks the machine's
                                    # cores, None keeps every call on one thread
+    external_folder: str | None = None   # where external data may be read from: the model's
+                                         # own folder (a model file is untrusted input)
 
     def options(self) -> ort.SessionOptions:
         """The :class:`onnxruntime.SessionOptions` these settings stand for."""
@@ -76,6 +82,8 @@ class SessionConfig:
         so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if self.optimize
                                        else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
         so.log_severity_level = self.log_level
+        if self.external_folder is not None:
+            so.add_session_config_entry(EXTERNAL_FOLDER, self.external_folder)
         return so
 
 

@@ -80,15 +80,17 @@ def load(path, *, device: str = "auto", window: int | None = None,
         source, folder = str(Path(path).absolute()), str(Path(path).absolute().parent)
     # Not given: one thread per step, every core for calls of many streams (device.BatchThreads);
     # given (1 included): that many for every call.
-    config = _device.SessionConfig(threads=1 if threads is None else threads,
-                                   batch_threads=0 if threads is None else None)
-    options = session_options if session_options is not None else config.options()
     # A model file is untrusted input: its external data (weights in a file beside it) is
     # read from the model's own folder, never from the current directory; ONNX Runtime
     # refuses a location that is absolute or leads out of that folder.
-    options.add_session_config_entry(_EXTERNAL_FOLDER, folder)
+    config = _device.SessionConfig(threads=1 if threads is None else threads,
+                                   batch_threads=0 if threads is None else None,
+                                   external_folder=folder)
+    if session_options is not None:
+        session_options.add_session_config_entry(_device.EXTERNAL_FOLDER, folder)
     try:
-        session, where = _device.create_session(source, device, config, options, name=name)
+        session, where = _device.create_session(source, device, config, session_options,
+                                                name=name)
     except DeviceError:
         raise
     except _device.ORT_ERRORS as exc:   # InvalidProtobuf, InvalidGraph, Fail, ...: no common base
@@ -597,7 +599,6 @@ def _mask_rule(value, info: ModelInfo):
     return value32, tol32, float(value32[0]), float(tol32[0])
 
 
-_EXTERNAL_FOLDER = "session.model_external_initializers_file_folder_path"
 
 # Sizes no model for a device comes near (an LSTM of 2**20 units has 4 * 2**40 recurrent
 # weights): a file declaring more is refused in words before any array is made for it.
