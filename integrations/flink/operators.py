@@ -121,11 +121,14 @@ class BatchPredict(KeyedProcessFunction):
     def process_element(self, value, ctx):
         shard = value[0]
         count = self.counts.get(shard)
-        if count is None:                      # first sight since a (re)start: ask the state
+        restarted = count is None              # first sight since a (re)start: ask the state
+        if restarted:
             count = len(list(self.pending.get() or ()))
         self.pending.add(value[1])
         self.counts[shard] = count = count + 1
-        if count == 1:
+        # A timer for the shard's first pending line; after a restore too, where the lines
+        # restored with the state must not wait on a timer of the process that was killed.
+        if count == 1 or restarted:
             timers = ctx.timer_service()
             timers.register_processing_time_timer(timers.current_processing_time()
                                                   + self.flush_ms)
