@@ -269,8 +269,13 @@ def test_killed_and_restored_from_checkpoint_gives_each_answer_once(tmp, uninter
     assert len(keys) == len(set(keys)) == SENSORS * ROWS      # no duplicates, none missing
     assert sorted(after) == sorted(uninterrupted)              # the same lines, exactly
 
-    # The checkpoint's sensors live in 32 shards: another count would lose them, so no start.
+    # The checkpoints' sensors live in 4 shards (4 a slot): another count would lose them.
+    # Refused at once where the count is recorded (--resume latest), by Flink where not.
     refused = subprocess.run(job.args + ["--shards", "7", "--resume", "latest"], cwd=ROOT,
+                             capture_output=True, text=True, timeout=TIMEOUT)
+    assert refused.returncode == 2 and "taken with 4 shards" in refused.stderr, refused.stderr
+    chk = max(job.checkpoints.glob("*/chk-*/_metadata"), key=lambda p: p.stat().st_mtime).parent
+    refused = subprocess.run(job.args + ["--shards", "7", "--resume", str(chk)], cwd=ROOT,
                              capture_output=True, text=True, timeout=TIMEOUT,
                              start_new_session=True)
     assert refused.returncode == 1, refused.stderr[-2000:]

@@ -47,8 +47,9 @@ JOB = ["--stream-column", "sensor", "--time-column", "t"]
 
 # (name, job options): what is timed in each input order
 VARIANTS = [
-    ("batched (flush 200 ms / 5,000, 32 shards)", []),
+    ("batched, defaults (flush 200 ms / 5,000, 4 shards)", []),
     ("batched, flush 50 ms / 2,000", ["--flush-time", "50", "--flush-size", "2000"]),
+    ("batched, 32 shards", ["--shards", "32"]),
     ("per-record operator", ["--operator", "record"]),
     ("no-model ceiling (batched pipeline, lines echoed)", ["--echo"]),
 ]

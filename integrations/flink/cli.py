@@ -82,9 +82,10 @@ Exit codes: 0 the input was read to the end (or the job was stopped),
               show_default=True,
               help="batched: sensors in shards, a shard's lines answered together (fast); "
                    "record: one line at a time (no flush wait).")
-@click.option("--shards", type=click.IntRange(min=1), default=32, show_default=True,
-              help="Sensor shards (batched): the most task slots that share the work. Fixed "
-                   "for a job's life: a checkpoint resumes only with the same count.")
+@click.option("--shards", type=click.IntRange(min=1),
+              help="Sensor shards (batched): the most task slots that share the work; fewer "
+                   "shards, wider batches. Fixed for a job's life: --resume latest takes the "
+                   "count recorded in --checkpoint-dir. [default: 4 per slot]")
 @click.option("--flush-time", type=click.IntRange(min=1), default=200, show_default=True,
               metavar="MS", help="Longest a shard's lines wait before they are answered "
                                  "(batched).")

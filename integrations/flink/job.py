@@ -61,7 +61,8 @@ class JobConfig:
     python: str = sys.executable          # the Python the workers run (on every TaskManager)
     jars: tuple[str, ...] = ()            # e.g. the Kafka connector jar
     operator: str = "batched"             # batched (shards, flushes) | record (one at a time)
-    shards: int = 32                      # sensor shards (batched): the most slots that help
+    shards: int | None = None             # sensor shards (batched), the most slots that help;
+                                          # None: as recorded for --resume latest, else 4 a slot
     flush_ms: int = 200                   # a shard's pending lines wait at most this long
     flush_size: int = 5000                # ... or until this many are pending
 
@@ -121,6 +122,31 @@ def latest_checkpoint(folder: Path) -> Path:
     return max(found)[2]
 
 
+def shard_count(config: JobConfig) -> int:
+    """The batched operator's shard count: ``--shards``; for ``--resume latest`` the count
+    recorded beside the checkpoints (another is refused here); else 4 per task slot.
+
+    A local ``--checkpoint-dir`` records the count it is used with, so that a job resumed
+    with another ``--parallelism`` keeps its shards: the sensors' state is where they are.
+    """
+    record = None
+    if config.checkpoint_dir is not None and "://" not in config.checkpoint_dir:
+        record = Path(config.checkpoint_dir) / "lstm-edge-shards"
+    recorded = None
+    if config.resume == "latest" and record is not None and record.exists():
+        recorded = int(record.read_text())
+        if config.shards not in (None, recorded):
+            raise LstmEdgeError(f"--shards {config.shards}: the checkpoints under "
+                                f"{config.checkpoint_dir} were taken with {recorded} shards, "
+                                f"and each sensor's state is in its shard; resume without "
+                                f"--shards (or with --shards {recorded}), or start afresh")
+    shards = config.shards or recorded or 4 * config.parallelism
+    if record is not None and config.resume in (None, "latest"):   # what "latest" will find
+        record.parent.mkdir(parents=True, exist_ok=True)
+        record.write_text(f"{shards}\n")
+    return shards
+
+
 # ---- the job ---------------------------------------------------------------------------
 
 def uri(path: str) -> str:
@@ -172,6 +198,7 @@ def build(config: JobConfig):
     model = load(config.model, device="cpu", missing=config.missing)   # refused here, not in a task
     data = Path(config.model).read_bytes()
     spec = line_spec(config, model)
+    shards = shard_count(config) if config.operator == "batched" else 0
     settings = flink_config(config)
     if config.execution_mode == "thread":
         # The JVM runs Python in-process (PEMJA) and finds packages through PYTHONPATH only;
@@ -210,14 +237,14 @@ def build(config: JobConfig):
     else:
         # The shard count is in the operator's uid: a checkpoint taken with another count
         # has no operator to restore into, and Flink refuses it (see failure()).
-        answers = (lines.flat_map(RouteShard(data, spec, config.missing, config.shards),
+        answers = (lines.flat_map(RouteShard(data, spec, config.missing, shards),
                                   output_type=SHARDED)
                    .name("route").uid("route-shard")
                    .key_by(lambda routed: routed[0], key_type=Types.INT())
                    .process(BatchPredict(data, spec, config.missing, config.state_ttl,
                                          config.flush_ms, config.flush_size),
                             output_type=Types.STRING())
-                   .name("predict").uid(f"predict-{config.shards}-shards"))
+                   .name("predict").uid(f"predict-{shards}-shards"))
     if config.output == "-":
         answers.print()
     else:
