@@ -10,7 +10,8 @@ uninterrupted; another is killed (SIGKILL to its process group: client, JVM and 
 workers) at a moment when some answers are committed and others are written but not yet
 committed, restarted with ``--resume latest``, and must give the same lines exactly once.
 The FileSink commits part files only at checkpoints and a restart drops what was written
-after the last one, so no dedupe is done anywhere: duplicates would show.
+after the last one, so no dedupe is done anywhere: duplicates would show. These runs use the
+batched operator (the default); the state-TTL run uses the per-record one.
 """
 
 from __future__ import annotations
@@ -284,7 +285,8 @@ def test_killed_and_restored_from_checkpoint_gives_each_answer_once(tmp, uninter
 
 
 def test_a_sensor_silent_past_the_state_ttl_starts_afresh(tmp):
-    job = Job(tmp, "ttl", "--state-ttl", "2")
+    """With the per-record operator (the batched one runs every other test here)."""
+    job = Job(tmp, "ttl", "--state-ttl", "2", "--operator", "record")
     rows = sensor_rows()["s00"]
 
     def feed(name, part):
