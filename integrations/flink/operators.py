@@ -126,8 +126,9 @@ class BatchPredict(KeyedProcessFunction):
             count = len(list(self.pending.get() or ()))
         self.pending.add(value[1])
         self.counts[shard] = count = count + 1
-        # A timer for the shard's first pending line; after a restore too, where the lines
-        # restored with the state must not wait on a timer of the process that was killed.
+        # A timer for the shard's first pending line; after a restore too: the timers
+        # restored with the checkpoint were seen not to fire for every shard (PyFlink 2.3),
+        # and the lines restored with the state must not wait on them.
         if count == 1 or restarted:
             timers = ctx.timer_service()
             timers.register_processing_time_timer(timers.current_processing_time()
