@@ -21,6 +21,8 @@ STATE_TYPE = Types.PICKLED_BYTE_ARRAY()   # one sensor's stream: codec.StateCode
 ROUTED = Types.TUPLE([Types.STRING(), Types.STRING()])   # (sensor, line)
 SHARDED = Types.TUPLE([Types.INT(), Types.STRING()])     # (shard, line)
 END_OF_INPUT = 2**63 - 1   # the final watermark of a bounded input (Long.MAX_VALUE)
+WAKE = "\n"                # sent to every shard once a (re)started route sees its first line:
+                           # never a line (lines are split at newlines)
 
 
 def ttl(seconds: float) -> StateTtlConfig:
@@ -82,11 +84,16 @@ class RouteShard(FlatMapFunction):
     def __init__(self, model: bytes, spec: LineSpec, missing: str, shards: int):
         self.model, self.spec, self.missing, self.shards = model, spec, missing, shards
         self.job = None
+        self.woken = False
 
     def open(self, runtime_context: RuntimeContext):
         self.job = LineJob(self.model, self.spec, self.missing)
 
     def flat_map(self, value):
+        if not self.woken:    # every shard, so that lines restored in a quiet one are flushed
+            self.woken = True
+            for shard in range(self.shards):
+                yield shard, WAKE
         key = self.job.key(value)
         if key is not None:
             yield shard_of(key, self.shards), value
@@ -99,7 +106,8 @@ class BatchPredict(KeyedProcessFunction):
     ``pending`` (lines not yet answered; checkpointed, so a restore answers them). A shard
     is flushed ``flush_ms`` after its first pending line (processing time), as soon as it
     holds ``flush_size`` lines, and at the end of a bounded input (its final watermark:
-    processing-time timers do not fire then).
+    processing-time timers do not fire then). After a restore, :data:`WAKE` from the route
+    sets a timer for every shard that holds restored lines.
     """
 
     def __init__(self, model: bytes, spec: LineSpec, missing: str, ttl_seconds: float | None,
@@ -119,17 +127,19 @@ class BatchPredict(KeyedProcessFunction):
             ListStateDescriptor("pending", Types.STRING()))
 
     def process_element(self, value, ctx):
-        shard = value[0]
+        shard, line = value
         count = self.counts.get(shard)
         restarted = count is None              # first sight since a (re)start: ask the state
         if restarted:
             count = len(list(self.pending.get() or ()))
-        self.pending.add(value[1])
-        self.counts[shard] = count = count + 1
+        if line != WAKE:
+            self.pending.add(line)
+            count += 1
+        self.counts[shard] = count
         # A timer for the shard's first pending line; after a restore too: the timers
         # restored with the checkpoint were seen not to fire for every shard (PyFlink 2.3),
         # and the lines restored with the state must not wait on them.
-        if count == 1 or restarted:
+        if count == 1 or (restarted and count):
             timers = ctx.timer_service()
             timers.register_processing_time_timer(timers.current_processing_time()
                                                   + self.flush_ms)
