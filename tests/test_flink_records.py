@@ -286,3 +286,22 @@ def run_lines_raw(job: LineJob, lines: list[str]) -> list[str]:
             state[key] = blob
         out.append(answer)
     return out
+
+
+def test_the_shard_count_is_kept_beside_the_checkpoints(tmp_path):
+    from integrations.flink.job import JobConfig, shard_count
+    from runtime import LstmEdgeError
+
+    def count(**options) -> int:
+        return shard_count(JobConfig(model=Path("m.onnx"), checkpoint_dir=str(tmp_path),
+                                     **options))
+
+    assert count(parallelism=2) == 8                           # a fresh job: 4 a slot
+    assert count(parallelism=5, resume="latest") == 8           # resumed: its shards kept
+    assert count(shards=8, resume="latest") == 8
+    with pytest.raises(LstmEdgeError, match="taken with 8 shards"):
+        count(shards=3, resume="latest")
+    assert count(shards=3) == 3                                 # started afresh: recorded
+    (tmp_path / "lstm-edge-shards").write_text("junk")
+    with pytest.raises(LstmEdgeError, match="holds 'junk'"):
+        count(resume="latest")

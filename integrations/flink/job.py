@@ -134,7 +134,12 @@ def shard_count(config: JobConfig) -> int:
         record = Path(config.checkpoint_dir) / "lstm-edge-shards"
     recorded = None
     if config.resume == "latest" and record is not None and record.exists():
-        recorded = int(record.read_text())
+        text = record.read_text(errors="replace").strip()
+        if not text.isdigit() or int(text) < 1:
+            raise LstmEdgeError(f"{record} should hold the shard count the checkpoints were "
+                                f"taken with, and holds {text[:40]!r}; write the count there "
+                                f"(or give --shards), or start afresh")
+        recorded = int(text)
         if config.shards not in (None, recorded):
             raise LstmEdgeError(f"--shards {config.shards}: the checkpoints under "
                                 f"{config.checkpoint_dir} were taken with {recorded} shards, "
