@@ -32,8 +32,17 @@ clean:
 # installed (no network), .venv-flink/.unavailable says why and the Flink tests skip.
 FLINK       := .venv-flink
 FLINK_STAMP := $(FLINK)/.installed
+KAFKA_JARS  := $(FLINK)/kafka-jars
 
-flink-env: $(FLINK_STAMP)
+flink-env: $(FLINK_STAMP) $(KAFKA_JARS)/.installed
+
+# The thin Kafka connector jars for the Kafka test (integrations/flink/jars.py says whence).
+$(KAFKA_JARS)/.installed: $(FLINK_STAMP) integrations/flink/jars.py
+	@rm -f $(KAFKA_JARS)/.unavailable
+	@test ! -f $(FLINK)/.unavailable \
+	  && $(FLINK)/bin/python -m integrations.flink.jars $(KAFKA_JARS) >/dev/null && touch $@ \
+	  || { mkdir -p $(KAFKA_JARS); echo "pip could not fetch the Kafka connector jars; run make flink-env to see why" > $(KAFKA_JARS)/.unavailable; \
+	       echo "WARNING: no Kafka connector jars; the Flink Kafka test will skip" >&2; }
 
 $(FLINK_STAMP): integrations/flink/requirements.txt
 	@rm -f $(FLINK)/.unavailable

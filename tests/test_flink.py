@@ -10,7 +10,8 @@ uninterrupted; another is killed (SIGKILL to its process group: client, JVM and 
 workers) at a moment when some answers are committed and others are written but not yet
 committed, restarted with ``--resume latest``, and must give the same lines exactly once.
 The FileSink commits part files only at checkpoints and a restart drops what was written
-after the last one, so no dedupe is done anywhere: duplicates would show.
+after the last one, so no dedupe is done anywhere: duplicates would show. These runs use the
+batched operator (the default); the state-TTL run uses the per-record one.
 """
 
 from __future__ import annotations
@@ -24,11 +25,11 @@ import subprocess
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import runtime
 from runtime.lines import format_value
+from test_cli_run import run, split_lines
 
 ROOT = Path(__file__).resolve().parent.parent
 FLINK_PY = ROOT / ".venv-flink" / "bin" / "python"
@@ -66,6 +67,7 @@ def sensor_rows() -> dict[str, list[tuple[str, str]]]:
 
 BAD_SENSOR, BAD_AT = "s03", 50          # a value that is not a number
 LATE_SENSOR, LATE_AT = "s05", 80        # a reading older than the one before it
+BYTES_SENSOR, BYTES_AT = "s07", 130     # a time that is not UTF-8: lstm-run's error record
 
 
 def write_phase(folder: Path, phase: int) -> list[str]:
@@ -84,9 +86,12 @@ def write_phase(folder: Path, phase: int) -> list[str]:
                     lines.append(f"{s},{t},x")
                 if s == LATE_SENSOR and j == LATE_AT:
                     lines.append(f"{s},{rows[s][j - 10][0]},{rows[s][j - 10][1]}")
+                if s == BYTES_SENSOR and j == BYTES_AT:
+                    lines.append(f"{s},{t}\udcff,{v}")        # the byte 0xff, as written
                 lines.append(f"{s},{t},{v}")
         tmp = folder / f".{phase}-{i}.tmp"                   # hidden until complete
-        tmp.write_text("sensor,Time," + FEATURE + "\n" + "\n".join(lines) + "\n")
+        text = "sensor,Time," + FEATURE + "\n" + "\n".join(lines) + "\n"
+        tmp.write_bytes(text.encode("utf-8", "surrogateescape"))
         tmp.rename(folder / f"{phase}-{i:02d}.csv")
         written += lines
     return written
@@ -217,7 +222,19 @@ def test_a_reading_out_of_order_is_refused_not_fed(uninterrupted):
     late = sensor_rows()[LATE_SENSOR][LATE_AT - 10]
     assert (errors[0]["Time"], errors[0][FEATURE]) == late
     assert errors[0]["error"].startswith("out of order: time column 'Time'")
-    assert len([r for r in parse(uninterrupted) if r["error"]]) == 2   # nothing else refused
+    assert len([r for r in parse(uninterrupted) if r["error"]]) == 3   # nothing else refused
+
+
+def test_a_line_that_is_not_utf8_gets_lstm_runs_error_record(uninterrupted, tmp):
+    """The job parses the line's bytes with lstm-run's parser: not a U+FFFD, fed as if good."""
+    t, v = sensor_rows()[BYTES_SENSOR][BYTES_AT]
+    raw = f"sensor,Time,{FEATURE}\n{BYTES_SENSOR},{t}\udcff,{v}\n".encode("utf-8",
+                                                                       "surrogateescape")
+    path = tmp / "bytes.csv"
+    path.write_bytes(raw)
+    want = split_lines(run([MODEL, "-i", path, "--stream-column", "sensor"])[0])[1]
+    assert "not UTF-8" in want
+    assert [line for line in uninterrupted if "not UTF-8" in line] == [want]
 
 
 def test_killed_and_restored_from_checkpoint_gives_each_answer_once(tmp, uninterrupted):
@@ -253,9 +270,23 @@ def test_killed_and_restored_from_checkpoint_gives_each_answer_once(tmp, uninter
     assert len(keys) == len(set(keys)) == SENSORS * ROWS      # no duplicates, none missing
     assert sorted(after) == sorted(uninterrupted)              # the same lines, exactly
 
+    # The checkpoints' sensors live in 4 shards (4 a slot): another count would lose them.
+    # Refused at once where the count is recorded (--resume latest), by Flink where not.
+    refused = subprocess.run(job.args + ["--shards", "7", "--resume", "latest"], cwd=ROOT,
+                             capture_output=True, text=True, timeout=TIMEOUT)
+    assert refused.returncode == 2 and "taken with 4 shards" in refused.stderr, refused.stderr
+    chk = max(job.checkpoints.glob("*/chk-*/_metadata"), key=lambda p: p.stat().st_mtime).parent
+    refused = subprocess.run(job.args + ["--shards", "7", "--resume", str(chk)], cwd=ROOT,
+                             capture_output=True, text=True, timeout=TIMEOUT,
+                             start_new_session=True)
+    assert refused.returncode == 1, refused.stderr[-2000:]
+    assert "taken with another --operator or --shards" in refused.stderr
+    assert len(job.answers()) == len(after)
+
 
 def test_a_sensor_silent_past_the_state_ttl_starts_afresh(tmp):
-    job = Job(tmp, "ttl", "--state-ttl", "2")
+    """With the per-record operator (the batched one runs every other test here)."""
+    job = Job(tmp, "ttl", "--state-ttl", "2", "--operator", "record")
     rows = sensor_rows()["s00"]
 
     def feed(name, part):

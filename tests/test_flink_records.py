@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -22,9 +23,10 @@ from runtime.lines import format_value
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))          # integrations/ is not installed into the main venv
 
+from integrations.flink.batch import BatchJob, shard_of  # noqa: E402
 from integrations.flink.codec import StateCodec, reading_time  # noqa: E402
 from integrations.flink.records import LineJob, LineSpec  # noqa: E402
-from test_cli_run import tiny_onnx  # noqa: E402
+from test_cli_run import run, split_lines, tiny_onnx  # noqa: E402
 
 MODES = {"sequence": dict(window=1, carry_state=True),
          "window": dict(window=3, carry_state=False),
@@ -198,3 +200,108 @@ def test_state_bytes_keep_every_state_slot(tmp_path, window):
         assert (got is None) == (want is None)
         if got is not None:
             assert np.array_equal(got, want)
+
+
+# ---- the batched operator's flushes ------------------------------------------------------
+
+def flushes(job: BatchJob, lines: list[str], sizes) -> list[str]:
+    """What the batched operator does: lines cut into flushes, state bytes kept per sensor."""
+    state, out, at = {}, [], 0
+    for size in sizes:
+        answers, changed = job.answer_many(lines[at:at + size], state.get)
+        state.update(changed)
+        out += answers
+        at += size
+    assert at >= len(lines)
+    return out
+
+
+def mixed_lines(n_sensors: int, rows: int, seed: int) -> list[str]:
+    """Sensors interleaved at random, with a bad value, a late reading and a bad time."""
+    rng = np.random.default_rng(seed)
+    data = {f"s{k}": readings(rows, seed + k) for k in range(n_sensors)}
+    seen = dict.fromkeys(data, 0)
+    lines = []
+    for s in rng.permutation(np.repeat(list(data), rows)):
+        lines.append(line(s, seen[s], data[s][seen[s]]))
+        seen[s] += 1
+    lines.insert(5, '{"sensor": "s0", "t": 99, "temperature": "warm", "humidity": 40}')
+    lines.insert(len(lines) // 2, line("s1", 0, data["s1"][0]))      # older than its last
+    lines.insert(9, '{"sensor": "s2", "t": "soon", "temperature": 1, "humidity": 2}')
+    return lines
+
+
+@pytest.mark.parametrize("sizes", [[1] * 400, [7] * 60, [400]], ids=["1", "7", "all"])
+def test_a_flush_answers_as_the_line_operator_does(model_file, sizes):
+    """Interleaved sensors (rounds through Model.step) and per-sensor runs (one feed each)
+    give the per-line operator's answers, byte for byte, however the lines are flushed."""
+    spec = LineSpec("jsonl", (), "sensor", "t")
+    data = model_file.read_bytes()
+    lines = mixed_lines(5, 60, 3)
+    runs = sorted(lines, key=lambda x: json.loads(x)["sensor"])   # per-sensor files' order
+    for order in (lines, runs):
+        want = run_lines_raw(LineJob(data, spec), order)
+        assert sum("error" in json.loads(a) for a in want) == 3
+        assert flushes(BatchJob(data, spec), order, sizes) == want
+
+
+def test_shards_are_the_same_in_every_process():
+    """A real second process with another string-hash seed puts every sensor where we do."""
+    import subprocess
+    keys = [f"s{k}" for k in range(50)] + ["", "Zürich-7"]
+    code = ("import sys, json; sys.path.insert(0, '.'); "
+            "from integrations.flink.batch import shard_of; "
+            f"print(json.dumps([shard_of(k, 4) for k in {keys!r}]))")
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           cwd=ROOT, env={**os.environ, "PYTHONHASHSEED": "123"}, check=True)
+    mine = [shard_of(k, 4) for k in keys]
+    assert json.loads(other.stdout) == mine and set(mine) == {0, 1, 2, 3}
+
+
+def test_invalid_utf8_gets_lstm_runs_error_record(tmp_path):
+    """One parser: the job's lines (bytes as ISO-8859-1 text) answered as lstm-run answers
+    the file, error record of the invalid UTF-8 line included (a U+FFFD would be fed)."""
+    model = ROOT / "exported" / "water-flow.onnx"
+    feature = "Water flow [l/s]"
+    header = f"sensor,t,note,{feature}".encode()
+    rows = [b"a,%d,ok,%.2f" % (t, 101.5 + t / 10) for t in range(1, 9)]
+    rows.insert(4, b"a,9,note\xff,101.80")
+    rows.insert(6, b"b,1,\xc3\xa9t\xc3\xa9,99.5")                   # valid UTF-8: passed through
+    path = tmp_path / "in.csv"
+    path.write_bytes(b"\n".join([header, *rows]) + b"\n")
+    want = split_lines(run([model, "-i", path, "--stream-column", "sensor"])[0])[1:]
+    assert "not UTF-8" in want[4]
+    text = [r.decode("latin-1") for r in rows]
+    spec = LineSpec("csv", ("sensor", "t", "note", feature), "sensor", "t", header.decode())
+    assert run_lines_raw(LineJob(model.read_bytes(), spec), text) == want
+    assert flushes(BatchJob(model.read_bytes(), spec), text, [len(text)]) == want
+
+
+def run_lines_raw(job: LineJob, lines: list[str]) -> list[str]:
+    state, out = {}, []
+    for text in lines:
+        key = job.key(text)
+        answer, blob = job.answer(text, state.get(key), key)
+        if blob is not None:
+            state[key] = blob
+        out.append(answer)
+    return out
+
+
+def test_the_shard_count_is_kept_beside_the_checkpoints(tmp_path):
+    from integrations.flink.job import JobConfig, shard_count
+    from runtime import LstmEdgeError
+
+    def count(**options) -> int:
+        return shard_count(JobConfig(model=Path("m.onnx"), checkpoint_dir=str(tmp_path),
+                                     **options))
+
+    assert count(parallelism=2) == 8                           # a fresh job: 4 a slot
+    assert count(parallelism=5, resume="latest") == 8           # resumed: its shards kept
+    assert count(shards=8, resume="latest") == 8
+    with pytest.raises(LstmEdgeError, match="taken with 8 shards"):
+        count(shards=3, resume="latest")
+    assert count(shards=3) == 3                                 # started afresh: recorded
+    (tmp_path / "lstm-edge-shards").write_text("junk")
+    with pytest.raises(LstmEdgeError, match="holds 'junk'"):
+        count(resume="latest")

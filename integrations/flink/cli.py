@@ -43,6 +43,11 @@ Exit codes: 0 the input was read to the end (or the job was stopped),
               help="Read a Kafka topic instead (needs --topic and --jar with the connector).")
 @click.option("--topic", help="The Kafka topic; its records keyed by sensor.")
 @click.option("--group", default="lstm-edge", show_default=True, help="Kafka consumer group.")
+@click.option("--start", type=click.Choice(["earliest", "committed", "latest"]),
+              default="earliest", show_default=True,
+              help="Where a job started without --resume reads the topic from (committed: "
+                   "the group's offsets, else earliest). A resumed job goes on from its "
+                   "checkpoint.")
 @click.option("--jar", "jars", multiple=True, type=click.Path(exists=True, dir_okay=False),
               help="A jar to add to the job, e.g. flink-sql-connector-kafka-*.jar.")
 @click.option("-o", "--output", default="-", show_default=True,
@@ -73,13 +78,27 @@ Exit codes: 0 the input was read to the end (or the job was stopped),
               help="Records per Python bundle (python.fn-execution.bundle.size).")
 @click.option("--bundle-time", type=click.IntRange(min=1), default=100, show_default=True,
               metavar="MS", help="Longest a bundle waits before it is flushed.")
+@click.option("--operator", type=click.Choice(["batched", "record"]), default="batched",
+              show_default=True,
+              help="batched: sensors in shards, a shard's lines answered together (fast); "
+                   "record: one line at a time (no flush wait).")
+@click.option("--shards", type=click.IntRange(min=1),
+              help="Sensor shards (batched): the most task slots that share the work; fewer "
+                   "shards, wider batches. Fixed for a job's life: --resume latest takes the "
+                   "count recorded in --checkpoint-dir. [default: 4 per slot]")
+@click.option("--flush-time", type=click.IntRange(min=1), default=200, show_default=True,
+              metavar="MS", help="Longest a shard's lines wait before they are answered "
+                                 "(batched).")
+@click.option("--flush-size", type=click.IntRange(min=1), default=5000, show_default=True,
+              help="A shard's lines are answered once this many wait (batched).")
 @click.option("--execution-mode", type=click.Choice(["process", "thread"]), default="process",
               show_default=True, help="Python workers in their own processes, or in the JVM.")
 @click.option("--python", "python", default=sys.executable, show_default="this Python",
               help="The Python the workers run; on a cluster, its path on the TaskManagers.")
-def main(model, input_, watch, kafka, topic, group, jars, output, format_, columns,
+def main(model, input_, watch, kafka, topic, group, start, jars, output, format_, columns,
          stream_column, time_column, no_time_column, missing, checkpoint_dir, checkpoint_every,
-         resume, state_ttl, parallelism, state_backend, bundle_size, bundle_time, execution_mode, python):
+         resume, state_ttl, parallelism, state_backend, bundle_size, bundle_time, operator,
+         shards, flush_time, flush_size, execution_mode, python):
     """Run MODEL.onnx over sensor lines on Flink, each sensor's LSTM state in keyed state.
 
     \b
@@ -99,14 +118,15 @@ def main(model, input_, watch, kafka, topic, group, jars, output, format_, colum
     if resume == "latest" and checkpoint_dir is None:
         raise click.UsageError("--resume latest needs --checkpoint-dir")
     config = JobConfig(model=model, input=input_, output=output, watch=watch, kafka=kafka,
-                       topic=topic, group=group, format=format_,
+                       topic=topic, group=group, start=start, format=format_,
                        columns=tuple(c.strip() for c in columns.split(",")) if columns else (),
                        stream_column=stream_column, time_column=time_column, missing=missing,
                        checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every,
                        resume=resume, state_ttl=state_ttl, parallelism=parallelism,
                        state_backend=state_backend, bundle_size=bundle_size,
                        bundle_time_ms=bundle_time, jars=tuple(jars),
-                       execution_mode=execution_mode, python=python)
+                       execution_mode=execution_mode, python=python, operator=operator,
+                       shards=shards, flush_ms=flush_time, flush_size=flush_size)
     try:
         env = build(config)
     except LstmEdgeError as exc:

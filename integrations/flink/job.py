@@ -5,8 +5,10 @@ mini-cluster; ``flink run -py integrations/flink/job.py ...`` submits the same j
 cluster. Lines come from a folder of CSV/JSONL files (optionally watched for new files) or a
 Kafka topic; answers go to part files (exactly once, finished at each checkpoint) or stdout.
 
-The pipeline: source -> :class:`~.operators.Route` (sensor of each line) -> ``key_by`` sensor
--> :class:`~.operators.Predict` (the sensor's stream in keyed state) -> sink.
+The pipeline, batched (the default): source -> :class:`~.operators.RouteShard` (the shard of
+each line's sensor) -> ``key_by`` shard -> :class:`~.operators.BatchPredict` (the shard's
+sensors' streams and pending lines in keyed state) -> sink. Per record (``--operator
+record``): :class:`~.operators.Route` -> ``key_by`` sensor -> :class:`~.operators.Predict`.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ if __package__ in (None, ""):   # run as a file (flink run -py .../job.py): find
 from runtime import LstmEdgeError, load  # noqa: E402
 from runtime import lines as fmt  # noqa: E402
 
-from .records import LineSpec  # noqa: E402
+from .records import SOURCE_CHARSET, LineSpec  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -41,6 +43,7 @@ class JobConfig:
     kafka: str | None = None              # bootstrap servers; then topic and group are needed
     topic: str | None = None
     group: str = "lstm-edge"
+    start: str = "earliest"               # where a new job starts in the topic (see kafka_source)
     format: str = "auto"                  # auto | csv | headerless | jsonl
     columns: tuple[str, ...] = ()         # the CSV columns where no file header gives them
     stream_column: str | None = None
@@ -57,6 +60,11 @@ class JobConfig:
     execution_mode: str = "process"       # python.execution-mode: process | thread
     python: str = sys.executable          # the Python the workers run (on every TaskManager)
     jars: tuple[str, ...] = ()            # e.g. the Kafka connector jar
+    operator: str = "batched"             # batched (shards, flushes) | record (one at a time)
+    shards: int | None = None             # sensor shards (batched), the most slots that help;
+                                          # None: as recorded for --resume latest, else 4 a slot
+    flush_ms: int = 200                   # a shard's pending lines wait at most this long
+    flush_size: int = 5000                # ... or until this many are pending
 
 
 # ---- reading the input's format on the client ------------------------------------------
@@ -99,7 +107,7 @@ def line_spec(config: JobConfig, model) -> LineSpec:
         time_column = found[0]
     if time_column is not None and line_format.name == "headerless":
         raise LstmEdgeError("--time-column needs a CSV header or JSON lines to name the column")
-    header = first.decode("utf-8", "replace") if is_header and not config.columns else None
+    header = first.decode(SOURCE_CHARSET) if is_header and not config.columns else None
     return LineSpec(line_format.name, columns, config.stream_column, time_column, header)
 
 
@@ -112,6 +120,36 @@ def latest_checkpoint(folder: Path) -> Path:
         raise LstmEdgeError(f"--resume latest: no complete checkpoint (chk-N/_metadata) under "
                             f"{folder}; start without --resume")
     return max(found)[2]
+
+
+def shard_count(config: JobConfig) -> int:
+    """The batched operator's shard count: ``--shards``; for ``--resume latest`` the count
+    recorded beside the checkpoints (another is refused here); else 4 per task slot.
+
+    A local ``--checkpoint-dir`` records the count it is used with, so that a job resumed
+    with another ``--parallelism`` keeps its shards: the sensors' state is where they are.
+    """
+    record = None
+    if config.checkpoint_dir is not None and "://" not in config.checkpoint_dir:
+        record = Path(config.checkpoint_dir) / "lstm-edge-shards"
+    recorded = None
+    if config.resume == "latest" and record is not None and record.exists():
+        text = record.read_text(errors="replace").strip()
+        if not text.isdigit() or int(text) < 1:
+            raise LstmEdgeError(f"{record} should hold the shard count the checkpoints were "
+                                f"taken with, and holds {text[:40]!r}; write the count there "
+                                f"(or give --shards), or start afresh")
+        recorded = int(text)
+        if config.shards not in (None, recorded):
+            raise LstmEdgeError(f"--shards {config.shards}: the checkpoints under "
+                                f"{config.checkpoint_dir} were taken with {recorded} shards, "
+                                f"and each sensor's state is in its shard; resume without "
+                                f"--shards (or with --shards {recorded}), or start afresh")
+    shards = config.shards or recorded or 4 * config.parallelism
+    if record is not None and config.resume in (None, "latest"):   # what "latest" will find
+        record.parent.mkdir(parents=True, exist_ok=True)
+        record.write_text(f"{shards}\n")
+    return shards
 
 
 # ---- the job ---------------------------------------------------------------------------
@@ -160,11 +198,12 @@ def build(config: JobConfig):
     from pyflink.datastream.connectors.file_system import (
         BucketAssigner, FileSink, FileSource, OutputFileConfig, RollingPolicy, StreamFormat)
 
-    from .operators import ROUTED, Predict, Route
+    from .operators import ROUTED, SHARDED, BatchPredict, Predict, Route, RouteShard
 
     model = load(config.model, device="cpu", missing=config.missing)   # refused here, not in a task
     data = Path(config.model).read_bytes()
     spec = line_spec(config, model)
+    shards = shard_count(config) if config.operator == "batched" else 0
     settings = flink_config(config)
     if config.execution_mode == "thread":
         # The JVM runs Python in-process (PEMJA) and finds packages through PYTHONPATH only;
@@ -185,18 +224,32 @@ def build(config: JobConfig):
     if config.kafka:
         lines = kafka_source(env, config)
     else:
-        builder = FileSource.for_record_stream_format(StreamFormat.text_line_format(),
-                                                      str(Path(config.input).absolute()))
+        # one character per byte: the operators hand lstm-run's parser the very bytes
+        builder = FileSource.for_record_stream_format(
+            StreamFormat.text_line_format(SOURCE_CHARSET), str(Path(config.input).absolute()))
         if config.watch:
             builder = builder.monitor_continuously(
                 Duration.of_millis(int(config.watch * 1000)))
         lines = env.from_source(builder.build(), WatermarkStrategy.no_watermarks(), "lines")
-    answers = (lines.flat_map(Route(data, spec, config.missing), output_type=ROUTED)
-               .name("route")
-               .key_by(lambda routed: routed[0], key_type=Types.STRING())
-               .process(Predict(data, spec, config.missing, config.state_ttl),
-                        output_type=Types.STRING())
-               .name("predict"))
+    lines = lines.uid("source")
+    if config.operator == "record":
+        answers = (lines.flat_map(Route(data, spec, config.missing), output_type=ROUTED)
+                   .name("route").uid("route")
+                   .key_by(lambda routed: routed[0], key_type=Types.STRING())
+                   .process(Predict(data, spec, config.missing, config.state_ttl),
+                            output_type=Types.STRING())
+                   .name("predict").uid("predict"))
+    else:
+        # The shard count is in the operator's uid: a checkpoint taken with another count
+        # has no operator to restore into, and Flink refuses it (see failure()).
+        answers = (lines.flat_map(RouteShard(data, spec, config.missing, shards),
+                                  output_type=SHARDED)
+                   .name("route").uid("route-shard")
+                   .key_by(lambda routed: routed[0], key_type=Types.INT())
+                   .process(BatchPredict(data, spec, config.missing, config.state_ttl,
+                                         config.flush_ms, config.flush_size),
+                            output_type=Types.STRING())
+                   .name("predict").uid(f"predict-{shards}-shards"))
     if config.output == "-":
         answers.print()
     else:
@@ -214,27 +267,61 @@ def build(config: JobConfig):
                 .with_output_file_config(OutputFileConfig.builder().with_part_prefix("part")
                                          .with_part_suffix(suffix).build())
                 .build())
-        answers.sink_to(sink).name("answers")
+        answers.sink_to(sink).name("answers").uid("answers")
     return env
 
 
 def kafka_source(env, config: JobConfig):
-    """Lines from a Kafka topic whose records are keyed by sensor (one partition each)."""
+    """Lines from a Kafka topic whose records are keyed by sensor (one partition each).
+
+    Where the job reads from is Flink's checkpointed offsets; ``config.start`` says where a
+    job that starts without a checkpoint begins: ``earliest``, ``latest``, or ``committed``
+    (the group's committed offsets, the earliest where it has none).
+    """
     from pyflink.common import WatermarkStrategy
     from pyflink.common.serialization import SimpleStringSchema
-    from pyflink.datastream.connectors.kafka import (KafkaOffsetResetStrategy,
-                                                     KafkaOffsetsInitializer, KafkaSource)
+    from pyflink.datastream.connectors.kafka import KafkaOffsetsInitializer, KafkaSource
+    starts = {"earliest": KafkaOffsetsInitializer.earliest,
+              "latest": KafkaOffsetsInitializer.latest, "committed": committed_offsets}
     source = (KafkaSource.builder().set_bootstrap_servers(config.kafka)
               .set_topics(config.topic).set_group_id(config.group)
-              .set_starting_offsets(KafkaOffsetsInitializer.committed_offsets(
-                  KafkaOffsetResetStrategy.EARLIEST))
-              .set_value_only_deserializer(SimpleStringSchema()).build())
+              .set_starting_offsets(starts[config.start]())
+              .set_value_only_deserializer(SimpleStringSchema(SOURCE_CHARSET)).build())
     return env.from_source(source, WatermarkStrategy.no_watermarks(), "kafka")
+
+
+def committed_offsets():
+    """``OffsetsInitializer.committedOffsets(EARLIEST)`` with either connector jar.
+
+    PyFlink names the reset strategy's class as the SQL fat jar shades it; the thin
+    ``flink-connector-kafka`` + ``kafka-clients`` jars have it under its own name.
+    """
+    from pyflink.datastream.connectors.kafka import KafkaOffsetsInitializer
+    from pyflink.java_gateway import get_gateway
+    jvm = get_gateway().jvm
+    loader = jvm.java.lang.Thread.currentThread().getContextClassLoader()
+    for name in ("org.apache.flink.kafka.shaded.org.apache.kafka.clients.consumer",
+                 "org.apache.kafka.clients.consumer"):
+        try:
+            strategy = jvm.java.lang.Class.forName(f"{name}.OffsetResetStrategy", True, loader)
+        except Exception:   # Py4JJavaError: ClassNotFoundException, try the other name
+            continue
+        earliest = jvm.java.lang.Enum.valueOf(strategy, "EARLIEST")
+        initializer = jvm.org.apache.flink.connector.kafka.source.enumerator.initializer
+        return KafkaOffsetsInitializer(initializer.OffsetsInitializer.committedOffsets(earliest))
+    raise LstmEdgeError("--start committed: no Kafka connector jar on the job's class path; "
+                        "add one with --jar (flink-sql-connector-kafka, or "
+                        "flink-connector-kafka with kafka-clients)")
 
 
 def failure(exc: Exception) -> str:
     """The one line worth showing from a failed job's Java stack trace."""
     text = str(exc)
+    if "Cannot map checkpoint/savepoint state for operator" in text:
+        return ("the checkpoint holds state of an operator this job does not have: it was "
+                "taken with another --operator or --shards (the shards a sensor goes to "
+                "would differ); resume with the options it was taken with, or start "
+                "without --resume")
     for pattern in (r"(?:runtime\.errors\.)?(\w+Error: [^\n]+)", r"Caused by: ([^\n]+)"):
         found = re.findall(pattern, text)
         if found:

@@ -8,6 +8,11 @@ formats, error records and answer columns are ``lstm-run``'s, from :mod:`runtime
 Each sensor's readings must arrive in order. With a time column, a reading whose time is not
 after the sensor's last one is refused with an error record instead of being fed: feeding it
 would silently give the LSTM a state no Keras run would ever reach.
+
+The job's sources decode each line's bytes as ISO-8859-1 (one character per byte: nothing
+replaced, nothing lost), and :func:`raw` turns them back into the very bytes, so that
+``lstm-run``'s own parser reads them: invalid UTF-8 gets ``lstm-run``'s error record, not a
+U+FFFD that would be fed as if the line were good.
 """
 
 from __future__ import annotations
@@ -35,7 +40,22 @@ class LineSpec:
     columns: tuple[str, ...] = ()     # the CSV header's columns ("csv" only)
     stream_column: str | None = None  # the column or key naming each line's sensor
     time_column: str | None = None    # the column or key ordering each sensor's readings
-    header: str | None = None         # the input files' first line, dropped where it recurs
+    header: str | None = None         # the input files' first line (as raw() text), dropped
+                                      # wherever it recurs
+
+
+SOURCE_CHARSET = "ISO-8859-1"   # how the job's sources decode bytes: one character per byte
+
+
+def raw(line: str) -> bytes:
+    """The bytes a source read for ``line``: its ISO-8859-1 text encoded back.
+
+    Text that is not from such a source (a character past U+00FF) is taken as UTF-8.
+    """
+    try:
+        return line.encode(SOURCE_CHARSET)
+    except UnicodeEncodeError:
+        return line.encode("utf-8", "surrogatepass")
 
 
 def line_format(spec: LineSpec, features, targets) -> fmt.LineFormat:
@@ -80,7 +100,7 @@ class LineJob:
 
         A bad line, a sample the model cannot take or a bad time gives an error record.
         """
-        rec, when = self.format.parse(0, line.encode("utf-8", "surrogatepass")), math.nan
+        rec, when = self.format.parse(0, raw(line)), math.nan
         if rec.ok:
             try:
                 self.model.validate(rec.values)
@@ -101,9 +121,9 @@ class LineJob:
     def key(self, line: str) -> str | None:
         """The sensor a line goes to; None for a header line (dropped); "" for a bad line."""
         if self.spec.header is not None and \
-                line.lstrip("\ufeff").rstrip("\r") == self.spec.header:
+                line.removeprefix("\xef\xbb\xbf").rstrip("\r") == self.spec.header:
             return None
-        rec = self.format.parse(0, line.encode("utf-8", "surrogatepass"))
+        rec = self.format.parse(0, raw(line))
         return rec.key if rec.ok else ""
 
     def answer(self, line: str, blob: bytes | None, key: str | None = None
@@ -120,7 +140,29 @@ class LineJob:
         if not rec.ok:
             return self.format.format_error(rec), None
         wall = time.time()
-        stream, snap, last = None, None, math.nan
+        stream, last = self.open(key, blob, wall)
+        rec.error = self.order_error(now, last)
+        if rec.error is None:
+            try:
+                y = stream.step(rec.values)
+            except LstmEdgeError as exc:        # the stream is unchanged (runtime's promise)
+                rec.error = str(exc)
+        if rec.error is not None:
+            return self.format.format_error(rec), None
+        out = self.format.format(rec, stream.steps, not stream.ready,
+                                 self._nan if y is None else y)
+        return out, self.save(key, stream, now, wall)
+
+    # ---- the state's bytes and the order rule: each done here, once ----------------------
+
+    def open(self, key: str | None, blob: bytes | None, wall: float, busy=()):
+        """``(stream, last reading's time)`` of a sensor whose keyed state is ``blob``.
+
+        The task's kept stream where ``blob`` is still the bytes it last wrote; else one
+        restored from the bytes (a fresh one for None, or where the state TTL has passed).
+        ``busy``: sensors whose stream objects must not be reused for this one.
+        """
+        snap, last, written, stream = None, math.nan, math.nan, None
         if blob is not None:
             hot = self._hot.get(key) if key is not None else None
             if hot is not None and (hot[0] is blob or hot[0] == blob):
@@ -129,35 +171,35 @@ class LineJob:
                 snap, last, written = self.codec.decode(blob)
             if self.ttl is not None and wall - written > self.ttl:   # silent too long
                 stream, snap, last = None, None, math.nan
-        if now <= last:   # False where either is NaN (no time column)
-            rec.error = (f"out of order: time column {self.spec.time_column!r} gives {now:g} s, "
-                         f"not after this sensor's last reading ({last:g} s); the reading was "
-                         f"not fed. Each sensor's readings must arrive in time order: key the "
-                         f"source by sensor (Kafka: one partition per sensor key) and keep "
-                         f"each sensor's lines in one file, in order")
-            return self.format.format_error(rec), None
         if stream is None:
-            stream = self._stream_for(key)
+            stream = self._stream_for(key, busy)
             stream.restore(snap)
-        try:
-            y = stream.step(rec.values)
-        except LstmEdgeError as exc:            # the stream is unchanged (runtime's promise)
-            rec.error = str(exc)
-            return self.format.format_error(rec), None
-        out = self.format.format(rec, stream.steps, not stream.ready,
-                                 self._nan if y is None else y)
-        blob = self.codec.encode(stream.snapshot(), now, wall)
-        if key is not None:
-            self._hot[key] = (blob, stream, now, wall)
-        return out, blob
+        return stream, last
 
-    def _stream_for(self, key):
+    def save(self, key: str | None, stream, last: float, wall: float) -> bytes:
+        """The sensor's new state bytes, its stream kept for its next line."""
+        blob = self.codec.encode(stream.snapshot(), last, wall)
+        if key is not None:
+            self._hot[key] = (blob, stream, last, wall)
+        return blob
+
+    def order_error(self, now: float, last: float) -> str | None:
+        """Why a reading at ``now`` may not be fed after one at ``last``; None where it may."""
+        if not now <= last:   # also where either is NaN (no time column, a fresh sensor)
+            return None
+        return (f"out of order: time column {self.spec.time_column!r} gives {now:g} s, "
+                f"not after this sensor's last reading ({last:g} s); the reading was "
+                f"not fed. Each sensor's readings must arrive in time order: key the "
+                f"source by sensor (Kafka: one partition per sensor key) and keep "
+                f"each sensor's lines in one file, in order")
+
+    def _stream_for(self, key, busy=()):
         """A stream object for ``key``: its own while kept, else the least recently used one's."""
         hot = self._hot.pop(key, None) if key is not None else None
         if hot is not None:
             return hot[1]
         if key is None:
             return self.stream
-        if len(self._hot) < self.keep:
+        if len(self._hot) < self.keep or next(iter(self._hot)) in busy:
             return self.model.stream()
         return self._hot.popitem(last=False)[1][1]     # reuse its step buffers

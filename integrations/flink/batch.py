@@ -1,0 +1,112 @@
+"""The batched operator's work, with no Flink in it: a shard's pending lines, answered at once.
+
+Sensors are grouped into shards (:func:`shard_of`), and the job keys its stream by shard: a
+shard's sensors' state bytes live in one keyed ``MapState`` and its lines wait in keyed list
+state until a flush. A flush (:meth:`BatchJob.answer_many`) answers them as ``lstm-run``
+does a batch: a sensor with a long run of lines is fed the run in one call, and the other
+sensors are stepped together, one reading each per ``Model.step`` call. The answers are the
+per-line operator's (:class:`~.records.LineJob`), byte for byte.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import zlib
+from collections.abc import Callable
+
+import numpy as np
+
+from runtime import LstmEdgeError
+from runtime import lines as fmt
+
+from .records import LineJob
+
+
+def shard_of(key: str, shards: int) -> int:
+    """The shard of a sensor: CRC-32 of its UTF-8 name, so every process agrees (Python's
+    ``hash`` of a string differs between processes)."""
+    return zlib.crc32(key.encode("utf-8", "surrogatepass")) % shards
+
+
+class BatchJob(LineJob):
+    """A :class:`LineJob` that answers many lines of many sensors in one go."""
+
+    def answer_many(self, lines: list[str], stored: Callable[[str], bytes | None]
+                    ) -> tuple[list[str], dict[str, bytes]]:
+        """The answers to ``lines`` (in their order) and each changed sensor's new state bytes.
+
+        ``stored(sensor)`` gives a sensor's state bytes (None: a new sensor). A bad line or
+        one out of order gets an error record and leaves its sensor's state as it was.
+        """
+        out: list[str | None] = [None] * len(lines)
+        runs: dict[str, list[tuple[int, fmt.Record, float]]] = {}
+        for i, line in enumerate(lines):
+            rec, now = self.parse(line)
+            if rec.ok:
+                runs.setdefault(rec.key, []).append((i, rec, now))
+            else:
+                out[i] = self.format.format_error(rec)
+        wall = time.time()
+        streams, fed = {}, {}
+        for key, run in runs.items():
+            streams[key], last = self.open(key, stored(key), wall, runs)
+            fed[key] = []
+            for i, rec, now in run:
+                rec.error = self.order_error(now, last)
+                if rec.error is None:
+                    fed[key].append((i, rec))
+                    last = now if not math.isnan(now) else last
+                else:
+                    out[i] = self.format.format_error(rec)
+        self._step(streams, fed, out)
+        changed = {}
+        for key, run in runs.items():
+            done = [now for _, rec, now in run if rec.ok]          # fed, in time order
+            if done:
+                changed[key] = self.save(key, streams[key], done[-1], wall)
+        return out, changed          # type: ignore[return-value]   (every line answered)
+
+    def _step(self, streams: dict, fed: dict[str, list[tuple[int, fmt.Record]]],
+              out: list[str | None]) -> None:
+        """Step every fed reading, formatting each answer into ``out``.
+
+        A sensor with more lines than there are sensors is fed its run in one call; the rest
+        are stepped in rounds, the r-th reading of each in one ``Model.step`` call.
+        """
+        long = {k for k, run in fed.items() if len(run) > len(fed) and len(run) > 1
+                and np.isfinite(np.stack([rec.values for _, rec in run])).all()}
+        for key in long:
+            stream, run = streams[key], fed[key]
+            first = stream.steps
+            try:
+                preds = stream.feed(np.stack([rec.values for _, rec in run]))  # (n, targets)
+            except LstmEdgeError:     # the stream is unchanged: one reading at a time instead
+                self._step_alone(stream, run, out)
+                continue
+            for n, ((i, rec), pred) in enumerate(zip(run, preds), start=first + 1):
+                out[i] = self.format.format(rec, n, n < self.model.window, pred)
+        rest = {k: run for k, run in fed.items() if k not in long}
+        for r in range(max((len(run) for run in rest.values()), default=0)):
+            keys = [k for k, run in rest.items() if len(run) > r]
+            batch = [streams[k] for k in keys]
+            items = [rest[k][r] for k in keys]
+            try:
+                preds = self.model.step(batch, np.stack([rec.values for _, rec in items]))
+            except LstmEdgeError:     # nothing was stepped: one stream at a time instead
+                for stream, item in zip(batch, items):
+                    self._step_alone(stream, [item], out)
+                continue
+            for stream, (i, rec), pred in zip(batch, items, preds):   # pred: (targets,)
+                out[i] = self.format.format(rec, stream.steps, not stream.ready, pred)
+
+    def _step_alone(self, stream, run, out) -> None:
+        for i, rec in run:
+            try:
+                y = stream.step(rec.values)
+            except LstmEdgeError as exc:        # the stream is unchanged (runtime's promise)
+                rec.error = str(exc)
+                out[i] = self.format.format_error(rec)
+                continue
+            out[i] = self.format.format(rec, stream.steps, not stream.ready,
+                                        self._nan if y is None else y)
