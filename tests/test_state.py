@@ -71,9 +71,9 @@ def test_format_1_npz_files_load(kind):
 @pytest.mark.parametrize("kind", KINDS)
 def test_format_1_databases_load_and_are_rewritten_once(kind, tmp_path):
     model = runtime.load(V1 / f"{kind}.onnx", device="cpu")
-    read_only = runtime.load_snapshots(V1 / f"{kind}.db")        # read without a model
     db = tmp_path / "state.db"
     shutil.copy(V1 / f"{kind}.db", db)
+    read_only = runtime.load_snapshots(db)                       # read without a model
     for attempt in range(2):                                     # format 1, then format 2
         store = StateStore(db, model)
         loaded = {key: stream for key, stream, _ in store.load()}
