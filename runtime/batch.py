@@ -56,10 +56,10 @@ def step_at(model, streams: list, readings, at) -> np.ndarray:
     n = len(streams)
     xs = model._check_chunk(readings, n)                    # (n_streams, features)
     raw = np.asarray(readings, np.float64).reshape(n, -1)
-    ats = [check_position(a) for a in at]
+    ats = [None if a is None else check_position(a) for a in at]
     if len(ats) != n:
         raise InputError(f"step got {n} streams and {len(ats)} positions (at=); give one each")
-    kinds = [s.order(x, a) for s, x, a in zip(streams, raw, ats)]
+    kinds = ["new" if a is None else s.order(x, a) for s, x, a in zip(streams, raw, ats)]
     bad = [f"stream {i}: {conflict_message(a, s._seen, x)}"
            for i, (s, x, a, k) in enumerate(zip(streams, raw, ats, kinds)) if k == "conflict"]
     if bad:
@@ -72,7 +72,7 @@ def step_at(model, streams: list, readings, at) -> np.ndarray:
             out[i] = streams[i]._answer
     if new:
         out[new] = step_many(model, [streams[i] for i in new], xs[new])
-        for i in new:
+        for i in (i for i in new if ats[i] is not None):    # None: fed unchecked
             stream = streams[i]
             stream._pos, stream._seen, stream._answer = ats[i], raw[i], out[i].copy()
     return out

@@ -21,7 +21,9 @@ import numpy as np
 from . import lines as fmt
 from .errors import InputError, LstmEdgeError, SnapshotError
 from .io import TOO_LONG, LineReader
-from .stream import Stream
+from .order import OrderColumn, choose
+from .state import order
+from .stream import Stream, conflict_message
 
 if TYPE_CHECKING:
     from .store import StateStore
@@ -60,6 +62,9 @@ class ServeConfig:
     chunked: bool = True                 # let one sensor's run of lines go in one feed() call
     columns: tuple[str, ...] | None = None   # names of header-less CSV fields (--columns)
     reset_column: str | None = None      # the column/key whose true value resets a sensor
+    time_column: str | None = None       # the column/key giving each reading's time
+    seq_column: str | None = None        # the column/key giving each reading's sequence number
+    order_check: bool = True             # apply the order rule where a position is known
 
 
 @dataclass
@@ -83,6 +88,7 @@ class Server:
         self.samples = 0            # lines that reached a stream
         self.errors = 0             # error records written
         self.blank = 0              # blank lines, answered with blank lines
+        self.unfed = 0              # replays and skipped lines (the order check), not fed
         self._unsaved = 0
         self.store: StateStore | None = None    # the --state database
         self.changed: set[str] = set()    # sensors stepped, answers delivered, not yet saved
@@ -93,6 +99,8 @@ class Server:
         self.saved_at: float | None = None   # time.time() of the last --state save (--progress)
         self._warn = warn or (lambda message: None)
         self.window = int(model.window)   # readings up to the first prediction (overrides too)
+        self.order: OrderColumn | None = None    # where each line's position is (runtime.order)
+        self._order_open = config.order_check    # JSON lines: decided at the first good record
 
     # -- state --
 
@@ -219,6 +227,7 @@ class Server:
                     reset_column=self.config.reset_column)
                 if self.format.note:
                     self._warn(self.format.note)
+                self._choose_order(None)
                 header = self.format.header() if is_header else None
                 if header is not None:
                     out.append(header)
@@ -232,10 +241,28 @@ class Server:
                     self.model.validate(rec.values)
                 except LstmEdgeError as exc:
                     rec.error = fmt.cli_words(str(exc))
+            if rec.ok and self._order_open:
+                self._choose_order(rec)
+            if rec.ok and self.order is not None:
+                try:
+                    rec.at = self.order.position(rec)
+                except fmt.BadLine as exc:
+                    rec.error = str(exc)
             out.append(rec)
             if not rec.ok and self.config.strict:
                 return out, len(out) - 1
         return out, None
+
+    def _choose_order(self, first: fmt.Record | None) -> None:
+        """Find the position column (see :mod:`runtime.order`), once: CSV at its first line,
+        JSON lines at their first good record."""
+        config, form = self.config, cast(fmt.LineFormat, self.format)
+        self.order = choose(form, first, time_column=config.time_column,
+                            seq_column=config.seq_column)
+        if self.order is not None:
+            form.add_order()
+        self._order_open = self.order is None and first is None and \
+            isinstance(form, fmt.JsonlFormat)
 
     def handle(self, batch: Sequence[tuple[int, bytes | None]]) -> list[str]:
         """The output lines for one batch of input lines, one each, in input order.
@@ -246,12 +273,22 @@ class Server:
         items, stop = self._records(batch)
         answered = items[:stop]                            # all of them where stop is None
         good = [r for r in answered if isinstance(r, fmt.Record) and r.ok]
-        answers = self._step(good)
+        marks = self._order_marks(good) if self.order is not None else {}
+        fed = [r for r in good if r.ok and id(r) not in marks]
+        answers = self._step(fed)
         form = cast(fmt.LineFormat, self.format)    # set by the line before any record
         out = []
         for item in answered:
             if isinstance(item, str):
                 out.append(item)
+            elif item.ok and id(item) in marks:
+                mark, answer = marks[id(item)]
+                if mark == "replay":
+                    step, warmup, pred = answers[id(answer)] \
+                        if isinstance(answer, fmt.Record) else answer
+                    out.append(form.format(item, step, warmup, pred, mark))
+                else:
+                    out.append(form.format_skipped(item, mark))
             elif item.ok:
                 step, warmup, pred = answers[id(item)]
                 out.append(form.format(item, step, warmup, pred))
@@ -261,13 +298,61 @@ class Server:
                 out.append(form.format_error(item))
         self.lines += len(out)
         self._unsaved += len(out)
-        self.samples += len(good)
+        self.samples += len(fed)
+        self.unfed += len(marks)
         self.drop_idle()
         if stop is not None:
             bad = items[stop]
             assert isinstance(bad, fmt.Record)
             raise StrictStop(f"line {bad.line}: {bad.error} (--strict)", out)
         return out
+
+    def _order_marks(self, records: list[fmt.Record]) -> dict[int, tuple]:
+        """The order rule over a batch, line by line per sensor, before anything is fed.
+
+        Returns ``{id(record): (mark, answer)}`` for the lines not fed: ``("replay", the
+        record it repeats, or (step, warmup, prediction) the stream gave it)`` and
+        ``("skipped: ...", None)``; a line at its sensor's position with other values
+        becomes an error record. The runtime applies the same rule again to what is fed.
+        """
+        column = cast(OrderColumn, self.order)
+        marks: dict[int, tuple] = {}
+        latest: dict[str, fmt.Record] = {}        # per sensor: the batch's last new record
+        for rec in records:
+            if rec.at is None:
+                continue                          # no position: fed unchecked
+            prev, values = latest.get(rec.key), cast(np.ndarray, rec.values)
+            slot = self.slots.get(rec.key)
+            stream = None if rec.reset or slot is None else slot.stream
+            if prev is not None and not rec.reset:
+                kind = order(prev.at, prev.values, values, rec.at)
+            else:
+                kind = "new" if stream is None else stream.order(values, rec.at)
+            if kind == "new":
+                latest[rec.key] = rec
+            elif kind == "replay":
+                column.replayed(rec.key)
+                marks[id(rec)] = ("replay", prev if prev is not None else self._stored(stream))
+            elif kind == "old":
+                position = prev.at if prev is not None else cast(Stream, stream).position
+                marks[id(rec)] = (column.skipped(rec.key, position), None)
+            else:
+                seen = prev.values if prev is not None else cast(Stream, stream).snapshot().last
+                rec.error = conflict_message(rec.at, seen, values)
+        return marks
+
+    def _stored(self, stream) -> tuple:
+        """A stream's answer to its last reading, as an answer line gives it."""
+        pred = stream.answer
+        if pred is None:
+            pred = np.full(self.model.n_targets, np.nan, np.float32)
+        return stream.steps, not stream.ready, pred
+
+    def report_order(self) -> None:
+        """One line per sensor that had replays or skipped readings (the order check)."""
+        if self.order is not None:
+            for line in self.order.summary(self.config.stream_column is not None):
+                self._warn(line)
 
     def report_warmup(self, most: int = 10) -> None:
         """One warning per stream still warming up at the end: it never made a prediction.
@@ -324,7 +409,9 @@ class Server:
                 for run in _runs(recs):                    # a reset starts a new run
                     if run[0].reset:
                         stream.reset()
-                    preds = stream.feed(np.stack([values[id(r)] for r in run]))   # (n, targets)
+                    xs = np.stack([values[id(r)] for r in run])       # (n, features)
+                    at = self._positions(run)
+                    preds = stream.feed(xs) if at is None else stream.feed(xs, at=at)
                     first = stream.steps - len(run)
                     for i, (rec, pred) in enumerate(zip(run, preds)):
                         answers[id(rec)] = (first + i + 1, first + i + 1 < self.window, pred)
@@ -337,10 +424,17 @@ class Server:
                     slots[k].stream.reset()
             streams = [slots[k].stream for k in keys]
             samples = np.stack([values[id(by_key[k][r])] for k in keys])      # (streams, features)
-            preds = self.model.step(streams, samples)                   # (streams, targets)
+            at = self._positions([by_key[k][r] for k in keys])
+            preds = self.model.step(streams, samples) if at is None else \
+                self.model.step(streams, samples, at=at)                # (streams, targets)
             for k, stream, pred in zip(keys, streams, preds):
                 answers[id(by_key[k][r])] = (stream.steps, not stream.ready, pred)
         return answers
+
+
+    def _positions(self, records: list[fmt.Record]) -> list | None:
+        """The records' positions for the runtime's order rule; None without the check."""
+        return None if self.order is None else [r.at for r in records]
 
 
 def _runs(records: list[fmt.Record]) -> list[list[fmt.Record]]:
@@ -391,7 +485,8 @@ def serve(model, config: ServeConfig, reader: LineReader, write, *, warn=None,
     finally:
         server.close()
     server.report_warmup()
-    if server.samples == 0 and server.errors == 0:
+    server.report_order()
+    if server.samples == 0 and server.errors == 0 and server.unfed == 0:
         raise EmptyInput("the input is empty: no lines to run the model on" if not server.lines
                          else "the input is empty: only blank lines, no readings to run the "
                               "model on" if server.format is None

@@ -108,7 +108,8 @@ class Stream:
         windows: an array ``(samples, timesteps, features)`` goes to ``Model.predict``.
         Masked readings of a ``sequence`` model repeat the previous prediction (NaN if none).
         ``at``: ``n`` positions, the order rule applied row by row as :meth:`step` does (a
-        replay gets its earlier answer, a skipped row NaN; only the new rows are fed).
+        replay gets its earlier answer, a skipped row NaN; only the new rows are fed); a
+        None position feeds its row unchecked.
         """
         if at is not None:
             return self._feed_at(readings, at)
@@ -203,6 +204,12 @@ class Stream:
         return self._pos
 
     @property
+    def answer(self) -> np.ndarray | None:
+        """``(targets,)`` the answer the reading at :attr:`position` got (NaN while warming
+        up), which a replay of it gets again; None where there is none."""
+        return None if self._answer is None else self._answer.copy()
+
+    @property
     def sections(self) -> dict[str, bytes]:
         """Named byte strings other features keep with the stream (alerts: pending forecasts).
 
@@ -272,33 +279,33 @@ class Stream:
         """``feed`` with positions: the order rule row by row, only the new rows fed."""
         raw = np.asarray(readings, np.float64)
         raw = raw.reshape(len(raw), -1)                     # (n, features)
-        ats = [check_position(a) for a in at]
+        ats = [None if a is None else check_position(a) for a in at]
         if len(ats) != len(raw):
             raise InputError(f"feed got {len(raw)} readings and {len(ats)} positions (at=); "
                              f"give one position per reading")
-        pos, seen, fed, src = self._pos, self._seen, [], []
+        pos, seen, fed, src, at_last = self._pos, self._seen, [], [], None
         for i, (x, a) in enumerate(zip(raw, ats)):
-            kind = order(pos, seen, x, a)
+            kind = "new" if a is None else order(pos, seen, x, a)   # None: fed, unchecked
             if kind == "conflict":
                 raise InputError(f"row {i}: " + conflict_message(a, seen, x))
             if kind == "new":
-                pos, seen = a, x
                 fed.append(i)
-            src.append(i if kind == "new" else (fed[-1] if fed else -1) if kind == "replay"
-                       else None)
+                if a is not None:
+                    pos, seen, at_last = a, x, i
+            # the row whose answer row i gets: itself, the last new one, or -1 (the stream's)
+            src.append(i if kind == "new" else None if kind == "old"
+                       else at_last if at_last is not None else -1)
         out = np.full((len(raw), self.model.n_targets), np.nan, np.float32)
         if fed:
             out[fed] = self.feed(np.asarray(readings)[fed])
-        before = self._answer
         for i, j in enumerate(src):
             if j is not None and j != i:
-                row = out[j] if j >= 0 else before
+                row = out[j] if j >= 0 else self._answer
                 if row is not None:
                     out[i] = row
-        if fed:
-            self._pos, self._seen, self._answer = pos, seen, out[fed[-1]].copy()
+        if at_last is not None:
+            self._pos, self._seen, self._answer = pos, seen, out[at_last].copy()
         return out
-
 
     def _sync(self):
         """Leave a many-stream group (see ``batch.Group``): take this stream's rows of it."""

@@ -154,6 +154,7 @@ CALLS = {   # every public attribute of Stream, with the arguments a check calls
     "steps": lambda s: s.steps,
     "ready": lambda s: s.ready,
     "position": lambda s: s.position,
+    "answer": lambda s: s.answer,
     "sections": lambda s: dict(s.sections),
     "model": lambda s: s.model.name,
     "missing": lambda s: s.missing,
