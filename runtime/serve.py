@@ -484,8 +484,8 @@ def serve(model, config: ServeConfig, reader: LineReader, write, *, warn=None,
                 reader.signals.check()
     finally:
         server.close()
+        server.report_order()       # at every end: a signal, a bad line, the input's end
     server.report_warmup()
-    server.report_order()
     if server.samples == 0 and server.errors == 0 and server.unfed == 0:
         raise EmptyInput("the input is empty: no lines to run the model on" if not server.lines
                          else "the input is empty: only blank lines, no readings to run the "
