@@ -21,6 +21,7 @@ import numpy as np
 from . import lines as fmt
 from .errors import InputError, LstmEdgeError, SnapshotError
 from .io import TOO_LONG, LineReader
+from .ledger import SaveLedger
 from .order import OrderColumn, choose
 from .state import order
 from .stream import Stream, conflict_message
@@ -89,14 +90,8 @@ class Server:
         self.errors = 0             # error records written
         self.blank = 0              # blank lines, answered with blank lines
         self.unfed = 0              # replays and skipped lines (the order check), not fed
-        self._unsaved = 0
         self.store: StateStore | None = None    # the --state database
-        self.changed: set[str] = set()    # sensors stepped, answers delivered, not yet saved
-        self.inflight: set[str] = set()   # sensors stepped in the batch whose answers are not out
-        self.dropped: set[str] = set()    # sensors dropped since the last save
-        self.delivered_lines = 0    # input lines whose answers are out
-        self._saved_at = time.monotonic()   # when the state was last saved (or loaded)
-        self.saved_at: float | None = None   # time.time() of the last --state save (--progress)
+        self.ledger = SaveLedger()  # what a save may count: answers first, then the state
         self._warn = warn or (lambda message: None)
         self.window = int(model.window)   # readings up to the first prediction (overrides too)
         self.order: OrderColumn | None = None    # where each line's position is (runtime.order)
@@ -144,25 +139,24 @@ class Server:
         """
         if self.store is None:
             return
-        keys = self.changed - self.inflight
-        if not keys and not self.dropped:
+        keys, dropped, lines = self.ledger.pending()
+        if not keys and not dropped:
             return
         clock = time.time() - time.monotonic()              # monotonic -> wall clock
         slots = self.slots
         rows = ((k, slot.stream, slot.seen + clock, slot.line)
                 for k in keys if (slot := slots.get(k)) is not None)
-        self.store.save(rows, self.dropped,
-                        lines=None if self.inflight else self.delivered_lines)
-        self.changed = self.changed & self.inflight
-        self.dropped.clear()
-        self._unsaved, self._saved_at = 0, time.monotonic()
-        self.saved_at = time.time()
+        self.store.save(rows, dropped, lines=lines)
+        self.ledger.saved()
+
+    @property
+    def saved_at(self) -> float | None:
+        """``time.time()`` of the last ``--state`` save, None before one (``--progress``)."""
+        return self.ledger.saved_at
 
     def delivered(self) -> None:
         """The last batch's answers are out: its sensors may be saved now."""
-        self.changed |= self.inflight
-        self.inflight.clear()
-        self.delivered_lines = self.lines
+        self.ledger.delivered(self.lines)
 
     def close(self) -> None:
         """Save what was delivered and close the state database."""
@@ -182,7 +176,7 @@ class Server:
                 if old is None:
                     break
                 del self.slots[old]
-                self.dropped.add(old)
+                self.ledger.drop(old)
                 self._warn(f"dropped stream {old!r}, the least recently seen, to stay within "
                            f"--max-streams {self.config.max_streams}")
             slot = self.slots[key] = _Slot(self.model.stream())
@@ -200,7 +194,7 @@ class Server:
             if slot.seen >= limit:
                 break
             del self.slots[key]
-            self.dropped.add(key)
+            self.ledger.drop(key)
             self._warn(f"dropped stream {key!r}: no line for {self.config.idle_timeout:g} s "
                        f"(--idle-timeout)")
 
@@ -297,7 +291,7 @@ class Server:
                 self._warn(f"line {item.line}: {item.error}")
                 out.append(form.format_error(item))
         self.lines += len(out)
-        self._unsaved += len(out)
+        self.ledger.answered(len(out))
         self.samples += len(fed)
         self.unfed += len(marks)
         self.drop_idle()
@@ -379,13 +373,9 @@ class Server:
     def due(self) -> bool:
         """Whether ``config.save_every`` lines or ``config.save_interval`` seconds have
         passed since the last save (the seconds only where a sensor changed)."""
-        config = self.config
         if self.store is None:
             return False
-        if config.save_every and self._unsaved >= config.save_every:
-            return True
-        return bool(config.save_interval) and bool(self.changed or self.dropped) \
-            and time.monotonic() - self._saved_at >= config.save_interval
+        return self.ledger.due(self.config.save_every, self.config.save_interval)
 
     def _step(self, records: list[fmt.Record]) -> dict[int, tuple[int, bool, np.ndarray]]:
         """Step every record's stream; ``{id(record): (step, warmup, prediction)}``."""
@@ -395,7 +385,7 @@ class Server:
         values = {id(r): cast(np.ndarray, r.values) for r in records}   # ok records: all set
         busy = set(by_key)
         slots = {key: self._slot(key, busy) for key in by_key}
-        self.inflight |= busy          # stepped from here on; saved once the answers are out
+        self.ledger.stepped(busy)      # stepped from here on; saved once the answers are out
         for key, recs in by_key.items():
             slots[key].line = recs[-1].line
         answers = {}
