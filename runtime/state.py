@@ -43,6 +43,7 @@ row, nothing stepped), then ``stream.snapshot().to_bytes()`` per stream.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import struct
@@ -59,8 +60,11 @@ MAGIC = b"LEst"
 ORDERS = ("new", "replay", "old", "conflict")
 
 _HEAD = struct.Struct("<4sBB32sIBHHHIIcIqBq")   # see _pack: the fixed part of a blob
-_DTYPES = {b"f": np.dtype("<f4"), b"l": np.dtype("<i8"), b"i": np.dtype("<i4")}
-_CODES = {v: k for k, v in _DTYPES.items()}
+_SPEC = struct.Struct("<HI")                     # a name's length, then a number
+_FLOAT, _BITS = struct.Struct("<d"), struct.Struct("<q")   # a time keeps its float64 bits
+_DTYPES: dict[bytes, np.dtype] = {b"f": np.dtype("<f4"), b"l": np.dtype("<i8"),
+                                  b"i": np.dtype("<i4")}
+_CODES = {v.str: k for k, v in _DTYPES.items()}
 _PRED, _LAST, _ANSWER, _EXTRA = 1, 2, 4, 8      # flags: which optional parts follow
 _NONE, _TIME, _SEQ = 0, 1, 2                     # kinds of position
 
@@ -264,65 +268,53 @@ def stack_ring(names, ring_slots: list[tuple], next_slot: int | None) -> dict[st
 
 # ---- the codec ---------------------------------------------------------------------------
 
+@functools.lru_cache(maxsize=64)
+def _names(names: tuple, units: tuple) -> bytes:
+    """The state tensors' names and units as a blob spells them (the same for every row)."""
+    return b"".join(_SPEC.pack(len(raw), u) + raw
+                    for raw, u in zip((n.encode() for n in names), units))
+
+
+@functools.lru_cache(maxsize=64)
+def _fingerprint(text: str) -> bytes:
+    return bytes.fromhex(text)
+
+
 def _pack(s: StreamState) -> bytes:
-    names = list(s.state)
-    arrays = [np.ascontiguousarray(s.state[n], "<f4") for n in names]
+    names = tuple(s.state)
+    arrays = [np.asarray(s.state[n]) for n in names]
     slots = arrays[0].shape[0] if arrays and arrays[0].ndim == 2 else 1
-    units = [a.shape[-1] for a in arrays]
+    units = tuple(a.shape[-1] for a in arrays)
     buf = np.asarray(s.buffer)
-    dtype = np.dtype(buf.dtype).newbyteorder("<")
-    if dtype not in _CODES:
-        buf, dtype = buf.astype("<f4"), np.dtype("<f4")
+    code = _CODES.get(buf.dtype.str)
+    if code is None:
+        buf, code = buf.astype("<f4"), b"f"
     flags = ((_PRED if s.prediction is not None else 0) | (_LAST if s.last is not None else 0)
              | (_ANSWER if s.answer is not None else 0) | (_EXTRA if s.extra else 0))
     kind = _NONE if s.position is None else _SEQ if isinstance(s.position, int) else _TIME
     pos = 0 if s.position is None else (s.position if kind == _SEQ
-                                        else struct.unpack("<q", struct.pack("<d", s.position))[0])
+                                        else _BITS.unpack(_FLOAT.pack(s.position))[0])
     targets = len(s.prediction) if s.prediction is not None else \
         len(s.answer) if s.answer is not None else 0
-    parts = [_HEAD.pack(MAGIC, CODEC, flags, bytes.fromhex(s.fingerprint), s.window,
+    parts = [_HEAD.pack(MAGIC, CODEC, flags, _fingerprint(s.fingerprint), s.window,
                         bool(s.carry_state), slots, s.next_slot or 0, len(names),
-                        buf.shape[1] if buf.ndim == 2 else 0, targets, _CODES[dtype],
-                        len(buf), int(s.steps), kind, pos)]
-    for name, u in zip(names, units):
-        raw = name.encode()
-        parts += [struct.pack("<HI", len(raw), u), raw]
-    parts += [a.tobytes() for a in arrays]
-    parts.append(np.ascontiguousarray(buf, dtype).tobytes())
+                        buf.shape[1] if buf.ndim == 2 else 0, targets, code,
+                        len(buf), int(s.steps), kind, pos), _names(names, units)]
+    parts += [a.astype("<f4", copy=False).tobytes() for a in arrays]
+    parts.append(buf.tobytes())
     for flag, value, t in ((_PRED, s.prediction, "<f4"), (_LAST, s.last, "<f8"),
                            (_ANSWER, s.answer, "<f4")):
         if flags & flag:
-            parts.append(np.ascontiguousarray(value, t).tobytes())
+            parts.append(np.asarray(value).astype(t, copy=False).tobytes())
     if flags & _EXTRA:
         raw = json.dumps(s.extra).encode()
         parts += [struct.pack("<I", len(raw)), raw]
     parts.append(struct.pack("<H", len(s.sections)))
     for name, section in s.sections.items():
         raw = name.encode()
-        parts += [struct.pack("<HI", len(raw), len(section)), raw, bytes(section)]
+        parts += [_SPEC.pack(len(raw), len(section)), raw, bytes(section)]
     body = b"".join(parts)
     return body + struct.pack("<I", zlib.crc32(body))
-
-
-class _Reader:
-    """Reads a blob front to back; any overrun is a ValueError, reported as a bad blob."""
-
-    def __init__(self, data: bytes):
-        self.data, self.at = data, 0
-
-    def take(self, n: int) -> bytes:
-        if n < 0 or self.at + n > len(self.data):
-            raise ValueError(f"it ends after {len(self.data)} bytes, {self.at + n} expected")
-        out = self.data[self.at:self.at + n]
-        self.at += n
-        return out
-
-    def unpack(self, fmt: str):
-        return struct.unpack(fmt, self.take(struct.calcsize(fmt)))
-
-    def array(self, dtype, n: int) -> np.ndarray:
-        dtype = np.dtype(dtype)
-        return np.frombuffer(self.take(n * dtype.itemsize), dtype).copy()
 
 
 def _unpack(cls, data: bytes, where: str):
@@ -338,7 +330,7 @@ def _unpack(cls, data: bytes, where: str):
         raise SnapshotError(f"{where} has state codec {data[4]}, this runtime reads up to "
                             f"{CODEC}; upgrade lstm-edge")
     try:
-        snap = _fields(cls, _Reader(body))
+        snap = _fields(cls, body)
     except (ValueError, KeyError, UnicodeDecodeError, struct.error) as exc:
         raise SnapshotError(f"{where} is malformed ({exc}); restore a good copy, or start the "
                             f"stream fresh") from None
@@ -349,31 +341,48 @@ def _unpack(cls, data: bytes, where: str):
     return snap
 
 
-def _fields(cls, r: _Reader):
+def _fields(cls, body: bytes):
+    """The fields of a blob whose checksum held; ValueError/struct.error where it is short."""
     (_, _, flags, fp, window, carry, slots, next_slot, n, features, targets, code, rows,
-     steps, kind, pos) = r.unpack(_HEAD.format)
-    specs = []
+     steps, kind, pos) = _HEAD.unpack_from(body)
+    at, specs = _HEAD.size, []
     for _ in range(n):
-        size, units = r.unpack("<HI")
-        specs.append((r.take(size).decode(), units))
+        size, units = _SPEC.unpack_from(body, at)
+        specs.append((body[at + _SPEC.size:at + _SPEC.size + size].decode(), units))
+        at += _SPEC.size + size
+
+    def array(dtype, count):
+        nonlocal at
+        out = np.frombuffer(body, dtype, count, at).copy()   # ValueError where short
+        at += count * out.itemsize
+        return out
+
     state = {}
     for name, units in specs:
-        a = r.array("<f4", units * slots)
+        a = array("<f4", units * slots)
         state[name] = a.reshape(slots, units) if slots > 1 else a
-    buffer = r.array(_DTYPES[code], rows * features).reshape(rows, features)
-    pred = r.array("<f4", targets) if flags & _PRED else None
-    last = r.array("<f8", features) if flags & _LAST else None
-    answer = r.array("<f4", targets) if flags & _ANSWER else None
-    extra = json.loads(r.take(r.unpack("<I")[0])) if flags & _EXTRA else {}
+    buffer = array(_DTYPES[code], rows * features).reshape(rows, features)
+    pred = array("<f4", targets) if flags & _PRED else None
+    last = array("<f8", features) if flags & _LAST else None
+    answer = array("<f4", targets) if flags & _ANSWER else None
+    extra = {}
+    if flags & _EXTRA:
+        (size,) = struct.unpack_from("<I", body, at)
+        extra = json.loads(body[at + 4:at + 4 + size])
+        at += 4 + size
     sections = {}
-    for _ in range(r.unpack("<H")[0]):
-        size, length = r.unpack("<HI")
-        name = r.take(size).decode()
-        sections[name] = r.take(length)
-    if r.at != len(r.data):
-        raise ValueError(f"{len(r.data) - r.at} bytes after its last field")
+    (count,) = struct.unpack_from("<H", body, at)
+    at += 2
+    for _ in range(count):
+        size, length = _SPEC.unpack_from(body, at)
+        at += _SPEC.size
+        sections[body[at:at + size].decode()] = body[at + size:at + size + length]
+        at += size + length
+    if at != len(body):
+        raise ValueError(f"{len(body) - at} bytes after its last field" if at < len(body)
+                         else f"it ends after {len(body)} bytes, {at} expected")
     position = None if kind == _NONE else pos if kind == _SEQ else \
-        struct.unpack("<d", struct.pack("<q", pos))[0]
+        _FLOAT.unpack(_BITS.pack(pos))[0]
     return cls(state=state, buffer=buffer, steps=steps, fingerprint=fp.hex(), window=window,
                carry_state=bool(carry), extra=extra, prediction=pred,
                next_slot=next_slot if slots > 1 else None, position=position, last=last,
