@@ -59,7 +59,7 @@ CODEC = 1      # the byte codec's version
 MAGIC = b"LEst"
 ORDERS = ("new", "replay", "old", "conflict")
 
-_HEAD = struct.Struct("<4sBB32sIBHHHIIcIqBq")   # see _pack: the fixed part of a blob
+_HEAD = struct.Struct("<4sBB32sIBHHHIIcIqBq")   # see pack: the fixed part of a blob
 _SPEC = struct.Struct("<HI")                     # a name's length, then a number
 _FLOAT, _BITS = struct.Struct("<d"), struct.Struct("<q")   # a time keeps its float64 bits
 _DTYPES: dict[bytes, np.dtype] = {b"f": np.dtype("<f4"), b"l": np.dtype("<i8"),
@@ -113,7 +113,7 @@ class StreamState:
 
     def to_bytes(self) -> bytes:
         """This state in the byte codec, CRC32 last; read back by :meth:`from_bytes`."""
-        return _pack(self)
+        return pack(self)
 
     @classmethod
     def from_bytes(cls, data, where: str = "the stream state"):
@@ -280,7 +280,8 @@ def _fingerprint(text: str) -> bytes:
     return bytes.fromhex(text)
 
 
-def _pack(s: StreamState) -> bytes:
+def pack(s) -> bytes:
+    """``s``: a :class:`StreamState`, or anything with its attributes (``Stream.to_bytes``)."""
     names = tuple(s.state)
     arrays = [np.asarray(s.state[n]) for n in names]
     slots = arrays[0].shape[0] if arrays and arrays[0].ndim == 2 else 1

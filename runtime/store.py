@@ -233,9 +233,8 @@ class StateStore:
         """The database rows of ``(key, stream, seen, line)``: each stream's state bytes."""
         fingerprint, run, rows = self.model.fingerprint, self.run, []
         for key, stream, seen, line in slots:
-            snap = stream.snapshot()
-            rows.append([key, fingerprint, snap.steps, b"", snap.to_bytes(), None, seen, run,
-                         line, snap.position])
+            rows.append([key, fingerprint, stream.steps, b"", stream.to_bytes(), None, seen, run,
+                         line, stream.position])
         return rows
 
     def _migrate(self, meta: dict) -> dict:

@@ -22,12 +22,14 @@ them, and a state from anywhere else is copied into a set on the next step.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from .device import ORT_ERRORS, to_host
 from .errors import InputError
 from .snapshot import Snapshot
-from .state import check, check_position, describe_position, order, ring, stack_ring
+from .state import check, check_position, describe_position, order, pack, ring, stack_ring
 
 _CHUNK = 4096   # window mode runs at most this many windows in one ORT call
 # np.vdot without its __array_function__ dispatch (~0.1 µs): a step's x is always a plain
@@ -177,20 +179,16 @@ class Stream:
 
         Read in place, also from a many-stream group (the stream stays in it).
         """
-        model, group = self.model, self._group
-        state, buf, steps, pred = self._state, self._buf, self._steps, self._pred
-        if group is not None:
-            rows, buf, calls, group_pred = group.row(self._gi)
-            state, steps = rows if rows is not None else state, steps + calls
-            pred = pred if group_pred is None else group_pred
-        slots, nxt = self._slots(state)
-        return Snapshot(state=stack_ring(model.state_inputs, slots, nxt), buffer=buf.copy(),
-                        steps=steps, fingerprint=model.fingerprint, window=model.window,
-                        carry_state=model.carry_state, next_slot=nxt,
-                        prediction=None if pred is None else np.array(pred),
-                        position=self._pos, last=None if self._seen is None else self._seen.copy(),
-                        answer=None if self._answer is None else self._answer.copy(),
-                        sections=dict(self._sections))
+        f = self._fields()
+        return Snapshot(state=f.state, buffer=f.buffer.copy(), steps=f.steps,
+                        fingerprint=f.fingerprint, window=f.window, carry_state=f.carry_state,
+                        next_slot=f.next_slot, prediction=_copy(f.prediction),
+                        position=f.position, last=_copy(f.last), answer=_copy(f.answer),
+                        sections=dict(f.sections))
+
+    def to_bytes(self) -> bytes:
+        """``snapshot().to_bytes()`` without the copies: the state in the byte codec."""
+        return self._fields().to_bytes()
 
     def order(self, reading, at) -> str:
         """What :meth:`step` with ``at`` would do with ``reading``, changing nothing: ``"new"``,
@@ -250,6 +248,19 @@ class Stream:
         """The stream's last prediction, or None (masked steps repeat it)."""
         self._sync()
         return self._pred
+
+    def _fields(self) -> "_Fields":
+        """The stream's fields as a state holds them, read in place (no copies)."""
+        model, group = self.model, self._group
+        state, buf, steps, pred = self._state, self._buf, self._steps, self._pred
+        if group is not None:
+            rows, buf, calls, group_pred = group.row(self._gi)
+            state, steps = rows if rows is not None else state, steps + calls
+            pred = pred if group_pred is None else group_pred
+        slots, nxt = self._slots(state)
+        return _Fields(stack_ring(model.state_inputs, slots, nxt), buf, steps,
+                       model.fingerprint, model.window, model.carry_state, nxt, pred,
+                       self._pos, self._seen, self._answer, self._sections)
 
     def _load(self, slots, nxt) -> None:
         """Take the per-slot states ``slots`` (see :func:`runtime.state.ring`)."""
@@ -497,6 +508,31 @@ def conflict_message(at, seen, raw) -> str:
 
 def _values(x) -> str:
     return "none" if x is None else ", ".join(f"{v:g}" for v in np.asarray(x).reshape(-1)[:8])
+
+
+class _Fields(NamedTuple):
+    """A stream's state fields, not copied: what ``snapshot`` copies and ``to_bytes`` encodes."""
+
+    state: dict
+    buffer: np.ndarray
+    steps: int
+    fingerprint: str
+    window: int
+    carry_state: bool
+    next_slot: int | None
+    prediction: np.ndarray | None
+    position: float | int | None
+    last: np.ndarray | None
+    answer: np.ndarray | None
+    sections: dict
+    extra: dict = {}
+
+    def to_bytes(self) -> bytes:
+        return pack(self)
+
+
+def _copy(value):
+    return None if value is None else np.array(value)
 
 
 def _f32(value):

@@ -149,6 +149,7 @@ CALLS = {   # every public attribute of Stream, with the arguments a check calls
     "reset": lambda s: s.reset(),
     "restore": lambda s: s.restore(s.snapshot()),
     "snapshot": lambda s: s.snapshot(),
+    "to_bytes": lambda s: s.to_bytes(),
     "order": lambda s: s.order([21.0, 44.0], 3),
     "state": lambda s: s.state,
     "steps": lambda s: s.steps,
