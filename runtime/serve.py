@@ -221,7 +221,8 @@ class Server:
                     reset_column=self.config.reset_column)
                 if self.format.note:
                     self._warn(self.format.note)
-                self._choose_order(None)
+                if self.config.order_check:
+                    self._choose_order(None)
                 header = self.format.header() if is_header else None
                 if header is not None:
                     out.append(header)

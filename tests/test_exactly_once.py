@@ -194,3 +194,18 @@ def test_resending_everything_after_kill_9_gives_the_uninterrupted_state(
             assert by_reading([a]) == {k: want[k] for k in by_reading([a])}, a
         else:
             assert a["order"].startswith("skipped: "), a
+
+
+def test_no_order_check_feeds_every_line_as_it_comes(models):
+    data = rows(6, sensors=1)
+    twice = text(data) + text(data).split(b"\n", 1)[1]        # every line again
+    args = [models["sequence"], "--stream-column", "sensor", "--device", "cpu"]
+    out, err = run(args + ["--no-order-check"], twice)
+    got = csv_rows(out)
+    assert "order" not in got[0] and [g["step"] for g in got] == [str(i) for i in range(1, 13)]
+    assert "replayed" not in err
+    out, err = run(args, twice)
+    got = csv_rows(out)
+    assert [g["order"] for g in got[6:]] == ["skipped: not after this sensor's last reading "
+                                             f"(time {data[-1]['time'][:19]}Z)"] * 5 + ["replay"]
+    assert got[11]["step"] == got[5]["step"] == "6" and "1 replayed reading(s)" in err
