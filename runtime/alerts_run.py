@@ -10,17 +10,14 @@ Added after the predictions (names made fresh as ``runtime.lines`` does):
 - ``alert``: ``outside`` or ``stuck`` on the line where an alert is raised, else empty
   (``--min-run``, ``--hold-off``, ``--stuck``: see :mod:`runtime.alerts`).
 
-With ``--state FILE`` the alert states are kept in ``FILE.alerts`` (JSON: sensor -> the
-base64 of :meth:`AlertState.to_bytes`), written after the state database at each save, so
-that a restarted run checks the readings against the forecasts made before it stopped.
+With ``--state FILE`` each sensor's alert state (:meth:`AlertState.to_bytes`: the pending
+forecasts, the run and hold-off counters) is saved as a section of its stream state
+(:mod:`runtime.state`), in the same commit, so that a restarted run checks the readings
+against the forecasts made before it stopped.
 """
 
 from __future__ import annotations
 
-import base64
-import json
-import os
-from pathlib import Path
 
 import numpy as np
 
@@ -61,39 +58,29 @@ class StreamAlerts:
                             answer.score if checked else None, answer.alert]
         return out
 
-    # -- with --state: FILE.alerts, until the stream state carries sections of its own --
+    # -- with --state: each sensor's alert state is a section of its stream state --
 
-    @staticmethod
-    def path(state: Path) -> Path:
-        return Path(f"{state}.alerts")
+    SECTION = "alerts"
 
-    def load(self, state: Path) -> None:
-        path = self.path(state)
-        if not path.exists():
+    def restore(self, key: str, stream) -> None:
+        """Take ``key``'s alert state from its stream's saved sections, where there is one."""
+        data = stream.sections.get(self.SECTION)
+        if data is None:
             return
         try:
-            found = json.loads(path.read_text(encoding="utf-8"))
-            self.states = {str(k): AlertState.from_bytes(base64.b64decode(v))
-                           for k, v in found.items()}
-            self.saved = {str(k): str(v) for k, v in found.items()}
-            for one in self.states.values():
-                one.check(len(self.alerts.q), len(self.alerts.watch))
-        except (OSError, ValueError, TypeError, AttributeError) as exc:
-            raise SnapshotError(f"{path}: the alert states cannot be read ({exc}); delete it "
-                                f"to start the alerts afresh") from None
+            state = AlertState.from_bytes(data)
+            state.check(len(self.alerts.q), len(self.alerts.watch))
+        except SnapshotError as exc:
+            raise SnapshotError(f"sensor {key!r}: its saved alert state cannot be used "
+                                f"({exc})") from None
+        self.states[key] = state
 
-    def save(self, state: Path, keys, inflight) -> None:
-        """Write the states of the sensors in ``keys`` (the others were dropped); a sensor
-        whose answers are not out (``inflight``) keeps the state written before."""
-        self.states = {k: self.states[k] for k in keys if k in self.states}
-        keep = {k: self.saved[k] if k in inflight else
-                base64.b64encode(s.to_bytes()).decode()
-                for k, s in self.states.items() if k not in inflight or k in self.saved}
-        self.saved = keep
-        path = self.path(state)
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            temporary.write_text(json.dumps(keep), encoding="utf-8")
-            os.replace(temporary, path)
-        except OSError as exc:
-            raise SnapshotError(f"{path}: cannot be written ({exc.strerror or exc})") from None
+    def keep(self, key: str, stream) -> None:
+        """Put ``key``'s alert state into its stream's sections, for the save being made."""
+        state = self.states.get(key)
+        if state is not None:
+            stream.sections[self.SECTION] = state.to_bytes()
+
+    def forget(self, key: str) -> None:
+        """A dropped sensor: its alert state goes with its stream."""
+        self.states.pop(key, None)

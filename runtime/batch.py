@@ -22,7 +22,8 @@ import numpy as np
 
 from .device import to_host
 from .errors import InputError
-from .stream import fill_missing, previous_row, run_windows
+from .state import check_position, order
+from .stream import conflict_message, fill_missing, previous_row, run_windows
 
 
 class Group:
@@ -39,11 +40,57 @@ class Group:
         for i, stream in enumerate(streams):
             stream._group, stream._gi = self, i
 
+    def row(self, i: int):
+        """Stream ``i``'s part, read in place: ``(state, buffer, calls, prediction)``.
+
+        ``state``: one ``(1, units)`` array per tensor, None where the streams carry no state;
+        ``calls``: steps taken in the group, which the stream's own count lacks;
+        ``prediction``: None where the group keeps none.
+        """
+        state = None if self.states is None else tuple(to_host(s)[i:i + 1] for s in self.states)
+        return state, self.buf[i], self.calls, None if self.pred is None else self.pred[i]
+
+
+def step_at(model, streams: list, readings, at) -> np.ndarray:
+    """``Model.step`` with positions: the order rule per stream, then one call for the new ones."""
+    n = len(streams)
+    xs = model._check_chunk(readings, n)                    # (n_streams, features)
+    raw = np.asarray(readings, np.float64).reshape(n, -1)
+    ats = [None if a is None else check_position(a) for a in at]
+    if len(ats) != n:
+        raise InputError(f"step got {n} streams and {len(ats)} positions (at=); give one each")
+    kinds = ["new" if a is None else order(s._pos, s._seen, x, a)
+             for s, x, a in zip(streams, raw, ats)]
+    bad = [f"stream {i}: {conflict_message(a, s._seen, x)}"
+           for i, (s, x, a, k) in enumerate(zip(streams, raw, ats, kinds)) if k == "conflict"]
+    if bad:
+        raise InputError(f"{len(bad)} of {n} readings cannot be fed, no stream was stepped: "
+                         + " | ".join(bad[:10]))
+    new = [i for i, k in enumerate(kinds) if k == "new"]
+    if len(new) == n:
+        out = _step_checked(model, streams, xs)            # the usual case: all of them new
+    else:
+        out = np.full((n, model.n_targets), np.nan, np.float32)
+        for i, kind in enumerate(kinds):
+            if kind == "replay" and streams[i]._answer is not None:
+                out[i] = streams[i]._answer
+        if new:
+            out[new] = _step_checked(model, [streams[i] for i in new], xs[new])
+    if new:
+        for i in (i for i in new if ats[i] is not None):    # None: fed unchecked
+            stream = streams[i]
+            stream._pos, stream._seen, stream._answer = ats[i], raw[i], out[i].copy()
+    return out
+
 
 def step_many(model, streams: list, readings) -> np.ndarray:
     """``Model.step``: one reading per stream, ``(n_streams, features)`` -> ``(n_streams, targets)``."""
+    return _step_checked(model, streams, model._check_chunk(readings, len(streams)))
+
+
+def _step_checked(model, streams: list, xs) -> np.ndarray:
+    """``step_many`` on readings ``xs`` ``(n_streams, features)`` the model has checked."""
     n = len(streams)
-    xs = model._check_chunk(readings, n)                    # (n_streams, features)
     finite = bool(np.isfinite(xs).all())
     group = model._group
     if group is not None and not group.dirty and group.streams == streams \

@@ -31,10 +31,12 @@ EPILOG = f"""
 \b
 Output (same format as the input, one line per input line):
   CSV     the input columns, then step, warmup (true/false), pred_<target>
-          for each target, error (empty when the line was used) and input
+          for each target, order (with the order check: empty, replay or
+          skipped: ...), error (empty when the line was used) and input
           (the whole line, on an error record whose fields do not fit the
           columns; else empty); headerless CSV the same without a header
-  JSONL   the input object plus "step", "warmup", "pred_<target>";
+  JSONL   the input object plus "step", "warmup", "pred_<target>" (and
+          "order" on a replay; a skipped line: the object plus "order");
           a refused line gives the input object plus "error" (a line that
           is not a JSON object: "error" and "input", its text)
   An added name already taken (CSV: by an input column; JSONL: by a
@@ -61,6 +63,17 @@ no sensor column, binary data, a number beyond float32, longer than
 message on stderr; that sensor's state is untouched. A blank line is
 answered with a blank line (N lines in, N lines out).
 
+\b
+Order check (exactly once): with a time column (--time-column, or one
+named time/timestamp/datetime/date holding times) or --seq-column, each
+sensor remembers the position of its last reading. A line at or before
+it is not fed: the last reading again is a replay, answered with the
+answer it got then (same step and prediction) and "replay" in the
+order column; an older one is answered "skipped: ..." naming the
+sensor's position, with no step. The same position with other values
+is an error record. So a feed may resend from any point at or before
+where it stopped. Replays and skips are counted per sensor on stderr
+at the end. --no-order-check feeds every line.
 \b
 --state FILE is a SQLite database, one row per sensor; a save writes
 the sensors changed since the last one. An old .npz snapshot file
@@ -310,6 +323,16 @@ def _checked(parity: dict) -> str:
               help="Column (CSV) or key (JSONL) that resets its sensor's stream when true "
                    "(true/1/yes/y/t/start; false/0/no/n/f/empty carry on; any case, "
                    "1.0/0.0 too), before that line is fed.")
+@click.option("--time-column", metavar="NAME",
+              help="Column (CSV) or key (JSONL) with each reading's time: seconds (epoch) or "
+                   "ISO 8601. Each sensor's readings are then checked for order (see below); "
+                   "without it a column named time/timestamp/datetime/date is used.")
+@click.option("--seq-column", metavar="NAME",
+              help="Column (CSV) or key (JSONL) with each reading's sequence number, a whole "
+                   "number counting the sensor's readings: the order check uses it.")
+@click.option("--no-order-check", is_flag=True,
+              help="Feed every line as it comes, even one at or before its sensor's last "
+                   "position (for feeds whose times are not monotonic by design).")
 @click.option("--progress/--no-progress", default=None,
               help="A live status line on stderr: lines/s, sensors, errors, last save "
                    "[default: on with --stream when stderr is a terminal].")
@@ -362,9 +385,9 @@ def _checked(parity: dict) -> str:
 @mqtt.options
 @reports_errors
 def main(model, info, stream, input_, output, append, endless, format_, stream_column, columns,
-         reset_column, progress, idle_timeout, max_streams, device, window, carry_state, missing,
-         state, save_every, save_interval, interval, min_run, hold_off, stuck, on_new_model, strict,
-         threads, **mqtt_options):
+         reset_column, time_column, seq_column, no_order_check, progress, idle_timeout,
+         max_streams, device, window, carry_state, missing, state, save_every, save_interval,
+         interval, min_run, hold_off, stuck, on_new_model, strict, threads, **mqtt_options):
     """Run MODEL.onnx (exported by lstm-export) over sensor lines, one answer per line.
 
     \b
@@ -376,6 +399,12 @@ def main(model, info, stream, input_, output, append, endless, format_, stream_c
         raise click.UsageError("--append needs -o FILE")
     if save_every and state is None:
         raise click.UsageError("--save-every needs --state FILE")
+    if time_column and seq_column:
+        raise click.UsageError("give --time-column or --seq-column, not both: one position "
+                               "orders each sensor's readings")
+    if no_order_check and (time_column or seq_column):
+        raise click.UsageError("--no-order-check turns the check off; leave out "
+                               "--time-column/--seq-column with it")
     if "-" not in (input_, output) and Path(output).exists() \
             and Path(input_).resolve() == Path(output).resolve():
         raise click.UsageError("-o would overwrite the -i file it reads")
@@ -392,7 +421,8 @@ def main(model, info, stream, input_, output, append, endless, format_, stream_c
                          columns=_column_names(columns), reset_column=reset_column,
                          alerts=None if interval is None else
                          AlertConfig(interval, min_run, hold_off, stuck),
-                         on_new_model=on_new_model)
+                         on_new_model=on_new_model, time_column=time_column,
+                         seq_column=seq_column, order_check=not no_order_check)
     if mqtt_options["mqtt_url"]:
         plain = {"-i": input_ != "-", "-o": output != "-", "--strict": strict,
                  "--stream": stream, "--format": format_ != "auto", "--progress": progress,

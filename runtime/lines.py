@@ -83,6 +83,7 @@ class Record:
     error: str | None = None         # set when the line is refused
     reset: bool = False              # --reset-column: reset the stream before this reading
     raw: str | None = None           # the whole line, kept on an error record that needs it
+    at: float | int | None = None    # its position (time or sequence number): the order check
 
     @property
     def ok(self) -> bool:
@@ -181,6 +182,13 @@ def added_names(taken: Sequence[str], targets: Sequence[str]) -> tuple[str, str,
     preds = [fresh(str(t) if isinstance(t, Score) else f"pred_{t}" if t else f"pred_{i}")
              for i, t in enumerate(targets)]
     return step, warmup, preds, fresh("error")
+
+
+def fresh_name(name: str, taken: Sequence[str]) -> str:
+    """``name`` with ``_`` appended until no name in ``taken`` is the same."""
+    while name in taken:
+        name += "_"
+    return name
 
 
 def input_name(taken: Sequence[str]) -> str:
@@ -366,12 +374,21 @@ class LineFormat:
         raise NotImplementedError
 
     def format(self, rec: Record, step: int, warmup: bool, pred: np.ndarray,
-               extra: Sequence = ()) -> str:
-        """The answer to ``rec``: its fields, step, warm-up flag, ``pred`` (n_targets,) and the
-        values of the ``extra`` columns (numbers, bools, text; None or NaN for empty)."""
+               extra: Sequence = (), mark: str = "") -> str:
+        """The answer to ``rec``: its fields, step, warm-up flag, ``pred`` (n_targets,), the
+        values of the ``extra`` columns (numbers, bools, text; None or NaN for empty) and
+        ``mark`` (``replay``) in the order column, where the format has one."""
         raise NotImplementedError
 
     def format_error(self, rec: Record) -> str:
+        raise NotImplementedError
+
+    def add_order(self) -> None:
+        """Add the ``order`` column/key: ``replay`` or ``skipped: ...`` (see runtime.order)."""
+        raise NotImplementedError
+
+    def format_skipped(self, rec: Record, why: str) -> str:
+        """The answer to a reading not fed because of its position: ``why`` in ``order``."""
         raise NotImplementedError
 
 
@@ -407,6 +424,16 @@ class CsvFormat(LineFormat):
         self.step, self.warmup, self.preds, self.error = added_names(self.columns, self.targets)
         self.input = input_name([*self.columns, self.step, self.warmup, *self.preds, self.error])
         self._blank_tail = [""] * (2 + len(self.preds))
+        self.order: str | None = None          # the order column, once the check is on
+
+    def add_order(self) -> None:
+        self.order = fresh_name("order", [*self.columns, self.step, self.warmup, *self.preds,
+                                          self.error, self.input])
+        self._blank_tail.append("")
+
+    def format_skipped(self, rec, why):
+        blank = [""] * (2 + len(self.preds) + len(self.extra))     # step .. the alert columns
+        return join_csv(rec.fields + blank + [why, "", ""])
 
     def _column(self, name: str | None, option: str, where: str) -> int | None:
         if name is None:
@@ -421,8 +448,9 @@ class CsvFormat(LineFormat):
     def header(self) -> str | None:
         if not self.has_header:
             return None
+        order = [] if self.order is None else [self.order]
         return join_csv(self.columns + [self.step, self.warmup, *self.preds, *self.extra,
-                                        self.error, self.input])
+                                        *order, self.error, self.input])
 
     def _parse(self, line: int, text: str) -> Record:
         fields = split_csv(text)
@@ -447,9 +475,11 @@ class CsvFormat(LineFormat):
         # A line with the wrong number of fields keeps what fits (a timestamp, say).
         return (fields + [""] * len(self.columns))[:len(self.columns)]
 
-    def format(self, rec, step, warmup, pred, extra=()):
+    def format(self, rec, step, warmup, pred, extra=(), mark=""):
+        order = [] if self.order is None else [mark]
         return join_csv(rec.fields + [str(step), "true" if warmup else "false",
-                                      *map(format_value, pred), *map(cell, extra), "", ""])
+                                      *map(format_value, pred), *map(cell, extra), *order,
+                                      "", ""])
 
     def format_error(self, rec):
         return join_csv(self._passed(rec) + self._blank_tail
@@ -492,7 +522,7 @@ class HeaderlessFormat(LineFormat):
             raise BadLine(str(exc), fields) from None
         return Record(line, "", values, fields)
 
-    def format(self, rec, step, warmup, pred, extra=()):
+    def format(self, rec, step, warmup, pred, extra=(), mark=""):
         return join_csv(rec.fields + [str(step), "true" if warmup else "false",
                                       *map(format_value, pred), *map(cell, extra), "", ""])
 
@@ -514,6 +544,17 @@ class JsonlFormat(LineFormat):
         taken = list(self.features) + ([stream_column] if stream_column else [])
         self.step, self.warmup, self.preds, self.error = added_names(taken, self.targets)
         self.input = input_name([*taken, self.step, self.warmup, *self.preds, self.error])
+        self.order = "order"
+
+    def add_order(self) -> None:
+        self.order = fresh_name("order", [*self.features, *([self.stream_column] if
+                                self.stream_column else []), self.step, self.warmup,
+                                *self.preds, self.error, self.input])
+
+    def format_skipped(self, rec, why):
+        out = dict(rec.fields)
+        out[self.order] = why
+        return dump_json(out)
 
     def _parse(self, line, text):
         try:
@@ -551,7 +592,7 @@ class JsonlFormat(LineFormat):
         except OverflowError:           # an integer beyond float range
             return math.inf
 
-    def format(self, rec, step, warmup, pred, extra=()):
+    def format(self, rec, step, warmup, pred, extra=(), mark=""):
         out = dict(rec.fields)
         out[self.step] = step
         out[self.warmup] = bool(warmup)
@@ -560,6 +601,8 @@ class JsonlFormat(LineFormat):
         for name, value in zip(self.extra, extra):
             out[name] = value if isinstance(value, (bool, str)) or value is None \
                 else json_value(value)
+        if mark:
+            out[self.order] = mark
         return dump_json(out)
 
     def format_error(self, rec):

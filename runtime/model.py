@@ -25,9 +25,10 @@ from .device import ort       # imported once there, with a one-line error where
 from .lines import Score
 from .contract import X, Y, ModelInfo, derive_state, streaming_mode
 from .errors import ContractError, DeviceError, InputError, RunError, ShapeError, SnapshotError
-from .batch import step_many
+from .batch import step_at, step_many
 from .shapes import check_shape
-from .snapshot import FORMAT, Snapshot
+from .snapshot import Snapshot
+from .state import StreamState
 from .slots import SlotStream
 from .stream import Stream, fill_missing, nonfinite
 
@@ -231,16 +232,12 @@ class Model:
                 snapshot = Snapshot.load(snapshot)
             elif isinstance(snapshot, (bytes, bytearray, memoryview)):
                 snapshot = Snapshot.from_bytes(snapshot)
-            elif not isinstance(snapshot, Snapshot):
+            elif not isinstance(snapshot, StreamState):
                 # An int would be taken for a file descriptor (0 reads stdin, closing it after).
                 raise SnapshotError(f"stream() takes a Snapshot, the path of a snapshot file or "
                                     f"its bytes; got {type(snapshot).__name__} {snapshot!r:.40}: "
                                     f"pass stream.snapshot() or the path it was saved to")
-            try:
-                arrays = self._restore_arrays(snapshot)
-            except SnapshotError as exc:
-                raise SnapshotError(f"{where}: {exc}") from None
-            stream._restore(*arrays)
+            stream.restore(snapshot, where)
         return stream
 
     def zeros(self, batch: int) -> tuple:
@@ -365,13 +362,15 @@ class Model:
         graph_x = x.reshape(1, self.window) if self.tokens else x   # ids: (1, window), same memory
         return self._runner.step_binding(x, graph_x, y, self.units)
 
-    def step(self, streams, readings) -> np.ndarray:
+    def step(self, streams, readings, at=None) -> np.ndarray:
         """Step many streams with one ORT call, their states stacked along the batch axis.
 
         Parameters
         ----------
         streams : streams of this model, each at most once.
         readings : ``(n_streams, features)`` one reading per stream (token ids: ``(n_streams,)``).
+        at : one position per stream (see :meth:`Stream.step`): the order rule applies to
+            each; a replay's row is the answer it got then, a skipped reading's row NaN.
 
         Returns
         -------
@@ -380,6 +379,8 @@ class Model:
         An array of windows ``(samples, timesteps, features)`` is refused: it goes to
         :meth:`predict`.
         """
+        if at is not None:
+            return step_at(self, list(streams), readings, at)
         return step_many(self, list(streams), readings)
 
     def predict(self, X) -> np.ndarray:
@@ -454,86 +455,6 @@ class Model:
             error = np.abs(rebuilt - wins.transpose(0, 2, 1)) / self._score_scale
             out[-count:] = error.mean(axis=(1, 2))
         return out
-
-    # --- snapshots -----------------------------------------------------------------------
-
-    def _restore_arrays(self, snap: Snapshot):
-        """Check a snapshot against this model; returns (state, buffer, steps, prediction, slots).
-
-        ``slots`` is None for one state slot; with ``B > 1`` it is (the B slot states in slot
-        order, the next slot), and ``state`` is the next slot's.
-        """
-        if snap.fingerprint != self.fingerprint:
-            raise SnapshotError(f"the snapshot was made for another model (file sha256 "
-                                f"{snap.fingerprint[:12]}…, this one is {self.fingerprint[:12]}…)")
-        if snap.version > FORMAT:
-            raise SnapshotError(f"snapshot format {snap.version} is newer than this runtime's "
-                                f"{FORMAT}; upgrade lstm-edge")
-        if (snap.window, snap.carry_state) != (self.window, self.carry_state):
-            raise SnapshotError(f"the snapshot was taken with window={snap.window}, carry_state="
-                                f"{snap.carry_state}; this model streams with window="
-                                f"{self.window}, carry_state={self.carry_state}")
-        if isinstance(snap.steps, bool) or not isinstance(snap.steps, (int, np.integer)) \
-                or snap.steps < 0:
-            raise SnapshotError(f"the snapshot's step count is {snap.steps!r}, expected a whole "
-                                f"number 0 or more; restore a good copy, or start the stream "
-                                f"fresh")
-        if tuple(snap.state) != self.state_inputs:
-            raise SnapshotError(f"the snapshot holds state {tuple(snap.state)}, this model "
-                                f"needs {self.state_inputs}")
-        slots = self.slots if self.carry_state else 1
-        taken = _snapshot_slots(snap)
-        if (snap.next_slot is None) != (slots == 1) or (slots > 1 and taken != slots):
-            raise SnapshotError(f"the snapshot was taken with {taken} state slot"
-                                f"{'s' if taken != 1 else ''}; this model streams with {slots} "
-                                f"(lstm_edge.state_slots): start the stream fresh, or load the "
-                                f"model with state_slots={taken}")
-        next_slot = snap.next_slot or 0
-        if slots > 1 and not 0 <= next_slot < slots:
-            raise SnapshotError(f"the snapshot's next slot is {next_slot}, expected 0 to "
-                                f"{slots - 1}")
-        state = []
-        for (name, value), units in zip(snap.state.items(), self.units):
-            value = np.asarray(value)
-            want = (units,) if slots == 1 else (slots, units)
-            if value.shape != want or value.dtype.kind not in "fiu":
-                raise SnapshotError(f"snapshot state {name} has shape {value.shape} (dtype "
-                                    f"{value.dtype}), expected {want} numbers")
-            state.append(np.array(value, np.float32).reshape(slots, units))
-            if not np.isfinite(state[-1]).all():
-                raise SnapshotError(f"snapshot state {name} holds NaN or inf, which no stream "
-                                    f"ever carries: the snapshot is corrupt; restore a good "
-                                    f"copy, or start the stream fresh")
-        buf = np.asarray(snap.buffer)
-        if buf.dtype.kind not in "fiu" or buf.ndim != 2 or buf.shape[1] != self.n_features \
-                or len(buf) > self.window:
-            raise SnapshotError(f"snapshot buffer has shape {buf.shape} (dtype {buf.dtype}), "
-                                f"expected at most ({self.window}, {self.n_features}) numbers")
-        if len(buf) > snap.steps or not np.isfinite(buf).all():
-            raise SnapshotError(f"snapshot buffer holds {len(buf)} readings after "
-                                f"{snap.steps} steps"
-                                + (" and NaN or inf" if not np.isfinite(buf).all() else "")
-                                + "; the snapshot is corrupt: restore a good copy, or start "
-                                  "the stream fresh")
-        pred = snap.prediction
-        if pred is not None:
-            pred = np.array(pred, np.float32)
-            if pred.shape != (self.n_targets,):
-                raise SnapshotError(f"snapshot prediction has shape {pred.shape}, expected "
-                                    f"({self.n_targets},)")
-        buf = buf.astype(self.dtype if self.tokens else np.float32)
-        if slots == 1:
-            return tuple(state), buf, int(snap.steps), pred, None
-        ring = [tuple(s[k:k + 1] for s in state) for k in range(slots)]   # (1, units) each
-        return ring[next_slot], buf, int(snap.steps), pred, (ring, next_slot)
-
-
-def _snapshot_slots(snap: Snapshot) -> int:
-    """How many state slots a snapshot holds: 1, or the rows of its ``(B, units)`` state."""
-    if snap.next_slot is None or not snap.state:
-        return 1
-    shape = np.shape(next(iter(snap.state.values())))
-    return int(shape[0]) if len(shape) == 2 else 1
 
 
 def _check_graph(info: ModelInfo, inputs: dict, outputs: dict) -> None:

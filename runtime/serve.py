@@ -24,7 +24,10 @@ from .alerts import AlertConfig
 from .alerts_run import StreamAlerts
 from .errors import InputError, LstmEdgeError, SnapshotError
 from .io import TOO_LONG, LineReader
-from .stream import Stream
+from .ledger import SaveLedger
+from .order import OrderColumn, choose
+from .state import order
+from .stream import Stream, conflict_message
 
 if TYPE_CHECKING:
     from .store import StateStore
@@ -65,6 +68,9 @@ class ServeConfig:
     reset_column: str | None = None      # the column/key whose true value resets a sensor
     alerts: AlertConfig | None = None    # --interval: lo/hi, anomaly, score, alert columns
     on_new_model: str = "refuse"         # a state file of another model: refuse | fresh
+    time_column: str | None = None       # the column/key giving each reading's time
+    seq_column: str | None = None        # the column/key giving each reading's sequence number
+    order_check: bool = True             # apply the order rule where a position is known
 
 
 @dataclass
@@ -88,21 +94,18 @@ class Server:
         self.samples = 0            # lines that reached a stream
         self.errors = 0             # error records written
         self.blank = 0              # blank lines, answered with blank lines
-        self._unsaved = 0
+        self.unfed = 0              # replays and skipped lines (the order check), not fed
         self.store: StateStore | None = None    # the --state database
-        self.changed: set[str] = set()    # sensors stepped, answers delivered, not yet saved
-        self.inflight: set[str] = set()   # sensors stepped in the batch whose answers are not out
-        self.dropped: set[str] = set()    # sensors dropped since the last save (--state only)
+        self.ledger = SaveLedger()  # what a save may count: answers first, then the state
         self.drops = 0              # sensors dropped in all (named on stderr: the first few)
         self._checkpointed = True   # the state file alone holds every commit (see quiet())
         self._checkpoint_at = time.monotonic()
         self._retry_at = 0.0        # after a failed checkpoint: not before this
-        self.delivered_lines = 0    # input lines whose answers are out
-        self._saved_at = time.monotonic()   # when the state was last saved (or loaded)
-        self.saved_at: float | None = None   # time.time() of the last --state save (--progress)
         self._warn = warn or (lambda message: None)
         self.window = int(model.window)   # readings up to the first prediction (overrides too)
         self.alerts = StreamAlerts(model, config.alerts) if config.alerts else None
+        self.order: OrderColumn | None = None    # where each line's position is (runtime.order)
+        self._order_open = config.order_check    # JSON lines: decided at the first good record
 
     # -- state --
 
@@ -133,8 +136,9 @@ class Server:
         for key, stream, _ in loaded:
             # Seen now: the time the tool was down is not the sensor's silence.
             self.slots[key] = _Slot(stream)
-        if self.alerts is not None:     # FILE.alerts until the state carries sections
-            self.alerts.load(Path(path))
+        if self.alerts is not None:     # each stream's alert state is one of its sections
+            for key, slot in self.slots.items():
+                self.alerts.restore(key, slot.stream)
         if self.slots:
             meta = self.store.summary()
             self._warn(f"resumed {len(self.slots)} stream(s) from {path} (saved after input "
@@ -149,24 +153,27 @@ class Server:
         """
         if self.store is None:
             return
-        keys = self.changed - self.inflight
-        if not keys and not self.dropped:
+        keys, dropped, lines = self.ledger.pending()
+        if not keys and not dropped:
             return
         clock = time.time() - time.monotonic()              # monotonic -> wall clock
         slots = self.slots
+        if self.alerts is not None:
+            for k in keys:
+                if k in slots:
+                    self.alerts.keep(k, slots[k].stream)
         rows = ((k, slot.stream, slot.seen + clock, slot.line)
                 for k in keys if (slot := slots.get(k)) is not None)
-        self.store.save(rows, self.dropped,
-                        lines=None if self.inflight else self.delivered_lines)
-        if self.alerts is not None and self.config.state is not None:
-            self.alerts.save(self.config.state, self.slots, self.inflight)
-        self.changed = self.changed & self.inflight
-        self.dropped.clear()
-        self._unsaved, self._saved_at = 0, time.monotonic()
-        self.saved_at = time.time()
+        self.store.save(rows, dropped, lines=lines)
+        self.ledger.saved()
         self._checkpointed = False
-        if self._saved_at - self._checkpoint_at >= self.CHECKPOINT_EVERY:
+        if self.ledger.last - self._checkpoint_at >= self.CHECKPOINT_EVERY:
             self.checkpoint()
+
+    @property
+    def saved_at(self) -> float | None:
+        """``time.time()`` of the last ``--state`` save, None before one (``--progress``)."""
+        return self.ledger.saved_at
 
     # Seconds between checkpoints on a busy feed; a quiet one checkpoints after each save.
     CHECKPOINT_EVERY = 30.0
@@ -197,9 +204,7 @@ class Server:
 
     def delivered(self) -> None:
         """The last batch's answers are out: its sensors may be saved now."""
-        self.changed |= self.inflight
-        self.inflight.clear()
-        self.delivered_lines = self.lines
+        self.ledger.delivered(self.lines)
 
     def close(self) -> None:
         """Save what was delivered and close the state database."""
@@ -243,7 +248,9 @@ class Server:
     def _drop(self, key: str, why: str) -> None:
         """Forget a dropped sensor (its row goes at the next save); tell stderr, in brief."""
         if self.store is not None:
-            self.dropped.add(key)      # without a state file there is no row to delete
+            self.ledger.drop(key)      # without a state file there is no row to delete
+        if self.alerts is not None:
+            self.alerts.forget(key)
         self.drops += 1
         n = self.drops
         if n <= self.NAMED_DROPS:
@@ -284,6 +291,8 @@ class Server:
                     self._warn(self.format.note)
                 if self.alerts is not None:
                     self.alerts.columns(self.format)
+                if self.config.order_check:
+                    self._choose_order(None)
                 header = self.format.header() if is_header else None
                 if header is not None:
                     out.append(header)
@@ -297,10 +306,28 @@ class Server:
                     self.model.validate(rec.values)
                 except LstmEdgeError as exc:
                     rec.error = fmt.cli_words(str(exc))
+            if rec.ok and self._order_open:
+                self._choose_order(rec)
+            if rec.ok and self.order is not None:
+                try:
+                    rec.at = self.order.position(rec)
+                except fmt.BadLine as exc:
+                    rec.error = str(exc)
             out.append(rec)
             if not rec.ok and self.config.strict:
                 return out, len(out) - 1
         return out, None
+
+    def _choose_order(self, first: fmt.Record | None) -> None:
+        """Find the position column (see :mod:`runtime.order`), once: CSV at its first line,
+        JSON lines at their first good record."""
+        config, form = self.config, cast(fmt.LineFormat, self.format)
+        self.order = choose(form, first, time_column=config.time_column,
+                            seq_column=config.seq_column)
+        if self.order is not None:
+            form.add_order()
+        self._order_open = self.order is None and first is None and \
+            isinstance(form, fmt.JsonlFormat)
 
     def handle(self, batch: Sequence[tuple[int, bytes | None]]) -> list[str]:
         """The output lines for one batch of input lines, one each, in input order.
@@ -311,29 +338,88 @@ class Server:
         items, stop = self._records(batch)
         answered = items[:stop]                            # all of them where stop is None
         good = [r for r in answered if isinstance(r, fmt.Record) and r.ok]
-        answers = self._step(good)
+        marks = self._order_marks(good) if self.order is not None else {}
+        fed = [r for r in good if r.ok and id(r) not in marks]
+        answers = self._step(fed)
         form = cast(fmt.LineFormat, self.format)    # set by the line before any record
-        extra = self.alerts.annotate(good, answers) if self.alerts is not None else {}
+        extra = self.alerts.annotate(fed, answers) if self.alerts is not None else {}
+        blank = [None] * len(getattr(form, "extra", ()))   # a replay or skip: no alert columns
         out = []
         for item in answered:
             if isinstance(item, str):
                 out.append(item)
+            elif item.ok and id(item) in marks:
+                mark, answer = marks[id(item)]
+                if mark == "replay":
+                    step, warmup, pred = answers[id(answer)] \
+                        if isinstance(answer, fmt.Record) else answer
+                    out.append(form.format(item, step, warmup, pred, blank, mark=mark))
+                else:
+                    out.append(form.format_skipped(item, mark))
             elif item.ok:
                 step, warmup, pred = answers[id(item)]
-                out.append(form.format(item, step, warmup, pred, extra.get(id(item), ())))
+                out.append(form.format(item, step, warmup, pred, extra.get(id(item), blank)))
             else:
                 self.errors += 1
                 self._warn(f"line {item.line}: {item.error}")
                 out.append(form.format_error(item))
         self.lines += len(out)
-        self._unsaved += len(out)
-        self.samples += len(good)
+        self.ledger.answered(len(out))
+        self.samples += len(fed)
+        self.unfed += len(marks)
         self.drop_idle()
         if stop is not None:
             bad = items[stop]
             assert isinstance(bad, fmt.Record)
             raise StrictStop(f"line {bad.line}: {bad.error} (--strict)", out)
         return out
+
+    def _order_marks(self, records: list[fmt.Record]) -> dict[int, tuple]:
+        """The order rule over a batch, line by line per sensor, before anything is fed.
+
+        Returns ``{id(record): (mark, answer)}`` for the lines not fed: ``("replay", the
+        record it repeats, or (step, warmup, prediction) the stream gave it)`` and
+        ``("skipped: ...", None)``; a line at its sensor's position with other values
+        becomes an error record. The runtime applies the same rule again to what is fed.
+        """
+        column = cast(OrderColumn, self.order)
+        marks: dict[int, tuple] = {}
+        latest: dict[str, fmt.Record] = {}        # per sensor: the batch's last new record
+        for rec in records:
+            if rec.at is None:
+                continue                          # no position: fed unchecked
+            prev, values = latest.get(rec.key), cast(np.ndarray, rec.values)
+            slot = self.slots.get(rec.key)
+            stream = None if rec.reset or slot is None else slot.stream
+            if prev is not None and not rec.reset:
+                kind = order(prev.at, prev.values, values, rec.at)
+            else:
+                kind = "new" if stream is None else stream.order(values, rec.at)
+            if kind == "new":
+                latest[rec.key] = rec
+            elif kind == "replay":
+                column.replayed(rec.key)
+                marks[id(rec)] = ("replay", prev if prev is not None else self._stored(stream))
+            elif kind == "old":
+                position = prev.at if prev is not None else cast(Stream, stream).position
+                marks[id(rec)] = (column.skipped(rec.key, position), None)
+            else:
+                seen = prev.values if prev is not None else cast(Stream, stream).snapshot().last
+                rec.error = conflict_message(rec.at, seen, values)
+        return marks
+
+    def _stored(self, stream) -> tuple:
+        """A stream's answer to its last reading, as an answer line gives it."""
+        pred = stream.answer
+        if pred is None:
+            pred = np.full(self.model.n_targets, np.nan, np.float32)
+        return stream.steps, not stream.ready, pred
+
+    def report_order(self) -> None:
+        """One line per sensor that had replays or skipped readings (the order check)."""
+        if self.order is not None:
+            for line in self.order.summary(self.config.stream_column is not None):
+                self._warn(line)
 
     def report_warmup(self, most: int = 10) -> None:
         """One warning per stream still warming up at the end: it never made a prediction.
@@ -360,13 +446,9 @@ class Server:
     def due(self) -> bool:
         """Whether ``config.save_every`` lines or ``config.save_interval`` seconds have
         passed since the last save (the seconds only where a sensor changed)."""
-        config = self.config
         if self.store is None:
             return False
-        if config.save_every and self._unsaved >= config.save_every:
-            return True
-        return bool(config.save_interval) and bool(self.changed or self.dropped) \
-            and time.monotonic() - self._saved_at >= config.save_interval
+        return self.ledger.due(self.config.save_every, self.config.save_interval)
 
     def _step(self, records: list[fmt.Record]) -> dict[int, tuple[int, bool, np.ndarray]]:
         """Step every record's stream; ``{id(record): (step, warmup, prediction)}``."""
@@ -376,7 +458,7 @@ class Server:
         values = {id(r): cast(np.ndarray, r.values) for r in records}   # ok records: all set
         busy = set(by_key)
         slots = {key: self._slot(key, busy) for key in by_key}
-        self.inflight |= busy          # stepped from here on; saved once the answers are out
+        self.ledger.stepped(busy)      # stepped from here on; saved once the answers are out
         for key, recs in by_key.items():
             slots[key].line = recs[-1].line
         answers: dict[int, tuple[int, bool, np.ndarray]] = {}
@@ -407,7 +489,9 @@ class Server:
                 for run in _runs(recs):                    # a reset starts a new run
                     if run[0].reset:
                         stream.reset()
-                    preds = stream.feed(np.stack([values[id(r)] for r in run]))   # (n, targets)
+                    xs = np.stack([values[id(r)] for r in run])       # (n, features)
+                    at = self._positions(run)
+                    preds = stream.feed(xs) if at is None else stream.feed(xs, at=at)
                     first = stream.steps - len(run)
                     for i, (rec, pred) in enumerate(zip(run, preds)):
                         answers[id(rec)] = (first + i + 1, first + i + 1 < self.window, pred)
@@ -420,9 +504,16 @@ class Server:
                     slots[k].stream.reset()
             streams = [slots[k].stream for k in keys]
             samples = np.stack([values[id(by_key[k][r])] for k in keys])      # (streams, features)
-            preds = self.model.step(streams, samples)                   # (streams, targets)
+            at = self._positions([by_key[k][r] for k in keys])
+            preds = self.model.step(streams, samples) if at is None else \
+                self.model.step(streams, samples, at=at)                # (streams, targets)
             for k, stream, pred in zip(keys, streams, preds):
                 answers[id(by_key[k][r])] = (stream.steps, not stream.ready, pred)
+
+
+    def _positions(self, records: list[fmt.Record]) -> list | None:
+        """The records' positions for the runtime's order rule; None without the check."""
+        return None if self.order is None else [r.at for r in records]
 
 
 def _scored(model, by_key, before, values, answers):
@@ -510,9 +601,10 @@ def serve(model, config: ServeConfig, reader: LineReader, write, *, warn=None,
                 reader.signals.check()
     finally:
         server.close()
+        server.report_order()       # at every end: a signal, a bad line, the input's end
     server.report_warmup()
     server.report_drops()
-    if server.samples == 0 and server.errors == 0:
+    if server.samples == 0 and server.errors == 0 and server.unfed == 0:
         raise EmptyInput("the input is empty: no lines to run the model on" if not server.lines
                          else "the input is empty: only blank lines, no readings to run the "
                               "model on" if server.format is None

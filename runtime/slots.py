@@ -8,12 +8,9 @@ so that the one-slot hot path pays nothing for slots.
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 
 from .device import to_host
-from .snapshot import Snapshot
 from .stream import Stream
 
 
@@ -43,20 +40,16 @@ class SlotStream(Stream):
         """The slot (0 to B - 1) the next full window starts from."""
         return self._slot
 
-    def snapshot(self) -> Snapshot:
-        """As :meth:`Stream.snapshot`, the state holding every slot: ``(B, units)`` each."""
-        snap = super().snapshot()
-        count, ring = self.model.slots, (self._state, *self._rest)   # slots _slot, _slot + 1, ..
-        order = [ring[(k - self._slot) % count] for k in range(count)]   # slot k
-        state = {name: np.concatenate([np.asarray(to_host(r[t]), np.float32) for r in order])
-                 for t, name in enumerate(self.model.state_inputs)}       # (B, units) each
-        return replace(snap, state=state, next_slot=self._slot)
+    def _slots(self, state):
+        """Slot ``k`` at ``k`` (the ring holds them from ``_slot`` on), and the next slot."""
+        count, ring = self.model.slots, (state, *self._rest)   # slots _slot, _slot + 1, ..
+        order = [ring[(k - self._slot) % count] for k in range(count)]
+        return [tuple(to_host(t) for t in r) for r in order], self._slot
 
-    def _restore(self, state, buf, steps, pred=None, slots=None):
-        super()._restore(state, buf, steps, pred)
-        ring, self._slot = slots
-        count = len(ring)
-        self._rest = tuple(ring[(self._slot + i) % count] for i in range(1, count))
+    def _load(self, slots, nxt) -> None:
+        count, self._slot = len(slots), nxt
+        self._state = slots[nxt]
+        self._rest = tuple(slots[(nxt + i) % count] for i in range(1, count))
 
     def _turn(self, new) -> None:
         """The window just run leaves ``new`` in its slot; the next window takes the next one."""

@@ -1,10 +1,11 @@
-"""A stream's state as plain numpy arrays, saved to and restored from ``.npz`` files.
+"""A stream's state in files: ``.npz`` snapshot files, and state databases read without a model.
 
-A snapshot holds everything a stream needs to continue bit-identically: the recurrent state
-(one ``(units,)`` array per state tensor, ``(B, units)`` with B state slots), the window
-buffer (the last readings fed, at most ``window`` of them), how many readings were fed, and a fingerprint of the ONNX file, so that a
-snapshot is never restored into another model. Files hold no pickles: arrays plus one JSON
-header, readable by ``numpy.load(path, allow_pickle=False)`` anywhere.
+A snapshot holds everything a stream needs to continue bit-identically (the fields are
+:class:`runtime.state.StreamState`'s), and a fingerprint of the ONNX file, so that a snapshot
+is never restored into another model. Files hold no pickles, readable by
+``numpy.load(path, allow_pickle=False)`` anywhere: one JSON header naming the streams, and
+each stream's state in the byte codec of :mod:`runtime.state` (a ``uint8`` array, CRC32
+checked). Format-1 files (arrays per field) are read as they are.
 """
 
 from __future__ import annotations
@@ -13,50 +14,26 @@ import io
 import json
 import os
 import secrets
+import sqlite3
 import zipfile
 import zlib
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from .errors import SnapshotError
+from .state import FORMAT, StreamState, from_v1_row
 
-FORMAT = 1          # the snapshot format version this module writes and reads
 _HEADER = "header"  # the npz entry holding the JSON header
+DATABASE = b"SQLite format 3\x00"    # the first 16 bytes of every SQLite database
 
 
-@dataclass(frozen=True)
-class Snapshot:
-    """One stream's state, detached from any session.
+class Snapshot(StreamState):
+    """One stream's state, detached from any session (fields: :class:`~runtime.state.StreamState`).
 
-    Attributes
-    ----------
-    state : graph input name (``in_h0``, ``in_c0``, ...) -> ``(units,)`` float32 array; for a
-        model with ``B > 1`` state slots, ``(B, units)``, row ``k`` holding slot ``k``.
-    buffer : ``(m, features)`` the last ``m <= window`` readings fed, oldest first
-        (token-id models: ``(m, 1)`` ids).
-    steps : readings fed since the stream was created or reset.
-    fingerprint : sha256 of the ONNX file the stream ran.
-    window, carry_state : the streaming mode the stream ran in.
-    version : the snapshot format.
-    prediction : ``(targets,)`` the stream's last prediction, which a masked step of a
-        ``sequence`` model repeats; None where the model has no mask or nothing was predicted.
-    next_slot : the slot the next full window starts from (``B > 1`` state slots); None for
-        one slot, and then absent from the file, which stays as older runtimes wrote it.
+    ``Stream.snapshot()`` makes one; ``model.stream(snapshot)`` continues from it.
+    :meth:`to_bytes` gives it in the byte codec (CRC32 checked), :meth:`save` as a file.
     """
-
-    state: dict[str, np.ndarray]
-    buffer: np.ndarray
-    steps: int
-    fingerprint: str
-    window: int
-    carry_state: bool
-    version: int = FORMAT
-    extra: dict = field(default_factory=dict)  # free-form, JSON-serialisable, kept verbatim
-    prediction: np.ndarray | None = None      # stored only where set; older readers skip it
-    next_slot: int | None = None              # stored only where set; older readers refuse
-                                              # the (B, units) state before they miss it
 
     def save(self, path) -> Path:
         """Write this snapshot to ``path`` (``.npz``), atomically; returns the path."""
@@ -71,21 +48,17 @@ class Snapshot:
                                 f" expected one; read it with runtime.load_snapshots")
         return next(iter(snaps.values()))
 
-    @staticmethod
-    def from_bytes(data) -> "Snapshot":
-        """Read a one-stream snapshot from the bytes of a file :meth:`save` wrote."""
-        snaps = load_snapshots(io.BytesIO(bytes(data)))
+    @classmethod
+    def from_bytes(cls, data, where: str = "the stream state") -> "Snapshot":
+        """Read :meth:`to_bytes`'s bytes, or the bytes of a one-stream file :meth:`save` wrote."""
+        data = bytes(data)
+        if not data.startswith(b"PK"):
+            return super().from_bytes(data, where)
+        snaps = load_snapshots(io.BytesIO(data))
         if len(snaps) != 1:
             raise SnapshotError(f"the snapshot bytes hold {len(snaps)} streams, expected one; "
                                 f"read them with runtime.load_snapshots")
         return next(iter(snaps.values()))
-
-    def _header(self) -> dict:
-        return {"state": list(self.state), "steps": int(self.steps),
-                "fingerprint": self.fingerprint, "window": int(self.window),
-                "carry_state": bool(self.carry_state), "version": int(self.version),
-                "extra": self.extra,
-                **({} if self.next_slot is None else {"next_slot": int(self.next_slot)})}
 
 
 def save_snapshots(path, snapshots: dict) -> Path:
@@ -109,15 +82,11 @@ def save_snapshots(path, snapshots: dict) -> Path:
     path = Path(path)
     arrays, headers = {}, []
     for i, (key, snap) in enumerate(snapshots.items()):
-        if not isinstance(snap, Snapshot):
+        if not isinstance(snap, StreamState):
             raise SnapshotError(f"snapshot {key!r} is a {type(snap).__name__}, expected a "
                                 f"runtime.Snapshot (from Stream.snapshot())")
-        headers.append({"key": str(key), **snap._header()})
-        arrays[f"s{i}.buffer"] = snap.buffer
-        for name, value in snap.state.items():
-            arrays[f"s{i}.state.{name}"] = value
-        if snap.prediction is not None:
-            arrays[f"s{i}.prediction"] = snap.prediction
+        headers.append({"key": str(key)})
+        arrays[f"s{i}"] = np.frombuffer(snap.to_bytes(), np.uint8)
     arrays[_HEADER] = np.array(json.dumps({"format": FORMAT, "streams": headers}))
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -179,7 +148,6 @@ def load_snapshots(path) -> dict[str, Snapshot]:
     if isinstance(path, io.IOBase):
         source, path = path, "the snapshot bytes"
     else:
-        from .store import is_database, read_snapshots
         if is_database(path):
             return read_snapshots(path)
         source = None
@@ -206,6 +174,19 @@ def load_snapshots(path) -> dict[str, Snapshot]:
     if header.get("format", 0) > FORMAT:
         raise SnapshotError(f"{path} has snapshot format {header.get('format')}, this runtime "
                             f"reads up to {FORMAT}; upgrade lstm-edge")
+    if header.get("format", 0) < 2:
+        return _format_1(path, header, arrays)
+    try:
+        keys = [str(h["key"]) for h in header["streams"]]
+        blobs = [arrays[f"s{i}"] for i in range(len(keys))]
+    except (KeyError, TypeError) as exc:
+        raise _not_ours(path, f"missing or malformed entry {exc}") from None
+    return {key: Snapshot.from_bytes(blob.tobytes(), f"{path}: stream {key!r}")
+            for key, blob in zip(keys, blobs)}
+
+
+def _format_1(path, header: dict, arrays: dict) -> dict[str, Snapshot]:
+    """The snapshots of a format-1 file: arrays per field, the rest in the JSON header."""
     try:
         snaps = {}
         for i, h in enumerate(header["streams"]):
@@ -225,6 +206,50 @@ def load_snapshots(path) -> dict[str, Snapshot]:
     except (KeyError, TypeError, ValueError) as exc:
         raise _not_ours(path, f"missing or malformed entry {exc}") from None
     return snaps
+
+
+def is_database(path) -> bool:
+    """Whether ``path`` is a SQLite database (by its first bytes)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(16) == DATABASE
+    except OSError:
+        return False
+
+
+def read_snapshots(path) -> dict[str, Snapshot]:
+    """Every sensor's :class:`Snapshot` from an ``lstm-run --state`` database, without a model.
+
+    What :func:`load_snapshots` returns for a database (see :mod:`runtime.store`); each row
+    is checked against its checksum here, and against the model when it is restored
+    (``model.stream(snapshot)``).
+    """
+    try:
+        db = sqlite3.connect(f"file:{Path(path).absolute()}?mode=ro", uri=True)
+        try:
+            meta = dict(db.execute("SELECT name, value FROM meta").fetchall())
+            rows = db.execute("SELECT key, steps, buffer, state, prediction FROM streams "
+                              "ORDER BY seen, key").fetchall()
+        finally:
+            db.close()
+        version = int(meta["format"])
+    except (sqlite3.Error, KeyError, ValueError, TypeError) as exc:
+        raise SnapshotError(f"the state file {path} cannot be read as a state database "
+                            f"({exc}); restore a good copy, or delete it to start fresh") from None
+    from .statefile import py_key     # a key UTF-8 cannot hold is stored as a BLOB
+    out = {}
+    for stored, steps, buf, state, pred in rows:
+        key = py_key(stored)
+        where = f"the state file {path}: sensor {key!r}"
+        if version >= 2:
+            out[key] = Snapshot.from_bytes(state, f"{where}: its state")
+            continue
+        try:
+            out[key] = from_v1_row(Snapshot, meta, steps, buf, state, pred)
+        except (KeyError, ValueError, TypeError) as exc:
+            raise SnapshotError(f"{where}: {exc}; restore a good copy, or delete it to start "
+                                f"fresh") from None
+    return out
 
 
 def _integer(value) -> int:

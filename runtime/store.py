@@ -11,7 +11,7 @@ the main file complete without its ``-wal``. One process at a time: the file is 
 (``flock``) while open. Every check that may refuse a file (including SQLite's
 ``quick_check``) runs read-only before anything is written.
 
-Schema (format 1)::
+Schema (format 2)::
 
     meta(name TEXT PRIMARY KEY, value TEXT)       format, fingerprint, window, carry_state,
                                                   state names and units, features, targets,
@@ -19,21 +19,19 @@ Schema (format 1)::
                                                   model (in words), id (random, per file),
                                                   closed (0 while a run has it open)
     streams(key TEXT PRIMARY KEY, fingerprint TEXT, steps INTEGER, buffer BLOB, state BLOB,
-            prediction BLOB, seen REAL, run INTEGER, line INTEGER)
+            prediction BLOB, seen REAL, run INTEGER, line INTEGER, position NUMERIC)
 
-``key`` is TEXT, or a BLOB for a key UTF-8 cannot hold (:func:`db_key`). ``state`` is every
-state tensor's ``(units,)`` float32 values, one after the other in the
-order ``meta.state`` names them; ``buffer`` the ``(m, features)`` last samples fed, C order, in
-``meta.buffer_dtype``; ``prediction`` ``(targets,)`` float32 or NULL; ``seen`` the wall-clock
-time of the sensor's last line; ``run``/``line`` the run (``meta.run`` counts them) and the
-input line of that run whose answer the row includes last.
+``key`` is TEXT, or a BLOB for a key UTF-8 cannot hold (:func:`db_key`).
+``state`` is the sensor's whole stream state in the byte codec of :mod:`runtime.state`
+(CRC32 checked); ``steps`` and ``position`` repeat its step count and position for
+``sqlite3`` readers; ``seen`` the wall-clock time of the sensor's last line; ``run``/``line``
+the run (``meta.run`` counts them) and the input line of that run whose answer the row
+includes last. ``buffer`` and ``prediction`` are empty: format 1 kept the window buffer and
+last prediction there and the bare state arrays in ``state``; a format-1 database is
+rewritten as format 2 when it is opened, in one transaction.
 
 An old ``.npz`` snapshot file (:func:`runtime.save_snapshots`) given as ``--state`` is read
 once and replaced by a database holding the same streams (see :func:`open_store`).
-
-The streams' private fields (``_state``, ``_buf``, ``_steps``, ``_pred``) are read and set
-here directly: 100,000 sensors must save and load in a second or two, which a
-:class:`~runtime.Snapshot` per sensor (copies, checks, a dict each) does not allow.
 """
 
 from __future__ import annotations
@@ -52,14 +50,13 @@ from typing import Any
 
 import numpy as np
 
-from .device import to_host
 from .errors import SnapshotError
 from .statefile import backup_name, db_key, lock, model_words, py_key, real_file
-from .snapshot import Snapshot, load_snapshots
-from .stream import Stream
+from .snapshot import DATABASE as MAGIC
+from .snapshot import load_snapshots
+from .state import StreamState, from_v1_row
 
-FORMAT = 1
-MAGIC = b"SQLite format 3\x00"       # the first 16 bytes of every SQLite database
+FORMAT = 2
 _NPZ = b"PK"                         # an .npz is a zip archive
 
 _SCHEMA = """
@@ -73,18 +70,10 @@ CREATE TABLE IF NOT EXISTS streams (
     prediction BLOB,
     seen REAL NOT NULL,
     run INTEGER NOT NULL,
-    line INTEGER NOT NULL
+    line INTEGER NOT NULL,
+    position NUMERIC
 ) WITHOUT ROWID;
 """
-
-
-def is_database(path) -> bool:
-    """Whether ``path`` is a SQLite database (by its first bytes)."""
-    try:
-        with open(path, "rb") as f:
-            return f.read(16) == MAGIC
-    except OSError:
-        return False
 
 
 def sweep_temporary(path) -> list[Path]:
@@ -133,7 +122,6 @@ class StateStore:
         # State slots (lstm_edge.state_slots): a stream carrying B > 1 keeps B states per
         # tensor, stored tensor by tensor, each in the order the slots come next.
         self.slots = int(model.slots) if model.carry_state else 1
-        self.width = sum(self.units) * self.slots          # float32 values per state row
         self.dtype = np.dtype(model.dtype if model.tokens else np.float32)
         self.notes: list[str] = []     # what the caller should tell the user (a lost -wal, ...)
         self.file = real_file(self.path)
@@ -148,6 +136,8 @@ class StateStore:
                     with contextlib.suppress(OSError):
                         os.unlink(f"{self.file}{suffix}")
             raise
+        if self.meta.get("format") == "1":
+            self.meta = self._migrate(self.meta)
         self.run = int(self.meta.get("run", "0")) + 1
         self.commits = int(self.meta.get("commits", "0"))
 
@@ -349,7 +339,8 @@ class StateStore:
                                     ((db_key(k),) for k in dropped))
                 self.db.executemany(
                     "INSERT OR REPLACE INTO streams (key, fingerprint, steps, buffer, state, "
-                    "prediction, seen, run, line) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                    "prediction, seen, run, line, position) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    rows)
                 self._write_meta(meta)
                 self.db.execute("COMMIT")
                 self.meta["closed"] = "0"
@@ -365,145 +356,74 @@ class StateStore:
         return len(rows)
 
     def _rows(self, slots) -> list[list]:
-        """The database rows of ``(key, stream, seen, line)``.
-
-        Streams last stepped together (a ``batch.Group``) are read from the group's stacked
-        arrays, many rows per numpy call, without taking each stream out of its group.
-        """
-        fingerprint, run, zero = self.model.fingerprint, self.run, self._zero()
-        rows: list[list] = []
-        groups: dict[int, tuple[Any, list[int], list[int]]] = {}   # batch.Group, rows, index
+        """The database rows of ``(key, stream, seen, line)``: each stream's state bytes."""
+        fingerprint, run, rows = self.model.fingerprint, self.run, []
         for key, stream, seen, line in slots:
-            group = stream._group
-            if group is not None and not group.dirty:
-                _, at, index = groups.setdefault(id(group), (group, [], []))
-                at.append(len(rows))
-                index.append(stream._gi)
-                pred = None if group.pred is not None else stream._pred
-                rows.append([key, fingerprint, stream._steps + group.calls, None, None,
-                             _blob(pred), seen, run, line])
-                continue
-            if group is not None:
-                stream._sync()
-            state = self._state_bytes(stream) if self.model.carry_state else zero
-            rows.append([key, fingerprint, stream._steps, stream._buf.tobytes(), state,
-                         _blob(stream._pred), seen, run, line])
-        for group, at, index in groups.values():
-            idx = np.asarray(index)
-            buf = np.ascontiguousarray(group.buf[idx], self.dtype)     # (k, m, features)
-            bufs = _cut(buf.tobytes(), len(idx))
-            if self.model.carry_state:
-                big = np.concatenate([np.asarray(to_host(s), np.float32)[idx]
-                                      for s in group.states], axis=1)  # (k, width)
-                states = _cut(np.ascontiguousarray(big).tobytes(), len(idx))
-            else:
-                states = [zero] * len(idx)
-            preds = (_cut(np.ascontiguousarray(group.pred[idx], np.float32).tobytes(), len(idx))
-                     if group.pred is not None else None)
-            for j, r in enumerate(at):
-                row = rows[r]
-                row[3], row[4] = bufs[j], states[j]
-                if preds is not None:
-                    row[5] = preds[j]
+            rows.append([key, fingerprint, stream.steps, b"", stream.to_bytes(), None, seen, run,
+                         line, stream.position])
         return rows
 
-    def _state_bytes(self, stream) -> bytes:
-        """One stream's state row: each tensor's slots, the next slot first (see __init__)."""
-        ring = (stream._state, *getattr(stream, "_rest", ()))        # B (1, units) per tensor
-        return b"".join(np.ascontiguousarray(to_host(r[t]), np.float32).tobytes()
-                        for t in range(len(self.units)) for r in ring)
-
-    def _zero(self) -> bytes:
-        """The state of a stream that carries none (window mode): always the zero state."""
-        return bytes(self.width * 4)
+    def _migrate(self, meta: dict) -> dict:
+        """Rewrite a format-1 database as format 2, in one transaction (see the module)."""
+        rows = self.db.execute("SELECT key, steps, buffer, state, prediction FROM streams"
+                               ).fetchall()
+        blobs = []
+        for key, steps, buf, state, pred in rows:
+            try:
+                blobs.append((from_v1_row(StreamState, meta, steps, buf, state, pred)
+                              .to_bytes(), key))
+            except (KeyError, ValueError, TypeError) as exc:
+                raise self._row_error(key, f"its format-1 row cannot be read ({exc})") from None
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self.db.execute("ALTER TABLE streams ADD COLUMN position NUMERIC")
+            self.db.executemany("UPDATE streams SET state = ?, buffer = x'', prediction = NULL "
+                                "WHERE key = ?", blobs)
+            self._write_meta({"format": str(FORMAT)})
+            self.db.execute("COMMIT")
+        except BaseException:
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+            raise
+        return {**meta, "format": str(FORMAT)}
 
     # -- loading --
 
     def load(self) -> list[tuple[str, Any, float]]:
         """Every sensor's stream, least recently seen first: ``(key, stream, seen)``.
 
-        Every row is checked before any stream is made: its model, its step count, the
-        sizes of its arrays and that they hold finite numbers.
+        Every row is checked before any stream is made (its checksum, its model, the sizes of
+        its arrays and that they hold finite numbers); one error names every bad sensor.
         """
         try:
-            rows = self.db.execute("SELECT key, fingerprint, steps, buffer, state, prediction, "
-                                   "seen FROM streams ORDER BY seen, key").fetchall()
+            rows = self.db.execute("SELECT key, fingerprint, steps, state, seen FROM streams "
+                                   "ORDER BY seen, key").fetchall()
         except sqlite3.DatabaseError as exc:
             raise self._error(f"its rows cannot be read ({exc})",
                               "restore a good copy, or delete it to start fresh") from None
-        if not rows:
-            return []
-        keys, fps, steps, bufs, states, preds, seen = zip(*rows)
-        keys = tuple(map(py_key, keys))
-        model = self.model
-        bad = next((i for i, f in enumerate(fps) if f != model.fingerprint), None)
-        if bad is not None:
-            raise self._row_error(keys[bad], f"its row is for another model (sha256 "
-                                             f"{str(fps[bad])[:12]}…)")
-        bad = next((i for i, s in enumerate(steps)
-                    if not isinstance(s, int) or isinstance(s, bool) or s < 0), None)
-        if bad is not None:
-            raise self._row_error(keys[bad], f"its step count is {steps[bad]!r}, expected a "
-                                             f"whole number 0 or more")
-        size = self.width * 4
-        bad = next((i for i, b in enumerate(states)
-                    if not isinstance(b, bytes) or len(b) != size), None)
-        if bad is not None:
-            raise self._row_error(keys[bad], f"its state holds {_length(states[bad])} bytes, "
-                                             f"expected {size} ({self.width} float32 values)")
-        state = np.frombuffer(b"".join(states), np.float32).reshape(len(rows), self.width)
-        finite = np.isfinite(state).all(axis=1)
-        if not finite.all():
-            raise self._row_error(keys[int(np.argmin(finite))], "its state holds NaN or inf")
-        bufs_np = self._buffers(keys, steps, bufs)
-        preds_np = self._predictions(keys, preds)
-        n, b = len(rows), self.slots
-        cuts = np.cumsum((0,) + tuple(u * b for u in self.units))
-        # One (n, B, 1, units) array per state tensor: row i, slot k is a (1, units) view.
-        parts = [state[:, lo:hi].copy().reshape(n, b, 1, (hi - lo) // b)
-                 for lo, hi in zip(cuts[:-1], cuts[1:])]
-        streams = []
-        missing = model.missing
-        for i, (buf, count, pred) in enumerate(zip(bufs_np, steps, preds_np)):
-            ring = [tuple(p[i, k] for p in parts) for k in range(b)]   # slot k: its tensors
-            if b == 1:
-                stream = Stream(model, missing)              # what model.stream() makes
-            else:
-                stream = model.stream(missing=missing)       # a SlotStream
-                stream._rest, stream._slot = tuple(ring[1:]), 0
-            stream._state, stream._buf, stream._steps, stream._pred = ring[0], buf, count, pred
-            streams.append(stream)
-        return list(zip(keys, streams, seen))
-
-    def _buffers(self, keys, steps, blobs) -> list[np.ndarray]:
-        row = self.model.n_features * self.dtype.itemsize
-        window = self.model.window
-        out = []
-        for key, n, blob in zip(keys, steps, blobs):
-            m = len(blob) // row if isinstance(blob, bytes) else -1
-            if m < 0 or m * row != len(blob) or m > window or m > n:
-                raise self._row_error(key, f"its window buffer holds {_length(blob)} bytes; "
-                                           f"expected whole samples of {row} bytes, at most "
-                                           f"{min(window, n)} of them")
-            out.append(np.frombuffer(blob, self.dtype).reshape(m, self.model.n_features))
-        if self.dtype.kind == "f" and out:
-            whole = np.frombuffer(b"".join(blobs), self.dtype)
-            if not np.isfinite(whole).all():
-                i = next(i for i, b in enumerate(out) if not np.isfinite(b).all())
-                raise self._row_error(keys[i], "its window buffer holds NaN or inf")
-        return out
-
-    def _predictions(self, keys, blobs) -> list:
-        size = self.model.n_targets * 4
-        out: list[np.ndarray | None] = []
-        for key, blob in zip(keys, blobs):
-            if blob is None:
-                out.append(None)
-                continue
-            if not isinstance(blob, bytes) or len(blob) != size:
-                raise self._row_error(key, f"its last prediction holds {_length(blob)} bytes, "
-                                           f"expected {size}")
-            out.append(np.frombuffer(blob, np.float32).copy())
+        model, out, bad = self.model, [], []
+        for key, fingerprint, steps, blob, seen in rows:
+            key = py_key(key)
+            try:
+                if fingerprint != model.fingerprint:
+                    raise SnapshotError(f"its row is for another model (sha256 "
+                                        f"{str(fingerprint)[:12]}…)")
+                if not isinstance(blob, bytes):
+                    raise SnapshotError(f"its state is {type(blob).__name__}, not bytes")
+                snap = StreamState.from_bytes(blob, "its state")
+                if steps != snap.steps:
+                    raise SnapshotError(f"its step count is {steps!r}, its state's "
+                                        f"{snap.steps}: the row is inconsistent")
+                stream = model.stream(missing=model.missing)
+                stream.restore(snap, "its state")
+                out.append((key, stream, seen))
+            except SnapshotError as exc:
+                bad.append(f"sensor {key!r}: {_bare(str(exc))}")
+        if bad:
+            more = f" (and {len(bad) - 5} more sensors)" if len(bad) > 5 else ""
+            raise self._error("; ".join(bad[:5]) + more,
+                              "restore a good copy, or delete the file to start the streams "
+                              "fresh")
         return out
 
     def summary(self) -> dict:
@@ -548,18 +468,11 @@ class StateStore:
                            "fresh")
 
 
-def _blob(pred) -> bytes | None:
-    return None if pred is None else np.asarray(pred, np.float32).tobytes()
-
-
-def _cut(data: bytes, n: int) -> list[bytes]:
-    """``data`` cut into ``n`` equal pieces."""
-    size = len(data) // n if n else 0
-    return [data[i * size:(i + 1) * size] for i in range(n)]
-
-
-def _length(blob) -> str:
-    return str(len(blob)) if isinstance(blob, (bytes, bytearray)) else f"no ({type(blob).__name__})"
+def _bare(message: str) -> str:
+    """A state error without its advice, which the store's message gives once."""
+    for advice in ("; restore a good copy, or start the stream fresh", ": the state is corrupt"):
+        message = message.replace(advice, "")
+    return message
 
 
 def open_store(path, model, *, warn=None, on_new_model: str = "refuse") -> StateStore:
@@ -622,42 +535,3 @@ def _convert(path: Path, model, warn) -> StateStore:
         warn(f"converted {path} from an .npz snapshot file to a state database "
              f"({len(streams)} stream(s)); it is read and saved as SQLite from now on")
     return StateStore(path, model)
-
-
-def read_snapshots(path) -> dict[str, Snapshot]:
-    """Every sensor's :class:`~runtime.Snapshot` from a state database, without a model.
-
-    What :func:`runtime.load_snapshots` returns for a database; rows are checked for size
-    and finite numbers when they are restored into a model (``model.stream(snapshot)``).
-    """
-    try:
-        db = sqlite3.connect(f"file:{Path(path).absolute()}?mode=ro", uri=True)
-        try:
-            meta = dict(db.execute("SELECT name, value FROM meta").fetchall())
-            rows = db.execute("SELECT key, fingerprint, steps, buffer, state, prediction "
-                              "FROM streams ORDER BY seen, key").fetchall()
-        finally:
-            db.close()
-        names, units = json.loads(meta["state"]), json.loads(meta["units"])
-        dtype, features = np.dtype(meta["buffer_dtype"]), int(meta["features"])
-        window, carry = int(meta["window"]), json.loads(meta["carry_state"])
-    except (sqlite3.Error, KeyError, ValueError, TypeError) as exc:
-        raise SnapshotError(f"the state file {path} cannot be read as a state database "
-                            f"({exc}); restore a good copy, or delete it to start fresh") from None
-    slots = int(meta.get("slots", "1"))
-    cuts = np.cumsum([0] + [u * slots for u in units])
-    out = {}
-    for key, fp, steps, buf, state, pred, in rows:
-        values = np.frombuffer(state, np.float32)
-        if len(values) != cuts[-1] or len(buf) % (features * dtype.itemsize):
-            raise SnapshotError(f"the state file {path}: sensor {key!r}: its arrays have the "
-                                f"wrong size; restore a good copy, or delete it to start fresh")
-        # B > 1 slots: (B, units) per tensor, the next slot first (so next_slot is 0).
-        out[py_key(key)] = Snapshot(
-            state={n: values[a:b].reshape(slots, -1).copy() if slots > 1 else values[a:b].copy()
-                   for n, a, b in zip(names, cuts[:-1], cuts[1:])},
-            next_slot=0 if slots > 1 else None,
-            buffer=np.frombuffer(buf, dtype).reshape(-1, features).copy(), steps=steps,
-            fingerprint=fp, window=window, carry_state=carry,
-            prediction=None if pred is None else np.frombuffer(pred, np.float32).copy())
-    return out

@@ -22,11 +22,14 @@ them, and a state from anywhere else is copied into a set on the next step.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from .device import ORT_ERRORS, to_host
 from .errors import InputError
 from .snapshot import Snapshot
+from .state import check, check_position, describe_position, order, pack, ring, stack_ring
 
 _CHUNK = 4096   # window mode runs at most this many windows in one ORT call
 # np.vdot without its __array_function__ dispatch (~0.1 µs): a step's x is always a plain
@@ -55,7 +58,7 @@ class Stream:
     """
 
     __slots__ = ("model", "missing", "_state", "_buf", "_steps", "_pred", "_age", "_bind",
-                 "_group", "_gi")
+                 "_group", "_gi", "_pos", "_seen", "_answer", "_sections")
 
     def __init__(self, model, missing: str):
         self.model, self.missing, self._bind, self._group = model, missing, None, None
@@ -67,16 +70,25 @@ class Stream:
 
     # --- the verbs -----------------------------------------------------------------------
 
-    def step(self, reading):
+    def step(self, reading, at=None):
         """Feed one reading (raw units); returns ``(targets,)`` or None while warming up/skipped.
 
         A model with a Masking layer does not feed a masked reading: in ``sequence`` mode the
         step returns the previous prediction, None if there is none yet (see ``Model``).
 
+        ``at``: the reading's position, a time (float, epoch seconds) or a sequence number
+        (int). The order rule then applies (:func:`runtime.state.order`): a reading after the
+        stream's :attr:`position` is fed; the last reading again (same position, same values)
+        is not fed and gets the answer it got then; one at or before the position otherwise
+        is skipped (None, not fed). Without ``at`` the position is left as it was.
+
         Raises
         ------
-        InputError, ShapeError : the reading cannot be fed; the stream is unchanged.
+        InputError, ShapeError : the reading cannot be fed (or, with ``at``, has the position
+            of the last reading and other values); the stream is unchanged.
         """
+        if at is not None:
+            return self._step_at(reading, check_position(at))
         if self._group is not None:
             self._sync()
         model = self.model
@@ -89,7 +101,7 @@ class Stream:
             return self._step_masked(x)
         return self._advance(x)
 
-    def feed(self, readings) -> np.ndarray:
+    def feed(self, readings, at=None) -> np.ndarray:
         """Feed a chunk ``(n, features)``; returns ``(n, targets)``, NaN rows while warming up.
 
         Same predictions and final state as :meth:`step` one by one; one ORT call for the
@@ -97,7 +109,12 @@ class Stream:
         (and with state slots). ``readings`` are consecutive time steps of one series, not
         windows: an array ``(samples, timesteps, features)`` goes to ``Model.predict``.
         Masked readings of a ``sequence`` model repeat the previous prediction (NaN if none).
+        ``at``: ``n`` positions, the order rule applied row by row as :meth:`step` does (a
+        replay gets its earlier answer, a skipped row NaN; only the new rows are fed); a
+        None position feeds its row unchecked.
         """
+        if at is not None:
+            return self._feed_at(readings, at)
         self._sync()
         model = self.model
         xs = model._check_chunk(readings)                  # (n, features)
@@ -126,27 +143,79 @@ class Stream:
         self._steps = 0
         self._pred = None   # the last prediction, kept for masked steps (sequence mode)
         self._age = (0, None)   # (unmasked readings ending the buffer, the buffer): see _mask_age
+        # The order rule's (see _step_at): the last position given, the reading given there
+        # (float64, as given) and the answer it got.
+        self._pos: float | int | None = None
+        self._seen: np.ndarray | None = None
+        self._answer: np.ndarray | None = None
+        self._sections: dict[str, bytes] = {}
 
-    def restore(self, snapshot=None) -> None:
-        """Continue from ``snapshot`` (a :class:`Snapshot`, or None for a fresh stream), in place.
+    def restore(self, snapshot=None, where: str = "the snapshot") -> None:
+        """Continue from ``snapshot`` (a :class:`~runtime.state.StreamState`, None: fresh), in place.
 
         What ``model.stream(snapshot)`` gives, without making the stream's step buffers anew
         (~70 µs): for a host that keeps each stream's state itself (Flink's keyed state) and
-        runs them all through one stream object. Raises SnapshotError as ``model.stream`` does.
+        runs them all through one stream object. Raises one SnapshotError naming ``where``
+        and every problem (:func:`runtime.state.check`); the stream is then unchanged.
         """
         if snapshot is None:
             self.reset()
-        else:
-            self._restore(*self.model._restore_arrays(snapshot))
+            return
+        check(snapshot, self.model, where)
+        self.reset()
+        model = self.model
+        slots, nxt = ring(snapshot, model.slots if model.carry_state else 1)
+        self._load(slots, nxt)
+        self._buf = np.asarray(snapshot.buffer).astype(model.dtype if model.tokens else
+                                                       np.float32)
+        self._steps = int(snapshot.steps)
+        self._pred = _f32(snapshot.prediction)
+        self._pos, self._answer = snapshot.position, _f32(snapshot.answer)
+        self._seen = None if snapshot.last is None else np.array(snapshot.last, np.float64)
+        self._sections = dict(snapshot.sections)
 
     def snapshot(self) -> Snapshot:
-        """The stream's state and window buffer as plain numpy arrays (copies)."""
-        self._sync()
-        model = self.model
-        return Snapshot(state=self.state, buffer=self._buf.copy(), steps=self._steps,
-                        fingerprint=model.fingerprint, window=model.window,
-                        carry_state=model.carry_state,
-                        prediction=None if self._pred is None else self._pred.copy())
+        """The stream's state, window buffer and position as plain numpy arrays (copies).
+
+        Read in place, also from a many-stream group (the stream stays in it).
+        """
+        f = self._fields()
+        return Snapshot(state=f.state, buffer=f.buffer.copy(), steps=f.steps,
+                        fingerprint=f.fingerprint, window=f.window, carry_state=f.carry_state,
+                        next_slot=f.next_slot, prediction=_copy(f.prediction),
+                        position=f.position, last=_copy(f.last), answer=_copy(f.answer),
+                        sections=dict(f.sections))
+
+    def to_bytes(self) -> bytes:
+        """``snapshot().to_bytes()`` without the copies: the state in the byte codec."""
+        return self._fields().to_bytes()
+
+    def order(self, reading, at) -> str:
+        """What :meth:`step` with ``at`` would do with ``reading``, changing nothing: ``"new"``,
+        ``"replay"``, ``"old"`` or ``"conflict"`` (:func:`runtime.state.order`)."""
+        return order(self._pos, self._seen, reading, check_position(at))
+
+    @property
+    def position(self):
+        """The position (``at``) of the last reading fed with one: a time or a sequence
+        number; None for a fresh stream."""
+        return self._pos
+
+    @property
+    def answer(self) -> np.ndarray | None:
+        """``(targets,)`` the answer the reading at :attr:`position` got (NaN while warming
+        up), which a replay of it gets again; None where there is none."""
+        return None if self._answer is None else self._answer.copy()
+
+    @property
+    def sections(self) -> dict[str, bytes]:
+        """Named byte strings other features keep with the stream (alerts: pending forecasts).
+
+        Saved and restored with the stream's state, opaque to it; a reset empties them. The
+        owner stores its own ``to_bytes()`` under its name and reads it back with
+        ``from_bytes()``.
+        """
+        return self._sections
 
     @property
     def state(self) -> dict[str, np.ndarray]:
@@ -180,9 +249,74 @@ class Stream:
         self._sync()
         return self._pred
 
-    def _restore(self, state, buf, steps, pred=None, slots=None):
-        self.reset()
-        self._state, self._buf, self._steps, self._pred = state, buf, steps, pred
+    def _fields(self) -> "_Fields":
+        """The stream's fields as a state holds them, read in place (no copies)."""
+        model, group = self.model, self._group
+        state, buf, steps, pred = self._state, self._buf, self._steps, self._pred
+        if group is not None:
+            rows, buf, calls, group_pred = group.row(self._gi)
+            state, steps = rows if rows is not None else state, steps + calls
+            pred = pred if group_pred is None else group_pred
+        slots, nxt = self._slots(state)
+        return _Fields(stack_ring(model.state_inputs, slots, nxt), buf, steps,
+                       model.fingerprint, model.window, model.carry_state, nxt, pred,
+                       self._pos, self._seen, self._answer, self._sections)
+
+    def _load(self, slots, nxt) -> None:
+        """Take the per-slot states ``slots`` (see :func:`runtime.state.ring`)."""
+        self._state = slots[0]
+
+    def _slots(self, state):
+        """The stream's state as per-slot tuples, and the next slot (None: one slot)."""
+        return [tuple(to_host(s) for s in state)], None
+
+    def _step_at(self, reading, at):
+        """``step`` with a position: the order rule, then the step (see :meth:`step`)."""
+        raw = np.array(reading, np.float64).reshape(-1)
+        kind = order(self._pos, self._seen, raw, at)
+        if kind == "replay":
+            answer = self._answer
+            return None if answer is None or np.isnan(answer).all() else answer.copy()
+        if kind == "old":
+            return None
+        if kind == "conflict":
+            raise InputError(conflict_message(at, self._seen, raw))
+        y = self.step(reading)
+        self._pos, self._seen = at, raw
+        self._answer = None if y is None else np.array(y)
+        return y
+
+    def _feed_at(self, readings, at) -> np.ndarray:
+        """``feed`` with positions: the order rule row by row, only the new rows fed."""
+        raw = np.asarray(readings, np.float64)
+        raw = raw.reshape(len(raw), -1)                     # (n, features)
+        ats = [None if a is None else check_position(a) for a in at]
+        if len(ats) != len(raw):
+            raise InputError(f"feed got {len(raw)} readings and {len(ats)} positions (at=); "
+                             f"give one position per reading")
+        pos, seen, fed, src, at_last = self._pos, self._seen, [], [], None
+        for i, (x, a) in enumerate(zip(raw, ats)):
+            kind = "new" if a is None else order(pos, seen, x, a)   # None: fed, unchecked
+            if kind == "conflict":
+                raise InputError(f"row {i}: " + conflict_message(a, seen, x))
+            if kind == "new":
+                fed.append(i)
+                if a is not None:
+                    pos, seen, at_last = a, x, i
+            # the row whose answer row i gets: itself, the last new one, or -1 (the stream's)
+            src.append(i if kind == "new" else None if kind == "old"
+                       else at_last if at_last is not None else -1)
+        out = np.full((len(raw), self.model.n_targets), np.nan, np.float32)
+        if fed:
+            out[fed] = self.feed(np.asarray(readings)[fed])
+        for i, j in enumerate(src):
+            if j is not None and j != i:
+                row = out[j] if j >= 0 else self._answer
+                if row is not None:
+                    out[i] = row
+        if at_last is not None:
+            self._pos, self._seen, self._answer = pos, seen, out[at_last].copy()
+        return out
 
     def _sync(self):
         """Leave a many-stream group (see ``batch.Group``): take this stream's rows of it."""
@@ -363,6 +497,46 @@ class Stream:
             self._state, self._buf, self._steps = saved    # all of the chunk, or none of it
             raise
         return ys
+
+
+def conflict_message(at, seen, raw) -> str:
+    """Why a reading at the position of the last one, with other values, is not fed."""
+    return (f"a reading at {describe_position(at)} was already fed with other values "
+            f"({_values(seen)}, now {_values(raw)}); it was not fed again: a position names "
+            f"one reading, so send each once, or turn the order check off")
+
+
+def _values(x) -> str:
+    return "none" if x is None else ", ".join(f"{v:g}" for v in np.asarray(x).reshape(-1)[:8])
+
+
+class _Fields(NamedTuple):
+    """A stream's state fields, not copied: what ``snapshot`` copies and ``to_bytes`` encodes."""
+
+    state: dict
+    buffer: np.ndarray
+    steps: int
+    fingerprint: str
+    window: int
+    carry_state: bool
+    next_slot: int | None
+    prediction: np.ndarray | None
+    position: float | int | None
+    last: np.ndarray | None
+    answer: np.ndarray | None
+    sections: dict
+    extra: dict = {}
+
+    def to_bytes(self) -> bytes:
+        return pack(self)
+
+
+def _copy(value):
+    return None if value is None else np.array(value)
+
+
+def _f32(value):
+    return None if value is None else np.array(value, np.float32)
 
 
 def previous_row(model, pred) -> np.ndarray:

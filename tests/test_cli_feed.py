@@ -87,7 +87,7 @@ def test_tail_f_on_a_growing_logger_file(tmp_path):
     expected = [stream.step([float(r.split(",")[1])]) for r in fed]
     pred = np.array([float(g.split(",")[4]) for g in got])
     np.testing.assert_allclose(pred, np.array(expected)[:, 0], rtol=1e-5, atol=1e-5)
-    assert all(g.split(",")[5:] == ["", ""] for g in got)          # no error, no input
+    assert all(g.split(",")[5:] == ["", "", ""] for g in got)      # fed (order), no error, input
 
 
 def test_columns_name_headerless_fields_and_the_stream_column(tiny):

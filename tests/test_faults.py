@@ -89,12 +89,9 @@ def sample_rows(n: int, sensors=("a", "b"), seed: int = 0) -> list[bytes]:
 
 
 def db_rows(path: Path) -> dict[str, tuple]:
-    db = sqlite3.connect(path)
-    try:
-        return {k: (s, np.frombuffer(st, np.float32)) for k, s, st in
-                db.execute("SELECT key, steps, state FROM streams")}
-    finally:
-        db.close()
+    """Each sensor's step count and state values, as the database holds them."""
+    return {k: (s.steps, np.concatenate([np.ravel(v) for v in s.state.values()]))
+            for k, s in runtime.load_snapshots(path).items()}
 
 
 def same_state(a: Path, b: Path) -> None:
@@ -360,6 +357,34 @@ def _db(models, tmp: Path, sql: str, params=()) -> Path:
     return path
 
 
+def _db_state(models, tmp: Path, key: str, state=None, **changes) -> Path:
+    """A state database whose sensor ``key`` holds a changed, validly encoded state."""
+    from runtime.state import StreamState
+    path = _db(models, tmp, "SELECT 1")
+    db = sqlite3.connect(path)
+    (blob,), = db.execute("SELECT state FROM streams WHERE key = ?", (key,)).fetchall()
+    if state is not None:
+        changes["state"] = state
+    snap = _with(**changes)(StreamState.from_bytes(blob))
+    db.execute("UPDATE streams SET state = ? WHERE key = ?", (snap.to_bytes(), key))
+    db.commit()
+    db.close()
+    return path
+
+
+def _db_flip(models, tmp: Path, key: str) -> Path:
+    """A state database with one bit of sensor ``key``'s stored state flipped."""
+    path = _db(models, tmp, "SELECT 1")
+    db = sqlite3.connect(path)
+    (blob,), = db.execute("SELECT state FROM streams WHERE key = ?", (key,)).fetchall()
+    flipped = bytearray(blob)
+    flipped[len(blob) // 2] ^= 0x10
+    db.execute("UPDATE streams SET state = ? WHERE key = ?", (bytes(flipped), key))
+    db.commit()
+    db.close()
+    return path
+
+
 def _foreign(tmp: Path) -> Path:
     path = tmp / "state.db"
     db = sqlite3.connect(path)
@@ -369,8 +394,6 @@ def _foreign(tmp: Path) -> Path:
     return path
 
 
-NAN4 = np.full(4, np.nan, np.float32).tobytes()
-
 STATE_FILES = [
     ("text", lambda m, t: (t / "s").write_bytes(b"not a snapshot") and t / "s",
      "neither a state database nor"),
@@ -378,17 +401,17 @@ STATE_FILES = [
     ("foreign-db", lambda m, t: _foreign(t), "another program"),
     ("db-other-model", lambda m, t: _db(m, t, "UPDATE meta SET value = 'ab' WHERE name = "
                                               "'fingerprint'"), "another model"),
-    ("db-nan-state", lambda m, t: _db(m, t, "UPDATE streams SET state = ? WHERE key = 'a'",
-                                      (NAN4 * 2,)), "sensor 'a': its state holds NaN"),
+    ("db-nan-state", lambda m, t: _db_state(m, t, "a", lambda s: {
+        **s.state, "in_h0": np.full(4, np.nan, np.float32)}), "sensor 'a': its state: state "
+                                                             "in_h0 holds NaN or inf"),
     ("db-negative-steps", lambda m, t: _db(m, t, "UPDATE streams SET steps = -5 WHERE key = 'b'"),
      "sensor 'b': its step count is -5"),
     ("db-short-state", lambda m, t: _db(m, t, "UPDATE streams SET state = x'00' WHERE key = 'a'"),
-     "its state holds 1 bytes"),
-    ("db-inf-buffer", lambda m, t: _db(m, t, "UPDATE streams SET buffer = ? WHERE key = 'a'",
-                                       (np.array([np.inf, 1], np.float32).tobytes(),)),
+     "sensor 'a': its state is not a snapshot file or stream state"),
+    ("db-inf-buffer", lambda m, t: _db_state(m, t, "a", buffer=lambda s: s.buffer * np.inf),
      "window buffer holds NaN or inf"),
-    ("db-ragged-buffer", lambda m, t: _db(m, t, "UPDATE streams SET buffer = x'0000' WHERE "
-                                                "key = 'a'"), "whole samples"),
+    ("db-flipped-bit", lambda m, t: _db_flip(m, t, "a"), "sensor 'a': its state fails its "
+                                                         "checksum"),
     ("db-newer-format", lambda m, t: _db(m, t, "UPDATE meta SET value = '99' WHERE name = "
                                                "'format'"), "upgrade lstm-edge"),
     ("db-other-window", lambda m, t: _db(m, t, "UPDATE meta SET value = '7' WHERE name = "

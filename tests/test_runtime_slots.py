@@ -135,4 +135,5 @@ def test_slots_survive_the_state_database(tmp_path, window):
     np.testing.assert_allclose(got, expected[:, 0], atol=1e-6)
     snaps = runtime.load_snapshots(db)                      # the database read back as snapshots
     stream = runtime.load(path, device="cpu").stream(snaps[""])
-    assert stream.steps == 30 and stream.slot == 0
+    # The slot of window j is j mod B: the 28 (window 3) or 30 windows so far give the next.
+    assert stream.steps == 30 and stream.slot == (30 - window + 1) % B

@@ -1,0 +1,177 @@
+"""``lstm-run``'s order check: which column gives each reading's position, and the tally.
+
+Feeds deliver at least once (a restarted ``tail -f``, a broker's redelivery, a client that
+resends "from about there"), so each sensor's stream remembers the position of the last
+reading it was fed (:mod:`runtime.state`) and the runtime's order rule decides what a line
+does (``Stream.step(reading, at=...)``). This module only finds the position of each line:
+
+- ``--seq-column NAME``: a whole number that counts the sensor's readings;
+- ``--time-column NAME``: seconds (a number, e.g. epoch seconds) or an ISO 8601 date/time
+  (UTC where it names no zone);
+- otherwise a CSV column named ``time``, ``timestamp``, ``datetime``, ``date`` or
+  ``date_time`` (any case; a header-less line's leading date/time is ``time``), or a JSON
+  key of those names whose first value is such a time. A line whose value there is not a
+  time is fed without the check (with a named column it is an error record); where no such
+  column is found there is no check.
+
+``--no-order-check`` turns it off: for feeds whose times are not monotonic by design (a
+sensor that sends its buffered past after a reconnect, clocks that step back), where every
+line must be fed as it comes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from .errors import InputError
+from .lines import BadLine, CsvFormat, JsonlFormat, LineFormat, Record
+
+TIME_NAMES = ("time", "timestamp", "datetime", "date", "date_time")
+MOST = 10       # sensors named in the end-of-run summary
+
+
+def reading_time(text, column: str) -> float:
+    """A time field as seconds: a number as it is, or an ISO-8601 time (UTC where no zone).
+
+    Raises :class:`runtime.lines.BadLine`, so that the line gets an error record.
+
+    >>> reading_time("17", "t"), reading_time("1970-01-01T00:01:00Z", "t")
+    (17.0, 60.0)
+    """
+    value = math.nan
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        value = float(text)
+    elif isinstance(text, str):
+        try:
+            value = float(text)
+        except ValueError:
+            try:
+                when = datetime.fromisoformat(text.strip())
+            except ValueError:
+                pass
+            else:
+                if when.tzinfo is None:
+                    when = when.replace(tzinfo=timezone.utc)
+                value = when.timestamp()
+    if not math.isfinite(value):
+        shown = str(text) if len(str(text)) <= 40 else str(text)[:37] + "..."
+        raise BadLine(f"time column {column!r}: {shown!r} is not a number or an ISO-8601 time "
+                      f"(e.g. 2022-03-20T11:00:00+01:00); the time orders each sensor's "
+                      f"readings, so every line needs one")
+    return value
+
+
+def sequence_number(text, column: str) -> int:
+    """A sequence field as an int; BadLine for anything but a whole number.
+
+    >>> sequence_number("17", "seq"), sequence_number(18, "seq")
+    (17, 18)
+    """
+    if isinstance(text, int) and not isinstance(text, bool):
+        return text
+    try:
+        return int(str(text).strip())
+    except ValueError:
+        shown = str(text)[:40]
+        raise BadLine(f"--seq-column {column!r}: {shown!r} is not a whole number; the "
+                      f"sequence number orders each sensor's readings, so every line needs "
+                      f"one") from None
+
+
+@dataclass
+class OrderColumn:
+    """Where a line's position is, and how to read it."""
+
+    name: str
+    sequence: bool                    # True: --seq-column; False: a time column
+    index: int | None = None          # CSV: the column's index; JSON: None (a key)
+    named: bool = True                # named by an option: a line without a position is bad
+    replays: dict[str, int] = field(default_factory=dict)    # sensor -> replays answered
+    skips: dict[str, int] = field(default_factory=dict)      # sensor -> readings skipped
+
+    def position(self, rec: Record) -> float | int | None:
+        """``rec``'s position; None (not checked) or BadLine (named) where it has none."""
+        fields = rec.fields
+        value = fields[self.index] if isinstance(fields, list) and self.index is not None \
+            else fields.get(self.name) if isinstance(fields, dict) else None
+        try:
+            if value is None:
+                raise BadLine(f"no {self.name!r} key: the order check reads each line's "
+                              f"position there")
+            return sequence_number(value, self.name) if self.sequence \
+                else reading_time(value, self.name)
+        except BadLine:
+            if self.named:
+                raise
+            return None
+
+    def describe(self, position) -> str:
+        """A sensor's position in the words of its column."""
+        if self.sequence:
+            return f"{self.name} {position}"
+        when = datetime.fromtimestamp(position, timezone.utc).isoformat()
+        return f"{self.name} {when.replace('+00:00', 'Z')}"
+
+    def skipped(self, key: str, position) -> str:
+        """The ``order`` field of a skipped line; counts it."""
+        self.skips[key] = self.skips.get(key, 0) + 1
+        return f"skipped: not after this sensor's last reading ({self.describe(position)})"
+
+    def replayed(self, key: str) -> str:
+        self.replays[key] = self.replays.get(key, 0) + 1
+        return "replay"
+
+    def summary(self, named: bool) -> list[str]:
+        """End-of-run lines: replays and skips per sensor (``named``: by --stream-column)."""
+        keys = sorted(set(self.replays) | set(self.skips))
+        lines = [f"{f'sensor {k!r}' if named else 'the stream'}: {self.replays.get(k, 0)} "
+                 f"replayed reading(s) answered as before, {self.skips.get(k, 0)} older "
+                 f"reading(s) skipped (not fed; --no-order-check feeds them)" for k in keys]
+        if len(lines) > MOST:
+            lines = lines[:MOST] + [f"... and {len(lines) - MOST} more sensors with replays "
+                                    f"or skips"]
+        return lines
+
+
+def choose(fmt: LineFormat, first: Record | None, *, time_column: str | None,
+           seq_column: str | None) -> OrderColumn | None:
+    """The position column of an input; None: none. CSV: from its column names; JSON: from
+    its first good record ``first`` (None: not seen yet, so none yet).
+
+    Raises InputError where a named column is not there.
+    """
+    named = seq_column or time_column
+    option = "--seq-column" if seq_column else "--time-column"
+    if isinstance(fmt, CsvFormat):
+        names = [c.strip().lower() for c in fmt.columns]
+        if named is not None:
+            if named.strip().lower() not in names:
+                raise InputError(f"the input has no {option} {named!r}; it has "
+                                 f"{', '.join(map(repr, fmt.columns))}")
+            at = names.index(named.strip().lower())
+            return OrderColumn(fmt.columns[at], seq_column is not None, at)
+        found = next((i for i, n in enumerate(names) if n in TIME_NAMES), None)
+        return None if found is None else OrderColumn(fmt.columns[found], False, found, False)
+    if isinstance(fmt, JsonlFormat):
+        if named is not None:
+            return OrderColumn(named, seq_column is not None)
+        if first is None or not isinstance(first.fields, dict):
+            return None
+        for key, value in first.fields.items():
+            if str(key).strip().lower() in TIME_NAMES and _is_time(value):
+                return OrderColumn(key, False, None, False)
+        return None
+    if named is not None:
+        raise InputError(f"{option} needs a CSV header, --columns or JSON lines to name the "
+                         f"column; these header-less lines hold the model's features only")
+    return None
+
+
+def _is_time(value) -> bool:
+    try:
+        reading_time(value, "")
+    except BadLine:
+        return False
+    return True

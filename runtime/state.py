@@ -1,0 +1,419 @@
+"""A stream's persisted state: its fields, their checks, the slot order and one byte codec.
+
+Everything that keeps a stream between runs goes through this module: the ``.npz`` snapshot
+files (:mod:`runtime.snapshot`), the rows of the ``lstm-run --state`` database
+(:mod:`runtime.store`) and a host's keyed state (a Flink operator's, a broker session's).
+
+Fields (:class:`StreamState`)
+    the recurrent state per state input, ``(units,)``, or ``(B, units)`` with ``B > 1`` state
+    slots (row ``k`` is slot ``k``; ``next_slot`` the slot the next full window starts from);
+    the window buffer (the last readings fed, oldest first); the step count; the last
+    prediction (masked ``sequence`` steps repeat it); the model it belongs to (fingerprint,
+    window, carry_state); and, for exactly-once delivery (README, "Resuming exactly"), the
+    *position* of the last reading fed (a time in epoch seconds, a float, or a sequence
+    number, an int), that reading as it was given and the answer it got. Named *sections* carry bytes that
+    other features own (the codec keeps them opaque, the stream carries them along).
+
+Byte codec (:meth:`StreamState.to_bytes` / :meth:`StreamState.from_bytes`)
+    Little-endian; version :data:`CODEC`; the last four bytes are the CRC32 of all before them,
+    so a flipped bit anywhere is refused, never restored. A blob describes itself (names,
+    sizes, the model's fingerprint), so it can be read without the model.
+
+The order rule (:func:`order`)
+    One function decides what a reading at a position does to a stream: ``"new"`` (fed),
+    ``"replay"`` (the last reading again: answered with the answer it got, not fed), ``"old"``
+    (at or before the position, not the last reading: skipped, not fed) or ``"conflict"``
+    (the position of the last reading with other values: an error). ``Stream.step(reading,
+    at=...)``, ``Stream.feed(readings, at=...)`` and ``Model.step(streams, readings, at=...)``
+    apply it; ``lstm-run`` and the integrations call those, never a copy of the rule.
+
+A host operator that keeps each sensor's state as bytes (one record at a time)::
+
+    snap = StreamState.from_bytes(blob) if blob else None   # SnapshotError: refuse the record
+    stream.restore(snap)                                    # one stream object per task
+    kind = stream.order(values, at=when)                    # "new" | "replay" | "old" | ...
+    y = stream.step(values, at=when)                        # the rule applied
+    blob = stream.snapshot().to_bytes()
+
+Batched (many sensors per call): restore each sensor's stream, then
+``model.step(streams, readings, at=positions)`` (a NaN row for a skipped reading, the old
+answer for a replay; a conflict raises :class:`~runtime.errors.InputError` naming every bad
+row, nothing stepped), then ``stream.snapshot().to_bytes()`` per stream.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import struct
+import zlib
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import InputError, SnapshotError
+
+FORMAT = 2     # the snapshot format: 2 adds position, last reading, answer and sections
+CODEC = 1      # the byte codec's version
+MAGIC = b"LEst"
+ORDERS = ("new", "replay", "old", "conflict")
+
+_HEAD = struct.Struct("<4sBB32sIBHHHIIcIqBq")   # see pack: the fixed part of a blob
+_SPEC = struct.Struct("<HI")                     # a name's length, then a number
+_FLOAT, _BITS = struct.Struct("<d"), struct.Struct("<q")   # a time keeps its float64 bits
+_DTYPES: dict[bytes, np.dtype] = {b"f": np.dtype("<f4"), b"l": np.dtype("<i8"),
+                                  b"i": np.dtype("<i4")}
+_CODES = {v.str: k for k, v in _DTYPES.items()}
+_PRED, _LAST, _ANSWER, _EXTRA = 1, 2, 4, 8      # flags: which optional parts follow
+_NONE, _TIME, _SEQ = 0, 1, 2                     # kinds of position
+
+
+@dataclass(frozen=True)
+class StreamState:
+    """One stream's state, detached from any session.
+
+    Attributes
+    ----------
+    state : graph input name (``in_h0``, ``in_c0``, ...) -> ``(units,)`` float32 array; for a
+        model with ``B > 1`` state slots, ``(B, units)``, row ``k`` holding slot ``k``.
+    buffer : ``(m, features)`` the last ``m <= window`` readings fed, oldest first
+        (token-id models: ``(m, 1)`` ids).
+    steps : readings fed since the stream was created or reset.
+    fingerprint : sha256 of the ONNX file the stream ran.
+    window, carry_state : the streaming mode the stream ran in.
+    version : the snapshot format.
+    extra : free-form, JSON-serialisable, kept verbatim.
+    prediction : ``(targets,)`` the stream's last prediction, which a masked step of a
+        ``sequence`` model repeats; None where the model has no mask or nothing was predicted.
+    next_slot : the slot the next full window starts from (``B > 1`` state slots); None for
+        one slot.
+    position : the position of the last reading fed with ``at=``: a float (a time, epoch
+        seconds) or an int (a sequence number); None where none was given.
+    last : ``(features,)`` float64 that reading as it was given (NaN where missing).
+    answer : ``(targets,)`` float32 the prediction that reading got (NaN while warming up or
+        skipped), which a replay of it is answered with.
+    sections : name -> bytes, owned by other features (see :meth:`Stream.sections`).
+    """
+
+    state: dict[str, np.ndarray]
+    buffer: np.ndarray
+    steps: int
+    fingerprint: str
+    window: int
+    carry_state: bool
+    version: int = FORMAT
+    extra: dict = field(default_factory=dict)
+    prediction: np.ndarray | None = None
+    next_slot: int | None = None
+    position: float | int | None = None
+    last: np.ndarray | None = None
+    answer: np.ndarray | None = None
+    sections: dict[str, bytes] = field(default_factory=dict)
+
+    def to_bytes(self) -> bytes:
+        """This state in the byte codec, CRC32 last; read back by :meth:`from_bytes`."""
+        return pack(self)
+
+    @classmethod
+    def from_bytes(cls, data, where: str = "the stream state"):
+        """The state :meth:`to_bytes` wrote; SnapshotError (naming ``where``) for anything else."""
+        return _unpack(cls, bytes(data), where)
+
+
+# ---- the order rule ----------------------------------------------------------------------
+
+def order(position, last, reading, at) -> str:
+    """What a reading at position ``at`` is to a stream whose last reading was ``last`` at
+    ``position``: ``"new"``, ``"replay"``, ``"old"`` or ``"conflict"`` (see the module).
+
+    >>> order(None, None, [1.0], 5), order(5, np.array([1.0]), [1.0], 5)
+    ('new', 'replay')
+    >>> order(5, np.array([1.0]), [2.0], 5), order(5, np.array([1.0]), [1.0], 4)
+    ('conflict', 'old')
+    """
+    if position is None or at > position:
+        return "new"
+    if at < position or last is None:
+        return "old"
+    same = np.array_equal(np.asarray(reading, np.float64), last, equal_nan=True)
+    return "replay" if same else "conflict"
+
+
+def check_position(at, what: str = "at", error: type = InputError) -> float | int:
+    """A position as the state keeps it: an int (sequence number) or a finite float (time)."""
+    if isinstance(at, (int, np.integer)) and not isinstance(at, (bool, np.bool_)):
+        return int(at)
+    if isinstance(at, (float, np.floating)) and math.isfinite(at):
+        return float(at)
+    raise error(f"{what} is {at!r}; expected a time in seconds (a finite number) or a "
+                        f"sequence number (an int)")
+
+
+def describe_position(position) -> str:
+    """A position in words: ``time 1647770400 s`` or ``sequence number 17``."""
+    if isinstance(position, int):
+        return f"sequence number {position}"
+    return f"time {position:.6f}".rstrip("0").rstrip(".") + " s"
+
+
+# ---- checks ------------------------------------------------------------------------------
+
+def problems(snap: StreamState, model) -> list[str]:
+    """Everything that keeps ``snap`` from being restored into ``model``, one item each."""
+    out = []
+    if snap.fingerprint != model.fingerprint:
+        out.append(f"it was made for another model (file sha256 {snap.fingerprint[:12]}…, this "
+                   f"one is {model.fingerprint[:12]}…)")
+    if snap.version > FORMAT:
+        out.append(f"snapshot format {snap.version} is newer than this runtime's {FORMAT}; "
+                   f"upgrade lstm-edge")
+    if (snap.window, snap.carry_state) != (model.window, model.carry_state):
+        out.append(f"it was taken with window={snap.window}, carry_state={snap.carry_state}; "
+                   f"this model streams with window={model.window}, "
+                   f"carry_state={model.carry_state}")
+    if isinstance(snap.steps, bool) or not isinstance(snap.steps, (int, np.integer)) \
+            or snap.steps < 0:
+        out.append(f"its step count is {snap.steps!r}, expected a whole number 0 or more")
+    if tuple(snap.state) != model.state_inputs:
+        out.append(f"it holds state {tuple(snap.state)}, this model needs {model.state_inputs}")
+    out += _slot_problems(snap, model)
+    if not out:
+        out += _array_problems(snap, model)
+    return out
+
+
+def _slot_problems(snap, model) -> list[str]:
+    slots, taken = model_slots(model), slots_of(snap)
+    if (snap.next_slot is None) != (slots == 1) or (slots > 1 and taken != slots):
+        return [f"it was taken with {taken} state slot{'s' if taken != 1 else ''}; this model "
+                f"streams with {slots} (lstm_edge.state_slots): start the stream fresh, or "
+                f"load the model with state_slots={taken}"]
+    if slots > 1 and not 0 <= (snap.next_slot or 0) < slots:
+        return [f"its next slot is {snap.next_slot}, expected 0 to {slots - 1}"]
+    return []
+
+
+def _array_problems(snap, model) -> list[str]:
+    out, slots = [], model_slots(model)
+    for (name, value), units in zip(snap.state.items(), model.units):
+        value = np.asarray(value)
+        want = (units,) if slots == 1 else (slots, units)
+        if value.shape != want or value.dtype.kind not in "fiu":
+            out.append(f"state {name} has shape {value.shape} (dtype {value.dtype}), expected "
+                       f"{want} numbers")
+        elif not np.isfinite(value).all():
+            out.append(f"state {name} holds NaN or inf, which no stream ever carries")
+    buf = np.asarray(snap.buffer)
+    if buf.dtype.kind not in "fiu" or buf.ndim != 2 or buf.shape[1] != model.n_features \
+            or len(buf) > model.window:
+        out.append(f"its window buffer has shape {buf.shape} (dtype {buf.dtype}), expected at "
+                   f"most ({model.window}, {model.n_features}) numbers")
+    elif not np.isfinite(buf).all():
+        out.append("its window buffer holds NaN or inf")
+    elif len(buf) > snap.steps:
+        out.append(f"its window buffer holds {len(buf)} readings after {snap.steps} steps")
+    for name, value, size in (("prediction", snap.prediction, model.n_targets),
+                              ("answer", snap.answer, model.n_targets),
+                              ("last reading", snap.last, model.n_features)):
+        if value is not None and np.shape(value) != (size,):
+            out.append(f"its {name} has shape {np.shape(value)}, expected ({size},)")
+    if (snap.position is None) != (snap.last is None):
+        out.append("it has a position without the reading there, or the reading without one")
+    if snap.position is not None:
+        try:
+            check_position(snap.position, "its position", SnapshotError)
+        except SnapshotError as exc:
+            out.append(str(exc))
+    return out
+
+
+def check(snap: StreamState, model, where: str = "the snapshot") -> None:
+    """Raise one SnapshotError naming ``where`` and every problem, if ``snap`` has any."""
+    found = problems(snap, model)
+    if found:
+        raise SnapshotError(f"{where}: {'; '.join(found)}; restore a good copy, or start the "
+                            f"stream fresh")
+
+
+# ---- slot order --------------------------------------------------------------------------
+
+def model_slots(model) -> int:
+    """The state slots a stream of ``model`` keeps: ``B``, or 1 where it carries no state."""
+    return int(model.slots) if model.carry_state else 1
+
+
+def slots_of(snap: StreamState) -> int:
+    """How many state slots a state holds: 1, or the rows of its ``(B, units)`` state."""
+    if snap.next_slot is None or not snap.state:
+        return 1
+    shape = np.shape(next(iter(snap.state.values())))
+    return int(shape[0]) if len(shape) == 2 else 1
+
+
+def ring(snap: StreamState, slots: int) -> tuple[list[tuple], int]:
+    """The state as ``B`` per-slot tuples of ``(1, units)`` float32 arrays, slot ``k`` at
+    ``k``, and the next slot: what a stream holds."""
+    arrays = [np.array(v, np.float32).reshape(slots, -1) for v in snap.state.values()]
+    return [tuple(a[k:k + 1] for a in arrays) for k in range(slots)], int(snap.next_slot or 0)
+
+
+def stack_ring(names, ring_slots: list[tuple], next_slot: int | None) -> dict[str, np.ndarray]:
+    """The inverse of :func:`ring`: name -> ``(units,)``, or ``(B, units)`` for ``B > 1``."""
+    if next_slot is None:
+        return {n: np.array(np.asarray(s, np.float32)[0]) for n, s in zip(names, ring_slots[0])}
+    return {n: np.concatenate([np.asarray(r[t], np.float32) for r in ring_slots])
+            for t, n in enumerate(names)}
+
+
+# ---- the codec ---------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=64)
+def _names(names: tuple, units: tuple) -> bytes:
+    """The state tensors' names and units as a blob spells them (the same for every row)."""
+    return b"".join(_SPEC.pack(len(raw), u) + raw
+                    for raw, u in zip((n.encode() for n in names), units))
+
+
+@functools.lru_cache(maxsize=64)
+def _fingerprint(text: str) -> bytes:
+    return bytes.fromhex(text)
+
+
+def pack(s) -> bytes:
+    """``s``: a :class:`StreamState`, or anything with its attributes (``Stream.to_bytes``)."""
+    names = tuple(s.state)
+    arrays = [np.asarray(s.state[n]) for n in names]
+    slots = arrays[0].shape[0] if arrays and arrays[0].ndim == 2 else 1
+    units = tuple(a.shape[-1] for a in arrays)
+    buf = np.asarray(s.buffer)
+    code = _CODES.get(buf.dtype.str)
+    if code is None:
+        buf, code = buf.astype("<f4"), b"f"
+    flags = ((_PRED if s.prediction is not None else 0) | (_LAST if s.last is not None else 0)
+             | (_ANSWER if s.answer is not None else 0) | (_EXTRA if s.extra else 0))
+    kind = _NONE if s.position is None else _SEQ if isinstance(s.position, int) else _TIME
+    pos = 0 if s.position is None else (s.position if kind == _SEQ
+                                        else _BITS.unpack(_FLOAT.pack(s.position))[0])
+    targets = len(s.prediction) if s.prediction is not None else \
+        len(s.answer) if s.answer is not None else 0
+    parts = [_HEAD.pack(MAGIC, CODEC, flags, _fingerprint(s.fingerprint), s.window,
+                        bool(s.carry_state), slots, s.next_slot or 0, len(names),
+                        buf.shape[1] if buf.ndim == 2 else 0, targets, code,
+                        len(buf), int(s.steps), kind, pos), _names(names, units)]
+    parts += [a.astype("<f4", copy=False).tobytes() for a in arrays]
+    parts.append(buf.tobytes())
+    for flag, value, t in ((_PRED, s.prediction, "<f4"), (_LAST, s.last, "<f8"),
+                           (_ANSWER, s.answer, "<f4")):
+        if flags & flag:
+            parts.append(np.asarray(value).astype(t, copy=False).tobytes())
+    if flags & _EXTRA:
+        raw = json.dumps(s.extra).encode()
+        parts += [struct.pack("<I", len(raw)), raw]
+    parts.append(struct.pack("<H", len(s.sections)))
+    for name, section in s.sections.items():
+        raw = name.encode()
+        parts += [_SPEC.pack(len(raw), len(section)), raw, bytes(section)]
+    body = b"".join(parts)
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+def _unpack(cls, data: bytes, where: str):
+    if len(data) < _HEAD.size + 4 or data[:4] != MAGIC:
+        raise SnapshotError(f"{where} is not a snapshot file or stream state lstm-edge can read "
+                            f"(it starts {data[:8]!r}); restore a good copy, or start the "
+                            f"stream fresh")
+    body, (crc,) = data[:-4], struct.unpack("<I", data[-4:])
+    if zlib.crc32(body) != crc:
+        raise SnapshotError(f"{where} fails its checksum (CRC32): the stored state is corrupt; "
+                            f"restore a good copy, or start the stream fresh")
+    if data[4] > CODEC:
+        raise SnapshotError(f"{where} has state codec {data[4]}, this runtime reads up to "
+                            f"{CODEC}; upgrade lstm-edge")
+    try:
+        snap = _fields(cls, body)
+    except (ValueError, KeyError, UnicodeDecodeError, struct.error) as exc:
+        raise SnapshotError(f"{where} is malformed ({exc}); restore a good copy, or start the "
+                            f"stream fresh") from None
+    if snap.steps < 0:
+        raise SnapshotError(f"{where} has a step count of {snap.steps}, expected 0 or more: "
+                            f"the state is corrupt; restore a good copy, or start the stream "
+                            f"fresh")
+    return snap
+
+
+def _fields(cls, body: bytes):
+    """The fields of a blob whose checksum held; ValueError/struct.error where it is short."""
+    (_, _, flags, fp, window, carry, slots, next_slot, n, features, targets, code, rows,
+     steps, kind, pos) = _HEAD.unpack_from(body)
+    at, specs = _HEAD.size, []
+    for _ in range(n):
+        size, units = _SPEC.unpack_from(body, at)
+        specs.append((body[at + _SPEC.size:at + _SPEC.size + size].decode(), units))
+        at += _SPEC.size + size
+
+    def array(dtype, count):
+        nonlocal at
+        out = np.frombuffer(body, dtype, count, at).copy()   # ValueError where short
+        at += count * out.itemsize
+        return out
+
+    state = {}
+    for name, units in specs:
+        a = array("<f4", units * slots)
+        state[name] = a.reshape(slots, units) if slots > 1 else a
+    buffer = array(_DTYPES[code], rows * features).reshape(rows, features)
+    pred = array("<f4", targets) if flags & _PRED else None
+    last = array("<f8", features) if flags & _LAST else None
+    answer = array("<f4", targets) if flags & _ANSWER else None
+    extra = {}
+    if flags & _EXTRA:
+        (size,) = struct.unpack_from("<I", body, at)
+        extra = json.loads(body[at + 4:at + 4 + size])
+        at += 4 + size
+    sections = {}
+    (count,) = struct.unpack_from("<H", body, at)
+    at += 2
+    for _ in range(count):
+        size, length = _SPEC.unpack_from(body, at)
+        at += _SPEC.size
+        sections[body[at:at + size].decode()] = body[at + size:at + size + length]
+        at += size + length
+    if at != len(body):
+        raise ValueError(f"{len(body) - at} bytes after its last field" if at < len(body)
+                         else f"it ends after {len(body)} bytes, {at} expected")
+    position = None if kind == _NONE else pos if kind == _SEQ else \
+        _FLOAT.unpack(_BITS.pack(pos))[0]
+    return cls(state=state, buffer=buffer, steps=steps, fingerprint=fp.hex(), window=window,
+               carry_state=bool(carry), extra=extra, prediction=pred,
+               next_slot=next_slot if slots > 1 else None, position=position, last=last,
+               answer=answer, sections=sections)
+
+
+def from_v1_row(cls, layout: dict, steps, buffer: bytes, state: bytes, prediction):
+    """A state from a row of a format-1 state database (columns as that format kept them).
+
+    ``layout``: the database's meta values (state names, units, slots, buffer dtype,
+    features, fingerprint, window, carry_state). Format-1 rows hold each tensor's B slots
+    in the order they come next; window ``j`` has slot ``j mod B``, so after ``steps -
+    window + 1`` full windows the first of them is that slot. (A masked reading of a
+    window-1 model turns the slot uncounted: there the numbering may differ, the order and
+    so every prediction do not.)
+    """
+    names, units = json.loads(layout["state"]), json.loads(layout["units"])
+    slots, window = int(layout.get("slots", "1")), int(layout["window"])
+    dtype, features = np.dtype(layout["buffer_dtype"]), int(layout["features"])
+    values = np.frombuffer(state, np.float32)
+    cuts = np.cumsum([0] + [u * slots for u in units])
+    if len(values) != cuts[-1] or len(buffer) % (features * dtype.itemsize):
+        raise ValueError("its arrays have the wrong size")
+    nxt = max(0, int(steps) - window + 1) % slots
+    arrays = {n: np.roll(values[a:b].reshape(slots, -1), nxt, axis=0)   # row k: slot k
+              for n, a, b in zip(names, cuts[:-1], cuts[1:])}
+    return cls(
+        state={n: a if slots > 1 else a[0].copy() for n, a in arrays.items()},
+        next_slot=nxt if slots > 1 else None, steps=steps,
+        buffer=np.frombuffer(buffer, dtype).reshape(-1, features).copy(),
+        fingerprint=layout["fingerprint"], window=window,
+        carry_state=json.loads(layout["carry_state"]), version=1,
+        prediction=None if prediction is None else np.frombuffer(prediction, np.float32).copy())

@@ -1,0 +1,211 @@
+"""Exactly once per sensor on feeds that deliver twice, through real processes (issue 18).
+
+A real ``tail -n +1 -f`` over a growing file, its pipeline stopped (SIGTERM, ``kill -9``)
+and started again three times, and a whole input resent after a ``kill -9`` at a random
+point: each must end in what one uninterrupted run gives, every reading fed once. The
+reference is ``lstm-run`` over the whole input in one run, without a state file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import runtime
+from test_cli_run import ATOL, LSTM_RUN, ROOT, RTOL, TIMEOUT, csv_rows, run, split_lines, tiny_onnx
+
+START = datetime(2026, 3, 1, tzinfo=timezone.utc)
+MODELS = {"sequence": dict(window=1, carry_state=True), "window": dict(window=3, carry_state=False),
+          "stateful": dict(window=3, carry_state=True)}
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("once")
+    return {k: tiny_onnx(d / f"{k}.onnx", seed=i, **v) for i, (k, v) in enumerate(MODELS.items())}
+
+
+def rows(n: int, sensors: int, seed: int = 0) -> list[dict]:
+    """``n`` readings, sensors in turn, each sensor's times a minute apart."""
+    rng = np.random.default_rng(seed)
+    return [{"time": (START + timedelta(minutes=i // sensors)).isoformat(),
+             "sensor": f"s{i % sensors}", "temperature": round(float(rng.normal(21, 3)), 2),
+             "humidity": round(float(rng.normal(45, 8)), 2)} for i in range(n)]
+
+
+def text(data: list[dict], jsonl: bool = False) -> bytes:
+    if jsonl:
+        return "".join(json.dumps(r) + "\n" for r in data).encode()
+    head = "time,sensor,temperature,humidity\n"
+    return (head + "".join(f"{r['time']},{r['sensor']},{r['temperature']},{r['humidity']}\n"
+                           for r in data)).encode()
+
+
+def answers(out: str, jsonl: bool = False) -> list[dict]:
+    if jsonl:
+        return [json.loads(line) for line in split_lines(out)]
+    return csv_rows(out)
+
+
+def by_reading(found: list[dict]) -> dict[tuple, tuple]:
+    """(sensor, time) -> (step, prediction) of the answers that carry one."""
+    return {(a["sensor"], a["time"]): (str(a["step"]), str(a["pred_temperature"]))
+            for a in found if str(a.get("step", "")) not in ("", "None")}
+
+
+def same_states(db: Path, reference: Path) -> None:
+    got, want = runtime.load_snapshots(db), runtime.load_snapshots(reference)
+    assert sorted(got) == sorted(want)
+    for key, snap in want.items():
+        mine = got[key]
+        assert (mine.steps, mine.position) == (snap.steps, snap.position), key
+        np.testing.assert_array_equal(mine.buffer, snap.buffer)
+        for name, value in snap.state.items():
+            np.testing.assert_allclose(mine.state[name], value, rtol=RTOL, atol=ATOL)
+
+
+# ---- a restarted tail -f ----------------------------------------------------------------
+
+class Reader:
+    """A live process's stdout, read line by line within a deadline."""
+
+    def __init__(self, proc: subprocess.Popen):
+        self.proc, self.buf = proc, b""
+
+    def read(self, n: int, timeout: float = TIMEOUT) -> list[str]:
+        """The first ``n`` lines the process wrote."""
+        deadline, fd = time.monotonic() + timeout, self.proc.stdout.fileno()
+        while self.buf.count(b"\n") < n:
+            left = deadline - time.monotonic()
+            ready, _, _ = select.select([fd], [], [], max(left, 0))
+            assert ready, f"fewer than {n} answers within {timeout} s: {self.buf[-300:]!r}"
+            chunk = os.read(fd, 65536)
+            assert chunk, f"the process ended early: {self.proc.stderr.read()!r}"
+            self.buf += chunk
+        return self.buf.decode().split("\n")[:n]
+
+
+class Pipeline(Reader):
+    """``tail -n +1 -f FILE | lstm-run ... --state DB``, in its own process group."""
+
+    def __init__(self, model: Path, log: Path, db: Path):
+        command = (f"tail -n +1 -f {log} | {' '.join(LSTM_RUN)} {model} --stream "
+                   f"--stream-column sensor --state {db} --save-every 1 --device cpu")
+        super().__init__(subprocess.Popen(command, shell=True, stdout=subprocess.PIPE,
+                                          stderr=subprocess.PIPE, start_new_session=True,
+                                          cwd=ROOT))
+
+    def stop(self, sig: int) -> str:
+        """Signal tail and lstm-run alike; lstm-run's stderr."""
+        os.killpg(self.proc.pid, sig)
+        self.proc.wait(TIMEOUT)
+        return self.proc.stderr.read().decode()
+
+
+def test_a_restarted_tail_f_feeds_each_reading_once(models, tmp_path):
+    data = rows(80, sensors=3)
+    log, db = tmp_path / "feed.csv", tmp_path / "state.db"
+    whole, _ = run([models["stateful"], "--stream-column", "sensor", "--device", "cpu"],
+                   text(data))
+    reference = by_reading(csv_rows(whole))
+    log.write_bytes(text(data[:20]))
+    seen: list[dict] = []
+    stops = [signal.SIGTERM, signal.SIGKILL, signal.SIGTERM, signal.SIGTERM]
+    for run_no, (upto, sig) in enumerate(zip((20, 40, 60, 80), stops)):
+        if run_no:
+            with log.open("ab") as f:                        # the file grew while we were down
+                f.write(text(data[upto - 20:upto]).split(b"\n", 1)[1])
+        pipe = Pipeline(models["stateful"], log, db)
+        got = csv_rows("\n".join(pipe.read(upto + 1)) + "\n")  # tail resends the whole file
+        err = pipe.stop(sig)
+        assert "Traceback" not in err, err
+        assert len(got) == upto
+        marks = [g["order"] for g in got]
+        if run_no in (1, 3):                                 # after a SIGTERM: all was saved
+            assert marks.count("replay") == 3, marks         # each sensor's last reading
+            assert all(m.startswith("skipped: ") for m in marks[:upto - 20 - 3])
+            assert all(m == "" for m in marks[upto - 20:]), marks
+        if sig == signal.SIGTERM and run_no:                 # the summary, at every end
+            assert "sensor 's0': 1 replayed reading(s) answered as before" in err, err
+        for g in got:
+            if g["order"] == "replay" or g["order"] == "":   # a step: the uninterrupted one's
+                assert (g["step"], g["pred_temperature"]) == reference[(g["sensor"],
+                                                                        g["time"])], g
+            else:
+                assert g["step"] == "" and g["pred_temperature"] == "", g
+        seen += got
+    assert by_reading([g for g in seen if g["order"] == ""]) == reference   # every one fed
+    final = tmp_path / "reference.db"
+    run([models["stateful"], "--stream-column", "sensor", "--device", "cpu", "--state", final],
+        text(data))
+    same_states(db, final)
+
+
+# ---- a whole input resent after kill -9 -------------------------------------------------
+
+def send(proc: subprocess.Popen, data: bytes) -> None:
+    """Write ``data`` to the process's stdin; a process killed meanwhile takes what it took."""
+    try:
+        proc.stdin.write(data)
+        proc.stdin.flush()
+    except BrokenPipeError:
+        pass
+
+@pytest.mark.parametrize("sensors", [1, 1000])
+@pytest.mark.parametrize("jsonl", [False, True], ids=["csv", "jsonl"])
+@pytest.mark.parametrize("kind", sorted(MODELS))
+def test_resending_everything_after_kill_9_gives_the_uninterrupted_state(
+        models, tmp_path, kind, jsonl, sensors):
+    data = rows(40 if sensors == 1 else 3 * sensors, sensors, seed=sensors)
+    body = text(data, jsonl)
+    args = [models[kind], "--stream-column", "sensor", "--device", "cpu", "--state"]
+    reference = tmp_path / "reference.db"
+    whole, _ = run(args + [reference], body)
+    cut = int(np.random.default_rng(len(data)).integers(1, len(data)))   # answers to wait for
+    db = tmp_path / "state.db"
+    proc = subprocess.Popen(LSTM_RUN + [str(a) for a in args + [db, "--stream", "--save-every",
+                                                                "1"]],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, cwd=ROOT)
+    head = b"\n".join(body.split(b"\n")[:cut + (0 if jsonl else 1)]) + b"\n"
+    writer = threading.Thread(target=send, args=(proc, head))   # the pipes fill both ways
+    writer.start()
+    Reader(proc).read(cut + (0 if jsonl else 1))
+    proc.kill()                                                  # kill -9 mid-stream
+    proc.wait(TIMEOUT)
+    writer.join(TIMEOUT)
+    again, _ = run(args + [db], body)                             # everything again
+    same_states(db, reference)
+    want = by_reading(answers(whole, jsonl))
+    found = answers(again, jsonl)
+    assert len(found) == len(data)
+    for a in found:
+        if str(a.get("order", "")) in ("", "replay", "None"):
+            assert by_reading([a]) == {k: want[k] for k in by_reading([a])}, a
+        else:
+            assert a["order"].startswith("skipped: "), a
+
+
+def test_no_order_check_feeds_every_line_as_it_comes(models):
+    data = rows(6, sensors=1)
+    twice = text(data) + text(data).split(b"\n", 1)[1]        # every line again
+    args = [models["sequence"], "--stream-column", "sensor", "--device", "cpu"]
+    out, err = run(args + ["--no-order-check"], twice)
+    got = csv_rows(out)
+    assert "order" not in got[0] and [g["step"] for g in got] == [str(i) for i in range(1, 13)]
+    assert "replayed" not in err
+    out, err = run(args, twice)
+    got = csv_rows(out)
+    assert [g["order"] for g in got[6:]] == ["skipped: not after this sensor's last reading "
+                                             f"(time {data[-1]['time'][:19]}Z)"] * 5 + ["replay"]
+    assert got[11]["step"] == got[5]["step"] == "6" and "1 replayed reading(s)" in err
