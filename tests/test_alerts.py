@@ -223,13 +223,16 @@ def test_lstm_run_alerts_resume_with_state(tmp_path, readings):
     whole = _table(run(args, "".join(lines).encode())[0])
     state = tmp_path / "s.db"
     run(args + ["--state", state], "".join(lines[:31]).encode())
-    assert Path(f"{state}.alerts").is_file()
+    (key, snap), = runtime.load_snapshots(state).items()
+    assert "alerts" in snap.sections         # saved with the stream state, in one commit
     rest = _table(run(args + ["--state", state], "".join(lines[:1] + lines[31:]).encode())[0])
     keys = (f"lo_{TARGET}", "anomaly", "score", "alert")
     assert [[r[k] for k in keys] for r in rest] == [[r[k] for k in keys] for r in whole[30:]]
-    Path(f"{state}.alerts").write_text("{not json")
-    _, err = run(args + ["--state", state], "".join(lines[:2]).encode(), code=2)
-    assert "alert states cannot be read" in err and "Traceback" not in err
+    snap.sections["alerts"] = b"not an alert state"
+    bad = tmp_path / "bad.npz"
+    runtime.save_snapshots(bad, {key: snap})
+    _, err = run(args + ["--state", bad], "".join(lines[:2]).encode(), code=2)
+    assert "saved alert state cannot be used" in err and "Traceback" not in err
 
 
 def test_lstm_run_refuses_a_model_without_intervals(tmp_path):

@@ -1,5 +1,5 @@
 """Each sensor's LSTM stream in Apache Flink's keyed state; see README, "Beyond one machine".
 
-``codec``, ``records`` and ``batch`` need numpy and the runtime only; ``operators``, ``job``
+``records`` and ``batch`` need numpy and the runtime only; ``operators``, ``job``
 and ``bench`` need PyFlink (``make flink-env`` builds ``.venv-flink`` for them).
 """

@@ -10,7 +10,6 @@ per-line operator's (:class:`~.records.LineJob`), byte for byte.
 
 from __future__ import annotations
 
-import math
 import time
 import zlib
 from collections.abc import Callable
@@ -40,35 +39,44 @@ class BatchJob(LineJob):
         one out of order gets an error record and leaves its sensor's state as it was.
         """
         out: list[str | None] = [None] * len(lines)
-        runs: dict[str, list[tuple[int, fmt.Record, float]]] = {}
+        runs: dict[str, list[tuple[int, fmt.Record]]] = {}
         for i, line in enumerate(lines):
-            rec, now = self.parse(line)
+            rec = self.parse(line)
             if rec.ok:
-                runs.setdefault(rec.key, []).append((i, rec, now))
+                runs.setdefault(rec.key, []).append((i, rec))
             else:
                 out[i] = self.format.format_error(rec)
         wall = time.time()
-        streams, fed = {}, {}
+        streams, fed, replays = {}, {}, []
         for key, run in runs.items():
-            streams[key], last = self.open(key, stored(key), wall, runs)
-            fed[key] = []
-            for i, rec, now in run:
-                rec.error = self.order_error(now, last)
-                if rec.error is None:
-                    fed[key].append((i, rec))
-                    last = now if not math.isnan(now) else last
-                else:
+            stream = streams[key] = self.open(key, stored(key), wall, runs)
+            fed[key], prev = [], None        # prev: the run's last new record, not yet fed
+            for i, rec in run:
+                kind = self.decide(stream, rec, prev)
+                if not rec.ok:
                     out[i] = self.format.format_error(rec)
-        self._step(streams, fed, out)
+                elif kind == "replay":        # of a reading fed before, or earlier in the run
+                    replays.append((i, rec, prev))
+                elif kind == "old":
+                    out[i] = self.skipped(rec, prev.at if prev is not None else stream.position)
+                else:
+                    fed[key].append((i, rec))
+                    prev = rec if rec.at is not None else prev
+        answers: dict[int, tuple] = {}
+        before = {key: self.stored(stream) for key, stream in streams.items()}
+        self._step(streams, fed, out, answers)
+        for i, rec, prev in replays:
+            answer = answers.get(id(prev)) if prev is not None else before[rec.key]
+            out[i] = self.replayed(rec, answer) if answer is not None \
+                else self.format.format_error(rec)
         changed = {}
-        for key, run in runs.items():
-            done = [now for _, rec, now in run if rec.ok]          # fed, in time order
-            if done:
-                changed[key] = self.save(key, streams[key], done[-1], wall)
+        for key, run in fed.items():
+            if any(rec.ok for _, rec in run):
+                changed[key] = self.save(key, streams[key], wall)
         return out, changed          # type: ignore[return-value]   (every line answered)
 
     def _step(self, streams: dict, fed: dict[str, list[tuple[int, fmt.Record]]],
-              out: list[str | None]) -> None:
+              out: list[str | None], answers: dict[int, tuple]) -> None:
         """Step every fed reading, formatting each answer into ``out``.
 
         A sensor with more lines than there are sensors is fed its run in one call; the rest
@@ -80,33 +88,43 @@ class BatchJob(LineJob):
             stream, run = streams[key], fed[key]
             first = stream.steps
             try:
-                preds = stream.feed(np.stack([rec.values for _, rec in run]))  # (n, targets)
+                preds = stream.feed(np.stack([rec.values for _, rec in run]),
+                                    at=self._at(run))                   # (n, targets)
             except LstmEdgeError:     # the stream is unchanged: one reading at a time instead
-                self._step_alone(stream, run, out)
+                self._step_alone(stream, run, out, answers)
                 continue
             for n, ((i, rec), pred) in enumerate(zip(run, preds), start=first + 1):
-                out[i] = self.format.format(rec, n, n < self.model.window, pred)
+                self._answer(out, answers, i, rec, (n, n < self.model.window, pred))
         rest = {k: run for k, run in fed.items() if k not in long}
         for r in range(max((len(run) for run in rest.values()), default=0)):
             keys = [k for k, run in rest.items() if len(run) > r]
             batch = [streams[k] for k in keys]
             items = [rest[k][r] for k in keys]
             try:
-                preds = self.model.step(batch, np.stack([rec.values for _, rec in items]))
+                preds = self.model.step(batch, np.stack([rec.values for _, rec in items]),
+                                        at=self._at(items))
             except LstmEdgeError:     # nothing was stepped: one stream at a time instead
                 for stream, item in zip(batch, items):
-                    self._step_alone(stream, [item], out)
+                    self._step_alone(stream, [item], out, answers)
                 continue
             for stream, (i, rec), pred in zip(batch, items, preds):   # pred: (targets,)
-                out[i] = self.format.format(rec, stream.steps, not stream.ready, pred)
+                self._answer(out, answers, i, rec, (stream.steps, not stream.ready, pred))
 
-    def _step_alone(self, stream, run, out) -> None:
+    def _step_alone(self, stream, run, out, answers) -> None:
         for i, rec in run:
             try:
-                y = stream.step(rec.values)
+                y = stream.step(rec.values, at=rec.at)
             except LstmEdgeError as exc:        # the stream is unchanged (runtime's promise)
                 rec.error = str(exc)
                 out[i] = self.format.format_error(rec)
                 continue
-            out[i] = self.format.format(rec, stream.steps, not stream.ready,
-                                        self._nan if y is None else y)
+            self._answer(out, answers, i, rec, (stream.steps, not stream.ready,
+                                                self._nan if y is None else y))
+
+    def _answer(self, out, answers, i: int, rec: fmt.Record, answer: tuple) -> None:
+        answers[id(rec)] = answer
+        out[i] = self.format.format(rec, *answer)
+
+    def _at(self, items) -> list | None:
+        """The positions of ``(i, record)`` items for the order rule; None without one."""
+        return None if self.order is None else [rec.at for _, rec in items]

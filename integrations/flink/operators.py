@@ -17,7 +17,7 @@ from pyflink.datastream.state import (ListStateDescriptor, MapStateDescriptor, S
 from .batch import BatchJob, shard_of
 from .records import LineJob, LineSpec
 
-STATE_TYPE = Types.PICKLED_BYTE_ARRAY()   # one sensor's stream: codec.StateCodec bytes
+STATE_TYPE = Types.PICKLED_BYTE_ARRAY()   # one sensor's stream: runtime.state bytes
 ROUTED = Types.TUPLE([Types.STRING(), Types.STRING()])   # (sensor, line)
 SHARDED = Types.TUPLE([Types.INT(), Types.STRING()])     # (shard, line)
 END_OF_INPUT = 2**63 - 1   # the final watermark of a bounded input (Long.MAX_VALUE)
@@ -102,7 +102,7 @@ class RouteShard(FlatMapFunction):
 class BatchPredict(KeyedProcessFunction):
     """(shard, line) -> answer lines, a shard's pending lines answered together.
 
-    Keyed state per shard: ``streams`` (sensor -> state bytes, :mod:`.codec`) and
+    Keyed state per shard: ``streams`` (sensor -> state bytes, :mod:`runtime.state`) and
     ``pending`` (lines not yet answered; checkpointed, so a restore answers them). A shard
     is flushed ``flush_ms`` after its first pending line (processing time), as soon as it
     holds ``flush_size`` lines, and at the end of a bounded input (its final watermark:

@@ -5,9 +5,13 @@
 state bytes, or an error record and ``None`` (the state is then left as it was). The line
 formats, error records and answer columns are ``lstm-run``'s, from :mod:`runtime.lines`.
 
-Each sensor's readings must arrive in order. With a time column, a reading whose time is not
-after the sensor's last one is refused with an error record instead of being fed: feeding it
-would silently give the LSTM a state no Keras run would ever reach.
+Each sensor's readings must arrive in order. With a time column the runtime's order rule
+applies, as in ``lstm-run`` (:mod:`runtime.order`, ``Stream.step(reading, at=...)``): a reading
+after the sensor's position is fed; a replay of its last reading gets the answer it got then
+(``order`` = ``replay``); an older one is answered as skipped and not fed; the same time with
+other values is an error record. A sensor's state bytes are its stream state in the runtime's
+one codec (:mod:`runtime.state`, CRC-checked), with the time of the write in a section of
+its own (for ``--state-ttl``).
 
 The job's sources decode each line's bytes as ISO-8859-1 (one character per byte: nothing
 replaced, nothing lost), and :func:`raw` turns them back into the very bytes, so that
@@ -18,6 +22,7 @@ U+FFFD that would be fed as if the line were good.
 from __future__ import annotations
 
 import math
+import struct
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -29,7 +34,11 @@ from runtime import LstmEdgeError
 from runtime import lines as fmt
 from runtime.lines import BadLine
 
-from .codec import StateCodec, reading_time
+from runtime.order import OrderColumn, choose
+from runtime.state import StreamState, order
+from runtime.stream import conflict_message
+
+WRITTEN = "flink.written"     # the state section holding the wall-clock time of the write
 
 
 @dataclass(frozen=True)
@@ -85,38 +94,33 @@ class LineJob:
         self.ttl = ttl       # seconds after its last write that a sensor's state is void
         self.spec = spec
         self.format = line_format(spec, self.model.features, self.model.targets)
-        self.codec = StateCodec(self.model)
+        self.order: OrderColumn | None = None     # the time column, through runtime.order
+        if spec.time_column is not None:
+            self.order = choose(self.format, None, time_column=spec.time_column, seq_column=None)
+        if self.order is not None:
+            self.format.add_order()
         self.stream = self.model.stream()   # the stream of lines given without a key
-        # key -> (state bytes it last wrote, its stream, last reading's time, write time),
-        # most recently used last
-        self._hot: OrderedDict[str, tuple[bytes, object, float, float]] = OrderedDict()
+        # key -> (state bytes it last wrote, its stream, write time), most recently used last
+        self._hot: OrderedDict[str, tuple[bytes, object, float]] = OrderedDict()
         self._nan = np.full(self.model.n_targets, np.nan, np.float32)
-        self._time_index = None
-        if spec.time_column is not None and spec.format == "csv":
-            self._time_index = list(spec.columns).index(spec.time_column)
 
-    def parse(self, line: str) -> tuple[fmt.Record, float]:
-        """The record of one line and its time (NaN without a time column).
+    def parse(self, line: str) -> fmt.Record:
+        """The record of one line, its position in ``rec.at`` (None without a time column).
 
-        A bad line, a sample the model cannot take or a bad time gives an error record.
+        A bad line, a reading the model cannot take or a bad time gives an error record.
         """
-        rec, when = self.format.parse(0, raw(line)), math.nan
+        rec = self.format.parse(0, raw(line))
         if rec.ok:
             try:
                 self.model.validate(rec.values)
             except LstmEdgeError as exc:
                 rec.error = str(exc)
-        if rec.ok and self.spec.time_column is not None:
+        if rec.ok and self.order is not None:
             try:
-                when = reading_time(self._time_field(rec), self.spec.time_column)
+                rec.at = self.order.position(rec)
             except BadLine as exc:
                 rec.error = str(exc)
-        return rec, when
-
-    def _time_field(self, rec: fmt.Record):
-        if self._time_index is not None:
-            return rec.fields[self._time_index]
-        return rec.fields.get(self.spec.time_column)
+        return rec
 
     def key(self, line: str) -> str | None:
         """The sensor a line goes to; None for a header line (dropped); "" for a bad line."""
@@ -136,62 +140,92 @@ class LineJob:
         very bytes that stream last wrote, so Flink's state stays the one truth (a restore,
         an expired TTL or a rescale gives other bytes, and the stream is rebuilt from them).
         """
-        rec, now = self.parse(line)
+        rec = self.parse(line)
         if not rec.ok:
             return self.format.format_error(rec), None
         wall = time.time()
-        stream, last = self.open(key, blob, wall)
-        rec.error = self.order_error(now, last)
-        if rec.error is None:
+        stream = self.open(key, blob, wall)
+        kind = self.decide(stream, rec)
+        if kind == "replay":
+            return self.replayed(rec, self.stored(stream)), None
+        if kind == "old":
+            return self.skipped(rec, stream.position), None
+        if rec.ok:
             try:
-                y = stream.step(rec.values)
+                y = stream.step(rec.values, at=rec.at)
             except LstmEdgeError as exc:        # the stream is unchanged (runtime's promise)
                 rec.error = str(exc)
-        if rec.error is not None:
+        if not rec.ok:
             return self.format.format_error(rec), None
         out = self.format.format(rec, stream.steps, not stream.ready,
                                  self._nan if y is None else y)
-        return out, self.save(key, stream, now, wall)
+        return out, self.save(key, stream, wall)
 
     # ---- the state's bytes and the order rule: each done here, once ----------------------
 
     def open(self, key: str | None, blob: bytes | None, wall: float, busy=()):
-        """``(stream, last reading's time)`` of a sensor whose keyed state is ``blob``.
+        """The stream of a sensor whose keyed state is ``blob``.
 
         The task's kept stream where ``blob`` is still the bytes it last wrote; else one
         restored from the bytes (a fresh one for None, or where the state TTL has passed).
         ``busy``: sensors whose stream objects must not be reused for this one.
         """
-        snap, last, written, stream = None, math.nan, math.nan, None
+        snap, stream = None, None
         if blob is not None:
             hot = self._hot.get(key) if key is not None else None
             if hot is not None and (hot[0] is blob or hot[0] == blob):
-                _, stream, last, written = hot
+                stream, written = hot[1], hot[2]
             else:
-                snap, last, written = self.codec.decode(blob)
+                snap = StreamState.from_bytes(blob, "the keyed state")
+                written = _written(snap.sections)
             if self.ttl is not None and wall - written > self.ttl:   # silent too long
-                stream, snap, last = None, None, math.nan
+                stream, snap = None, None
         if stream is None:
             stream = self._stream_for(key, busy)
-            stream.restore(snap)
-        return stream, last
+            stream.restore(snap, "the keyed state")
+        return stream
 
-    def save(self, key: str | None, stream, last: float, wall: float) -> bytes:
+    def save(self, key: str | None, stream, wall: float) -> bytes:
         """The sensor's new state bytes, its stream kept for its next line."""
-        blob = self.codec.encode(stream.snapshot(), last, wall)
+        stream.sections[WRITTEN] = struct.pack("<d", wall)
+        blob = stream.to_bytes()
         if key is not None:
-            self._hot[key] = (blob, stream, last, wall)
+            self._hot[key] = (blob, stream, wall)
         return blob
 
-    def order_error(self, now: float, last: float) -> str | None:
-        """Why a reading at ``now`` may not be fed after one at ``last``; None where it may."""
-        if not now <= last:   # also where either is NaN (no time column, a fresh sensor)
-            return None
-        return (f"out of order: time column {self.spec.time_column!r} gives {now:g} s, "
-                f"not after this sensor's last reading ({last:g} s); the reading was "
-                f"not fed. Each sensor's readings must arrive in time order: key the "
-                f"source by sensor (Kafka: one partition per sensor key) and keep "
-                f"each sensor's lines in one file, in order")
+    def decide(self, stream, rec: fmt.Record, prev: fmt.Record | None = None) -> str:
+        """The runtime's order rule for ``rec``: ``"new"``, ``"replay"`` or ``"old"``; a
+        reading at the position of the last one with other values becomes an error record
+        (``"new"`` is returned with ``rec.error`` set). ``prev``: the sensor's last new
+        record not yet fed (a flush's earlier line), which the rule then compares with."""
+        if rec.at is None:
+            return "new"
+        if prev is not None:
+            kind = order(prev.at, prev.values, rec.values, rec.at)
+            seen = prev.values
+        else:
+            kind = stream.order(rec.values, rec.at)
+            seen = None
+        if kind == "conflict":
+            last = seen if seen is not None else stream.snapshot().last
+            rec.error = conflict_message(rec.at, last, rec.values)
+            return "new"
+        return kind
+
+    def stored(self, stream) -> tuple:
+        """A stream's answer to its last reading: ``(step, warming up, prediction)``."""
+        pred = stream.answer
+        return stream.steps, not stream.ready, self._nan if pred is None else pred
+
+    def replayed(self, rec: fmt.Record, answer: tuple) -> str:
+        """The answer to a replay: the answer its reading got, marked ``replay``."""
+        self.order.replayed(rec.key)
+        step, warmup, pred = answer
+        return self.format.format(rec, step, warmup, pred, mark="replay")
+
+    def skipped(self, rec: fmt.Record, position) -> str:
+        """The answer to a reading at or before its sensor's position: not fed."""
+        return self.format.format_skipped(rec, self.order.skipped(rec.key, position))
 
     def _stream_for(self, key, busy=()):
         """A stream object for ``key``: its own while kept, else the least recently used one's."""
@@ -203,3 +237,9 @@ class LineJob:
         if len(self._hot) < self.keep or next(iter(self._hot)) in busy:
             return self.model.stream()
         return self._hot.popitem(last=False)[1][1]     # reuse its step buffers
+
+
+def _written(sections: dict) -> float:
+    """The wall-clock time a state was written (NaN: not recorded)."""
+    data = sections.get(WRITTEN)
+    return struct.unpack("<d", data)[0] if data is not None and len(data) == 8 else math.nan
