@@ -70,6 +70,18 @@ LATE_SENSOR, LATE_AT = "s05", 80        # a reading older than the one before it
 BYTES_SENSOR, BYTES_AT = "s07", 130     # a time that is not UTF-8: lstm-run's error record
 
 
+WAKE_SENSOR = "wake"
+
+
+def write_wake(folder: Path) -> list[str]:
+    """One line of a sensor of its own, in a file of its own; returns it."""
+    t, v = sensor_rows()["s00"][0]
+    line = f"{WAKE_SENSOR},{t},{v}"
+    (folder / ".wake.tmp").write_text(f"sensor,Time,{FEATURE}\n{line}\n")
+    (folder / ".wake.tmp").rename(folder / "wake.csv")
+    return [line]
+
+
 def write_phase(folder: Path, phase: int) -> list[str]:
     """Write one phase's CSV files (two sensors per file, interleaved); returns its lines."""
     rows = sensor_rows()
@@ -188,14 +200,14 @@ def uninterrupted(tmp) -> list[str]:
 
 
 def parse(lines: list[str]) -> list[dict]:
-    header = (f"sensor,Time,{FEATURE},step,warmup,{PRED},error").split(",")
+    header = (f"sensor,Time,{FEATURE},step,warmup,{PRED},order,error").split(",")
     return [dict(zip(header, row)) for row in csv.reader(io.StringIO("\n".join(lines)))]
 
 
 # ---- the tests -------------------------------------------------------------------------
 
 def test_every_sensor_equals_the_runtime_stream(uninterrupted):
-    records = [r for r in parse(uninterrupted) if not r["error"]]
+    records = [r for r in parse(uninterrupted) if not r["error"] and not r["order"]]
     want = expected()
     assert len(records) == SENSORS * ROWS
     for s, preds in want.items():
@@ -216,13 +228,14 @@ def test_a_bad_record_becomes_an_error_record(uninterrupted):
     assert sorted(steps) == list(range(1, ROWS + 1))
 
 
-def test_a_reading_out_of_order_is_refused_not_fed(uninterrupted):
-    errors = [r for r in parse(uninterrupted) if r["error"] and r["sensor"] == LATE_SENSOR]
-    assert len(errors) == 1
+def test_a_reading_out_of_order_is_skipped_not_fed(uninterrupted):
+    """The runtime's order rule, as lstm-run applies it: answered as skipped, not fed."""
+    skipped = [r for r in parse(uninterrupted) if r["order"]]
+    assert len(skipped) == 1 and skipped[0]["sensor"] == LATE_SENSOR
     late = sensor_rows()[LATE_SENSOR][LATE_AT - 10]
-    assert (errors[0]["Time"], errors[0][FEATURE]) == late
-    assert errors[0]["error"].startswith("out of order: time column 'Time'")
-    assert len([r for r in parse(uninterrupted) if r["error"]]) == 3   # nothing else refused
+    assert (skipped[0]["Time"], skipped[0][FEATURE]) == late and skipped[0]["step"] == ""
+    assert skipped[0]["order"].startswith("skipped: not after this sensor's last reading (Time ")
+    assert len([r for r in parse(uninterrupted) if r["error"]]) == 2   # the bad value, the bytes
 
 
 def test_a_line_that_is_not_utf8_gets_lstm_runs_error_record(uninterrupted, tmp):
@@ -258,15 +271,21 @@ def test_killed_and_restored_from_checkpoint_gives_each_answer_once(tmp, uninter
         job.kill()
         assert sorted(job.checkpoints.glob("*/chk-*/_metadata")), "no checkpoint was kept"
         job.start("--resume", "latest")
+        # Lines restored pending (read before the kill, unanswered) are flushed once any line
+        # reaches the restarted job: PyFlink's restored flush timers were seen not to fire
+        # (docs: "Beyond one machine"). One line of a sensor of its own is that line here.
+        wake = write_wake(job.input)
+        fed += wake
         job.wait_for(len(fed))
         for later in range(phase, len(PHASES)):
             fed += write_phase(job.input, later)
             after = job.wait_for(len(fed))
     finally:
         job.kill()
+    after = [line for line in after if not line.startswith(WAKE_SENSOR + ",")]
     print(f"killed in phase {phase} of {len(PHASES)} with {committed} answers committed and "
           f"{in_flight} written but not committed; {len(after)} answers in all after restart")
-    keys = [(r["sensor"], r["step"]) for r in parse(after) if not r["error"]]
+    keys = [(r["sensor"], r["step"]) for r in parse(after) if not r["error"] and not r["order"]]
     assert len(keys) == len(set(keys)) == SENSORS * ROWS      # no duplicates, none missing
     assert sorted(after) == sorted(uninterrupted)              # the same lines, exactly
 
@@ -281,7 +300,7 @@ def test_killed_and_restored_from_checkpoint_gives_each_answer_once(tmp, uninter
                              start_new_session=True)
     assert refused.returncode == 1, refused.stderr[-2000:]
     assert "taken with another --operator or --shards" in refused.stderr
-    assert len(job.answers()) == len(after)
+    assert len(job.answers()) == len(after) + len(wake)     # nothing written by the refusals
 
 
 def test_a_sensor_silent_past_the_state_ttl_starts_afresh(tmp):
