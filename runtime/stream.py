@@ -230,7 +230,7 @@ class Stream:
 
     @property
     def steps(self) -> int:
-        """Samples fed since the stream was created or reset (skipped ones not counted)."""
+        """Readings fed since the stream was created or reset (skipped ones not counted)."""
         return self._steps + (self._group.calls if self._group is not None else 0)
 
     @property

@@ -60,7 +60,7 @@ target HORIZON rows after each window's last row.
 Modes (how the model will stream, see README):
   window    windows of --look-back from a zero state (the usual create_dataset model)
   stateful  Keras stateful=True on sliding windows, state carried from window to window
-  sequence  a prediction at every step, state carried: one step per new sample
+  sequence  a prediction at every step, state carried: one step per new reading
 """
 
 
@@ -171,7 +171,8 @@ where there is a scaler). Notes on suspicious shapes go to stderr.
 @click.option("--features", help="Input column names, comma-separated [default: x0, x1, ...].")
 @click.option("--targets", help="Output names, comma-separated [default: y0, y1, ...].")
 @click.option("--window", type=click.IntRange(min=1),
-              help="Samples one prediction is made from [default: inferred from the model].")
+              help="Readings (timesteps) one prediction is made from [default: inferred from "
+              "the model].")
 @click.option("--carry-state/--no-carry-state", default=None,
               help="Whether one call starts from the last call's state [default: inferred].")
 @click.option("--atol", type=click.FloatRange(min=0), default=1e-4, show_default=True,
