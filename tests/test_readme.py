@@ -1,16 +1,18 @@
-"""Every command in README.md and docs/*.md runs as written, so the manual cannot drift from the tools.
+"""Every command in README.md and docs/*.md runs as written, so the manual cannot drift.
 
-The fenced ``sh`` blocks are read from the files themselves (:data:`MANUAL`). A block of ``$ command`` lines is a
-transcript: the command's stdout must equal the lines below it, exactly. Any other block is a
-list of commands (a trailing ``\\`` continues a line), each of which must exit 0 with nothing
-on stderr that says ``Error`` or shows a traceback. ``python`` blocks run as scripts.
+The fenced ``sh`` blocks are read from the files themselves (:data:`MANUAL`). A block of
+``$ command`` lines is a transcript: the command's stdout must equal the lines below it,
+exactly. Any other block is a list of commands (a trailing ``\\`` continues a line), each of
+which must exit 0 with nothing on stderr that says ``Error`` or shows a traceback. ``python``
+blocks run as scripts.
 
 Each command runs in a scratch copy of the checkout's ``data/`` and ``exported/`` (so the
 tracked model is never overwritten), with ``.venv/bin`` first on PATH as the README asks, and
 with ``build/water.keras`` already trained there (tiny) for a command that exports it. A
 ``tail -f`` command never ends by itself: its pipeline is read until its header and ten
-lines are answered, then stopped. Commands that cannot run here are listed in :data:`SKIPPED`, each
-with its reason. Every relative link between these files must name a file and a heading that exist.
+lines are answered, then stopped. Commands that cannot run here are listed in
+:data:`SKIPPED`, each with its reason. Every relative link between these files must name a
+file, and a heading in it, that exist.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import pytest
 from runtime import lines
 
 ROOT = Path(__file__).resolve().parent.parent
-MANUAL = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]   # the files whose commands run
+MANUAL = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]   # whose commands run
 BIN = Path(sys.executable).parent
 TIMEOUT = 300
 
