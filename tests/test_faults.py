@@ -1,7 +1,7 @@
 """Nothing lost under faults (issue 9): bad input of every kind, and the failures once seen.
 
 Every bad input here is checked for the same things: a clear message (what was wrong, in
-words), the README's exit code, no traceback, N lines in = N lines out where lines go in,
+words), docs/lstm-run.md's exit code, no traceback, N lines in = N lines out where lines go in,
 and the state untouched (the stream's snapshot, or the ``--state`` file byte for byte, or
 the state a clean run of the good lines alone leaves). Lines are batched through one
 ``lstm-run`` per format; the models are tiny graphs built by hand, so the file runs in

@@ -3,7 +3,7 @@
 Each command runs in a real subprocess whose imports cannot find the packages an extra
 brings (an import finder that hides them, as a runtime-only or bare install lacks them):
 ``--help`` exits 0 and use gives one line naming the extra, exit 2, never a traceback.
-The fresh-venv installs themselves are measured in README ("On the device").
+The fresh-venv installs themselves are measured in docs/device.md.
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def test_each_command_works_or_names_its_extra(name, hidden, args, extra, tmp_pa
     assert not (tmp_path / "models").exists()
 
 
-PLATFORMS = {   # marker environments of the devices the README's install table names
+PLATFORMS = {   # marker environments of the devices docs/device.md's install table names
     "x86_64 Linux": {"sys_platform": "linux", "platform_machine": "x86_64"},
     "aarch64 Linux (Jetson, Raspberry Pi OS 64-bit)": {"sys_platform": "linux",
                                                        "platform_machine": "aarch64"},

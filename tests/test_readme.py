@@ -1,16 +1,18 @@
-"""Every command in README.md runs as written, so the README cannot drift from the tools.
+"""Every command in README.md and docs/*.md runs as written, so the manual cannot drift.
 
-The fenced ``sh`` blocks are read from the README itself. A block of ``$ command`` lines is a
-transcript: the command's stdout must equal the lines below it, exactly. Any other block is a
-list of commands (a trailing ``\\`` continues a line), each of which must exit 0 with nothing
-on stderr that says ``Error`` or shows a traceback. ``python`` blocks run as scripts.
+The fenced ``sh`` blocks are read from the files themselves (:data:`MANUAL`). A block of
+``$ command`` lines is a transcript: the command's stdout must equal the lines below it,
+exactly. Any other block is a list of commands (a trailing ``\\`` continues a line), each of
+which must exit 0 with nothing on stderr that says ``Error`` or shows a traceback. ``python``
+blocks run as scripts.
 
 Each command runs in a scratch copy of the checkout's ``data/`` and ``exported/`` (so the
 tracked model is never overwritten), with ``.venv/bin`` first on PATH as the README asks, and
 with ``build/water.keras`` already trained there (tiny) for a command that exports it. A
 ``tail -f`` command never ends by itself: its pipeline is read until its header and ten
-lines are answered, then stopped. Commands that cannot run here are listed in :data:`SKIPPED`, each
-with its reason.
+lines are answered, then stopped. Commands that cannot run here are listed in
+:data:`SKIPPED`, each with its reason. Every relative link between these files must name a
+file, and a heading in it, that exist.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import pytest
 from runtime import lines
 
 ROOT = Path(__file__).resolve().parent.parent
+MANUAL = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]   # whose commands run
 BIN = Path(sys.executable).parent
 TIMEOUT = 300
 
@@ -51,6 +54,12 @@ SKIPPED = {
                     "airline model it trains, by tests/test_readme_byo.py",
     "lstm-export airline.keras": "run in order by tests/test_readme_byo.py",
     "lstm-run airline.onnx": "run in order by tests/test_readme_byo.py",
+    "T, F, H = 24": "the autoencoder and forecaster of 'Bring your own Keras model': "
+                    "tests/test_readme_byo.py builds, trains and exports them in order",
+    "lstm-export autoencoder.keras": "run in order by tests/test_readme_byo.py",
+    "lstm-export forecaster.keras": "run in order by tests/test_readme_byo.py",
+    "lstm-run autoencoder.onnx": "run in order by tests/test_readme_byo.py",
+    "lstm-run forecaster.onnx": "run in order by tests/test_readme_byo.py",
     "apt-get install": "installs a system package (CI's .ci/run does it where Java is missing)",
     "make flink-env": "make test builds .venv-flink before it runs these tests",
     ".venv-flink/bin/python -m integrations.flink": "a --watch job runs until it is stopped; "
@@ -60,8 +69,8 @@ SKIPPED = {
     "flink run": "needs a Flink cluster and a Kafka broker, neither of which runs here",
     "pip install 'lstm-edge[mqtt]'": "installs packages; the dev extra holds paho-mqtt",
     "lstm-run exported/water-flow.onnx --mqtt": "needs an MQTT broker at localhost:1883 with "
-                                                "the README's user; tests/test_mqtt.py runs "
-                                                "the MQTT section on a broker it starts",
+                                                "docs/mqtt.md's user; tests/test_mqtt.py runs "
+                                                "docs/mqtt.md on a broker it starts",
     "mosquitto_sub -h localhost": "run by tests/test_mqtt.py (see lstm-run --mqtt)",
     "mosquitto_pub -h localhost": "run by tests/test_mqtt.py (see lstm-run --mqtt)",
     "tritonserver": "no Triton server can run here; tests/test_triton.py checks the folder "
@@ -73,24 +82,26 @@ SKIPPED = {
 class Command:
     text: str                    # what a user pastes into a shell
     expected: str | None         # a transcript's stdout, or None: exit 0 is enough
-    line: int                    # where it is in README.md
+    line: int                    # where it is in its file
     language: str = "sh"
+    source: str = "README.md"    # the file, relative to the checkout
 
     @property
     def id(self) -> str:
-        return f"L{self.line}:{self.text.split()[0]}"
+        return f"{self.source}:L{self.line}:{self.text.split()[0]}"
 
 
-def readme_commands(text: str) -> list[Command]:
-    """The commands of every ``sh`` block (and ``python`` block) of a README, in order."""
+def readme_commands(text: str, source: str = "README.md") -> list[Command]:
+    """The commands of every ``sh`` block (and ``python`` block) of a manual file, in order."""
     commands = []
     for match in re.finditer(r"^```(\w+)\n(.*?)^```", text, re.S | re.M):
         language, body = match.group(1), match.group(2)
         first = text.count("\n", 0, match.start(2)) + 1
         if language == "python":
-            commands.append(Command(body, None, first, "python"))
+            commands.append(Command(body, None, first, "python", source))
         elif language == "sh":
-            commands += _shell_block(body, first)
+            commands += [Command(c.text, c.expected, c.line, "sh", source)
+                         for c in _shell_block(body, first)]
     return commands
 
 
@@ -122,17 +133,21 @@ def _shell_block(body: str, first: int) -> list[Command]:
     return out
 
 
-COMMANDS = readme_commands((ROOT / "README.md").read_text())
+COMMANDS = [c for path in MANUAL
+            for c in readme_commands(path.read_text(), str(path.relative_to(ROOT)))]
 
 
 def test_the_readme_has_commands_and_transcripts():
     """The extraction itself: the tour, the live example and the transcripts are found."""
-    texts = [c.text for c in COMMANDS]
+    texts = [c.text for c in COMMANDS if c.source == "README.md"]
     assert any(t.startswith("lstm-train ") for t in texts)
     assert any(t.startswith("lstm-export ") for t in texts)
     assert any(t.startswith("tail -n +1 -f ") for t in texts)
-    assert sum(c.expected is not None for c in COMMANDS) >= 2
+    assert sum(c.expected is not None for c in COMMANDS) >= 4
     assert all(c.expected for c in COMMANDS if c.expected is not None)
+    sources = {c.source for c in COMMANDS}
+    for chapter in ("lstm-run", "mqtt", "keras-models", "alerts", "flink", "triton"):
+        assert f"docs/{chapter}.md" in sources        # each chapter's commands are collected
 
 
 @pytest.fixture(scope="module")
@@ -199,10 +214,10 @@ def test_readme_command_runs_verbatim(cmd: Command, scratch: Path, request):
                            capture_output=True, timeout=TIMEOUT)
     proc = subprocess.run(["bash", "-o", "pipefail", "-c", cmd.text], cwd=scratch, env=_env(),
                           capture_output=True, text=True, timeout=TIMEOUT)
-    assert proc.returncode == 0, f"README line {cmd.line}: exit {proc.returncode}\n{proc.stderr}"
+    assert proc.returncode == 0, f"{cmd.id}: exit {proc.returncode}\n{proc.stderr}"
     assert "Traceback" not in proc.stderr and "Error:" not in proc.stderr, proc.stderr
     if cmd.expected is not None:
-        assert proc.stdout == cmd.expected, f"README line {cmd.line} shows other output"
+        assert proc.stdout == cmd.expected, f"{cmd.id} shows other output"
 
 
 def _run_tail(cmd: Command, scratch: Path, answers: int = 11) -> None:
@@ -224,10 +239,36 @@ def _run_tail(cmd: Command, scratch: Path, answers: int = 11) -> None:
         proc.wait(timeout=60)
     stderr = proc.stderr.read().decode()
     rows = got.decode().splitlines()
-    assert len(rows) >= answers, f"README line {cmd.line}: {rows}\n{stderr}"
+    assert len(rows) >= answers, f"{cmd.id}: {rows}\n{stderr}"
     rows = rows[:answers]                  # tail -n +1 sends the whole file at once
     assert "Traceback" not in stderr and "Error:" not in stderr, stderr
     assert rows[0].endswith(",order,error,input"), rows[0]    # the order check is on
     for row in rows[1:]:
         fields = lines.split_csv(row)
         assert fields[-3:] == ["", "", ""] and fields[-4], row    # fed, a prediction, no error
+
+
+def _anchors(text: str) -> set[str]:
+    """The anchors GitHub gives a file's headings (code blocks' ``#`` lines are no headings)."""
+    text = re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-")
+            for h in re.findall(r"^#{1,6} (.+)$", text, re.M)}
+
+
+def _links(path: Path) -> list[tuple[str, str]]:
+    text = re.sub(r"^```.*?^```", "", path.read_text(), flags=re.S | re.M)
+    return [(t, a) for t, a in re.findall(r"\]\(([^)\s#]*)(?:#([^)\s]*))?\)", text)
+            if not re.match(r"[a-z]+:", t)]
+
+
+@pytest.mark.parametrize("path", MANUAL, ids=[p.name for p in MANUAL])
+def test_relative_links_resolve(path: Path):
+    """Each relative link of the manual names a file that exists, and a heading in it."""
+    broken = []
+    for target, anchor in _links(path):
+        file = (path.parent / target).resolve() if target else path
+        if not file.exists():
+            broken.append(f"{target}: no such file")
+        elif anchor and anchor not in _anchors(file.read_text()):
+            broken.append(f"{target}#{anchor}: no such heading")
+    assert not broken, f"{path.relative_to(ROOT)}: " + "; ".join(broken)

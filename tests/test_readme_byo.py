@@ -1,4 +1,4 @@
-"""README's "Bring your own Keras model": its shell commands, run verbatim, say what it says.
+"""docs/keras-models.md, "Bring your own Keras model": its commands, run verbatim, do as it says.
 
 The test trains the stateful airline tutorial model the way the section's Python shows,
 saves ``airline.keras`` and the test months as ``test.csv`` in a temporary folder, runs
@@ -29,7 +29,7 @@ SECTION = "## Bring your own Keras model"
 
 
 def section_blocks(language: str) -> list[str]:
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / "docs" / "keras-models.md").read_text()
     start = text.index(SECTION)
     end = text.find("\n## ", start + len(SECTION))
     body = text[start:end if end >= 0 else None]
