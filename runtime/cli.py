@@ -46,7 +46,7 @@ Output (same format as the input, one line per input line):
   One line is one reading: one time step's feature values (a Keras
   sample is a whole window; Model.predict in Python takes those).
   --interval L adds lo_<target>, hi_<target>, anomaly, score and alert
-  after the predictions (README, Alerts).
+  after the predictions (docs/alerts.md).
 
 \b
 Headerless CSV: the model's features in its order; or an ISO date/time
@@ -367,7 +367,7 @@ def _checked(parity: dict) -> str:
                    "kill -9 loses and what SIGTERM still has to write.")
 @click.option("--interval", type=click.FloatRange(0, 1, min_open=True, max_open=True),
               metavar="LEVEL", help="Add lo_/hi_<target> (the calibrated interval at LEVEL, "
-              "e.g. 0.9), anomaly, score and alert columns (README, Alerts).")
+              "e.g. 0.9), anomaly, score and alert columns (docs/alerts.md).")
 @click.option("--min-run", type=click.IntRange(min=1), default=1, show_default=True,
               metavar="N", help="--interval: N readings in a row outside raise an alert.")
 @click.option("--hold-off", type=click.IntRange(min=0), default=3, show_default=True,

@@ -593,7 +593,7 @@ def options(command):
                      help="Read readings from an MQTT broker and publish the answers to it "
                           "instead of stdin/stdout: mqtt://[user[:password]@]host[:port] or "
                           "mqtts://... (TLS); a user without a password takes it from "
-                          f"${PASSWORD_VARIABLE}. See the README's MQTT section."),
+                          f"${PASSWORD_VARIABLE}. See docs/mqtt.md."),
         click.option("--topic", "mqtt_topics", multiple=True, metavar="FILTER",
                      help="--mqtt: a topic filter to subscribe to (repeatable); its first '+' "
                           "level names the sensor, e.g. 'sensors/+/flow'."),

@@ -9,7 +9,7 @@ Fields (:class:`StreamState`)
     slots (row ``k`` is slot ``k``; ``next_slot`` the slot the next full window starts from);
     the window buffer (the last readings fed, oldest first); the step count; the last
     prediction (masked ``sequence`` steps repeat it); the model it belongs to (fingerprint,
-    window, carry_state); and, for exactly-once delivery (README, "Resuming exactly"), the
+    window, carry_state); and, for exactly-once delivery (docs/lstm-run.md, "Resuming exactly"), the
     *position* of the last reading fed (a time in epoch seconds, a float, or a sequence
     number, an int), that reading as it was given and the answer it got. Named *sections* carry bytes that
     other features own (the codec keeps them opaque, the stream carries them along).

@@ -57,7 +57,7 @@ Shapes: a window model reads (samples, timesteps, features) = (n, LOOK_BACK, FEA
 n windows, each LOOK_BACK consecutive rows of the feature columns, and predicts the
 target HORIZON rows after each window's last row.
 \b
-Modes (how the model will stream, see README):
+Modes (how the model will stream, see docs/keras-models.md):
   window    windows of --look-back from a zero state (the usual create_dataset model)
   stateful  Keras stateful=True on sliding windows, state carried from window to window
   sequence  a prediction at every step, state carried: one step per new reading

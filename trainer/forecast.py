@@ -16,8 +16,8 @@ second to ARIMA where the last reading is far behind. The exported graph carries
 season's readings as state (docs/contract.md, changelog).
 
 Differenced inputs (``difference=True``, the default: it beat the naive forecast in 6 of 6
-bundled settings where readings in, residual out did in 4 of 6; README, "Forecast
-quality"). The network reads ``x[t] - x[t-1]`` scaled by
+bundled settings where readings in, residual out did in 4 of 6; docs/forecasting.md). The
+network reads ``x[t] - x[t-1]`` scaled by
 the robust scale of the training differences instead of the readings themselves. The first
 reading of a series (and of every window) has no reading before it: its difference is 0,
 "no change", in training and in the exported graph alike.

@@ -55,7 +55,7 @@ class TrainConfig:
     loss: str = "huber"          # huber | mse; huber keeps sensor glitches from ruling the fit
     target_kind: str = "auto"    # residual | seasonal (the change from a start the graph adds
     #                              back) | level; auto: seasonal where it wins on validation
-    difference: bool = True      # feed x[t] - x[t-1], not x[t]: beats naive 6/6 vs 4/6 (README)
+    difference: bool = True      # feed x[t] - x[t-1], not x[t]: beats naive 6/6 vs 4/6 (docs/forecasting.md)
     season: int | None = None    # readings per season for the seasonal naive; None: guess
     seed: int | None = 0         # repeatable runs; None for a fresh draw
     anchor_budget: float = 0.0   # seconds for ETS/Theta/ARIMA on the test tail (0: none; lstm-train: 60)

@@ -4,7 +4,7 @@
 ``kafka-clients.jar`` into DEST. PyFlink ships no Kafka connector; these two jars are inside
 the wheel named below, which is only downloaded and opened here, never installed: installed,
 it would put another Flink's core jars into the environment. On a cluster, bring the jar
-that matches your Flink instead (README, "Beyond one machine").
+that matches your Flink instead (docs/flink.md).
 """
 
 from __future__ import annotations

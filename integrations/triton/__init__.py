@@ -1,4 +1,4 @@
-"""A Triton Inference Server model repository for an exported file; see README, "Serve with Triton".
+"""A Triton Inference Server model repository for an exported file; see docs/triton.md.
 
 This module holds what the command line needs before anything heavy is imported: the error
 type and the options. :mod:`integrations.triton.repository` writes the repository; it needs
