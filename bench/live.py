@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,23 @@ ROOT = Path(__file__).resolve().parent.parent
 MODEL = ROOT / "exported" / "water-flow.onnx"
 DATA = ROOT / "data" / "water-flow.csv"
 LSTM_RUN = str(Path(sys.executable).parent / "lstm-run")
+
+
+def feed(n: int) -> tuple[bytes, list[bytes]]:
+    """The data file's header and ``n`` lines of it, repeated with times moved on past its end.
+
+    Repeated as they are, the lines of a second pass would be older than the sensor's last
+    reading, which the order rule skips unfed: each pass is shifted by the file's span.
+    """
+    text = DATA.read_bytes().splitlines(keepends=True)
+    rows = [line.split(b",", 1) for line in text[1:]]
+    times = [datetime.fromisoformat(t.decode()) for t, _ in rows]
+    span = times[-1] - times[0] + (times[1] - times[0])
+    body = []
+    for k in range(n):
+        p, i = divmod(k, len(rows))
+        body.append((times[i] + p * span).isoformat().encode() + b"," + rows[i][1])
+    return text[0], body
 
 
 def round_trips(argv: list[str], lines: list[bytes], header: bytes | None,
@@ -84,8 +102,7 @@ def step_times(lines: list[bytes]) -> np.ndarray:
 
 def measure(n: int, warm: int = 50) -> dict:
     """p50/p99 round trip per contender, first ``warm`` lines of each left out."""
-    text = DATA.read_bytes().splitlines(keepends=True)
-    header, body = text[0], (text[1:] * (1 + (n + warm) // (len(text) - 1)))[:n + warm]
+    header, body = feed(n + warm)
     run = [LSTM_RUN, str(MODEL), "--stream", "--device", "cpu", "--no-progress"]
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -119,8 +136,7 @@ def profile(n: int, out: Path, state: bool) -> None:
     """Run the ``lstm-run`` child under cProfile, fed line by line, and print its top calls."""
     import pstats
 
-    text = DATA.read_bytes().splitlines(keepends=True)
-    body = (text[1:] * (1 + n // (len(text) - 1)))[:n]
+    header, body = feed(n)
     out.parent.mkdir(parents=True, exist_ok=True)
     code = ("import sys, cProfile; from runtime.cli import main; sys.argv = sys.argv[1:]; "
             f"cProfile.run('main()', {str(out)!r})")
@@ -130,7 +146,7 @@ def profile(n: int, out: Path, state: bool) -> None:
         if state:
             argv += ["--state", str(Path(tmp) / "state.db")]
         try:
-            round_trips(argv, body, text[0])
+            round_trips(argv, body, header)
         except SystemExit:
             pass
     pstats.Stats(str(out)).sort_stats("tottime").print_stats(25)
