@@ -100,25 +100,33 @@ def step_times(lines: list[bytes]) -> np.ndarray:
     return out
 
 
-def measure(n: int, warm: int = 50) -> dict:
-    """p50/p99 round trip per contender, first ``warm`` lines of each left out."""
-    header, body = feed(n + warm)
+def measure(n: int, warm: int = 50, rounds: int = 3) -> dict:
+    """p50/p99 round trip per contender, first ``warm`` lines of each child left out.
+
+    The contenders take turns, ``rounds`` times ``n / rounds`` lines each, so that a burst
+    of load on a shared machine falls on all of them rather than on one.
+    """
+    header, body = feed(n // rounds + warm)
     run = [LSTM_RUN, str(MODEL), "--stream", "--device", "cpu", "--no-progress"]
-    rows = {}
+    times: dict[str, list] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        contenders = {
-            "cat": lambda: round_trips(["cat"], body, header),
-            "lstm-run --stream": lambda: round_trips(run, body, header),
-            "lstm-run --stream --state": lambda: round_trips(
-                run + ["--state", str(Path(tmp) / "state.db")], body, header),
-            "model step (in process)": lambda: step_times(body),
-        }
-        for name, fn in contenders.items():
-            us = fn()[warm:]
-            rows[name] = {"p50_us": float(np.median(us)), "p99_us": float(np.percentile(us, 99)),
-                          "lines": len(us)}
-            print(f"  live round trip, {name}: p50 {rows[name]['p50_us']:.1f} µs, "
-                  f"p99 {rows[name]['p99_us']:.1f} µs", flush=True)
+        for r in range(rounds):
+            contenders = {
+                "cat": ["cat"],
+                "lstm-run --stream": run,
+                "lstm-run --stream --state": run + ["--state", str(Path(tmp) / f"state{r}.db")],
+                "model step (in process)": None,
+            }                       # (a fresh state file each round: its times start again)
+            for name, argv in contenders.items():
+                us = step_times(body) if argv is None else round_trips(argv, body, header)
+                times.setdefault(name, []).append(us[warm:])
+    rows = {}
+    for name, parts in times.items():
+        us = np.concatenate(parts)
+        rows[name] = {"p50_us": float(np.median(us)), "p99_us": float(np.percentile(us, 99)),
+                      "lines": len(us)}
+        print(f"  live round trip, {name}: p50 {rows[name]['p50_us']:.1f} µs, "
+              f"p99 {rows[name]['p99_us']:.1f} µs", flush=True)
     return rows
 
 
@@ -161,7 +169,11 @@ def main(argv=None) -> None:
     if args.profile:
         profile(args.lines, args.profile, args.state)
         return
-    print("\n".join(markdown(measure(args.lines))))
+    before = os.getloadavg()
+    table = markdown(measure(args.lines))
+    print("\n".join(table))
+    print("load average (1, 5, 15 min): before " + ", ".join(f"{v:.2f}" for v in before)
+          + "; after " + ", ".join(f"{v:.2f}" for v in os.getloadavg()))
 
 
 if __name__ == "__main__":

@@ -337,9 +337,13 @@ class Server:
         """
         items, stop = self._records(batch)
         answered = items[:stop]                            # all of them where stop is None
-        good = [r for r in answered if isinstance(r, fmt.Record) and r.ok]
-        marks = self._order_marks(good) if self.order is not None else {}
-        fed = [r for r in good if r.ok and id(r) not in marks]
+        good = [r for r in answered if not isinstance(r, str) and r.ok]
+        if self.order is None:
+            marks: dict[int, tuple] = {}
+            fed = good
+        else:   # the order rule marks replays and skips, and makes conflicts error records
+            marks = self._order_marks(good)
+            fed = [r for r in good if r.ok and id(r) not in marks]
         answers = self._step(fed)
         form = cast(fmt.LineFormat, self.format)    # set by the line before any record
         extra = self.alerts.annotate(fed, answers) if self.alerts is not None else {}
@@ -348,7 +352,14 @@ class Server:
         for item in answered:
             if isinstance(item, str):
                 out.append(item)
-            elif item.ok and id(item) in marks:
+            elif not item.ok:
+                self.errors += 1
+                self._warn(f"line {item.line}: {item.error}")
+                out.append(form.format_error(item))
+            elif id(item) in answers:
+                step, warmup, pred = answers[id(item)]
+                out.append(form.format(item, step, warmup, pred, extra.get(id(item), blank)))
+            else:
                 mark, answer = marks[id(item)]
                 if mark == "replay":
                     step, warmup, pred = answers[id(answer)] \
@@ -356,13 +367,6 @@ class Server:
                     out.append(form.format(item, step, warmup, pred, blank, mark=mark))
                 else:
                     out.append(form.format_skipped(item, mark))
-            elif item.ok:
-                step, warmup, pred = answers[id(item)]
-                out.append(form.format(item, step, warmup, pred, extra.get(id(item), blank)))
-            else:
-                self.errors += 1
-                self._warn(f"line {item.line}: {item.error}")
-                out.append(form.format_error(item))
         self.lines += len(out)
         self.ledger.answered(len(out))
         self.samples += len(fed)
