@@ -525,7 +525,6 @@ class Server:
             for k, stream, pred in zip(keys, streams, preds):
                 answers[id(by_key[k][r])] = (stream.steps, not stream.ready, pred)
 
-
     def _step_one(self, rec: fmt.Record, stream: Stream) -> tuple[int, bool, np.ndarray]:
         """One record through its stream's own step: the pre-bound buffers, and none of the
         stacking and checks a many-stream call makes; ``(step, warmup, prediction)``."""
