@@ -23,7 +23,7 @@ import numpy as np
 from .device import to_host
 from .errors import InputError
 from .state import check_position, order
-from .stream import conflict_message, fill_missing, previous_row, run_windows
+from .stream import conflict_message, fill_missing, nonfinite, previous_row, run_windows
 
 
 class Group:
@@ -91,6 +91,13 @@ def step_many(model, streams: list, readings) -> np.ndarray:
 def _step_checked(model, streams: list, xs) -> np.ndarray:
     """``step_many`` on readings ``xs`` ``(n_streams, features)`` the model has checked."""
     n = len(streams)
+    if n == 1 and streams[0]._group is None and streams[0].model is model \
+            and not nonfinite(xs[0], model._fin):
+        # One stream, not in a group: its own step, through its pre-bound buffers, costs
+        # ~5-7 µs less than stacking a batch of one. (A NaN or inf takes the path below,
+        # whose error names the stream.)
+        y = streams[0].step(xs[0])                          # (targets,) or None
+        return np.full((1, model.n_targets), np.nan, np.float32) if y is None else y[None]
     finite = bool(np.isfinite(xs).all())
     group = model._group
     if group is not None and not group.dirty and group.streams == streams \

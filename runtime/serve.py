@@ -337,9 +337,13 @@ class Server:
         """
         items, stop = self._records(batch)
         answered = items[:stop]                            # all of them where stop is None
-        good = [r for r in answered if isinstance(r, fmt.Record) and r.ok]
-        marks = self._order_marks(good) if self.order is not None else {}
-        fed = [r for r in good if r.ok and id(r) not in marks]
+        good = [r for r in answered if not isinstance(r, str) and r.ok]
+        if self.order is None:
+            marks: dict[int, tuple] = {}
+            fed = good
+        else:   # the order rule marks replays and skips, and makes conflicts error records
+            marks = self._order_marks(good)
+            fed = [r for r in good if r.ok and id(r) not in marks]
         answers = self._step(fed)
         form = cast(fmt.LineFormat, self.format)    # set by the line before any record
         extra = self.alerts.annotate(fed, answers) if self.alerts is not None else {}
@@ -348,7 +352,14 @@ class Server:
         for item in answered:
             if isinstance(item, str):
                 out.append(item)
-            elif item.ok and id(item) in marks:
+            elif not item.ok:
+                self.errors += 1
+                self._warn(f"line {item.line}: {item.error}")
+                out.append(form.format_error(item))
+            elif id(item) in answers:
+                step, warmup, pred = answers[id(item)]
+                out.append(form.format(item, step, warmup, pred, extra.get(id(item), blank)))
+            else:
                 mark, answer = marks[id(item)]
                 if mark == "replay":
                     step, warmup, pred = answers[id(answer)] \
@@ -356,13 +367,6 @@ class Server:
                     out.append(form.format(item, step, warmup, pred, blank, mark=mark))
                 else:
                     out.append(form.format_skipped(item, mark))
-            elif item.ok:
-                step, warmup, pred = answers[id(item)]
-                out.append(form.format(item, step, warmup, pred, extra.get(id(item), blank)))
-            else:
-                self.errors += 1
-                self._warn(f"line {item.line}: {item.error}")
-                out.append(form.format_error(item))
         self.lines += len(out)
         self.ledger.answered(len(out))
         self.samples += len(fed)
@@ -452,6 +456,13 @@ class Server:
 
     def _step(self, records: list[fmt.Record]) -> dict[int, tuple[int, bool, np.ndarray]]:
         """Step every record's stream; ``{id(record): (step, warmup, prediction)}``."""
+        if len(records) == 1 and not self.model.reconstructs:
+            # One line (a live feed's usual batch): no grouping, no many-stream call.
+            rec = records[0]
+            slot = self._slot(rec.key, {rec.key})
+            self.ledger.stepped((rec.key,))
+            slot.line = rec.line
+            return {id(rec): self._step_one(rec, slot.stream)}
         by_key: dict[str, list[fmt.Record]] = {}
         for rec in records:
             by_key.setdefault(rec.key, []).append(rec)
@@ -479,6 +490,10 @@ class Server:
 
     def _step_rounds(self, by_key, slots, values, records, answers) -> None:
         """Step the records' streams, chunked or in rounds; fills ``answers``."""
+        if len(records) == 1:
+            rec = records[0]
+            answers[id(rec)] = self._step_one(rec, slots[rec.key].stream)
+            return
         rounds = max((len(v) for v in by_key.values()), default=0)
         # A skipped or held reading (NaN) is stepped on its own, so its step count is exact.
         complete = bool(records) and np.isfinite(np.stack(list(values.values()))).all()
@@ -510,6 +525,15 @@ class Server:
             for k, stream, pred in zip(keys, streams, preds):
                 answers[id(by_key[k][r])] = (stream.steps, not stream.ready, pred)
 
+    def _step_one(self, rec: fmt.Record, stream: Stream) -> tuple[int, bool, np.ndarray]:
+        """One record through its stream's own step: the pre-bound buffers, and none of the
+        stacking and checks a many-stream call makes; ``(step, warmup, prediction)``."""
+        if rec.reset:                                   # --reset-column: a new sequence
+            stream.reset()
+        pred = stream.step(rec.values, at=None if self.order is None else rec.at)
+        if pred is None:                                # warming up, or a skipped reading
+            pred = np.full(self.model.n_targets, np.nan, np.float32)
+        return stream.steps, not stream.ready, pred
 
     def _positions(self, records: list[fmt.Record]) -> list | None:
         """The records' positions for the runtime's order rule; None without the check."""

@@ -283,7 +283,9 @@ class Stream:
             raise InputError(conflict_message(at, self._seen, raw))
         y = self.step(reading)
         self._pos, self._seen = at, raw
-        self._answer = None if y is None else np.array(y)
+        # NaN while warming up or skipped, as a many-stream call keeps it (see ``answer``).
+        self._answer = np.full(self.model.n_targets, np.nan, np.float32) if y is None \
+            else np.array(y)
         return y
 
     def _feed_at(self, readings, at) -> np.ndarray:
