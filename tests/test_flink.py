@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import shutil
 import signal
@@ -309,3 +310,34 @@ def test_a_sensor_silent_past_the_state_ttl_starts_afresh(tmp):
     for sensor in ("a", "b"):
         mine = [(r["step"], r[PRED]) for r in later if r["sensor"] == sensor]
         assert mine == [("1", want[0]), ("2", want[1])], sensor
+
+
+@pytest.mark.parametrize("operator", ["batched", "record"])
+def test_lone_surrogate_keys_and_alerts_equal_lstm_run(tmp, operator):
+    """A sensor named by a lone surrogate (JSON "\\ud800") no longer fails the job, and
+    --interval's alert columns are lstm-run's: one bounded job per operator, against a real
+    lstm-run with the same options on the same lines, each sensor's lines in order."""
+    from test_alerts import with_intervals
+    from test_flink_records import alert_lines
+
+    model = with_intervals(tmp / f"iv-{operator}.onnx")
+    path = tmp / f"alerts-{operator}.jsonl"
+    path.write_text("".join(x + "\n" for x in alert_lines()))
+    options = ["--stream-column", "sensor", "--time-column", "t", "--interval", "0.9",
+               "--min-run", "2", "--hold-off", "2", "--stuck", "3"]
+    want = split_lines(run([model, "-i", path, *options])[0])
+    job = subprocess.run([str(FLINK_PY), "-m", "integrations.flink", str(model), "-i",
+                          str(path), "--operator", operator, *options], cwd=ROOT,
+                         capture_output=True, text=True, timeout=TIMEOUT,
+                         start_new_session=True)
+    assert job.returncode == 0, job.stderr[-3000:]
+    got = split_lines(job.stdout)
+
+    def by_sensor(lines: list[str]) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for line in lines:
+            out.setdefault(json.loads(line)["sensor"], []).append(line)
+        return out
+
+    assert len(by_sensor(want)) == 3 and any('"\\ud800"' in line for line in want)
+    assert by_sensor(got) == by_sensor(want)
