@@ -341,3 +341,20 @@ def test_lone_surrogate_keys_and_alerts_equal_lstm_run(tmp, operator):
 
     assert len(by_sensor(want)) == 3 and any('"\\ud800"' in line for line in want)
     assert by_sensor(got) == by_sensor(want)
+
+
+def test_interval_the_model_cannot_give_is_refused_before_the_job(tmp):
+    """--interval on a model without intervals, or at a level it was not calibrated at: one
+    line, exit 2, as lstm-run refuses it."""
+    from test_alerts import with_intervals
+
+    path = tmp / "one.jsonl"
+    path.write_text(json.dumps({"sensor": "a", "t": 1, FEATURE: 101.5}) + "\n")
+    for model, level, words in ((MODEL, "0.9", "no calibrated intervals"),
+                                (with_intervals(tmp / "iv.onnx"), "0.85", "no interval at")):
+        proc = subprocess.run([str(FLINK_PY), "-m", "integrations.flink", str(model), "-i",
+                               str(path), "--stream-column", "sensor", "--time-column", "t",
+                               "--interval", level], cwd=ROOT, capture_output=True, text=True,
+                              timeout=TIMEOUT)
+        assert proc.returncode == 2 and words in proc.stderr, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr

@@ -20,7 +20,7 @@ from .batch import BatchJob, shard_of
 from .records import LineJob, LineSpec, state_key
 
 STATE_TYPE = Types.PICKLED_BYTE_ARRAY()   # one sensor's stream: runtime.state bytes
-ROUTED = Types.TUPLE([Types.STRING(), Types.STRING()])   # (sensor, line)
+ROUTED = Types.TUPLE([Types.STRING(), Types.STRING()])   # (state_key(sensor), line)
 SHARDED = Types.TUPLE([Types.INT(), Types.STRING()])     # (shard, line)
 END_OF_INPUT = 2**63 - 1   # the final watermark of a bounded input (Long.MAX_VALUE)
 WAKE = "\n"                # sent to every shard once a (re)started route sees its first line:
