@@ -189,14 +189,14 @@ def uninterrupted(tmp) -> list[str]:
 
 
 def parse(lines: list[str]) -> list[dict]:
-    header = (f"sensor,Time,{FEATURE},step,warmup,{PRED},error").split(",")
+    header = (f"sensor,Time,{FEATURE},step,warmup,{PRED},order,error,input").split(",")
     return [dict(zip(header, row)) for row in csv.reader(io.StringIO("\n".join(lines)))]
 
 
 # ---- the tests -------------------------------------------------------------------------
 
 def test_every_sensor_equals_the_runtime_stream(uninterrupted):
-    records = [r for r in parse(uninterrupted) if not r["error"]]
+    records = [r for r in parse(uninterrupted) if r["step"]]      # fed: errors and skips not
     want = expected()
     assert len(records) == SENSORS * ROWS
     for s, preds in want.items():
@@ -213,17 +213,20 @@ def test_a_bad_record_becomes_an_error_record(uninterrupted):
     # the sensor's state was untouched: its answers equal the runtime's over the good lines
     # (test_every_sensor_equals_the_runtime_stream checks every value; here, the step count)
     steps = [int(r["step"]) for r in parse(uninterrupted)
-             if r["sensor"] == BAD_SENSOR and not r["error"]]
+             if r["sensor"] == BAD_SENSOR and r["step"]]
     assert sorted(steps) == list(range(1, ROWS + 1))
 
 
-def test_a_reading_out_of_order_is_refused_not_fed(uninterrupted):
-    errors = [r for r in parse(uninterrupted) if r["error"] and r["sensor"] == LATE_SENSOR]
-    assert len(errors) == 1
+def test_a_reading_out_of_order_is_skipped_not_fed(uninterrupted):
+    """As lstm-run answers it: ``skipped: ...`` in the order column, no step, no error."""
+    skipped = [r for r in parse(uninterrupted) if r["order"] and r["sensor"] == LATE_SENSOR]
+    assert len(skipped) == 1
     late = sensor_rows()[LATE_SENSOR][LATE_AT - 10]
-    assert (errors[0]["Time"], errors[0][FEATURE]) == late
-    assert errors[0]["error"].startswith("out of order: time column 'Time'")
-    assert len([r for r in parse(uninterrupted) if r["error"]]) == 3   # nothing else refused
+    assert (skipped[0]["Time"], skipped[0][FEATURE]) == late
+    assert skipped[0]["order"].startswith("skipped: not after this sensor's last reading")
+    assert skipped[0]["step"] == skipped[0]["error"] == ""
+    assert len([r for r in parse(uninterrupted) if r["order"]]) == 1    # nothing else skipped
+    assert len([r for r in parse(uninterrupted) if r["error"]]) == 2    # 'x' and the bytes
 
 
 def test_a_line_that_is_not_utf8_gets_lstm_runs_error_record(uninterrupted, tmp):
@@ -267,7 +270,7 @@ def test_killed_and_restored_from_checkpoint_gives_each_answer_once(tmp, uninter
         job.kill()
     print(f"killed in phase {phase} of {len(PHASES)} with {committed} answers committed and "
           f"{in_flight} written but not committed; {len(after)} answers in all after restart")
-    keys = [(r["sensor"], r["step"]) for r in parse(after) if not r["error"]]
+    keys = [(r["sensor"], r["step"]) for r in parse(after) if r["step"]]
     assert len(keys) == len(set(keys)) == SENSORS * ROWS      # no duplicates, none missing
     assert sorted(after) == sorted(uninterrupted)              # the same lines, exactly
 
