@@ -10,7 +10,10 @@ uninterrupted; another is killed (SIGKILL to its process group: client, JVM and 
 workers) at a moment when some answers are committed and others are written but not yet
 committed, restarted with ``--resume latest``, and must give the same lines exactly once.
 The FileSink commits part files only at checkpoints and a restart drops what was written
-after the last one, so no dedupe is done anywhere: duplicates would show. These runs use the
+after the last one, so no dedupe is done anywhere: duplicates would show. Every job runs with
+``--interval`` (the model with intervals written in): the uninterrupted run's lines equal a
+real ``lstm-run --interval`` on the same lines, and the killed one's equal those, so each
+sensor's alert state comes back from the checkpoint with its stream. These runs use the
 batched operator (the default); the state-TTL run uses the per-record one.
 """
 
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import shutil
 import signal
@@ -40,6 +44,7 @@ SENSORS = 12
 ROWS = 240                 # readings per sensor, from data/water-flow.csv
 PHASES = [(0, 40), (40, 80), (80, 120), (120, 160), (160, 240)]   # rows fed together
 TIMEOUT = 150              # seconds a job may take to give all its answers
+ALERTS = ["--interval", "0.9", "--min-run", "2", "--hold-off", "2", "--stuck", "4"]
 
 
 def _unavailable() -> str | None:
@@ -129,11 +134,11 @@ class Job:
         self.checkpoints = tmp / f"ck-{name}"
         self.input.mkdir(exist_ok=True)
         self.log = tmp / f"{name}.log"
-        self.args = [str(FLINK_PY), "-m", "integrations.flink", str(MODEL),
+        self.args = [str(FLINK_PY), "-m", "integrations.flink", str(with_intervals(tmp)),
                      "-i", str(self.input), "--watch", "0.2", "-o", str(self.output),
                      "--stream-column", "sensor", "--time-column", "Time",
                      "--checkpoint-dir", str(self.checkpoints), "--checkpoint-every", "1",
-                     *extra]
+                     *ALERTS, *extra]
         self.proc = None
 
     def start(self, *extra: str) -> "Job":
@@ -183,6 +188,13 @@ def tmp(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("flink")
 
 
+def with_intervals(tmp: Path) -> Path:
+    """MODEL with calibrated intervals written in (its predictions are MODEL's)."""
+    import test_alerts
+    path = tmp / "water-flow-intervals.onnx"
+    return path if path.exists() else test_alerts.with_intervals(path)
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tmp) -> list[str]:
     """All answers of one run that is never stopped until every line is answered."""
@@ -200,20 +212,36 @@ def uninterrupted(tmp) -> list[str]:
 
 
 def parse(lines: list[str]) -> list[dict]:
-    header = (f"sensor,Time,{FEATURE},step,warmup,{PRED},order,error").split(",")
-    return [dict(zip(header, row)) for row in csv.reader(io.StringIO("\n".join(lines)))]
+    alerts = f"lo_{FEATURE},hi_{FEATURE},anomaly,score,alert"
+    header = f"sensor,Time,{FEATURE},step,warmup,{PRED},{alerts},order,error,input"
+    return [dict(zip(header.split(","), row))
+            for row in csv.reader(io.StringIO("\n".join(lines)))]
 
 
 # ---- the tests -------------------------------------------------------------------------
 
 def test_every_sensor_equals_the_runtime_stream(uninterrupted):
-    records = [r for r in parse(uninterrupted) if not r["error"] and not r["order"]]
+    records = [r for r in parse(uninterrupted) if r["step"]]      # fed: errors and skips not
     want = expected()
     assert len(records) == SENSORS * ROWS
     for s, preds in want.items():
         mine = sorted((int(r["step"]), r[PRED]) for r in records if r["sensor"] == s)
         assert [step for step, _ in mine] == list(range(1, ROWS + 1)), s
         assert [p for _, p in mine] == preds, f"sensor {s} differs from runtime's stream"
+
+
+def test_every_line_equals_lstm_runs_with_alerts(uninterrupted, tmp):
+    """The same lines through a real lstm-run with the same options: the same answers,
+    alert columns, error records and skipped line included."""
+    folder = tmp / "lstm-run-input"
+    folder.mkdir()
+    fed = [line for phase in range(len(PHASES)) for line in write_phase(folder, phase)]
+    text = "sensor,Time," + FEATURE + "\n" + "".join(line + "\n" for line in fed)
+    want = split_lines(run([with_intervals(tmp), "--stream-column", "sensor",
+                            "--time-column", "Time", *ALERTS],
+                           text.encode("utf-8", "surrogateescape"))[0])
+    assert any(r["alert"] == "outside" for r in parse(want[1:]))
+    assert sorted(uninterrupted) == sorted(want[1:])
 
 
 def test_a_bad_record_becomes_an_error_record(uninterrupted):
@@ -224,18 +252,20 @@ def test_a_bad_record_becomes_an_error_record(uninterrupted):
     # the sensor's state was untouched: its answers equal the runtime's over the good lines
     # (test_every_sensor_equals_the_runtime_stream checks every value; here, the step count)
     steps = [int(r["step"]) for r in parse(uninterrupted)
-             if r["sensor"] == BAD_SENSOR and not r["error"]]
+             if r["sensor"] == BAD_SENSOR and r["step"]]
     assert sorted(steps) == list(range(1, ROWS + 1))
 
 
 def test_a_reading_out_of_order_is_skipped_not_fed(uninterrupted):
-    """The runtime's order rule, as lstm-run applies it: answered as skipped, not fed."""
-    skipped = [r for r in parse(uninterrupted) if r["order"]]
-    assert len(skipped) == 1 and skipped[0]["sensor"] == LATE_SENSOR
+    """As lstm-run answers it: ``skipped: ...`` in the order column, no step, no error."""
+    skipped = [r for r in parse(uninterrupted) if r["order"] and r["sensor"] == LATE_SENSOR]
+    assert len(skipped) == 1
     late = sensor_rows()[LATE_SENSOR][LATE_AT - 10]
-    assert (skipped[0]["Time"], skipped[0][FEATURE]) == late and skipped[0]["step"] == ""
-    assert skipped[0]["order"].startswith("skipped: not after this sensor's last reading (Time ")
-    assert len([r for r in parse(uninterrupted) if r["error"]]) == 2   # the bad value, the bytes
+    assert (skipped[0]["Time"], skipped[0][FEATURE]) == late
+    assert skipped[0]["order"].startswith("skipped: not after this sensor's last reading")
+    assert skipped[0]["step"] == skipped[0]["error"] == ""
+    assert len([r for r in parse(uninterrupted) if r["order"]]) == 1    # nothing else skipped
+    assert len([r for r in parse(uninterrupted) if r["error"]]) == 2    # 'x' and the bytes
 
 
 def test_a_line_that_is_not_utf8_gets_lstm_runs_error_record(uninterrupted, tmp):
@@ -245,7 +275,8 @@ def test_a_line_that_is_not_utf8_gets_lstm_runs_error_record(uninterrupted, tmp)
                                                                        "surrogateescape")
     path = tmp / "bytes.csv"
     path.write_bytes(raw)
-    want = split_lines(run([MODEL, "-i", path, "--stream-column", "sensor"])[0])[1]
+    want = split_lines(run([with_intervals(tmp), "-i", path, "--stream-column", "sensor",
+                            "--time-column", "Time", *ALERTS])[0])[1]
     assert "not UTF-8" in want
     assert [line for line in uninterrupted if "not UTF-8" in line] == [want]
 
@@ -285,7 +316,7 @@ def test_killed_and_restored_from_checkpoint_gives_each_answer_once(tmp, uninter
     after = [line for line in after if not line.startswith(WAKE_SENSOR + ",")]
     print(f"killed in phase {phase} of {len(PHASES)} with {committed} answers committed and "
           f"{in_flight} written but not committed; {len(after)} answers in all after restart")
-    keys = [(r["sensor"], r["step"]) for r in parse(after) if not r["error"] and not r["order"]]
+    keys = [(r["sensor"], r["step"]) for r in parse(after) if r["step"]]
     assert len(keys) == len(set(keys)) == SENSORS * ROWS      # no duplicates, none missing
     assert sorted(after) == sorted(uninterrupted)              # the same lines, exactly
 
@@ -328,3 +359,48 @@ def test_a_sensor_silent_past_the_state_ttl_starts_afresh(tmp):
     for sensor in ("a", "b"):
         mine = [(r["step"], r[PRED]) for r in later if r["sensor"] == sensor]
         assert mine == [("1", want[0]), ("2", want[1])], sensor
+
+
+@pytest.mark.parametrize("operator", ["batched", "record"])
+def test_lone_surrogate_keys_and_alerts_equal_lstm_run(tmp, operator):
+    """A sensor named by a lone surrogate (JSON "\\ud800") no longer fails the job, and
+    --interval's alert columns are lstm-run's: one bounded job per operator, against a real
+    lstm-run with the same options on the same lines, each sensor's lines in order."""
+    from test_flink_records import alert_lines
+
+    model = with_intervals(tmp)
+    path = tmp / f"alerts-{operator}.jsonl"
+    path.write_text("".join(x + "\n" for x in alert_lines()))
+    options = ["--stream-column", "sensor", "--time-column", "t", "--interval", "0.9",
+               "--min-run", "2", "--hold-off", "2", "--stuck", "3"]
+    want = split_lines(run([model, "-i", path, *options])[0])
+    job = subprocess.run([str(FLINK_PY), "-m", "integrations.flink", str(model), "-i",
+                          str(path), "--operator", operator, *options], cwd=ROOT,
+                         capture_output=True, text=True, timeout=TIMEOUT,
+                         start_new_session=True)
+    assert job.returncode == 0, job.stderr[-3000:]
+    got = split_lines(job.stdout)
+
+    def by_sensor(lines: list[str]) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for line in lines:
+            out.setdefault(json.loads(line)["sensor"], []).append(line)
+        return out
+
+    assert len(by_sensor(want)) == 3 and any('"\\ud800"' in line for line in want)
+    assert by_sensor(got) == by_sensor(want)
+
+
+def test_interval_the_model_cannot_give_is_refused_before_the_job(tmp):
+    """--interval on a model without intervals, or at a level it was not calibrated at: one
+    line, exit 2, as lstm-run refuses it."""
+    path = tmp / "one.jsonl"
+    path.write_text(json.dumps({"sensor": "a", "t": 1, FEATURE: 101.5}) + "\n")
+    for model, level, words in ((MODEL, "0.9", "no calibrated intervals"),
+                                (with_intervals(tmp), "0.85", "no interval at")):
+        proc = subprocess.run([str(FLINK_PY), "-m", "integrations.flink", str(model), "-i",
+                               str(path), "--stream-column", "sensor", "--time-column", "t",
+                               "--interval", level], cwd=ROOT, capture_output=True, text=True,
+                              timeout=TIMEOUT)
+        assert proc.returncode == 2 and words in proc.stderr, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 import runtime
+from runtime.alerts import AlertConfig
 from runtime.lines import format_value
 from runtime.order import reading_time
 from runtime.state import StreamState
@@ -26,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))          # integrations/ is not installed into the main venv
 
 from integrations.flink.batch import BatchJob, shard_of  # noqa: E402
-from integrations.flink.records import LineJob, LineSpec  # noqa: E402
+from integrations.flink.records import LineJob, LineSpec, state_key  # noqa: E402
 from test_cli_run import run, split_lines, tiny_onnx  # noqa: E402
 
 MODES = {"sequence": dict(window=1, carry_state=True),
@@ -319,3 +320,91 @@ def test_the_shard_count_is_kept_beside_the_checkpoints(tmp_path):
     (tmp_path / "lstm-edge-shards").write_text("junk")
     with pytest.raises(LstmEdgeError, match="holds 'junk'"):
         count(resume="latest")
+
+
+# ---- lone-surrogate sensor keys and --interval: lstm-run's answers -----------------------
+
+FLOW = "Water flow [l/s]"
+TRICKY = ["a", "\ud800", "\\ud800"]   # a lone surrogate (JSON "\ud800") and its escape as text
+
+
+def alert_lines(rows: int = 40) -> list[str]:
+    """Three sensors of water-flow readings as JSON lines: a spike, a stuck stretch, a
+    replayed and a late line; one sensor named by a lone surrogate, one by its escaped text."""
+    with open(ROOT / "data" / "water-flow.csv", newline="") as f:
+        data = [float(r[1]) for r in list(csv.reader(f))[1:]]
+    lines = []
+    for i in range(rows):
+        for k, s in enumerate(TRICKY):
+            v = data[k * 40 + i] + (15.0 if s == "a" and 12 <= i < 16 else 0.0)
+            v = 100.0 if s == "\\ud800" and 20 <= i < 26 else v
+            lines.append(json.dumps({"sensor": s, "t": i, FLOW: v}))
+    lines.insert(31, lines[30])                # delivered twice: a replay
+    lines.insert(50, lines[40])                # older than its sensor's last: skipped
+    return lines
+
+
+def answer_all(job: LineJob, lines: list[str], use_key: bool) -> list[str]:
+    """The per-record operator: keyed by state_key, its state bytes kept per key."""
+    state, out = {}, []
+    for text in lines:
+        key = job.key(text)
+        skey = None if key is None else state_key(key)
+        answer, blob = job.answer(text, state.get(skey), skey if use_key else None)
+        if blob is not None:
+            state[skey] = blob
+        out.append(answer)
+    return out
+
+
+def test_state_keys_are_utf8_and_one_per_sensor():
+    keys = [*TRICKY, "\\\\ud800", "\udfff\\", "Zürich", ""]
+    escaped = [state_key(k) for k in keys]
+    assert len(set(escaped)) == len(keys)
+    assert [k.encode("utf-8").decode() for k in escaped] == escaped   # no surrogate left
+    assert escaped[0] == "a" and escaped[-2] == "Zürich"
+
+
+@pytest.mark.parametrize("options", [(), ("--interval", "0.9", "--min-run", "2",
+                                          "--hold-off", "2", "--stuck", "3")],
+                         ids=["plain", "interval"])
+def test_lone_surrogate_keys_and_alerts_answer_as_lstm_run(tmp_path, options):
+    """Both operators (kept streams and state restored from bytes at every line, flushes of
+    every size) give a real lstm-run's lines with the same options, byte for byte: the
+    lone-surrogate sensor answered and kept apart from its escaped namesake, the alert
+    columns carried by each sensor's state bytes."""
+    from test_alerts import with_intervals
+
+    model = with_intervals(tmp_path / "iv.onnx")
+    lines = alert_lines()
+    text = "".join(x + "\n" for x in lines).encode()
+    want = split_lines(run([model, "--stream-column", "sensor", "--time-column", "t",
+                            *options], text)[0])
+    found = [json.loads(a) for a in want]
+    assert {r["sensor"] for r in found} == set(TRICKY) and "\\ud800" in want[1]
+    assert [r["step"] for r in found if r["sensor"] == "\ud800"] == list(range(1, 41))
+    if options:
+        assert {r.get("alert") for r in found} >= {"outside", "stuck", None}   # None: a replay
+    spec = LineSpec("jsonl", (), "sensor", "t", alerts=AlertConfig(0.9, 2, 2, 3) if options
+                    else None)
+    data = model.read_bytes()
+    for use_key in (True, False):
+        assert answer_all(LineJob(data, spec), lines, use_key) == want
+    for sizes in ([7] * 20, [len(lines)]):
+        assert flushes(BatchJob(data, spec), lines, sizes) == want
+
+
+def test_csv_alert_columns_and_header_as_lstm_run(tmp_path):
+    """CSV: the answers' header (the job's header.csv) and lines are lstm-run's."""
+    from test_alerts import with_intervals
+
+    model = with_intervals(tmp_path / "iv.onnx")
+    rows = [json.loads(x) for x in alert_lines(20) if "\\u" not in x]
+    header = f"sensor,t,{FLOW}"
+    body = [f"{r['sensor']},{r['t']},{r[FLOW]}" for r in rows]
+    want = split_lines(run([model, "--stream-column", "sensor", "--time-column", "t",
+                            "--interval", "0.8"], (header + "\n" + "\n".join(body)).encode())[0])
+    spec = LineSpec("csv", ("sensor", "t", FLOW), "sensor", "t", header, AlertConfig(0.8))
+    job = LineJob(model.read_bytes(), spec)
+    assert job.format.header() == want[0] and "lo_Water flow [l/s]" in want[0]
+    assert answer_all(job, body, True) == want[1:]

@@ -65,6 +65,11 @@ class BatchJob(LineJob):
         answers: dict[int, tuple] = {}
         before = {key: self.stored(stream) for key, stream in streams.items()}
         self._step(streams, fed, out, answers)
+        stepped = sorted(((i, rec) for run in fed.values() for i, rec in run
+                          if id(rec) in answers), key=lambda item: item[0])   # input order
+        extra = self.annotate(streams, [rec for _, rec in stepped], answers)
+        for i, rec in stepped:
+            out[i] = self.format.format(rec, *answers[id(rec)], extra.get(id(rec), self.blank))
         for i, rec, prev in replays:
             answer = answers.get(id(prev)) if prev is not None else before[rec.key]
             out[i] = self.replayed(rec, answer) if answer is not None \
@@ -77,7 +82,8 @@ class BatchJob(LineJob):
 
     def _step(self, streams: dict, fed: dict[str, list[tuple[int, fmt.Record]]],
               out: list[str | None], answers: dict[int, tuple]) -> None:
-        """Step every fed reading, formatting each answer into ``out``.
+        """Step every fed reading: its ``(step, warmup, prediction)`` into ``answers``, or
+        (where its stream refused it) its error record into ``out``.
 
         A sensor with more lines than there are sensors is fed its run in one call; the rest
         are stepped in rounds, the r-th reading of each in one ``Model.step`` call.
@@ -93,8 +99,8 @@ class BatchJob(LineJob):
             except LstmEdgeError:     # the stream is unchanged: one reading at a time instead
                 self._step_alone(stream, run, out, answers)
                 continue
-            for n, ((i, rec), pred) in enumerate(zip(run, preds), start=first + 1):
-                self._answer(out, answers, i, rec, (n, n < self.model.window, pred))
+            for n, ((_, rec), pred) in enumerate(zip(run, preds), start=first + 1):
+                answers[id(rec)] = (n, n < self.model.window, pred)
         rest = {k: run for k, run in fed.items() if k not in long}
         for r in range(max((len(run) for run in rest.values()), default=0)):
             keys = [k for k, run in rest.items() if len(run) > r]
@@ -107,8 +113,8 @@ class BatchJob(LineJob):
                 for stream, item in zip(batch, items):
                     self._step_alone(stream, [item], out, answers)
                 continue
-            for stream, (i, rec), pred in zip(batch, items, preds):   # pred: (targets,)
-                self._answer(out, answers, i, rec, (stream.steps, not stream.ready, pred))
+            for stream, (_, rec), pred in zip(batch, items, preds):   # pred: (targets,)
+                answers[id(rec)] = (stream.steps, not stream.ready, pred)
 
     def _step_alone(self, stream, run, out, answers) -> None:
         for i, rec in run:
@@ -118,12 +124,7 @@ class BatchJob(LineJob):
                 rec.error = str(exc)
                 out[i] = self.format.format_error(rec)
                 continue
-            self._answer(out, answers, i, rec, (stream.steps, not stream.ready,
-                                                self._nan if y is None else y))
-
-    def _answer(self, out, answers, i: int, rec: fmt.Record, answer: tuple) -> None:
-        answers[id(rec)] = answer
-        out[i] = self.format.format(rec, *answer)
+            answers[id(rec)] = (stream.steps, not stream.ready, self._nan if y is None else y)
 
     def _at(self, items) -> list | None:
         """The positions of ``(i, record)`` items for the order rule; None without one."""

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from runtime import LstmEdgeError
+from runtime.alerts import AlertConfig
 
 from .job import JobConfig, build, failure
 
@@ -20,8 +21,10 @@ time is not after its sensor's last one gets an error record and is not
 fed; without it, order cannot be checked (--no-time-column says so).
 
 \b
-Answers are lstm-run's: the input line plus step, warmup, pred_<target>;
-a bad line gives an error record and leaves its sensor's state as it was.
+Answers are lstm-run's: the input line plus step, warmup, pred_<target>
+(and with --interval lo_/hi_<target>, anomaly, score and alert, each
+sensor's alert state kept in keyed state with its stream); a bad line
+gives an error record and leaves its sensor's state as it was.
 --output DIR gets part files, exactly once: a part is finished (renamed
 from its hidden .inprogress name) at each checkpoint, so read the files
 whose names do not start with a dot.
@@ -62,6 +65,17 @@ Exit codes: 0 the input was read to the end (or the job was stopped),
               help="Run without an order check: the source guarantees per-sensor order.")
 @click.option("--missing", type=click.Choice(["error", "skip", "hold"]), default="error",
               show_default=True, help="What a missing value does, as lstm-run's.")
+@click.option("--interval", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              metavar="LEVEL", help="Add lo_/hi_<target> (the calibrated interval at LEVEL, "
+              "e.g. 0.9), anomaly, score and alert columns, as lstm-run --interval.")
+@click.option("--min-run", type=click.IntRange(min=1), default=1, show_default=True,
+              metavar="N", help="--interval: N readings in a row outside raise an alert.")
+@click.option("--hold-off", type=click.IntRange(min=0), default=3, show_default=True,
+              metavar="N", help="--interval: no new alert until N readings in a row fell "
+              "inside (one bad stretch, one alert).")
+@click.option("--stuck", type=click.IntRange(min=0), default=0, show_default=True,
+              metavar="N", help="--interval: the same target value N times in a row raises "
+              "a 'stuck' alert (0: off).")
 @click.option("--checkpoint-dir", metavar="DIR|URI",
               help="Where checkpoints go (kept when the job stops, for --resume); on a "
                    "cluster a shared URI such as s3://bucket/checkpoints.")
@@ -96,9 +110,10 @@ Exit codes: 0 the input was read to the end (or the job was stopped),
 @click.option("--python", "python", default=sys.executable, show_default="this Python",
               help="The Python the workers run; on a cluster, its path on the TaskManagers.")
 def main(model, input_, watch, kafka, topic, group, start, jars, output, format_, columns,
-         stream_column, time_column, no_time_column, missing, checkpoint_dir, checkpoint_every,
-         resume, state_ttl, parallelism, state_backend, bundle_size, bundle_time, operator,
-         shards, flush_time, flush_size, execution_mode, python):
+         stream_column, time_column, no_time_column, missing, interval, min_run, hold_off, stuck,
+         checkpoint_dir, checkpoint_every, resume, state_ttl, parallelism, state_backend,
+         bundle_size, bundle_time, operator, shards, flush_time, flush_size, execution_mode,
+         python):
     """Run MODEL.onnx over sensor lines on Flink, each sensor's LSTM state in keyed state.
 
     \b
@@ -121,6 +136,8 @@ def main(model, input_, watch, kafka, topic, group, start, jars, output, format_
                        topic=topic, group=group, start=start, format=format_,
                        columns=tuple(c.strip() for c in columns.split(",")) if columns else (),
                        stream_column=stream_column, time_column=time_column, missing=missing,
+                       alerts=None if interval is None else
+                       AlertConfig(interval, min_run, hold_off, stuck),
                        checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every,
                        resume=resume, state_ttl=state_ttl, parallelism=parallelism,
                        state_backend=state_backend, bundle_size=bundle_size,

@@ -26,8 +26,9 @@ if __package__ in (None, ""):   # run as a file (flink run -py .../job.py): find
 
 from runtime import LstmEdgeError, load  # noqa: E402
 from runtime import lines as fmt  # noqa: E402
+from runtime.alerts import AlertConfig  # noqa: E402
 
-from .records import SOURCE_CHARSET, LineSpec  # noqa: E402
+from .records import SOURCE_CHARSET, LineJob, LineSpec  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -49,6 +50,7 @@ class JobConfig:
     stream_column: str | None = None
     time_column: str | None = None
     missing: str = "error"
+    alerts: AlertConfig | None = None     # --interval and its rules (None: no alert columns)
     checkpoint_dir: str | None = None     # a folder, or a URI (s3://, hdfs://) on a cluster
     checkpoint_every: float = 10.0        # seconds
     resume: str | None = None             # "latest" or a chk-N folder
@@ -108,7 +110,8 @@ def line_spec(config: JobConfig, model) -> LineSpec:
     if time_column is not None and line_format.name == "headerless":
         raise LstmEdgeError("--time-column needs a CSV header or JSON lines to name the column")
     header = first.decode(SOURCE_CHARSET) if is_header and not config.columns else None
-    return LineSpec(line_format.name, columns, config.stream_column, time_column, header)
+    return LineSpec(line_format.name, columns, config.stream_column, time_column, header,
+                    config.alerts)
 
 
 def latest_checkpoint(folder: Path) -> Path:
@@ -203,6 +206,7 @@ def build(config: JobConfig):
     model = load(config.model, device="cpu", missing=config.missing)   # refused here, not in a task
     data = Path(config.model).read_bytes()
     spec = line_spec(config, model)
+    answers_format = LineJob(data, spec, config.missing).format   # --interval refused here too
     shards = shard_count(config) if config.operator == "batched" else 0
     settings = flink_config(config)
     if config.execution_mode == "thread":
@@ -258,9 +262,7 @@ def build(config: JobConfig):
         if spec.format == "csv" and "://" not in config.output:
             # part files hold answers only: their header, once, beside them
             Path(config.output).mkdir(parents=True, exist_ok=True)
-            (Path(config.output) / "header.csv").write_text(
-                fmt.CsvFormat(list(spec.columns), model.features, model.targets,
-                              spec.stream_column).header() + "\n")
+            (Path(config.output) / "header.csv").write_text(f"{answers_format.header()}\n")
         sink = (FileSink.for_row_format(out, Encoder.simple_string_encoder())
                 .with_bucket_assigner(BucketAssigner.base_path_bucket_assigner())
                 .with_rolling_policy(RollingPolicy.on_checkpoint_rolling_policy())

@@ -4,6 +4,8 @@ Two operators answer lines: :class:`Predict` one line at a time, keyed by sensor
 :class:`BatchPredict` (the default) keyed by a shard of sensors, answering a shard's pending
 lines together. Each loads what it needs once per task, in ``open()``: the model's bytes
 travel with the function (pickled into the job), so a TaskManager needs no copy of the file.
+A sensor is keyed and stored under :func:`~.records.state_key` of its name: Flink's strings
+are UTF-8, which a lone surrogate from a JSON key is not.
 """
 
 from __future__ import annotations
@@ -15,10 +17,10 @@ from pyflink.datastream.state import (ListStateDescriptor, MapStateDescriptor, S
                                       ValueStateDescriptor)
 
 from .batch import BatchJob, shard_of
-from .records import LineJob, LineSpec
+from .records import LineJob, LineSpec, state_key
 
 STATE_TYPE = Types.PICKLED_BYTE_ARRAY()   # one sensor's stream: runtime.state bytes
-ROUTED = Types.TUPLE([Types.STRING(), Types.STRING()])   # (sensor, line)
+ROUTED = Types.TUPLE([Types.STRING(), Types.STRING()])   # (state_key(sensor), line)
 SHARDED = Types.TUPLE([Types.INT(), Types.STRING()])     # (shard, line)
 END_OF_INPUT = 2**63 - 1   # the final watermark of a bounded input (Long.MAX_VALUE)
 WAKE = "\n"                # sent to every shard once a (re)started route sees its first line:
@@ -34,7 +36,8 @@ def ttl(seconds: float) -> StateTtlConfig:
 
 
 class Route(FlatMapFunction):
-    """line -> (sensor, line); a CSV header line is dropped, a bad line goes to sensor ""."""
+    """line -> (sensor's state key, line); a CSV header line is dropped, a bad line goes to
+    sensor ""."""
 
     def __init__(self, model: bytes, spec: LineSpec, missing: str):
         self.model, self.spec, self.missing = model, spec, missing
@@ -46,7 +49,7 @@ class Route(FlatMapFunction):
     def flat_map(self, value):
         key = self.job.key(value)
         if key is not None:
-            yield key, value
+            yield state_key(key), value
 
 
 class Predict(KeyedProcessFunction):
@@ -156,7 +159,7 @@ class BatchPredict(KeyedProcessFunction):
         if not lines:
             return
         self.pending.clear()
-        out, changed = self.job.answer_many(lines, self.streams.get)
-        if changed:
-            self.streams.put_all(changed.items())   # PyFlink iterates (key, value) pairs
+        out, changed = self.job.answer_many(lines, lambda key: self.streams.get(state_key(key)))
+        if changed:      # PyFlink iterates (key, value) pairs
+            self.streams.put_all([(state_key(key), blob) for key, blob in changed.items()])
         yield from out

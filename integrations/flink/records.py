@@ -17,11 +17,22 @@ The job's sources decode each line's bytes as ISO-8859-1 (one character per byte
 replaced, nothing lost), and :func:`raw` turns them back into the very bytes, so that
 ``lstm-run``'s own parser reads them: invalid UTF-8 gets ``lstm-run``'s error record, not a
 U+FFFD that would be fed as if the line were good.
+
+A JSON line may name its sensor with a lone surrogate (``"\\ud800"``), a Python string no
+UTF-8 encoder takes, and Flink's strings travel as UTF-8: such a sensor is keyed and stored
+under :func:`state_key`, an escaped form of its name. Its answers write the key back
+escaped, as ``lstm-run``'s do (``runtime.lines.dump_json``).
+
+With ``LineSpec.alerts`` (``--interval``) every answer carries ``lstm-run --interval``'s
+alert columns (:class:`runtime.alerts_run.StreamAlerts`), and each sensor's alert state
+travels in its stream state's ``alerts`` section, so Flink's keyed state and its
+checkpoints hold it with the stream.
 """
 
 from __future__ import annotations
 
 import math
+import re
 import struct
 import time
 from collections import OrderedDict
@@ -32,6 +43,8 @@ import numpy as np
 import runtime
 from runtime import LstmEdgeError
 from runtime import lines as fmt
+from runtime.alerts import AlertConfig
+from runtime.alerts_run import StreamAlerts
 from runtime.lines import BadLine
 
 from runtime.order import OrderColumn, choose
@@ -43,7 +56,7 @@ WRITTEN = "flink.written"     # the state section holding the wall-clock time of
 
 @dataclass(frozen=True)
 class LineSpec:
-    """How lines are read: made on the client, shipped to every task with the function."""
+    """How lines are read and answered: made on the client, shipped to every task."""
 
     format: str                       # "csv", "headerless" or "jsonl"
     columns: tuple[str, ...] = ()     # the CSV header's columns ("csv" only)
@@ -51,6 +64,7 @@ class LineSpec:
     time_column: str | None = None    # the column or key ordering each sensor's readings
     header: str | None = None         # the input files' first line (as raw() text), dropped
                                       # wherever it recurs
+    alerts: AlertConfig | None = None  # --interval and its rules: the alert columns added
 
 
 SOURCE_CHARSET = "ISO-8859-1"   # how the job's sources decode bytes: one character per byte
@@ -65,6 +79,21 @@ def raw(line: str) -> bytes:
         return line.encode(SOURCE_CHARSET)
     except UnicodeEncodeError:
         return line.encode("utf-8", "surrogatepass")
+
+
+_ESCAPED = re.compile(r"[\\\ud800-\udfff]")
+
+
+def state_key(key: str) -> str:
+    r"""The string a sensor is keyed and stored by in Flink: its name, with a backslash
+    doubled and a lone surrogate (no UTF-8 holds one) written ``\udXXX``.
+
+    One name, one key: the escape can be undone, so two sensors never share a state.
+
+    >>> state_key("pump-7"), state_key("\ud800"), state_key("\\ud800")
+    ('pump-7', '\\ud800', '\\\\ud800')
+    """
+    return _ESCAPED.sub(lambda m: "\\\\" if m[0] == "\\" else f"\\u{ord(m[0]):04x}", key)
 
 
 def line_format(spec: LineSpec, features, targets) -> fmt.LineFormat:
@@ -94,6 +123,10 @@ class LineJob:
         self.ttl = ttl       # seconds after its last write that a sensor's state is void
         self.spec = spec
         self.format = line_format(spec, self.model.features, self.model.targets)
+        self.alerts = StreamAlerts(self.model, spec.alerts) if spec.alerts else None
+        if self.alerts is not None:      # before the order column, as lstm-run adds them
+            self.alerts.columns(self.format)
+        self.blank = [None] * len(self.format.extra)   # no alert values: a replay's columns
         self.order: OrderColumn | None = None     # the time column, through runtime.order
         if spec.time_column is not None:
             self.order = choose(self.format, None, time_column=spec.time_column, seq_column=None)
@@ -157,8 +190,9 @@ class LineJob:
                 rec.error = str(exc)
         if not rec.ok:
             return self.format.format_error(rec), None
-        out = self.format.format(rec, stream.steps, not stream.ready,
-                                 self._nan if y is None else y)
+        answers = {id(rec): (stream.steps, not stream.ready, self._nan if y is None else y)}
+        extra = self.annotate({rec.key: stream}, [rec], answers)
+        out = self.format.format(rec, *answers[id(rec)], extra.get(id(rec), self.blank))
         return out, self.save(key, stream, wall)
 
     # ---- the state's bytes and the order rule: each done here, once ----------------------
@@ -212,6 +246,25 @@ class LineJob:
             return "new"
         return kind
 
+    def annotate(self, streams: dict, records: list[fmt.Record], answers: dict
+                 ) -> dict[int, list]:
+        """``lstm-run --interval``'s alert columns of fed records (each sensor's in input
+        order), ``{id(record): values}``; ``{}`` without ``--interval``.
+
+        Each sensor's alert state is taken from its stream's ``alerts`` section and put back
+        there, to be saved with the stream: the keyed state is its one home.
+        """
+        if self.alerts is None:
+            return {}
+        keys = dict.fromkeys(rec.key for rec in records)
+        for key in keys:
+            self.alerts.restore(key, streams[key])
+        extra = self.alerts.annotate(records, answers)
+        for key in keys:
+            self.alerts.keep(key, streams[key])
+            self.alerts.forget(key)
+        return extra
+
     def stored(self, stream) -> tuple:
         """A stream's answer to its last reading: ``(step, warming up, prediction)``."""
         pred = stream.answer
@@ -221,7 +274,7 @@ class LineJob:
         """The answer to a replay: the answer its reading got, marked ``replay``."""
         self.order.replayed(rec.key)
         step, warmup, pred = answer
-        return self.format.format(rec, step, warmup, pred, mark="replay")
+        return self.format.format(rec, step, warmup, pred, self.blank, mark="replay")
 
     def skipped(self, rec: fmt.Record, position) -> str:
         """The answer to a reading at or before its sensor's position: not fed."""
