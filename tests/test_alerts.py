@@ -20,7 +20,7 @@ from runtime.alerts import (AlertConfig, Alerts, AlertState, Intervals, Monitor,
 from runtime.errors import ContractError, InputError, SnapshotError
 from trainer.calibrate import calibrate, calibrate_file, conformal_quantile
 
-from test_cli_run import run
+from helpers import run
 
 ROOT = Path(__file__).resolve().parent.parent
 WATER = ROOT / "exported" / "water-flow.onnx"

@@ -21,7 +21,7 @@ import pytest
 
 import runtime
 from runtime import lines
-from test_cli_run import FEATURES, LSTM_RUN, ROOT, csv_rows, run, split_lines, tiny_onnx
+from helpers import FEATURES, LSTM_RUN, ROOT, csv_rows, run, split_lines, tiny_onnx
 
 WATER = ROOT / "exported" / "water-flow.onnx"
 WATER_CSV = ROOT / "data" / "water-flow.csv"

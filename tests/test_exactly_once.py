@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 import runtime
-from test_cli_run import ATOL, LSTM_RUN, ROOT, RTOL, TIMEOUT, csv_rows, run, split_lines, tiny_onnx
+from helpers import ATOL, LSTM_RUN, ROOT, RTOL, TIMEOUT, csv_rows, run, split_lines, tiny_onnx
 
 START = datetime(2026, 3, 1, tzinfo=timezone.utc)
 MODELS = {"sequence": dict(window=1, carry_state=True), "window": dict(window=3, carry_state=False),

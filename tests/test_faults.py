@@ -25,7 +25,7 @@ import pytest
 
 import runtime
 
-from test_cli_run import ATOL, LSTM_RUN, RTOL, TIMEOUT, csv_rows, preds, split_lines, tiny_onnx
+from helpers import ATOL, LSTM_RUN, RTOL, TIMEOUT, csv_rows, preds, split_lines, tiny_onnx
 
 ROOT = Path(__file__).resolve().parent.parent
 HEADER = b"time,sensor,temperature,humidity"

@@ -29,7 +29,7 @@ import pytest
 
 import runtime
 from runtime.lines import format_value
-from test_cli_run import run, split_lines
+from helpers import run, split_lines
 
 ROOT = Path(__file__).resolve().parent.parent
 FLINK_PY = ROOT / ".venv-flink" / "bin" / "python"

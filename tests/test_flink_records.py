@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))          # integrations/ is not installed into the
 
 from integrations.flink.batch import BatchJob, shard_of  # noqa: E402
 from integrations.flink.records import LineJob, LineSpec  # noqa: E402
-from test_cli_run import run, split_lines, tiny_onnx  # noqa: E402
+from helpers import run, slotted, split_lines, tiny_onnx  # noqa: E402
 
 MODES = {"sequence": dict(window=1, carry_state=True),
          "window": dict(window=3, carry_state=False),
@@ -192,8 +192,6 @@ def test_state_older_than_the_ttl_starts_a_fresh_stream(model_file, monkeypatch)
 @pytest.mark.parametrize("window", [3, 1])
 def test_state_bytes_keep_every_state_slot(tmp_path, window):
     """A file with lstm_edge.state_slots = 3: every slot survives the keyed-state bytes."""
-    from test_runtime_slots import slotted
-
     model = runtime.load(slotted(tmp_path, window))
     assert model.slots == 3
     xs = readings(20, 1)

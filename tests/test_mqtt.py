@@ -22,7 +22,7 @@ import pytest
 
 from mqtt_broker import (FEATURE, MODEL, ROOT, Broker, Collector, Tool, free_port, publish,
                          readings, unavailable, until)
-from test_cli_run import ATOL, LSTM_RUN, RTOL, TIMEOUT
+from helpers import ATOL, LSTM_RUN, RTOL, TIMEOUT
 
 pytestmark = pytest.mark.skipif(unavailable() is not None, reason=str(unavailable()))
 # After a kill -9 between a batch's --state commit and its acks, the broker delivers that

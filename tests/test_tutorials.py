@@ -28,6 +28,8 @@ from runtime import load  # noqa: E402
 from trainer.errors import ExportError, ParityError  # noqa: E402
 from trainer.export import export  # noqa: E402
 
+from helpers import create_dataset  # noqa: E402
+
 DATA = Path(__file__).resolve().parent.parent / "data"
 
 TOL = 1e-5
@@ -35,15 +37,6 @@ EPOCHS = 3
 
 
 # --------------------------------------------------------------------------- the tutorials
-
-def create_dataset(dataset, look_back=1):
-    """The tutorials' own helper (including its off-by-one: the last window is left out)."""
-    x, y = [], []
-    for i in range(len(dataset) - look_back - 1):
-        x.append(dataset[i:i + look_back, 0])
-        y.append(dataset[i + look_back, 0])
-    return np.array(x), np.array(y)
-
 
 def airline():
     """Passengers scaled to [0, 1] with MinMaxScaler's arithmetic, split 67/33 as written."""
