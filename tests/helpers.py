@@ -180,7 +180,8 @@ def contract_model(p) -> onnx.ModelProto:
             nodes.append(oh.make_node("Unsqueeze", [f"in_{part}{i}", "ax0"], [f"{part}0_{i}"]))
         for name in "WRB":
             inits.append(nh.from_array(layer[name], f"{name}{i}"))
-        op_in = [f"seq{i}", f"W{i}", f"R{i}", f"B{i}", "", f"h0_{i}"] + ([f"c0_{i}"] if lstm else [])
+        op_in = [f"seq{i}", f"W{i}", f"R{i}", f"B{i}", "", f"h0_{i}"]
+        op_in += [f"c0_{i}"] if lstm else []
         op_out = [f"Y{i}", f"Yh{i}"] + ([f"Yc{i}"] if lstm else [])
         extra = {} if lstm else {"linear_before_reset": 1}
         nodes.append(oh.make_node("LSTM" if lstm else "GRU", op_in, op_out, hidden_size=u, **extra))
@@ -192,7 +193,8 @@ def contract_model(p) -> onnx.ModelProto:
                       "outputs": [f"out_{q}{i}" for q in parts]})
     n = len(p["layers"])
     nodes += [oh.make_node("Transpose", [f"seq{n}"], ["hs"], perm=[1, 0, 2]),
-              oh.make_node("MatMul", ["hs", "Wd"], ["hd"]), oh.make_node("Add", ["hd", "bd"], ["y"])]
+              oh.make_node("MatMul", ["hs", "Wd"], ["hd"]),
+              oh.make_node("Add", ["hd", "bd"], ["y"])]
     outs.insert(0, oh.make_tensor_value_info("y", TP.FLOAT, ["batch", "time", p["targets"]]))
     graph = oh.make_graph(nodes, "g", ins, outs, inits)
     model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)])

@@ -158,7 +158,7 @@ BAD = [
     b"t9,a,inf,40",                    # not finite
     b"\x89PNG\r\x1a\x00\x00\xff",      # binary junk
     b"t9,a,21.0," + b"9" * (1 << 20),  # over-long
-    b"t9,a,1e300,40",                  # beyond float32 (a blank line is no bad line: see test_faults)
+    b"t9,a,1e300,40",                  # beyond float32 (a blank line is no bad line: see test_bad_input)
     b't9,"a,21.0,40',                  # unbalanced quote
 ]
 

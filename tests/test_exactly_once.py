@@ -1,4 +1,4 @@
-"""Exactly once per sensor on feeds that deliver twice, through real processes (issue 18).
+"""Exactly once per sensor on feeds that deliver twice, through real processes.
 
 A real ``tail -n +1 -f`` over a growing file, its pipeline stopped (SIGTERM, ``kill -9``)
 and started again three times, and a whole input resent after a ``kill -9`` at a random

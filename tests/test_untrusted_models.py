@@ -29,7 +29,7 @@ onnx = pytest.importorskip("onnx")
 
 
 def with_external(model: Path, out: Path, location: str) -> Path:
-    """``model`` with its initializer ``bd`` (the dense bias, 4 bytes) read from ``location`` instead."""
+    """``model`` with its initializer ``bd`` (the dense bias, 4 bytes) read from ``location``."""
     proto = onnx.load(str(model))
     init = next(i for i in proto.graph.initializer if i.name == "bd")
     init.ClearField("raw_data")

@@ -1,4 +1,4 @@
-"""TensorFlow's start-up noise is kept off stderr; real problems are not (issue 11, item 3).
+"""TensorFlow's start-up noise is kept off stderr; real problems are not.
 
 Through real subprocesses: the filter on its own (noise written to descriptor 2 as
 TensorFlow's C++ side writes it, a real error beside it, an abort), then a clean
