@@ -15,11 +15,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 import runtime
+import runtime.serve
 from runtime import lines
 from runtime.io import LineReader
 from runtime.serve import ServeConfig, Server, serve
@@ -450,15 +452,22 @@ def test_max_streams_drops_the_least_recently_seen(model):
     assert out[0].split(",")[3] == "1"         # a starts again from step 1
 
 
-def test_idle_streams_are_dropped(model):
+def test_idle_streams_are_dropped(model, monkeypatch):
+    now = [1000.0]                                 # the server's monotonic clock, in seconds
+    monkeypatch.setattr(runtime.serve, "time", SimpleNamespace(monotonic=lambda: now[0],
+                                                               time=time.time))
     m = runtime.load(model, device="cpu")
     warned = []
     server = Server(m, ServeConfig(stream_column="sensor", idle_timeout=0.05),
                     warn=warned.append)
     server.handle([(1, b"sensor,temperature,humidity"), (2, b"a,1,2")])
-    time.sleep(0.1)
+    now[0] += 0.03
     server.handle([(3, b"b,1,2")])
-    assert list(server.slots) == ["b"] and "idle-timeout" in warned[0]
+    assert list(server.slots) == ["a", "b"] and not warned     # 0.03 s of silence: kept
+    now[0] += 0.03
+    server.handle([(4, b"b,1,2")])                  # a: 0.06 s of silence, b: 0.03 s
+    assert list(server.slots) == ["b"] and len(warned) == 1
+    assert "'a'" in warned[0] and "idle-timeout" in warned[0]
 
 
 def test_junk_never_raises_and_keeps_one_line_per_line(model):
