@@ -7,6 +7,7 @@ Nothing here imports TensorFlow at import time: :func:`tutorial` imports Keras w
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import os
 import select
@@ -295,8 +296,13 @@ def reset_states(model):
             layer.reset_states()
 
 
+@functools.cache
 def tutorial(batch_size: int):
-    """Train the stateful tutorial model; returns (model, scaler, raw test series, testX)."""
+    """Train the stateful tutorial model; returns (model, scaler, raw test series, testX).
+
+    Trained once per batch size and shared (seeded, so the same as a fresh one): callers
+    ``reset_states`` before they predict, and never train it further.
+    """
     import keras
 
     dataset = passengers()                                   # (144, 1)

@@ -244,6 +244,7 @@ def test_lstm_run_refuses_a_model_without_intervals(tmp_path):
 
 # ---- lstm-train and lstm-export ---------------------------------------------------------
 
+@pytest.mark.slow
 def test_train_reports_coverage_and_export_writes_the_intervals(tmp_path):
     import subprocess
     import sys

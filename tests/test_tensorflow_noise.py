@@ -62,6 +62,7 @@ def test_asking_for_tensorflow_logs_turns_the_filter_off():
     assert proc.stderr == NOISE
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None, reason="no TensorFlow")
 @pytest.mark.parametrize("level", [None, "3"])
 def test_a_clean_train_and_export_print_nothing_on_stderr(water_csv, tmp_path, level):
