@@ -19,7 +19,7 @@ demo: $(STAMP)
 test: $(STAMP) flink-env
 	$(BIN)/ruff check runtime trainer integrations
 	$(BIN)/mypy runtime
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

@@ -1,4 +1,7 @@
-"""Shared fixtures: paths to the bundled data, and a quiet, CPU-only TensorFlow."""
+"""Shared fixtures: paths to the bundled data, and a quiet, CPU-only TensorFlow.
+
+Shared code (the lstm-run harness, hand-built graphs, ...) lives in tests/helpers.py.
+"""
 
 import os
 from pathlib import Path
@@ -9,8 +12,7 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
-ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT / "data"
+from helpers import DATA  # noqa: E402  (after the environment: helpers imports onnx)
 
 
 @pytest.fixture

@@ -20,33 +20,11 @@ from runtime.alerts import (AlertConfig, Alerts, AlertState, Intervals, Monitor,
 from runtime.errors import ContractError, InputError, SnapshotError
 from trainer.calibrate import calibrate, calibrate_file, conformal_quantile
 
-from test_cli_run import run
+from helpers import Q, run, with_intervals
 
 ROOT = Path(__file__).resolve().parent.parent
 WATER = ROOT / "exported" / "water-flow.onnx"
 TARGET = "Water flow [l/s]"
-SPREAD = {"readings": 6, "floor": [0.02], "prior": [0.3]}
-Q = [[1.2], [1.6], [2.0], [3.0]]          # per level (0.8 .. 0.99), one output
-
-
-def with_intervals(path: Path, scale: str = "mean-abs-change") -> Path:
-    """The water-flow model with hand-written intervals."""
-    import onnx
-    from onnx import helper
-
-    proto = onnx.load(str(WATER))
-    props = {p.key: p.value for p in proto.metadata_props}
-    iv = {"method": "split-conformal", "scale": scale, "levels": [0.8, 0.9, 0.95, 0.99],
-          "q": Q, "n": 99, "source": "test", "target_features": [0]}
-    if scale != "none":
-        iv["spread"] = SPREAD
-    props["lstm_edge.intervals"] = json.dumps(iv)
-    del proto.metadata_props[:]
-    helper.set_model_props(proto, props)
-    onnx.save(proto, str(path))
-    return path
-
-
 @pytest.fixture
 def readings() -> np.ndarray:
     with open(ROOT / "data" / "water-flow.csv", newline="") as fh:
@@ -244,6 +222,7 @@ def test_lstm_run_refuses_a_model_without_intervals(tmp_path):
 
 # ---- lstm-train and lstm-export ---------------------------------------------------------
 
+@pytest.mark.slow
 def test_train_reports_coverage_and_export_writes_the_intervals(tmp_path):
     import subprocess
     import sys

@@ -1,4 +1,4 @@
-"""``lstm-run`` on real feeds (issue 11), through real subprocesses and pipes.
+"""``lstm-run`` on real feeds, through real subprocesses and pipes.
 
 A logger's file followed by ``tail -f`` (header dropped, a leading time column), header-less
 lines named by ``--columns``, a reset from the feed, error records that keep the whole line,
@@ -21,7 +21,7 @@ import pytest
 
 import runtime
 from runtime import lines
-from test_cli_run import FEATURES, LSTM_RUN, ROOT, csv_rows, run, split_lines, tiny_onnx
+from helpers import FEATURES, LSTM_RUN, ROOT, csv_rows, run, split_lines, tiny_onnx
 
 WATER = ROOT / "exported" / "water-flow.onnx"
 WATER_CSV = ROOT / "data" / "water-flow.csv"
@@ -55,7 +55,7 @@ class Answers:
         return line.decode()
 
 
-# ---- item 1: a logger's file through tail -f ---------------------------------------------
+# ---- a logger's file through tail -f -----------------------------------------------------
 
 def test_tail_f_on_a_growing_logger_file(tmp_path):
     """tail -f drops the header; each appended line is answered while tail keeps the pipe open."""
@@ -115,7 +115,7 @@ def test_a_time_column_that_does_not_fit_says_to_use_columns(tiny):
     assert "--columns" in err and "starts with a date/time" in err
 
 
-# ---- item 2: reset from the feed ---------------------------------------------------------
+# ---- reset from the feed -----------------------------------------------------------------
 
 def _feed(n: int, sensors: int, seed: int = 0) -> list[dict]:
     rng = np.random.default_rng(seed)
@@ -159,7 +159,7 @@ def test_reset_column_in_csv_and_a_bad_flag(tiny):
     assert "'maybe' is not a reset flag" in rows[3]["error"] and "line 5" in err
 
 
-# ---- item 8: error records keep the whole line -------------------------------------------
+# ---- error records keep the whole line ---------------------------------------------------
 
 @pytest.mark.parametrize("data, args, kept", [
     (b"time,temperature,humidity\n6,b,extra,4\n", [], "6,b,extra,4"),
@@ -190,7 +190,7 @@ def test_jsonl_error_records_keep_the_text(tiny):
     assert got[2]["input"] == "[1, 2]"
 
 
-# ---- item 9: CLI words in hints ----------------------------------------------------------
+# ---- CLI words in hints ------------------------------------------------------------------
 
 def test_missing_value_hint_speaks_cli_options(tiny):
     out, err = run([tiny["sequence"]], b"temperature,humidity\n21,\n")
@@ -198,7 +198,7 @@ def test_missing_value_hint_speaks_cli_options(tiny):
     assert "--missing skip" in csv_rows(out)[0]["error"]
 
 
-# ---- item 4: a Keras file instead of ONNX ------------------------------------------------
+# ---- a Keras file instead of ONNX --------------------------------------------------------
 
 @pytest.mark.parametrize("name, content, says", [
     ("m.keras", b"PK\x03\x04 a zip archive", "a Keras model file (.keras)"),

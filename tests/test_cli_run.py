@@ -10,92 +10,27 @@ from __future__ import annotations
 
 import json
 import os
-import select
-import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 import runtime
+import runtime.serve
 from runtime import lines
-from runtime.contract import ModelInfo, StateSpec
 from runtime.io import LineReader
 from runtime.serve import ServeConfig, Server, serve
 
-ROOT = Path(__file__).resolve().parent.parent
-FEATURES = ("temperature", "humidity")
-TARGETS = ("temperature",)
-TIMEOUT = 60      # seconds any one subprocess may take before the test fails
-RTOL, ATOL = 1e-5, 1e-5   # batched and chunked calls round differently from single steps
+from helpers import (ATOL, FEATURES, ROOT, RTOL, TARGETS, TIMEOUT, Live, csv_rows, preds,
+                     run, split_lines, tiny_onnx)
 
 
-def lstm_run_command() -> list[str]:
-    exe = Path(sys.executable).parent / "lstm-run"
-    if exe.exists():
-        return [str(exe)]
-    found = shutil.which("lstm-run")
-    return [found] if found else [sys.executable, "-m", "runtime.cli"]
-
-
-LSTM_RUN = lstm_run_command()
-
-
-# ---- a tiny model that holds to the contract -------------------------------------------
-
-def tiny_onnx(path: Path, *, window: int = 1, carry_state: bool = True, units: int = 4,
-              seed: int = 0) -> Path:
-    """A one-LSTM-layer streaming graph built by hand: x -> scaler -> LSTM -> Dense -> y.
-
-    The LSTM is the fused ONNX operator with the contract's batch-first inputs and state, so
-    the runtime cannot tell it from an exported Keras model.
-    """
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(seed)
-    f, t, u = len(FEATURES), len(TARGETS), units
-    weights = {
-        "W": rng.normal(0, 0.5, (1, 4 * u, f)), "R": rng.normal(0, 0.5, (1, 4 * u, u)),
-        "B": rng.normal(0, 0.1, (1, 8 * u)), "D": rng.normal(0, 0.5, (u, t)),
-        "Db": rng.normal(0, 0.1, (t,)), "mean": np.full(f, 20.0), "std": np.full(f, 5.0),
-    }
-    inits = [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in weights.items()]
-    inits += [numpy_helper.from_array(np.array([a], np.int64), f"ax{a}") for a in (0, 1)]
-    node = helper.make_node
-    nodes = [
-        node("Sub", ["x", "mean"], ["xc"]), node("Div", ["xc", "std"], ["xs"]),
-        node("Transpose", ["xs"], ["xt"], perm=[1, 0, 2]),          # (time, batch, features)
-        node("Unsqueeze", ["in_h0", "ax0"], ["h0"]), node("Unsqueeze", ["in_c0", "ax0"], ["c0"]),
-        node("LSTM", ["xt", "W", "R", "B", "", "h0", "c0"], ["Y", "Yh", "Yc"], hidden_size=u),
-        node("Squeeze", ["Y", "ax1"], ["Ys"]),                      # (time, batch, units)
-        node("Transpose", ["Ys"], ["Yb"], perm=[1, 0, 2]),          # (batch, time, units)
-        node("MatMul", ["Yb", "D"], ["Ym"]), node("Add", ["Ym", "Db"], ["y"]),
-        node("Squeeze", ["Yh", "ax0"], ["out_h0"]), node("Squeeze", ["Yc", "ax0"], ["out_c0"]),
-    ]
-    value = helper.make_tensor_value_info
-    graph = helper.make_graph(
-        nodes, "tiny",
-        [value("x", TensorProto.FLOAT, ["batch", "time", f]),
-         value("in_h0", TensorProto.FLOAT, ["batch", u]),
-         value("in_c0", TensorProto.FLOAT, ["batch", u])],
-        [value("y", TensorProto.FLOAT, ["batch", "time", t]),
-         value("out_h0", TensorProto.FLOAT, ["batch", u]),
-         value("out_c0", TensorProto.FLOAT, ["batch", u])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    info = ModelInfo(state=(StateSpec.for_layer(0, "lstm", "lstm", u),), window=window,
-                     carry_state=carry_state, features=FEATURES, targets=TARGETS,
-                     parity={"max_abs_diff": 2.4e-7, "steps": 1000, "atol": 1e-5},
-                     source={"file": "tiny.keras", "sha256": "ab" * 32})
-    helper.set_model_props(model, info.to_metadata())
-    onnx.save(model, str(path))
-    return path
-
+# ---- models ----------------------------------------------------------------------------
 
 def keras_onnx(directory: Path) -> dict[str, Path] | None:
     """The two tiny models as Keras trains them, exported by the trainer; None without it."""
@@ -166,80 +101,6 @@ def as_jsonl(rows: list[dict]) -> bytes:
     return "".join(json.dumps(r) + "\n" for r in rows).encode()
 
 
-# ---- running the tool ------------------------------------------------------------------
-
-def run(args, data: bytes = b"", code: int = 0, timeout: float = TIMEOUT):
-    """Run lstm-run to completion; assert its exit code, showing stderr when it is wrong."""
-    proc = subprocess.run(LSTM_RUN + [str(a) for a in args], input=data, capture_output=True,
-                          timeout=timeout, cwd=ROOT)
-    stderr = proc.stderr.decode(errors="replace")
-    assert proc.returncode == code, f"exit {proc.returncode}, expected {code}; stderr:\n{stderr}"
-    assert "Traceback" not in stderr, stderr
-    return proc.stdout.decode(), stderr
-
-
-def split_lines(text: str) -> list[str]:
-    """Output lines: cut at newlines only (str.splitlines also cuts at \\r, \\x1c, ...)."""
-    return text[:-1].split("\n") if text.endswith("\n") else text.split("\n") if text else []
-
-
-def csv_rows(text: str) -> list[dict]:
-    out = split_lines(text)
-    names = lines.split_csv(out[0])
-    return [dict(zip(names, lines.split_csv(line))) for line in out[1:]]
-
-
-def preds(rows: list[dict], key: str = "pred_temperature") -> np.ndarray:
-    return np.array([float(r[key]) if r[key] not in ("", None) else np.nan for r in rows])
-
-
-class Live:
-    """lstm-run with open pipes: send lines, read answers with a timeout."""
-
-    def __init__(self, args):
-        self.proc = subprocess.Popen(LSTM_RUN + [str(a) for a in args], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
-        self.buffer = b""
-
-    def send(self, data: bytes) -> None:
-        self.proc.stdin.write(data)
-        self.proc.stdin.flush()
-
-    def read_line(self, timeout: float = 20) -> str:
-        fd = self.proc.stdout.fileno()
-        deadline = time.monotonic() + timeout
-        while b"\n" not in self.buffer:
-            left = deadline - time.monotonic()
-            ready, _, _ = select.select([fd], [], [], max(left, 0))
-            if not ready:
-                self.kill()
-                pytest.fail(f"no output line within {timeout} s; stderr:\n{self.stderr()}")
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                pytest.fail(f"output closed early (exit {self.proc.wait()}); "
-                            f"stderr:\n{self.stderr()}")
-            self.buffer += chunk
-        line, self.buffer = self.buffer.split(b"\n", 1)
-        return line.decode()
-
-    def finish(self, code: int = 0) -> tuple[str, str]:
-        self.proc.stdin.close()
-        rest = self.proc.stdout.read()
-        self.proc.wait(TIMEOUT)
-        stderr = self.stderr()
-        assert self.proc.returncode == code, f"exit {self.proc.returncode}; stderr:\n{stderr}"
-        return (self.buffer + rest).decode(), stderr
-
-    def stderr(self) -> str:
-        return self.proc.stderr.read().decode(errors="replace") if self.proc.poll() is not None \
-            else "(still running)"
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
-
 # ---- the contract in words -------------------------------------------------------------
 
 def test_info_describes_the_contract(models):
@@ -299,7 +160,7 @@ BAD = [
     b"t9,a,inf,40",                    # not finite
     b"\x89PNG\r\x1a\x00\x00\xff",      # binary junk
     b"t9,a,21.0," + b"9" * (1 << 20),  # over-long
-    b"t9,a,1e300,40",                  # beyond float32 (a blank line is no bad line: see test_faults)
+    b"t9,a,1e300,40",                  # beyond float32 (a blank line is no bad line: see test_bad_input)
     b't9,"a,21.0,40',                  # unbalanced quote
 ]
 
@@ -591,15 +452,22 @@ def test_max_streams_drops_the_least_recently_seen(model):
     assert out[0].split(",")[3] == "1"         # a starts again from step 1
 
 
-def test_idle_streams_are_dropped(model):
+def test_idle_streams_are_dropped(model, monkeypatch):
+    now = [1000.0]                                 # the server's monotonic clock, in seconds
+    monkeypatch.setattr(runtime.serve, "time", SimpleNamespace(monotonic=lambda: now[0],
+                                                               time=time.time))
     m = runtime.load(model, device="cpu")
     warned = []
     server = Server(m, ServeConfig(stream_column="sensor", idle_timeout=0.05),
                     warn=warned.append)
     server.handle([(1, b"sensor,temperature,humidity"), (2, b"a,1,2")])
-    time.sleep(0.1)
+    now[0] += 0.03
     server.handle([(3, b"b,1,2")])
-    assert list(server.slots) == ["b"] and "idle-timeout" in warned[0]
+    assert list(server.slots) == ["a", "b"] and not warned     # 0.03 s of silence: kept
+    now[0] += 0.03
+    server.handle([(4, b"b,1,2")])                  # a: 0.06 s of silence, b: 0.03 s
+    assert list(server.slots) == ["b"] and len(warned) == 1
+    assert "'a'" in warned[0] and "idle-timeout" in warned[0]
 
 
 def test_junk_never_raises_and_keeps_one_line_per_line(model):

@@ -48,6 +48,7 @@ def test_help_shows_examples_and_shapes():
     assert "(samples, timesteps, features)" in proc.stdout
 
 
+@pytest.mark.slow
 def test_trains_and_reports_against_baselines(water_csv, tmp_path):
     proc = run(water_csv, "--target", TARGET, "--look-back", 6, "--units", 4, "--epochs", 1,
                "-o", tmp_path / "m.keras")

@@ -1,6 +1,6 @@
 """``lstm-run`` says when a stream never left warm-up, and ``--info`` says how long it is.
 
-The issue's case: a model declared with ``input_shape=(10, 3)`` but trained on 9 timesteps,
+The case: a model declared with ``input_shape=(10, 3)`` but trained on 9 timesteps,
 streamed one window per sensor (``--stream-column sample``): every line warms up, and
 without a word the run would end with exit 0 and no prediction at all.
 """
@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import subprocess
 
-import onnx
-from onnx import helper
-
-from test_cli_run import LSTM_RUN, TIMEOUT, tiny_onnx
+from helpers import LSTM_RUN, TIMEOUT, tiny_onnx, with_props
 
 
 def run(args, stdin: bytes = b"") -> subprocess.CompletedProcess:
@@ -54,12 +51,8 @@ def test_one_stream_without_a_stream_column_is_reported_too(tmp_path):
 
 
 def test_info_states_the_warm_up_and_the_state_slots(tmp_path):
-    path = tiny_onnx(tmp_path / "m.onnx", window=3, carry_state=True)
-    proto = onnx.load(str(path))
-    props = {p.key: p.value for p in proto.metadata_props}
-    props["lstm_edge.state_slots"] = "4"
-    helper.set_model_props(proto, props)
-    onnx.save(proto, str(path))
+    path = with_props(tiny_onnx(tmp_path / "m.onnx", window=3, carry_state=True),
+                      state_slots="4")
     out = run([path, "--info"]).stdout.decode()
     assert "warm-up      2 readings: the first prediction comes with reading 3" in out, out
     assert ("state slots  4 state slots: window j continues window j-4, as Keras "

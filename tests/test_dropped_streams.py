@@ -10,7 +10,7 @@ from __future__ import annotations
 import subprocess
 
 from runtime.serve import ServeConfig, Server
-from test_cli_run import LSTM_RUN, ROOT, TIMEOUT, split_lines, tiny_onnx
+from helpers import LSTM_RUN, ROOT, TIMEOUT, split_lines, tiny_onnx
 
 N = 5000      # distinct sensors, one line each
 

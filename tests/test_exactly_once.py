@@ -1,4 +1,4 @@
-"""Exactly once per sensor on feeds that deliver twice, through real processes (issue 18).
+"""Exactly once per sensor on feeds that deliver twice, through real processes.
 
 A real ``tail -n +1 -f`` over a growing file, its pipeline stopped (SIGTERM, ``kill -9``)
 and started again three times, and a whole input resent after a ``kill -9`` at a random
@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 import runtime
-from test_cli_run import ATOL, LSTM_RUN, ROOT, RTOL, TIMEOUT, csv_rows, run, split_lines, tiny_onnx
+from helpers import ATOL, LSTM_RUN, ROOT, RTOL, TIMEOUT, csv_rows, run, split_lines, tiny_onnx
 
 START = datetime(2026, 3, 1, tzinfo=timezone.utc)
 MODELS = {"sequence": dict(window=1, carry_state=True), "window": dict(window=3, carry_state=False),

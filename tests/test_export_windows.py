@@ -294,6 +294,7 @@ def test_multi_step_h5_through_the_commands_names_each_step(trained, tmp_path):
     assert "each 1 to 4 steps ahead" in info.stdout, info.stderr
 
 
+@pytest.mark.slow
 def test_batch_normalization_after_the_last_lstm_exports_through_the_cli(trained, tmp_path):
     """The issue's traceback: Sequential([Input((24, 19)), LSTM(32), BN, Dense(1)])."""
     path, model = trained("lstm_bn")

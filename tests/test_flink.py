@@ -33,7 +33,7 @@ import pytest
 
 import runtime
 from runtime.lines import format_value
-from test_cli_run import run, split_lines
+from helpers import run, split_lines
 
 ROOT = Path(__file__).resolve().parent.parent
 FLINK_PY = ROOT / ".venv-flink" / "bin" / "python"
@@ -366,7 +366,7 @@ def test_lone_surrogate_keys_and_alerts_equal_lstm_run(tmp, operator):
     """A sensor named by a lone surrogate (JSON "\\ud800") no longer fails the job, and
     --interval's alert columns are lstm-run's: one bounded job per operator, against a real
     lstm-run with the same options on the same lines, each sensor's lines in order."""
-    from test_flink_records import alert_lines
+    from helpers import alert_lines
 
     model = with_intervals(tmp)
     path = tmp / f"alerts-{operator}.jsonl"

@@ -22,8 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from test_cli_run import run, split_lines
-from test_flink import FLINK_PY, MODEL, ROOT, _unavailable
+from helpers import FLINK_PY, ROOT, run, split_lines
+from helpers import WATER_MODEL as MODEL
+from helpers import flink_unavailable as _unavailable
 
 JARS = ROOT / ".venv-flink" / "kafka-jars"
 FEATURE = "Water flow [l/s]"

@@ -28,7 +28,8 @@ sys.path.insert(0, str(ROOT))          # integrations/ is not installed into the
 
 from integrations.flink.batch import BatchJob, shard_of  # noqa: E402
 from integrations.flink.records import LineJob, LineSpec, state_key  # noqa: E402
-from test_cli_run import run, split_lines, tiny_onnx  # noqa: E402
+from helpers import (FLOW, TRICKY, alert_lines, run, slotted, split_lines,  # noqa: E402
+                     tiny_onnx, with_intervals)
 
 MODES = {"sequence": dict(window=1, carry_state=True),
          "window": dict(window=3, carry_state=False),
@@ -193,8 +194,6 @@ def test_state_older_than_the_ttl_starts_a_fresh_stream(model_file, monkeypatch)
 @pytest.mark.parametrize("window", [3, 1])
 def test_state_bytes_keep_every_state_slot(tmp_path, window):
     """A file with lstm_edge.state_slots = 3: every slot survives the keyed-state bytes."""
-    from test_runtime_slots import slotted
-
     model = runtime.load(slotted(tmp_path, window))
     assert model.slots == 3
     xs = readings(20, 1)
@@ -324,26 +323,6 @@ def test_the_shard_count_is_kept_beside_the_checkpoints(tmp_path):
 
 # ---- lone-surrogate sensor keys and --interval: lstm-run's answers -----------------------
 
-FLOW = "Water flow [l/s]"
-TRICKY = ["a", "\ud800", "\\ud800"]   # a lone surrogate (JSON "\ud800") and its escape as text
-
-
-def alert_lines(rows: int = 40) -> list[str]:
-    """Three sensors of water-flow readings as JSON lines: a spike, a stuck stretch, a
-    replayed and a late line; one sensor named by a lone surrogate, one by its escaped text."""
-    with open(ROOT / "data" / "water-flow.csv", newline="") as f:
-        data = [float(r[1]) for r in list(csv.reader(f))[1:]]
-    lines = []
-    for i in range(rows):
-        for k, s in enumerate(TRICKY):
-            v = data[k * 40 + i] + (15.0 if s == "a" and 12 <= i < 16 else 0.0)
-            v = 100.0 if s == "\\ud800" and 20 <= i < 26 else v
-            lines.append(json.dumps({"sensor": s, "t": i, FLOW: v}))
-    lines.insert(31, lines[30])                # delivered twice: a replay
-    lines.insert(50, lines[40])                # older than its sensor's last: skipped
-    return lines
-
-
 def answer_all(job: LineJob, lines: list[str], use_key: bool) -> list[str]:
     """The per-record operator: keyed by state_key, its state bytes kept per key."""
     state, out = {}, []
@@ -373,7 +352,6 @@ def test_lone_surrogate_keys_and_alerts_answer_as_lstm_run(tmp_path, options):
     every size) give a real lstm-run's lines with the same options, byte for byte: the
     lone-surrogate sensor answered and kept apart from its escaped namesake, the alert
     columns carried by each sensor's state bytes."""
-    from test_alerts import with_intervals
 
     model = with_intervals(tmp_path / "iv.onnx")
     lines = alert_lines()
@@ -396,7 +374,6 @@ def test_lone_surrogate_keys_and_alerts_answer_as_lstm_run(tmp_path, options):
 
 def test_csv_alert_columns_and_header_as_lstm_run(tmp_path):
     """CSV: the answers' header (the job's header.csv) and lines are lstm-run's."""
-    from test_alerts import with_intervals
 
     model = with_intervals(tmp_path / "iv.onnx")
     rows = [json.loads(x) for x in alert_lines(20) if "\\u" not in x]

@@ -13,7 +13,7 @@ import pytest
 
 from runtime import load
 from trainer.fold import fold
-from conftest import DATA, ROOT
+from helpers import DATA, ROOT
 
 BUNDLED = ROOT / "exported" / "water-flow.onnx"
 

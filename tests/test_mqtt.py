@@ -22,11 +22,11 @@ import pytest
 
 from mqtt_broker import (FEATURE, MODEL, ROOT, Broker, Collector, Tool, free_port, publish,
                          readings, unavailable, until)
-from test_cli_run import ATOL, LSTM_RUN, RTOL, TIMEOUT
+from helpers import ATOL, LSTM_RUN, RTOL, TIMEOUT
 
 pytestmark = pytest.mark.skipif(unavailable() is not None, reason=str(unavailable()))
 # After a kill -9 between a batch's --state commit and its acks, the broker delivers that
-# batch again; only the runtime's order rule (a stream's position, issue 18, runtime/state.py)
+# batch again; only the runtime's order rule (a stream's position, runtime/state.py)
 # recognises those readings as fed. Before it, the kill -9 tests hold "0 lost" and "every
 # reading answered" only; with it, "fed once" (every copy the uninterrupted run's) too.
 ORDER_RULE = importlib.util.find_spec("runtime.state") is not None

@@ -22,7 +22,7 @@ import pytest
 
 pytest.importorskip("keras")
 
-from test_runtime_keras_stateful import LOOK_BACK, SPAN, passengers, reset_states, tutorial  # noqa: E402
+from helpers import LOOK_BACK, SPAN, passengers, reset_states, tutorial  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SECTION = "## Bring your own Keras model"

@@ -12,15 +12,13 @@ import sys
 import warnings
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto as TP
-from onnx import helper as oh
-from onnx import numpy_helper as nh
 
 import runtime
 from runtime import ContractError, DeviceError, InputError, ShapeError, SnapshotError
 from runtime import device as rdevice
+
+from helpers import make_graph, make_params
 
 ATOL = 1e-5
 
@@ -29,80 +27,6 @@ ATOL = 1e-5
 
 def _sig(z):
     return 1 / (1 + np.exp(-z))
-
-
-def make_params(layers, features=2, targets=1, vocab=None, seed=0):
-    """Random weights for a stack of ("lstm"|"gru", units) layers and a dense head."""
-    rng = np.random.default_rng(seed)
-    p = {"layers": [], "vocab": vocab, "features": features, "targets": targets,
-         "mean": rng.normal(size=features).astype(np.float32),
-         "std": rng.uniform(0.5, 2, size=features).astype(np.float32)}
-    width = features
-    if vocab:
-        p["emb"] = rng.normal(0, 0.5, (vocab, 3)).astype(np.float32)
-        width = 3
-    for kind, units in layers:
-        g = 4 if kind == "lstm" else 3
-        p["layers"].append({
-            "kind": kind, "units": units,
-            "W": rng.normal(0, 0.4, (1, g * units, width)).astype(np.float32),
-            "R": rng.normal(0, 0.4, (1, g * units, units)).astype(np.float32),
-            "B": rng.normal(0, 0.2, (1, 2 * g * units)).astype(np.float32)})
-        width = units
-    p["Wd"] = rng.normal(0, 0.5, (width, targets)).astype(np.float32)
-    p["bd"] = rng.normal(0, 0.1, targets).astype(np.float32)
-    return p
-
-
-def make_graph(p, meta=None, with_meta=True):
-    """Contract graph bytes: batch-first x/y/state around fused ONNX LSTM/GRU operators."""
-    inits = [nh.from_array(np.array([0], np.int64), "ax0"),
-             nh.from_array(np.array([1], np.int64), "ax1"),
-             nh.from_array(p["Wd"], "Wd"), nh.from_array(p["bd"], "bd")]
-    nodes, ins, outs = [], [], []
-    if p["vocab"]:
-        ins.append(oh.make_tensor_value_info("x", TP.INT64, ["batch", "time"]))
-        inits.append(nh.from_array(p["emb"], "emb"))
-        nodes.append(oh.make_node("Gather", ["emb", "x"], ["xs"]))
-    else:
-        ins.append(oh.make_tensor_value_info("x", TP.FLOAT, ["batch", "time", p["features"]]))
-        inits += [nh.from_array(p["mean"], "mean"), nh.from_array(p["std"], "std")]
-        nodes += [oh.make_node("Sub", ["x", "mean"], ["xc"]),
-                  oh.make_node("Div", ["xc", "std"], ["xs"])]
-    nodes.append(oh.make_node("Transpose", ["xs"], ["seq0"], perm=[1, 0, 2]))
-    state = []
-    for i, layer in enumerate(p["layers"]):
-        u, lstm = layer["units"], layer["kind"] == "lstm"
-        parts = ("h", "c") if lstm else ("h",)
-        for part in parts:
-            ins.append(oh.make_tensor_value_info(f"in_{part}{i}", TP.FLOAT, ["batch", u]))
-            outs.append(oh.make_tensor_value_info(f"out_{part}{i}", TP.FLOAT, ["batch", u]))
-            nodes.append(oh.make_node("Unsqueeze", [f"in_{part}{i}", "ax0"], [f"{part}0_{i}"]))
-        for name in "WRB":
-            inits.append(nh.from_array(layer[name], f"{name}{i}"))
-        op_in = [f"seq{i}", f"W{i}", f"R{i}", f"B{i}", "", f"h0_{i}"] + ([f"c0_{i}"] if lstm else [])
-        op_out = [f"Y{i}", f"Yh{i}"] + ([f"Yc{i}"] if lstm else [])
-        extra = {} if lstm else {"linear_before_reset": 1}
-        nodes.append(oh.make_node("LSTM" if lstm else "GRU", op_in, op_out, hidden_size=u, **extra))
-        nodes.append(oh.make_node("Squeeze", [f"Y{i}", "ax1"], [f"seq{i + 1}"]))
-        for part, name in zip(parts, op_out[1:]):
-            nodes.append(oh.make_node("Squeeze", [name, "ax0"], [f"out_{part}{i}"]))
-        state.append({"layer": f"{layer['kind']}_{i}", "kind": layer["kind"], "units": u,
-                      "inputs": [f"in_{q}{i}" for q in parts],
-                      "outputs": [f"out_{q}{i}" for q in parts]})
-    n = len(p["layers"])
-    nodes += [oh.make_node("Transpose", [f"seq{n}"], ["hs"], perm=[1, 0, 2]),
-              oh.make_node("MatMul", ["hs", "Wd"], ["hd"]), oh.make_node("Add", ["hd", "bd"], ["y"])]
-    outs.insert(0, oh.make_tensor_value_info("y", TP.FLOAT, ["batch", "time", p["targets"]]))
-    graph = oh.make_graph(nodes, "g", ins, outs, inits)
-    model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)])
-    model.ir_version = 8
-    if with_meta:
-        props = {"lstm_edge.contract": "1", "lstm_edge.state": json.dumps(state)}
-        props.update(meta or {})
-        oh.set_model_props(model, props)
-    onnx.checker.check_model(model)
-    return model.SerializeToString()
 
 
 def ref_run(p, xs, state=None):

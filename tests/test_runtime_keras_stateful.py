@@ -8,8 +8,6 @@ reference is the tutorial's own call: ``model.predict(testX, batch_size=B)`` rig
 ``Model.predict`` must all give it, for B = 4 (window j continues window j - 4) and B = 1.
 """
 
-import csv
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,50 +18,10 @@ from runtime.errors import ContractError, ShapeError, SnapshotError
 
 keras = pytest.importorskip("keras")
 export = pytest.importorskip("trainer.export")
-from test_tutorials import create_dataset  # noqa: E402  (the tutorials' own helper)
+# passengers is not used here; tests/test_readme_byo.py still imports it from this module.
+from helpers import LOOK_BACK, SPAN, passengers, reset_states, tutorial  # noqa: E402,F401
 
-DATA = Path(__file__).resolve().parent.parent / "data" / "airline-passengers.csv"
-LOOK_BACK = 3
 ATOL = 1e-5     # in the model's scaled units, as Keras's predict gives them: raw passengers
-
-
-def passengers():
-    with open(DATA) as f:
-        return np.array([[float(r["passengers"])] for r in csv.DictReader(f)], np.float32)
-
-
-# Raw passengers (~100-600) have a float32 ulp of 6e-5: diffs are compared divided by max - min.
-SPAN = float(passengers().max() - passengers().min())
-
-
-def reset_states(model):
-    for layer in model.layers:
-        if getattr(layer, "stateful", False):
-            layer.reset_states()
-
-
-def tutorial(batch_size: int):
-    """Train the stateful tutorial model; returns (model, scaler, raw test series, testX)."""
-    dataset = passengers()                                   # (144, 1)
-    low, high = dataset.min(), dataset.max()                 # MinMaxScaler(feature_range=(0, 1))
-    scaled = (dataset - low) / (high - low)
-    train_size = int(len(dataset) * 0.67)
-    train, test = scaled[:train_size], scaled[train_size:]
-    trainX, trainY = create_dataset(train, LOOK_BACK)
-    testX, _ = create_dataset(test, LOOK_BACK)
-    trainX = trainX.reshape(trainX.shape[0], trainX.shape[1], 1)   # (samples, timesteps, features)
-    testX = testX.reshape(testX.shape[0], testX.shape[1], 1)
-    keras.utils.set_random_seed(7)
-    model = keras.Sequential([keras.Input(batch_shape=(batch_size, LOOK_BACK, 1)),
-                              keras.layers.LSTM(4, stateful=True), keras.layers.Dense(1)])
-    model.compile(loss="mean_squared_error", optimizer="adam")
-    for _ in range(3):
-        model.fit(trainX, trainY, epochs=1, batch_size=batch_size, verbose=0, shuffle=False)
-        reset_states(model)
-    scaler = {"x": {"mean": [float(low)], "std": [float(high - low)]},
-              "y": {"mean": [float(low)], "std": [float(high - low)]}}
-    raw_test = dataset[train_size:]                          # (48, 1) passengers
-    return model, scaler, raw_test, testX
 
 
 def exported(model, scaler, slots=None) -> bytes:

@@ -14,7 +14,7 @@ from runtime.errors import InputError, ShapeError
 keras = pytest.importorskip("keras")
 export = pytest.importorskip("trainer.export")
 
-from test_runtime_keras_stateful import LOOK_BACK, SPAN, create_dataset, passengers  # noqa: E402
+from helpers import LOOK_BACK, SPAN, create_dataset, passengers  # noqa: E402
 
 ATOL = 1e-5
 

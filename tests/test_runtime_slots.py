@@ -8,27 +8,12 @@ give it. Keras's own ``predict(batch_size=4)`` is in tests/test_runtime_keras_st
 """
 
 import numpy as np
-import onnx
 import pytest
-from onnx import helper
 
 import runtime
 
-from test_cli_run import tiny_onnx
-
-B = 3
-
-
-def slotted(tmp_path, window, mask=False):
-    path = tiny_onnx(tmp_path / f"w{window}.onnx", window=window, carry_state=True)
-    proto = onnx.load(str(path))
-    props = {p.key: p.value for p in proto.metadata_props}
-    props["lstm_edge.state_slots"] = str(B)
-    if mask:
-        props["lstm_edge.mask_value"] = "[0.0, 0.0]"
-    helper.set_model_props(proto, props)
-    onnx.save(proto, str(path))
-    return path
+from helpers import SLOTS as B
+from helpers import run, slotted, split_lines
 
 
 def series(n=40, mask=False, seed=0):
@@ -119,8 +104,6 @@ def test_state_slots_metadata_round_trip():
 @pytest.mark.parametrize("window", [3, 1])
 def test_slots_survive_the_state_database(tmp_path, window):
     """lstm-run --state keeps every slot: a run cut in two equals one run, and the reference."""
-    from test_cli_run import run, split_lines
-
     path = slotted(tmp_path, window)
     xs = series(30)
     lines = [f"{a},{b}\n" for a, b in xs]

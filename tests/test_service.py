@@ -23,8 +23,7 @@ from pathlib import Path
 import pytest
 
 import runtime
-from test_cli_run import LSTM_RUN, TIMEOUT
-from test_state_store import stop
+from helpers import LSTM_RUN, TIMEOUT, stop
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = ROOT / "exported" / "water-flow.onnx"

@@ -20,7 +20,7 @@ import runtime
 from runtime import state as st
 from runtime.store import StateStore
 
-from test_cli_run import tiny_onnx
+from helpers import tiny_onnx
 
 V1 = Path(__file__).resolve().parent / "data" / "state-v1"
 KINDS = ["sequence", "window", "stateful", "slots1"]

@@ -25,7 +25,7 @@ import pytest
 import runtime
 from runtime.io import LineReader
 from runtime.statefile import db_key, py_key
-from test_cli_run import LSTM_RUN, ROOT, TIMEOUT, Live, tiny_onnx
+from helpers import LSTM_RUN, ROOT, TIMEOUT, Live, tiny_onnx
 
 HEADER = b"time,sensor,temperature,humidity\n"
 

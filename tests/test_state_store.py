@@ -24,7 +24,7 @@ import runtime
 from runtime.serve import ServeConfig, Server
 from runtime.store import StateStore
 
-from test_cli_run import ATOL, LSTM_RUN, RTOL, TIMEOUT, csv_rows, tiny_onnx
+from helpers import ATOL, LSTM_RUN, RTOL, TIMEOUT, csv_rows, tiny_onnx
 
 ROOT = Path(__file__).resolve().parent.parent
 UNBUFFERED = pytest.mark.parametrize("unbuffered", ["1", None], ids=["PYTHONUNBUFFERED", "buffered"])

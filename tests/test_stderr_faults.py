@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from test_cli_run import LSTM_RUN, ROOT, TIMEOUT, split_lines, tiny_onnx
+from helpers import LSTM_RUN, ROOT, TIMEOUT, split_lines, tiny_onnx
 
 
 @pytest.fixture(scope="module")

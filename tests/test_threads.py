@@ -4,7 +4,7 @@ import numpy as np
 
 import runtime
 from runtime.device import BATCH_THREADS_FROM, BatchThreads
-from conftest import ROOT
+from helpers import ROOT
 
 WATER = ROOT / "exported" / "water-flow.onnx"
 

@@ -5,8 +5,8 @@ exported with ``lstm-export`` and run as docs/contract.md says — through plain
 by :func:`contract_predict` (independent of ``runtime/``) and, where the runtime on this
 branch streams the mode, through ``runtime`` streams — against the author's own Keras calls:
 ``model.predict(testX)``, and the stateful tutorials' loop with ``reset_states()`` at batch
-size 1 and 4. Equal within 1e-5, or a clear refusal; each message issue 14 quoted is checked
-to be gone or replaced.
+size 1 and 4. Equal within 1e-5, or a clear refusal; each refusal message users once met is
+checked to be gone or replaced.
 """
 
 import csv
@@ -28,6 +28,8 @@ from runtime import load  # noqa: E402
 from trainer.errors import ExportError, ParityError  # noqa: E402
 from trainer.export import export  # noqa: E402
 
+from helpers import create_dataset  # noqa: E402
+
 DATA = Path(__file__).resolve().parent.parent / "data"
 
 TOL = 1e-5
@@ -35,15 +37,6 @@ EPOCHS = 3
 
 
 # --------------------------------------------------------------------------- the tutorials
-
-def create_dataset(dataset, look_back=1):
-    """The tutorials' own helper (including its off-by-one: the last window is left out)."""
-    x, y = [], []
-    for i in range(len(dataset) - look_back - 1):
-        x.append(dataset[i:i + look_back, 0])
-        y.append(dataset[i + look_back, 0])
-    return np.array(x), np.array(y)
-
 
 def airline():
     """Passengers scaled to [0, 1] with MinMaxScaler's arithmetic, split 67/33 as written."""
@@ -102,7 +95,7 @@ def next_number():
 
 
 def sine_relu():
-    """``LSTM(50, activation="relu", input_shape=(10, 1))`` on a sine (issue 14, item 1)."""
+    """``LSTM(50, activation="relu", input_shape=(10, 1))`` on a sine."""
     t = np.arange(300, dtype="float32")
     wave = np.sin(0.1 * t)[:, None].astype("float32")
     x = np.stack([wave[i:i + 10] for i in range(250)])
@@ -303,7 +296,7 @@ def test_sentiment_classifier_equals_predict(tutorial, tmp_path):
     for ids, want in zip(test_x, expected):
         ys = runtime_model.stream().feed(ids[:, None])
         np.testing.assert_allclose(ys[-1], want, atol=TOL)
-    # Issue 11, item 10: a classifier's output is not called a forecast.
+    # A classifier's output is not called a forecast.
     text = report.summary()
     assert "step(s) ahead" not in text and "normalised units" not in text
 
@@ -434,7 +427,7 @@ def test_directory_gets_the_exporters_message(tmp_path):
 
 
 def test_custom_layer_is_named_in_one_uncut_message(tmp_path):
-    """Issue 9, item 10 (export part): the custom class is named; no message cut mid-word."""
+    """The custom class is named; no message cut mid-word."""
     code = (
         "import keras\n"
         "@keras.saving.register_keras_serializable(package='mine')\n"
@@ -455,7 +448,7 @@ def test_custom_layer_is_named_in_one_uncut_message(tmp_path):
 
 @pytest.mark.parametrize("command", ["export_main", "train_main"])
 def test_dash_h_shows_help(command):
-    """Issue 11, item 5: -h works for lstm-export and lstm-train."""
+    """-h works for lstm-export and lstm-train."""
     code = f"from trainer.cli import {command}; {command}(prog_name='x')"
     result = subprocess.run([sys.executable, "-c", code, "-h"], capture_output=True,
                             text=True, timeout=120)
@@ -463,7 +456,7 @@ def test_dash_h_shows_help(command):
 
 
 def test_summary_says_what_a_window_model_does(tutorial, tmp_path):
-    """Issue 11, item 10: Keras layers listed; window state not shown as carried; no units
+    """Keras layers listed; window state not shown as carried; no units
     wording without a scaler."""
     report = exported(tutorial("airline_window"), tmp_path)
     text = report.summary()

@@ -23,15 +23,15 @@ import pytest
 import runtime
 from runtime.contract import ModelInfo, StateSpec
 from runtime.errors import ContractError
-from test_cli_run import FEATURES, LSTM_RUN, TARGETS, TIMEOUT, tiny_onnx
+from helpers import FEATURES, LSTM_RUN, TARGETS, TIMEOUT, tiny_onnx
 
 onnx = pytest.importorskip("onnx")
 
 
 def with_external(model: Path, out: Path, location: str) -> Path:
-    """``model`` with its initializer ``Db`` (4 bytes) read from ``location`` instead."""
+    """``model`` with its initializer ``bd`` (the dense bias, 4 bytes) read from ``location``."""
     proto = onnx.load(str(model))
-    init = next(i for i in proto.graph.initializer if i.name == "Db")
+    init = next(i for i in proto.graph.initializer if i.name == "bd")
     init.ClearField("raw_data")
     init.ClearField("float_data")
     for key, value in (("location", location), ("offset", "0"), ("length", "4")):
@@ -65,7 +65,7 @@ def test_external_data_outside_the_models_folder_is_refused(attacker, location):
     with pytest.raises(ContractError) as info:
         runtime.load(path, device="cpu", session_options=no_optimisation())
     said = str(info.value)
-    assert "external data" in said and "Db" in said and "model's folder" in said
+    assert "external data" in said and "bd" in said and "model's folder" in said
 
 
 def test_external_data_of_model_bytes_is_refused(attacker):
@@ -82,7 +82,7 @@ def test_lstm_run_refuses_it_in_one_line(attacker):
                           capture_output=True, timeout=TIMEOUT, cwd=attacker)
     err = proc.stderr.decode().strip().splitlines()
     assert proc.returncode == 2 and len(err) == 1 and err[0].startswith("Error:"), err
-    assert "external data" in err[0] and "Db" in err[0] and proc.stdout == b""
+    assert "external data" in err[0] and "bd" in err[0] and proc.stdout == b""
 
 
 def test_weights_file_beside_the_model_loads(attacker, tmp_path):

@@ -1,4 +1,4 @@
-"""TensorFlow's start-up noise is kept off stderr; real problems are not (issue 11, item 3).
+"""TensorFlow's start-up noise is kept off stderr; real problems are not.
 
 Through real subprocesses: the filter on its own (noise written to descriptor 2 as
 TensorFlow's C++ side writes it, a real error beside it, an abort), then a clean
@@ -62,6 +62,7 @@ def test_asking_for_tensorflow_logs_turns_the_filter_off():
     assert proc.stderr == NOISE
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None, reason="no TensorFlow")
 @pytest.mark.parametrize("level", [None, "3"])
 def test_a_clean_train_and_export_print_nothing_on_stderr(water_csv, tmp_path, level):

@@ -1,4 +1,4 @@
-"""Nothing lost under faults (issue 9): bad input of every kind, and the failures once seen.
+"""Nothing lost under bad input of every kind, and under the failures once seen.
 
 Every bad input here is checked for the same things: a clear message (what was wrong, in
 words), docs/lstm-run.md's exit code, no traceback, N lines in = N lines out where lines go in,
@@ -25,7 +25,7 @@ import pytest
 
 import runtime
 
-from test_cli_run import ATOL, LSTM_RUN, RTOL, TIMEOUT, csv_rows, preds, split_lines, tiny_onnx
+from helpers import ATOL, LSTM_RUN, RTOL, TIMEOUT, csv_rows, preds, split_lines, tiny_onnx
 
 ROOT = Path(__file__).resolve().parent.parent
 HEADER = b"time,sensor,temperature,humidity"
@@ -506,7 +506,7 @@ def test_output_to_a_full_disk(models, tmp_path):
     assert sum(s.steps for s in runtime.load_snapshots(state).values()) == 0
 
 
-# ---- lstm-train: bad data (item 10), exit 2 before TensorFlow ---------------------------
+# ---- lstm-train: bad data, exit 2 before TensorFlow --------------------------------------
 
 def lstm_train(args):
     exe = Path(sys.executable).parent / "lstm-train"
@@ -665,7 +665,7 @@ def test_reading_beyond_float32_is_refused_without_a_numpy_warning(api):
     _same(stream.snapshot(), before)
 
 
-# ---- item 3: ONNX Runtime failures are the project's error, state untouched ------------
+# ---- ONNX Runtime failures are the project's error, state untouched ----------------------
 
 def test_run_failures_become_run_errors_and_change_nothing(models):
     model = runtime.load(models["one"], device="cpu")       # runs batch 1 x time 1 only
@@ -699,7 +699,7 @@ def test_lstm_run_of_a_failing_model_is_one_line(models, tmp_path):
         len(split_lines(out.decode())) - (1 if out else 0)   # the state counts what went out
 
 
-# ---- item 1: a JSON line with a lone surrogate ------------------------------------------
+# ---- a JSON line with a lone surrogate ---------------------------------------------------
 
 @pytest.mark.parametrize("unbuffered", ["1", None], ids=["PYTHONUNBUFFERED", "buffered"])
 def test_lone_surrogate_is_answered(models, tmp_path, unbuffered):
@@ -714,7 +714,7 @@ def test_lone_surrogate_is_answered(models, tmp_path, unbuffered):
     assert runtime.load_snapshots(state)[""].steps == 13
 
 
-# ---- item 7: blank lines ---------------------------------------------------------------
+# ---- blank lines -------------------------------------------------------------------------
 
 @pytest.mark.parametrize("data, fmt, expect", [
     (b"\ntemperature,humidity\n21,40\n\n22,41\n", "auto", ["", "header", "1", "", "2"]),
@@ -743,7 +743,7 @@ def test_only_blank_lines_is_empty_input(models, data):
     assert out.count(b"\n") == data.count(b"\n")
 
 
-# ---- item 8: bare CRs passed through are quoted; item 9: no numpy warning --------------
+# ---- bare CRs passed through are quoted; no numpy warning --------------------------------
 
 def test_bare_carriage_returns_give_valid_csv(models):
     import csv
