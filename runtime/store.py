@@ -55,6 +55,7 @@ from .statefile import backup_name, db_key, lock, model_words, py_key, real_file
 from .snapshot import DATABASE as MAGIC
 from .snapshot import load_snapshots
 from .state import StreamState, from_v1_row
+from .stream import to_bytes_many
 
 FORMAT = 2
 _NPZ = b"PK"                         # an .npz is a zip archive
@@ -357,11 +358,10 @@ class StateStore:
 
     def _rows(self, slots) -> list[list]:
         """The database rows of ``(key, stream, seen, line)``: each stream's state bytes."""
-        fingerprint, run, rows = self.model.fingerprint, self.run, []
-        for key, stream, seen, line in slots:
-            rows.append([key, fingerprint, stream.steps, b"", stream.to_bytes(), None, seen, run,
-                         line, stream.position])
-        return rows
+        fingerprint, run, slots = self.model.fingerprint, self.run, list(slots)
+        blobs = to_bytes_many([stream for _, stream, _, _ in slots])
+        return [[key, fingerprint, stream.steps, b"", blob, None, seen, run, line, stream.position]
+                for (key, stream, seen, line), blob in zip(slots, blobs)]
 
     def _migrate(self, meta: dict) -> dict:
         """Rewrite a format-1 database as format 2, in one transaction (see the module)."""

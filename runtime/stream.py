@@ -29,7 +29,8 @@ import numpy as np
 from .device import ORT_ERRORS, to_host
 from .errors import InputError
 from .snapshot import Snapshot
-from .state import check, check_position, describe_position, order, pack, ring, stack_ring
+from .state import (Columns, check, check_position, describe_position, order, pack, pack_columns,
+                    pack_many, ring, stack_ring)
 
 _CHUNK = 4096   # window mode runs at most this many windows in one ORT call
 # np.vdot without its __array_function__ dispatch (~0.1 µs): a step's x is always a plain
@@ -180,7 +181,7 @@ class Stream:
         Read in place, also from a many-stream group (the stream stays in it).
         """
         f = self._fields()
-        return Snapshot(state=f.state, buffer=f.buffer.copy(), steps=f.steps,
+        return Snapshot(state={n: np.array(a) for n, a in f.state.items()}, buffer=f.buffer.copy(), steps=f.steps,
                         fingerprint=f.fingerprint, window=f.window, carry_state=f.carry_state,
                         next_slot=f.next_slot, prediction=_copy(f.prediction),
                         position=f.position, last=_copy(f.last), answer=_copy(f.answer),
@@ -497,6 +498,52 @@ class Stream:
             self._state, self._buf, self._steps = saved    # all of the chunk, or none of it
             raise
         return ys
+
+
+def to_bytes_many(streams) -> list[bytes]:
+    """``[s.to_bytes() for s in streams]``, the same bytes, encoded together: what a store
+    saving many streams calls.
+
+    Streams last stepped together (a ``batch.Group``) are read from the group's stacked
+    arrays, many rows per numpy call, and stay in the group; the others field by field
+    (:func:`runtime.state.pack_many`).
+    """
+    out: list[bytes] = [b""] * len(streams)
+    together: dict[tuple, list[int]] = {}
+    alone = []
+    for i, s in enumerate(streams):
+        group = s._group
+        if group is None or group.states is None or type(s) is not Stream:
+            alone.append(i)
+            continue
+        # The optional fields a row has: rows of one key encode as one layout.
+        key = (id(group), s._pos is None, s._answer is None, s._pred is None)
+        together.setdefault(key, []).append(i)
+    jobs = [(alone, pack_many([streams[i]._fields() for i in alone]))]
+    jobs += [(rows, pack_columns(_group_columns([streams[i] for i in rows])))
+             for rows in together.values()]
+    for rows, blobs in jobs:
+        for i, blob in zip(rows, blobs):
+            out[i] = blob
+    return out
+
+
+def _group_columns(streams: list) -> Columns:
+    """The state columns of streams of one group with the same optional fields."""
+    first = streams[0]
+    model, group = first.model, first._group
+    idx = [s._gi for s in streams]
+
+    def stacked(name):
+        return None if getattr(first, name) is None else \
+            np.stack([getattr(s, name) for s in streams])
+
+    pred = group.pred[idx] if group.pred is not None else stacked("_pred")
+    return Columns(model.fingerprint, model.window, model.carry_state,
+                   {n: to_host(v)[idx] for n, v in zip(model.state_inputs, group.states)},
+                   group.buf[idx], [s._steps + group.calls for s in streams], None,
+                   [s._pos for s in streams], pred, stacked("_seen"), stacked("_answer"),
+                   [{}] * len(streams), [s._sections for s in streams])
 
 
 def conflict_message(at, seen, raw) -> str:
