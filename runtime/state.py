@@ -534,6 +534,106 @@ def _fields(cls, body: bytes):
                answer=answer, sections=sections)
 
 
+def unpack_many(blobs: list) -> tuple[list[tuple[list[int], Columns]], list[int]]:
+    """Many blobs decoded together: ``[(rows, columns)]`` and the rows left over.
+
+    Blobs of one length and layout whose magic, checksum and step counts hold, with no extra
+    and no sections, are read as :class:`Columns` (a few numpy calls each); every other row
+    is left over, for :meth:`StreamState.from_bytes`, which refuses it or reads it one by one
+    (and so says what is wrong with it, as it says for one blob).
+    """
+    by_length: dict[int, list[int]] = {}
+    for i, blob in enumerate(blobs):
+        by_length.setdefault(len(blob) if isinstance(blob, bytes) else -1, []).append(i)
+    done, left = [], by_length.pop(-1, [])
+    for rows in by_length.values():
+        while len(rows) > 1:
+            read, rows = _unpack_layout(blobs, rows)
+            if read is None:
+                break
+            done.append(read)
+        left += rows
+    return done, sorted(left)
+
+
+def _unpack_layout(blobs: list, rows: list[int]):
+    """Of blobs of one length, those of the first one's layout: ``((rows, columns), the
+    others)``; ``(None, rows)`` where the first is not one :func:`unpack_many` reads."""
+    try:
+        first = _unpack(StreamState, blobs[rows[0]], "")
+    except SnapshotError:
+        return None, rows
+    if first.extra or first.sections:
+        return None, rows
+    names = _names(tuple(first.state), tuple(np.shape(a)[-1] for a in first.state.values()))
+    length = len(blobs[rows[0]])
+    fixed = length - len(_NO_SECTIONS) - _CRC.size       # where the tail (no sections) starts
+    arr = np.frombuffer(b"".join(blobs[i] for i in rows), np.uint8).reshape(len(rows), length)
+    ref, end = arr[0], _HEAD.size + len(names)
+    same = ((arr[:, :45] == ref[:45]).all(axis=1)            # the head up to next_slot
+            & (arr[:, 47:67] == ref[47:67]).all(axis=1)      # n .. rows: the sizes
+            & (arr[:, _HEAD.size:end] == ref[_HEAD.size:end]).all(axis=1)   # the names
+            & (arr[:, fixed:fixed + 2] == 0).all(axis=1))    # no sections
+    crc = np.ascontiguousarray(arr[:, -4:]).view("<u4")[:, 0]
+    same &= crc == [zlib.crc32(memoryview(blobs[i])[:-4]) for i in rows]
+    head = np.ascontiguousarray(arr[:, :_HEAD.size]).view(_HEADS)[:, 0]
+    same &= head["steps"] >= 0
+    same[0] = True                                      # _unpack read it: the loop goes on
+    mine = np.flatnonzero(same)
+    others = [rows[i] for i in np.flatnonzero(~same)]
+    arr, head, at = arr[mine], head[mine], end
+
+    def column(dtype, shape):
+        nonlocal at
+        size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        out = np.ascontiguousarray(arr[:, at:at + size]).view(dtype).reshape(len(arr), *shape)
+        at += size
+        return out
+
+    state = {n: column("<f4", np.shape(a)) for n, a in first.state.items()}
+    buffer = column(first.buffer.dtype, first.buffer.shape)
+    prediction, last, answer = (None if getattr(first, f) is None else
+                                column(t, getattr(first, f).shape)
+                                for f, t in (("prediction", "<f4"), ("last", "<f8"),
+                                             ("answer", "<f4")))
+    kinds, pos = head["kind"].tolist(), head["pos"]
+    times, seqs = pos.view("<f8").tolist(), pos.tolist()
+    positions = [None if k == _NONE else q if k == _SEQ else t
+                 for k, q, t in zip(kinds, seqs, times)]
+    read = Columns(first.fingerprint, first.window, first.carry_state, state, buffer,
+                   head["steps"].tolist(),
+                   None if first.next_slot is None else head["next_slot"].tolist(), positions,
+                   prediction, last, answer, [{}] * len(arr), [{}] * len(arr))
+    return ([rows[i] for i in mine], read), others
+
+
+def _row(column: np.ndarray | None) -> np.ndarray | None:
+    return None if column is None else column[0]
+
+
+def sound(c: Columns, model) -> np.ndarray:
+    """``(rows,)`` bool: the rows :func:`problems` finds nothing wrong with, found with a few
+    numpy calls; a False row may still be sound (ask :func:`check` why not)."""
+    first = StreamState(state={n: a[0] for n, a in c.state.items()}, buffer=c.buffer[0],
+                        steps=c.steps[0], fingerprint=c.fingerprint, window=c.window,
+                        carry_state=c.carry_state,
+                        next_slot=None if c.next_slot is None else c.next_slot[0],
+                        position=c.position[0], prediction=_row(c.prediction),
+                        last=_row(c.last), answer=_row(c.answer))
+    rows = len(c.steps)
+    if problems(first, model):          # what every row of the layout shares is wrong
+        return np.zeros(rows, bool)
+    steps = np.asarray(c.steps)
+    ok = (steps >= 0) & (steps >= c.buffer.shape[1])
+    for a in (*c.state.values(), c.buffer):
+        ok &= np.isfinite(a.reshape(rows, -1)).all(axis=1)
+    if c.next_slot is not None:
+        ok &= np.asarray(c.next_slot) < model_slots(model)
+    ok &= [(p is None) == (c.last is None) and (p is None or isinstance(p, int)
+                                                 or math.isfinite(p)) for p in c.position]
+    return ok
+
+
 def from_v1_row(cls, layout: dict, steps, buffer: bytes, state: bytes, prediction):
     """A state from a row of a format-1 state database (columns as that format kept them).
 

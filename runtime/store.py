@@ -54,7 +54,7 @@ from .errors import SnapshotError
 from .statefile import backup_name, db_key, lock, model_words, py_key, real_file
 from .snapshot import DATABASE as MAGIC
 from .snapshot import load_snapshots
-from .state import StreamState, from_v1_row
+from .state import StreamState, from_v1_row, unpack_many
 from .stream import to_bytes_many
 
 FORMAT = 2
@@ -401,30 +401,42 @@ class StateStore:
         except sqlite3.DatabaseError as exc:
             raise self._error(f"its rows cannot be read ({exc})",
                               "restore a good copy, or delete it to start fresh") from None
-        model, out, bad = self.model, [], []
-        for key, fingerprint, steps, blob, seen in rows:
-            key = py_key(key)
-            try:
-                if fingerprint != model.fingerprint:
-                    raise SnapshotError(f"its row is for another model (sha256 "
-                                        f"{str(fingerprint)[:12]}…)")
-                if not isinstance(blob, bytes):
-                    raise SnapshotError(f"its state is {type(blob).__name__}, not bytes")
-                snap = StreamState.from_bytes(blob, "its state")
-                if steps != snap.steps:
-                    raise SnapshotError(f"its step count is {steps!r}, its state's "
-                                        f"{snap.steps}: the row is inconsistent")
-                stream = model.stream(missing=model.missing)
-                stream.restore(snap, "its state")
-                out.append((key, stream, seen))
-            except SnapshotError as exc:
-                bad.append(f"sensor {key!r}: {_bare(str(exc))}")
+        model, keys, bad = self.model, [py_key(row[0]) for row in rows], []
+        streams: list = [None] * len(rows)
+        decoded, _ = unpack_many([blob if fingerprint == model.fingerprint else None
+                                  for _, fingerprint, _, blob, _ in rows])
+        for at, columns in decoded:          # many rows checked and restored together
+            for i, stream in zip(at, model.restore_many(columns)):
+                if stream is not None and stream.steps == rows[i][2]:
+                    streams[i] = stream
+        for i, (_, fingerprint, steps, blob, _) in enumerate(rows):
+            if streams[i] is None:           # the others one by one, saying what is wrong
+                try:
+                    streams[i] = self._restore(fingerprint, steps, blob)
+                except SnapshotError as exc:
+                    bad.append(f"sensor {keys[i]!r}: {_bare(str(exc))}")
         if bad:
             more = f" (and {len(bad) - 5} more sensors)" if len(bad) > 5 else ""
             raise self._error("; ".join(bad[:5]) + more,
                               "restore a good copy, or delete the file to start the streams "
                               "fresh")
-        return out
+        return [(key, stream, row[4]) for key, stream, row in zip(keys, streams, rows)]
+
+    def _restore(self, fingerprint, steps, blob):
+        """One row's stream, every check one by one; SnapshotError saying what is wrong."""
+        model = self.model
+        if fingerprint != model.fingerprint:
+            raise SnapshotError(f"its row is for another model (sha256 "
+                                f"{str(fingerprint)[:12]}…)")
+        if not isinstance(blob, bytes):
+            raise SnapshotError(f"its state is {type(blob).__name__}, not bytes")
+        snap = StreamState.from_bytes(blob, "its state")
+        if steps != snap.steps:
+            raise SnapshotError(f"its step count is {steps!r}, its state's {snap.steps}: the "
+                                f"row is inconsistent")
+        stream = model.stream(missing=model.missing)
+        stream.restore(snap, "its state")
+        return stream
 
     def summary(self) -> dict:
         """The meta table's values (lines, commits, run, saved_at, ...) as strings."""

@@ -29,8 +29,8 @@ import numpy as np
 from .device import ORT_ERRORS, to_host
 from .errors import InputError
 from .snapshot import Snapshot
-from .state import (Columns, check, check_position, describe_position, order, pack, pack_columns,
-                    pack_many, ring, stack_ring)
+from .state import (Columns, check, check_position, describe_position, model_slots, order, pack,
+                    pack_columns, pack_many, ring, stack_ring)
 
 _CHUNK = 4096   # window mode runs at most this many windows in one ORT call
 # np.vdot without its __array_function__ dispatch (~0.1 µs): a step's x is always a plain
@@ -544,6 +544,35 @@ def _group_columns(streams: list) -> Columns:
                    group.buf[idx], [s._steps + group.calls for s in streams], None,
                    [s._pos for s in streams], pred, stacked("_seen"), stacked("_answer"),
                    [{}] * len(streams), [s._sections for s in streams])
+
+
+def from_columns(model, kind: type, c: Columns, ok, missing: str) -> list:
+    """Streams of ``kind`` continuing from the rows of ``c`` (``ok``: the rows
+    :func:`runtime.state.sound` passed; None for the others); ``Model.restore_many``."""
+    rows, slots = len(c.steps), model_slots(model)
+    # One (rows, B, 1, units) array per tensor; by_slot[k][i]: row i's slot k, a tuple of
+    # (1, units) views, one per tensor.
+    parts = [np.asarray(a, np.float32).reshape(rows, slots, 1, -1) for a in c.state.values()]
+    by_slot = [list(zip(*(list(p[:, k]) for p in parts))) or [()] * rows
+               for k in range(slots)]
+    bufs = c.buffer.astype(model.dtype if model.tokens else np.float32)   # (rows, m, features)
+    pred, answer = _f32(c.prediction), _f32(c.answer)
+    last = None if c.last is None else np.asarray(c.last, np.float64)
+    out: list = []
+    for i in range(rows):
+        if not ok[i]:
+            out.append(None)
+            continue
+        s = kind(model, missing)
+        s._load([ring[i] for ring in by_slot],
+                0 if c.next_slot is None else c.next_slot[i])
+        s._buf, s._steps, s._pos, s._sections = bufs[i], c.steps[i], c.position[i], \
+            dict(c.sections[i])
+        s._pred = None if pred is None else pred[i]
+        s._seen = None if last is None else last[i]
+        s._answer = None if answer is None else answer[i]
+        out.append(s)
+    return out
 
 
 def conflict_message(at, seen, raw) -> str:
