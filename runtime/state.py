@@ -66,6 +66,9 @@ _HEADS = np.dtype([("magic", "S4"), ("codec", "u1"), ("flags", "u1"), ("fp", "V3
                    ("n", "<u2"), ("features", "<u4"), ("targets", "<u4"), ("code", "S1"),
                    ("rows", "<u4"), ("steps", "<i8"), ("kind", "u1"), ("pos", "<i8")])
 assert _HEADS.itemsize == _HEAD.size
+# The head bytes that blobs of one layout share: all but next_slot, and steps, kind, pos.
+_AT = {name: spec[1] for name, spec in (_HEADS.fields or {}).items()}   # name -> offset
+_SHARED = (slice(0, _AT["next_slot"]), slice(_AT["n"], _AT["steps"]))
 _SPEC = struct.Struct("<HI")                     # a name's length, then a number
 _FLOAT, _BITS = struct.Struct("<d"), struct.Struct("<q")   # a time keeps its float64 bits
 _DTYPES: dict[bytes, np.dtype] = {b"f": np.dtype("<f4"), b"l": np.dtype("<i8"),
@@ -445,11 +448,17 @@ def pack_columns(c: Columns) -> list[bytes]:
     columns = [np.ascontiguousarray(col).view(np.uint8).reshape(k, -1) for col in columns]
     names_row = np.frombuffer(_names(names, tuple(a.shape[-1] for a in arrays)), np.uint8)
     columns.insert(1, np.broadcast_to(names_row, (k, len(names_row))))
+    if not any(c.extra) and not any(c.sections):        # every tail the same: a column too
+        columns.append(np.broadcast_to(np.frombuffer(_NO_SECTIONS, np.uint8), (k, 2)))
+        bodies = np.concatenate(columns, axis=1)         # (k, bytes before the CRC)
+        crc = np.array([zlib.crc32(row.data) for row in bodies], "<u4")
+        blobs = np.concatenate((bodies, crc.view(np.uint8).reshape(k, 4)), axis=1).tobytes()
+        size = bodies.shape[1] + _CRC.size
+        return [blobs[i * size:(i + 1) * size] for i in range(k)]
     fixed = np.concatenate(columns, axis=1)              # (k, bytes before the tail)
     raw, size, out = fixed.tobytes(), fixed.shape[1], []
     for i, (extra, sections) in enumerate(zip(c.extra, c.sections)):
-        body = raw[i * size:(i + 1) * size] + (_tail(extra, sections) if extra or sections
-                                               else _NO_SECTIONS)
+        body = raw[i * size:(i + 1) * size] + _tail(extra, sections)
         out.append(body + _CRC.pack(zlib.crc32(body)))
     return out
 
@@ -570,10 +579,9 @@ def _unpack_layout(blobs: list, rows: list[int]):
     fixed = length - len(_NO_SECTIONS) - _CRC.size       # where the tail (no sections) starts
     arr = np.frombuffer(b"".join(blobs[i] for i in rows), np.uint8).reshape(len(rows), length)
     ref, end = arr[0], _HEAD.size + len(names)
-    same = ((arr[:, :45] == ref[:45]).all(axis=1)            # the head up to next_slot
-            & (arr[:, 47:67] == ref[47:67]).all(axis=1)      # n .. rows: the sizes
-            & (arr[:, _HEAD.size:end] == ref[_HEAD.size:end]).all(axis=1)   # the names
-            & (arr[:, fixed:fixed + 2] == 0).all(axis=1))    # no sections
+    same = (arr[:, fixed:fixed + 2] == 0).all(axis=1)        # no sections
+    for part in (*_SHARED, slice(_HEAD.size, end)):          # the layout's head, the names
+        same &= (arr[:, part] == ref[part]).all(axis=1)
     crc = np.ascontiguousarray(arr[:, -4:]).view("<u4")[:, 0]
     same &= crc == [zlib.crc32(memoryview(blobs[i])[:-4]) for i in rows]
     head = np.ascontiguousarray(arr[:, :_HEAD.size]).view(_HEADS)[:, 0]
