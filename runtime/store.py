@@ -321,9 +321,8 @@ class StateStore:
         Returns the number of rows written. Raises SnapshotError where the disk refuses
         (full, read-only); the database then holds the last commit, as it was.
         """
-        rows = self._rows(slots)
-        for row in rows:
-            row[0] = db_key(row[0])
+        with _gc_paused():
+            rows = self._rows(slots)
         self.commits += 1
         # closed=0 until close(): a main file that says so and has no -wal beside it has
         # lost its last commits (see _check).
@@ -361,8 +360,8 @@ class StateStore:
         """The database rows of ``(key, stream, seen, line)``: each stream's state bytes."""
         fingerprint, run, slots = self.model.fingerprint, self.run, list(slots)
         blobs = to_bytes_many([stream for _, stream, _, _ in slots])
-        return [[key, fingerprint, stream.steps, b"", blob, None, seen, run, line, stream.position]
-                for (key, stream, seen, line), blob in zip(slots, blobs)]
+        return [[db_key(key), fingerprint, stream.steps, b"", blob, None, seen, run, line,
+                 stream.position] for (key, stream, seen, line), blob in zip(slots, blobs)]
 
     def _migrate(self, meta: dict) -> dict:
         """Rewrite a format-1 database as format 2, in one transaction (see the module)."""
@@ -396,21 +395,25 @@ class StateStore:
         Every row is checked before any stream is made (its checksum, its model, the sizes of
         its arrays and that they hold finite numbers); one error names every bad sensor.
         """
-        try:
-            rows = self.db.execute("SELECT key, fingerprint, steps, state, seen FROM streams "
-                                   "ORDER BY seen, key").fetchall()
-        except sqlite3.DatabaseError as exc:
-            raise self._error(f"its rows cannot be read ({exc})",
-                              "restore a good copy, or delete it to start fresh") from None
+        with _gc_paused():
+            try:
+                rows = self.db.execute("SELECT key, fingerprint, steps, state, seen FROM "
+                                       "streams ORDER BY seen, key").fetchall()
+            except sqlite3.DatabaseError as exc:
+                raise self._error(f"its rows cannot be read ({exc})", "restore a good copy, "
+                                  "or delete it to start fresh") from None
+            return self._streams(rows)
+
+    def _streams(self, rows: list) -> list[tuple[str, Any, float]]:
+        """:meth:`load`'s streams of the rows ``(key, fingerprint, steps, state, seen)``."""
         model, keys, bad = self.model, [py_key(row[0]) for row in rows], []
         streams: list = [None] * len(rows)
-        with _gc_paused():
-            decoded, _ = unpack_many([blob if fingerprint == model.fingerprint else None
-                                      for _, fingerprint, _, blob, _ in rows])
-            for at, columns in decoded:      # many rows checked and restored together
-                for i, stream in zip(at, model.restore_many(columns)):
-                    if stream is not None and stream.steps == rows[i][2]:
-                        streams[i] = stream
+        decoded, _ = unpack_many([blob if fingerprint == model.fingerprint else None
+                                  for _, fingerprint, _, blob, _ in rows])
+        for at, columns in decoded:          # many rows checked and restored together
+            for i, stream in zip(at, model.restore_many(columns)):
+                if stream is not None and stream.steps == rows[i][2]:
+                    streams[i] = stream
         for i, (_, fingerprint, steps, blob, _) in enumerate(rows):
             if streams[i] is None:           # the others one by one, saying what is wrong
                 try:
@@ -484,9 +487,9 @@ class StateStore:
 
 @contextlib.contextmanager
 def _gc_paused():
-    """Python's cyclic garbage collector paused while many streams are made at once: each of
-    its full passes walks every object made so far, a third of the time a load of 100,000
-    sensors takes (bench/state.py). Nothing made here forms a cycle."""
+    """Python's cyclic garbage collector paused while many rows or streams are made at once:
+    each of its full passes walks every object made so far, a third of the time a load of
+    100,000 sensors takes (bench/state.py). It runs again after, for any cycle made."""
     was = gc.isenabled()
     gc.disable()
     try:

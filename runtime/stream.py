@@ -181,8 +181,8 @@ class Stream:
         Read in place, also from a many-stream group (the stream stays in it).
         """
         f = self._fields()
-        return Snapshot(state={n: np.array(a) for n, a in f.state.items()}, buffer=f.buffer.copy(), steps=f.steps,
-                        fingerprint=f.fingerprint, window=f.window, carry_state=f.carry_state,
+        return Snapshot(state={n: np.array(a) for n, a in f.state.items()},
+                        buffer=f.buffer.copy(), steps=f.steps, fingerprint=f.fingerprint, window=f.window, carry_state=f.carry_state,
                         next_slot=f.next_slot, prediction=_copy(f.prediction),
                         position=f.position, last=_copy(f.last), answer=_copy(f.answer),
                         sections=dict(f.sections))
@@ -504,23 +504,25 @@ def to_bytes_many(streams) -> list[bytes]:
     """``[s.to_bytes() for s in streams]``, the same bytes, encoded together: what a store
     saving many streams calls.
 
-    Streams last stepped together (a ``batch.Group``) are read from the group's stacked
-    arrays, many rows per numpy call, and stay in the group; the others field by field
+    Streams with one state slot are read as columns (:class:`runtime.state.Columns`), many
+    rows per numpy call: those last stepped together (a ``batch.Group``) from the group's
+    stacked arrays, in place (they stay in the group). The others field by field
     (:func:`runtime.state.pack_many`).
     """
     out: list[bytes] = [b""] * len(streams)
     together: dict[tuple, list[int]] = {}
     alone = []
     for i, s in enumerate(streams):
-        group = s._group
-        if group is None or group.states is None or type(s) is not Stream:
+        if type(s) is not Stream:
             alone.append(i)
             continue
-        # The optional fields a row has: rows of one key encode as one layout.
-        key = (id(group), s._pos is None, s._answer is None, s._pred is None)
-        together.setdefault(key, []).append(i)
+        group = s._group
+        # Rows of one key make one layout: the same buffer length, the same optional fields.
+        where = (id(group), -1) if group is not None else (None, len(s._buf))
+        together.setdefault((*where, s._pos is None, s._answer is None, s._pred is None),
+                            []).append(i)
     jobs = [(alone, pack_many([streams[i]._fields() for i in alone]))]
-    jobs += [(rows, pack_columns(_group_columns([streams[i] for i in rows])))
+    jobs += [(rows, pack_columns(_columns([streams[i] for i in rows])))
              for rows in together.values()]
     for rows, blobs in jobs:
         for i, blob in zip(rows, blobs):
@@ -528,22 +530,29 @@ def to_bytes_many(streams) -> list[bytes]:
     return out
 
 
-def _group_columns(streams: list) -> Columns:
-    """The state columns of streams of one group with the same optional fields."""
+def _columns(streams: list) -> Columns:
+    """The state columns of one-slot streams of one key of :func:`to_bytes_many`."""
     first = streams[0]
     model, group = first.model, first._group
-    idx = [s._gi for s in streams]
 
     def stacked(name):
         return None if getattr(first, name) is None else \
             np.stack([getattr(s, name) for s in streams])
 
-    pred = group.pred[idx] if group.pred is not None else stacked("_pred")
-    return Columns(model.fingerprint, model.window, model.carry_state,
-                   {n: to_host(v)[idx] for n, v in zip(model.state_inputs, group.states)},
-                   group.buf[idx], [s._steps + group.calls for s in streams], None,
-                   [s._pos for s in streams], pred, stacked("_seen"), stacked("_answer"),
-                   [{}] * len(streams), [s._sections for s in streams])
+    if group is None:
+        buf, steps, pred = stacked("_buf"), [s._steps for s in streams], stacked("_pred")
+    else:
+        idx = [s._gi for s in streams]
+        buf, steps = group.buf[idx], [s._steps + group.calls for s in streams]
+        pred = group.pred[idx] if group.pred is not None else stacked("_pred")
+    if group is not None and group.states is not None:
+        state = {n: to_host(v)[idx] for n, v in zip(model.state_inputs, group.states)}
+    else:                                      # each stream's own (1, units) arrays
+        state = {n: np.concatenate([to_host(s._state[t]) for s in streams])
+                 for t, n in enumerate(model.state_inputs)}
+    return Columns(model.fingerprint, model.window, model.carry_state, state, buf, steps,
+                   None, [s._pos for s in streams], pred, stacked("_seen"),
+                   stacked("_answer"), [{}] * len(streams), [s._sections for s in streams])
 
 
 def from_columns(model, kind: type, c: Columns, ok, missing: str) -> list:
