@@ -19,6 +19,14 @@ Byte codec (:meth:`StreamState.to_bytes` / :meth:`StreamState.from_bytes`)
     so a flipped bit anywhere is refused, never restored. A blob describes itself (names,
     sizes, the model's fingerprint), so it can be read without the model.
 
+Many at a time (:class:`Columns`)
+    A store saving or loading thousands of streams encodes and decodes them together: the
+    states of one layout as columns, the fixed part of all their blobs in one numpy array,
+    each row's CRC32 still its own (:func:`pack_many`, :func:`pack_columns`,
+    :func:`unpack_many`). The bytes are :meth:`StreamState.to_bytes`'s; :func:`sound` checks
+    the rows for what :func:`problems` finds, and leaves any row it doubts to be checked
+    (and refused, saying why) one by one.
+
 The order rule (:func:`order`)
     One function decides what a reading at a position does to a stream: ``"new"`` (fed),
     ``"replay"`` (the last reading again: answered with the answer it got, not fed), ``"old"``
