@@ -28,9 +28,9 @@ from .errors import ContractError, DeviceError, InputError, RunError, ShapeError
 from .batch import step_at, step_many
 from .shapes import check_shape
 from .snapshot import Snapshot
-from .state import StreamState
+from .state import Columns, StreamState, sound
 from .slots import SlotStream
-from .stream import Stream, fill_missing, nonfinite
+from .stream import Stream, fill_missing, from_columns, nonfinite
 
 MISSING = ("error", "skip", "hold")   # what a NaN in a reading does; see Stream
 _DTYPES = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(int32)": np.int32}
@@ -239,6 +239,15 @@ class Model:
                                     f"pass stream.snapshot() or the path it was saved to")
             stream.restore(snapshot, where)
         return stream
+
+    def restore_many(self, columns: Columns, *, missing: str | None = None) -> list:
+        """Streams continuing from many states at once: what ``stream(state)`` gives for
+        each row of ``columns`` (:func:`runtime.state.unpack_many` reads them), all rows
+        checked together (:func:`runtime.state.sound`); None for a row that check does not
+        pass, which ``stream(state)`` then refuses, saying why (or restores)."""
+        kind = SlotStream if self.carry_state and self.slots > 1 else Stream
+        return from_columns(self, kind, columns, sound(columns, self),
+                            _check_missing(missing or self.missing))
 
     def zeros(self, batch: int) -> tuple:
         """The state of ``batch`` fresh streams: one ``(batch, units)`` zero array per tensor."""

@@ -19,6 +19,14 @@ Byte codec (:meth:`StreamState.to_bytes` / :meth:`StreamState.from_bytes`)
     so a flipped bit anywhere is refused, never restored. A blob describes itself (names,
     sizes, the model's fingerprint), so it can be read without the model.
 
+Many at a time (:class:`Columns`)
+    A store saving or loading thousands of streams encodes and decodes them together: the
+    states of one layout as columns, the fixed part of all their blobs in one numpy array,
+    each row's CRC32 still its own (:func:`pack_many`, :func:`pack_columns`,
+    :func:`unpack_many`). The bytes are :meth:`StreamState.to_bytes`'s; :func:`sound` checks
+    the rows for what :func:`problems` finds, and leaves any row it doubts to be checked
+    (and refused, saying why) one by one.
+
 The order rule (:func:`order`)
     One function decides what a reading at a position does to a stream: ``"new"`` (fed),
     ``"replay"`` (the last reading again: answered with the answer it got, not fed), ``"old"``
@@ -60,12 +68,23 @@ MAGIC = b"LEst"
 ORDERS = ("new", "replay", "old", "conflict")
 
 _HEAD = struct.Struct("<4sBB32sIBHHHIIcIqBq")   # see pack: the fixed part of a blob
+# The same fixed part as a numpy record, to read or write many blobs' heads in one call.
+_HEADS = np.dtype([("magic", "S4"), ("codec", "u1"), ("flags", "u1"), ("fp", "V32"),
+                   ("window", "<u4"), ("carry", "u1"), ("slots", "<u2"), ("next_slot", "<u2"),
+                   ("n", "<u2"), ("features", "<u4"), ("targets", "<u4"), ("code", "S1"),
+                   ("rows", "<u4"), ("steps", "<i8"), ("kind", "u1"), ("pos", "<i8")])
+assert _HEADS.itemsize == _HEAD.size
+# The head bytes that blobs of one layout share: all but next_slot, and steps, kind, pos.
+_AT = {name: spec[1] for name, spec in (_HEADS.fields or {}).items()}   # name -> offset
+_SHARED = (slice(0, _AT["next_slot"]), slice(_AT["n"], _AT["steps"]))
 _SPEC = struct.Struct("<HI")                     # a name's length, then a number
 _FLOAT, _BITS = struct.Struct("<d"), struct.Struct("<q")   # a time keeps its float64 bits
 _DTYPES: dict[bytes, np.dtype] = {b"f": np.dtype("<f4"), b"l": np.dtype("<i8"),
                                   b"i": np.dtype("<i4")}
 _CODES = {v.str: k for k, v in _DTYPES.items()}
 _PRED, _LAST, _ANSWER, _EXTRA = 1, 2, 4, 8      # flags: which optional parts follow
+_CRC = struct.Struct("<I")
+_NO_SECTIONS = struct.pack("<H", 0)              # the tail of a blob with no extra, no sections
 _NONE, _TIME, _SEQ = 0, 1, 2                     # kinds of position
 
 
@@ -259,9 +278,10 @@ def ring(snap: StreamState, slots: int) -> tuple[list[tuple], int]:
 
 
 def stack_ring(names, ring_slots: list[tuple], next_slot: int | None) -> dict[str, np.ndarray]:
-    """The inverse of :func:`ring`: name -> ``(units,)``, or ``(B, units)`` for ``B > 1``."""
+    """The inverse of :func:`ring`: name -> ``(units,)``, or ``(B, units)`` for ``B > 1``
+    (one slot: views of the slot's arrays, not copies)."""
     if next_slot is None:
-        return {n: np.array(np.asarray(s, np.float32)[0]) for n, s in zip(names, ring_slots[0])}
+        return {n: np.asarray(s, np.float32)[0] for n, s in zip(names, ring_slots[0])}
     return {n: np.concatenate([np.asarray(r[t], np.float32) for r in ring_slots])
             for t, n in enumerate(names)}
 
@@ -290,16 +310,13 @@ def pack(s) -> bytes:
     code = _CODES.get(buf.dtype.str)
     if code is None:
         buf, code = buf.astype("<f4"), b"f"
-    flags = ((_PRED if s.prediction is not None else 0) | (_LAST if s.last is not None else 0)
-             | (_ANSWER if s.answer is not None else 0) | (_EXTRA if s.extra else 0))
+    flags = _flags(s)
     kind = _NONE if s.position is None else _SEQ if isinstance(s.position, int) else _TIME
     pos = 0 if s.position is None else (s.position if kind == _SEQ
                                         else _BITS.unpack(_FLOAT.pack(s.position))[0])
-    targets = len(s.prediction) if s.prediction is not None else \
-        len(s.answer) if s.answer is not None else 0
     parts = [_HEAD.pack(MAGIC, CODEC, flags, _fingerprint(s.fingerprint), s.window,
                         bool(s.carry_state), slots, s.next_slot or 0, len(names),
-                        buf.shape[1] if buf.ndim == 2 else 0, targets, code,
+                        buf.shape[1] if buf.ndim == 2 else 0, _targets(s), code,
                         len(buf), int(s.steps), kind, pos), _names(names, units)]
     parts += [a.astype("<f4", copy=False).tobytes() for a in arrays]
     parts.append(buf.tobytes())
@@ -307,15 +324,159 @@ def pack(s) -> bytes:
                            (_ANSWER, s.answer, "<f4")):
         if flags & flag:
             parts.append(np.asarray(value).astype(t, copy=False).tobytes())
-    if flags & _EXTRA:
-        raw = json.dumps(s.extra).encode()
+    body = b"".join(parts) + _tail(s.extra, s.sections)
+    return body + _CRC.pack(zlib.crc32(body))
+
+
+def _flags(s) -> int:
+    return ((_PRED if s.prediction is not None else 0) | (_LAST if s.last is not None else 0)
+            | (_ANSWER if s.answer is not None else 0) | (_EXTRA if s.extra else 0))
+
+
+def _targets(s) -> int:
+    return len(s.prediction) if s.prediction is not None else \
+        len(s.answer) if s.answer is not None else 0
+
+
+def _tail(extra: dict, sections: dict) -> bytes:
+    """What follows the arrays: the extra JSON (where there is one), then the sections."""
+    parts = []
+    if extra:
+        raw = json.dumps(extra).encode()
         parts += [struct.pack("<I", len(raw)), raw]
-    parts.append(struct.pack("<H", len(s.sections)))
-    for name, section in s.sections.items():
+    parts.append(struct.pack("<H", len(sections)))
+    for name, section in sections.items():
         raw = name.encode()
         parts += [_SPEC.pack(len(raw), len(section)), raw, bytes(section)]
-    body = b"".join(parts)
-    return body + struct.pack("<I", zlib.crc32(body))
+    return b"".join(parts)
+
+
+@dataclass
+class Columns:
+    """Many states of one layout, field by field: row ``i`` of every array is state ``i``.
+
+    A *layout* is what the blobs of a kind share: the model, the state names and shapes, the
+    buffer's shape and dtype, which optional parts follow. The fields are
+    :class:`StreamState`'s with a leading axis of rows (lists: one item per row).
+    :func:`pack_columns` encodes them together; a store saving many streams makes them.
+    """
+
+    fingerprint: str
+    window: int
+    carry_state: bool
+    state: dict[str, np.ndarray]       # name -> (rows, units), or (rows, B, units)
+    buffer: np.ndarray                 # (rows, m, features)
+    steps: list
+    next_slot: list | None             # None: one slot
+    position: list                     # None, an int or a float per row
+    prediction: np.ndarray | None      # (rows, targets)
+    last: np.ndarray | None            # (rows, features)
+    answer: np.ndarray | None          # (rows, targets)
+    extra: list
+    sections: list
+
+    @classmethod
+    def stack(cls, states: list) -> "Columns":
+        """The columns of states of one layout (see :func:`pack_many`)."""
+        first = states[0]
+
+        def column(name):
+            return None if getattr(first, name) is None else \
+                np.stack([getattr(s, name) for s in states])
+
+        return cls(first.fingerprint, first.window, first.carry_state,
+                   {n: np.stack([s.state[n] for s in states]) for n in first.state},
+                   np.stack([s.buffer for s in states]), [s.steps for s in states],
+                   None if first.next_slot is None else [s.next_slot for s in states],
+                   [s.position for s in states], column("prediction"), column("last"),
+                   column("answer"), [s.extra for s in states], [s.sections for s in states])
+
+
+def pack_many(states) -> list[bytes]:
+    """``[pack(s) for s in states]``, the same bytes, states of one layout encoded together
+    (:class:`Columns`, :func:`pack_columns`)."""
+    groups: dict = {}
+    for i, s in enumerate(states):
+        groups.setdefault(_layout(s), []).append(i)
+    out: list[bytes] = [b""] * len(states)
+    for layout, rows in groups.items():
+        group = [states[i] for i in rows]
+        blobs = [pack(s) for s in group] if layout is None else \
+            pack_columns(Columns.stack(group))
+        for i, blob in zip(rows, blobs):
+            out[i] = blob
+    return out
+
+
+def _layout(s) -> tuple | None:
+    """What states encoded together share; None for one whose fields are not all arrays."""
+    try:
+        arrays, buf = tuple(s.state.values()), s.buffer
+        if buf.ndim != 2 or any(a.ndim not in (1, 2) for a in arrays):
+            return None
+        return (s.fingerprint, s.window, bool(s.carry_state), tuple(s.state),
+                tuple(a.shape for a in arrays), buf.dtype.str, buf.shape, _flags(s),
+                s.next_slot is None,
+                *(None if v is None else v.shape for v in (s.prediction, s.last, s.answer)))
+    except AttributeError:        # lists where arrays belong: encoded one by one
+        return None
+
+
+def pack_columns(c: Columns) -> list[bytes]:
+    """Each row's blob, as :func:`pack` writes it: the fixed part of every row (head, names,
+    arrays) in one ``(rows, bytes)`` array, then each row's tail (sections) and CRC32."""
+    k, names = len(c.steps), tuple(c.state)
+    arrays = [np.asarray(c.state[n]).astype("<f4", copy=False) for n in names]
+    buf = c.buffer
+    code = _CODES.get(buf.dtype.str)
+    if code is None:
+        buf, code = buf.astype("<f4"), b"f"
+    flags = ((_PRED if c.prediction is not None else 0) | (_LAST if c.last is not None else 0)
+             | (_ANSWER if c.answer is not None else 0))
+    targets = next((v.shape[1] for v in (c.prediction, c.answer) if v is not None), 0)
+    head = np.zeros(k, _HEADS)
+    head["flags"] = [flags | _EXTRA if extra else flags for extra in c.extra]
+    for name, value in (("magic", MAGIC), ("codec", CODEC),
+                        ("fp", np.void(_fingerprint(c.fingerprint))),
+                        ("window", c.window), ("carry", bool(c.carry_state)),
+                        ("slots", arrays[0].shape[1] if arrays and arrays[0].ndim == 3 else 1),
+                        ("n", len(names)), ("features", buf.shape[2]),
+                        ("targets", targets),
+                        ("code", code), ("rows", buf.shape[1])):
+        head[name] = value
+    if c.next_slot is not None:
+        head["next_slot"] = c.next_slot
+    head["steps"] = c.steps
+    head["kind"], head["pos"] = _positions(c.position)
+    columns = [head, *arrays, buf]
+    for flag, value, t in ((_PRED, c.prediction, "<f4"), (_LAST, c.last, "<f8"),
+                           (_ANSWER, c.answer, "<f4")):
+        if flags & flag:
+            columns.append(np.asarray(value).astype(t, copy=False))
+    columns = [np.ascontiguousarray(col).view(np.uint8).reshape(k, -1) for col in columns]
+    names_row = np.frombuffer(_names(names, tuple(a.shape[-1] for a in arrays)), np.uint8)
+    columns.insert(1, np.broadcast_to(names_row, (k, len(names_row))))
+    if not any(c.extra) and not any(c.sections):        # every tail the same: a column too
+        columns.append(np.broadcast_to(np.frombuffer(_NO_SECTIONS, np.uint8), (k, 2)))
+        bodies = np.concatenate(columns, axis=1)         # (k, bytes before the CRC)
+        crc = np.array([zlib.crc32(row.data) for row in bodies], "<u4")
+        blobs = np.concatenate((bodies, crc.view(np.uint8).reshape(k, 4)), axis=1).tobytes()
+        size = bodies.shape[1] + _CRC.size
+        return [blobs[i * size:(i + 1) * size] for i in range(k)]
+    fixed = np.concatenate(columns, axis=1)              # (k, bytes before the tail)
+    raw, size, out = fixed.tobytes(), fixed.shape[1], []
+    for i, (extra, sections) in enumerate(zip(c.extra, c.sections)):
+        body = raw[i * size:(i + 1) * size] + _tail(extra, sections)
+        out.append(body + _CRC.pack(zlib.crc32(body)))
+    return out
+
+
+def _positions(positions: list) -> tuple[list[int], np.ndarray]:
+    """Each position's kind, and its number as the head keeps it (a time: its float64 bits)."""
+    kinds = [_NONE if p is None else _SEQ if isinstance(p, int) else _TIME for p in positions]
+    times = np.array([p if k == _TIME else 0.0 for p, k in zip(positions, kinds)], "<f8")
+    seqs = np.array([p if k == _SEQ else 0 for p, k in zip(positions, kinds)], "<i8")
+    return kinds, np.where(np.array(kinds) == _TIME, times.view("<i8"), seqs)
 
 
 def _unpack(cls, data: bytes, where: str):
@@ -388,6 +549,105 @@ def _fields(cls, body: bytes):
                carry_state=bool(carry), extra=extra, prediction=pred,
                next_slot=next_slot if slots > 1 else None, position=position, last=last,
                answer=answer, sections=sections)
+
+
+def unpack_many(blobs: list) -> tuple[list[tuple[list[int], Columns]], list[int]]:
+    """Many blobs decoded together: ``[(rows, columns)]`` and the rows left over.
+
+    Blobs of one length and layout whose magic, checksum and step counts hold, with no extra
+    and no sections, are read as :class:`Columns` (a few numpy calls each); every other row
+    is left over, for :meth:`StreamState.from_bytes`, which refuses it or reads it one by one
+    (and so says what is wrong with it, as it says for one blob).
+    """
+    by_length: dict[int, list[int]] = {}
+    for i, blob in enumerate(blobs):
+        by_length.setdefault(len(blob) if isinstance(blob, bytes) else -1, []).append(i)
+    done, left = [], by_length.pop(-1, [])
+    for rows in by_length.values():
+        while len(rows) > 1:
+            read, rows = _unpack_layout(blobs, rows)
+            if read is None:
+                break
+            done.append(read)
+        left += rows
+    return done, sorted(left)
+
+
+def _unpack_layout(blobs: list, rows: list[int]):
+    """Of blobs of one length, those of the first one's layout: ``((rows, columns), the
+    others)``; ``(None, rows)`` where the first is not one :func:`unpack_many` reads."""
+    try:
+        first = _unpack(StreamState, blobs[rows[0]], "")
+    except SnapshotError:
+        return None, rows
+    if first.extra or first.sections:
+        return None, rows
+    names = _names(tuple(first.state), tuple(np.shape(a)[-1] for a in first.state.values()))
+    length = len(blobs[rows[0]])
+    fixed = length - len(_NO_SECTIONS) - _CRC.size       # where the tail (no sections) starts
+    arr = np.frombuffer(b"".join(blobs[i] for i in rows), np.uint8).reshape(len(rows), length)
+    ref, end = arr[0], _HEAD.size + len(names)
+    same = (arr[:, fixed:fixed + 2] == 0).all(axis=1)        # no sections
+    for part in (*_SHARED, slice(_HEAD.size, end)):          # the layout's head, the names
+        same &= (arr[:, part] == ref[part]).all(axis=1)
+    crc = np.ascontiguousarray(arr[:, -4:]).view("<u4")[:, 0]
+    same &= crc == [zlib.crc32(memoryview(blobs[i])[:-4]) for i in rows]
+    head = np.ascontiguousarray(arr[:, :_HEAD.size]).view(_HEADS)[:, 0]
+    same &= head["steps"] >= 0
+    same[0] = True                                      # _unpack read it: the loop goes on
+    mine = np.flatnonzero(same)
+    others = [rows[i] for i in np.flatnonzero(~same)]
+    arr, head, at = arr[mine], head[mine], end
+
+    def column(dtype, shape):
+        nonlocal at
+        size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        out = np.ascontiguousarray(arr[:, at:at + size]).view(dtype).reshape(len(arr), *shape)
+        at += size
+        return out
+
+    state = {n: column("<f4", np.shape(a)) for n, a in first.state.items()}
+    buffer = column(first.buffer.dtype, first.buffer.shape)
+    prediction, last, answer = (None if getattr(first, f) is None else
+                                column(t, getattr(first, f).shape)
+                                for f, t in (("prediction", "<f4"), ("last", "<f8"),
+                                             ("answer", "<f4")))
+    kinds, pos = head["kind"].tolist(), head["pos"]
+    times, seqs = pos.view("<f8").tolist(), pos.tolist()
+    positions = [None if k == _NONE else q if k == _SEQ else t
+                 for k, q, t in zip(kinds, seqs, times)]
+    read = Columns(first.fingerprint, first.window, first.carry_state, state, buffer,
+                   head["steps"].tolist(),
+                   None if first.next_slot is None else head["next_slot"].tolist(), positions,
+                   prediction, last, answer, [{}] * len(arr), [{}] * len(arr))
+    return ([rows[i] for i in mine], read), others
+
+
+def _row(column: np.ndarray | None) -> np.ndarray | None:
+    return None if column is None else column[0]
+
+
+def sound(c: Columns, model) -> np.ndarray:
+    """``(rows,)`` bool: the rows :func:`problems` finds nothing wrong with, found with a few
+    numpy calls; a False row may still be sound (ask :func:`check` why not)."""
+    first = StreamState(state={n: a[0] for n, a in c.state.items()}, buffer=c.buffer[0],
+                        steps=c.steps[0], fingerprint=c.fingerprint, window=c.window,
+                        carry_state=c.carry_state,
+                        next_slot=None if c.next_slot is None else c.next_slot[0],
+                        position=c.position[0], prediction=_row(c.prediction),
+                        last=_row(c.last), answer=_row(c.answer))
+    rows = len(c.steps)
+    if problems(first, model):          # what every row of the layout shares is wrong
+        return np.zeros(rows, bool)
+    steps = np.asarray(c.steps)
+    ok = (steps >= 0) & (steps >= c.buffer.shape[1])
+    for a in (*c.state.values(), c.buffer):
+        ok &= np.isfinite(a.reshape(rows, -1)).all(axis=1)
+    if c.next_slot is not None:
+        ok &= np.asarray(c.next_slot) < model_slots(model)
+    ok &= [(p is None) == (c.last is None) and (p is None or isinstance(p, int)
+                                                 or math.isfinite(p)) for p in c.position]
+    return ok
 
 
 def from_v1_row(cls, layout: dict, steps, buffer: bytes, state: bytes, prediction):

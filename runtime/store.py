@@ -37,6 +37,7 @@ once and replaced by a database holding the same streams (see :func:`open_store`
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import re
@@ -54,7 +55,8 @@ from .errors import SnapshotError
 from .statefile import backup_name, db_key, lock, model_words, py_key, real_file
 from .snapshot import DATABASE as MAGIC
 from .snapshot import load_snapshots
-from .state import StreamState, from_v1_row
+from .state import StreamState, from_v1_row, unpack_many
+from .stream import to_bytes_many
 
 FORMAT = 2
 _NPZ = b"PK"                         # an .npz is a zip archive
@@ -319,9 +321,8 @@ class StateStore:
         Returns the number of rows written. Raises SnapshotError where the disk refuses
         (full, read-only); the database then holds the last commit, as it was.
         """
-        rows = self._rows(slots)
-        for row in rows:
-            row[0] = db_key(row[0])
+        with _gc_paused():
+            rows = self._rows(slots)
         self.commits += 1
         # closed=0 until close(): a main file that says so and has no -wal beside it has
         # lost its last commits (see _check).
@@ -357,11 +358,10 @@ class StateStore:
 
     def _rows(self, slots) -> list[list]:
         """The database rows of ``(key, stream, seen, line)``: each stream's state bytes."""
-        fingerprint, run, rows = self.model.fingerprint, self.run, []
-        for key, stream, seen, line in slots:
-            rows.append([key, fingerprint, stream.steps, b"", stream.to_bytes(), None, seen, run,
-                         line, stream.position])
-        return rows
+        fingerprint, run, slots = self.model.fingerprint, self.run, list(slots)
+        blobs = to_bytes_many([stream for _, stream, _, _ in slots])
+        return [[db_key(key), fingerprint, stream.steps, b"", blob, None, seen, run, line,
+                 stream.position] for (key, stream, seen, line), blob in zip(slots, blobs)]
 
     def _migrate(self, meta: dict) -> dict:
         """Rewrite a format-1 database as format 2, in one transaction (see the module)."""
@@ -395,36 +395,53 @@ class StateStore:
         Every row is checked before any stream is made (its checksum, its model, the sizes of
         its arrays and that they hold finite numbers); one error names every bad sensor.
         """
-        try:
-            rows = self.db.execute("SELECT key, fingerprint, steps, state, seen FROM streams "
-                                   "ORDER BY seen, key").fetchall()
-        except sqlite3.DatabaseError as exc:
-            raise self._error(f"its rows cannot be read ({exc})",
-                              "restore a good copy, or delete it to start fresh") from None
-        model, out, bad = self.model, [], []
-        for key, fingerprint, steps, blob, seen in rows:
-            key = py_key(key)
+        with _gc_paused():
             try:
-                if fingerprint != model.fingerprint:
-                    raise SnapshotError(f"its row is for another model (sha256 "
-                                        f"{str(fingerprint)[:12]}…)")
-                if not isinstance(blob, bytes):
-                    raise SnapshotError(f"its state is {type(blob).__name__}, not bytes")
-                snap = StreamState.from_bytes(blob, "its state")
-                if steps != snap.steps:
-                    raise SnapshotError(f"its step count is {steps!r}, its state's "
-                                        f"{snap.steps}: the row is inconsistent")
-                stream = model.stream(missing=model.missing)
-                stream.restore(snap, "its state")
-                out.append((key, stream, seen))
-            except SnapshotError as exc:
-                bad.append(f"sensor {key!r}: {_bare(str(exc))}")
+                rows = self.db.execute("SELECT key, fingerprint, steps, state, seen FROM "
+                                       "streams ORDER BY seen, key").fetchall()
+            except sqlite3.DatabaseError as exc:
+                raise self._error(f"its rows cannot be read ({exc})", "restore a good copy, "
+                                  "or delete it to start fresh") from None
+            return self._streams(rows)
+
+    def _streams(self, rows: list) -> list[tuple[str, Any, float]]:
+        """:meth:`load`'s streams of the rows ``(key, fingerprint, steps, state, seen)``."""
+        model, keys, bad = self.model, [py_key(row[0]) for row in rows], []
+        streams: list = [None] * len(rows)
+        decoded, _ = unpack_many([blob if fingerprint == model.fingerprint else None
+                                  for _, fingerprint, _, blob, _ in rows])
+        for at, columns in decoded:          # many rows checked and restored together
+            for i, stream in zip(at, model.restore_many(columns)):
+                if stream is not None and stream.steps == rows[i][2]:
+                    streams[i] = stream
+        for i, (_, fingerprint, steps, blob, _) in enumerate(rows):
+            if streams[i] is None:           # the others one by one, saying what is wrong
+                try:
+                    streams[i] = self._restore(fingerprint, steps, blob)
+                except SnapshotError as exc:
+                    bad.append(f"sensor {keys[i]!r}: {_bare(str(exc))}")
         if bad:
             more = f" (and {len(bad) - 5} more sensors)" if len(bad) > 5 else ""
             raise self._error("; ".join(bad[:5]) + more,
                               "restore a good copy, or delete the file to start the streams "
                               "fresh")
-        return out
+        return [(key, stream, row[4]) for key, stream, row in zip(keys, streams, rows)]
+
+    def _restore(self, fingerprint, steps, blob):
+        """One row's stream, every check one by one; SnapshotError saying what is wrong."""
+        model = self.model
+        if fingerprint != model.fingerprint:
+            raise SnapshotError(f"its row is for another model (sha256 "
+                                f"{str(fingerprint)[:12]}…)")
+        if not isinstance(blob, bytes):
+            raise SnapshotError(f"its state is {type(blob).__name__}, not bytes")
+        snap = StreamState.from_bytes(blob, "its state")
+        if steps != snap.steps:
+            raise SnapshotError(f"its step count is {steps!r}, its state's {snap.steps}: the "
+                                f"row is inconsistent")
+        stream = model.stream(missing=model.missing)
+        stream.restore(snap, "its state")
+        return stream
 
     def summary(self) -> dict:
         """The meta table's values (lines, commits, run, saved_at, ...) as strings."""
@@ -466,6 +483,20 @@ class StateStore:
         return self._error(f"sensor {key!r}: {what}",
                            "restore a good copy, or delete the file to start the streams "
                            "fresh")
+
+
+@contextlib.contextmanager
+def _gc_paused():
+    """Python's cyclic garbage collector paused while many rows or streams are made at once:
+    each of its full passes walks every object made so far, a third of the time a load of
+    100,000 sensors takes (bench/state.py). It runs again after, for any cycle made."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 def _bare(message: str) -> str:

@@ -29,7 +29,8 @@ import numpy as np
 from .device import ORT_ERRORS, to_host
 from .errors import InputError
 from .snapshot import Snapshot
-from .state import check, check_position, describe_position, order, pack, ring, stack_ring
+from .state import (Columns, check, check_position, describe_position, model_slots, order, pack,
+                    pack_columns, pack_many, ring, stack_ring)
 
 _CHUNK = 4096   # window mode runs at most this many windows in one ORT call
 # np.vdot without its __array_function__ dispatch (~0.1 µs): a step's x is always a plain
@@ -180,8 +181,8 @@ class Stream:
         Read in place, also from a many-stream group (the stream stays in it).
         """
         f = self._fields()
-        return Snapshot(state=f.state, buffer=f.buffer.copy(), steps=f.steps,
-                        fingerprint=f.fingerprint, window=f.window, carry_state=f.carry_state,
+        return Snapshot(state={n: np.array(a) for n, a in f.state.items()},
+                        buffer=f.buffer.copy(), steps=f.steps, fingerprint=f.fingerprint, window=f.window, carry_state=f.carry_state,
                         next_slot=f.next_slot, prediction=_copy(f.prediction),
                         position=f.position, last=_copy(f.last), answer=_copy(f.answer),
                         sections=dict(f.sections))
@@ -499,6 +500,90 @@ class Stream:
             self._state, self._buf, self._steps = saved    # all of the chunk, or none of it
             raise
         return ys
+
+
+def to_bytes_many(streams) -> list[bytes]:
+    """``[s.to_bytes() for s in streams]``, the same bytes, encoded together: what a store
+    saving many streams calls.
+
+    Streams with one state slot are read as columns (:class:`runtime.state.Columns`), many
+    rows per numpy call: those last stepped together (a ``batch.Group``) from the group's
+    stacked arrays, in place (they stay in the group). The others field by field
+    (:func:`runtime.state.pack_many`).
+    """
+    out: list[bytes] = [b""] * len(streams)
+    together: dict[tuple, list[int]] = {}
+    alone = []
+    for i, s in enumerate(streams):
+        if type(s) is not Stream:
+            alone.append(i)
+            continue
+        group = s._group
+        # Rows of one key make one layout: the same buffer length, the same optional fields.
+        where = (id(group), -1) if group is not None else (None, len(s._buf))
+        together.setdefault((*where, s._pos is None, s._answer is None, s._pred is None),
+                            []).append(i)
+    jobs = [(alone, pack_many([streams[i]._fields() for i in alone]))]
+    jobs += [(rows, pack_columns(_columns([streams[i] for i in rows])))
+             for rows in together.values()]
+    for rows, blobs in jobs:
+        for i, blob in zip(rows, blobs):
+            out[i] = blob
+    return out
+
+
+def _columns(streams: list) -> Columns:
+    """The state columns of one-slot streams of one key of :func:`to_bytes_many`."""
+    first = streams[0]
+    model, group = first.model, first._group
+
+    def stacked(name):
+        return None if getattr(first, name) is None else \
+            np.stack([getattr(s, name) for s in streams])
+
+    if group is None:
+        buf, steps, pred = stacked("_buf"), [s._steps for s in streams], stacked("_pred")
+    else:
+        idx = [s._gi for s in streams]
+        buf, steps = group.buf[idx], [s._steps + group.calls for s in streams]
+        pred = group.pred[idx] if group.pred is not None else stacked("_pred")
+    if group is not None and group.states is not None:
+        state = {n: to_host(v)[idx] for n, v in zip(model.state_inputs, group.states)}
+    else:                                      # each stream's own (1, units) arrays
+        state = {n: np.concatenate([to_host(s._state[t]) for s in streams])
+                 for t, n in enumerate(model.state_inputs)}
+    return Columns(model.fingerprint, model.window, model.carry_state, state, buf, steps,
+                   None, [s._pos for s in streams], pred, stacked("_seen"),
+                   stacked("_answer"), [{}] * len(streams), [s._sections for s in streams])
+
+
+def from_columns(model, kind: type, c: Columns, ok, missing: str) -> list:
+    """Streams of ``kind`` continuing from the rows of ``c`` (``ok``: the rows
+    :func:`runtime.state.sound` passed; None for the others); ``Model.restore_many``."""
+    rows, slots = len(c.steps), model_slots(model)
+    # One (rows, B, 1, units) array per tensor; by_slot[k][i]: row i's slot k, a tuple of
+    # (1, units) views, one per tensor.
+    parts = [np.asarray(a, np.float32).reshape(rows, slots, 1, -1) for a in c.state.values()]
+    by_slot = [list(zip(*(list(p[:, k]) for p in parts))) or [()] * rows
+               for k in range(slots)]
+    bufs = c.buffer.astype(model.dtype if model.tokens else np.float32)   # (rows, m, features)
+    pred, answer = _f32(c.prediction), _f32(c.answer)
+    last = None if c.last is None else np.asarray(c.last, np.float64)
+    out: list = []
+    for i in range(rows):
+        if not ok[i]:
+            out.append(None)
+            continue
+        s = kind(model, missing)
+        s._load([ring[i] for ring in by_slot],
+                0 if c.next_slot is None else c.next_slot[i])
+        s._buf, s._steps, s._pos, s._sections = bufs[i], c.steps[i], c.position[i], \
+            dict(c.sections[i])
+        s._pred = None if pred is None else pred[i]
+        s._seen = None if last is None else last[i]
+        s._answer = None if answer is None else answer[i]
+        out.append(s)
+    return out
 
 
 def conflict_message(at, seen, raw) -> str:

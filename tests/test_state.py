@@ -241,3 +241,73 @@ def test_feed_at_and_model_step_at_apply_the_same_rule(model):
     with pytest.raises(runtime.InputError, match="no stream was stepped"):
         model.step(many, np.stack([xs[0], xs[5]]), at=[4, 4])     # stream 0: other values
     equal(many[1].snapshot(), one.snapshot())
+
+
+# ---- many states at once: the same bytes and the same checks as one at a time ---------------
+
+def varied_streams(model):
+    """Streams of every history a store meets: fresh, warming up, full, fed alone, stepped
+    together (a group), with positions, a sequence number, sections."""
+    readings = np.load(V1 / "readings.npy")
+    streams = [fed_stream(model, n) for n in (0, 1, 2, 7)]
+    together = [model.stream() for _ in range(6)]
+    for x in readings[:4]:
+        model.step(together, np.tile(x, (6, 1)))
+    model.step(together[:3], readings[4:7], at=[10.5, 11.5, 12.5])
+    at_seq = fed_stream(model, 3)
+    at_seq.step(readings[3], at=17)
+    sectioned = fed_stream(model, 5)
+    sectioned.sections["alerts"] = b"\x00\x01pending"
+    return streams + together + [at_seq, sectioned]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_many_at_once_writes_the_bytes_one_at_a_time_writes(kind):
+    from runtime.stream import to_bytes_many
+    model = runtime.load(V1 / f"{kind}.onnx", device="cpu")
+    streams = varied_streams(model)
+    one_by_one = [s.snapshot().to_bytes() for s in streams]
+    assert to_bytes_many(streams) == one_by_one                  # a group read in place too
+    snaps = [s.snapshot() for s in streams] + [replace(streams[0].snapshot(), extra={"n": 1})]
+    assert st.pack_many(snaps) == [s.to_bytes() for s in snaps]
+    old = list(runtime.load_snapshots(V1 / f"{kind}.npz").values())   # format-1 snapshots
+    assert st.pack_many(old) == [s.to_bytes() for s in old]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_many_at_once_restores_what_one_at_a_time_restores(kind):
+    model = runtime.load(V1 / f"{kind}.onnx", device="cpu")
+    streams = varied_streams(model)
+    blobs = [s.to_bytes() for s in streams] * 3
+    decoded, left = st.unpack_many(blobs)
+    assert sum(len(rows) for rows, _ in decoded) > len(blobs) // 2     # most read together
+    restored: dict[int, object] = {}
+    for rows, columns in decoded:
+        restored.update(zip(rows, model.restore_many(columns)))
+    assert sorted([*restored, *left]) == list(range(len(blobs)))
+    for i, stream in restored.items():
+        reference = model.stream(st.StreamState.from_bytes(blobs[i]))
+        same_snapshot(stream.snapshot(), reference.snapshot())
+        continues_as(stream, reference)
+
+
+def test_rows_the_bulk_check_doubts_are_refused_one_by_one_with_their_reason(model, tmp_path):
+    streams = [fed_stream(model, 6) for _ in range(40)]
+    store = StateStore(tmp_path / "state.db", model)
+    store.save([(f"s{i}", s, float(i), i) for i, s in enumerate(streams)])
+    nan = streams[7].snapshot()
+    nan.state[next(iter(nan.state))][0] = np.nan                  # a valid CRC, a NaN state
+    flipped = bytearray(streams[9].to_bytes())
+    flipped[100] ^= 0x04
+    negative = replace(streams[11].snapshot(), steps=3, buffer=streams[11].snapshot().buffer)
+    store.db.executemany("UPDATE streams SET state = ?, steps = ? WHERE key = ?",
+                         [(nan.to_bytes(), nan.steps, "s7"), (bytes(flipped), 6, "s9"),
+                          (negative.to_bytes(), 6, "s11")])
+    with pytest.raises(runtime.SnapshotError) as err:
+        store.load()
+    store.close(refused=True)
+    message = str(err.value)
+    assert "'s7': its state: state" in message and "NaN or inf" in message
+    assert "'s9': its state fails its checksum" in message
+    assert "'s11': its step count is 6, its state's 3" in message
+    assert "'s8'" not in message and "3 more" not in message
