@@ -74,7 +74,7 @@ def test_format_1_databases_load_and_are_rewritten_once(kind, tmp_path):
     db = tmp_path / "state.db"
     shutil.copy(V1 / f"{kind}.db", db)
     read_only = runtime.load_snapshots(db)                       # read without a model
-    for attempt in range(2):                                     # format 1, then format 2
+    for _ in range(2):                                           # format 1, then format 2
         store = StateStore(db, model)
         loaded = {key: stream for key, stream, _ in store.load()}
         assert store.summary()["format"] == "2"
