@@ -19,10 +19,32 @@ against the forecasts made before it stopped.
 from __future__ import annotations
 
 
+import click
 import numpy as np
 
 from .alerts import AlertConfig, Alerts, AlertState
 from .errors import SnapshotError
+
+
+def options(command):
+    """``--interval``, ``--min-run``, ``--hold-off``, ``--stuck``: the alert options of
+    ``lstm-run`` and of the Flink job, which answer alike."""
+    for option in reversed([
+        click.option("--interval", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+                     metavar="LEVEL", help="Add lo_/hi_<target> (the calibrated interval at "
+                     "LEVEL, e.g. 0.9), anomaly, score and alert columns (docs/alerts.md)."),
+        click.option("--min-run", type=click.IntRange(min=1), default=1, show_default=True,
+                     metavar="N", help="--interval: N readings in a row outside raise an "
+                     "alert."),
+        click.option("--hold-off", type=click.IntRange(min=0), default=3, show_default=True,
+                     metavar="N", help="--interval: no new alert until N readings in a row "
+                     "fell inside (one bad stretch, one alert)."),
+        click.option("--stuck", type=click.IntRange(min=0), default=0, show_default=True,
+                     metavar="N", help="--interval: the same target value N times in a row "
+                     "raises a 'stuck' alert (0: off)."),
+    ]):
+        command = option(command)
+    return command
 
 
 class StreamAlerts:

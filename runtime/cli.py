@@ -22,7 +22,7 @@ from .errors import LstmEdgeError
 from .lines import FORMATS, MAX_LINE
 from .progress import Progress
 from .io import Interrupted, LineReader, Output, OutputStalled, Signals
-from . import mqtt
+from . import alerts_run, mqtt
 
 if TYPE_CHECKING:
     from .serve import ServeConfig
@@ -365,17 +365,7 @@ def _checked(parity: dict) -> str:
               help="Also save --state when this long has passed since the last save and a "
                    "sensor changed (0: only --save-every and exit). Bounds both what a "
                    "kill -9 loses and what SIGTERM still has to write.")
-@click.option("--interval", type=click.FloatRange(0, 1, min_open=True, max_open=True),
-              metavar="LEVEL", help="Add lo_/hi_<target> (the calibrated interval at LEVEL, "
-              "e.g. 0.9), anomaly, score and alert columns (docs/alerts.md).")
-@click.option("--min-run", type=click.IntRange(min=1), default=1, show_default=True,
-              metavar="N", help="--interval: N readings in a row outside raise an alert.")
-@click.option("--hold-off", type=click.IntRange(min=0), default=3, show_default=True,
-              metavar="N", help="--interval: no new alert until N readings in a row fell "
-              "inside (one bad stretch, one alert).")
-@click.option("--stuck", type=click.IntRange(min=0), default=0, show_default=True,
-              metavar="N", help="--interval: the same target value N times in a row raises "
-              "a 'stuck' alert (0: off).")
+@alerts_run.options
 @click.option("--on-new-model", type=click.Choice(["refuse", "fresh"]), default="refuse",
               show_default=True,
               help="A --state file of another model (a new version): refuse, naming both; "

@@ -22,6 +22,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from . import lines as fmt
@@ -321,3 +322,17 @@ class Output:
             sys.stdout.flush()
         except (OSError, ValueError, AttributeError):
             pass
+
+
+def replace_file(path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file beside it and a rename, so that a
+    reader finds the old file or the new one, never half of one. Raises OSError."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        temporary.write_bytes(data)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise

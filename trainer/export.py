@@ -30,6 +30,7 @@ import onnx
 from onnx import helper
 
 from runtime.contract import ModelInfo
+from runtime.io import replace_file
 from . import calibrate, forecast_graph
 from .errors import ExportError, ParityError
 from .fold import fold
@@ -522,12 +523,9 @@ def _policy(model) -> str:
 
 
 def write_atomically(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file beside it and a rename."""
+    """Write ``data`` to ``path`` whole or not at all (:func:`runtime.io.replace_file`)."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        temporary.write_bytes(data)
-        os.replace(temporary, path)
+        replace_file(path, data)
     except OSError as exc:
         raise ExportError(f"{path}: cannot be written ({exc.strerror or exc})") from None
 

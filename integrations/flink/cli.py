@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from runtime import LstmEdgeError
+from runtime import alerts_run
 from runtime.alerts import AlertConfig
 
 from .job import JobConfig, build, failure
@@ -65,17 +66,7 @@ Exit codes: 0 the input was read to the end (or the job was stopped),
               help="Run without an order check: the source guarantees per-sensor order.")
 @click.option("--missing", type=click.Choice(["error", "skip", "hold"]), default="error",
               show_default=True, help="What a missing value does, as lstm-run's.")
-@click.option("--interval", type=click.FloatRange(0, 1, min_open=True, max_open=True),
-              metavar="LEVEL", help="Add lo_/hi_<target> (the calibrated interval at LEVEL, "
-              "e.g. 0.9), anomaly, score and alert columns, as lstm-run --interval.")
-@click.option("--min-run", type=click.IntRange(min=1), default=1, show_default=True,
-              metavar="N", help="--interval: N readings in a row outside raise an alert.")
-@click.option("--hold-off", type=click.IntRange(min=0), default=3, show_default=True,
-              metavar="N", help="--interval: no new alert until N readings in a row fell "
-              "inside (one bad stretch, one alert).")
-@click.option("--stuck", type=click.IntRange(min=0), default=0, show_default=True,
-              metavar="N", help="--interval: the same target value N times in a row raises "
-              "a 'stuck' alert (0: off).")
+@alerts_run.options
 @click.option("--checkpoint-dir", metavar="DIR|URI",
               help="Where checkpoints go (kept when the job stops, for --resume); on a "
                    "cluster a shared URI such as s3://bucket/checkpoints.")

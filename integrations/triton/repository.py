@@ -41,6 +41,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from runtime.contract import PREFIX, X, Y, ModelInfo, derive_state
 from runtime.errors import LstmEdgeError
+from runtime.io import replace_file
 
 from . import INSTANCE_KINDS, TritonError, TritonOptions
 
@@ -431,12 +432,9 @@ def _check_loads(proto: onnx.ModelProto, served_proto: onnx.ModelProto, source: 
 # --------------------------------------------------------------------------- writing
 
 def _write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file beside it and a rename."""
+    """Write ``data`` to ``path`` whole or not at all (:func:`runtime.io.replace_file`)."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        temporary.write_bytes(data)
-        os.replace(temporary, path)
+        replace_file(path, data)
     except OSError as exc:
         raise TritonError(f"{path}: cannot be written ({exc.strerror or exc})") from None
 
