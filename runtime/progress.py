@@ -57,8 +57,8 @@ class Progress:
         else:
             saved = (f"last save {time.strftime('%H:%M:%S', time.localtime(server.saved_at))}"
                      f" ({time.time() - server.saved_at:.0f} s ago)")
-        return (f"lstm-run: {server.lines:,} lines ({rate:,.0f}/s), {len(server.slots):,} "
-                f"sensor{'s' if len(server.slots) != 1 else ''}, {server.errors:,} "
+        return (f"lstm-run: {server.lines:,} lines ({rate:,.0f}/s), {len(server.sensors):,} "
+                f"sensor{'s' if len(server.sensors) != 1 else ''}, {server.errors:,} "
                 f"error{'s' if server.errors != 1 else ''}, {saved}")
 
     def _draw(self, server, now: float) -> None:

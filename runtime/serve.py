@@ -13,7 +13,7 @@ import os
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
@@ -27,6 +27,7 @@ from .io import TOO_LONG, LineReader
 from .ledger import SaveLedger
 from .order import OrderColumn, choose
 from .state import order
+from .sensors import Sensor, SensorTable
 from .stream import Stream, conflict_message
 
 if TYPE_CHECKING:
@@ -73,15 +74,6 @@ class ServeConfig:
     order_check: bool = True             # apply the order rule where a position is known
 
 
-@dataclass
-class _Slot:
-    """One sensor: its stream and when it last had a line."""
-
-    stream: Stream
-    seen: float = field(default_factory=time.monotonic)
-    line: int = 0          # the input line of its last answer
-
-
 class Server:
     """Routes records to per-sensor streams of one model and formats the answers."""
 
@@ -89,7 +81,10 @@ class Server:
         self.model = model
         self.config = config
         self.format: fmt.LineFormat | None = None
-        self.slots: OrderedDict[str, _Slot] = OrderedDict()   # least recently seen first
+        # One stream per sensor, bounded; a dropped sensor's row and alert state go too.
+        self.table = SensorTable(model.stream, config.max_streams, config.idle_timeout,
+                                 on_drop=self._dropped, warn=warn or (lambda message: None),
+                                 clock=time.monotonic)
         self.lines = 0              # input lines handled, header included
         self.samples = 0            # lines that reached a stream
         self.errors = 0             # error records written
@@ -97,7 +92,6 @@ class Server:
         self.unfed = 0              # replays and skipped lines (the order check), not fed
         self.store: StateStore | None = None    # the --state database
         self.ledger = SaveLedger()  # what a save may count: answers first, then the state
-        self.drops = 0              # sensors dropped in all (named on stderr: the first few)
         self._checkpointed = True   # the state file alone holds every commit (see quiet())
         self._checkpoint_at = time.monotonic()
         self._retry_at = 0.0        # after a failed checkpoint: not before this
@@ -135,13 +129,13 @@ class Server:
             raise
         for key, stream, _ in loaded:
             # Seen now: the time the tool was down is not the sensor's silence.
-            self.slots[key] = _Slot(stream)
+            self.table.add(key, stream)
         if self.alerts is not None:     # each stream's alert state is one of its sections
-            for key, slot in self.slots.items():
-                self.alerts.restore(key, slot.stream)
-        if self.slots:
+            for key, sensor in self.sensors.items():
+                self.alerts.restore(key, sensor.stream)
+        if self.sensors:
             meta = self.store.summary()
-            self._warn(f"resumed {len(self.slots)} stream(s) from {path} (saved after input "
+            self._warn(f"resumed {len(self.sensors)} stream(s) from {path} (saved after input "
                        f"line {meta.get('lines', '?')} of run {meta.get('run', '?')}; each "
                        f"stream's step count is in its answers' step column)")
 
@@ -157,13 +151,13 @@ class Server:
         if not keys and not dropped:
             return
         clock = time.time() - time.monotonic()              # monotonic -> wall clock
-        slots = self.slots
+        sensors = self.sensors
         if self.alerts is not None:
             for k in keys:
-                if k in slots:
-                    self.alerts.keep(k, slots[k].stream)
-        rows = ((k, slot.stream, slot.seen + clock, slot.line)
-                for k in keys if (slot := slots.get(k)) is not None)
+                if k in sensors:
+                    self.alerts.keep(k, sensors[k].stream)
+        rows = ((k, sensor.stream, sensor.seen + clock, sensor.line)
+                for k in keys if (sensor := sensors.get(k)) is not None)
         self.store.save(rows, dropped, lines=lines)
         self.ledger.saved()
         self._checkpointed = False
@@ -216,55 +210,25 @@ class Server:
 
     # -- routing --
 
-    def _slot(self, key: str, busy: set[str]) -> _Slot:
-        slot = self.slots.get(key)
-        if slot is None:
-            while len(self.slots) >= self.config.max_streams:
-                old = next((k for k in self.slots if k not in busy), None)
-                if old is None:
-                    break
-                del self.slots[old]
-                self._drop(old, f"the least recently seen, to stay within --max-streams "
-                                f"{self.config.max_streams}")
-            slot = self.slots[key] = _Slot(self.model.stream())
-        self.slots.move_to_end(key)
-        slot.seen = time.monotonic()
-        return slot
+    @property
+    def sensors(self) -> OrderedDict[str, Sensor]:
+        """Each sensor's entry (its stream), least recently seen first."""
+        return self.table.sensors
 
     def drop_idle(self) -> None:
         """Forget sensors that have been silent for longer than ``config.idle_timeout``."""
-        if self.config.idle_timeout is None:
-            return
-        limit = time.monotonic() - self.config.idle_timeout
-        while self.slots:
-            key, slot = next(iter(self.slots.items()))
-            if slot.seen >= limit:
-                break
-            del self.slots[key]
-            self._drop(key, f"no line for {self.config.idle_timeout:g} s (--idle-timeout)")
+        self.table.drop_idle()
 
-    NAMED_DROPS = 10     # drops named one by one on stderr; then counts at 100, 1,000, ...
+    def report_drops(self) -> None:
+        """One line with the number of streams dropped, where more than were named."""
+        self.table.report_drops()
 
-    def _drop(self, key: str, why: str) -> None:
-        """Forget a dropped sensor (its row goes at the next save); tell stderr, in brief."""
+    def _dropped(self, key: str) -> None:
+        """A sensor left the table: its row goes at the next save, its alert state now."""
         if self.store is not None:
             self.ledger.drop(key)      # without a state file there is no row to delete
         if self.alerts is not None:
             self.alerts.forget(key)
-        self.drops += 1
-        n = self.drops
-        if n <= self.NAMED_DROPS:
-            self._warn(f"dropped stream {key!r}: {why}")
-        elif len(str(n)) > 2 and str(n).strip("0") == "1":            # 100, 1000, ...
-            self._warn(f"dropped {n:,} streams so far (the first {self.NAMED_DROPS} named "
-                       f"above; latest: {why})")
-
-    def report_drops(self) -> None:
-        """One line with the number of streams dropped, where more than were named."""
-        if self.drops > self.NAMED_DROPS:
-            self._warn(f"dropped {self.drops:,} streams in all (--max-streams "
-                       f"{self.config.max_streams}, --idle-timeout "
-                       f"{self.config.idle_timeout or 'none'})")
 
     # -- one batch --
 
@@ -393,8 +357,8 @@ class Server:
             if rec.at is None:
                 continue                          # no position: fed unchecked
             prev, values = latest.get(rec.key), cast(np.ndarray, rec.values)
-            slot = self.slots.get(rec.key)
-            stream = None if rec.reset or slot is None else slot.stream
+            sensor = self.sensors.get(rec.key)
+            stream = None if rec.reset or sensor is None else sensor.stream
             if prev is not None and not rec.reset:
                 kind = order(prev.at, prev.values, values, rec.at)
             else:
@@ -432,7 +396,8 @@ class Server:
         3)``, fit on 9 timesteps) waits for windows that never fill; this names the window and
         the ``--window`` override. At most ``most`` lines, then how many more.
         """
-        idle = [(key, slot.stream) for key, slot in self.slots.items() if not slot.stream.ready]
+        idle = [(key, sensor.stream) for key, sensor in self.sensors.items()
+                if not sensor.stream.ready]
         for key, stream in idle[:most]:
             who = f"sensor {key!r}" if self.config.stream_column else "the stream"
             n = stream.steps
@@ -459,40 +424,40 @@ class Server:
         if len(records) == 1 and not self.model.reconstructs:
             # One line (a live feed's usual batch): no grouping, no many-stream call.
             rec = records[0]
-            slot = self._slot(rec.key, {rec.key})
+            sensor = self.table.take(rec.key, {rec.key})
             self.ledger.stepped((rec.key,))
-            slot.line = rec.line
-            return {id(rec): self._step_one(rec, slot.stream)}
+            sensor.line = rec.line
+            return {id(rec): self._step_one(rec, sensor.stream)}
         by_key: dict[str, list[fmt.Record]] = {}
         for rec in records:
             by_key.setdefault(rec.key, []).append(rec)
         values = {id(r): cast(np.ndarray, r.values) for r in records}   # ok records: all set
         busy = set(by_key)
-        slots = {key: self._slot(key, busy) for key in by_key}
+        sensors = {key: self.table.take(key, busy) for key in by_key}
         self.ledger.stepped(busy)      # stepped from here on; saved once the answers are out
         for key, recs in by_key.items():
-            slots[key].line = recs[-1].line
+            sensors[key].line = recs[-1].line
         answers: dict[int, tuple[int, bool, np.ndarray]] = {}
         if not self.model.reconstructs:
-            self._step_rounds(by_key, slots, values, records, answers)
+            self._step_rounds(by_key, sensors, values, records, answers)
             return answers
         # A reconstruction model answers with the score of the window each reading ends.
         if np.isfinite(np.stack(list(values.values()))).all() if values else True:
-            before = {key: slots[key].stream.snapshot().buffer for key in by_key}
-            self._step_rounds(by_key, slots, values, records, answers)
+            before = {key: sensors[key].stream.snapshot().buffer for key in by_key}
+            self._step_rounds(by_key, sensors, values, records, answers)
             return _scored(self.model, by_key, before, values, answers)
         for rec in records:   # a missing value is filled or skipped: score what was fed
-            self._step_rounds({rec.key: [rec]}, slots, values, [rec], answers)
+            self._step_rounds({rec.key: [rec]}, sensors, values, [rec], answers)
             step, warmup, pred = answers[id(rec)]
-            fed = slots[rec.key].stream.snapshot().buffer                 # (<= window, features)
+            fed = sensors[rec.key].stream.snapshot().buffer                 # (<= window, features)
             answers[id(rec)] = (step, warmup, self.model.score(fed, pred[None]))
         return answers
 
-    def _step_rounds(self, by_key, slots, values, records, answers) -> None:
+    def _step_rounds(self, by_key, sensors, values, records, answers) -> None:
         """Step the records' streams, chunked or in rounds; fills ``answers``."""
         if len(records) == 1:
             rec = records[0]
-            answers[id(rec)] = self._step_one(rec, slots[rec.key].stream)
+            answers[id(rec)] = self._step_one(rec, sensors[rec.key].stream)
             return
         rounds = max((len(v) for v in by_key.values()), default=0)
         # A skipped or held reading (NaN) is stepped on its own, so its step count is exact.
@@ -500,7 +465,7 @@ class Server:
         if self.config.chunked and complete and rounds > 1 and len(by_key) < rounds:
             # Few sensors, many lines each: one feed() per sensor beats a call per line.
             for key, recs in by_key.items():
-                stream = slots[key].stream
+                stream = sensors[key].stream
                 for run in _runs(recs):                    # a reset starts a new run
                     if run[0].reset:
                         stream.reset()
@@ -516,8 +481,8 @@ class Server:
             keys = [k for k, v in by_key.items() if len(v) > r]
             for k in keys:
                 if by_key[k][r].reset:                     # --reset-column: a new sequence
-                    slots[k].stream.reset()
-            streams = [slots[k].stream for k in keys]
+                    sensors[k].stream.reset()
+            streams = [sensors[k].stream for k in keys]
             samples = np.stack([values[id(by_key[k][r])] for k in keys])      # (streams, features)
             at = self._positions([by_key[k][r] for k in keys])
             preds = self.model.step(streams, samples) if at is None else \

@@ -447,7 +447,7 @@ def test_max_streams_drops_the_least_recently_seen(model):
     server.handle([(1, b"sensor,temperature,humidity")])
     server.handle([(2, b"a,1,2"), (3, b"b,1,2")])
     server.handle([(4, b"c,1,2")])
-    assert list(server.slots) == ["b", "c"] and "dropped stream 'a'" in warned[0]
+    assert list(server.sensors) == ["b", "c"] and "dropped stream 'a'" in warned[0]
     out = server.handle([(5, b"a,1,2")])
     assert out[0].split(",")[3] == "1"         # a starts again from step 1
 
@@ -463,10 +463,10 @@ def test_idle_streams_are_dropped(model, monkeypatch):
     server.handle([(1, b"sensor,temperature,humidity"), (2, b"a,1,2")])
     now[0] += 0.03
     server.handle([(3, b"b,1,2")])
-    assert list(server.slots) == ["a", "b"] and not warned     # 0.03 s of silence: kept
+    assert list(server.sensors) == ["a", "b"] and not warned     # 0.03 s of silence: kept
     now[0] += 0.03
     server.handle([(4, b"b,1,2")])                  # a: 0.06 s of silence, b: 0.03 s
-    assert list(server.slots) == ["b"] and len(warned) == 1
+    assert list(server.sensors) == ["b"] and len(warned) == 1
     assert "'a'" in warned[0] and "idle-timeout" in warned[0]
 
 

@@ -29,7 +29,7 @@ def test_without_a_state_file_no_dropped_key_is_kept(tmp_path):
     for start in range(0, len(batch), 500):
         server.handle(batch[start:start + 500])
         server.delivered()
-    assert len(server.slots) == 10 and server.drops == N - 10
+    assert len(server.sensors) == 10 and server.table.drops == N - 10
     assert server.ledger.dropped == set()           # nothing grows with every sensor seen
     assert len(said) == 10 + 2                      # 10 named, then at 100 and 1,000
 
