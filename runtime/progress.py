@@ -8,7 +8,7 @@ line of its own.
 >>> import io
 >>> out = io.StringIO()
 >>> view = Progress(out, every=0, tty=False)
->>> class Server: lines, errors, slots, saved_at = 10, 1, {"a": 0, "b": 0}, None
+>>> class Server: lines, errors, sensors, saved_at = 10, 1, {"a": 0, "b": 0}, None
 >>> view(Server())
 >>> out.getvalue().split(" lines")[0]
 'lstm-run: 10'
