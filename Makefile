@@ -16,10 +16,16 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py
 
-test: $(STAMP) flink-env
+# The two environments install side by side (each pip keeps about one core busy); then the
+# tests run on every core, a whole file to a worker, so that a file's module fixtures train
+# once and its tests keep their order; tests/conftest.py puts the slowest files first.
+TEST_WORKERS ?= auto
+test:
+	@$(MAKE) --no-print-directory -j2 --output-sync=target $(STAMP) flink-env
 	$(BIN)/ruff check runtime trainer integrations
 	$(BIN)/mypy runtime
-	$(BIN)/python -m pytest -q --durations=15
+	$(BIN)/python -m pytest -q --durations=15 -n $(TEST_WORKERS) --dist loadfile \
+	    --no-loadscope-reorder
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

@@ -220,6 +220,7 @@ def parse(lines: list[str]) -> list[dict]:
 
 # ---- the tests -------------------------------------------------------------------------
 
+@pytest.mark.slow     # the module's uninterrupted job runs before it
 def test_every_sensor_equals_the_runtime_stream(uninterrupted):
     records = [r for r in parse(uninterrupted) if r["step"]]      # fed: errors and skips not
     want = expected()
@@ -281,6 +282,7 @@ def test_a_line_that_is_not_utf8_gets_lstm_runs_error_record(uninterrupted, tmp)
     assert [line for line in uninterrupted if "not UTF-8" in line] == [want]
 
 
+@pytest.mark.slow
 def test_killed_and_restored_from_checkpoint_gives_each_answer_once(tmp, uninterrupted):
     job = Job(tmp, "killed")
     try:
@@ -334,6 +336,7 @@ def test_killed_and_restored_from_checkpoint_gives_each_answer_once(tmp, uninter
     assert len(job.answers()) == len(after) + len(wake)     # nothing written by the refusals
 
 
+@pytest.mark.slow
 def test_a_sensor_silent_past_the_state_ttl_starts_afresh(tmp):
     """With the per-record operator (the batched one runs every other test here)."""
     job = Job(tmp, "ttl", "--state-ttl", "2", "--operator", "record")
@@ -361,6 +364,7 @@ def test_a_sensor_silent_past_the_state_ttl_starts_afresh(tmp):
         assert mine == [("1", want[0]), ("2", want[1])], sensor
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("operator", ["batched", "record"])
 def test_lone_surrogate_keys_and_alerts_equal_lstm_run(tmp, operator):
     """A sensor named by a lone surrogate (JSON "\\ud800") no longer fails the job, and

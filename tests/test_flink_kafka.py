@@ -136,6 +136,7 @@ def wait(out: Path, proc, log: Path, done) -> list[str]:
     return answers(out)
 
 
+@pytest.mark.slow
 def test_a_killed_job_resumes_from_kafka_with_each_answer_once(broker, tmp_path):
     lines = readings()
     third = len(lines) // 3

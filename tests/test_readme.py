@@ -189,7 +189,9 @@ def _needs_trainer(text: str) -> bool:
     return text.startswith(("lstm-train", "lstm-export")) or "import keras" in text
 
 
-@pytest.mark.parametrize("cmd", [c for c in COMMANDS], ids=[c.id for c in COMMANDS])
+@pytest.mark.parametrize("cmd", [    # the trainer's commands import TensorFlow: slow
+    pytest.param(c, id=c.id, marks=[pytest.mark.slow] if _needs_trainer(c.text) else [])
+    for c in COMMANDS])
 def test_readme_command_runs_verbatim(cmd: Command, scratch: Path, request):
     skip = next((why for prefix, why in SKIPPED.items() if cmd.text.startswith(prefix)), None)
     if skip:

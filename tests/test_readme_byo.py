@@ -99,6 +99,7 @@ def check_sensor_outputs(folder: Path, autoencoder, forecaster, test, shape) -> 
     assert (diff <= 1e-5 + 1e-6 * np.abs(forecast.reshape(len(forecast), -1))).all()
 
 
+@pytest.mark.slow
 def test_readme_commands_run_verbatim_and_line_3_is_testpredict0(tmp_path):
     model, scaler, raw_test, testX = tutorial(1)
     model.save(tmp_path / "airline.keras")

@@ -426,6 +426,7 @@ def test_directory_gets_the_exporters_message(tmp_path):
     assert "not a Keras file" in result.stderr and "SavedModel" in result.stderr
 
 
+@pytest.mark.slow
 def test_custom_layer_is_named_in_one_uncut_message(tmp_path):
     """The custom class is named; no message cut mid-word."""
     code = (
