@@ -264,16 +264,20 @@ class StepBinding:
     Attributes
     ----------
     x : the numpy buffer ORT reads the next call's input from, ``(1, time, features)``.
+    window : ``(time, features)`` view of ``x``'s one window.
+    row : ``(features,)`` view of its last reading (the whole input for one step).
     last : ``(targets,)`` view of the last step of ``y``, the numpy buffer ORT writes.
+    calls : the two bound runs, ``calls[i]()`` reading set ``i`` and writing the other.
     sets : the two state sets, one ``(1, units)`` tensor per state input in each: numpy
         arrays that CPU OrtValues wrap (host), or OrtValues on the device (bound runner).
     """
 
-    __slots__ = ("x", "last", "sets", "_keep", "_calls")
+    __slots__ = ("x", "window", "row", "last", "sets", "calls", "_keep")
 
     def __init__(self, session, names, x, x_graph, y, sets, values):
         x_name, y_name, state_in, state_out = names
-        self.x, self.last, self.sets = x, y[0, -1], sets
+        self.x, self.window, self.row, self.last = x, x[0], x[0, -1], y[0, -1]
+        self.sets = sets
         x_value = ort.OrtValue.ortvalue_from_numpy(x_graph)
         y_value = ort.OrtValue.ortvalue_from_numpy(y)
         calls, ios = [], []
@@ -287,7 +291,7 @@ class StepBinding:
                 io.bind_ortvalue_output(name, value)
             calls.append(bound_call(session, io))
             ios.append(io)
-        self._calls = tuple(calls)
+        self.calls = tuple(calls)
         # An IOBinding holds ORT's tensors, not these Python objects: keep them (and the
         # numpy memory CPU OrtValues wrap) alive as long as the bindings.
         self._keep = (x_graph, y, x_value, y_value, values, ios)
@@ -300,7 +304,7 @@ class StepBinding:
         """
         sets = self.sets
         i = 0 if state is sets[0] else 1 if state is sets[1] else self._load(state)
-        self._calls[i]()
+        self.calls[i]()
         return sets[1 - i]
 
     def run_fresh(self) -> None:
@@ -309,7 +313,7 @@ class StepBinding:
         That stream only ever calls this, which reads set 0 and writes set 1: set 0 stays
         the zeros it was made as.
         """
-        self._calls[0]()
+        self.calls[0]()
 
     def spare(self, state):
         """The set ``state`` is not in: where a call from ``state`` may write."""

@@ -208,10 +208,13 @@ class Model:
         self._zero_state = self.zeros(1)
         self._fin = np.zeros(self.n_features, np.float64 if self.tokens else np.float32)
         self._fshape = (self.n_features,)
+        # Whether a stream's step may take Stream._step_hot: sequence mode, float readings.
+        self._hot = self.window == 1 and bool(self.carry_state) and not self.tokens
         # The mask: None for most models, whose steps then never look at it.
         self.mask_value = _mask_value(info, self.n_features)
         # Any: None, or _mask_rule's tuple, which the mask methods read only where it is set
         self._mask: Any = None if self.mask_value is None else _mask_rule(self.mask_value, info)
+        self._hot = self._hot and self._mask is None
         self._group = None   # the streams of the last many-stream call (batch.Group)
 
     def __repr__(self):

@@ -398,14 +398,34 @@ def test_a_failed_bound_step_leaves_the_stream_as_it_was(io_binding, before):
         s.feed(xs[5:6]), twin.feed(xs[5:6])
     elif before == "reset":
         s.reset(), twin.reset()
-    frozen, calls = _frozen(s), s._bind._calls
-    s._bind._calls = tuple(_FailLate(c) for c in calls)
+    frozen, calls = _frozen(s), s._bind.calls
+    s._bind.calls = tuple(_FailLate(c) for c in calls)
     with pytest.raises(RuntimeError, match="after writing"):
         s.step(xs[6])
     _assert_same(frozen, _frozen(s))
-    s._bind._calls = calls
+    s._bind.calls = calls
     for x in xs[6:]:
         np.testing.assert_array_equal(s.step(x), twin.step(x))
+
+
+@pytest.mark.parametrize("as_given", [np.float32, np.float64, list], ids=["f32", "f64", "list"])
+def test_steps_of_every_reading_type_match_the_reference_and_each_other(as_given):
+    """float arrays take the step's short path (``Stream._step_hot``), lists the full one;
+    a NaN, a value beyond float32 and a state restored from elsewhere fall back mid-stream."""
+    p = make_params(**KINDS["stacked"])
+    model = load_mode(p, "sequence", missing="hold")
+    xs = data(p, 12).astype(np.float64)
+    xs[4, 1] = np.nan                                     # held: the last value is fed
+    s = model.stream()
+    ys = [s.step(as_given(x) if as_given is list else x.astype(as_given)) for x in xs[:8]]
+    s.restore(s.snapshot())                        # its state copied: no longer in a set
+    ys += [s.step(as_given(x) if as_given is list else x.astype(as_given)) for x in xs[8:]]
+    held = xs.copy()
+    held[4, 1] = held[3, 1]
+    np.testing.assert_allclose(np.array(ys), ref_run(p, held.astype(np.float32))[0], atol=ATOL)
+    with pytest.raises(InputError, match="inf"):
+        s.step(np.full(p["features"], 1e300))
+    assert s.steps == 12
 
 
 def test_token_ids_past_the_vocabulary_leave_a_stateful_chunk_undone():
