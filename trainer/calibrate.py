@@ -2,7 +2,8 @@
 
 On rows the model never trained on — the validation rows in ``lstm-train``, never the test
 tail; the rows of a calibration CSV in ``lstm-export --calibrate`` — each forecast's
-nonconformity score is ``|y - pred| / spread`` (see :mod:`runtime.alerts` for the spread).
+nonconformity score is ``|y - pred| / spread`` (see :mod:`runtime.alerts` for the spread;
+which spread, if any, is chosen on those same rows by :func:`choose_scale`).
 For a level L over n scores the quantile is the ``ceil((n + 1) L)``-th smallest: on rows
 exchangeable with those, ``|y - pred| <= q * spread`` holds with probability at least L
 (Lei et al. 2018, "Distribution-free predictive inference for regression", JASA 113(523);
@@ -212,7 +213,9 @@ def metadata(sidecar: dict | None, n_outputs: int) -> dict:
 def describe(iv: dict) -> str:
     """One line for lstm-export's report."""
     q90 = dict(zip(iv["levels"], iv["q"])).get(0.9)
-    unit = " spreads" if iv["scale"] != "none" else ""
+    scaled = iv["scale"] != "none"
+    unit = " spreads" if scaled else ""
+    over = f" of {iv['spread']['readings']} changes" if scaled else ""
     return (f"intervals: split-conformal on {iv['n']} rows ({iv['source']}), scale "
-            f"{iv['scale']}" + (f"; 90 % half-width {', '.join(f'{v:.4g}' for v in q90)}"
-                                f"{unit}" if q90 else ""))
+            f"{iv['scale']}{over}" + (f"; 90 % half-width {', '.join(f'{v:.4g}' for v in q90)}"
+                                      f"{unit}" if q90 else ""))
