@@ -31,6 +31,18 @@ row fell inside: one bad stretch is one alert. A ``stuck`` alert is raised when 
 read the same value ``stuck`` times in a row (a flat line fools a forecaster, whose next
 forecast is that value again).
 
+A slow drift or a small level shift can stay inside every interval: a forecaster that reads
+differences follows it. With ``cusum`` > 0 a ``shift`` alert comes from Page's two-sided
+cumulative sum (Page 1954, "Continuous inspection schemes", Biometrika 41(1/2)) of the
+standardized residuals ``u = (y - pred) / unit``, ``unit`` the half-width of the narrowest
+calibrated interval (the 80 % one in files lstm-train writes), each ``u`` clipped to
+``±CUSUM_CLIP`` so that one spike alone is the interval's to report::
+
+    S+ = max(0, S+ + u - k),   S- = max(0, S- - u - k),   k = CUSUM_SLACK
+
+An alert is raised where either sum exceeds ``cusum``; both then restart at 0, and they
+stay at 0 while an ``outside`` alert stands (that stretch is reported already).
+
 >>> import numpy as np
 >>> local_spread(np.array([[1.0], [3.0], [2.0], [2.0]]), readings=2, floor=np.array([0.1]),
 ...              prior=np.array([1.0]))[:, 0]
@@ -52,6 +64,8 @@ from .errors import ContractError, InputError, SnapshotError
 KEY = "intervals"                    # lstm_edge.intervals in the file's metadata
 SCALES = ("none", "mean-abs-change")
 _MAGIC = b"LEA1"                     # alert state bytes, version 1
+CUSUM_SLACK = 0.5                    # k: residuals within half a unit drift nowhere
+CUSUM_CLIP = 3.0                     # one residual moves a sum by at most 3 - k units
 
 
 def local_spread(values: np.ndarray, readings: int, floor: np.ndarray,
@@ -153,10 +167,12 @@ class AlertConfig:
     min_run: int = 1       # readings in a row outside before an ``outside`` alert is raised
     hold_off: int = 3      # readings in a row inside before another one may be raised
     stuck: int = 0         # the same target value this many readings in a row: ``stuck`` (0: off)
+    cusum: float = 0.0     # Page's CUSUM threshold, in units: ``shift`` alerts (0: off)
 
     def __post_init__(self):
         problems = [f"{name} must be at least {low}, got {getattr(self, name)}"
-                    for name, low in (("min_run", 1), ("hold_off", 0), ("stuck", 0))
+                    for name, low in (("min_run", 1), ("hold_off", 0), ("stuck", 0),
+                                      ("cusum", 0))
                     if getattr(self, name) < low]
         if problems:
             raise InputError("; ".join(problems))
@@ -172,7 +188,7 @@ class Answer:
     hi: np.ndarray              # (outputs,)
     score: float = math.nan     # |y - pred| / half-width, largest over targets
     anomaly: bool = False       # this reading fell outside its interval
-    alert: str = ""             # "outside" | "stuck" where an alert is raised at this reading
+    alert: str = ""             # "outside" | "stuck" | "shift" where one is raised here
 
 
 @dataclass
@@ -186,6 +202,7 @@ class AlertState:
     alerting: bool = False
     same: int = 0         # readings in a row with the same target values
     steps: int = 0        # the stream's step count at the last reading observed (lstm-run)
+    cusum: list = field(default_factory=list)       # [S+, S-] (outputs,) each; [] before any
 
     def to_bytes(self) -> bytes:
         """A versioned byte string (the stream state's ``alerts`` section)."""
@@ -193,7 +210,8 @@ class AlertState:
             "pending": [None if p is None else [p[0].tolist(), p[1].tolist()]
                         for p in self.pending],
             "recent": [r.tolist() for r in self.recent],
-            "counters": [self.run, self.calm, int(self.alerting), self.same, self.steps]})
+            "counters": [self.run, self.calm, int(self.alerting), self.same, self.steps],
+            "cusum": [s.tolist() for s in self.cusum]})
         return _MAGIC + struct.pack("<I", len(body)) + body.encode()
 
     @classmethod
@@ -208,16 +226,19 @@ class AlertState:
                             for p in d["pending"])
             run, calm, alerting, same, steps = (int(v) for v in d["counters"])
             recent = [np.asarray(r, np.float64) for r in d["recent"]]
+            cusum = [np.asarray(c, np.float64) for c in d.get("cusum", [])]   # absent: older
+            if len(cusum) not in (0, 2):
+                raise ValueError(f"cusum holds {len(cusum)} sums, not 2")
         except (ValueError, TypeError, KeyError, struct.error, UnicodeDecodeError) as exc:
             raise SnapshotError(f"the stream's alert state cannot be read ({exc}); start "
                                 f"the stream afresh") from None
-        return cls(pending, recent, run, calm, bool(alerting), same, steps)
-
+        return cls(pending, recent, run, calm, bool(alerting), same, steps, cusum)
 
     def check(self, outputs: int, watched: int) -> None:
         """Raise SnapshotError where the arrays do not fit a model of this many columns."""
         fits = all(p is None or (p[0].shape == (outputs,) and p[1].shape == (outputs,))
-                   for p in self.pending) and all(r.shape == (watched,) for r in self.recent)
+                   for p in self.pending) and all(r.shape == (watched,) for r in self.recent) \
+            and all(c.shape == (outputs,) for c in self.cusum)
         if not fits:
             raise SnapshotError(f"the stream's alert state was saved for another model (not "
                                 f"{outputs} output(s) and {watched} watched column(s)); start "
@@ -240,6 +261,11 @@ class Alerts:
         self.config = config or AlertConfig()
         self.intervals = iv
         self.q = iv.q[iv.level_index(self.config.level)]          # (outputs,)
+        # CUSUM's unit is the narrowest interval's half-width: a pending half-width times
+        # q_unit / q. (outputs,)
+        unit = iv.q[int(np.argmin(iv.levels))]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            self.to_unit = np.where(unit > 0, self.q / unit, 1.0)
         self.horizon = int(model.info.horizon)
         self.targets = tuple(model.targets)
         watched = [i for i in iv.target_features if i is not None]
@@ -260,7 +286,7 @@ class Alerts:
         value = np.asarray(reading, np.float64)[self.watch] if self.checks else None
         if value is not None and not np.isfinite(value).all():
             value = None                 # a gap (--missing hold/skip): nothing to check
-        score = math.nan
+        score, due = math.nan, None
         if value is not None:
             state.recent = (state.recent + [value])[-max(self.intervals.readings + 1, 2):]
             if state.pending and len(state.pending) == self.horizon:
@@ -277,7 +303,28 @@ class Alerts:
         if value is not None:
             answer.anomaly = score > 1.0
             answer.alert = self._hygiene(state, answer.anomaly, value, cfg)
+            if cfg.cusum and due is not None:
+                shift = self._page(state, value, *due)     # its sums move on every reading
+                answer.alert = answer.alert or shift
         return answer
+
+    def _page(self, state: AlertState, value, pred, half) -> str:
+        """Page's CUSUM on this reading's standardized residual: ``shift`` where it
+        alarms, else ""."""
+        if not state.cusum or state.alerting:
+            state.cusum = [np.zeros(len(self.q)), np.zeros(len(self.q))]
+            if state.alerting:
+                return ""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            u = np.clip(np.where(half > 0, (value - pred) * self.to_unit / half, 0.0),
+                        -CUSUM_CLIP, CUSUM_CLIP)                   # (outputs,)
+        up = np.maximum(0.0, state.cusum[0] + u - CUSUM_SLACK)
+        down = np.maximum(0.0, state.cusum[1] - u - CUSUM_SLACK)
+        state.cusum = [up, down]
+        if max(up.max(), down.max()) <= self.config.cusum:
+            return ""
+        state.cusum = [np.zeros(len(self.q)), np.zeros(len(self.q))]
+        return "shift"
 
     @staticmethod
     def _hygiene(state: AlertState, outside: bool, value, cfg: AlertConfig) -> str:

@@ -18,7 +18,8 @@ import runtime
 from runtime.alerts import (AlertConfig, Alerts, AlertState, Intervals, Monitor,
                             local_spread)
 from runtime.errors import ContractError, InputError, SnapshotError
-from trainer.calibrate import calibrate, calibrate_file, conformal_quantile
+from trainer.calibrate import (calibrate, calibrate_file, choose_scale, conformal_quantile,
+                               intervals)
 
 from helpers import Q, run, with_intervals
 
@@ -32,9 +33,10 @@ def readings() -> np.ndarray:
     return np.array([[float(r[TARGET])] for r in rows[:240]])      # (240, 1)
 
 
-def hygiene(outside, values, min_run, hold_off, stuck):
-    """The alert rules written out plainly, one reading at a time (the reference)."""
-    alerts, run_, calm, on, same = [], 0, 0, False, 0
+def hygiene(outside, values, min_run, hold_off, stuck, u=None, cusum=0.0):
+    """The alert rules written out plainly, one reading at a time (the reference); ``u``:
+    the standardized residuals Page's CUSUM sums (None where a reading has none)."""
+    alerts, run_, calm, on, same, up, down = [], 0, 0, False, 0, 0.0, 0.0
     for i, (o, v) in enumerate(zip(outside, values)):
         same = same + 1 if i and values[i - 1] == v else 1
         alert = "stuck" if stuck and same == stuck else ""
@@ -49,6 +51,14 @@ def hygiene(outside, values, min_run, hold_off, stuck):
             run_, calm = 0, calm + 1
             if on and calm >= hold_off:
                 on = False
+        if cusum and on:
+            up = down = 0.0                    # a standing alert has reported the stretch
+        elif cusum:
+            step = min(max(u[i], -3.0), 3.0)
+            up, down = max(0.0, up + step - 0.5), max(0.0, down - step - 0.5)
+            if max(up, down) > cusum:
+                up = down = 0.0
+                alert = alert or "shift"
         alerts.append(alert)
     return alerts
 
@@ -87,10 +97,11 @@ def test_bad_intervals_are_refused():
 @pytest.mark.parametrize("scale", ["mean-abs-change", "none"])
 def test_stream_equals_offline_predict(tmp_path, readings, scale):
     model = runtime.load(with_intervals(tmp_path / "m.onnx", scale), device="cpu")
-    cfg = AlertConfig(level=0.9, min_run=2, hold_off=3, stuck=3)
+    cfg = AlertConfig(level=0.9, min_run=2, hold_off=3, stuck=3, cusum=2.0)
     readings = readings.copy()
     readings[100:104] = readings[99]                     # stuck for five readings
     readings[150:153] += 3.0                             # a level shift of three readings
+    readings[180:200, 0] += np.linspace(0.05, 1.0, 20)   # a slow drift
     monitor = Monitor(model.stream(), cfg)
     answers = [monitor.step(r) for r in readings]
 
@@ -105,20 +116,25 @@ def test_stream_equals_offline_predict(tmp_path, readings, scale):
     np.testing.assert_allclose([a.score for a in answers[1:]], score[:, 0], rtol=1e-4)
     outside = [None] + [bool(s > 1) for s in score[:, 0]]
     assert [a.anomaly for a in answers[1:]] == outside[1:]
-    assert [a.alert for a in answers] == hygiene(outside, readings[:, 0].tolist(), 2, 3, 3)
-    assert "stuck" in [a.alert for a in answers] and "outside" in [a.alert for a in answers]
+    # CUSUM's unit: the 80 % interval's half-width of the forecast the reading is checked on
+    u = [None] + list((readings[1:] - pred[:-1])[:, 0] / (Q[0][0] * spread[:-1, 0]))
+    want = hygiene(outside, readings[:, 0].tolist(), 2, 3, 3, u, cusum=2.0)
+    assert [a.alert for a in answers] == want
+    assert {"stuck", "outside", "shift"} <= set(want)
 
 
 def test_alert_state_survives_a_restart(tmp_path, readings):
     model = runtime.load(with_intervals(tmp_path / "m.onnx"), device="cpu")
-    cfg = AlertConfig(level=0.8, hold_off=2)
+    cfg = AlertConfig(level=0.99, hold_off=2, cusum=2.0)
     whole = Monitor(model.stream(), cfg)
     expected = [whole.step(r) for r in readings]
+    assert "shift" in [a.alert for a in expected[120:]]
     first = Monitor(model.stream(), cfg)
     for r in readings[:120]:
         first.step(r)
     first.stream.snapshot().save(tmp_path / "s.npz")
     saved = first.state.to_bytes()
+    assert max(c.max() for c in first.state.cusum) > 0      # CUSUM sums carried over
     again = Monitor(model.stream(tmp_path / "s.npz"), cfg, saved)
     got = [again.step(r) for r in readings[120:]]
     for a, b in zip(got, expected[120:]):
@@ -127,6 +143,13 @@ def test_alert_state_survives_a_restart(tmp_path, readings):
     for bad in (b"", saved[:-3], b"LEA1" + saved[4:8] + b"x" * (len(saved) - 8)):
         with pytest.raises(SnapshotError):
             AlertState.from_bytes(bad)
+    with pytest.raises(SnapshotError, match="another model"):
+        Monitor(model.stream(), cfg, AlertState(cusum=[np.zeros(2)] * 2).to_bytes())
+    body = json.loads(AlertState(run=2).to_bytes()[8:])
+    del body["cusum"]                               # a state saved before CUSUM: sums at 0
+    body = json.dumps(body).encode()
+    older = AlertState.from_bytes(b"LEA1" + len(body).to_bytes(4, "little") + body)
+    assert older.run == 2 and older.cusum == []
     with pytest.raises(SnapshotError, match="another model"):
         Monitor(model.stream(), cfg, AlertState(recent=[np.zeros(3)]).to_bytes())
 
@@ -148,6 +171,48 @@ def test_hygiene_min_run_and_hold_off():
         Alerts(model, AlertConfig(level=0.5))
 
 
+# ---- the scale chosen on the calibration rows alone --------------------------------------
+
+def _regimes(seed: int = 0, rows: int = 240):
+    """A random walk whose volatility switches every 20 readings (0.1 / 2), and the
+    persistence forecast of it: its errors are the next change, as volatile as the walk."""
+    rng = np.random.default_rng(seed)
+    scale = np.where((np.arange(rows) // 20) % 2 == 0, 0.1, 2.0)
+    y = np.cumsum(rng.normal(0, 1, rows) * scale)[:, None]          # (rows, 1)
+    last = np.arange(120, rows - 1)
+    return y, y[last], last
+
+
+def test_choose_scale_crossfits_the_raw_quantile_by_hand():
+    y, pred, last = _regimes()
+    found = choose_scale(y, pred, last, 1, y[:120], candidates=(("none", 0),))
+    r = np.abs(y[last + 1] - pred)[:, 0]
+    halves = (r[:len(r) // 2], r[len(r) // 2:])
+    inside = width = loss = 0.0
+    for fit_on, judged in (halves, halves[::-1]):
+        q90 = conformal_quantile(fit_on, 0.9)
+        inside, width = inside + (judged <= q90).sum(), width + 2 * q90 * len(judged)
+        for level in (0.8, 0.9, 0.95, 0.99):      # the weighted interval score, by hand
+            q = conformal_quantile(fit_on, level)
+            loss += ((1 - level) * q * len(judged) + np.maximum(judged - q, 0).sum())
+    mean_change = np.abs(np.diff(y[:120, 0])).mean()
+    got = found["figures"][0]
+    assert got["coverage"] == pytest.approx(inside / len(r))
+    assert got["width"] == pytest.approx(width / len(r))
+    assert got["score"] == pytest.approx(loss / len(r) / mean_change)
+
+
+def test_choose_scale_prefers_the_local_spread_where_errors_follow_it():
+    y, pred, last = _regimes()
+    found = choose_scale(y, pred, last, 1, y[:120])
+    assert found["chosen"][0] == "mean-abs-change"
+    by = {(f["scale"], f["readings"]): f for f in found["figures"]}
+    assert by[found["chosen"]]["width"] < by[("none", 0)]["width"]
+    iv = intervals(y, pred, last, 1, [0], "validation", y[:120])     # chooses the same
+    assert (iv["scale"], iv["spread"]["readings"]) == found["chosen"]
+    assert intervals(y, pred, last, 1, [None], "v", y[:120])["scale"] == "none"
+
+
 # ---- calibration from a CSV ---------------------------------------------------------------
 
 def test_calibrate_file_applies_the_rule_to_the_runtime_residuals(tmp_path):
@@ -159,8 +224,11 @@ def test_calibrate_file_applies_the_rule_to_the_runtime_residuals(tmp_path):
     y = np.array([[float(r.split(",")[1])] for r in rows[1:]])          # (300, 1)
     model = runtime.load(path, device="cpu")
     pred = model.predict(y[None])[0].astype(np.float64)[:-1]
-    spread = local_spread(y, found["spread"]["readings"], np.array(found["spread"]["floor"]),
-                          np.array(found["spread"]["prior"]))[:-1]
+    spread = np.ones_like(y[:-1])
+    if found["scale"] != "none":
+        spread = local_spread(y, found["spread"]["readings"],
+                              np.array(found["spread"]["floor"]),
+                              np.array(found["spread"]["prior"]))[:-1]
     scores = np.sort(np.abs(y[1:] - pred)[:, 0] / spread[:, 0])
     assert found["n"] == 299 and found["source"] == "calibration CSV cal.csv"
     for level, q in zip(found["levels"], found["q"]):
@@ -177,11 +245,12 @@ def _table(text: str) -> list[dict]:
 def test_lstm_run_alert_columns_match_the_python_api(tmp_path, readings):
     path = with_intervals(tmp_path / "m.onnx")
     data = (f"{TARGET}\n" + "".join(f"{v}\n" for v in readings[:80, 0])).encode()
-    out, _ = run([path, "--interval", "0.95", "--stuck", "3"], data)
+    out, _ = run([path, "--interval", "0.95", "--stuck", "3", "--cusum", "1.5"], data)
     rows = _table(out)
     assert list(rows[0]) == [TARGET, "step", "warmup", f"pred_{TARGET}", f"lo_{TARGET}",
                              f"hi_{TARGET}", "anomaly", "score", "alert", "error", "input"]
-    monitor = Monitor(runtime.load(path, device="cpu").stream(), AlertConfig(0.95, 1, 3, 3))
+    monitor = Monitor(runtime.load(path, device="cpu").stream(),
+                      AlertConfig(0.95, 1, 3, 3, cusum=1.5))
     for row, r in zip(rows, readings[:80]):
         a = monitor.step(r)
         assert float(row[f"lo_{TARGET}"]) == pytest.approx(a.lo[0], rel=1e-6)

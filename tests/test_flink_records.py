@@ -345,7 +345,7 @@ def test_state_keys_are_utf8_and_one_per_sensor():
 
 
 @pytest.mark.parametrize("options", [(), ("--interval", "0.9", "--min-run", "2",
-                                          "--hold-off", "2", "--stuck", "3")],
+                                          "--hold-off", "2", "--stuck", "3", "--cusum", "2")],
                          ids=["plain", "interval"])
 def test_lone_surrogate_keys_and_alerts_answer_as_lstm_run(tmp_path, options):
     """Both operators (kept streams and state restored from bytes at every line, flushes of
@@ -362,9 +362,10 @@ def test_lone_surrogate_keys_and_alerts_answer_as_lstm_run(tmp_path, options):
     assert {r["sensor"] for r in found} == set(TRICKY) and "\\ud800" in want[1]
     assert [r["step"] for r in found if r["sensor"] == "\ud800"] == list(range(1, 41))
     if options:
-        assert {r.get("alert") for r in found} >= {"outside", "stuck", None}   # None: a replay
-    spec = LineSpec("jsonl", (), "sensor", "t", alerts=AlertConfig(0.9, 2, 2, 3) if options
-                    else None)
+        # None: a replay
+        assert {r.get("alert") for r in found} >= {"outside", "stuck", "shift", None}
+    spec = LineSpec("jsonl", (), "sensor", "t", alerts=AlertConfig(0.9, 2, 2, 3, 2.0)
+                    if options else None)
     data = model.read_bytes()
     for use_key in (True, False):
         assert answer_all(LineJob(data, spec), lines, use_key) == want

@@ -2,7 +2,8 @@
 
 On rows the model never trained on — the validation rows in ``lstm-train``, never the test
 tail; the rows of a calibration CSV in ``lstm-export --calibrate`` — each forecast's
-nonconformity score is ``|y - pred| / spread`` (see :mod:`runtime.alerts` for the spread).
+nonconformity score is ``|y - pred| / spread`` (see :mod:`runtime.alerts` for the spread;
+which spread, if any, is chosen on those same rows by :func:`choose_scale`).
 For a level L over n scores the quantile is the ``ceil((n + 1) L)``-th smallest: on rows
 exchangeable with those, ``|y - pred| <= q * spread`` holds with probability at least L
 (Lei et al. 2018, "Distribution-free predictive inference for regression", JASA 113(523);
@@ -26,7 +27,11 @@ import numpy as np
 from runtime.alerts import local_spread
 
 LEVELS = (0.8, 0.9, 0.95, 0.99)
-SPREAD_READINGS = 12      # differences the spread averages (bench/alerts.py: of 12, 24, 48)
+# The scales a calibration chooses among, on its own rows (see choose_scale): raw residuals,
+# or the mean |change| over this many differences.
+CANDIDATES = (("none", 0), ("mean-abs-change", 6), ("mean-abs-change", 12),
+              ("mean-abs-change", 24), ("mean-abs-change", 48))
+CHOICE_LEVEL = 0.9        # the level whose cross-fitted coverage choose_scale reports
 FLOOR_SHARE = 0.1         # the spread's floor: this share of the mean |change| of the rows
 
 
@@ -52,7 +57,7 @@ def calibrate(truth: np.ndarray, pred: np.ndarray, spread: np.ndarray | None,
     return {"levels": list(levels), "q": q, "n": int(len(scores))}
 
 
-def spread_rule(y_rows: np.ndarray, readings: int = SPREAD_READINGS) -> dict:
+def spread_rule(y_rows: np.ndarray, readings: int) -> dict:
     """The spread's parameters, its floor taken from ``y_rows`` ``(rows, targets)``."""
     mean_change = np.abs(np.diff(y_rows, axis=0)).mean(axis=0)     # (targets,)
     floor = np.where(mean_change > 0, FLOOR_SHARE * mean_change, 1e-6)
@@ -68,24 +73,72 @@ def spread_of(iv: dict, y: np.ndarray) -> np.ndarray:
 
 def intervals(y: np.ndarray, pred: np.ndarray, last: np.ndarray, horizon: int,
               target_features, source: str, floor_rows: np.ndarray,
-              scale: str = "mean-abs-change") -> dict:
+              scale: tuple[str, int] | None = None) -> dict:
     """``lstm_edge.intervals`` for forecasts ``pred`` ``(steps, targets)`` of rows
     ``last + horizon`` of the target series ``y`` ``(rows, targets)``.
 
     ``floor_rows``: the rows whose mean change sets the spread's prior and floor (the
-    training rows).
-    The spread is local only where every target is a feature (a stream must read it).
+    training rows). ``scale``: ``(name, readings)``, one of :data:`CANDIDATES`; None
+    chooses it on these same rows (:func:`choose_scale`). The spread is local only where
+    every target is a feature (a stream must read it).
     """
     if None in target_features:
-        scale = "none"
-    out = {"method": "split-conformal", "scale": scale}
-    spread = None
-    if scale != "none":
-        out["spread"] = spread_rule(floor_rows)
-        spread = spread_of(out, y)[last]                            # (steps, targets)
-    out.update(calibrate(y[last + horizon], pred, spread))
+        scale = ("none", 0)
+    elif scale is None:
+        scale = choose_scale(y, pred, last, horizon, floor_rows)["chosen"]
+    out = _fit(y, pred, last, horizon, floor_rows, scale)
     out.update(target_features=list(target_features), source=source)
     return out
+
+
+def _fit(y, pred, last, horizon, floor_rows, scale: tuple[str, int], levels=LEVELS) -> dict:
+    """The quantiles of one candidate scale on the forecasts ``pred`` of rows ``last``."""
+    out = {"method": "split-conformal", "scale": scale[0]}
+    spread = None
+    if scale[0] != "none":
+        out["spread"] = spread_rule(floor_rows, scale[1])
+        spread = spread_of(out, y)[last]                            # (steps, targets)
+    out.update(calibrate(y[last + horizon], pred, spread, levels))
+    return out
+
+
+def choose_scale(y, pred, last, horizon, floor_rows, candidates=CANDIDATES) -> dict:
+    """The candidate scale whose intervals score best on calibration rows they did not see.
+
+    Cross-fitting: the calibration rows are cut into their first and second half in time;
+    each candidate is calibrated on one half and scored on the other, both ways round. The
+    score is the weighted interval score over the levels (Bracher et al. 2021, "Evaluating
+    epidemic forecasts in an interval format", PLoS Comput. Biol. 17(2), after Gneiting and
+    Raftery 2007): per level L, ``(1 - L) / 2 * width + how far y lies outside``, summed
+    over the levels and averaged over rows, in units of the target's mean change on
+    ``floor_rows``. It is lowest for intervals that cover as often as they claim and are no
+    wider than that needs, at every level at once. The lowest wins (the first listed on a
+    tie). Returns ``{"chosen": (scale, readings), "figures": [...]}`` with each candidate's
+    score and its held-out coverage and mean width at :data:`CHOICE_LEVEL`.
+    """
+    cut = len(last) // 2
+    folds = [(np.arange(cut), np.arange(cut, len(last))),
+             (np.arange(cut, len(last)), np.arange(cut))]
+    unit = np.abs(np.diff(floor_rows, axis=0)).mean(axis=0)         # (targets,)
+    unit = np.where(unit > 0, unit, 1.0)
+    figures = []
+    for cand in candidates:
+        loss = inside = width = 0.0
+        for fit_on, judged in folds:
+            iv = _fit(y, pred[fit_on], last[fit_on], horizon, floor_rows, cand)
+            spread = spread_of(iv, y)[last[judged]] if cand[0] != "none" else 1.0
+            miss = np.abs(y[last[judged] + horizon] - pred[judged])  # (judged, targets)
+            for level, q in zip(iv["levels"], iv["q"]):
+                half = np.asarray(q) * spread                        # (judged, targets)
+                out = np.maximum(miss - half, 0.0)
+                loss += (((1 - level) * half + out) / unit).mean(axis=1).sum()
+                if abs(level - CHOICE_LEVEL) < 1e-9:
+                    inside += (miss <= half).mean(axis=1).sum()
+                    width += (2 * half * np.ones_like(miss)).mean(axis=1).sum()
+        figures.append({"scale": cand[0], "readings": cand[1], "score": loss / len(last),
+                        "coverage": inside / len(last), "width": width / len(last)})
+    best = min(figures, key=lambda f: f["score"])
+    return {"chosen": (best["scale"], best["readings"]), "figures": figures}
 
 
 def coverage(iv: dict, y: np.ndarray, pred: np.ndarray, last: np.ndarray,
@@ -160,7 +213,9 @@ def metadata(sidecar: dict | None, n_outputs: int) -> dict:
 def describe(iv: dict) -> str:
     """One line for lstm-export's report."""
     q90 = dict(zip(iv["levels"], iv["q"])).get(0.9)
-    unit = " spreads" if iv["scale"] != "none" else ""
+    scaled = iv["scale"] != "none"
+    unit = " spreads" if scaled else ""
+    over = f" of {iv['spread']['readings']} changes" if scaled else ""
     return (f"intervals: split-conformal on {iv['n']} rows ({iv['source']}), scale "
-            f"{iv['scale']}" + (f"; 90 % half-width {', '.join(f'{v:.4g}' for v in q90)}"
-                                f"{unit}" if q90 else ""))
+            f"{iv['scale']}{over}" + (f"; 90 % half-width {', '.join(f'{v:.4g}' for v in q90)}"
+                                      f"{unit}" if q90 else ""))
