@@ -167,6 +167,7 @@ def test_linear_path_graph_streams_what_keras_predicts(tmp_path, series_csv, tar
     assert json.loads(report.info.extra["linear"]) == side["forecast"]["linear"]
     carried = [(s.kind, s.units) for s in report.info.state if s.layer == "last changes"]
     assert carried == ([("prev", (lags - 1) * 2)] if lags > 1 else [])
+    assert report.op_counts.get("Pad") == 1              # the previous reading folded too
 
     x = readings(series_csv)
     _, expected = keras_reference(result.model_path, side, x)
