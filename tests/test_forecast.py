@@ -178,6 +178,14 @@ def test_linear_path_graph_streams_what_keras_predicts(tmp_path, series_csv, tar
     first = model.stream()
     first.feed(x[:100])
     assert_close(model.stream(first.snapshot()).feed(x[100:]), expected[100:], side)
+    # The sidecar is untrusted: weights of the wrong shape, or not numbers, get one line.
+    from trainer.errors import ExportError
+
+    for weights in ([[[1.0]]], [[["a"], [1.0]]], [[[float("nan")], [1.0]]]):
+        side["forecast"]["linear"]["weights"] = weights
+        result.sidecar_path.write_text(json.dumps(side))
+        with pytest.raises(ExportError, match="linear path has weights .* re-train it"):
+            export(result.model_path, tmp_path / "bad.onnx", steps=20)
 
 
 def test_auto_keeps_the_linear_path_only_where_it_wins_on_validation(series_csv):
@@ -201,6 +209,17 @@ def test_auto_keeps_the_linear_path_only_where_it_wins_on_validation(series_csv)
     assert picked["random walk"].linear is None
     assert Framing.choose("auto", ["level", "other"], ["level"], x[:, :1], 182, 221, 1, True,
                           None, "window", x).linear is None           # no carried changes there
+    from trainer.errors import DataError, ExportError
+    from trainer.forecast_graph import plan
+
+    with pytest.raises(DataError, match="linear path needs differenced inputs and --mode seq"):
+        Framing.choose("residual", ["level", "other"], ["level"], x[:, :1], 182, 221, 1, True,
+                       None, "window", x, linear=True)
+    side = {"horizon": 1, "forecast": {"target_kind": "residual", "target_features": [0],
+                                       "difference": True, "linear": {"weights": [[[1.0]]],
+                                                                      "bias": [0.0]}}}
+    with pytest.raises(ExportError, match="export it in sequence mode"):
+        plan(side, window=6, carry_state=False)
 
 
 def test_auto_takes_the_seasonal_target_only_where_it_wins_on_validation(series_csv):

@@ -15,6 +15,10 @@ seasonal random walk, which on a trended seasonal series (airline passengers) is
 second to ARIMA where the last reading is far behind. The exported graph carries the last
 season's readings as state (docs/contract.md, changelog).
 
+Linear path (``linear``; auto: where it wins on the validation rows). The start also adds
+least-squares weights times the last 1-3 changes of every reading (:meth:`Framing.
+with_linear`): an untrained model is an ARIMA(p,1,0)-like forecast that the network refines.
+
 Differenced inputs (``difference=True``, the default: it beat the naive forecast in 6 of 6
 bundled settings where readings in, residual out did in 4 of 6; docs/forecasting.md). The
 network reads ``x[t] - x[t-1]`` scaled by
