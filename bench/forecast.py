@@ -1,7 +1,8 @@
 """Forecast quality on the bundled CSVs: does the model beat what a practitioner tries first?
 
 ``python -m bench.forecast`` trains the trainer's default (``--target-kind auto``: the
-seasonal target where it beats the residual one on the validation rows; differenced inputs)
+seasonal target where it beats the residual one on the validation rows; differenced inputs;
+``--linear auto``: the linear path where it wins on the validation rows)
 for every bundled CSV and two horizons, with a few fixed seeds, and prints one markdown
 table of the untouched test tail's skill (MAE / naive MAE, below 1 beats naive) beside
 seasonal naive and the statistical anchors (AutoETS, AutoTheta, AutoARIMA; the ``[stats]``
@@ -41,8 +42,10 @@ def run_one(path, target, features, look_back, horizon, mode, seed, budget, work
                       anchor_budget=budget, model=ModelConfig(mode=mode, units=16))
     out = Path(work) / f"{path.stem}-h{horizon}-{seed}.keras"
     side = train(path, target, features, out, cfg).sidecar
+    linear = side["forecast"].get("linear")
+    lags = f" + linear ({len(linear['weights'])} lags)" if linear else ""
     return {**side["metrics"]["test"], "season": side["metrics"]["season"],
-            "target": side["forecast"]["target_kind"]}
+            "target": side["forecast"]["target_kind"] + lags}
 
 
 def main(argv=None) -> None:

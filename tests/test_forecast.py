@@ -14,7 +14,7 @@ import pytest
 
 from runtime import load
 from trainer.export import export
-from trainer.forecast import differences, seasonal_change
+from trainer.forecast import differences, lagged_changes, seasonal_change
 from trainer.model import ModelConfig, build_model, reset_states
 from trainer.train import TrainConfig, train
 
@@ -36,10 +36,11 @@ def series_csv(tmp_path_factory):
     return path
 
 
-def config(mode, difference=False, epochs=2, target_kind="residual", **kw):
+def config(mode, difference=False, epochs=2, target_kind="residual", linear=False, **kw):
+    """A tiny model; without the linear path unless asked (its own tests below)."""
     return TrainConfig(look_back=6, epochs=epochs, batch_size=16, verbose=0, seed=2,
                        difference=difference, target_kind=target_kind, anchor_budget=0,
-                       model=ModelConfig(mode=mode, units=4), **kw)
+                       linear=linear, model=ModelConfig(mode=mode, units=4), **kw)
 
 
 def readings(csv_path):
@@ -80,6 +81,10 @@ def keras_reference(model_path, side, x):
     if framing["target_kind"] == "seasonal":
         start += seasonal_change(x[:, index].astype(np.float64), side["horizon"],
                                  framing["season"])[rows]
+    if "linear" in framing:
+        w = np.asarray(framing["linear"]["weights"])                   # (lags, features, k)
+        start += lagged_changes(x.astype(np.float64), len(w))[rows] @ w.reshape(-1, w.shape[2])
+        start += np.asarray(framing["linear"]["bias"])
     return rows, change * np.asarray(framing["delta_scale"]) + start
 
 
@@ -143,6 +148,78 @@ def test_seasonal_graph_streams_what_keras_predicts(tmp_path, series_csv, differ
     first.feed(x[:100])
     resumed = model.stream(first.snapshot())
     assert_close(resumed.feed(x[100:]), expected[100:], side)
+
+
+@pytest.mark.parametrize("target_kind, lags", [("residual", 1), ("seasonal", 3)])
+def test_linear_path_graph_streams_what_keras_predicts(tmp_path, series_csv, target_kind, lags):
+    """The linear path on the last ``lags`` changes of every reading is built in the graph
+    (more than one lag: the last changes carried as state): stepped, chunked and resumed
+    streams equal Keras plus the sidecar's linear start in numpy."""
+    result = train(series_csv, "level", None, tmp_path / "m.keras",
+                   config("sequence", True, target_kind=target_kind, linear=True))
+    side = result.sidecar
+    assert np.asarray(side["forecast"]["linear"]["weights"]).shape[1:] == (2, 1)
+    # The graph computes whatever path the sidecar holds: make it `lags` lags, none zero.
+    side["forecast"]["linear"] = {"weights": np.linspace(-0.5, 0.7, lags * 2).reshape(
+        lags, 2, 1).tolist(), "bias": [0.25]}
+    result.sidecar_path.write_text(json.dumps(side))
+    report = export(result.model_path, tmp_path / "m.onnx", steps=200)
+    assert json.loads(report.info.extra["linear"]) == side["forecast"]["linear"]
+    carried = [(s.kind, s.units) for s in report.info.state if s.layer == "last changes"]
+    assert carried == ([("prev", (lags - 1) * 2)] if lags > 1 else [])
+    assert report.op_counts.get("Pad") == 1              # the previous reading folded too
+
+    x = readings(series_csv)
+    _, expected = keras_reference(result.model_path, side, x)
+    model = load(tmp_path / "m.onnx")
+    stream = model.stream()
+    assert_close(np.array([stream.step(r) for r in x]), expected, side)
+    assert_close(model.stream().feed(x), expected, side)
+    first = model.stream()
+    first.feed(x[:100])
+    assert_close(model.stream(first.snapshot()).feed(x[100:]), expected[100:], side)
+    # The sidecar is untrusted: weights of the wrong shape, or not numbers, get one line.
+    from trainer.errors import ExportError
+
+    for weights in ([[[1.0]]], [[["a"], [1.0]]], [[[float("nan")], [1.0]]]):
+        side["forecast"]["linear"]["weights"] = weights
+        result.sidecar_path.write_text(json.dumps(side))
+        with pytest.raises(ExportError, match="linear path has weights .* re-train it"):
+            export(result.model_path, tmp_path / "bad.onnx", steps=20)
+
+
+def test_auto_keeps_the_linear_path_only_where_it_wins_on_validation(series_csv):
+    """Changes that carry on (an AR(1) in the changes) take the path and its lags; a random
+    walk's independent changes leave the start as it is. Chosen on validation rows only."""
+    from trainer.forecast import Framing
+
+    rng = np.random.default_rng(1)
+    change = np.zeros(ROWS)
+    for t in range(1, ROWS):
+        change[t] = 0.8 * change[t - 1] + rng.normal()
+    walks = {"momentum": np.cumsum(change), "random walk": np.cumsum(rng.normal(size=ROWS))}
+    picked = {}
+    for name, walk in walks.items():
+        x = np.stack([walk, rng.normal(size=ROWS)], axis=1)             # (rows, 2)
+        picked[name] = Framing.choose("auto", ["level", "other"], ["level"], x[:, :1], 182,
+                                      221, 1, True, None, "sequence", x)
+        assert "linear path: on the validation rows" in picked[name].note
+    assert picked["momentum"].linear is not None
+    assert picked["momentum"].linear[0][0, 0, 0] > 0.5                 # about 0.8
+    assert picked["random walk"].linear is None
+    assert Framing.choose("auto", ["level", "other"], ["level"], x[:, :1], 182, 221, 1, True,
+                          None, "window", x).linear is None           # no carried changes there
+    from trainer.errors import DataError, ExportError
+    from trainer.forecast_graph import plan
+
+    with pytest.raises(DataError, match="linear path needs differenced inputs and --mode seq"):
+        Framing.choose("residual", ["level", "other"], ["level"], x[:, :1], 182, 221, 1, True,
+                       None, "window", x, linear=True)
+    side = {"horizon": 1, "forecast": {"target_kind": "residual", "target_features": [0],
+                                       "difference": True, "linear": {"weights": [[[1.0]]],
+                                                                      "bias": [0.0]}}}
+    with pytest.raises(ExportError, match="export it in sequence mode"):
+        plan(side, window=6, carry_state=False)
 
 
 def test_auto_takes_the_seasonal_target_only_where_it_wins_on_validation(series_csv):

@@ -14,7 +14,8 @@ leaves the graph as it is where the pattern does not match.
   reading's predecessor with its flag: ``prev`` and the flag for the first, 1 for the
   others. ``(xa - before) * flag`` is each difference, the first one 0 on a fresh stream
   (flag 0), exactly; its last column is 0 and meets a zero column added to the recurrent
-  layer's input weights ``W``, so the layer reads the differences as before.
+  layer's input weights ``W``, so the layer reads the differences as before; a linear
+  path's nodes read ``gated[..., :F]``, the same differences.
   Exact for the flags a stream carries, 0 and 1 (docs/contract.md).
 - Residual add-back: ``Gather(x, target_features)`` is dropped where it selects every
   feature in order (one feature that is also the target, as in the bundled model).
@@ -57,7 +58,9 @@ def fold(proto: onnx.ModelProto) -> onnx.ModelProto:
 
 def _fold_previous_reading(graph) -> bool:
     """Rewrite the ``prev`` state's nodes (see the module's docstring); False: no match."""
-    held = [i for i in graph.input if i.name.startswith("in_x")]
+    # The previous reading is the first ``prev`` state (forecast_graph builds it first); a
+    # seasonal or linear path's states come after it. Anything else fails the checks below.
+    held = [i for i in graph.input if i.name == "in_x0"]
     if len(held) != 1 or "x" not in {i.name for i in graph.input}:
         return False
     held_name = held[0].name
@@ -86,7 +89,8 @@ def _fold_previous_reading(graph) -> bool:
                           inits("axis2", np.array([2], np.int64))])            # (b, T, 1)
     change_all = node("Sub", [xa, before])                                     # (b, T, F + 1)
     gated = node("Mul", [change_all, flag])
-    transpose.input[0] = gated
+    old, transpose.input[0] = transpose.input[0], gated
+    _feed_other_readers(graph, node, inits, old, gated, features)
     for k, name in enumerate(old_carrier.output):
         if name == carried:
             old_carrier.output[k] = "fold_prev_replaced"     # the old value: now feeds nothing
@@ -104,15 +108,30 @@ def _difference_output(graph, consumers):
     for n in graph.node:
         if n.op_type != "Sub" or n.input[0] != "x":
             continue
-        users = consumers.get(n.output[0], [])
-        if len(users) != 1 or users[0].op_type != "Transpose" or \
-                _attr(users[0], "perm") != [1, 0, 2]:
+        users = [u for u in consumers.get(n.output[0], []) if u.op_type == "Transpose"
+                 and _attr(u, "perm") == [1, 0, 2]]    # others: a linear path's (below)
+        if len(users) != 1:
             continue
         layers = consumers.get(users[0].output[0], [])
         if len(layers) == 1 and layers[0].op_type in RECURRENT and \
                 list(layers[0].input).index(users[0].output[0]) == 0:
             return users[0], layers[0]
     return None
+
+
+def _feed_other_readers(graph, node, inits, old: str, gated: str, features: int) -> None:
+    """Point every other reader of the differences ``old`` (a linear path, trainer.
+    forecast_graph) at ``gated[..., :features]``: the same numbers, bit for bit."""
+    readers = [n for n in graph.node if old in n.input and not n.name.startswith("fold_")]
+    if not readers:
+        return
+    change = node("Slice", [gated, inits("zero", np.array([0], np.int64)),
+                            inits("f", np.array([features], np.int64)),
+                            inits("axis2", np.array([2], np.int64))])          # (b, T, F)
+    for n in readers:
+        for k, name in enumerate(n.input):
+            if name == old:
+                n.input[k] = change
 
 
 # --------------------------------------------------------------------------- residual

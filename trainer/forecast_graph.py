@@ -49,10 +49,15 @@ def plan(sidecar: dict | None, window: int, carry_state: bool) -> dict | None:
                               "the last season's readings: export it in sequence mode (no "
                               "--window, no --no-carry-state)")
         seasonal = {"season": int(framing["season"]), "horizon": int(sidecar["horizon"])}
+    linear = framing.get("linear") if residual is not None else None
+    if linear is not None and difference != "state":
+        raise ExportError("a model with a linear path reads the change of every reading, "
+                          "carrying the previous one: export it in sequence mode (no "
+                          "--window, no --no-carry-state)")
     if residual is None and difference is None:
         return None
     return {"residual": None if residual is None else [int(i) for i in residual],
-            "difference": difference, "seasonal": seasonal}
+            "difference": difference, "seasonal": seasonal, "linear": linear}
 
 
 def apply(graph: onnx.GraphProto, state: list, extra: dict, wrap: dict | None, *,
@@ -93,6 +98,10 @@ def apply(graph: onnx.GraphProto, state: list, extra: dict, wrap: dict | None, *
         if wrap.get("seasonal"):
             start = _seasonal(graph, node, const, len(residual), state, **wrap["seasonal"])
             meta["seasonal"] = json.dumps(wrap["seasonal"])
+        if wrap.get("linear"):
+            start = _linear(graph, node, const, features, len(residual), start, state,
+                            **wrap["linear"])
+            meta["linear"] = json.dumps(wrap["linear"])
         node("Add", ["fc_y_change", start], "y")
         meta["residual"] = json.dumps({"target_features": residual})
     body = list(graph.node)
@@ -199,6 +208,76 @@ def _seasonal(graph, node, const, targets: int, state: list, season: int,
     node("Reshape", ["fc_s_kept", const("fc_s_shape2", np.array([-1, width], np.int64))],
          carried)                                                      # (b, m * (k + 1))
     return node("Add", ["fc_y_last", "fc_s_change_known"], "fc_y_start")
+
+
+def _linear(graph, node, const, features: int, targets: int, start: str, state: list,
+            weights, bias) -> str:
+    """Nodes adding the linear path to the start: ``sum_j d[t-j] @ W[j] + b`` on the raw
+    changes the differencing made (see :meth:`trainer.forecast.Framing.with_linear`).
+
+    With ``p > 1`` lags the last ``p - 1`` changes are carried as a ``prev`` state,
+    ``(batch, (p - 1) * features)``, oldest first; zeros, a fresh stream, read as "no
+    change", the trainer's rule before the series' first row.
+    """
+    w, b = _linear_weights(weights, bias, features, targets)
+    lags = len(w)
+    term = node("MatMul", ["fc_x_change", const("fc_l_w0", w[0])], "fc_l_lag0")   # (b, T, k)
+    if lags > 1:
+        width = (lags - 1) * features
+        spec = StateSpec.for_layer(_next_index(state), "last changes", "prev", width)
+        state.append(spec)
+        (held,), (carried,) = spec.inputs, spec.outputs
+        graph.input.append(helper.make_tensor_value_info(held, TensorProto.FLOAT,
+                                                         ["batch", width]))
+        graph.output.append(helper.make_tensor_value_info(carried, TensorProto.FLOAT,
+                                                          ["batch", width]))
+        axis1 = const("fc_l_axis1", np.array([1], np.int64))
+        node("Reshape", [held, const("fc_l_shape3", np.array([-1, lags - 1, features],
+                                                              np.int64))], "fc_l_held")
+        node("Concat", ["fc_l_held", "fc_x_change"], "fc_l_hist", axis=1)  # (b, p-1+T, F)
+        for j in range(1, lags):            # d[t-j]: rows p-1-j .. p-1-j+T of the history
+            node("Slice", ["fc_l_hist", const(f"fc_l_from{j}", np.array([lags - 1 - j],
+                                                                        np.int64)),
+                           const(f"fc_l_to{j}", np.array([-j], np.int64)), axis1],
+                 f"fc_l_back{j}")                                      # (b, T, F)
+            node("MatMul", [f"fc_l_back{j}", const(f"fc_l_w{j}", w[j])], f"fc_l_lag{j}")
+            term = node("Add", [term, f"fc_l_lag{j}"], f"fc_l_sum{j}")
+        node("Slice", ["fc_l_hist", const("fc_l_keep", np.array([1 - lags], np.int64)),
+                       const("fc_l_inf", np.array([INT_MAX], np.int64)), axis1], "fc_l_kept")
+        node("Reshape", ["fc_l_kept", const("fc_l_shape2", np.array([-1, width], np.int64))],
+             carried)                                                  # (b, (p-1) * F)
+    node("Add", [term, const("fc_l_bias", b)], "fc_l_term")
+    return node("Add", [start, "fc_l_term"], "fc_y_linear_start")
+
+
+def _linear_weights(weights, bias, features: int, targets: int):
+    """The sidecar's weights ``(lags, features, targets)`` and bias, checked: untrusted."""
+    try:
+        w, b = np.asarray(weights, np.float32), np.asarray(bias, np.float32)
+    except (TypeError, ValueError):
+        w = b = np.full((0,), np.nan, np.float32)
+    if w.ndim != 3 or not 1 <= len(w) <= 64 or w.shape[1:] != (features, targets) \
+            or b.shape != (targets,) or not (np.isfinite(w).all() and np.isfinite(b).all()):
+        raise ExportError(f"the sidecar's linear path has weights of shape {list(w.shape)} and "
+                          f"bias {list(b.shape)}; a model with {features} features and "
+                          f"{targets} targets needs finite numbers of shape [lags, {features}, "
+                          f"{targets}] (1 to 64 lags) and [{targets}]: re-train it")
+    return w, b
+
+
+def linear_reference(change: np.ndarray, held: np.ndarray | None, weights,
+                     bias) -> tuple[np.ndarray, np.ndarray | None]:
+    """What :func:`_linear` adds, in numpy, for the raw changes ``(b, T, F)`` the graph
+    differenced, after ``held`` (None: fresh): the term ``(b, T, k)`` and the changes
+    handed on (None for one lag)."""
+    w = np.asarray(weights, np.float32)
+    lags, features, _ = w.shape
+    b, steps, _ = change.shape
+    held = np.zeros((b, (lags - 1) * features), np.float32) if held is None else held
+    hist = np.concatenate([held.reshape(b, lags - 1, features), change], axis=1)
+    term = sum(hist[:, lags - 1 - j:lags - 1 - j + steps] @ w[j] for j in range(lags))
+    carried = hist[:, steps:].reshape(b, -1) if lags > 1 else None
+    return term + np.asarray(bias, np.float32), carried
 
 
 def seasonal_reference(raw: np.ndarray, held: np.ndarray | None, season: int,

@@ -34,7 +34,7 @@ import numpy as np
 
 from runtime.contract import streaming_mode
 from .errors import ParityError
-from .forecast_graph import seasonal_reference
+from .forecast_graph import linear_reference, seasonal_reference
 from .graph import is_recurrent
 
 STREAMS = 4     # parallel streams in the sequence-mode check: the batch axis is exercised too
@@ -190,6 +190,10 @@ def _framed_y(subject: Subject, y: np.ndarray, raw) -> np.ndarray:
     seasonal = (subject.forecast or {}).get("seasonal")
     if seasonal:    # sequence runs start from a fresh stream: no season seen before them
         start = start + seasonal_reference(raw[..., residual], None, **seasonal)[0]
+    linear = (subject.forecast or {}).get("linear")
+    if linear:      # likewise: the first change of a run is 0
+        change = np.diff(raw, axis=1, prepend=raw[:, :1])             # (b, T, F)
+        start = start + linear_reference(change, None, **linear)[0][:, -y.shape[1]:]
     return y.astype(np.float64) - start
 
 
@@ -199,10 +203,13 @@ def _framed_x(subject: Subject, raw, norm, states):
     The graph takes ``x[t] - x[t-1]`` in raw float32 and ``d[0]`` from the carried reading
     (sequence mode; "no change" for a fresh stream) or as 0 (windows). Returns the
     normalised input, the recurrent layers' states (without the readings), and the reading
-    states the graph should hand on (the previous reading, the last season's; [] for none).
+    states the graph should hand on (the previous reading, the last season's, the last
+    changes of a linear path; [] for none).
     """
     kind = (subject.forecast or {}).get("difference")
     states, carried = list(states), []
+    linear = (subject.forecast or {}).get("linear")
+    held_changes = states.pop() if linear and len(linear["weights"]) > 1 else None
     seasonal = (subject.forecast or {}).get("seasonal")
     if seasonal:                    # the last season's readings: the last state
         residual = subject.forecast["residual"]
@@ -217,6 +224,8 @@ def _framed_x(subject: Subject, raw, norm, states):
     else:
         start = raw[:, 0]
     change = raw - np.concatenate([start[:, None], raw[:, :-1]], axis=1)   # float32
+    if held_changes is not None:    # the last changes: after the last season's readings
+        carried.append(linear_reference(change, held_changes, **linear)[1])
     x = subject.scaler["x"] if subject.scaler and subject.scaler.get("x") else None
     if x is not None:
         change = ((change - np.asarray(x["mean"])) / np.asarray(x["std"])).astype(np.float32)

@@ -57,6 +57,8 @@ class TrainConfig:
     #                              back) | level; auto: seasonal where it wins on validation
     difference: bool = True      # feed x[t] - x[t-1], not x[t]: beats naive 6/6 vs 4/6 (docs/forecasting.md)
     season: int | None = None    # readings per season for the seasonal naive; None: guess
+    linear: bool | None = None   # linear path on the changes beside the network (sequence
+    #                              mode): None where it wins on validation (docs/forecasting.md)
     seed: int | None = 0         # repeatable runs; None for a fresh draw
     anchor_budget: float = 0.0   # seconds for ETS/Theta/ARIMA on the test tail (0: none; lstm-train: 60)
     verbose: int = 2             # Keras progress: 0 silent, 1 bars, 2 one line per epoch
@@ -305,7 +307,8 @@ def train(csv: str | Path, target: str | list[str], features: str | list[str] | 
     warnings = growing_features(sel, split)
     season, found = ((cfg.season, "given") if cfg.season else guess_season(sel.time))
     framing = Framing.choose(cfg.target_kind, sel.features, sel.targets, sel.y, split, test,
-                             cfg.horizon, cfg.difference, season, cfg.model.mode)
+                             cfg.horizon, cfg.difference, season, cfg.model.mode, sel.x,
+                             cfg.linear)
     if framing.note and framing.kind == "level":   # a fallback: the user asked otherwise
         warnings.append("note: " + framing.note)
     series, scaler = _network_series(sel, framing, split, test, cfg)
@@ -314,7 +317,7 @@ def train(csv: str | Path, target: str | list[str], features: str | list[str] | 
     _seed(cfg.seed)
     model, pred, last = FIT[cfg.model.mode](series, run, len(sel.targets))
     if framing.residual:
-        pred = pred * framing.delta_scale + framing.start(sel.y, last, cfg.horizon)  # raw
+        pred = pred * framing.delta_scale + framing.start(sel.y, last, cfg.horizon, sel.x)
     else:
         pred = scaler.y_inverse(pred)
     target_row = last + cfg.horizon
@@ -376,7 +379,7 @@ def _network_series(sel, framing: Framing, split: int, test: int, cfg: TrainConf
     if framing.residual:
         scaler = replace(scaler, y_mean=np.zeros_like(framing.delta_scale),
                          y_std=framing.delta_scale)
-        ys = framing.target_series(sel.y, cfg.horizon)
+        ys = framing.target_series(sel.y, cfg.horizon, sel.x)
     else:
         ys = scaler.y(sel.y)
     first = scaler.x(np.zeros(sel.x.shape[1])) if framing.difference else None
