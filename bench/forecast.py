@@ -43,7 +43,8 @@ def run_one(path, target, features, look_back, horizon, mode, seed, budget, work
     out = Path(work) / f"{path.stem}-h{horizon}-{seed}.keras"
     side = train(path, target, features, out, cfg).sidecar
     linear = side["forecast"].get("linear")
-    lags = f" + linear ({len(linear['weights'])} lags)" if linear else ""
+    p = len(linear["weights"]) if linear else 0
+    lags = f" + linear ({p} lag{'s' * (p > 1)})" if linear else ""
     return {**side["metrics"]["test"], "season": side["metrics"]["season"],
             "target": side["forecast"]["target_kind"] + lags}
 
