@@ -34,6 +34,8 @@ MODELS = {"lstm 1x16": (1, 16), "lstm 2x64": (2, 64), "lstm 2x128": (2, 128)}
 # The bundled model's shape (one feature, sequence mode, LSTM 32) exported twice: plain, and
 # with the default forecast framing (residual target, differenced inputs, the prev state).
 PLAIN, FRAMED = "lstm 1x32, plain", "lstm 1x32, default framing"
+# ... and with the linear path lstm-train adds where it wins on validation (water flow: 3 lags)
+LINEAR = "lstm 1x32, default framing + linear path (3 lags)"
 STREAM_COUNTS = (1, 16, 256, 1024, 4096)
 
 
@@ -103,8 +105,10 @@ def build_framing_pair(quick: bool) -> dict:
                        "y": {"mean": [0.0], "std": [scale]}},
             "forecast": {"target_kind": "residual", "target_features": [0], "difference": True,
                          "delta_scale": [scale]}}
+    linear = json.loads(json.dumps(side))
+    linear["forecast"]["linear"] = {"weights": [[[0.4]], [[-0.2]], [[0.1]]], "bias": [0.0]}
     out = {}
-    for name, sidecar in ((PLAIN, None), (FRAMED, side)):
+    for name, sidecar in ((PLAIN, None), (FRAMED, side), (LINEAR, linear)):
         stem = WORK / name.replace(" ", "-").replace(",", "")
         model.save(stem.with_suffix(".keras"))
         if sidecar is not None:
@@ -121,7 +125,7 @@ def bench_framing(models: dict, rounds: int, repeat: int) -> dict:
     import runtime
 
     streams = {name: runtime.load(models[name]["onnx"], device="cpu").stream()
-               for name in (PLAIN, FRAMED)}
+               for name in (PLAIN, FRAMED, LINEAR)}
     x = np.full((512, 1), 100.0, np.float32) + np.random.default_rng(2).standard_normal(
         (512, 1)).astype(np.float32)
     medians: dict = {name: [] for name in streams}
@@ -131,9 +135,11 @@ def bench_framing(models: dict, rounds: int, repeat: int) -> dict:
     row = {name: {"us": min(m), "spread_us": [min(m), max(m)], "nodes": models[name]["nodes"]}
            for name, m in medians.items()}
     row["ratio"] = row[FRAMED]["us"] / row[PLAIN]["us"]
-    print(f"  default framing vs plain LSTM 32: {row[FRAMED]['us']:.1f} vs "
-          f"{row[PLAIN]['us']:.1f} µs per reading ({row['ratio']:.2f}x; "
-          f"{row[FRAMED]['nodes']} vs {row[PLAIN]['nodes']} nodes)", flush=True)
+    row["ratio_linear"] = row[LINEAR]["us"] / row[PLAIN]["us"]
+    for name, ratio in ((FRAMED, row["ratio"]), (LINEAR, row["ratio_linear"])):
+        print(f"  {name.removeprefix('lstm 1x32, ')} vs plain LSTM 32: {row[name]['us']:.1f} vs "
+              f"{row[PLAIN]['us']:.1f} µs per reading ({ratio:.2f}x; "
+              f"{row[name]['nodes']} vs {row[PLAIN]['nodes']} nodes)", flush=True)
     return row
 
 

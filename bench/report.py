@@ -36,10 +36,12 @@ def _framing(row: dict) -> list[str]:
            "", "| model | nodes | µs per reading (least round median) | rounds' spread µs |",
            "|---|---|---|---|"]
     for name, r in row.items():
-        if name != "ratio":
+        if not name.startswith("ratio"):
             out.append(f"| {name} | {r['nodes']} | {r['us']:.1f} | "
                        f"{r['spread_us'][0]:.1f}–{r['spread_us'][1]:.1f} |")
-    return out + ["", f"Ratio {row['ratio']:.2f}× (target ≤ 1.15×).", ""]
+    with_linear = (f"; with the linear path {row['ratio_linear']:.2f}×"
+                   if "ratio_linear" in row else "")
+    return out + ["", f"Ratio {row['ratio']:.2f}× (target ≤ 1.15×){with_linear}.", ""]
 
 
 def markdown(report: dict) -> str:
