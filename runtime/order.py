@@ -90,6 +90,8 @@ class OrderColumn:
     named: bool = True                # named by an option: a line without a position is bad
     replays: dict[str, int] = field(default_factory=dict)    # sensor -> replays answered
     skips: dict[str, int] = field(default_factory=dict)      # sensor -> readings skipped
+    # sensor -> a broker's redeliveries of readings answered before (lstm-run --mqtt)
+    redelivered: dict[str, int] = field(default_factory=dict)
 
     def position(self, rec: Record) -> float | int | None:
         """``rec``'s position; None (not checked) or BadLine (named) where it has none."""
@@ -119,16 +121,26 @@ class OrderColumn:
         self.skips[key] = self.skips.get(key, 0) + 1
         return f"skipped: not after this sensor's last reading ({self.describe(position)})"
 
+    def answered_before(self, key: str) -> None:
+        """A skipped line was a redelivery of a reading answered before: count it as that."""
+        self.skips[key] -= 1
+        if not self.skips[key]:
+            del self.skips[key]
+        self.redelivered[key] = self.redelivered.get(key, 0) + 1
+
     def replayed(self, key: str) -> str:
         self.replays[key] = self.replays.get(key, 0) + 1
         return "replay"
 
     def summary(self, named: bool) -> list[str]:
         """End-of-run lines: replays and skips per sensor (``named``: by --stream-column)."""
-        keys = sorted(set(self.replays) | set(self.skips))
+        keys = sorted(set(self.replays) | set(self.skips) | set(self.redelivered))
         lines = [f"{f'sensor {k!r}' if named else 'the stream'}: {self.replays.get(k, 0)} "
                  f"replayed reading(s) answered as before, {self.skips.get(k, 0)} older "
-                 f"reading(s) skipped (not fed; --no-order-check feeds them)" for k in keys]
+                 f"reading(s) skipped (not fed; --no-order-check feeds them)"
+                 + (f", {self.redelivered[k]} older reading(s) delivered again by the broker "
+                    f"(answered before; acknowledged, not answered twice)"
+                    if k in self.redelivered else "") for k in keys]
         if len(lines) > MOST:
             lines = lines[:MOST] + [f"... and {len(lines) - MOST} more sensors with replays "
                                     f"or skips"]

@@ -101,13 +101,15 @@ class Broker:
         return path.read_text(errors="replace")[-3000:] if path.exists() else ""
 
 
-def client(broker_url: str, client_id: str, *, auth: tuple[str, str] | None = None, **tls):
-    """A connected paho client (MQTT 5, persistent session, network thread running)."""
+def client(broker_url: str, client_id: str, *, auth: tuple[str, str] | None = None,
+           manual_ack: bool = False, **tls):
+    """A connected paho client (MQTT 5, persistent session, network thread running);
+    ``manual_ack``: it acknowledges no message it is delivered."""
     import paho.mqtt.client as mqtt
     from paho.mqtt.packettypes import PacketTypes
     from paho.mqtt.properties import Properties
     c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
-                    protocol=mqtt.MQTTv5)
+                    protocol=mqtt.MQTTv5, manual_ack=manual_ack)
     c.max_inflight_messages_set(100)
     if tls:
         c.tls_set(**tls)

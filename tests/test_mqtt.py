@@ -16,6 +16,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -143,6 +144,52 @@ def test_payload_shapes_and_error_records(broker, tmp_path):
     assert [a["input"] for a in answers[3:]] == ["abc", "{broken", "1,2"]
     assert all(a["sensor"] == "pump-1" and a["error"] for a in answers[3:])
     assert "sensors/pump-1/flow: not valid JSON" in tool.stderr()
+
+
+def test_a_batch_delivered_again_is_answered_once(broker, tmp_path):
+    """What a kill -9 between a batch's commit and its acks leaves: the broker delivers the
+    batch again (DUP). The sensor's last reading is answered again as before; the older ones,
+    answered before that commit, are acknowledged without a second answer or an error record;
+    an old reading published anew is still answered "skipped" on the error topic."""
+    from mqtt_broker import client
+    data = readings(1, 4)
+    held: list = []
+    subscribed: list = []
+    taker = client(broker.url, "lstm-run-test", manual_ack=True)     # lstm-run's session
+    taker.on_message = lambda c, u, msg: held.append(msg)
+    taker.on_subscribe = lambda c, u, mid, reasons, props: subscribed.append(mid)
+    taker.subscribe("sensors/+/flow", qos=1)
+    until(lambda: subscribed, "the subscription")
+    publish(broker.url, data)
+    until(lambda: len(held) == 4, "the four readings at the killed lstm-run")
+    taker.disconnect()
+    taker.loop_stop()
+    state = tmp_path / "state.db"       # ... whose commit counted them
+    lines = "".join(json.dumps({"sensor": "s0", **row}) + "\n" for row in data["s0"])
+    done = subprocess.run([*LSTM_RUN, str(MODEL), "--stream-column", "sensor", "--state",
+                           str(state)], input=lines.encode(), capture_output=True,
+                          timeout=TIMEOUT)
+    assert done.returncode == 0, done.stderr.decode()
+    before = [json.loads(line) for line in done.stdout.decode().splitlines()]
+    collector = Collector(broker.url)
+    tool = lstm_run(broker.url, state)
+    try:
+        publish(broker.url, {"s0": data["s0"][:1]})
+        until(lambda: len(collector.answers) >= 2, "two answers")
+        time.sleep(0.5)                    # room for a wrong third
+    finally:
+        assert tool.stop() == 143, tool.stderr()
+        collector.close()
+    (t1, last, _), (t2, old, _) = collector.answers[:2]
+    assert len(collector.answers) == 2, collector.answers
+    assert (t1, last["time"], last["step"]) == ("predictions/s0", before[-1]["time"], 4)
+    np.testing.assert_allclose(last[PRED], before[-1][PRED], rtol=RTOL, atol=ATOL)
+    assert last["order"] == "replay"
+    assert (t2, old["time"]) == ("predictions/s0/error", before[0]["time"])
+    assert old["order"].startswith("skipped: not after this sensor's last reading"), old
+    assert ("sensor 's0': 1 replayed reading(s) answered as before, 1 older reading(s) skipped "
+            "(not fed; --no-order-check feeds them), 3 older reading(s) delivered again by "
+            "the broker (answered before; acknowledged, not answered twice)") in tool.stderr()
 
 
 def make_tls(directory) -> dict[str, str]:
