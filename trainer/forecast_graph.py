@@ -221,32 +221,32 @@ def _linear(graph, node, const, features: int, targets: int, start: str, state: 
     """
     w, b = _linear_weights(weights, bias, features, targets)
     lags = len(w)
-    term = node("MatMul", ["fc_x_change", const("fc_l_w0", w[0])], "fc_l_lag0")   # (b, T, k)
-    if lags > 1:
-        width = (lags - 1) * features
-        spec = StateSpec.for_layer(_next_index(state), "last changes", "prev", width)
-        state.append(spec)
-        (held,), (carried,) = spec.inputs, spec.outputs
-        graph.input.append(helper.make_tensor_value_info(held, TensorProto.FLOAT,
-                                                         ["batch", width]))
-        graph.output.append(helper.make_tensor_value_info(carried, TensorProto.FLOAT,
-                                                          ["batch", width]))
-        axis1 = const("fc_l_axis1", np.array([1], np.int64))
-        node("Reshape", [held, const("fc_l_shape3", np.array([-1, lags - 1, features],
-                                                              np.int64))], "fc_l_held")
-        node("Concat", ["fc_l_held", "fc_x_change"], "fc_l_hist", axis=1)  # (b, p-1+T, F)
-        for j in range(1, lags):            # d[t-j]: rows p-1-j .. p-1-j+T of the history
-            node("Slice", ["fc_l_hist", const(f"fc_l_from{j}", np.array([lags - 1 - j],
-                                                                        np.int64)),
-                           const(f"fc_l_to{j}", np.array([-j], np.int64)), axis1],
-                 f"fc_l_back{j}")                                      # (b, T, F)
-            node("MatMul", [f"fc_l_back{j}", const(f"fc_l_w{j}", w[j])], f"fc_l_lag{j}")
-            term = node("Add", [term, f"fc_l_lag{j}"], f"fc_l_sum{j}")
-        node("Slice", ["fc_l_hist", const("fc_l_keep", np.array([1 - lags], np.int64)),
-                       const("fc_l_inf", np.array([INT_MAX], np.int64)), axis1], "fc_l_kept")
-        node("Reshape", ["fc_l_kept", const("fc_l_shape2", np.array([-1, width], np.int64))],
-             carried)                                                  # (b, (p-1) * F)
-    node("Add", [term, const("fc_l_bias", b)], "fc_l_term")
+    if lags == 1:
+        node("MatMul", ["fc_x_change", const("fc_l_w0", w[0])], "fc_l_lag0")   # (b, T, k)
+        node("Add", ["fc_l_lag0", const("fc_l_bias", b)], "fc_l_term")
+        return node("Add", [start, "fc_l_term"], "fc_y_linear_start")
+    width = (lags - 1) * features
+    spec = StateSpec.for_layer(_next_index(state), "last changes", "prev", width)
+    state.append(spec)
+    (held,), (carried,) = spec.inputs, spec.outputs
+    graph.input.append(helper.make_tensor_value_info(held, TensorProto.FLOAT, ["batch", width]))
+    graph.output.append(helper.make_tensor_value_info(carried, TensorProto.FLOAT,
+                                                      ["batch", width]))
+    node("Reshape", [held, const("fc_l_shape3", np.array([-1, lags - 1, features], np.int64))],
+         "fc_l_held")
+    node("Concat", ["fc_l_held", "fc_x_change"], "fc_l_hist", axis=1)     # (b, p-1+T, F)
+    # One convolution over time does every lag at once (a node per lag costs more): step t
+    # reads history rows t .. t+p-1, d[t-p+1] .. d[t], so tap i holds W[p-1-i].
+    kernel = np.stack([w[lags - 1 - i].T for i in range(lags)], axis=-1)   # (k, F, p)
+    node("Transpose", ["fc_l_hist"], "fc_l_hist_t", perm=[0, 2, 1])        # (b, F, p-1+T)
+    node("Conv", ["fc_l_hist_t", const("fc_l_kernel", kernel), const("fc_l_bias", b)],
+         "fc_l_conv")                                                      # (b, k, T)
+    node("Transpose", ["fc_l_conv"], "fc_l_term", perm=[0, 2, 1])         # (b, T, k)
+    axis1 = const("fc_l_axis1", np.array([1], np.int64))
+    node("Slice", ["fc_l_hist", const("fc_l_keep", np.array([1 - lags], np.int64)),
+                   const("fc_l_inf", np.array([INT_MAX], np.int64)), axis1], "fc_l_kept")
+    node("Reshape", ["fc_l_kept", const("fc_l_shape2", np.array([-1, width], np.int64))],
+         carried)                                                          # (b, (p-1) * F)
     return node("Add", [start, "fc_l_term"], "fc_y_linear_start")
 
 
