@@ -145,7 +145,7 @@ def format_value(value) -> str:
     ('0.1', '')
     """
     value = np.float32(value)
-    return "" if np.isnan(value) else str(value)
+    return "" if math.isnan(value) else str(value)     # (math: a tenth of np.isnan's time)
 
 
 def cell(value) -> str:

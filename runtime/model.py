@@ -30,7 +30,7 @@ from .shapes import check_shape
 from .snapshot import Snapshot
 from .state import Columns, StreamState, sound
 from .slots import SlotStream
-from .stream import Stream, fill_missing, from_columns, nonfinite
+from .stream import Stream, fill_missing, from_columns, nonfinite, within_float32
 
 MISSING = ("error", "skip", "hold")   # what a NaN in a reading does; see Stream
 _DTYPES = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(int32)": np.int32}
@@ -263,6 +263,9 @@ class Model:
 
         NaN passes where the policy (``missing``, default the model's) is not ``"error"``.
         """
+        if type(reading) is np.ndarray and reading.dtype.kind == "f" \
+                and reading.shape == self._fshape and not self.tokens and within_float32(reading):
+            return reading.astype(np.float32)     # a parsed line's usual reading: all is well
         x = self._check(reading)
         if nonfinite(x, self._fin):
             fill_missing(self, x, None, missing or self.missing, check_only=True)

@@ -30,6 +30,7 @@ from .lines import BadLine, CsvFormat, JsonlFormat, LineFormat, Record
 
 TIME_NAMES = ("time", "timestamp", "datetime", "date", "date_time")
 MOST = 10       # sensors named in the end-of-run summary
+_EPOCH = datetime(1970, 1, 1)       # a time without a zone is UTC
 
 
 def reading_time(text, column: str) -> float:
@@ -44,23 +45,30 @@ def reading_time(text, column: str) -> float:
     if isinstance(text, (int, float)) and not isinstance(text, bool):
         value = float(text)
     elif isinstance(text, str):
-        try:
-            value = float(text)
-        except ValueError:
+        if text[4:5] == "-" and text[:4].isdigit():   # YYYY-: no number; a failed float()
+            value = _iso(text)                         # would cost as much as the date
+        else:
             try:
-                when = datetime.fromisoformat(text.strip())
+                value = float(text)
             except ValueError:
-                pass
-            else:
-                if when.tzinfo is None:
-                    when = when.replace(tzinfo=timezone.utc)
-                value = when.timestamp()
+                value = _iso(text)
     if not math.isfinite(value):
         shown = str(text) if len(str(text)) <= 40 else str(text)[:37] + "..."
         raise BadLine(f"time column {column!r}: {shown!r} is not a number or an ISO-8601 time "
                       f"(e.g. 2022-03-20T11:00:00+01:00); the time orders each sensor's "
                       f"readings, so every line needs one")
     return value
+
+
+def _iso(text: str) -> float:
+    """An ISO-8601 time as seconds (UTC where it names no zone); NaN where it is not one."""
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        return math.nan
+    if when.tzinfo is None:           # as timestamp() of it in UTC, in a third of the time
+        return (when - _EPOCH).total_seconds()
+    return when.timestamp()
 
 
 def sequence_number(text, column: str) -> int:

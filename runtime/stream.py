@@ -52,6 +52,13 @@ def nonfinite(x, zeros) -> bool:
     return _vdot(x, zeros) != 0.0
 
 
+def within_float32(x) -> bool:
+    """Whether the float reading ``x`` is finite and float32 holds every value: one sum of
+    squares (NaN, inf and a value beyond float32's range all make it not less than
+    ``float32.max ** 2``)."""
+    return float(_vdot(x, x)) < _SQUARES_BELOW
+
+
 class Stream:
     """One stream of readings through a model; create it with ``Model.stream()``.
 
@@ -283,7 +290,8 @@ class Stream:
 
     def _step_at(self, reading, at):
         """``step`` with a position: the order rule, then the step (see :meth:`step`)."""
-        raw = np.array(reading, np.float64).reshape(-1)
+        raw = reading.astype(np.float64) if type(reading) is np.ndarray and reading.ndim == 1 \
+            else np.array(reading, np.float64).reshape(-1)              # a copy, kept as seen
         kind = order(self._pos, self._seen, raw, at)
         if kind == "replay":
             answer = self._answer
@@ -296,7 +304,7 @@ class Stream:
         self._pos, self._seen = at, raw
         # NaN while warming up or skipped, as a many-stream call keeps it (see ``answer``).
         self._answer = np.full(self.model.n_targets, np.nan, np.float32) if y is None \
-            else np.array(y)
+            else y.copy()
         return y
 
     def _feed_at(self, readings, at) -> np.ndarray:
@@ -397,7 +405,7 @@ class Stream:
         (issue 24). Anything else (a NaN, an int reading, a state from elsewhere) returns
         None before anything changed, and ``step`` takes its full path.
         """
-        if reading.dtype.kind != "f" or not float(_vdot(reading, reading)) < _SQUARES_BELOW:
+        if reading.dtype.kind != "f" or not within_float32(reading):
             return None
         sets, state = bind.sets, self._state
         i = 0 if state is sets[0] else 1 if state is sets[1] else -1

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -162,9 +163,25 @@ def test_reading_time_reads_numbers_and_iso_times():
     assert reading_time("1.5", "t") == 1.5
     assert reading_time("2022-03-20T11:00:00+01:00", "t") == 1647770400.0
     assert reading_time(7, "t") == 7.0
-    for bad in ("", "noon", None, math.nan, True):
+    for bad in ("", "noon", None, math.nan, True, "2022-13-01T00:00:00", "1e999"):
         with pytest.raises(runtime.InputError, match="time column 't'"):
             reading_time(bad, "t")
+
+
+def test_a_time_without_a_zone_is_read_as_utc_to_the_microsecond():
+    """The same seconds as the standard library's UTC timestamp, in every form a logger
+    writes: before 1970, leap days, microseconds, a space for the T, spaces around it."""
+    rng = np.random.default_rng(5)
+    for seconds in rng.integers(-2_000_000_000, 4_000_000_000, 300):
+        when = datetime.fromtimestamp(int(seconds), timezone.utc).replace(
+            microsecond=int(rng.integers(0, 1_000_000)))
+        naive = when.replace(tzinfo=None)
+        for text in (naive.isoformat(), naive.isoformat(sep=" "), f" {naive.isoformat()} ",
+                     naive.isoformat(timespec="seconds")):
+            expected = datetime.fromisoformat(text.strip()).replace(tzinfo=timezone.utc)
+            assert reading_time(text, "t") == expected.timestamp(), text
+    assert reading_time("2024-02-29", "t") == 1709164800.0
+    assert reading_time("1969-12-31T23:59:59.5", "t") == -0.5
 
 
 def test_state_older_than_the_ttl_starts_a_fresh_stream(model_file, monkeypatch):

@@ -611,8 +611,14 @@ def test_inf_and_nan_raise_no_numpy_warning(mode):
                 model.step([s], [bad])
             with pytest.raises(InputError, match="inf"):
                 model.validate(bad)
+            with pytest.raises(InputError, match="inf"):
+                model.validate(np.array(bad))          # a parsed line's float64 reading
+        with pytest.raises(InputError, match="inf"):
+            model.validate(np.array([1e39, 1.0]))      # beyond float32: inf there, refused
         assert s.step([np.nan, 1.0]) is None
         s.step([3e38, -3e38])                                   # huge but finite: fed
+        checked = model.validate(np.array([3e38, -0.1]))
+        assert checked.dtype == np.float32 and checked.tolist() == np.float32([3e38, -0.1]).tolist()
 
 
 def test_wrong_feature_count_in_a_chunk_is_explained():
