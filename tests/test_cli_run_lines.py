@@ -2,6 +2,7 @@
 
 import json
 import os
+import select
 import threading
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 
 from runtime import lines
 from runtime.errors import InputError
-from runtime.io import TOO_LONG, LineReader
+from runtime.io import TOO_LONG, LineReader, Waiter
 
 FEATURES = ("temperature", "humidity")
 TARGETS = ("temperature",)
@@ -213,6 +214,47 @@ def test_reader_yields_a_line_before_the_next_arrives():
         os.close(w)
         assert list(batches) == []
         os.close(r)
+
+
+@pytest.mark.parametrize("use_poll", [True, False], ids=["poll", "select"])
+def test_waiter_sees_what_select_sees(use_poll):
+    """Both ways of waiting agree: data, a writer gone (the read then gives b""), room to
+    write, a full pipe, and a reader gone (the write then raises BrokenPipeError)."""
+    if use_poll and not hasattr(select, "poll"):
+        pytest.skip("no select.poll here")
+
+    def waiter(**fds):
+        w = Waiter(**fds)
+        if not use_poll:
+            w.poll = None
+        return w
+
+    r, w = os.pipe()
+    try:
+        assert waiter(read=[r]).wait(0) == set()                 # nothing yet
+        os.write(w, b"x")
+        assert waiter(read=[r]).wait(0) == {r}
+        assert waiter(write=[w]).wait(0) == {w}                  # room
+        os.set_blocking(w, False)
+        with pytest.raises(BlockingIOError):
+            while True:
+                os.write(w, b"y" * 65536)                        # fill the pipe
+        assert waiter(write=[w]).wait(0) == set()
+        assert waiter(write=[w]).wait(0.05) == set()             # waits, then gives up
+    finally:
+        os.close(w)
+    assert waiter(read=[r]).wait(0) == {r}                       # data, then the end
+    os.close(r)
+    r, w = os.pipe()
+    os.close(w)
+    assert waiter(read=[r]).wait(None) == {r} and os.read(r, 1) == b""   # hung up: ready
+    os.close(r)
+    r, w = os.pipe()
+    os.close(r)
+    assert waiter(write=[w]).wait(None) == {w}                   # reader gone: ready ...
+    with pytest.raises(BrokenPipeError):
+        os.write(w, b"x")                                        # ... and the write says so
+    os.close(w)
 
 
 def test_format_value_is_shortest_float32():
