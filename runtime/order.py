@@ -118,10 +118,19 @@ class OrderColumn:
             return None
 
     def describe(self, position) -> str:
-        """A sensor's position in the words of its column."""
+        """A sensor's position in the words of its column: a date where one holds it, else
+        the seconds (a time column of numbers may hold any finite number).
+
+        >>> column = OrderColumn("time", sequence=False)
+        >>> column.describe(60.0), column.describe(1e30)
+        ('time 1970-01-01T00:01:00Z', 'time 1e+30 s')
+        """
         if self.sequence:
             return f"{self.name} {position}"
-        when = datetime.fromtimestamp(position, timezone.utc).isoformat()
+        try:
+            when = datetime.fromtimestamp(position, timezone.utc).isoformat()
+        except (OverflowError, OSError, ValueError):     # beyond the years 1-9999
+            return f"{self.name} {position:g} s"
         return f"{self.name} {when.replace('+00:00', 'Z')}"
 
     def skipped(self, key: str, position) -> str:

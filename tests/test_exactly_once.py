@@ -209,3 +209,15 @@ def test_no_order_check_feeds_every_line_as_it_comes(models):
     assert [g["order"] for g in got[6:]] == ["skipped: not after this sensor's last reading "
                                              f"(time {data[-1]['time'][:19]}Z)"] * 5 + ["replay"]
     assert got[11]["step"] == got[5]["step"] == "6" and "1 replayed reading(s)" in err
+
+
+def test_a_time_in_seconds_beyond_any_date_is_described_in_seconds(models):
+    """A clock that jumps to 1e30 s is a position like any other: later lines are skipped
+    as older, and the order field names it in seconds (a date cannot hold it)."""
+    data = b"time,sensor,temperature,humidity\n" \
+        b"2024-01-01T00:00:00,a,21,40\n1e30,a,22,41\n2024-01-01T00:01:00,a,23,42\n"
+    out, err = run([models["sequence"], "--stream-column", "sensor", "--device", "cpu"], data)
+    got = csv_rows(out)
+    assert [g["step"] for g in got] == ["1", "2", ""]
+    assert got[2]["order"] == "skipped: not after this sensor's last reading (time 1e+30 s)"
+    assert "1 older reading(s) skipped" in err
