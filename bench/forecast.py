@@ -44,7 +44,8 @@ def run_one(path, target, features, look_back, horizon, mode, seed, budget, work
     side = train(path, target, features, out, cfg).sidecar
     linear = side["forecast"].get("linear")
     p = len(linear["weights"]) if linear else 0
-    lags = f" + linear ({p} lag{'s' * (p > 1)})" if linear else ""
+    fit = ", iterated" if side["forecast"].get("linear_fit") == "iterated" else ""
+    lags = f" + linear ({p} lag{'s' * (p > 1)}{fit})" if linear else ""
     return {**side["metrics"]["test"], "season": side["metrics"]["season"],
             "target": side["forecast"]["target_kind"] + lags}
 

@@ -222,6 +222,31 @@ def test_auto_keeps_the_linear_path_only_where_it_wins_on_validation(series_csv)
         plan(side, window=6, carry_state=False)
 
 
+def test_iterated_linear_path_is_the_autoregression_run_forward():
+    """More than one step ahead the path may be a one-step autoregression of every reading's
+    change iterated h steps: on changes that are an AR(1) of 0.8 its weight on the last
+    change is 0.8 + 0.8² + 0.8³ three steps ahead, the other reading's changes weigh
+    nothing; and the choice between it and the direct fit is made on the validation rows."""
+    from trainer.forecast import Framing, iterated_weights
+
+    rng = np.random.default_rng(4)
+    rows = 6000
+    change = np.zeros(rows)
+    for t in range(1, rows):
+        change[t] = 0.8 * change[t - 1] + rng.normal(0, 0.1)
+    x = np.stack([np.cumsum(change), np.cumsum(rng.normal(0, 0.1, rows))], axis=1)
+    w = iterated_weights(x, rows, 3, 2)                                # (2 * 2 + 1, 2)
+    assert w[0, 0] == pytest.approx(0.8 + 0.8 ** 2 + 0.8 ** 3, abs=0.05)
+    assert np.abs(w[1:, 0]).max() < 0.1                                # the rest: ~nothing
+    framing = Framing.choose("auto", ["level", "other"], ["level"], x[:, :1], 4200, 5100, 3,
+                             True, None, "sequence", x)
+    assert "over 3 steps" in framing.note
+    last = np.arange(4200, 5100 - 3)                                  # validation rows
+    start = framing.start(x[:, :1], last, 3, x)
+    naive = np.abs(x[last, :1] - x[last + 3, :1]).mean()
+    assert np.abs(start - x[last + 3, :1]).mean() < 0.8 * naive         # ~0.67
+
+
 def test_auto_takes_the_seasonal_target_only_where_it_wins_on_validation(series_csv):
     from trainer.data import read_csv, select
     from trainer.forecast import Framing
