@@ -7,8 +7,9 @@ for every bundled CSV and two horizons, with a few fixed seeds, and prints one m
 table of the untouched test tail's skill (MAE / naive MAE, below 1 beats naive) beside
 seasonal naive and the statistical anchors (AutoETS, AutoTheta, AutoARIMA; the ``[stats]``
 extra) on the same rows: fitted once before the tail, updated reading by reading
-(:mod:`trainer.anchors`). Small models (16 units, at most 40 epochs, early stopping); about
-ten minutes on two cores. Not a test: figures, not pass/fail.
+(:mod:`trainer.anchors`). Small models (16 units, at most 40 epochs, early stopping); four
+to six minutes on two cores. Not a test: figures, not pass/fail. ``--members auto`` measures
+the deep ensemble (``lstm-train --members``) instead: about three times the training.
 """
 
 from __future__ import annotations
@@ -34,19 +35,24 @@ SERIES = [
 ANCHORS = ("AutoETS", "AutoTheta", "AutoARIMA")
 
 
-def run_one(path, target, features, look_back, horizon, mode, seed, budget, work):
+def run_one(path, target, features, look_back, horizon, mode, seed, budget, work,
+            members=1):
     from trainer.model import ModelConfig
     from trainer.train import TrainConfig, train
 
     cfg = TrainConfig(look_back=look_back, horizon=horizon, epochs=40, verbose=0, seed=seed,
-                      anchor_budget=budget, model=ModelConfig(mode=mode, units=16))
+                      anchor_budget=budget, members=members,
+                      model=ModelConfig(mode=mode, units=16))
     out = Path(work) / f"{path.stem}-h{horizon}-{seed}.keras"
     side = train(path, target, features, out, cfg).sidecar
     linear = side["forecast"].get("linear")
     p = len(linear["weights"]) if linear else 0
-    lags = f" + linear ({p} lag{'s' * (p > 1)})" if linear else ""
+    fit = ", iterated" if side["forecast"].get("linear_fit") == "iterated" else ""
+    lags = f" + linear ({p} lag{'s' * (p > 1)}{fit})" if linear else ""
+    k = side["members"]["count"]
+    ensemble = f", {k} networks" if k > 1 else ""
     return {**side["metrics"]["test"], "season": side["metrics"]["season"],
-            "target": side["forecast"]["target_kind"] + lags}
+            "target": side["forecast"]["target_kind"] + lags + ensemble}
 
 
 def main(argv=None) -> None:
@@ -55,7 +61,11 @@ def main(argv=None) -> None:
     parser.add_argument("--mode", default="sequence", choices=["sequence", "window"])
     parser.add_argument("--anchor-budget", type=float, default=60.0,
                         help="seconds for the statistical anchors per setting")
+    parser.add_argument("--members", default="1",
+                        help="networks averaged per model (a deep ensemble); auto: 1 to 3, "
+                             "the validation rows choose")
     args = parser.parse_args(argv)
+    members = None if args.members == "auto" else int(args.members)
     started = time.perf_counter()
     rows, notes, beats_naive, beats_best, settings = [], [], 0, 0, 0
     with tempfile.TemporaryDirectory() as work:
@@ -64,7 +74,8 @@ def main(argv=None) -> None:
                 settings += 1
                 # The anchors do not depend on the seed: measured with seed 0's run only.
                 runs = [run_one(ROOT / "data" / file, target, features, look_back, horizon,
-                                args.mode, seed, args.anchor_budget if seed == 0 else 0, work)
+                                args.mode, seed, args.anchor_budget if seed == 0 else 0, work,
+                                members)
                         for seed in range(args.seeds)]
                 row, note, wins = _row(file, horizon, runs)
                 rows.append(row)
@@ -73,7 +84,8 @@ def main(argv=None) -> None:
                 beats_best += wins[1]
     print(f"Forecast quality on the test tail (last 15% of rows, never trained, early-stopped "
           f"or chosen on); skill = MAE / naive MAE on the same rows. LSTM: the trainer's "
-          f"default, {args.mode} mode, 16 units, <= 40 epochs, {args.seeds} seed(s): mean "
+          f"default{f' with --members {args.members}' if members != 1 else ''}, "
+          f"{args.mode} mode, 16 units, <= 40 epochs, {args.seeds} seed(s): mean "
           f"(min–max). Anchors fitted once before the tail, updated reading by reading.\n")
     print("| data | h | test steps | naive MAE | seasonal naive | AutoETS | AutoTheta "
           "| AutoARIMA | LSTM | LSTM target |")

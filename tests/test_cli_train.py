@@ -23,6 +23,8 @@ def run(*args, cwd=None):
                                                    "than the data (1268 rows)"),
     (["--target", TARGET, "--horizon", "0"], "--horizon must be at least 1"),
     (["--target", TARGET, "--features", "Time"], "it is the time column"),
+    (["--target", TARGET, "--members", "0"], "'--members': expected a count of at least 1 or "
+                                             "'auto', got '0'"),
 ])
 def test_bad_arguments_exit_2_with_one_line(water_csv, tmp_path, args, says):
     proc = run(water_csv, *args, "-o", tmp_path / "m.keras")

@@ -68,8 +68,9 @@ def keras_reference(model_path, side, x):
         if framing["difference"]:
             wins[:, 0] = ((0.0 - np.asarray(sx["mean"])) / np.asarray(sx["std"]))
         if side["mode"] == "stateful":
-            probe = build_model(ModelConfig(mode="stateful", units=4), window, x.shape[1], 1,
-                                batch_size=1)
+            units = model.get_layer("lstm_0").units                     # 4 a network
+            probe = build_model(ModelConfig(mode="stateful", units=units), window, x.shape[1],
+                                1, batch_size=1)
             probe.set_weights(model.get_weights())
             reset_states(probe)
             change = probe.predict(wins, batch_size=1, verbose=0)
@@ -122,6 +123,55 @@ def test_residual_graph_streams_what_keras_predicts(tmp_path, series_csv, mode, 
     assert_close(chunked, expected, side)
     if difference:
         assert json.loads(extra["difference"]) == kind
+
+
+@pytest.mark.parametrize("mode", ["window", "stateful", "sequence"])
+def test_deep_ensemble_streams_what_keras_predicts(tmp_path, series_csv, mode):
+    """Two networks of different seeds merged into one twice as wide: the exported graph
+    streams (stepped, chunked) what the saved Keras model predicts, and that model gives
+    the figures the trainer reported for the mean of its members."""
+    result = train(series_csv, "level", None, tmp_path / "m.keras",
+                   config(mode, True, members=2, linear=mode == "sequence"))
+    side = result.sidecar
+    assert side["members"] == {"count": 2, "trained": 2, "note": ""}
+    report = export(result.model_path, tmp_path / "m.onnx", steps=200)
+    assert [(s.kind, s.units) for s in report.info.state if s.kind != "prev"] == \
+        [("lstm", 8)]                                                  # 2 networks x 4 units
+
+    x = readings(series_csv)
+    rows, expected = keras_reference(result.model_path, side, x)
+    model = load(tmp_path / "m.onnx")
+    stream = model.stream()
+    stepped = np.array([stream.step(r) for r in x][rows[0]:])         # (n, targets)
+    assert_close(stepped, expected, side)
+    assert_close(model.stream().feed(x)[rows], expected, side)
+    data = side["data"]
+    target = rows + side["horizon"]
+    val = (target >= data["split"]) & (target < data["test"])
+    mae = np.abs(expected[val] - x[target[val], :1]).mean()
+    assert mae == pytest.approx(side["metrics"]["validation"]["model"]["mae"][0], rel=1e-4)
+
+
+@pytest.mark.parametrize("cell, layers, dense", [("lstm", 1, 0), ("gru", 2, 3)])
+def test_merged_networks_predict_the_mean_of_their_members(cell, layers, dense):
+    """Keras on the merged model equals the mean of Keras on each member, over a whole
+    sequence: every gate, stacked layer and hidden head keeps its member's block."""
+    import keras
+
+    from trainer.ensemble import merge
+
+    cfg = ModelConfig(mode="sequence", cell=cell, units=5, layers=layers, dense=dense)
+    members = []
+    for seed in range(3):
+        keras.utils.set_random_seed(seed)
+        members.append(build_model(cfg, None, 2, 2))
+        members[-1].set_weights([w + np.random.default_rng(seed).normal(0, 0.1, w.shape)
+                                 for w in members[-1].get_weights()])  # nonzero biases too
+    x = np.random.default_rng(9).normal(size=(4, 30, 2)).astype(np.float32)
+    mean = np.mean([m.predict(x, verbose=0) for m in members], axis=0)  # (4, 30, 2)
+    merged = merge(members, cfg, None, 2, 2)
+    assert merged.get_layer(f"{cell}_0").units == 15
+    np.testing.assert_allclose(merged.predict(x, verbose=0), mean, atol=1e-5)
 
 
 @pytest.mark.parametrize("difference, horizon", [(False, 1), (True, 3)])
@@ -220,6 +270,31 @@ def test_auto_keeps_the_linear_path_only_where_it_wins_on_validation(series_csv)
                                                                       "bias": [0.0]}}}
     with pytest.raises(ExportError, match="export it in sequence mode"):
         plan(side, window=6, carry_state=False)
+
+
+def test_iterated_linear_path_is_the_autoregression_run_forward():
+    """More than one step ahead the path may be a one-step autoregression of every reading's
+    change iterated h steps: on changes that are an AR(1) of 0.8 its weight on the last
+    change is 0.8 + 0.8² + 0.8³ three steps ahead, the other reading's changes weigh
+    nothing; and the choice between it and the direct fit is made on the validation rows."""
+    from trainer.forecast import Framing, iterated_weights
+
+    rng = np.random.default_rng(4)
+    rows = 6000
+    change = np.zeros(rows)
+    for t in range(1, rows):
+        change[t] = 0.8 * change[t - 1] + rng.normal(0, 0.1)
+    x = np.stack([np.cumsum(change), np.cumsum(rng.normal(0, 0.1, rows))], axis=1)
+    w = iterated_weights(x, rows, 3, 2)                                # (2 * 2 + 1, 2)
+    assert w[0, 0] == pytest.approx(0.8 + 0.8 ** 2 + 0.8 ** 3, abs=0.05)
+    assert np.abs(w[1:, 0]).max() < 0.1                                # the rest: ~nothing
+    framing = Framing.choose("auto", ["level", "other"], ["level"], x[:, :1], 4200, 5100, 3,
+                             True, None, "sequence", x)
+    assert "over 3 steps" in framing.note
+    last = np.arange(4200, 5100 - 3)                                  # validation rows
+    start = framing.start(x[:, :1], last, 3, x)
+    naive = np.abs(x[last, :1] - x[last + 3, :1]).mean()
+    assert np.abs(start - x[last + 3, :1]).mean() < 0.8 * naive         # ~0.67
 
 
 def test_auto_takes_the_seasonal_target_only_where_it_wins_on_validation(series_csv):

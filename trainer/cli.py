@@ -44,6 +44,19 @@ def quiet_tensorflow() -> None:
     filter_stderr()     # what TF_CPP_MIN_LOG_LEVEL cannot stop (issue 11, item 3)
 
 
+def members_option(value: str) -> int | None:
+    """``--members``: a count of at least 1, or ``auto`` (None)."""
+    if value == "auto":
+        return None
+    try:
+        count = int(value)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise click.BadParameter(f"expected a count of at least 1 or 'auto', got {value!r}")
+    return count
+
+
 TRAIN_EXAMPLES = """
 \b
 Examples:
@@ -110,6 +123,11 @@ Modes (how the model will stream, see docs/keras-models.md):
               show_default=True, help="A linear path on the last 1-3 changes of every reading "
               "beside the network (differenced sequence models); auto: where it lowers the "
               "start's MAE on the validation rows.")
+@click.option("--members", default="1", show_default=True, metavar="N|auto",
+              callback=lambda _ctx, _param, value: members_option(value),
+              help="A deep ensemble: N networks of different seeds (seed, seed + 1000, ...) "
+              "averaged in one exported model, N times the training; auto: 1 to 3, the "
+              "validation rows choose.")
 @click.option("--season", type=int, help="Readings per season for the seasonal-naive "
               "baseline [default: guessed from the time column: hourly 24, daily 7, "
               "weekly 52, monthly 12].")
@@ -121,8 +139,8 @@ Modes (how the model will stream, see docs/keras-models.md):
 @reports_errors
 def train_main(data, target, features, look_back, horizon, mode, cell, units, layers, dropout,
                dense, epochs, batch_size, patience, val_fraction, missing, scaling, loss, seed,
-               quiet, output, test_fraction, target_kind, difference, linear, season,
-               anchor_budget, plot):
+               quiet, output, test_fraction, target_kind, difference, linear, members,
+               season, anchor_budget, plot):
     """Fit an LSTM (or GRU) on DATA, a CSV with a header row, and report it against baselines."""
     require_training("lstm-train", TRAINING)
     from .model import ModelConfig
@@ -134,7 +152,7 @@ def train_main(data, target, features, look_back, horizon, mode, cell, units, la
                       verbose=0 if quiet else 2, test_fraction=test_fraction,
                       target_kind=target_kind, difference=difference, season=season,
                       linear={"auto": None, "on": True, "off": False}[linear],
-                      anchor_budget=anchor_budget,
+                      members=members, anchor_budget=anchor_budget,
                       model=ModelConfig(mode=mode, cell=cell, units=units, layers=layers,
                                         dropout=dropout, dense=dense))
     check_config(cfg, rows=cfg.look_back + cfg.horizon)   # flag errors before TF loads

@@ -30,12 +30,14 @@ from . import anchors
 from .calibrate import coverage, intervals, target_columns
 from .data import growing_features, read_csv, select
 from .errors import DataError
+from .ensemble import merge
 from .model import ModelConfig, build_model, reset_states
 from .forecast import (TARGET_KINDS, Framing, best_by_mae, caution, differences, guess_season,
                        score)
 from .windows import Scaler, sequences, split_points, windows
 
 SIDECAR_FORMAT = "lstm-edge.training/1"
+MAX_MEMBERS = 3   # most networks a deep ensemble averages (TrainConfig.members None)
 
 
 @dataclass
@@ -59,7 +61,10 @@ class TrainConfig:
     season: int | None = None    # readings per season for the seasonal naive; None: guess
     linear: bool | None = None   # linear path on the changes beside the network (sequence
     #                              mode): None where it wins on validation (docs/forecasting.md)
-    seed: int | None = 0         # repeatable runs; None for a fresh draw
+    members: int | None = 1      # deep ensemble: networks of different seeds averaged, merged
+    #                              into one (trainer/ensemble.py); None: 1 to MAX_MEMBERS, the
+    #                              validation rows choose
+    seed: int | None = 0         # repeatable runs; None for a fresh draw (member k: seed + 1000 k)
     anchor_budget: float = 0.0   # seconds for ETS/Theta/ARIMA on the test tail (0: none; lstm-train: 60)
     verbose: int = 2             # Keras progress: 0 silent, 1 bars, 2 one line per epoch
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -87,6 +92,10 @@ class TrainResult:
         chosen = side["forecast"].get("target_note")
         if chosen and side["forecast"]["target_kind"] != "level":   # auto's choice, and why
             lines.insert(1, f"  {chosen}")
+        members = side["members"]
+        if members["count"] > 1 or members["note"]:
+            note = members["note"] or f"deep ensemble: the mean of {members['count']} networks"
+            lines.insert(len(lines) - 1, "  " + note)
         naive = np.mean(test["naive"]["mae"])
         for name in ("model", "naive", "seasonal_naive", "mean"):
             if name not in test:
@@ -283,6 +292,8 @@ def check_config(cfg: TrainConfig, rows: int) -> None:
     elif not 0.0 < cfg.val_fraction < 1.0 - cfg.test_fraction:
         problems.append(f"--val-fraction must be between 0 and 1 - --test-fraction "
                         f"({1.0 - cfg.test_fraction:g}), got {cfg.val_fraction}")
+    if cfg.members is not None and cfg.members < 1:
+        problems.append(f"--members must be at least 1 (or auto), got {cfg.members}")
     if cfg.season is not None and cfg.season < 1:
         problems.append(f"--season must be at least 1 (readings per season), got {cfg.season}")
     if problems:
@@ -314,15 +325,24 @@ def train(csv: str | Path, target: str | list[str], features: str | list[str] | 
     series, scaler = _network_series(sel, framing, split, test, cfg)
     # A residual model's head starts at zero: untrained, it is the naive forecast.
     run = replace(cfg, look_back=window, model=replace(cfg.model, zero_head=framing.residual))
-    _seed(cfg.seed)
-    model, pred, last = FIT[cfg.model.mode](series, run, len(sel.targets))
-    if framing.residual:
-        pred = pred * framing.delta_scale + framing.start(sel.y, last, cfg.horizon, sel.x)
-    else:
-        pred = scaler.y_inverse(pred)
+    models, preds = [], []
+    for k in range(cfg.members or MAX_MEMBERS):
+        _seed(None if cfg.seed is None else cfg.seed + 1000 * k)
+        model, pred, last = FIT[cfg.model.mode](series, run, len(sel.targets))
+        if framing.residual:
+            pred = pred * framing.delta_scale + framing.start(sel.y, last, cfg.horizon, sel.x)
+        else:
+            pred = scaler.y_inverse(pred)
+        models.append(model)
+        preds.append(pred)                                           # (steps, targets)
     target_row = last + cfg.horizon
     parts = {"validation": (target_row >= split) & (target_row < test),
              "test": target_row >= test}
+    members, note = _members(preds, sel.y[target_row], parts["validation"], cfg.members)
+    pred = np.mean(preds[:members], axis=0)
+    model = merge(models[:members], run.model, run.look_back, series.xs.shape[1],
+                  len(sel.targets), models[0].inputs[0].shape[0]
+                  if cfg.model.mode == "stateful" else None)
     metrics = {name: score(sel.y, pred[rows], last[rows], cfg.horizon, sel.y[:split], season)
                for name, rows in parts.items()}
     metrics["test"].update(anchors.measure(sel.y, last[parts["test"]], cfg.horizon, season,
@@ -349,6 +369,7 @@ def train(csv: str | Path, target: str | list[str], features: str | list[str] | 
         "look_back": window,
         "horizon": cfg.horizon,
         "forecast": framing.to_json(),
+        "members": {"count": members, "trained": len(models), "note": note},
         "intervals": calibration,
         "metrics": metrics,
         "data": {"file": Path(csv).name, "rows": int(len(sel.x)), "split": int(split),
@@ -366,6 +387,18 @@ def train(csv: str | Path, target: str | list[str], features: str | list[str] | 
                               band=band_90(calibration, sel.y, last[rows]),
                               title=f"{Path(csv).name}: test tail, {cfg.horizon} step(s) ahead")
     return TrainResult(output, side, sidecar, warnings, plot_path)
+
+
+def _members(preds: list, truth: np.ndarray, val: np.ndarray, asked: int | None):
+    """How many members to average (the first k), and why: ``asked``, or where None the k
+    whose mean has the lowest MAE on the validation rows (never the test tail)."""
+    if asked:
+        return asked, ""
+    maes = [np.abs(np.mean(preds[:k], axis=0)[val] - truth[val]).mean()
+            for k in range(1, len(preds) + 1)]
+    k = int(np.argmin(maes)) + 1
+    return k, (f"deep ensemble: on the validation rows the mean of {k} of {len(preds)} "
+               f"networks has {maes[k - 1] / maes[0]:.3f} x the MAE of one")
 
 
 def _network_series(sel, framing: Framing, split: int, test: int, cfg: TrainConfig):
