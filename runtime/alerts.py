@@ -57,9 +57,9 @@ from ``q_L``, the file's quantile at the level L. A miss widens the next interva
 ``adapt * (1 - L)``: over any T checked readings whose scores stay below B the share of misses
 is within ``(B + adapt * q_L) / (adapt * q_L * T)`` of 1 - L, whatever the errors do
 (their Proposition 1). The working quantile is alert state, saved and restored with the
-rest. It also widens the intervals over a fault that lasts, and so stops flagging a level
-shift once it has learnt it: it is off by default (docs/alerts.md says why). Page's CUSUM
-standardizes by the working interval then, scaled as it is.
+rest. It also widens the intervals over a fault that lasts, so a level shift that stays is
+reported once and then learnt. Page's CUSUM standardizes by the working interval then,
+scaled as it is. Off by default: docs/alerts.md gives the benchmark's figures and why.
 
 >>> import numpy as np
 >>> local_spread(np.array([[1.0], [3.0], [2.0], [2.0]]), readings=2, floor=np.array([0.1]),
