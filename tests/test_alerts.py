@@ -435,12 +435,14 @@ def test_train_reports_coverage_and_export_writes_the_intervals(tmp_path):
 
 
 def test_lstm_run_keeps_one_alert_state_per_sensor(tmp_path, readings):
-    """Two sensors interleaved (stepped together in one call) answer as each one alone."""
+    """Two sensors interleaved (stepped together in one call) answer as each one alone, the
+    adapting quantile included."""
     path = with_intervals(tmp_path / "m.onnx")
     a, b = readings[:40, 0], readings[100:140, 0] + 5.0
     mixed = "".join(json.dumps({"sensor": s, TARGET: float(v)}) + "\n"
                     for pair in zip(a, b) for s, v in zip("ab", pair))
-    args = [path, "--interval", "0.8", "--stream-column", "sensor", "--stuck", "2"]
+    args = [path, "--interval", "0.8", "--stream-column", "sensor", "--stuck", "2", "--adapt",
+            "0.2"]                             # each sensor's working quantile its own
     out = [json.loads(line) for line in run(args, mixed.encode())[0].splitlines()]
     for name, values in (("a", a), ("b", b)):
         alone = "".join(json.dumps({"sensor": name, TARGET: float(v)}) + "\n" for v in values)
