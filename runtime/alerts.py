@@ -43,6 +43,24 @@ calibrated interval (the 80 % one in files lstm-train writes), each ``u`` clippe
 An alert is raised where either sum exceeds ``cusum``; both then restart at 0, and they
 stay at 0 while an ``outside`` alert stands (that stretch is reported already).
 
+Split-conformal coverage holds for rows like the calibration rows; a service whose errors
+drift over months gets more or fewer misses than it was promised. With ``adapt`` > 0 each
+stream tracks its own quantile from the misses it has seen, the quantile tracker of
+Angelopoulos, Candès and Tibshirani (2023, "Conformal PID control for time series
+prediction", NeurIPS; the score-scale form of Gibbs and Candès 2021's adaptive conformal
+inference), per output::
+
+    q[t+1] = q[t] + adapt * q_L * (miss[t] - (1 - L)),   interval: max(q, 0) * spread
+
+from ``q_L``, the file's quantile at the level L. A miss widens the next intervals by
+``adapt * L`` of the calibrated width, an inside reading narrows them by
+``adapt * (1 - L)``: over any T checked readings whose scores stay below B the share of misses
+is within ``(B + adapt * q_L) / (adapt * q_L * T)`` of 1 - L, whatever the errors do
+(their Proposition 1). The working quantile is alert state, saved and restored with the
+rest. It also widens the intervals over a fault that lasts, so a level shift that stays is
+reported once and then learnt. Page's CUSUM standardizes by the working interval then,
+scaled as it is. Off by default: docs/alerts.md gives the benchmark's figures and why.
+
 >>> import numpy as np
 >>> local_spread(np.array([[1.0], [3.0], [2.0], [2.0]]), readings=2, floor=np.array([0.1]),
 ...              prior=np.array([1.0]))[:, 0]
@@ -168,11 +186,12 @@ class AlertConfig:
     hold_off: int = 3      # readings in a row inside before another one may be raised
     stuck: int = 0         # the same target value this many readings in a row: ``stuck`` (0: off)
     cusum: float = 0.0     # Page's CUSUM threshold, in units: ``shift`` alerts (0: off)
+    adapt: float = 0.0     # quantile tracking step, a share of the level's quantile (0: off)
 
     def __post_init__(self):
         problems = [f"{name} must be at least {low}, got {getattr(self, name)}"
                     for name, low in (("min_run", 1), ("hold_off", 0), ("stuck", 0),
-                                      ("cusum", 0))
+                                      ("cusum", 0), ("adapt", 0))
                     if getattr(self, name) < low]
         if problems:
             raise InputError("; ".join(problems))
@@ -203,6 +222,7 @@ class AlertState:
     same: int = 0         # readings in a row with the same target values
     steps: int = 0        # the stream's step count at the last reading observed (lstm-run)
     cusum: list = field(default_factory=list)       # [S+, S-] (outputs,) each; [] before any
+    adapted: tuple | None = None  # with ``adapt``: (level, working quantile (outputs,))
 
     def to_bytes(self) -> bytes:
         """A versioned byte string (the stream state's ``alerts`` section)."""
@@ -211,7 +231,9 @@ class AlertState:
                         for p in self.pending],
             "recent": [r.tolist() for r in self.recent],
             "counters": [self.run, self.calm, int(self.alerting), self.same, self.steps],
-            "cusum": [s.tolist() for s in self.cusum]})
+            "cusum": [s.tolist() for s in self.cusum],
+            "adapted": None if self.adapted is None else
+            {"level": self.adapted[0], "q": self.adapted[1].tolist()}})
         return _MAGIC + struct.pack("<I", len(body)) + body.encode()
 
     @classmethod
@@ -229,16 +251,22 @@ class AlertState:
             cusum = [np.asarray(c, np.float64) for c in d.get("cusum", [])]   # absent: older
             if len(cusum) not in (0, 2):
                 raise ValueError(f"cusum holds {len(cusum)} sums, not 2")
+            adapted = d.get("adapted")                                  # absent: older
+            if adapted is not None:
+                adapted = (float(adapted["level"]), np.asarray(adapted["q"], np.float64))
+                if adapted[1].ndim != 1 or not np.isfinite(adapted[1]).all():
+                    raise ValueError("the working quantile must be finite numbers")
         except (ValueError, TypeError, KeyError, struct.error, UnicodeDecodeError) as exc:
             raise SnapshotError(f"the stream's alert state cannot be read ({exc}); start "
                                 f"the stream afresh") from None
-        return cls(pending, recent, run, calm, bool(alerting), same, steps, cusum)
+        return cls(pending, recent, run, calm, bool(alerting), same, steps, cusum, adapted)
 
     def check(self, outputs: int, watched: int) -> None:
         """Raise SnapshotError where the arrays do not fit a model of this many columns."""
         fits = all(p is None or (p[0].shape == (outputs,) and p[1].shape == (outputs,))
                    for p in self.pending) and all(r.shape == (watched,) for r in self.recent) \
-            and all(c.shape == (outputs,) for c in self.cusum)
+            and all(c.shape == (outputs,) for c in self.cusum) \
+            and (self.adapted is None or self.adapted[1].shape == (outputs,))
         if not fits:
             raise SnapshotError(f"the stream's alert state was saved for another model (not "
                                 f"{outputs} output(s) and {watched} watched column(s)); start "
@@ -293,8 +321,9 @@ class Alerts:
                 due = state.pending[0]
                 if due is not None:
                     score = _score(value, *due)
+        q = self._quantile(state, value, due)                     # (outputs,)
         pred = np.full(len(self.q), np.nan) if pred is None else np.asarray(pred, np.float64)
-        half = self.q * self.spread(state)
+        half = q * self.spread(state)
         ready = bool(np.isfinite(pred).all())
         state.pending.append((pred, half) if ready else None)
         while len(state.pending) > self.horizon:
@@ -307,6 +336,23 @@ class Alerts:
                 shift = self._page(state, value, *due)     # its sums move on every reading
                 answer.alert = answer.alert or shift
         return answer
+
+    def _quantile(self, state: AlertState, value, due) -> np.ndarray:
+        """``(outputs,)`` the quantile of this reading's forecast: the file's, or with
+        ``adapt`` the stream's working quantile after the check of ``due`` (the module's
+        notes). A working quantile of another level starts afresh."""
+        cfg = self.config
+        if not cfg.adapt:
+            state.adapted = None
+            return self.q
+        if state.adapted is None or abs(state.adapted[0] - cfg.level) > 1e-9:
+            state.adapted = (cfg.level, self.q.copy())
+        q = state.adapted[1]
+        if due is not None:                   # a checked reading: value is not None
+            miss = (np.abs(value - due[0]) > due[1]).astype(np.float64)    # (outputs,)
+            q = q + cfg.adapt * self.q * (miss - (1 - cfg.level))
+            state.adapted = (cfg.level, q)
+        return np.maximum(q, 0.0)
 
     def _page(self, state: AlertState, value, pred, half) -> str:
         """Page's CUSUM on this reading's standardized residual: ``shift`` where it

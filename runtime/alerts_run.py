@@ -8,11 +8,11 @@ Added after the predictions (names made fresh as ``runtime.lines`` does):
   ``horizon`` readings before it (empty where there was none);
 - ``score``: how many half-widths from that forecast the reading lies (> 1 is outside);
 - ``alert``: ``outside``, ``stuck`` or ``shift`` on the line where an alert is raised, else
-  empty (``--min-run``, ``--hold-off``, ``--stuck``, ``--cusum``: see
-  :mod:`runtime.alerts`).
+  empty (``--min-run``, ``--hold-off``, ``--stuck``, ``--cusum``, and ``--adapt`` for the
+  interval itself: see :mod:`runtime.alerts`).
 
 With ``--state FILE`` each sensor's alert state (:meth:`AlertState.to_bytes`: the pending
-forecasts, the run and hold-off counters, the CUSUM sums) is saved as a section of its stream state
+forecasts, the run and hold-off counters, the CUSUM sums, the working quantile) is saved as a section of its stream state
 (:mod:`runtime.state`), in the same commit, so that a restarted run checks the readings
 against the forecasts made before it stopped.
 """
@@ -28,8 +28,8 @@ from .errors import SnapshotError
 
 
 def options(command):
-    """``--interval``, ``--min-run``, ``--hold-off``, ``--stuck``, ``--cusum``: the alert
-    options of ``lstm-run`` and of the Flink job, which answer alike."""
+    """``--interval``, ``--min-run``, ``--hold-off``, ``--stuck``, ``--cusum``, ``--adapt``:
+    the alert options of ``lstm-run`` and of the Flink job, which answer alike."""
     for option in reversed([
         click.option("--interval", type=click.FloatRange(0, 1, min_open=True, max_open=True),
                      metavar="LEVEL", help="Add lo_/hi_<target> (the calibrated interval at "
@@ -47,6 +47,10 @@ def options(command):
                      metavar="H", help="--interval: Page's CUSUM of the standardized "
                      "residuals above H raises a 'shift' alert: a drift or a small level "
                      "shift (0: off; 4 in docs/alerts.md)."),
+        click.option("--adapt", type=click.FloatRange(min=0), default=0.0, show_default=True,
+                     metavar="RATE", help="--interval: each sensor tracks its own quantile "
+                     "from its misses, by RATE of the calibrated one per reading, so a drifting "
+                     "sensor keeps its coverage (0: off; docs/alerts.md)."),
     ]):
         command = option(command)
     return command

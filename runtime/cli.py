@@ -377,7 +377,7 @@ def _checked(parity: dict) -> str:
 def main(model, info, stream, input_, output, append, endless, format_, stream_column, columns,
          reset_column, time_column, seq_column, no_order_check, progress, idle_timeout,
          max_streams, device, window, carry_state, missing, state, save_every, save_interval,
-         interval, min_run, hold_off, stuck, cusum, on_new_model, strict, threads,
+         interval, min_run, hold_off, stuck, cusum, adapt, on_new_model, strict, threads,
          **mqtt_options):
     """Run MODEL.onnx (exported by lstm-export) over sensor lines, one answer per line.
 
@@ -411,7 +411,7 @@ def main(model, info, stream, input_, output, append, endless, format_, stream_c
                          save_every=save_every, save_interval=save_interval,
                          columns=_column_names(columns), reset_column=reset_column,
                          alerts=None if interval is None else
-                         AlertConfig(interval, min_run, hold_off, stuck, cusum),
+                         AlertConfig(interval, min_run, hold_off, stuck, cusum, adapt),
                          on_new_model=on_new_model, time_column=time_column,
                          seq_column=seq_column, order_check=not no_order_check)
     if mqtt_options["mqtt_url"]:

@@ -70,10 +70,35 @@ def test_conformal_quantile_by_hand():
     assert conformal_quantile(scores, 0.5) == 0.5     # ceil(10 * 0.5) = 5th smallest
     assert conformal_quantile(scores, 0.8) == 0.8     # ceil(8.0) = 8th
     assert conformal_quantile(scores, 0.85) == 0.9    # ceil(8.5) = 9th
-    assert conformal_quantile(scores, 0.95) == 0.9    # ceil(9.5) = 10 > 9: the largest
+    # ceil(9.5) = 10 > 9: the tail. k = 4 scores above u = 0.5, excesses 0.1-0.4, mean 0.25;
+    # a new score exceeds u with probability 5 / 10, and 0.95 needs 0.05 beyond it
+    assert conformal_quantile(scores, 0.95) == pytest.approx(0.5 + 0.25 * math.log(5 / 0.5))
+    # one outlier: the exponential fit says 1 + 2.25 ln(10) = 6.2, the largest is 10
+    assert conformal_quantile(np.array([1.0] * 8 + [10.0]), 0.95) == 10.0
+    assert conformal_quantile(np.array([2.0]), 0.99) == 2.0       # nothing to fit: the score
     found = calibrate(np.array([[1.0], [2.0], [4.0]]), np.array([[0.0], [0.0], [0.0]]),
                       np.array([[1.0], [4.0], [1.0]]), levels=(0.5,))
     assert found == {"levels": [0.5], "q": [[1.0]], "n": 3}   # scores 1, 0.5, 4: 2nd
+
+
+@pytest.mark.parametrize("draw, least", [(lambda rng, m: np.abs(rng.normal(size=m)), 0.985),
+                                         (lambda rng, m: rng.exponential(size=m), 0.975)])
+def test_the_tail_covers_what_the_largest_score_cannot(draw, least):
+    """On 21 scores the 99 % rank runs out; a Monte Carlo reference: over many samples, the
+    share of fresh scores from the same law at or below the quantile. The largest score
+    alone covers 21 / 22 of them; the tail nearly the level (module notes: 99.2 / 98.2 %)."""
+    rng = np.random.default_rng(7)
+    tail, largest = [], []
+    for _ in range(2000):
+        scores, fresh = draw(rng, 21), draw(rng, 100)
+        tail.append(np.mean(fresh <= conformal_quantile(scores, 0.99)))
+        largest.append(np.mean(fresh <= scores.max()))
+    assert np.mean(largest) == pytest.approx(21 / 22, abs=0.005)
+    assert least <= np.mean(tail) < 0.995
+    found = calibrate(np.zeros((21, 1)), draw(rng, 21)[:, None], None)
+    assert found["n"] == 21 and found["tail"] == {"fit": "exponential", "upper": 10,
+                                                  "levels": [0.99]}
+    assert "tail" not in calibrate(np.zeros((99, 1)), draw(rng, 99)[:, None], None)
 
 
 def test_local_spread_by_hand():
@@ -123,18 +148,81 @@ def test_stream_equals_offline_predict(tmp_path, readings, scale):
     assert {"stuck", "outside", "shift"} <= set(want)
 
 
-def test_alert_state_survives_a_restart(tmp_path, readings):
+def tracked(readings, pred, spread, q, level, rate, horizon=1):
+    """The quantile tracker written out plainly (the reference): the quantile each forecast's
+    interval takes, moved by each checked reading's miss."""
+    working, used = q, []
+    for i in range(len(readings)):
+        if i >= horizon:
+            miss = abs(readings[i] - pred[i - horizon]) > used[i - horizon] * spread[i - horizon]
+            working += rate * q * (float(miss) - (1 - level))
+        used.append(max(working, 0.0))
+    return np.array(used)
+
+
+def test_adapting_stream_equals_the_tracker_by_hand(tmp_path, readings):
+    """--adapt: each interval from the working quantile, moved by every miss and hit."""
     model = runtime.load(with_intervals(tmp_path / "m.onnx"), device="cpu")
-    cfg = AlertConfig(level=0.99, hold_off=2, cusum=2.0)
+    readings = readings.copy()
+    readings[120:, 0] = readings[120] + 3.0 * (readings[120:, 0] - readings[120, 0])  # wilder
+    cfg = AlertConfig(level=0.9, min_run=2, hold_off=3, cusum=2.0, adapt=0.05)
+    monitor = Monitor(model.stream(), cfg)
+    answers = [monitor.step(r) for r in readings]
+
+    pred = model.predict(readings[None])[0].astype(np.float64)[:, 0]     # (rows,)
+    spread = local_spread(readings, 6, np.array([0.02]), np.array([0.3]))[:, 0]
+    q = tracked(readings[:, 0], pred, spread, Q[1][0], 0.9, 0.05)
+    np.testing.assert_allclose([a.hi[0] - a.pred[0] for a in answers], q * spread, rtol=1e-5)
+    score = np.abs(readings[1:, 0] - pred[:-1]) / (q * spread)[:-1]
+    np.testing.assert_allclose([a.score for a in answers[1:]], score, rtol=1e-4)
+    outside = [None] + [bool(s > 1) for s in score]
+    assert [a.anomaly for a in answers[1:]] == outside[1:]
+    # CUSUM's unit: the 80 % half-width, scaled as the working interval is
+    u = [None] + list((readings[1:, 0] - pred[:-1]) / (Q[0][0] * spread[:-1] * q[:-1] / Q[1][0]))
+    assert [a.alert for a in answers] == hygiene(outside, readings[:, 0].tolist(), 2, 3, 0, u,
+                                                 cusum=2.0)
+    assert q[150:].min() > 1.5 * Q[1][0]        # the wilder stretch widened the intervals
+    misses = np.mean([a.anomaly for a in answers[200:]])
+    fixed = Monitor(model.stream(), AlertConfig(level=0.9))
+    fixed_misses = np.mean([a.anomaly for a in [fixed.step(r) for r in readings][200:]])
+    assert abs(misses - 0.1) < abs(fixed_misses - 0.1)
+
+
+def test_the_tracker_keeps_its_coverage_promise_under_drift():
+    """Angelopoulos et al. 2023, Proposition 1: over T checked readings with scores at most
+    B, the share of misses lies within (B + eta) / (eta T) of 1 - L, eta = rate * q_L,
+    whatever the errors do; the file's fixed quantile misses a third of them here."""
+    iv = json.dumps({"levels": [0.9], "q": [[1.645]], "scale": "none", "target_features": [0]})
+    model = SimpleNamespace(info=SimpleNamespace(extra={"intervals": iv}, horizon=1),
+                            n_targets=1, targets=("y",))
+    rng = np.random.default_rng(3)
+    values = np.concatenate([rng.normal(0, 1, 500), rng.normal(0, 1, 2500) * np.linspace(1, 4, 2500)])
+    for rate, near in ((0.05, True), (0.0, False)):
+        alerts, state = Alerts(model, AlertConfig(level=0.9, adapt=rate)), AlertState()
+        got = [alerts.observe(state, np.array([v]), np.array([0.0])) for v in values]
+        misses = np.mean([a.anomaly for a in got[1:]])
+        bound = (np.abs(values).max() + rate * 1.645) / (rate * 1.645 * (len(values) - 1)) \
+            if rate else 0.0
+        assert (abs(misses - 0.1) <= bound) == near and (near or misses > 0.3)
+
+
+@pytest.mark.parametrize("cfg", [AlertConfig(level=0.99, hold_off=2, cusum=2.0),
+                                 AlertConfig(level=0.8, hold_off=2, adapt=0.1)],
+                         ids=["cusum", "adapt"])
+def test_alert_state_survives_a_restart(tmp_path, readings, cfg):
+    model = runtime.load(with_intervals(tmp_path / "m.onnx"), device="cpu")
     whole = Monitor(model.stream(), cfg)
     expected = [whole.step(r) for r in readings]
-    assert "shift" in [a.alert for a in expected[120:]]
+    assert "shift" in [a.alert for a in expected[120:]] or not cfg.cusum
     first = Monitor(model.stream(), cfg)
     for r in readings[:120]:
         first.step(r)
     first.stream.snapshot().save(tmp_path / "s.npz")
     saved = first.state.to_bytes()
-    assert max(c.max() for c in first.state.cusum) > 0      # CUSUM sums carried over
+    if cfg.cusum:
+        assert max(c.max() for c in first.state.cusum) > 0      # CUSUM sums carried over
+    else:                                                       # the working quantile
+        assert first.state.adapted[1][0] != pytest.approx(Q[0][0])
     again = Monitor(model.stream(tmp_path / "s.npz"), cfg, saved)
     got = [again.step(r) for r in readings[120:]]
     for a, b in zip(got, expected[120:]):
@@ -149,7 +237,21 @@ def test_alert_state_survives_a_restart(tmp_path, readings):
     del body["cusum"]                               # a state saved before CUSUM: sums at 0
     body = json.dumps(body).encode()
     older = AlertState.from_bytes(b"LEA1" + len(body).to_bytes(4, "little") + body)
-    assert older.run == 2 and older.cusum == []
+    assert older.run == 2 and older.cusum == [] and older.adapted is None
+    body = json.loads(saved[8:])
+    for bad in ({"level": 0.99, "q": [float("nan")]}, {"q": [1.0]}, {"level": 0.99, "q": 1.0}):
+        body["adapted"] = bad
+        text = json.dumps(body).encode()
+        with pytest.raises(SnapshotError, match="alert state cannot be read"):
+            AlertState.from_bytes(b"LEA1" + len(text).to_bytes(4, "little") + text)
+    with pytest.raises(SnapshotError, match="another model"):
+        Monitor(model.stream(), cfg, AlertState(adapted=(0.99, np.ones(2))).to_bytes())
+    # a working quantile of another level starts afresh from the file's
+    other = Monitor(model.stream(tmp_path / "s.npz"), AlertConfig(level=0.9, adapt=0.05), saved)
+    a = other.step(readings[120])                 # checked: one step from the file's 0.9
+    q = Q[1][0] * (1 + 0.05 * (float(a.anomaly) - 0.1))
+    assert other.state.adapted[0] == 0.9 and other.state.adapted[1][0] == pytest.approx(q)
+    assert a.hi[0] - a.pred[0] == pytest.approx(q * other.alerts.spread(other.state)[0])
     with pytest.raises(SnapshotError, match="another model"):
         Monitor(model.stream(), cfg, AlertState(recent=[np.zeros(3)]).to_bytes())
 
@@ -245,15 +347,17 @@ def _table(text: str) -> list[dict]:
 def test_lstm_run_alert_columns_match_the_python_api(tmp_path, readings):
     path = with_intervals(tmp_path / "m.onnx")
     data = (f"{TARGET}\n" + "".join(f"{v}\n" for v in readings[:80, 0])).encode()
-    out, _ = run([path, "--interval", "0.95", "--stuck", "3", "--cusum", "1.5"], data)
+    out, _ = run([path, "--interval", "0.95", "--stuck", "3", "--cusum", "1.5", "--adapt",
+                  "0.1"], data)
     rows = _table(out)
     assert list(rows[0]) == [TARGET, "step", "warmup", f"pred_{TARGET}", f"lo_{TARGET}",
                              f"hi_{TARGET}", "anomaly", "score", "alert", "error", "input"]
     monitor = Monitor(runtime.load(path, device="cpu").stream(),
-                      AlertConfig(0.95, 1, 3, 3, cusum=1.5))
+                      AlertConfig(0.95, 1, 3, 3, cusum=1.5, adapt=0.1))
     for row, r in zip(rows, readings[:80]):
         a = monitor.step(r)
         assert float(row[f"lo_{TARGET}"]) == pytest.approx(a.lo[0], rel=1e-6)
+        assert float(row[f"hi_{TARGET}"]) == pytest.approx(a.hi[0], rel=1e-6)
         assert row["anomaly"] == ("" if math.isnan(a.score) else str(a.anomaly).lower())
         assert row["alert"] == a.alert
     jsonl = "".join(json.dumps({TARGET: float(v), "sensor": "a"}) + "\n" for v in readings[:5, 0])
@@ -266,7 +370,7 @@ def test_lstm_run_alert_columns_match_the_python_api(tmp_path, readings):
 def test_lstm_run_alerts_resume_with_state(tmp_path, readings):
     path = with_intervals(tmp_path / "m.onnx")
     lines = [f"{TARGET}\n"] + [f"{v}\n" for v in readings[:60, 0]]
-    args = [path, "--interval", "0.8", "--hold-off", "1"]
+    args = [path, "--interval", "0.8", "--hold-off", "1", "--adapt", "0.1"]
     whole = _table(run(args, "".join(lines).encode())[0])
     state = tmp_path / "s.db"
     run(args + ["--state", state], "".join(lines[:31]).encode())
@@ -275,6 +379,8 @@ def test_lstm_run_alerts_resume_with_state(tmp_path, readings):
     rest = _table(run(args + ["--state", state], "".join(lines[:1] + lines[31:]).encode())[0])
     keys = (f"lo_{TARGET}", "anomaly", "score", "alert")
     assert [[r[k] for k in keys] for r in rest] == [[r[k] for k in keys] for r in whole[30:]]
+    plain = _table(run(args[:-2], "".join(lines).encode())[0])      # the quantile did move
+    assert [r[f"lo_{TARGET}"] for r in plain[30:]] != [r[f"lo_{TARGET}"] for r in whole[30:]]
     snap.sections["alerts"] = b"not an alert state"
     bad = tmp_path / "bad.npz"
     runtime.save_snapshots(bad, {key: snap})
@@ -329,12 +435,14 @@ def test_train_reports_coverage_and_export_writes_the_intervals(tmp_path):
 
 
 def test_lstm_run_keeps_one_alert_state_per_sensor(tmp_path, readings):
-    """Two sensors interleaved (stepped together in one call) answer as each one alone."""
+    """Two sensors interleaved (stepped together in one call) answer as each one alone, the
+    adapting quantile included."""
     path = with_intervals(tmp_path / "m.onnx")
     a, b = readings[:40, 0], readings[100:140, 0] + 5.0
     mixed = "".join(json.dumps({"sensor": s, TARGET: float(v)}) + "\n"
                     for pair in zip(a, b) for s, v in zip("ab", pair))
-    args = [path, "--interval", "0.8", "--stream-column", "sensor", "--stuck", "2"]
+    args = [path, "--interval", "0.8", "--stream-column", "sensor", "--stuck", "2", "--adapt",
+            "0.2"]                             # each sensor's working quantile its own
     out = [json.loads(line) for line in run(args, mixed.encode())[0].splitlines()]
     for name, values in (("a", a), ("b", b)):
         alone = "".join(json.dumps({"sensor": name, TARGET: float(v)}) + "\n" for v in values)

@@ -44,7 +44,8 @@ SENSORS = 12
 ROWS = 240                 # readings per sensor, from data/water-flow.csv
 PHASES = [(0, 40), (40, 80), (80, 120), (120, 160), (160, 240)]   # rows fed together
 TIMEOUT = 150              # seconds a job may take to give all its answers
-ALERTS = ["--interval", "0.9", "--min-run", "2", "--hold-off", "2", "--stuck", "4"]
+ALERTS = ["--interval", "0.9", "--min-run", "2", "--hold-off", "2", "--stuck", "4",
+          "--adapt", "0.1"]
 
 
 def _unavailable() -> str | None:

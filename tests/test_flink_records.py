@@ -362,8 +362,10 @@ def test_state_keys_are_utf8_and_one_per_sensor():
 
 
 @pytest.mark.parametrize("options", [(), ("--interval", "0.9", "--min-run", "2",
-                                          "--hold-off", "2", "--stuck", "3", "--cusum", "2")],
-                         ids=["plain", "interval"])
+                                          "--hold-off", "2", "--stuck", "3", "--cusum", "2"),
+                                     ("--interval", "0.9", "--min-run", "2", "--hold-off", "2",
+                                      "--stuck", "3", "--cusum", "2", "--adapt", "0.2")],
+                         ids=["plain", "interval", "adapting"])
 def test_lone_surrogate_keys_and_alerts_answer_as_lstm_run(tmp_path, options):
     """Both operators (kept streams and state restored from bytes at every line, flushes of
     every size) give a real lstm-run's lines with the same options, byte for byte: the
@@ -381,7 +383,8 @@ def test_lone_surrogate_keys_and_alerts_answer_as_lstm_run(tmp_path, options):
     if options:
         # None: a replay
         assert {r.get("alert") for r in found} >= {"outside", "stuck", "shift", None}
-    spec = LineSpec("jsonl", (), "sensor", "t", alerts=AlertConfig(0.9, 2, 2, 3, 2.0)
+    adapt = float(options[-1]) if "--adapt" in options else 0.0
+    spec = LineSpec("jsonl", (), "sensor", "t", alerts=AlertConfig(0.9, 2, 2, 3, 2.0, adapt)
                     if options else None)
     data = model.read_bytes()
     for use_key in (True, False):

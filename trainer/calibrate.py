@@ -7,14 +7,33 @@ which spread, if any, is chosen on those same rows by :func:`choose_scale`).
 For a level L over n scores the quantile is the ``ceil((n + 1) L)``-th smallest: on rows
 exchangeable with those, ``|y - pred| <= q * spread`` holds with probability at least L
 (Lei et al. 2018, "Distribution-free predictive inference for regression", JASA 113(523);
-the normalised score is Papadopoulos et al. 2008's). Where ``ceil((n + 1) L) > n`` the
-guarantee needs more rows than there are; the largest score is used, and ``n`` is in the
-file for anyone to judge.
+the normalised score is Papadopoulos et al. 2008's).
+
+Where ``ceil((n + 1) L) > n`` (L = 0.99 on fewer than 99 rows) the ranks run out: the
+largest score alone covers a new one with probability n / (n + 1) (95.5 % on 21 rows), not
+L. Above it the quantile comes from an exponential tail fitted to the upper scores, the
+peaks-over-threshold method with the shape fixed at 0 (Pickands 1975, "Statistical
+inference using extreme order statistics", Ann. Statist. 3(1); Coles 2001, "An
+introduction to statistical modeling of extreme values", ch. 4). The threshold ``u`` is the
+score with ``k = n // 2`` above it, and a new score exceeds it with probability exactly
+``(k + 1) / (n + 1)`` on exchangeable rows; beyond ``u`` the excesses are taken as
+exponential with their mean ``beta``, so::
+
+    q = u + beta * ln((k + 1) / ((n + 1) (1 - L))),   never below the largest score
+
+The shape is fixed because a few dozen scores cannot estimate it (its standard error is
+about 1 / sqrt(k)); the exponential tail is that of Laplace errors, heavier than a normal
+one, so for normal errors the interval errs wide, and it errs narrow only for tails heavier
+than exponential. The upper half keeps ``beta``'s relative standard error near
+``1 / sqrt(n / 2)``. On 21 scores drawn from a half-normal, an exponential, a half-t(3) and
+a lognormal, this 99 % quantile covers a new score 99.2, 98.2, 97.7 and 97.2 % of the time,
+the largest score 95.5 % (tests/test_alerts.py holds the first two). The file keeps ``n``
+and names the levels so extrapolated (``tail``).
 
 >>> conformal_quantile(np.arange(1.0, 10.0), 0.8)     # ceil(10 * 0.8) = 8th smallest
 8.0
->>> conformal_quantile(np.arange(1.0, 10.0), 0.99)    # ceil(9.9) = 10 > 9: the largest
-9.0
+>>> round(conformal_quantile(np.arange(1.0, 10.0), 0.99), 2)   # 10 > 9: 5 + 2.5 ln 50
+14.78
 """
 
 from __future__ import annotations
@@ -33,13 +52,35 @@ CANDIDATES = (("none", 0), ("mean-abs-change", 6), ("mean-abs-change", 12),
               ("mean-abs-change", 24), ("mean-abs-change", 48))
 CHOICE_LEVEL = 0.9        # the level whose cross-fitted coverage choose_scale reports
 FLOOR_SHARE = 0.1         # the spread's floor: this share of the mean |change| of the rows
+TAIL_FIT = "exponential"  # the tail beyond the largest score (see the module's notes)
 
 
 def conformal_quantile(scores: np.ndarray, level: float) -> float:
-    """The ``ceil((n + 1) level)``-th smallest of ``scores`` (the largest where that is > n)."""
+    """The ``ceil((n + 1) level)``-th smallest of ``scores``; where that is > n, the
+    exponential tail's quantile (:func:`tail_quantile`)."""
     s = np.sort(np.asarray(scores, np.float64))
-    rank = min(math.ceil((len(s) + 1) * level - 1e-9), len(s))
-    return float(s[rank - 1])
+    rank = math.ceil((len(s) + 1) * level - 1e-9)
+    return float(s[rank - 1]) if rank <= len(s) else tail_quantile(s, level)
+
+
+def tail_quantile(scores: np.ndarray, level: float) -> float:
+    """The level-``level`` quantile of an exponential tail fitted to the upper half of
+    ``scores`` beyond the next one down, never below the largest (the module's notes)."""
+    s = np.sort(np.asarray(scores, np.float64))
+    n = len(s)
+    k = n // 2                                      # scores above the threshold
+    if level >= 1:
+        return math.inf
+    if k < 1:
+        return float(s[-1])
+    u = s[n - k - 1]
+    beta = float(np.mean(s[n - k:] - u))            # the excesses' mean
+    return max(float(s[-1]), float(u + beta * math.log((k + 1) / ((n + 1) * (1 - level)))))
+
+
+def extrapolated(n: int, levels) -> list[float]:
+    """The levels whose quantile over ``n`` scores comes from the tail (rank > n)."""
+    return [level for level in levels if math.ceil((n + 1) * level - 1e-9) > n]
 
 
 def calibrate(truth: np.ndarray, pred: np.ndarray, spread: np.ndarray | None,
@@ -47,14 +88,19 @@ def calibrate(truth: np.ndarray, pred: np.ndarray, spread: np.ndarray | None,
     """Quantiles per level and output column from ``(rows, outputs)`` truth and forecasts.
 
     ``spread`` ``(rows, outputs)``: the local spread each forecast was made with; None for
-    raw residuals. Returns ``{"levels", "q", "n"}`` of ``lstm_edge.intervals``.
+    raw residuals. Returns ``{"levels", "q", "n"}`` of ``lstm_edge.intervals``, with
+    ``tail`` where a level's quantile is extrapolated.
     """
     scores = np.abs(np.asarray(truth, np.float64) - pred)           # (rows, outputs)
     if spread is not None:
         scores = scores / spread
     q = [[conformal_quantile(scores[:, j], level) for j in range(scores.shape[1])]
          for level in levels]
-    return {"levels": list(levels), "q": q, "n": int(len(scores))}
+    out = {"levels": list(levels), "q": q, "n": int(len(scores))}
+    tail = extrapolated(len(scores), levels)
+    if tail and len(scores) >= 2:
+        out["tail"] = {"fit": TAIL_FIT, "upper": len(scores) // 2, "levels": tail}
+    return out
 
 
 def spread_rule(y_rows: np.ndarray, readings: int) -> dict:
@@ -216,6 +262,9 @@ def describe(iv: dict) -> str:
     scaled = iv["scale"] != "none"
     unit = " spreads" if scaled else ""
     over = f" of {iv['spread']['readings']} changes" if scaled else ""
+    tail = (iv.get("tail") or {}).get("levels")
     return (f"intervals: split-conformal on {iv['n']} rows ({iv['source']}), scale "
             f"{iv['scale']}{over}" + (f"; 90 % half-width {', '.join(f'{v:.4g}' for v in q90)}"
-                                      f"{unit}" if q90 else ""))
+                                      f"{unit}" if q90 else "")
+            + (f"; {', '.join(f'{v * 100:g} %' for v in tail)} from an exponential tail (too few "
+               f"rows for its rank)" if tail else ""))

@@ -102,7 +102,7 @@ Exit codes: 0 the input was read to the end (or the job was stopped),
               help="The Python the workers run; on a cluster, its path on the TaskManagers.")
 def main(model, input_, watch, kafka, topic, group, start, jars, output, format_, columns,
          stream_column, time_column, no_time_column, missing, interval, min_run, hold_off, stuck,
-         cusum, checkpoint_dir, checkpoint_every, resume, state_ttl, parallelism, state_backend,
+         cusum, adapt, checkpoint_dir, checkpoint_every, resume, state_ttl, parallelism, state_backend,
          bundle_size, bundle_time, operator, shards, flush_time, flush_size, execution_mode,
          python):
     """Run MODEL.onnx over sensor lines on Flink, each sensor's LSTM state in keyed state.
@@ -128,7 +128,7 @@ def main(model, input_, watch, kafka, topic, group, start, jars, output, format_
                        columns=tuple(c.strip() for c in columns.split(",")) if columns else (),
                        stream_column=stream_column, time_column=time_column, missing=missing,
                        alerts=None if interval is None else
-                       AlertConfig(interval, min_run, hold_off, stuck, cusum),
+                       AlertConfig(interval, min_run, hold_off, stuck, cusum, adapt),
                        checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every,
                        resume=resume, state_ttl=state_ttl, parallelism=parallelism,
                        state_backend=state_backend, bundle_size=bundle_size,
