@@ -101,7 +101,7 @@ def step_times(lines: list[bytes]) -> np.ndarray:
     return out
 
 
-def measure(n: int, warm: int = 50, rounds: int = 3) -> dict:
+def measure(n: int, warm: int = 50, rounds: int = 8) -> dict:
     """p50/p99 round trip per contender, first ``warm`` lines of each child left out.
 
     The contenders take turns, ``rounds`` times ``n / rounds`` lines each, so that a burst
