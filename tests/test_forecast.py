@@ -48,6 +48,19 @@ def readings(csv_path):
     return data.astype(np.float32)                                     # (rows, 2)
 
 
+def streams_what_keras_predicts(onnx_file, keras_file, side, x):
+    """Stepped and chunked (one call per chunk mode), the exported model gives what the
+    Keras model predicts on the readings ``x``; returns the rows compared and Keras's
+    predictions for them."""
+    rows, expected = keras_reference(keras_file, side, x)
+    model = load(onnx_file)
+    stream = model.stream()
+    stepped = np.array([stream.step(r) for r in x][rows[0]:])         # (n, targets)
+    assert_close(stepped, expected, side)
+    assert_close(model.stream().feed(x)[rows], expected, side)
+    return rows, expected
+
+
 def keras_reference(model_path, side, x):
     """What the model predicts for every reading of ``x`` as it streams, in raw units."""
     import keras
@@ -114,13 +127,7 @@ def test_residual_graph_streams_what_keras_predicts(tmp_path, series_csv, mode, 
     assert len(prev) == (difference and mode == "sequence")
 
     x = readings(series_csv)
-    rows, expected = keras_reference(result.model_path, side, x)
-    model = load(tmp_path / "m.onnx")
-    stream = model.stream()
-    stepped = np.array([stream.step(r) for r in x][rows[0]:])         # (n, targets)
-    assert_close(stepped, expected, side)
-    chunked = model.stream().feed(x)[rows]                             # one call per chunk mode
-    assert_close(chunked, expected, side)
+    streams_what_keras_predicts(tmp_path / "m.onnx", result.model_path, side, x)
     if difference:
         assert json.loads(extra["difference"]) == kind
 
@@ -139,12 +146,8 @@ def test_deep_ensemble_streams_what_keras_predicts(tmp_path, series_csv, mode):
         [("lstm", 8)]                                                  # 2 networks x 4 units
 
     x = readings(series_csv)
-    rows, expected = keras_reference(result.model_path, side, x)
-    model = load(tmp_path / "m.onnx")
-    stream = model.stream()
-    stepped = np.array([stream.step(r) for r in x][rows[0]:])         # (n, targets)
-    assert_close(stepped, expected, side)
-    assert_close(model.stream().feed(x)[rows], expected, side)
+    rows, expected = streams_what_keras_predicts(tmp_path / "m.onnx", result.model_path,
+                                                 side, x)
     data = side["data"]
     target = rows + side["horizon"]
     val = (target >= data["split"]) & (target < data["test"])
