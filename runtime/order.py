@@ -10,9 +10,12 @@ does (``Stream.step(reading, at=...)``). This module only finds the position of 
   (UTC where it names no zone);
 - otherwise a CSV column named ``time``, ``timestamp``, ``datetime``, ``date`` or
   ``date_time`` (any case; a header-less line's leading date/time is ``time``), or a JSON
-  key of those names whose first value is such a time. A line whose value there is not a
-  time is fed without the check (with a named column it is an error record); where no such
-  column is found there is no check.
+  key of those names whose first value is such a time. The first good line decides: where its
+  value there is a time, the column holds each line's position from then on, as a named one
+  does, and a later line whose value is not a time gets an error record (fed unchecked, a
+  redelivery of it would be fed twice); where it is not, the column is not a time column
+  (one note on stderr) and there is no check. Where no such column is found there is no
+  check.
 
 ``--no-order-check`` turns it off: for feeds whose times are not monotonic by design (a
 sensor that sends its buffered past after a reconnect, clocks that step back), where every
@@ -56,7 +59,8 @@ def reading_time(text, column: str) -> float:
         shown = str(text) if len(str(text)) <= 40 else str(text)[:37] + "..."
         raise BadLine(f"time column {column!r}: {shown!r} is not a number or an ISO-8601 time "
                       f"(e.g. 2022-03-20T11:00:00+01:00); the time orders each sensor's "
-                      f"readings, so every line needs one")
+                      f"readings, so every line needs one (--no-order-check feeds every line "
+                      f"as it comes)")
     return value
 
 
@@ -95,27 +99,43 @@ class OrderColumn:
     name: str
     sequence: bool                    # True: --seq-column; False: a time column
     index: int | None = None          # CSV: the column's index; JSON: None (a key)
-    named: bool = True                # named by an option: a line without a position is bad
+    named: bool = True                # named, or found and confirmed: a line without a position is bad
+    off: bool = False                 # found by its name, but its first value was no time: unchecked
+    note: str | None = None           # why it is off, once (the caller says it on stderr)
     replays: dict[str, int] = field(default_factory=dict)    # sensor -> replays answered
     skips: dict[str, int] = field(default_factory=dict)      # sensor -> readings skipped
     # sensor -> a broker's redeliveries of readings answered before (lstm-run --mqtt)
     redelivered: dict[str, int] = field(default_factory=dict)
 
     def position(self, rec: Record) -> float | int | None:
-        """``rec``'s position; None (not checked) or BadLine (named) where it has none."""
+        """``rec``'s position; BadLine where it has none, or None (not checked).
+
+        A column found by its name is confirmed or turned off by the first good line that
+        reaches it (see the module's docstring); ``note`` then says why it is off.
+        """
+        if self.off:
+            return None
         fields = rec.fields
         value = fields[self.index] if isinstance(fields, list) and self.index is not None \
             else fields.get(self.name) if isinstance(fields, dict) else None
         try:
             if value is None:
                 raise BadLine(f"no {self.name!r} key: the order check reads each line's "
-                              f"position there")
-            return sequence_number(value, self.name) if self.sequence \
+                              f"position there (--no-order-check feeds every line as it comes)")
+            at = sequence_number(value, self.name) if self.sequence \
                 else reading_time(value, self.name)
         except BadLine:
             if self.named:
                 raise
+            self.off = True
+            shown = str(value) if len(str(value)) <= 40 else str(value)[:37] + "..."
+            self.note = (f"no order check: column {self.name!r} holds {shown!r}, not an ISO-8601 "
+                         f"time or seconds, so a line sent twice is fed twice; name a column "
+                         f"of times with --time-column or a reading counter with --seq-column "
+                         f"(--no-order-check says there is none)")
             return None
+        self.named = True
+        return at
 
     def describe(self, position) -> str:
         """A sensor's position in the words of its column: a date where one holds it, else

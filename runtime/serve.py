@@ -277,6 +277,9 @@ class Server:
                     rec.at = self.order.position(rec)
                 except fmt.BadLine as exc:
                     rec.error = str(exc)
+                if self.order.note is not None:     # a found column that holds no times
+                    self._warn(self.order.note)
+                    self.order.note = None
             out.append(rec)
             if not rec.ok and self.config.strict:
                 return out, len(out) - 1

@@ -221,3 +221,34 @@ def test_a_time_in_seconds_beyond_any_date_is_described_in_seconds(models):
     assert [g["step"] for g in got] == ["1", "2", ""]
     assert got[2]["order"] == "skipped: not after this sensor's last reading (time 1e+30 s)"
     assert "1 older reading(s) skipped" in err
+
+
+def test_a_found_time_column_refuses_a_line_without_a_time_so_a_resend_feeds_nothing_twice(
+        models, tmp_path):
+    """A column found by its name (``time``) holds each line's position once its first value
+    is a time: a later line whose time is not one gets an error record instead of being fed
+    unchecked, so resending the whole input with --state feeds no reading twice."""
+    data = b"time,sensor,temperature,humidity\n2024-01-01T00:00:00,a,21,40\nbad5,a,22,41\n" \
+        b"2024-13-01T00:02:00,a,23,42\n2024-01-01T00:03:00,a,24,43\n"
+    db = tmp_path / "state.db"
+    args = [models["sequence"], "--stream-column", "sensor", "--device", "cpu", "--state", db]
+    out, err = run(args, data)
+    got = csv_rows(out)
+    assert [g["step"] for g in got] == ["1", "", "", "2"]
+    assert "time column 'time': 'bad5' is not a number or an ISO-8601 time" in got[1]["error"]
+    assert "'2024-13-01T00:02:00' is not a number" in got[2]["error"]
+    assert "2 of 5 lines were refused" in err   # the header is a line
+    again, err = run(args, data)                      # the logger uploads its file again
+    assert [g["step"] for g in csv_rows(again)] == ["", "", "", "2"]
+    assert "1 older reading(s) skipped" in err and "1 replayed reading(s)" in err
+
+
+def test_a_column_named_time_that_holds_no_times_turns_the_check_off_and_says_so(models):
+    """Where the first good line's ``time`` is not a time, the column is not a time column:
+    every line is fed as it comes (as before), and stderr says once that nothing is checked."""
+    data = b"time,sensor,temperature,humidity\nmorning,a,21,40\n2024-01-01T00:00:00,a,22,41\n" \
+        b"morning,a,21,40\n"
+    out, err = run([models["sequence"], "--stream-column", "sensor", "--device", "cpu"], data)
+    assert [g["step"] for g in csv_rows(out)] == ["1", "2", "3"]
+    assert err.count("no order check: column 'time' holds 'morning'") == 1, err
+    assert "--time-column" in err and "refused" not in err
