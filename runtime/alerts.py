@@ -116,6 +116,7 @@ class Intervals:
     target_features: tuple = ()      # input column of each target, None where it is none
     n: int = 0
     source: str = ""
+    left_out: int = 0                # calibration rows left out as faults (for the record)
 
     @classmethod
     def from_model(cls, model) -> "Intervals | None":
@@ -133,10 +134,12 @@ class Intervals:
             spread = d.get("spread") or {}
             floor = np.asarray(spread.get("floor", []), np.float64) if scale != "none" else None
             prior = np.asarray(spread.get("prior", []), np.float64) if scale != "none" else None
+            left = (d.get("left_out") or {}).get("scores") or []
             found = cls(levels, q, scale, int(spread.get("readings", 0)), floor, prior,
                         tuple(d.get("target_features") or [None] * n_outputs),
-                        int(d.get("n", 0)), str(d.get("source", "")))
-        except (ValueError, TypeError, KeyError) as exc:
+                        int(d.get("n", 0)), str(d.get("source", "")),
+                        sum(len(column) for column in left))
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
             raise ContractError(f"metadata lstm_edge.{KEY} cannot be read ({exc}); re-export "
                                 f"the model with lstm-export") from None
         problems = found._problems(n_outputs)

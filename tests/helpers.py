@@ -365,6 +365,17 @@ def with_intervals(path: Path, scale: str = "mean-abs-change") -> Path:
     return path
 
 
+def without_intervals(path: Path) -> Path:
+    """The water-flow model with its calibrated intervals taken out, as a model trained
+    elsewhere and exported without ``--calibrate`` is."""
+    proto = onnx.load(str(WATER_MODEL))
+    props = {p.key: p.value for p in proto.metadata_props if p.key != "lstm_edge.intervals"}
+    del proto.metadata_props[:]
+    oh.set_model_props(proto, props)
+    onnx.save(proto, str(path))
+    return path
+
+
 FLOW = "Water flow [l/s]"
 TRICKY = ["a", "\ud800", "\\ud800"]   # a lone surrogate (JSON "\ud800") and its escape as text
 

@@ -23,9 +23,10 @@ def water_readings():
                          usecols=(1,), dtype=np.float32)[:, None]          # (rows, 1)
 
 
-def unfolded_water() -> onnx.ModelProto:
+def unfolded_water(linear: bool = False) -> onnx.ModelProto:
     """The bundled model's network with the framing :mod:`trainer.forecast_graph` builds,
     as the exporter had it before folding (27 nodes): the reference the folded graph meets.
+    ``linear``: with the bundled model's linear path too, as the file holds it.
     """
     from onnx import helper as h, numpy_helper as nh
 
@@ -56,8 +57,11 @@ def unfolded_water() -> onnx.ModelProto:
                          [io("y", ["batch", "time", 1]), io("out_h0", ["batch", 32]),
                           io("out_c0", ["batch", 32])], inits)
     state = [StateSpec.for_layer(0, "lstm_0", "lstm", 32)]
-    graph, _, _ = forecast_graph.apply(graph, state, {}, {"residual": [0], "difference": "state"},
-                                       features=1, outputs=1, tokens=False)
+    wrap = {"residual": [0], "difference": "state"}
+    if linear:
+        wrap["linear"] = json.loads({p.key: p.value for p in src.metadata_props}["lstm_edge.linear"])
+    graph, _, _ = forecast_graph.apply(graph, state, {}, wrap, features=1, outputs=1,
+                                       tokens=False)
     proto = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)], ir_version=8)
     proto.metadata_props.extend(src.metadata_props)
     onnx.checker.check_model(proto, full_check=True)
@@ -93,7 +97,7 @@ def test_folding_takes_out_the_framing_nodes_and_keeps_the_contract():
 def test_same_answers_and_states_on_the_bundled_series(tmp_path, candidate):
     """The folded graph, and the bundled file, against the unfolded graph: step by step,
     one chunk, and many streams in one call."""
-    reference = save(unfolded_water(), tmp_path / "ref.onnx")
+    reference = save(unfolded_water(linear=candidate == "bundled"), tmp_path / "ref.onnx")
     path = save(fold(unfolded_water()), tmp_path / "f.onnx") if candidate == "folded" \
         else BUNDLED
     x = water_readings()
