@@ -93,7 +93,9 @@ Exit codes:
        --state saved; a supervisor restarts it (systemd Restart=on-failure)
   130  SIGINT, 143 SIGTERM: answers flushed and --state saved first
   141  the reader of the output went away (broken pipe); --state saved
-       for the answers delivered
+       for the answers delivered, except that a sensor in the batch that
+       could not be written keeps its last save (a restart answers its
+       lines since then again: repeated, never lost)
   SIGHUP ends nothing: answers flushed, --state saved, then the -o file
   reopened (log rotation by rename; -o files are written in append mode,
   so copytruncate works too)
@@ -229,8 +231,12 @@ def describe(model, path: Path, timed: bool = False) -> str:
     if info.scaler:
         which = " and ".join(k for k in ("x", "y") if k in info.scaler)
         kind = f" ({info.scaler['kind']})" if "kind" in info.scaler else ""
-        rows.append(("scaler", f"the {which} scaling{kind} is in the graph: raw values in, "
-                               f"raw values out"))
+        ends = {"x": "raw values in, model units out (no y scaling: the answers are in "
+                     "the units the model was trained to predict)",
+                "y": "model units in, raw values out (no x scaling: feed what the model was "
+                     "trained on)"}
+        rows.append(("scaler", f"the {which} scaling{kind} is in the graph: "
+                               + ends.get(which, "raw values in, raw values out")))
     if "intervals" in info.extra:
         rows.append(("intervals", _intervals_row(model)))
     rows.append(("device", str(model.device)))
@@ -252,8 +258,10 @@ def _intervals_row(model) -> str:
     from .alerts import Intervals
     iv = Intervals.from_model(model)
     assert iv is not None
+    left = f", {iv.left_out} left out as faults" if iv.left_out else ""
     return (f"calibrated at {', '.join(f'{v:g}' for v in iv.levels)} on {iv.n} rows "
-            f"({iv.source}; scale {iv.scale}): --interval LEVEL adds lo/hi, anomaly, score")
+            f"({iv.source}; scale {iv.scale}{left}): --interval LEVEL adds lo/hi, anomaly, "
+            f"score")
 
 
 def _streaming_rows(model) -> list[tuple[str, str]]:
@@ -454,6 +462,8 @@ def run(model, config: "ServeConfig", input_: str, output: str, stream: bool,
     warn = progress.warn if progress else _warn
     with Signals() as signals:
         out = Output(output, signals, append=append)
+        if out.note:
+            warn(out.note)
         fd = 0 if input_ == "-" else os.open(input_, os.O_RDONLY)
         reader = LineReader(fd, block=1 << 16, gather=not stream, signals=signals)
 

@@ -31,6 +31,12 @@ from .errors import LstmEdgeError
 TOO_LONG = None    # what LineReader yields in place of the bytes of an over-long line
 
 
+class Unterminated(bytes):
+    """The input's last line, which ended without a newline: whole, or cut short by a feed
+    that stopped in the middle of writing it (a killed ``tail -f``, a logger mid-line).
+    Nothing in its bytes tells the two apart; ``lstm-run --state`` does not commit it."""
+
+
 class Interrupted(Exception):
     """SIGINT or SIGTERM arrived; ``signum`` says which."""
 
@@ -210,7 +216,7 @@ class LineReader:
             parts = (pending + data).split(b"\n")
             pending = parts.pop()
             if eof and pending:
-                parts.append(pending)
+                parts.append(Unterminated(pending))
                 pending = b""
             batch: list[tuple[int, bytes | None]] = []
             for raw in parts:
@@ -261,6 +267,8 @@ class Output:
         self.stream = None      # a stdout with no descriptor (click's CliRunner): written to
         self._waiter: Waiter | None = None     # for the output and the signals' wake-up pipe
         try:
+            if self.to_stdout and sys.stdout is None:        # started with fd 1 closed
+                raise OSError(9, "it is closed")
             if self.to_stdout:
                 try:
                     sys.stdout.flush()       # anything printed before goes first
@@ -270,12 +278,13 @@ class Output:
                 else:
                     os.fstat(self.fd)
             else:
-                self.fd = self._open(path, truncate=not append)
+                self.fd = self._open(path, truncate=not append, read=append)
         except OSError as exc:
             raise OutputError(f"cannot write {'stdout' if self.to_stdout else path}: "
                               f"{exc.strerror or exc}; check that it is open and writable") \
                 from None
         self.path = "stdout" if self.to_stdout else path
+        self.note = self._mend() if append and not self.to_stdout else None
 
     def write(self, lines: list[str]) -> None:
         if not lines:
@@ -321,9 +330,37 @@ class Output:
             raise OutputStalled()
         return select.PIPE_BUF      # fits in a pipe that select called writable
 
+    def _mend(self) -> str | None:
+        """Cut an appended file's last line if it lacks its newline; what was done, or None.
+
+        Such a line is an answer a failed write cut short (a full disk): its reading was
+        not saved as fed, so it is answered again whole, and what follows must not be
+        glued to its end.
+        """
+        size = os.fstat(self.fd).st_size
+        if size == 0 or os.pread(self.fd, 1, size - 1) == b"\n":
+            return None
+        start = size
+        while start > 0:          # back to the last newline, a block at a time
+            block = os.pread(self.fd, min(1 << 16, start), max(0, start - (1 << 16)))
+            cut = block.rfind(b"\n")
+            if cut >= 0:
+                start = max(0, start - len(block)) + cut + 1
+                break
+            start -= len(block)
+        try:
+            os.ftruncate(self.fd, start)
+        except OSError as exc:
+            raise OutputError(f"cannot write {self.path}: its last line lacks its newline, an "
+                              f"answer cut short, and cutting it failed: {exc.strerror or exc}"
+                              f"; remove the line by hand") from None
+        return (f"{self.path} ended in an answer cut short ({size - start} bytes without a "
+                f"newline, left by a failed write); removed, its line is answered again whole")
+
     @staticmethod
-    def _open(path: str, truncate: bool) -> int:
-        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_BINARY", 0)
+    def _open(path: str, truncate: bool, read: bool = False) -> int:
+        flags = (os.O_RDWR if read else os.O_WRONLY) | os.O_CREAT | os.O_APPEND \
+            | getattr(os, "O_BINARY", 0)
         return os.open(path, flags | (os.O_TRUNC if truncate else 0), 0o666)
 
     def reopen(self) -> bool:

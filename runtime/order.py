@@ -75,6 +75,9 @@ def _iso(text: str) -> float:
     return when.timestamp()
 
 
+SEQ_LOW, SEQ_HIGH = -(1 << 63), (1 << 63) - 1     # what the state file keeps (int64)
+
+
 def sequence_number(text, column: str) -> int:
     """A sequence field as an int; BadLine for anything but a whole number.
 
@@ -82,14 +85,20 @@ def sequence_number(text, column: str) -> int:
     (17, 18)
     """
     if isinstance(text, int) and not isinstance(text, bool):
-        return text
-    try:
-        return int(str(text).strip())
-    except ValueError:
-        shown = str(text)[:40]
-        raise BadLine(f"--seq-column {column!r}: {shown!r} is not a whole number; the "
-                      f"sequence number orders each sensor's readings, so every line needs "
-                      f"one") from None
+        number = text
+    else:
+        try:
+            number = int(str(text).strip())
+        except ValueError:
+            shown = str(text)[:40]
+            raise BadLine(f"--seq-column {column!r}: {shown!r} is not a whole number; the "
+                          f"sequence number orders each sensor's readings, so every line "
+                          f"needs one") from None
+    if not SEQ_LOW <= number <= SEQ_HIGH:
+        raise BadLine(f"--seq-column {column!r}: {str(number)[:40]} is out of range; the state "
+                      f"keeps a sequence number as a signed 64-bit integer, -2**63 to 2**63 - 1 "
+                      f"(a counter that wraps at 2**64 needs a time column instead)")
+    return number
 
 
 @dataclass

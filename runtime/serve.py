@@ -23,7 +23,7 @@ from . import lines as fmt
 from .alerts import AlertConfig
 from .alerts_run import StreamAlerts
 from .errors import InputError, LstmEdgeError, SnapshotError
-from .io import TOO_LONG, LineReader
+from .io import TOO_LONG, LineReader, Unterminated
 from .ledger import SaveLedger
 from .order import OrderColumn, choose
 from .state import order
@@ -100,6 +100,7 @@ class Server:
         self.alerts = StreamAlerts(model, config.alerts) if config.alerts else None
         self.order: OrderColumn | None = None    # where each line's position is (runtime.order)
         self._order_open = config.order_check    # JSON lines: decided at the first good record
+        self._header: bytes | None = None        # the CSV header line, to know it again
 
     # -- state --
 
@@ -259,12 +260,24 @@ class Server:
                     self._choose_order(None)
                 header = self.format.header() if is_header else None
                 if header is not None:
+                    self._header = _bare(raw)
                     out.append(header)
                     continue
+            elif self._header is not None and raw is not TOO_LONG \
+                    and _bare(raw) == self._header:
+                # a logger that restarted writes its header again: answered as the first was
+                out.append(cast(str, self.format.header()))
+                continue
             if raw is TOO_LONG:
-                rec = fmt.Record(number, error=f"line longer than {fmt.MAX_LINE} bytes")
+                rec = fmt.Record(number, error=f"line longer than {fmt.MAX_LINE} bytes; split "
+                                               f"the readings one per line")
             else:
                 rec = self.format.parse(number, raw)
+                if rec.ok and type(raw) is Unterminated and self.store is not None:
+                    rec.error = ("the input ended in the middle of this line (no newline after "
+                                 "it), so it may be cut short: not fed, and not saved as fed; "
+                                 "a feed that sends it again whole gets it fed (end the input "
+                                 "with a newline if it is complete)")
             if rec.ok:
                 try:
                     self.model.validate(rec.values)
@@ -506,6 +519,11 @@ class Server:
     def _positions(self, records: list[fmt.Record]) -> list | None:
         """The records' positions for the runtime's order rule; None without the check."""
         return None if self.order is None else [r.at for r in records]
+
+
+def _bare(raw: bytes) -> bytes:
+    """A line without a UTF-8 byte-order mark and line-end whitespace, for comparing."""
+    return raw.removeprefix(b"\xef\xbb\xbf").rstrip()
 
 
 def _scored(model, by_key, before, values, answers):

@@ -161,12 +161,13 @@ def order(position, last, reading, at) -> str:
 
 def check_position(at, what: str = "at", error: type = InputError) -> float | int:
     """A position as the state keeps it: an int (sequence number) or a finite float (time)."""
-    if isinstance(at, (int, np.integer)) and not isinstance(at, (bool, np.bool_)):
+    if isinstance(at, (int, np.integer)) and not isinstance(at, (bool, np.bool_)) \
+            and -(1 << 63) <= int(at) < (1 << 63):
         return int(at)
     if isinstance(at, (float, np.floating)) and math.isfinite(at):
         return float(at)
     raise error(f"{what} is {at!r}; expected a time in seconds (a finite number) or a "
-                        f"sequence number (an int)")
+                        f"sequence number (an int from -2**63 to 2**63 - 1)")
 
 
 def describe_position(position) -> str:

@@ -216,10 +216,12 @@ class StateStore:
         finally:
             ro.close()
         if meta.get("closed") == "0" and not had_wal:
-            self.notes.append(f"the state file {self.path} was not closed cleanly and its "
-                              f"-wal file is missing: resuming from its last checkpoint "
-                              f"(commit {meta.get('commits', '0')}); commits after it, if "
-                              f"any, are lost (sensors resume from earlier steps)")
+            self.notes.append(f"the state file {self.path} was not closed cleanly and has no "
+                              f"-wal file: resuming from what the file holds (commit "
+                              f"{meta.get('commits', '0')}). Where another program (sqlite3) "
+                              f"opened it since, that is every commit; where its -wal file was "
+                              f"deleted or not copied with it, the commits in that file are "
+                              f"lost and their sensors resume from earlier steps")
         return meta
 
     def _main_id(self) -> str | None:

@@ -506,6 +506,35 @@ def test_output_to_a_full_disk(models, tmp_path):
     assert sum(s.steps for s in runtime.load_snapshots(state).values()) == 0
 
 
+@pytest.mark.parametrize("unbuffered", ["1", None])
+def test_a_closed_stdout_is_one_error_line(models, unbuffered):
+    """Started with stdout closed (``>&-``): exit 2 and one line, as for a full disk."""
+    proc = subprocess.run(LSTM_RUN + [str(models["tiny"]), "--stream-column", "sensor"],
+                          input=b"\n".join([HEADER] + sample_rows(3)) + b"\n",
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=TIMEOUT,
+                          cwd=ROOT, env={k: v for k, v in dict(
+                              os.environ, PYTHONUNBUFFERED=unbuffered).items() if v},
+                          preexec_fn=lambda: os.close(1))
+    one_line_error(proc.returncode, proc.stderr.decode(), 2, "cannot write stdout: it is closed")
+
+
+def test_append_cuts_an_answer_a_failed_write_left_short(models, tmp_path):
+    """-o FILE --append after a write failed mid-line (a full disk): the cut line is removed
+    and said, and the next answers start on a line of their own, every line whole."""
+    log = tmp_path / "answers.csv"
+    data = b"\n".join([HEADER] + sample_rows(3)) + b"\n"
+    args = [models["tiny"], "--stream-column", "sensor", "-o", log, "--append"]
+    code, _, err = lstm_run(args, data)
+    assert code == 0, err
+    whole = log.read_bytes()
+    log.write_bytes(whole + b"2026-01-01T00:00:00,s0,21.5,4")         # cut mid-number
+    code, _, err = lstm_run(args, data)
+    assert code == 0 and "ended in an answer cut short (29 bytes without a newline" in err, err
+    assert log.read_bytes() == whole + whole
+    code, _, err = lstm_run(args, data)                 # a whole last line: nothing to say
+    assert code == 0 and "cut short" not in err and log.read_bytes() == whole * 3
+
+
 # ---- lstm-train: bad data, exit 2 before TensorFlow --------------------------------------
 
 def lstm_train(args):

@@ -27,7 +27,7 @@ from runtime.io import LineReader
 from runtime.serve import ServeConfig, Server, serve
 
 from helpers import (ATOL, FEATURES, ROOT, RTOL, TARGETS, TIMEOUT, Live, csv_rows, preds,
-                     run, split_lines, tiny_onnx)
+                     run, split_lines, tiny_onnx, with_props)
 
 
 # ---- models ----------------------------------------------------------------------------
@@ -114,6 +114,14 @@ def test_info_describes_the_contract(models):
                   f"{info.parity['max_abs_diff']:.3g}", "source", "device     cpu",
                   "the x and y scaling is in the graph"):
         assert words in out, out
+
+
+def test_info_says_which_units_come_out_with_an_x_scaling_alone(tmp_path):
+    """A file whose metadata holds the x scaling alone answers in model units, and says so."""
+    path = with_props(tiny_onnx(tmp_path / "m.onnx"),
+                      scaler=json.dumps({"x": {"mean": [20.0, 20.0], "std": [5.0, 5.0]}}))
+    out, _ = run([path, "--info"])
+    assert "the x scaling is in the graph: raw values in, model units out" in out, out
 
 
 def test_info_on_a_hand_built_graph(tmp_path):

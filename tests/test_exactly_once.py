@@ -252,3 +252,47 @@ def test_a_column_named_time_that_holds_no_times_turns_the_check_off_and_says_so
     assert [g["step"] for g in csv_rows(out)] == ["1", "2", "3"]
     assert err.count("no order check: column 'time' holds 'morning'") == 1, err
     assert "--time-column" in err and "refused" not in err
+
+
+def test_a_line_cut_short_at_the_end_of_the_input_is_not_fed_and_the_whole_line_is_later(
+        models, tmp_path):
+    """A feed that dies mid-line (``--endless``: a killed ``tail -f``) leaves ``...,2`` of
+    ``...,23.5,42``. With --state it gets an error record and is not saved as fed, so the
+    whole line sent again is fed once: the answers equal one uninterrupted run's. Without
+    --state (nothing saved) it is fed as before."""
+    data = text(rows(6, 1))
+    whole = csv_rows(run([models["sequence"], "--device", "cpu"], data)[0])
+    cut = data[:-5]                                       # the last line without its tail
+    db = tmp_path / "state.db"
+    args = [models["sequence"], "--device", "cpu", "--state", db]
+    first, err = run(args + ["--endless"], cut, code=75)
+    got = csv_rows(first)
+    assert [g["step"] for g in got] == ["1", "2", "3", "4", "5", ""]
+    assert "the input ended in the middle of this line" in got[-1]["error"]
+    again, _ = run(args, data)                           # the feed restarts from the top
+    assert [g["step"] for g in csv_rows(again)] == ["", "", "", "", "5", "6"]
+    assert csv_rows(again)[-1]["pred_temperature"] == whole[-1]["pred_temperature"]
+    plain = csv_rows(run([models["sequence"], "--device", "cpu"], cut)[0])
+    assert plain[-1]["step"] == "6" and not plain[-1]["error"]
+
+
+def test_a_sequence_number_the_state_cannot_keep_is_an_error_record(models, tmp_path):
+    """2**63 does not fit the state's int64 positions: an error record, and the state saves."""
+    data = b"seq,temperature,humidity\n9223372036854775808,21,40\n9223372036854775807,22,41\n"
+    args = [models["sequence"], "--device", "cpu", "--seq-column", "seq",
+            "--state", tmp_path / "state.db"]
+    got = csv_rows(run(args, data)[0])
+    assert [g["step"] for g in got] == ["", "1"] and "out of range" in got[0]["error"]
+    assert [g["order"] for g in csv_rows(run(args, data)[0])] == ["", "replay"]
+
+
+def test_a_header_repeated_by_a_restarted_logger_is_answered_with_the_header(models):
+    """A CSV feed whose logger restarted writes its header again: the header comes back, as
+    for the first one; no error record, so --strict goes on."""
+    data = text(rows(2, 1)) + text(rows(4, 1))          # then it uploads its file again
+    out, err = run([models["sequence"], "--device", "cpu", "--strict"], data)
+    lines = split_lines(out)
+    assert lines[0] == lines[3] and lines[0].startswith("time,sensor,temperature,humidity,step")
+    assert [g["step"] for g in csv_rows(out) if g["time"] != "time"] == ["1", "2", "", "2",
+                                                                        "3", "4"]
+    assert "refused" not in err

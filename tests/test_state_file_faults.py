@@ -182,7 +182,7 @@ def test_quiet_feed_is_saved_into_the_main_file_before_kill_9(models, tmp_path):
     code, out, err = lstm_run([models["tiny"], "--stream-column", "sensor", "--state", state],
                               HEADER + csv(2, start=10))
     assert code == 0, err
-    assert "-wal file is missing" in err and "not closed cleanly" in err
+    assert "has no -wal file" in err and "not closed cleanly" in err
     assert [line.split(",")[4] for line in out.splitlines()[1:]] == ["6", "6"]
 
 
