@@ -229,14 +229,10 @@ def export_main(model, output, scaler, features, targets, window, carry_state, a
     report = export(model, output, scaler=scaler, features=features, targets=targets,
                     window=window, carry_state=carry_state, atol=atol, opset=opset,
                     check=not no_check, steps=steps, state_slots=state_slots,
-                    horizon=horizon)
+                    horizon=horizon, calibration=calibration)   # all of it written, or nothing
     for note in report.notes:
         click.echo(f"note: {note}", err=True)
     click.echo(report.summary())
-    if calibration is not None:
-        from .calibrate import calibrate_file, describe
-
-        click.echo(describe(calibrate_file(report.path, calibration)) + " (written)")
     if triton_dir is not None:
         from integrations.triton.repository import write_repository
 

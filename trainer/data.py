@@ -252,7 +252,11 @@ def select(table: Table, target: str | list[str], features: str | list[str] | No
             elif name == table.time_column:
                 hint = " (it is the time column, which is never a feature)"
             raise DataError(f"{source}: no numeric column {name!r}{hint}; "
-                            f"the numeric columns are {', '.join(map(repr, known))}")
+                            f"the numeric columns are {', '.join(map(repr, known))}; name "
+                            f"one of those, or give a CSV with a numeric column named "
+                            f"{name!r} (a CSV read for an exported model, as by lstm-export "
+                            f"--calibrate, needs a column named as each of the model's "
+                            f"features and targets, the names given to --features/--targets)")
     names = list(dict.fromkeys(chosen + targets))  # each column once, features first
     values = np.stack([table.columns[n] for n in names], axis=1)   # (rows, columns)
     values, keep = fill_missing(values, missing, source, table.lines, names)

@@ -42,6 +42,14 @@ from .graph import (check_fused, check_layers, emit, emit_embedding, is_recurren
                     op_counts)
 
 OPSETS = range(13, 19)          # what ONNX Runtime 1.31 runs and the exporter emits
+MULTI_STEP = ("docs/keras-models.md#window-models-converted-whole-autoencoders-and-multi-step-"
+              "forecasts")                      # where the next steps of a refusal are explained
+LAGS = "docs/keras-models.md#lags-as-features"
+
+
+class _Misfit(ExportError):
+    """The arguments (names, scaler) do not fit the model, however it is converted: said
+    alone, not behind a layer the streaming emitter refused."""
 
 
 @dataclasses.dataclass
@@ -211,17 +219,22 @@ def _check_scaler(scaler: dict | None, features: int, outputs: int, tokens: bool
         except (KeyError, TypeError, ValueError):
             problems.append(f"{key}: expected {{\"mean\": [...], \"std\": [...]}}")
             continue
-        if mean.size == 1 and width > 1:
+        if key == "y" and mean.size == std.size == 1 and width > 1:
+            # One target's scaling for each of its outputs (a Dense(H) forecast of it).
             mean, std = np.repeat(mean, width), np.repeat(std, width)
         if mean.size != width or std.size != width:
-            problems.append(f"{key}: expected {width} means and stds, got {mean.size} and "
-                            f"{std.size}")
+            # x is never repeated: one entry for four features scales three of them wrongly.
+            what = "feature" if key == "x" else "output"
+            found = mean.size if mean.size == std.size else f"{mean.size} and {std.size}"
+            problems.append(f"{key}: expected {width} means and stds, one per {what} in "
+                            f"order, found {found}; list one per {what}, repeating the value "
+                            f"where {what}s share a scaling")
         elif not (np.all(np.isfinite(mean)) and np.all(np.isfinite(std)) and np.all(std > 0)):
             problems.append(f"{key}: every std must be positive and every value finite")
         else:
             clean[key] = {"mean": mean.tolist(), "std": std.tolist()}
     if problems:
-        raise ExportError("the scaler does not fit the model: " + "; ".join(problems))
+        raise _Misfit("the scaler does not fit the model: " + "; ".join(problems))
     if clean and isinstance(scaler.get("kind"), str):
         clean["kind"] = scaler["kind"]  # how the trainer fitted it (robust/standard), for the record
     return clean or None
@@ -271,6 +284,8 @@ def _prepare(model, *, scaler, features, targets, window, carry_state, opset,
                 carry_state=carry_state, opset=opset, horizon=horizon)
     try:
         return _prepare_streaming(model, path, sidecar, state_slots=state_slots, **args)
+    except _Misfit:
+        raise               # the same widths either way: converting it whole cannot help
     except ExportError as exc:
         # A window model is a function of its window: what cannot step one reading at a
         # time still exports whole (trainer.window_graph), unless that is what failed.
@@ -280,6 +295,8 @@ def _prepare(model, *, scaler, features, targets, window, carry_state, opset,
             raise ExportError(f"{exc}{f'; {why}' if why else ''}") from None
         try:
             return _prepare_whole(model, path, sidecar, **args)
+        except _Misfit:
+            raise           # the names or the scaler: the real cause, whichever way converted
         except ExportError as whole:
             if str(whole) == str(exc):       # not the layers: the same error either way
                 raise
@@ -301,8 +318,10 @@ def _prepare_streaming(model, path, sidecar, *, scaler, features, targets, windo
                           f"(samples, timesteps, features){_subsequences(shape)}")
     n_features = 1 if tokens else int(shape[-1])
     n_outputs = int(model.outputs[0].shape[-1])
-    scaler = _check_scaler(_scaler_from(scaler) if scaler is not None
-                           else (sidecar or {}).get("scaler"), n_features, n_outputs, tokens)
+    scaler, features, targets = _fit_columns(
+        _scaler_from(scaler) if scaler is not None else (sidecar or {}).get("scaler"),
+        features or (sidecar or {}).get("features"), targets or (sidecar or {}).get("targets"),
+        shape, n_features, n_outputs, tokens=tokens, flat=len(model.outputs[0].shape) == 2)
     graph, state, extra = emit(layers, features=n_features, tokens=tokens, scaler=scaler,
                                opset=opset)
     inferred = _infer_mode(layers, shape[1], sidecar)
@@ -312,8 +331,6 @@ def _prepare_streaming(model, path, sidecar, *, scaler, features, targets, windo
     framing = forecast_graph.plan(sidecar, window, carry_state)
     graph, state, framed = forecast_graph.apply(graph, state, extra, framing, features=n_features,
                                                 outputs=n_outputs, tokens=tokens)
-    features = _names(features or (sidecar or {}).get("features"), n_features, "x", "features")
-    targets = _names(targets or (sidecar or {}).get("targets"), n_outputs, "y", "targets")
     info = ModelInfo(
         state=tuple(state),
         window=window, carry_state=carry_state,
@@ -328,7 +345,7 @@ def _prepare_streaming(model, path, sidecar, *, scaler, features, targets, windo
     if slots is not None:
         info = dataclasses.replace(info, extra={**info.extra, "state_slots": str(slots)})
     notes = shape_notes(shape, sidecar, info, tokens, window_given)
-    notes += sequence_notes(shape, sidecar, info, window_given)
+    notes += sequence_notes(shape, sidecar, info, window_given, layers)
     proto = _model_proto(graph, opset, info)
     check_fused(proto, sum(1 for spec in state if spec.kind != "prev"))
     vocab = int(layers[0].input_dim) if tokens else 0
@@ -349,14 +366,15 @@ def _prepare_whole(model, path, sidecar, *, scaler, features, targets, window, c
     reconstruction = (block or {}).get("kind") == "reconstruction"
     if reconstruction and scaler and "x" in scaler and "y" not in scaler:
         scaler = {**scaler, "y": scaler["x"]}        # it reconstructs the scaled readings
-    scaler = _check_scaler(scaler, n_features, width, False)
-    features = _names(features or (sidecar or {}).get("features"), n_features, "x", "features")
-    targets = _names(targets or (sidecar or {}).get("targets") or
-                     (features if reconstruction else None), width, "y", "targets")
+    features = features or (sidecar or {}).get("features")
+    scaler, features, targets = _fit_columns(
+        scaler, features,
+        targets or (sidecar or {}).get("targets") or (features if reconstruction else None),
+        shape, n_features, width, tokens=False, flat=block is None)
     steps = block["steps"] if block else 1
     if block and not reconstruction and horizon is not None and horizon != steps:
-        raise ExportError(f"the model forecasts a block of {steps} steps, 1 to {steps} "
-                          f"readings ahead; --horizon must be {steps} (or left out)")
+        raise _Misfit(f"the model forecasts a block of {steps} steps, 1 to {steps} "
+                      f"readings ahead; --horizon must be {steps} (or left out)")
     extra = {}
     if block:
         extra["block"] = json.dumps({**block, "names": list(targets)})
@@ -401,14 +419,68 @@ def _model_proto(graph, opset: int, info: ModelInfo) -> onnx.ModelProto:
     return proto
 
 
-def _names(given, width: int, prefix: str, what: str) -> tuple[str, ...]:
+def _fit_columns(scaler, features, targets, shape, n_features: int, n_outputs: int, *,
+                 tokens: bool, flat: bool) -> tuple:
+    """(scaler, feature names, target names) checked against the model, every misfit said
+    at once: a lag model given one scaler entry and one name hears of both."""
+    checks = (lambda: _check_scaler(scaler, n_features, n_outputs, tokens),
+              lambda: _names(features, n_features, "x", "features",
+                             hint=_lags_hint(shape, n_features)),
+              lambda: _names(targets, n_outputs, "y", "targets",
+                             hint=_steps_hint(targets, n_outputs) if flat else ""))
+    found, problems = [], []
+    for check in checks:
+        try:
+            found.append(check())
+        except _Misfit as exc:
+            problems.append(str(exc))
+    if problems:
+        raise _Misfit("; ".join(problems))
+    return tuple(found)
+
+
+def _names(given, width: int, prefix: str, what: str, hint: str = "") -> tuple[str, ...]:
     if not given:
         return tuple(f"{prefix}{k}" for k in range(width))
-    given = tuple(given.split(",")) if isinstance(given, str) else tuple(map(str, given))
+    given = _split(given)
     if len(given) != width:
-        raise ExportError(f"{len(given)} {what} named ({', '.join(given)}) but the model has "
-                          f"{width}")
+        each = "input feature" if what == "features" else "output"
+        raise _Misfit(f"{len(given)} {what} named ({', '.join(given)}) but the model has "
+                      f"{width}; name one per {each}, in the model's order (--{what} "
+                      f"{_example(width)}), or leave --{what} out for {prefix}0..{prefix}"
+                      f"{width - 1}{hint}")
     return given
+
+
+def _split(given) -> tuple[str, ...]:
+    return tuple(given.split(",")) if isinstance(given, str) else tuple(map(str, given))
+
+
+def _example(width: int) -> str:
+    """``a,b,c`` with as many names as the model has columns (elided past eight)."""
+    names = [f"n{k + 1}" if width > 26 else chr(ord("a") + k) for k in range(width)]
+    return ",".join(names if width <= 8 else names[:2] + ["...", names[-1]])
+
+
+def _lags_hint(shape, n_features: int) -> str:
+    """For (samples, 1, features): the window-method tutorial's lags read as features."""
+    if shape[1] != 1 or n_features < 2:
+        return ""
+    return (f"; if they are the last {n_features} readings of one series (the tutorials' "
+            f"reshape(n, 1, look_back)), the model reads them as {n_features} features of "
+            f"one timestep, so each reading must carry all {n_features}: see {LAGS}")
+
+
+def _steps_hint(given, width: int) -> str:
+    """For too few target names: a flat Dense(H * targets) forecast made a block of steps."""
+    names = _split(given) if given else ()
+    if not names or len(names) >= width or width % len(names):
+        return ""
+    steps, listed = width // len(names), ", ".join(names)
+    return (f"; if the {width} outputs are a {steps}-step forecast of {listed}, make them a "
+            f"block of (steps, targets): keras.Sequential([model, keras.layers.Reshape(("
+            f"{steps}, {len(names)}))]).save('NAME.keras'), and export that with --targets "
+            f"{','.join(names)} --horizon {steps} ({MULTI_STEP})")
 
 
 def _mask_metadata(extra: dict, scaler: dict | None, n_features: int) -> dict:
@@ -442,7 +514,7 @@ def to_onnx(model, *, scaler=None, features=None, targets=None, window=None,
 def export(model, output=None, *, scaler=None, features=None, targets=None, window=None,
            carry_state=None, atol: float = 1e-4, opset: int = 17, check: bool = True,
            steps: int = 1000, state_slots: int | None = None,
-           horizon: int | None = None) -> ExportReport:
+           horizon: int | None = None, calibration=None) -> ExportReport:
     """Export ``model`` to a streaming ONNX file, check it against Keras, and write it.
 
     Parameters
@@ -465,6 +537,9 @@ def export(model, output=None, *, scaler=None, features=None, targets=None, wind
         batch size the model's stateful layer was built with (see :mod:`trainer.notes`).
     horizon : how many readings ahead y predicts (``lstm_edge.horizon``); default the
         sidecar's, else the steps of a forecast block, else 1.
+    calibration : a CSV to calibrate the prediction intervals on
+        (:func:`trainer.calibrate.calibrate_file`); the file is written with them or not at
+        all, and an ``output`` that existed is left as it was when they fail.
 
     Raises
     ------
@@ -483,11 +558,15 @@ def export(model, output=None, *, scaler=None, features=None, targets=None, wind
     data = prepared.proto.SerializeToString()
     stem = prepared.path.stem if prepared.path else prepared.model.name
     path = Path(output) if output is not None else Path("exported") / f"{stem}.onnx"
-    write_atomically(path, data)
+    if calibration is None:
+        write_atomically(path, data)
+    else:
+        found = _write_calibrated(path, data, calibration)
+        info = dataclasses.replace(info, extra={**info.extra, "intervals": json.dumps(found)})
     graph = prepared.proto.graph
     return ExportReport(
         path=path, info=info, parity=parity, op_counts=op_counts(prepared.proto),
-        size_bytes=len(data), inputs=[_describe(v) for v in graph.input],
+        size_bytes=path.stat().st_size, inputs=[_describe(v) for v in graph.input],
         outputs=[_describe(v) for v in graph.output], seconds=time.perf_counter() - started,
         notes=list(prepared.notes), layers=keras_layers(prepared.model))
 
@@ -528,6 +607,32 @@ def write_atomically(path: Path, data: bytes) -> None:
         replace_file(path, data)
     except OSError as exc:
         raise ExportError(f"{path}: cannot be written ({exc.strerror or exc})") from None
+
+
+def _write_calibrated(path: Path, data: bytes, csv) -> dict:
+    """Write ``data`` to ``path`` with intervals calibrated on ``csv``, or leave ``path`` as it
+    was. The calibration streams a file, so it runs on a temporary one beside ``path``, renamed
+    into place once it has its intervals; the folders made for it go again on a failure."""
+    made = [folder for folder in (path.parent, *path.parent.parents) if not folder.exists()]
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.calibrating.onnx")
+    try:
+        write_atomically(temporary, data)
+        found = calibrate.calibrate_file(temporary, csv)
+        try:
+            os.replace(temporary, path)
+        except OSError as exc:
+            raise ExportError(f"{path}: cannot be written ({exc.strerror or exc})") from None
+    except BaseException as exc:
+        if str(temporary) in str(exc):               # the user knows the file as path
+            exc.args = (str(exc).replace(str(temporary), str(path)),)
+        temporary.unlink(missing_ok=True)
+        for folder in made:                          # innermost first; only empty ones go
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise
+    return found
 
 
 def _describe(value: onnx.ValueInfoProto):

@@ -62,8 +62,25 @@ def load_model(path) -> object:
                 f"export it from Python where the class is defined: model = "
                 f"keras.models.load_model(path, custom_objects={{...}}), then "
                 f"trainer.export.export(model, 'model.onnx')") from None
+        unsafe = _unsafe_layer(exc)
+        if unsafe:
+            # Saving again writes the same Python function: only loading it unsafely helps.
+            raise ExportError(
+                f"{path}: has a {unsafe} layer, whose Python function Keras loads only with "
+                f"safe_mode=False (the file runs that code); if you trust where the file came "
+                f"from, export it from Python: model = keras.models.load_model(path, "
+                f"safe_mode=False), then trainer.export.export(model, 'model.onnx')") from None
         raise ExportError(f"{path}: cannot be read as a Keras model ({_first_words(exc)}); "
                           f"save the model again with model.save('NAME.keras')") from None
+
+
+def _unsafe_layer(exc: Exception) -> str:
+    """The layer class Keras's safe mode refused to deserialize (``Lambda``), or "" if none."""
+    text = str(exc)
+    if "safe_mode" not in text:
+        return ""
+    found = re.search(r"deserialization of a `(\w+)` layer", text)
+    return found.group(1) if found else "Lambda"
 
 
 def _first_words(exc: Exception, limit: int = 200) -> str:

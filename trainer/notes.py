@@ -87,16 +87,33 @@ def shape_notes(shape, sidecar: dict | None, info, tokens: bool, window_given) -
     return notes
 
 
-def sequence_notes(shape, sidecar: dict | None, info, window_given) -> list[str]:
-    """A note for a model built on fixed windows that returns sequences, run in sequence mode.
+def sequence_notes(shape, sidecar: dict | None, info, window_given, layers=()) -> list[str]:
+    """A note for a model run in sequence mode that may have been trained on windows.
 
     The TF tutorial's wide-window model (``keras.Input((24, F))``, ``return_sequences=True``)
     infers sequence mode, which carries the state from the stream's start without bound;
-    the tutorial's own answers are per window, from a zero state.
+    the tutorial's own answers are per window, from a zero state. So does a model that
+    answers once per sequence built on ``keras.Input((None, F))``: nothing in it says the
+    window its ``create_dataset`` cut, so the stream equals Keras on the whole history.
     """
     time_axis = shape[1]
-    if (info.streaming_mode != "sequence" or window_given is not None or not time_axis
-            or time_axis < 2 or (sidecar or {}).get("mode")):
+    if (info.streaming_mode != "sequence" or window_given is not None
+            or (sidecar or {}).get("mode")):
+        return []
+    if not time_axis:
+        recurrent = [layer for layer in layers if is_recurrent(layer)]
+        last = recurrent[-1] if recurrent else None
+        if last is None or last.return_sequences or getattr(last, "stateful", False):
+            return []
+        dims = ", ".join(map(str, shape[1:])) + ("," if len(shape) == 2 else "")
+        return [f"sequence mode: the model reads sequences of any length "
+                f"(keras.Input(({dims}))) and answers once per sequence (its last "
+                f"recurrent layer {last.name!r} does not return sequences), so the file "
+                f"streams it as one long sequence since the last reset: each answer equals "
+                f"Keras on the whole history, not on a window; a model trained on windows of "
+                f"N readings (a create_dataset model) must be exported with --window N "
+                f"--no-carry-state"]
+    if time_axis < 2:
         return []
     return [f"sequence mode: the model reads windows of {time_axis} readings "
             f"(keras.Input(({time_axis}, ...))) and returns a prediction for every reading, so "
