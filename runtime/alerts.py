@@ -226,6 +226,7 @@ class AlertState:
     steps: int = 0        # the stream's step count at the last reading observed (lstm-run)
     cusum: list = field(default_factory=list)       # [S+, S-] (outputs,) each; [] before any
     adapted: tuple | None = None  # with ``adapt``: (level, working quantile (outputs,))
+    last: list | None = None      # lstm-run: the alert columns of the last answer (a replay's)
 
     def to_bytes(self) -> bytes:
         """A versioned byte string (the stream state's ``alerts`` section)."""
@@ -236,7 +237,8 @@ class AlertState:
             "counters": [self.run, self.calm, int(self.alerting), self.same, self.steps],
             "cusum": [s.tolist() for s in self.cusum],
             "adapted": None if self.adapted is None else
-            {"level": self.adapted[0], "q": self.adapted[1].tolist()}})
+            {"level": self.adapted[0], "q": self.adapted[1].tolist()},
+            "last": self.last})
         return _MAGIC + struct.pack("<I", len(body)) + body.encode()
 
     @classmethod
@@ -259,14 +261,16 @@ class AlertState:
                 adapted = (float(adapted["level"]), np.asarray(adapted["q"], np.float64))
                 if adapted[1].ndim != 1 or not np.isfinite(adapted[1]).all():
                     raise ValueError("the working quantile must be finite numbers")
+            last = _last_columns(d.get("last"))                        # absent: older
         except (ValueError, TypeError, KeyError, struct.error, UnicodeDecodeError) as exc:
             raise SnapshotError(f"the stream's alert state cannot be read ({exc}); start "
                                 f"the stream afresh") from None
-        return cls(pending, recent, run, calm, bool(alerting), same, steps, cusum, adapted)
+        return cls(pending, recent, run, calm, bool(alerting), same, steps, cusum, adapted,
+                   last)
 
     def check(self, outputs: int, watched: int) -> None:
         """Raise SnapshotError where the arrays do not fit a model of this many columns."""
-        fits = all(p is None or (p[0].shape == (outputs,) and p[1].shape == (outputs,))
+        fits = (self.last is None or len(self.last) == 2 * outputs + 3) and all(p is None or (p[0].shape == (outputs,) and p[1].shape == (outputs,))
                    for p in self.pending) and all(r.shape == (watched,) for r in self.recent) \
             and all(c.shape == (outputs,) for c in self.cusum) \
             and (self.adapted is None or self.adapted[1].shape == (outputs,))
@@ -274,6 +278,23 @@ class AlertState:
             raise SnapshotError(f"the stream's alert state was saved for another model (not "
                                 f"{outputs} output(s) and {watched} watched column(s)); start "
                                 f"the stream's alerts afresh")
+
+
+def _last_columns(found) -> list | None:
+    """A saved answer's alert columns, checked (untrusted): ``[lo..., hi..., anomaly, score,
+    alert]``; ValueError where they are not."""
+    if found is None:
+        return None
+    if not isinstance(found, list) or len(found) < 3:
+        raise ValueError("the last answer's alert columns are not a list")
+    *bounds, anomaly, score, alert = found
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in bounds) \
+            or anomaly not in (None, True, False) \
+            or not (score is None or isinstance(score, (int, float))) \
+            or alert not in ("", "outside", "stuck", "shift"):
+        raise ValueError("the last answer's alert columns hold other values")
+    return [*(float(v) for v in bounds), anomaly, None if score is None else float(score),
+            alert]
 
 
 class Alerts:

@@ -85,9 +85,16 @@ class StreamAlerts:
             state.steps = step
             answer = self.alerts.observe(state, rec.values, pred)
             checked = not np.isnan(answer.score)
-            out[id(rec)] = [*answer.lo, *answer.hi, answer.anomaly if checked else None,
-                            answer.score if checked else None, answer.alert]
+            out[id(rec)] = state.last = [*map(float, answer.lo), *map(float, answer.hi),
+                                         bool(answer.anomaly) if checked else None,
+                                         float(answer.score) if checked else None,
+                                         answer.alert]
         return out
+
+    def last(self, key: str) -> list | None:
+        """The alert columns of ``key``'s last answer, which a replay of it gets again."""
+        state = self.states.get(key)
+        return None if state is None else state.last
 
     # -- with --state: each sensor's alert state is a section of its stream state --
 

@@ -619,14 +619,33 @@ def dump_json(obj) -> str:
 
     JSON may escape a lone surrogate (``"\\ud800"``), which Python reads into a string no
     UTF-8 encoder takes; such a line is written with every non-ASCII character escaped,
-    which keeps the surrogate as the input had it.
+    which keeps the surrogate as the input had it. A number JSON cannot hold (``1e999``
+    read as infinity, passed through from the input) is written as null, so that every line
+    parses as JSON (``Infinity`` is Python's, not JSON's).
+
+    >>> dump_json({"a": float("inf"), "b": [1.5, float("nan")]})
+    '{"a": null, "b": [1.5, null]}'
     """
-    text = json.dumps(obj, ensure_ascii=False)
+    try:
+        text = json.dumps(obj, ensure_ascii=False, allow_nan=False)
+    except ValueError:
+        text = json.dumps(obj := _finite(obj), ensure_ascii=False)
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
         return json.dumps(obj, ensure_ascii=True)
     return text
+
+
+def _finite(obj):
+    """``obj`` with every float JSON cannot hold (inf, NaN) replaced by None."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
 
 
 def detect(first: bytes, features: Sequence[str], targets: Sequence[str], *,

@@ -159,8 +159,11 @@ class Payloads:
 
     def line(self, sensor: str, payload: bytes) -> tuple[bytes | None, dict]:
         """``(line, {})`` for the server, or ``(None, error record)``."""
+        if len(payload) > fmt.MAX_LINE:            # the limit of a line on stdin
+            return None, self._error(sensor, f"payload longer than {fmt.MAX_LINE} bytes; "
+                                             f"send one reading per message", "")
         try:
-            text = fmt.decode(payload).strip()
+            text = fmt.decode(payload).removeprefix("\ufeff").strip()   # a byte-order mark
         except UnicodeDecodeError as exc:
             return None, self._error(sensor, fmt.describe_decode_error(exc),
                                      payload.decode("utf-8", "backslashreplace"))
@@ -192,8 +195,17 @@ class Payloads:
         except LstmEdgeError:
             is_header = True
         if is_header or isinstance(form, fmt.JsonlFormat):
-            shown = text if len(text) <= 40 else text[:37] + "..."
-            return None, self._error(sensor, f"{expected}, got {shown!r}", text)
+            # read as the reading it has the fields of, for the reason it is not one
+            fields = fmt.split_csv(text)
+            n = len(self.features)
+            if len(fields) == n:
+                form = fmt.HeaderlessFormat(self.features, self.targets)
+            elif len(fields) == n + 1 and self.columns is None:
+                form = fmt.CsvFormat([fmt.TIME_COLUMN, *self.features], self.features,
+                                     self.targets, has_header=False)
+            else:
+                shown = text if len(text) <= 40 else text[:37] + "..."
+                return None, self._error(sensor, f"{expected}, got {shown!r}", text)
         rec = form.parse(1, raw)
         if not rec.ok:
             return None, self._error(sensor, rec.error or "", text)
@@ -433,9 +445,15 @@ class Link:
                       f"30 s")
 
     def _disconnected(self, client, userdata, flags, reason, properties) -> None:
-        if self.closing or self.down_since is not None:
-            return
+        if self.closing or self.down_since is not None or self.fatal is not None:
+            return             # a refusal (a wrong password) is the Error line, said once
         self.down_since = time.monotonic()
+        if not self.started:
+            self.warn(f"the server at {self.endpoint} closed the connection before MQTT was "
+                      f"set up ({reason}): check that it is an MQTT broker and that the URL's "
+                      f"scheme (mqtt:// or mqtts://) is the one it speaks; retrying every 1 "
+                      f"to 30 s")
+            return
         self.warn(f"lost the MQTT broker at {self.endpoint} ({reason}); reconnecting every 1 "
                   f"to 30 s, unacknowledged messages will be delivered again")
 

@@ -15,7 +15,11 @@ does (``Stream.step(reading, at=...)``). This module only finds the position of 
   does, and a later line whose value is not a time gets an error record (fed unchecked, a
   redelivery of it would be fed twice); where it is not, the column is not a time column
   (one note on stderr) and there is no check. Where no such column is found there is no
-  check.
+  check. JSON lines (and MQTT payloads) look for the key in every record until one has it,
+  since their sensors need not all send times; after that a record without the key is fed
+  unchecked where its sensor has never had a position (a sensor that sends no times; one
+  note on stderr), and gets an error record where it has (a redelivery of it would be fed
+  twice).
 
 ``--no-order-check`` turns it off: for feeds whose times are not monotonic by design (a
 sensor that sends its buffered past after a reconnect, clocks that step back), where every
@@ -101,6 +105,10 @@ def sequence_number(text, column: str) -> int:
     return number
 
 
+class NoPosition(BadLine):
+    """A JSON line without the position key at all (not one with a bad value there)."""
+
+
 @dataclass
 class OrderColumn:
     """Where a line's position is, and how to read it."""
@@ -109,6 +117,7 @@ class OrderColumn:
     sequence: bool                    # True: --seq-column; False: a time column
     index: int | None = None          # CSV: the column's index; JSON: None (a key)
     named: bool = True                # named, or found and confirmed: a line without a position is bad
+    found: bool = False               # found by its name (not --time-column/--seq-column)
     off: bool = False                 # found by its name, but its first value was no time: unchecked
     note: str | None = None           # why it is off, once (the caller says it on stderr)
     replays: dict[str, int] = field(default_factory=dict)    # sensor -> replays answered
@@ -129,10 +138,13 @@ class OrderColumn:
             else fields.get(self.name) if isinstance(fields, dict) else None
         try:
             if value is None:
-                raise BadLine(f"no {self.name!r} key: the order check reads each line's "
-                              f"position there (--no-order-check feeds every line as it comes)")
+                raise NoPosition(f"no {self.name!r} key: the order check reads each line's "
+                                 f"position there (--no-order-check feeds every line as it "
+                                 f"comes)")
             at = sequence_number(value, self.name) if self.sequence \
                 else reading_time(value, self.name)
+        except NoPosition:
+            raise
         except BadLine:
             if self.named:
                 raise
@@ -211,7 +223,8 @@ def choose(fmt: LineFormat, first: Record | None, *, time_column: str | None,
             at = names.index(named.strip().lower())
             return OrderColumn(fmt.columns[at], seq_column is not None, at)
         found = next((i for i, n in enumerate(names) if n in TIME_NAMES), None)
-        return None if found is None else OrderColumn(fmt.columns[found], False, found, False)
+        return None if found is None else OrderColumn(fmt.columns[found], False, found, False,
+                                                      found=True)
     if isinstance(fmt, JsonlFormat):
         if named is not None:
             return OrderColumn(named, seq_column is not None)
@@ -219,7 +232,7 @@ def choose(fmt: LineFormat, first: Record | None, *, time_column: str | None,
             return None
         for key, value in first.fields.items():
             if str(key).strip().lower() in TIME_NAMES and _is_time(value):
-                return OrderColumn(key, False, None, False)
+                return OrderColumn(key, False, None, False, found=True)
         return None
     if named is not None:
         raise InputError(f"{option} needs a CSV header, --columns or JSON lines to name the "

@@ -25,7 +25,7 @@ from .alerts_run import StreamAlerts
 from .errors import InputError, LstmEdgeError, SnapshotError
 from .io import TOO_LONG, LineReader, Unterminated
 from .ledger import SaveLedger
-from .order import OrderColumn, choose
+from .order import MOST, NoPosition, OrderColumn, choose
 from .state import order
 from .sensors import Sensor, SensorTable
 from .stream import Stream, conflict_message
@@ -101,6 +101,8 @@ class Server:
         self.order: OrderColumn | None = None    # where each line's position is (runtime.order)
         self._order_open = config.order_check    # JSON lines: decided at the first good record
         self._header: bytes | None = None        # the CSV header line, to know it again
+        self._positioned: set[str] = set()       # sensors given a position in this run
+        self._unchecked: set[str] = set()        # JSON sensors fed without one (said once)
 
     # -- state --
 
@@ -288,8 +290,13 @@ class Server:
             if rec.ok and self.order is not None:
                 try:
                     rec.at = self.order.position(rec)
+                except NoPosition as exc:
+                    if not self._never_positioned(rec.key):
+                        rec.error = str(exc)
                 except fmt.BadLine as exc:
                     rec.error = str(exc)
+                if rec.at is not None:
+                    self._positioned.add(rec.key)
                 if self.order.note is not None:     # a found column that holds no times
                     self._warn(self.order.note)
                     self.order.note = None
@@ -306,8 +313,25 @@ class Server:
                             seq_column=config.seq_column)
         if self.order is not None:
             form.add_order()
-        self._order_open = self.order is None and first is None and \
-            isinstance(form, fmt.JsonlFormat)
+        self._order_open = self.order is None and isinstance(form, fmt.JsonlFormat)
+
+    def _never_positioned(self, key: str) -> bool:
+        """Whether a JSON record of sensor ``key`` without the found time key is fed
+        unchecked: its sensor never had a position (see :mod:`runtime.order`); says so once
+        per sensor (ten at most)."""
+        column = cast(OrderColumn, self.order)
+        sensor = self.sensors.get(key)
+        if not column.found or key in self._positioned or \
+                (sensor is not None and sensor.stream.position is not None):
+            return False
+        if key not in self._unchecked:
+            self._unchecked.add(key)
+            who = f"sensor {key!r}" if self.config.stream_column else "the stream"
+            if len(self._unchecked) <= MOST:
+                self._warn(f"{who}: its lines have no {column.name!r} key, so they are fed "
+                           f"unchecked and a line delivered twice is fed twice; give each "
+                           f"reading its time")
+        return True
 
     def handle(self, batch: Sequence[tuple[int, bytes | None]]) -> list[str]:
         """The output lines for one batch of input lines, one each, in input order.
@@ -326,6 +350,12 @@ class Server:
             fed = [r for r in good if r.ok and id(r) not in marks]
         answers = self._step(fed)
         form = cast(fmt.LineFormat, self.format)    # set by the line before any record
+        # a replay of a reading answered in an earlier batch: its alert columns as they were
+        # then, taken before this batch's readings move the alert state on
+        again = {} if self.alerts is None else {
+            i: self.alerts.last(rec.key) for rec in good
+            if (i := id(rec)) in marks and marks[i][0] == "replay"
+            and not isinstance(marks[i][1], fmt.Record)}
         extra = self.alerts.annotate(fed, answers) if self.alerts is not None else {}
         blank = [None] * len(getattr(form, "extra", ()))   # a replay or skip: no alert columns
         out = []
@@ -341,10 +371,13 @@ class Server:
                 out.append(form.format(item, step, warmup, pred, extra.get(id(item), blank)))
             else:
                 mark, answer = marks[id(item)]
-                if mark == "replay":
-                    step, warmup, pred = answers[id(answer)] \
-                        if isinstance(answer, fmt.Record) else answer
-                    out.append(form.format(item, step, warmup, pred, blank, mark=mark))
+                if mark == "replay":      # the answer it got then, alert columns included
+                    if isinstance(answer, fmt.Record):
+                        (step, warmup, pred), columns = answers[id(answer)], \
+                            extra.get(id(answer), blank)
+                    else:
+                        (step, warmup, pred), columns = answer, again.get(id(item)) or blank
+                    out.append(form.format(item, step, warmup, pred, columns, mark=mark))
                 else:
                     out.append(form.format_skipped(item, mark))
         self.lines += len(out)

@@ -57,6 +57,7 @@ import math
 import struct
 import zlib
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 
 import numpy as np
 
@@ -171,10 +172,18 @@ def check_position(at, what: str = "at", error: type = InputError) -> float | in
 
 
 def describe_position(position) -> str:
-    """A position in words: ``time 1647770400 s`` or ``sequence number 17``."""
+    """A position in words, a time as a date where it reads as one (epoch seconds).
+
+    >>> describe_position(1647770400.0), describe_position(17), describe_position(12.5)
+    ('time 2022-03-20T10:00:00Z (1647770400 s)', 'sequence number 17', 'time 12.5 s')
+    """
     if isinstance(position, int):
         return f"sequence number {position}"
-    return f"time {position:.6f}".rstrip("0").rstrip(".") + " s"
+    seconds = f"{position:.6f}".rstrip("0").rstrip(".") + " s"
+    if not 1e8 <= position < 4.2e9:          # 1973-2103: a date, else plain seconds
+        return f"time {seconds}"
+    when = datetime.fromtimestamp(position, timezone.utc).isoformat().replace("+00:00", "Z")
+    return f"time {when} ({seconds})"
 
 
 # ---- checks ------------------------------------------------------------------------------

@@ -441,6 +441,25 @@ def test_lstm_run_alert_columns_match_the_python_api(tmp_path, readings):
     assert second[f"hi_{TARGET}"] > second[f"lo_{TARGET}"]
 
 
+def test_a_replay_gets_the_alert_columns_it_got_then(tmp_path):
+    """A reading delivered again (a restarted feed, a broker's redelivery) is answered as
+    before, its interval, score and alert included: in the same run and after a restart."""
+    rows = (ROOT / "data" / "water-flow.csv").read_text().splitlines(keepends=True)[:41]
+    rows[30] = rows[30].split(",")[0] + ",140.0\n"                 # a spike: an alert
+    args = [with_intervals(tmp_path / "m.onnx"), "--interval", "0.9"]
+    whole = _table(run(args, "".join(rows).encode())[0])
+    assert whole[29]["alert"] == "outside"
+    again = _table(run(args, "".join(rows[:31] + rows[30:31]).encode())[0])
+    keys = [k for k in whole[0] if k not in ("order", "error", "input")]
+    assert again[30]["order"] == "replay"
+    assert [again[30][k] for k in keys] == [whole[29][k] for k in keys]
+    state = tmp_path / "s.db"
+    run(args + ["--state", state], "".join(rows[:31]).encode())
+    resent = _table(run(args + ["--state", state], "".join(rows[:1] + rows[30:]).encode())[0])
+    assert resent[0]["order"] == "replay"
+    assert [[r[k] for k in keys] for r in resent] == [[r[k] for k in keys] for r in whole[29:]]
+
+
 def test_lstm_run_alerts_resume_with_state(tmp_path, readings):
     path = with_intervals(tmp_path / "m.onnx")
     lines = [f"{TARGET}\n"] + [f"{v}\n" for v in readings[:60, 0]]

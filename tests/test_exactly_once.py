@@ -296,3 +296,26 @@ def test_a_header_repeated_by_a_restarted_logger_is_answered_with_the_header(mod
     assert [g["step"] for g in csv_rows(out) if g["time"] != "time"] == ["1", "2", "", "2",
                                                                         "3", "4"]
     assert "refused" not in err
+
+
+def test_json_sensors_without_times_leave_the_order_check_on_for_those_with_them(
+        models, tmp_path):
+    """JSON lines (and MQTT payloads) of many sensors: one that sends no time must neither
+    turn the check off for the others (a redelivered reading of theirs was fed twice when
+    its line came first) nor be refused once another sensor's time is found. A sensor that
+    had a position refuses a line without one, as before."""
+    timed = [{"sensor": "p", "time": f"2026-03-01T00:0{i}:00", "temperature": 20.0 + i,
+              "humidity": 40.0} for i in range(3)]
+    bare = [{"sensor": "legacy", "temperature": 21.0 + i, "humidity": 41.0} for i in range(2)]
+    args = [models["sequence"], "--device", "cpu", "--stream-column", "sensor",
+            "--state", tmp_path / "state.db"]
+    first = "".join(json.dumps(r) + "\n" for r in timed[:2]).encode()
+    run(args, first)
+    # after a restart the broker delivers the legacy sensor first, then p's last reading again
+    again = [bare[0], timed[1], timed[2], bare[1], {"sensor": "p", "temperature": 1.0,
+                                                     "humidity": 1.0}]
+    out, err = run(args, "".join(json.dumps(r) + "\n" for r in again).encode())
+    got = answers(out, jsonl=True)
+    assert [g.get("step") for g in got] == [1, 2, 3, 2, None]
+    assert got[1]["order"] == "replay" and "no 'time' key" in got[4]["error"]
+    assert err.count("sensor 'legacy': its lines have no 'time' key") == 1, err

@@ -33,7 +33,7 @@ import pytest
 
 import runtime
 from runtime.lines import format_value
-from helpers import run, split_lines
+from helpers import run, split_lines, without_intervals
 
 ROOT = Path(__file__).resolve().parent.parent
 FLINK_PY = ROOT / ".venv-flink" / "bin" / "python"
@@ -401,7 +401,8 @@ def test_interval_the_model_cannot_give_is_refused_before_the_job(tmp):
     line, exit 2, as lstm-run refuses it."""
     path = tmp / "one.jsonl"
     path.write_text(json.dumps({"sensor": "a", "t": 1, FEATURE: 101.5}) + "\n")
-    for model, level, words in ((MODEL, "0.9", "no calibrated intervals"),
+    for model, level, words in ((without_intervals(tmp / "plain.onnx"), "0.9",
+                                 "no calibrated intervals"),
                                 (with_intervals(tmp), "0.85", "no interval at")):
         proc = subprocess.run([str(FLINK_PY), "-m", "integrations.flink", str(model), "-i",
                                str(path), "--stream-column", "sensor", "--time-column", "t",

@@ -124,7 +124,7 @@ def test_payload_shapes_and_error_records(broker, tmp_path):
         from mqtt_broker import client
         c = client(broker.url, "shapes")
         for payload in ["100.59", "2022-03-20T12:00:00+01:00,100.89",
-                        json.dumps({"time": "t3", FEATURE: 101.2}), "abc", "{broken", "1,2"]:
+                        json.dumps({"time": "2022-03-20T13:00:00+01:00", FEATURE: 101.2}), "abc", "{broken", "1,2"]:
             c.publish("sensors/pump-1/flow", payload, qos=1).wait_for_publish(TIMEOUT)
         c.disconnect()
         until(lambda: len(collector.answers) >= 6, "six answers")
@@ -212,6 +212,28 @@ def make_tls(directory) -> dict[str, str]:
 
 
 @pytest.mark.skipif(not __import__("shutil").which("openssl"), reason="openssl is not installed")
+def test_payloads_are_read_by_the_rules_of_stdin_lines():
+    """The size limit, a byte-order mark, and each reason a payload is not a reading, as
+    ``lstm-run`` gives them for the same line on stdin (the reference: a subprocess)."""
+    from runtime.mqtt import Payloads
+    payloads = Payloads([FEATURE], [FEATURE], "sensor")
+    t = "2022-03-20T12:00:00+01:00"
+    for text in [f"{t},abc", f"{t},1e39", "abc", "1e39"]:
+        line, error = payloads.line("p", text.encode())
+        first = f"{t},100.0" if text.startswith(t) else "100.0"    # a reading of its shape
+        stdin = subprocess.run([*LSTM_RUN, str(MODEL), "--stream"],
+                               input=f"{first}\n{text}\n".encode(), capture_output=True,
+                               timeout=TIMEOUT).stderr.decode()
+        assert line is None and error["error"] in stdin, (error, stdin)
+    line, _ = payloads.line("p", b"\xef\xbb\xbf100.5")
+    assert json.loads(line) == {FEATURE: 100.5, "sensor": "p"}
+    line, error = payloads.line("p", b"1" * (2 << 20))
+    assert line is None and "longer than 1048576 bytes" in error["error"]
+    line, _ = payloads.line("p", json.dumps({FEATURE: 1e999}).replace("Infinity", "1e999")
+                            .encode())
+    assert json.loads(line)[FEATURE] is None          # JSON has no infinity: null
+
+
 def test_tls_with_a_password_and_a_client_certificate(tmp_path, monkeypatch):
     files = make_tls(tmp_path)
     subprocess.run(["mosquitto_passwd", "-b", "-c", str(tmp_path / "passwd"), "lstm", "s3cret"],
@@ -242,6 +264,7 @@ def test_tls_with_a_password_and_a_client_certificate(tmp_path, monkeypatch):
                                   timeout=TIMEOUT)
             err = done.stderr.decode()
             assert done.returncode == 2 and says in err and "Traceback" not in err, err
+            assert len(err.strip().splitlines()) == 1, err     # no "lost the broker" first
         # The listener that wants a client certificate answers with one (and the password
         # from the environment).
         monkeypatch.setenv("MQTT_PASSWORD", "s3cret")

@@ -64,6 +64,7 @@ class BatchJob(LineJob):
                     prev = rec if rec.at is not None else prev
         answers: dict[int, tuple] = {}
         before = {key: self.stored(stream) for key, stream in streams.items()}
+        columns = {key: self.last_columns(stream) for key, stream in streams.items()}
         self._step(streams, fed, out, answers)
         stepped = sorted(((i, rec) for run in fed.values() for i, rec in run
                           if id(rec) in answers), key=lambda item: item[0])   # input order
@@ -72,7 +73,8 @@ class BatchJob(LineJob):
             out[i] = self.format.format(rec, *answers[id(rec)], extra.get(id(rec), self.blank))
         for i, rec, prev in replays:
             answer = answers.get(id(prev)) if prev is not None else before[rec.key]
-            out[i] = self.replayed(rec, answer) if answer is not None \
+            again = extra.get(id(prev)) if prev is not None else columns[rec.key]
+            out[i] = self.replayed(rec, answer, again) if answer is not None \
                 else self.format.format_error(rec)
         changed = {}
         for key, run in fed.items():

@@ -43,7 +43,7 @@ import numpy as np
 import runtime
 from runtime import LstmEdgeError
 from runtime import lines as fmt
-from runtime.alerts import AlertConfig
+from runtime.alerts import AlertConfig, AlertState
 from runtime.alerts_run import StreamAlerts
 from runtime.lines import BadLine
 
@@ -180,7 +180,7 @@ class LineJob:
         stream = self.open(key, blob, wall)
         kind = self.decide(stream, rec)
         if kind == "replay":
-            return self.replayed(rec, self.stored(stream)), None
+            return self.replayed(rec, self.stored(stream), self.last_columns(stream)), None
         if kind == "old":
             return self.skipped(rec, stream.position), None
         if rec.ok:
@@ -270,11 +270,19 @@ class LineJob:
         pred = stream.answer
         return stream.steps, not stream.ready, self._nan if pred is None else pred
 
-    def replayed(self, rec: fmt.Record, answer: tuple) -> str:
-        """The answer to a replay: the answer its reading got, marked ``replay``."""
+    def last_columns(self, stream) -> list | None:
+        """The alert columns of a stream's last answer, kept in its ``alerts`` section (None
+        without ``--interval`` or before any)."""
+        data = stream.sections.get(StreamAlerts.SECTION) if self.alerts is not None else None
+        return None if data is None else AlertState.from_bytes(data).last
+
+    def replayed(self, rec: fmt.Record, answer: tuple, columns: list | None = None) -> str:
+        """The answer to a replay: the answer its reading got (its alert ``columns``
+        included), marked ``replay``."""
         self.order.replayed(rec.key)
         step, warmup, pred = answer
-        return self.format.format(rec, step, warmup, pred, self.blank, mark="replay")
+        return self.format.format(rec, step, warmup, pred, columns or self.blank,
+                                  mark="replay")
 
     def skipped(self, rec: fmt.Record, position) -> str:
         """The answer to a reading at or before its sensor's position: not fed."""
