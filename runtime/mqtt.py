@@ -216,6 +216,12 @@ class Payloads:
         obj[self.key] = sensor
         return fmt.dump_json(obj).encode(), {}
 
+    def unnamed(self, topic: str, payload: bytes) -> dict:
+        """The error record of a message whose topic's sensor level is empty."""
+        return self._error("", f"the topic {topic!r} names no sensor (its sensor level is "
+                               f"empty); publish each sensor's readings under its name",
+                           payload[:200].decode("utf-8", "backslashreplace"))
+
     def _error(self, sensor: str, reason: str, text: str) -> dict:
         return {self.key: sensor, "error": reason, "input": text}
 
@@ -321,6 +327,12 @@ class Link:
                             f"--ca-file (the CA that signed the broker's certificate) and that "
                             f"the URL's host is the name in that certificate") from None
         except OSError as exc:
+            if self.endpoint.tls and isinstance(exc, (ConnectionResetError, ssl.SSLEOFError)):
+                # a server that is up but drops the TLS handshake: not one that will change
+                raise MqttError(f"TLS with {self.endpoint} failed: the server closed the "
+                                f"connection during the handshake ({_reason(exc)}); check "
+                                f"that the port speaks TLS (mqtts, usually 8883), or use "
+                                f"mqtt:// for a plain one") from None
             self.down_since = time.monotonic()
             self.warn(f"waiting for the MQTT broker at {self.endpoint}: "
                       f"{_reason(exc)}; retrying every 1 to 30 s")
@@ -578,8 +590,10 @@ def serve_mqtt(model, serve_config: ServeConfig, config: MqttConfig, *,
 def _answer(batch: list[Message], server: Server, payloads: Payloads, link: Link,
             signals: Signals, templates: tuple[str, str], warn, topics: dict[int, str]) -> None:
     """One batch, end to end: answers out (PUBACK), state committed, then messages acked."""
-    sensors = [sensor_of(m.topic, link.config.topics) or m.topic for m in batch]
-    parsed = [payloads.line(s, m.payload) for s, m in zip(sensors, batch)]
+    found = [sensor_of(m.topic, link.config.topics) for m in batch]
+    sensors = [m.topic if s is None else s for s, m in zip(found, batch)]
+    parsed = [payloads.line(s, m.payload) if s else
+              (None, payloads.unnamed(m.topic, m.payload)) for s, m in zip(sensors, batch)]
     first = server.lines
     lines = [line for line, _ in parsed if line is not None]
     topics.clear()

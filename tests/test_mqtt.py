@@ -126,14 +126,17 @@ def test_payload_shapes_and_error_records(broker, tmp_path):
         for payload in ["100.59", "2022-03-20T12:00:00+01:00,100.89",
                         json.dumps({"time": "2022-03-20T13:00:00+01:00", FEATURE: 101.2}), "abc", "{broken", "1,2"]:
             c.publish("sensors/pump-1/flow", payload, qos=1).wait_for_publish(TIMEOUT)
+        c.publish("sensors//flow", "100.0", qos=1).wait_for_publish(TIMEOUT)   # no sensor
         c.disconnect()
-        until(lambda: len(collector.answers) >= 6, "six answers")
+        until(lambda: len(collector.answers) >= 7, "seven answers")
     finally:
         assert tool.stop() == 143, tool.stderr()
         collector.close()
-    topics = [t for t, _, _ in collector.answers]
+    *shapes, (topic, unnamed, _) = collector.answers
+    assert topic == "predictions//error" and "names no sensor" in unnamed["error"], unnamed
+    topics = [t for t, _, _ in shapes]
     assert topics == ["predictions/pump-1"] * 3 + ["predictions/pump-1/error"] * 3
-    answers = [a for _, a, _ in collector.answers]
+    answers = [a for _, a, _ in shapes]
     assert [a["step"] for a in answers[:3]] == [1, 2, 3]
     stdin = subprocess.run([*LSTM_RUN, str(MODEL), "--format", "headerless"],
                            input=b"100.59\n100.89\n101.2\n", capture_output=True,
@@ -212,6 +215,17 @@ def make_tls(directory) -> dict[str, str]:
 
 
 @pytest.mark.skipif(not __import__("shutil").which("openssl"), reason="openssl is not installed")
+def test_tls_against_a_plain_listener_is_one_error_line(broker):
+    """mqtts:// to a port that speaks plain MQTT: the server drops the handshake; that will
+    not change by retrying, so it is an Error line and exit 2 (it retried forever)."""
+    url = broker.url.replace("mqtt://", "mqtts://")
+    done = subprocess.run([*LSTM_RUN, str(MODEL), "--mqtt", url, "--topic", "s/+"],
+                          capture_output=True, timeout=TIMEOUT)
+    err = done.stderr.decode()
+    assert done.returncode == 2 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("Error: TLS with") and "speaks TLS" in err, err
+
+
 def test_payloads_are_read_by_the_rules_of_stdin_lines():
     """The size limit, a byte-order mark, and each reason a payload is not a reading, as
     ``lstm-run`` gives them for the same line on stdin (the reference: a subprocess)."""
