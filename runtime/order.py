@@ -59,6 +59,11 @@ def reading_time(text, column: str) -> float:
                 value = float(text)
             except ValueError:
                 value = _iso(text)
+    if abs(value) >= EXACT and math.isfinite(value):
+        shown = str(text) if len(str(text)) <= 40 else str(text)[:37] + "..."
+        raise BadLine(f"time column {column!r}: {shown!r} is 2**53 or more, where times a "
+                      f"few units apart round to the same position (epoch nanoseconds?); "
+                      f"give seconds or milliseconds (decimals are kept), or ISO-8601 times")
     if not math.isfinite(value):
         shown = str(text) if len(str(text)) <= 40 else str(text)[:37] + "..."
         raise BadLine(f"time column {column!r}: {shown!r} is not a number or an ISO-8601 time "
@@ -80,6 +85,7 @@ def _iso(text: str) -> float:
 
 
 SEQ_LOW, SEQ_HIGH = -(1 << 63), (1 << 63) - 1     # what the state file keeps (int64)
+EXACT = float(1 << 53)       # from here a float64 time cannot tell neighbouring units apart
 
 
 def sequence_number(text, column: str) -> int:

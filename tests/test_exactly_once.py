@@ -211,16 +211,15 @@ def test_no_order_check_feeds_every_line_as_it_comes(models):
     assert got[11]["step"] == got[5]["step"] == "6" and "1 replayed reading(s)" in err
 
 
-def test_a_time_in_seconds_beyond_any_date_is_described_in_seconds(models):
-    """A clock that jumps to 1e30 s is a position like any other: later lines are skipped
-    as older, and the order field names it in seconds (a date cannot hold it)."""
+def test_a_clock_that_jumps_beyond_2_to_the_53_is_refused_not_made_a_position(models):
+    """A clock that jumps to 1e30 s gets an error record (it was fed and became the sensor's
+    position, so every later true time was skipped as older); the next line is fed."""
     data = b"time,sensor,temperature,humidity\n" \
         b"2024-01-01T00:00:00,a,21,40\n1e30,a,22,41\n2024-01-01T00:01:00,a,23,42\n"
     out, err = run([models["sequence"], "--stream-column", "sensor", "--device", "cpu"], data)
     got = csv_rows(out)
-    assert [g["step"] for g in got] == ["1", "2", ""]
-    assert got[2]["order"] == "skipped: not after this sensor's last reading (time 1e+30 s)"
-    assert "1 older reading(s) skipped" in err
+    assert [g["step"] for g in got] == ["1", "", "2"]
+    assert "'1e30' is 2**53 or more" in got[1]["error"] and "skipped" not in err
 
 
 def test_a_found_time_column_refuses_a_line_without_a_time_so_a_resend_feeds_nothing_twice(
@@ -319,3 +318,15 @@ def test_json_sensors_without_times_leave_the_order_check_on_for_those_with_them
     assert [g.get("step") for g in got] == [1, 2, 3, 2, None]
     assert got[1]["order"] == "replay" and "no 'time' key" in got[4]["error"]
     assert err.count("sensor 'legacy': its lines have no 'time' key") == 1, err
+
+
+def test_epoch_nanoseconds_are_refused_where_they_cannot_be_told_apart(models):
+    """Times of 2**53 or more (epoch nanoseconds) round together as float64 seconds, so two
+    readings 1 ns apart looked like one reading sent twice with other values: with
+    --time-column each gets an error record that names the cause; milliseconds work."""
+    ns = b"time,temperature,humidity\n1772323200000000000,21,40\n1772323200000000001,22,41\n"
+    got = csv_rows(run([models["sequence"], "--device", "cpu", "--time-column", "time"], ns)[0])
+    assert [g["step"] for g in got] == ["", ""] and "epoch nanoseconds" in got[0]["error"]
+    ms = b"time,temperature,humidity\n1772323200000,21,40\n1772323200001,22,41\n"
+    got = csv_rows(run([models["sequence"], "--device", "cpu", "--time-column", "time"], ms)[0])
+    assert [g["step"] for g in got] == ["1", "2"]
