@@ -131,6 +131,16 @@ def test_one_scaler_entry_for_four_features_is_refused(saved, tmp_path):
     assert not (tmp_path / "m.onnx").exists()
 
 
+def test_one_y_scaler_entry_for_two_different_targets_is_refused(tmp_path):
+    """y repeats one entry across the steps of one target's forecast, never across targets."""
+    model = keras.Sequential([keras.Input((None, 2)), keras.layers.LSTM(4),
+                              keras.layers.Dense(2)])
+    scaler = {"x": {"mean": [1.0, 2.0], "std": [1.0, 1.0]}, "y": {"mean": [1.0], "std": [2.0]}}
+    with pytest.raises(ExportError, match="y has 1 mean and std for 2 different targets"):
+        export(model, tmp_path / "m.onnx", scaler=scaler, features="t,rh", targets="t,rh")
+    assert not (tmp_path / "m.onnx").exists()
+
+
 def test_a_lag_model_with_its_scaler_listed_per_lag_streams_as_keras_predicts(saved, tmp_path):
     """reshape(n, 1, 3): three lags of one series, the scaler given once per lag."""
     model = keras.models.load_model(saved / "lags.keras")

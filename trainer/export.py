@@ -429,6 +429,13 @@ def _fit_columns(scaler, features, targets, shape, n_features: int, n_outputs: i
               lambda: _names(targets, n_outputs, "y", "targets",
                              hint=_steps_hint(targets, n_outputs) if flat else ""))
     found, problems = [], []
+    names = _split(targets) if targets else ()
+    y = (scaler or {}).get("y") if isinstance(scaler, dict) else None
+    if isinstance(y, dict) and n_outputs > 1 and len(set(names)) > 1 \
+            and np.asarray(y.get("mean", []), dtype=object).size == 1:
+        # one target's scaling fits each step of its forecast, not several targets
+        problems.append(f"the scaler's y has 1 mean and std for {len(names)} different "
+                        f"targets ({', '.join(names)}); list one per target, in order")
     for check in checks:
         try:
             found.append(check())
