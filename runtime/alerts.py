@@ -192,6 +192,12 @@ class AlertConfig:
     adapt: float = 0.0     # quantile tracking step, a share of the level's quantile (0: off)
 
     def __post_init__(self):
+        numbers = ("level", "min_run", "hold_off", "stuck", "cusum", "adapt")
+        wrong = [f"{name} must be a number, got {getattr(self, name)!r}" for name in numbers
+                 if isinstance(getattr(self, name), bool)
+                 or not isinstance(getattr(self, name), (int, float, np.integer, np.floating))]
+        if wrong:
+            raise InputError("; ".join(wrong))
         problems = [f"{name} must be at least {low}, got {getattr(self, name)}"
                     for name, low in (("min_run", 1), ("hold_off", 0), ("stuck", 0),
                                       ("cusum", 0), ("adapt", 0))
@@ -432,10 +438,17 @@ class Monitor:
 
     def __init__(self, stream, config: AlertConfig | None = None,
                  state: AlertState | bytes | None = None):
+        from .stream import Stream
+        if not isinstance(stream, Stream):
+            raise InputError(f"Monitor wraps one stream (model.stream()), got "
+                             f"{type(stream).__name__}")
+        if not isinstance(state, (AlertState, bytes, bytearray, memoryview, type(None))):
+            raise InputError(f"state must be an AlertState or the bytes of "
+                             f"AlertState.to_bytes(), got {type(state).__name__}")
         self.stream = stream
         self.alerts = Alerts(stream.model, config)
-        self.state = AlertState.from_bytes(state) if isinstance(state, bytes) \
-            else state or AlertState()
+        self.state = AlertState.from_bytes(bytes(state)) \
+            if isinstance(state, (bytes, bytearray, memoryview)) else state or AlertState()
         self.state.check(len(self.alerts.q), len(self.alerts.watch))
 
     def step(self, reading) -> Answer | None:

@@ -394,6 +394,10 @@ def main(model, info, stream, input_, output, append, endless, format_, stream_c
       sensor-reader | lstm-run model.onnx --stream --stream-column sensor
       lstm-run model.onnx --info
     """
+    if hasattr(signal, "SIGHUP"):
+        # A reload (SIGHUP) while the model loads must not end the service: systemd counts
+        # death by SIGHUP as a clean stop and would not restart it. Serving handles it.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
     if append and output == "-":
         raise click.UsageError("--append needs -o FILE")
     if save_every and state is None:

@@ -394,9 +394,17 @@ class Model:
         An array of windows ``(samples, timesteps, features)`` is refused: it goes to
         :meth:`predict`.
         """
-        if at is not None:
-            return step_at(self, list(streams), readings, at)
-        return step_many(self, list(streams), readings)
+        streams = list(streams)
+        try:
+            if at is not None:
+                return step_at(self, streams, readings, at)
+            return step_many(self, streams, readings)
+        except AttributeError:       # not streams: said here, not on the hot path
+            bad = [i for i, s in enumerate(streams) if not isinstance(s, Stream)]
+            if not bad:
+                raise
+            raise InputError(f"step takes streams made by model.stream(); items {bad[:10]} "
+                             f"are {type(streams[bad[0]]).__name__}") from None
 
     def predict(self, X) -> np.ndarray:
         """What Keras's ``model.predict(X)`` gives, for an array of windows, in raw units.

@@ -715,7 +715,8 @@ def _problems(model, x, policy: str) -> list[str]:
     nan = [names[i] for i in np.flatnonzero(np.isnan(x))]
     problems = []
     if inf:
-        problems.append(f"inf in {', '.join(inf)} (infinite values cannot be fed; clip them)")
+        problems.append(f"inf in {', '.join(inf)} (an infinite value, or one beyond "
+                        f"float32's range of ±3.4e38, cannot be fed; clip it)")
     if nan and policy == "error":
         problems.append(f"NaN (missing) in {', '.join(nan)} (load with missing='skip' or "
                         f"'hold' to stream through gaps)")

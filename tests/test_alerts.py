@@ -8,6 +8,7 @@ import csv
 import io
 import json
 import math
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -395,6 +396,31 @@ def test_calibrate_file_applies_the_rule_to_the_runtime_residuals(tmp_path):
             rank = min(math.ceil((len(kept) + 1) * level), len(kept))
         assert q[0] == pytest.approx(scores[rank - 1], rel=1e-4)
     assert Intervals.from_model(model) is not None
+
+
+def test_wrong_arguments_to_the_python_api_are_input_errors(tmp_path):
+    """Not a stream, not a config number, not alert-state bytes: InputError, not
+    AttributeError or TypeError from inside; the bytes of a saved state in any buffer."""
+    model = runtime.load(WATER, device="cpu")
+    for call, says in [(lambda: model.step([1, 2], np.full((2, 1), 101.0)), "model.stream()"),
+                       (lambda: Monitor(model, AlertConfig()), "got Model"),
+                       (lambda: Monitor(model.stream(), AlertConfig(), "x"), "got str"),
+                       (lambda: AlertConfig(level="0.9"), "level must be a number"),
+                       (lambda: AlertConfig(level=None), "level must be a number")]:
+        with pytest.raises(InputError, match=says):
+            call()
+    first = Monitor(model.stream(), AlertConfig())
+    first.step([101.0])
+    again = Monitor(model.stream(), AlertConfig(), bytearray(first.state.to_bytes()))
+    assert again.state.to_bytes() == first.state.to_bytes()
+
+
+def test_calibrate_file_names_the_extra_on_a_runtime_only_install(tmp_path, monkeypatch):
+    """Without the onnx package (the runtime alone): MissingExtra naming the train extra."""
+    from runtime.errors import MissingExtra
+    monkeypatch.setitem(sys.modules, "onnx", None)          # import onnx raises ImportError
+    with pytest.raises(MissingExtra, match=r"lstm-edge\[cpu,train\]"):
+        calibrate_file(WATER, tmp_path / "cal.csv")
 
 
 def test_calibrate_file_refuses_a_forecast_block_in_one_line(tmp_path):

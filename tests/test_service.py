@@ -201,18 +201,11 @@ def test_the_units_command_runs_and_lstm_run_is_its_main_process(tmp_path):
         pytest.skip("the unit's command needs bash and tail")
     sensors, log = tmp_path / "water-flow.csv", tmp_path / "predictions.csv"
     sensors.write_bytes(b"")
-    command = shlex.split(exec_start(UNIT))
-    assert command[:2] == ["/bin/bash", "-c"]
-    script = (command[2].replace("/opt/lstm-edge/bin/lstm-run", shlex.join(LSTM_RUN))
-              .replace("/opt/lstm-edge/models/water-flow.onnx", str(MODEL))
-              .replace("/var/lib/lstm-edge/state.db", str(tmp_path / "state.db"))
-              .replace("/var/log/lstm-edge/predictions.csv", str(log))
-              .replace("/var/lib/sensors/water-flow.csv", str(sensors)))
+    command, script = unit_script(tmp_path, sensors, log)
     proc = subprocess.Popen([command[0], "-c", script], stderr=subprocess.PIPE, cwd=ROOT,
                             start_new_session=True)
     try:
-        # tail -n 0 -F starts at the end: append once it follows the file (it says nothing
-        # when it is ready, so lines are appended until the first answer appears).
+        # append until the first answer appears (tail says nothing when it follows the file)
         deadline = time.monotonic() + TIMEOUT
         while not log.exists() or not log.read_bytes():
             assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
@@ -227,6 +220,50 @@ def test_the_units_command_runs_and_lstm_run_is_its_main_process(tmp_path):
         _kill_group(proc)            # tail, which systemd's stop would have sent SIGTERM too
     assert proc.returncode == 128 + signal.SIGTERM, proc.stderr.read().decode()
     assert b",100.32,1,false," in log.read_bytes()
+
+
+def unit_script(tmp_path: Path, sensors: Path, log: Path) -> tuple[list[str], str]:
+    """The unit's command line with its paths moved under ``tmp_path``."""
+    command = shlex.split(exec_start(UNIT))
+    assert command[:2] == ["/bin/bash", "-c"]
+    return command, (command[2].replace("/opt/lstm-edge/bin/lstm-run", shlex.join(LSTM_RUN))
+                     .replace("/opt/lstm-edge/models/water-flow.onnx", str(MODEL))
+                     .replace("/var/lib/lstm-edge/state.db", str(tmp_path / "state.db"))
+                     .replace("/var/log/lstm-edge/predictions.csv", str(log))
+                     .replace("/var/lib/sensors/water-flow.csv", str(sensors)))
+
+
+def test_readings_written_while_the_service_is_down_are_fed_at_its_next_start(tmp_path):
+    """The unit's feed starts at the logger file's first line: a reading written during a
+    stop is fed after it, and the readings fed before are not fed again (the unit had
+    tail -n 0, which lost every reading written while the service was down)."""
+    if shutil.which("bash") is None or shutil.which("tail") is None:
+        pytest.skip("the unit's command needs bash and tail")
+    rows = (ROOT / "data" / "water-flow.csv").read_bytes().splitlines(keepends=True)[1:4]
+    sensors, log = tmp_path / "water-flow.csv", tmp_path / "predictions.csv"
+    command, script = unit_script(tmp_path, sensors, log)
+    sensors.write_bytes(rows[0])
+    for lines, feed in ((1, rows[1]), (3, b"")):            # answers so far; then written
+        proc = subprocess.Popen([command[0], "-c", script], stderr=subprocess.PIPE, cwd=ROOT,
+                                start_new_session=True)
+        try:
+            deadline = time.monotonic() + TIMEOUT
+            while len(log.read_bytes().splitlines()) < lines if log.exists() else True:
+                assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+                time.sleep(0.05)
+            os.kill(proc.pid, signal.SIGTERM)                  # systemctl stop
+            proc.wait(TIMEOUT)
+        finally:
+            _kill_group(proc)
+        assert proc.returncode == 128 + signal.SIGTERM, proc.stderr.read().decode()
+        with open(sensors, "ab") as f:
+            f.write(feed)                                     # written while it is down
+    answers = [line.split(b",") for line in log.read_bytes().splitlines()]
+    # run 1: reading 1 fed; run 2: reading 1 again (its answer, a replay), reading 2 fed
+    assert [(a[2], a[5]) for a in answers] == [(b"1", b""), (b"1", b"replay"), (b"2", b"")]
+    assert answers[1][:5] == answers[0][:5] and answers[2][0] == rows[1].split(b",")[0]
+    unit = UNIT.read_text()      # a stop's exit 143 is no failure; an early SIGHUP restarts
+    assert "\nSuccessExitStatus=130 143\n" in unit and "\nRestartForceExitStatus=SIGHUP\n" in unit
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

@@ -286,8 +286,16 @@ def calibrate_file(onnx_path, csv, *, missing: str = "error") -> dict:
     """
     from pathlib import Path
 
-    import onnx
-    from onnx import helper
+    from runtime.errors import MissingExtra
+    try:
+        import onnx
+        from onnx import helper
+    except ImportError:
+        raise MissingExtra("calibrating a model's intervals (lstm-export --calibrate, "
+                           "trainer.calibrate.calibrate_file) writes its ONNX file with the "
+                           "onnx package, which is not installed: pip install "
+                           "'lstm-edge[cpu,train]', or calibrate where you export and copy "
+                           "the file to the device") from None
 
     from runtime import load
     from .data import read_csv, select
