@@ -285,7 +285,11 @@ class StateStore:
 
     def _check_meta(self, meta: dict) -> None:
         want = self._model_meta()
-        if meta.get("format", "").isdigit() and int(meta["format"]) > FORMAT:
+        form = str(meta.get("format", ""))
+        if not form.isdigit():
+            raise self._error(f"its state format is {form[:20]!r}, not a version number",
+                              "restore a good copy, or delete it to start the streams fresh")
+        if int(form) > FORMAT:
             raise self._error(f"it has state format {meta['format']}, this runtime reads up "
                               f"to {FORMAT}", "upgrade lstm-edge")
         if meta.get("fingerprint") != want["fingerprint"]:

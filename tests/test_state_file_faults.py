@@ -226,15 +226,17 @@ def test_symlink_to_a_device_is_refused(models, tmp_path):
     assert Path(f"{os.devnull}-journal").exists() == had_journal
 
 
-def test_refused_future_format_stays_byte_identical(models, tmp_path):
+@pytest.mark.parametrize("value, says", [("9", "upgrade lstm-edge"),
+                                         ("zz", "its state format is 'zz', not a version")])
+def test_refused_future_format_stays_byte_identical(models, tmp_path, value, says):
     state = saved(models["tiny"], tmp_path / "s.db", HEADER + csv(4))
     db = sqlite3.connect(state, isolation_level=None)
     db.execute("PRAGMA journal_mode=DELETE")              # header bytes 18-19: 01 01
-    db.execute("UPDATE meta SET value = '9' WHERE name = 'format'")
+    db.execute("UPDATE meta SET value = ? WHERE name = 'format'", (value,))
     db.close()
     before = digest(state)
     code, _, err = lstm_run([models["tiny"], "--state", state], HEADER + csv(1))
-    one_line_error(code, err, "upgrade lstm-edge")
+    one_line_error(code, err, says)
     assert digest(state) == before and state.read_bytes()[18:20] == b"\x01\x01"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.db"]
 
