@@ -406,3 +406,17 @@ def test_csv_alert_columns_and_header_as_lstm_run(tmp_path):
     job = LineJob(model.read_bytes(), spec)
     assert job.format.header() == want[0] and "lo_Water flow [l/s]" in want[0]
     assert answer_all(job, body, True) == want[1:]
+
+
+def test_a_missing_value_gets_lstm_runs_error_record(tmp_path):
+    """The runtime's advice in lstm-run's option words (--missing), as lstm-run gives it."""
+    lines = [json.dumps({"sensor": "x", "t": 1, FLOW: None}),
+             json.dumps({"sensor": "x", "t": 2, FLOW: 100.0})]
+    model = ROOT / "exported" / "water-flow.onnx"
+    want = split_lines(run([model, "--stream-column", "sensor", "--time-column", "t"],
+                           "".join(x + "\n" for x in lines).encode())[0])
+    assert "--missing skip" in want[0]
+    spec = LineSpec("jsonl", (), "sensor", "t")
+    for use_key in (True, False):
+        assert answer_all(LineJob(model.read_bytes(), spec), lines, use_key) == want
+    assert flushes(BatchJob(model.read_bytes(), spec), lines, [2]) == want

@@ -123,7 +123,7 @@ class BatchJob(LineJob):
             try:
                 y = stream.step(rec.values, at=rec.at)
             except LstmEdgeError as exc:        # the stream is unchanged (runtime's promise)
-                rec.error = str(exc)
+                rec.error = fmt.cli_words(str(exc))
                 out[i] = self.format.format_error(rec)
                 continue
             answers[id(rec)] = (stream.steps, not stream.ready, self._nan if y is None else y)

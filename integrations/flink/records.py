@@ -147,12 +147,12 @@ class LineJob:
             try:
                 self.model.validate(rec.values)
             except LstmEdgeError as exc:
-                rec.error = str(exc)
+                rec.error = fmt.cli_words(str(exc))
         if rec.ok and self.order is not None:
             try:
                 rec.at = self.order.position(rec)
             except BadLine as exc:
-                rec.error = str(exc)
+                rec.error = fmt.cli_words(str(exc))
         return rec
 
     def key(self, line: str) -> str | None:
@@ -187,7 +187,7 @@ class LineJob:
             try:
                 y = stream.step(rec.values, at=rec.at)
             except LstmEdgeError as exc:        # the stream is unchanged (runtime's promise)
-                rec.error = str(exc)
+                rec.error = fmt.cli_words(str(exc))
         if not rec.ok:
             return self.format.format_error(rec), None
         answers = {id(rec): (stream.steps, not stream.ready, self._nan if y is None else y)}
