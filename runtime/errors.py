@@ -6,6 +6,11 @@ nothing the user did wrong should ever end in a traceback.
 """
 
 
+def counted(n: int, noun: str) -> str:
+    """``counted(1, "feature")`` -> ``"1 feature"``, ``counted(3, "feature")`` -> ``"3 features"``."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 class LstmEdgeError(Exception):
     """Base of every error the project raises on purpose."""
 

@@ -24,7 +24,8 @@ from . import device as _device
 from .device import ort       # imported once there, with a one-line error where it is missing
 from .lines import Score
 from .contract import X, Y, ModelInfo, derive_state, streaming_mode
-from .errors import ContractError, DeviceError, InputError, RunError, ShapeError, SnapshotError
+from .errors import (ContractError, DeviceError, InputError, RunError, ShapeError, SnapshotError,
+                     counted)
 from .batch import step_at, step_many
 from .shapes import check_shape
 from .snapshot import Snapshot
@@ -220,7 +221,8 @@ class Model:
     def __repr__(self):
         slots = f", {self.slots} state slots" if self.carry_state and self.slots > 1 else ""
         return (f"<Model {self.name} on {self.device}: {self.mode} mode, window {self.window}"
-                f"{slots}, {self.n_features} features -> {self.n_targets} targets>")
+                f"{slots}, {counted(self.n_features, 'feature')} -> "
+                f"{counted(self.n_targets, 'target')}>")
 
     # --- streams -------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .errors import ShapeError
+from .errors import ShapeError, counted
 
 # The names of the axes, by how many axes the expected shape has.
 AXES = {
@@ -102,7 +102,8 @@ def _hint(got: tuple[int, ...], expected: tuple[int | None, ...], feature_names,
             axes[-2], axes[-1] = axes[-1], axes[-2]
             return f"the last two axes look swapped: x.transpose({', '.join(map(str, axes))})"
         if want_feat is not None and got[-1] != want_feat:
-            return f"the model reads {want_feat} features{named} per timestep, got {got[-1]}"
+            return (f"the model reads {counted(want_feat, 'feature')}{named} per timestep, got "
+                    f"{got[-1]}")
         if len(expected) == 3 and expected[1] is not None and got[1] != expected[1]:
             return f"the model reads windows of {expected[1]} timesteps, got {got[1]}"
     if len(expected) == 3 and len(got) == 1 and want_feat == 1:

@@ -410,3 +410,18 @@ def test_interval_the_model_cannot_give_is_refused_before_the_job(tmp):
                               timeout=TIMEOUT)
         assert proc.returncode == 2 and words in proc.stderr, proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_an_output_or_checkpoint_that_cannot_be_used_is_one_line(tmp):
+    """-o a folder that cannot be made, and --resume a path with no checkpoint: one line and
+    exit 2 before the job starts, not a traceback (or Flink's failure, exit 1)."""
+    path = tmp / "one.jsonl"
+    path.write_text(json.dumps({"sensor": "a", "t": 1, FEATURE: 101.5}) + "\n")
+    base = [str(FLINK_PY), "-m", "integrations.flink", str(without_intervals(tmp / "m.onnx")),
+            "-i", str(path), "--stream-column", "sensor", "--time-column", "t"]
+    for extra, words in ((["-o", "/proc/forbidden"], "cannot write the answers' folder"),
+                         (["--resume", str(tmp / "chk-9")], "expected a checkpoint")):
+        proc = subprocess.run(base + extra, cwd=ROOT, capture_output=True, text=True,
+                              timeout=TIMEOUT)
+        assert proc.returncode == 2 and words in proc.stderr, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr

@@ -16,6 +16,7 @@ from runtime.shapes import check_shape, shape_problem
     ((1000, 3, 24), (None, 24, 3), "the last two axes look swapped: x.transpose(0, 2, 1)"),
     ((1000, 24, 2), (None, 24, 3), "the model reads 3 features (a, b, c) per timestep, got 2"),
     ((1000, 12, 3), (None, 24, 3), "the model reads windows of 24 timesteps, got 12"),
+    ((1000, 24, 2), (None, 24, 1), "the model reads 1 feature per timestep, got 2"),
     ((1000, 24), (None, 24, 3), "the features axis is missing: the model reads 3 features"),
     ((2,), (3,), "expected (features,) = (3,), got (2,) — the model reads 3 features"),
     ((1, 3), (3,), "x has 1 axis too many"),

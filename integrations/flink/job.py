@@ -150,8 +150,13 @@ def shard_count(config: JobConfig) -> int:
                                 f"--shards (or with --shards {recorded}), or start afresh")
     shards = config.shards or recorded or 4 * config.parallelism
     if record is not None and config.resume in (None, "latest"):   # what "latest" will find
-        record.parent.mkdir(parents=True, exist_ok=True)
-        record.write_text(f"{shards}\n")
+        try:
+            record.parent.mkdir(parents=True, exist_ok=True)
+            record.write_text(f"{shards}\n")
+        except OSError as exc:
+            raise LstmEdgeError(f"--checkpoint-dir {config.checkpoint_dir}: cannot write "
+                                f"there ({exc.strerror or exc}); give a folder you can "
+                                f"write") from None
     return shards
 
 
@@ -190,6 +195,13 @@ def flink_config(config: JobConfig) -> dict[str, str]:
                 raise LstmEdgeError("--resume latest needs a local --checkpoint-dir; on a "
                                     "cluster give the chk-N path")
             path = str(latest_checkpoint(Path(config.checkpoint_dir)))
+        elif "://" not in path and not (Path(path).is_file()
+                                        or (Path(path) / "_metadata").is_file()):
+            raise LstmEdgeError(f"--resume {path}: expected a checkpoint (a chk-N folder "
+                                f"holding _metadata), found "
+                                f"{'no _metadata there' if Path(path).exists() else 'nothing'}; "
+                                f"give a chk-N folder under the --checkpoint-dir, or "
+                                f"--resume latest")
         settings["execution.state-recovery.path"] = uri(path)
     return settings
 
@@ -259,10 +271,16 @@ def build(config: JobConfig):
     else:
         suffix = ".jsonl" if spec.format == "jsonl" else ".csv"
         out = uri(config.output)
-        if spec.format == "csv" and "://" not in config.output:
-            # part files hold answers only: their header, once, beside them
-            Path(config.output).mkdir(parents=True, exist_ok=True)
-            (Path(config.output) / "header.csv").write_text(f"{answers_format.header()}\n")
+        if "://" not in config.output:
+            try:
+                Path(config.output).mkdir(parents=True, exist_ok=True)
+                if spec.format == "csv":   # part files hold answers only: the header beside
+                    (Path(config.output) / "header.csv").write_text(
+                        f"{answers_format.header()}\n")
+            except OSError as exc:
+                raise LstmEdgeError(f"-o {config.output}: cannot write the answers' folder "
+                                    f"({exc.strerror or exc}); give -o a folder you can "
+                                    f"write, or - for stdout") from None
         sink = (FileSink.for_row_format(out, Encoder.simple_string_encoder())
                 .with_bucket_assigner(BucketAssigner.base_path_bucket_assigner())
                 .with_rolling_policy(RollingPolicy.on_checkpoint_rolling_policy())
