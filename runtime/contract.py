@@ -106,6 +106,12 @@ class ModelInfo:
         return None if text is None else Block.from_json(text)
 
     @property
+    def answers_last(self) -> bool:
+        """``lstm_edge.answers`` is ``last``: Keras's ``predict`` on a sequence answered its last
+        timestep only (absent: every timestep)."""
+        return self.extra.get("answers") == "last"
+
+    @property
     def streaming_mode(self) -> str:
         """The contract's three modes in one word (see :func:`streaming_mode`)."""
         return streaming_mode(self.window, self.carry_state)
@@ -172,6 +178,9 @@ class ModelInfo:
         except (ValueError, TypeError, KeyError) as exc:
             raise ContractError(f"metadata {PREFIX}block cannot be read ({exc}); re-export "
                                 f"the model with lstm-export") from None
+        if info.extra.get("answers", "last") != "last":
+            raise ContractError(f"metadata {PREFIX}answers must be \"last\" or absent, got "
+                                f"{info.extra['answers']!r}; re-export the model with lstm-export")
         if info.contract > VERSION:
             raise ContractError(f"the file is written for contract version {info.contract}, "
                                 f"this runtime reads up to {VERSION}; upgrade lstm-edge")

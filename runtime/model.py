@@ -425,7 +425,8 @@ class Model:
         continuing the state sample ``j - B`` ended in (``B`` = :attr:`slots`), as Keras
         ``model.predict(X, batch_size=B)`` right after ``reset_states()``. ``sequence`` mode:
         ``(samples, timesteps, targets)``, each sample a whole sequence from a zero state,
-        as a Keras model with ``return_sequences=True`` (``[:, -1]`` for one without).
+        as a Keras model with ``return_sequences=True``; ``(samples, targets)``, the last
+        timestep's, where Keras answered that alone (``lstm_edge.answers``, docs/contract.md).
         Streams are not touched. See :mod:`runtime.predict`.
 
         Raises

@@ -11,8 +11,8 @@ one window. :func:`predict` runs them the way the file's streaming mode says
   the file's state slots, one call per group of ``B`` samples; equals Keras
   ``model.predict(X, batch_size=B)`` right after ``reset_states()``.
 - ``sequence``: each sample a whole sequence from a zero state, one call; returns every
-  timestep, as a Keras model with ``return_sequences=True`` does (``[:, -1]`` is the answer
-  of one that returns its last step only).
+  timestep, as a Keras model with ``return_sequences=True`` does, or the last one where the
+  file says Keras answered that alone (``lstm_edge.answers``: ``last``).
 
 Raw units in and out, as everywhere in the runtime; masked readings are skipped as a
 stream skips them. Nothing here touches a stream.
@@ -42,7 +42,8 @@ def predict(model, X) -> np.ndarray:
         block = model.block
         # A block comes back as Keras gives it: (samples, steps, names).
         return ys if block is None else ys.reshape(len(ys), block.steps, len(block.names))
-    return _sequence(model, x)
+    ys = _sequence(model, x)                               # (samples, timesteps, outputs)
+    return ys[:, -1] if model.info.answers_last else ys
 
 
 def _windows(model, X) -> np.ndarray:

@@ -94,6 +94,9 @@ SEQUENCE = {
                                            keras.layers.Embedding(10, 3),
                                            keras.layers.LSTM(5, return_sequences=True),
                                            keras.layers.Dense(1)]),
+    # answers once per sequence: Keras gives (samples, targets), the file says so
+    "last": lambda: keras.Sequential([keras.Input((None, 2)), keras.layers.LSTM(6),
+                                      keras.layers.Dense(2)]),
 }
 
 
@@ -102,11 +105,11 @@ def test_sequence_predict_equals_keras_whole_sequences(kind):
     keras.utils.set_random_seed(5)
     model = SEQUENCE[kind]()
     rt = _load(model)
-    assert rt.mode == "sequence"
+    assert rt.mode == "sequence" and rt.info.answers_last == (kind == "last")
     rng = np.random.default_rng(0)
     X = rng.integers(0, 10, (5, 30)) if kind == "embedding" else \
         rng.normal(size=(5, 30, 2)).astype(np.float32)
-    want = model.predict(X, verbose=0)                      # (samples, timesteps, targets)
+    want = model.predict(X, verbose=0)              # (samples, [timesteps,] targets) as Keras
     got = rt.predict(X)
     print(f"{kind} sequence Model.predict: max abs diff {np.abs(got - want).max():.2e}")
     assert got.shape == want.shape
@@ -150,3 +153,11 @@ def test_masked_sequence_predict_equals_the_stream():
     want = model.predict(X, verbose=0)
     fed = ~np.isnan(got)
     np.testing.assert_allclose(got[fed], want[fed], atol=ATOL)
+
+
+def test_an_answers_key_other_than_last_is_refused():
+    from runtime.contract import ModelInfo
+    from runtime.errors import ContractError
+    assert ModelInfo.from_metadata({"lstm_edge.answers": "last"}).answers_last
+    with pytest.raises(ContractError, match='answers must be "last" or absent, got .every.'):
+        ModelInfo.from_metadata({"lstm_edge.answers": "every"})

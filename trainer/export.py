@@ -29,7 +29,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from runtime.contract import ModelInfo
+from runtime.contract import ModelInfo, streaming_mode
 from runtime.io import replace_file
 from . import calibrate, forecast_graph
 from .errors import ExportError, ParityError
@@ -338,7 +338,10 @@ def _prepare_streaming(model, path, sidecar, *, scaler, features, targets, windo
         horizon=int(horizon or (sidecar or {}).get("horizon", 1)),
         scaler=scaler, source=_source(path, model),
         extra={**_mask_metadata(extra, scaler, n_features), **framed,
-               **calibrate.metadata(sidecar, n_outputs)})
+               **calibrate.metadata(sidecar, n_outputs),
+               # Keras answers (samples, targets): the last timestep's, for Model.predict
+               **({"answers": "last"} if streaming_mode(window, carry_state) == "sequence"
+                  and len(model.outputs[0].shape) == 2 else {})})
     if info.window < 1:
         raise ExportError(f"window must be at least 1, got {info.window}")
     slots = _state_slots(model, layers, sidecar, info, state_slots)
