@@ -112,6 +112,13 @@ class ModelInfo:
         return self.extra.get("answers") == "last"
 
     @property
+    def keras_stateful(self) -> bool:
+        """The Keras model was ``stateful=True`` (``lstm_edge.state_slots`` written, 1 too):
+        its ``predict`` carries the state from batch to batch, one reading per sample
+        included."""
+        return "state_slots" in self.extra
+
+    @property
     def streaming_mode(self) -> str:
         """The contract's three modes in one word (see :func:`streaming_mode`)."""
         return streaming_mode(self.window, self.carry_state)

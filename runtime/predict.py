@@ -17,10 +17,11 @@ one window. :func:`predict` runs them the way the file's streaming mode says
 Raw units in and out, as everywhere in the runtime; masked readings are skipped as a
 stream skips them. Nothing here touches a stream.
 
-A stateful Keras model of one timestep per sample (``batch_shape=(1, 1, features)``) has
+A stateful Keras model of one timestep per sample (``batch_shape=(B, 1, features)``) has
 window 1 and carries state, which is ``sequence`` mode in the file: its Keras
-``predict(X, batch_size=1)`` carries the state from sample to sample, which is what a stream
-fed ``X[:, 0]`` gives (with ``B > 1`` slots, ``predict`` here does it too).
+``predict(X, batch_size=B)`` carries the state from sample to sample, which ``predict`` here
+does too, as the file's ``lstm_edge.state_slots`` says (B = 1: what a stream fed ``X[:, 0]``
+gives).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from .stream import _CHUNK, previous_row, run_windows
 def predict(model, X) -> np.ndarray:
     """Predict for an array of windows; see :meth:`runtime.Model.predict`."""
     x = _windows(model, X)                                 # (samples, timesteps, features)
-    if model.carry_state and (model.window > 1 or model.slots > 1):
+    if model.carry_state and (model.window > 1 or model.slots > 1 or model.info.keras_stateful):
         return _stateful(model, x)
     if not model.carry_state:
         ys = _window(model, x)                             # (samples, outputs)
@@ -56,8 +57,9 @@ def _windows(model, X) -> np.ndarray:
     if a.dtype.kind not in "fiu":
         raise InputError(f"X must hold numbers, got dtype {a.dtype}; convert it with "
                          f"np.asarray(X, dtype=float)")
-    # Sequence mode reads any length, unless it carries slots (a stateful window of one).
-    steps = None if model.mode == "sequence" and model.slots == 1 else model.window
+    # Sequence mode reads any length, unless the model was stateful (a window of one).
+    steps = None if model.mode == "sequence" and model.slots == 1 \
+        and not model.info.keras_stateful else model.window
     if model.tokens:
         check_shape(a.shape, (None, steps), what="X", axes=("samples", "timesteps"))
         a = a[..., None]                                   # (samples, timesteps, 1) ids
@@ -106,9 +108,12 @@ def _stateful(model, x) -> np.ndarray:
     group, the groups' states stacked along the batch axis.
     """
     count = model.slots
+    masked = _masked(model, x)
+    if count == 1 and model.window == 1 and masked is None and len(x):
+        y, _ = model._run(np.ascontiguousarray(x.reshape(1, len(x), -1)), model.zeros(1))
+        return y[0]                                        # one sequence: the same states
     states = model.zeros(count)                            # (B, units) each: slot k in row k
     ys = np.empty((len(x), model.n_targets), np.float32)
-    masked = _masked(model, x)
     for start in range(0, len(x), count):
         part = x[start:start + count]                      # (r <= B, window, features)
         r = len(part)

@@ -145,3 +145,22 @@ def test_state_slots_below_one_are_refused():
         runtime.load(exported(model, scaler, 0), device="cpu")
     with pytest.raises(ContractError, match="state_slots must be at least 1"):
         runtime.load(exported(model, scaler, 1), device="cpu", state_slots=0)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_predict_of_a_stateful_model_of_one_reading_per_sample_carries_as_keras(batch):
+    """``Input(batch_shape=(B, 1, F))``, stateful: Keras's predict carries the state from
+    sample to sample (row i of a batch into row i of the next); so does Model.predict, for B
+    = 1 too (it ran each sample from a zero state, a silent difference)."""
+    keras.utils.set_random_seed(3)
+    model = keras.Sequential([keras.Input(batch_shape=(batch, 1, 2)),
+                              keras.layers.LSTM(5, stateful=True), keras.layers.Dense(1)])
+    X = np.random.default_rng(1).normal(size=(12, 1, 2)).astype(np.float32)
+    want = model.predict(X, batch_size=batch, verbose=0)            # (12, 1)
+    rt = runtime.load(exported(model, None), device="cpu")
+    assert (rt.mode, rt.slots, rt.info.keras_stateful) == ("sequence", batch, True)
+    got = rt.predict(X)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, atol=ATOL)
+    with pytest.raises(ShapeError, match=r"\(n, 1, 2\), got \(12, 4, 2\)"):
+        rt.predict(np.zeros((12, 4, 2)))

@@ -30,8 +30,8 @@ def reference(path, xs, window):
     wins = np.stack([xs[t:t + window] for t in range(len(xs) - window + 1)])   # (w, window, F)
     out = np.empty((len(wins), 1), np.float32)
     for k in range(B):
-        if window == 1:                                       # a one-slot chain is a sequence
-            out[k::B] = one.predict(xs[k::B][None])[0]
+        if window == 1:               # samples of one reading, carried as Keras's predict
+            out[k::B] = one.predict(xs[k::B][:, None])
         else:
             out[k::B] = one.predict(wins[k::B])
     return wins, out

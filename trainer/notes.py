@@ -38,8 +38,8 @@ def state_slots(model, layers, sidecar: dict | None, info, override: int | None)
     if any(getattr(layer, "stateful", False) for layer in layers if is_recurrent(layer)):
         # Keras predict(X, batch_size=B) carries row i of a batch into row i of the next,
         # whether a sample is a window or (window 1) a single reading.
-        slots = int(model.inputs[0].shape[0] or 1)
-        return slots if stateful_mode or slots > 1 else None
+        # Written for one slot too: Model.predict then carries the state as Keras does.
+        return int(model.inputs[0].shape[0] or 1)
     return 1 if stateful_mode else None
 
 
