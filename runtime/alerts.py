@@ -25,6 +25,17 @@ several targets the largest score counts. Conformal coverage is an average over
 exchangeable rows (Barber et al. 2023, "Conformal prediction beyond exchangeability",
 discuss what drift costs a time series); the benchmark (bench/alerts.py) measures it.
 
+A forecast block (``lstm_edge.block``: ``S`` steps of ``K`` targets, column ``s * K + k``
+for target ``k``, ``s + 1`` readings ahead) has an interval on every column, each with its
+own quantile and its target's spread. The reading that arrives is checked against the
+step-1 columns of the answer made one reading before, the narrowest and most recent
+forecast of it: checking it against every step that forecast it (S forecasts of each
+reading) would raise up to S times the false alerts the level promises, from errors that
+are not independent. So a block's alert state keeps one pending forecast, of its ``K``
+step-1 columns, and everything below (hygiene, CUSUM, ``adapt``) works on those columns;
+with ``adapt`` the other steps keep the file's quantile, for the stream never sees their
+misses.
+
 Alert hygiene, per stream (:class:`AlertConfig`): an ``outside`` alert is raised once
 ``min_run`` readings in a row fell outside, and none again until ``hold_off`` readings in a
 row fell inside: one bad stretch is one alert. A ``stuck`` alert is raised when a target
@@ -209,7 +220,8 @@ class AlertConfig:
 @dataclass
 class Answer:
     """What one fed reading gives: the forecast with its interval, and the check of the
-    reading against the forecast made ``horizon`` readings before (NaN/False without one)."""
+    reading against the forecast made ``horizon`` readings before (a forecast block: its
+    step-1 columns made one reading before; NaN/False without one)."""
 
     pred: np.ndarray            # (outputs,) NaN while warming up
     lo: np.ndarray              # (outputs,)
@@ -221,7 +233,11 @@ class Answer:
 
 @dataclass
 class AlertState:
-    """One stream's alert state: its pending forecasts, recent target values and counters."""
+    """One stream's alert state: its pending forecasts, recent target values and counters.
+
+    The pending forecasts, CUSUM sums and working quantile are of the checked columns: every
+    output of a one-step model, a forecast block's step-1 columns (:class:`Alerts`).
+    """
 
     pending: deque = field(default_factory=deque)   # (pred, half) of the last forecasts
     recent: list = field(default_factory=list)      # last readings + 1 target values
@@ -274,16 +290,22 @@ class AlertState:
         return cls(pending, recent, run, calm, bool(alerting), same, steps, cusum, adapted,
                    last)
 
-    def check(self, outputs: int, watched: int) -> None:
-        """Raise SnapshotError where the arrays do not fit a model of this many columns."""
-        fits = (self.last is None or len(self.last) == 2 * outputs + 3) and all(p is None or (p[0].shape == (outputs,) and p[1].shape == (outputs,))
-                   for p in self.pending) and all(r.shape == (watched,) for r in self.recent) \
-            and all(c.shape == (outputs,) for c in self.cusum) \
-            and (self.adapted is None or self.adapted[1].shape == (outputs,))
+    def check(self, outputs: int, watched: int, checked: int | None = None) -> None:
+        """Raise SnapshotError where the arrays do not fit a model of ``outputs`` columns,
+        ``watched`` target columns read and ``checked`` columns checked (default: all)."""
+        checked = outputs if checked is None else checked
+        fits = (self.last is None or len(self.last) == 2 * outputs + 3) \
+            and all(p is None or (p[0].shape == (checked,) and p[1].shape == (checked,))
+                    for p in self.pending) and all(r.shape == (watched,) for r in self.recent) \
+            and all(c.shape == (checked,) for c in self.cusum) \
+            and (self.adapted is None or self.adapted[1].shape == (checked,))
         if not fits:
+            block = (f", {checked} of them checked (a forecast block's step 1; an alert "
+                     f"state saved before blocks were checked holds every column)"
+                     if checked != outputs else "")
             raise SnapshotError(f"the stream's alert state was saved for another model (not "
-                                f"{outputs} output(s) and {watched} watched column(s)); start "
-                                f"the stream's alerts afresh")
+                                f"{outputs} output(s){block} and {watched} watched "
+                                f"column(s)); start the stream's alerts afresh")
 
 
 def _last_columns(found) -> list | None:
@@ -311,6 +333,11 @@ class Alerts:
     """
 
     def __init__(self, model, config: AlertConfig | None = None):
+        block = getattr(model.info, "block", None)
+        if block is not None and block.kind == "reconstruction":
+            raise InputError("the model rebuilds its window (a reconstruction block) and "
+                             "forecasts no reading to check: leave out --interval and threshold "
+                             "the score column it answers each reading with")
         iv = Intervals.from_model(model)
         if iv is None:
             raise InputError("the model has no calibrated intervals (lstm_edge.intervals): "
@@ -319,24 +346,42 @@ class Alerts:
         self.config = config or AlertConfig()
         self.intervals = iv
         self.q = iv.q[iv.level_index(self.config.level)]          # (outputs,)
+        outputs = len(self.q)
+        # The output columns a reading is checked against, and the column of each output's
+        # target among them: every column of a one-step model; a forecast block's step-1
+        # columns, which its later steps repeat the targets of (the module's notes).
+        names = len(block.names) if block is not None else outputs
+        self.checked = np.arange(names)                             # (checked,)
+        self.per_output = np.arange(outputs) % names                # (outputs,)
+        self.horizon = 1 if block is not None else int(model.info.horizon)
+        tf = list(iv.target_features)
+        if any(tf[c] != tf[c % names] for c in range(outputs)):
+            raise ContractError(f"metadata lstm_edge.{KEY}: target_features must repeat each "
+                                f"step's targets in a forecast block, got {tf}; re-export the "
+                                f"model with lstm-export --calibrate")
         # CUSUM's unit is the narrowest interval's half-width: a pending half-width times
-        # q_unit / q. (outputs,)
-        unit = iv.q[int(np.argmin(iv.levels))]
+        # q_unit / q. (checked,)
+        unit = iv.q[int(np.argmin(iv.levels))][self.checked]
         with np.errstate(divide="ignore", invalid="ignore"):
-            self.to_unit = np.where(unit > 0, self.q / unit, 1.0)
-        self.horizon = int(model.info.horizon)
+            self.to_unit = np.where(unit > 0, self.q[self.checked] / unit, 1.0)
         self.targets = tuple(model.targets)
-        watched = [i for i in iv.target_features if i is not None]
+        watched = [i for i in tf[:names] if i is not None]
         self.watch = np.asarray(watched, np.intp)                  # input column per target
-        self.checks = len(watched) == len(iv.target_features)      # every target is read
+        self.checks = len(watched) == names                        # every target is read
 
     def spread(self, state: AlertState) -> np.ndarray:
-        """``(outputs,)`` the spread after the stream's last reading (1 unscaled)."""
+        """``(outputs,)`` the spread after the stream's last reading (1 unscaled): each
+        output's target's, with the output's floor and prior."""
         iv = self.intervals
         if iv.scale == "none":
             return np.ones(len(self.q))
         assert iv.floor is not None and iv.prior is not None    # checked by parse
-        return local_spread(np.stack(state.recent), iv.readings, iv.floor, iv.prior)[-1]
+        recent = np.stack(state.recent)[:, self.per_output]        # (readings, outputs)
+        return local_spread(recent, iv.readings, iv.floor, iv.prior)[-1]
+
+    def fits(self, state: AlertState) -> None:
+        """Raise SnapshotError where ``state`` was saved for another model's columns."""
+        state.check(len(self.q), len(self.watch), len(self.checked))
 
     def observe(self, state: AlertState, reading: np.ndarray, pred) -> Answer:
         """One reading the stream fed, and its prediction (None or NaN while warming up)."""
@@ -355,7 +400,8 @@ class Alerts:
         pred = np.full(len(self.q), np.nan) if pred is None else np.asarray(pred, np.float64)
         half = q * self.spread(state)
         ready = bool(np.isfinite(pred).all())
-        state.pending.append((pred, half) if ready else None)
+        # what the check of a later reading needs: the checked columns' forecast and half-width
+        state.pending.append((pred[self.checked], half[self.checked]) if ready else None)
         while len(state.pending) > self.horizon:
             state.pending.popleft()
         answer = Answer(pred, pred - half, pred + half, score)
@@ -369,37 +415,40 @@ class Alerts:
 
     def _quantile(self, state: AlertState, value, due) -> np.ndarray:
         """``(outputs,)`` the quantile of this reading's forecast: the file's, or with
-        ``adapt`` the stream's working quantile after the check of ``due`` (the module's
-        notes). A working quantile of another level starts afresh."""
+        ``adapt`` the stream's working quantile of the checked columns after the check of
+        ``due`` (the module's notes). A working quantile of another level starts afresh."""
         cfg = self.config
         if not cfg.adapt:
             state.adapted = None
             return self.q
+        own = self.q[self.checked]                                  # (checked,)
         if state.adapted is None or abs(state.adapted[0] - cfg.level) > 1e-9:
-            state.adapted = (cfg.level, self.q.copy())
+            state.adapted = (cfg.level, own.copy())
         q = state.adapted[1]
         if due is not None:                   # a checked reading: value is not None
-            miss = (np.abs(value - due[0]) > due[1]).astype(np.float64)    # (outputs,)
-            q = q + cfg.adapt * self.q * (miss - (1 - cfg.level))
+            miss = (np.abs(value - due[0]) > due[1]).astype(np.float64)    # (checked,)
+            q = q + cfg.adapt * own * (miss - (1 - cfg.level))
             state.adapted = (cfg.level, q)
-        return np.maximum(q, 0.0)
+        out = self.q.copy()
+        out[self.checked] = np.maximum(q, 0.0)
+        return out
 
     def _page(self, state: AlertState, value, pred, half) -> str:
         """Page's CUSUM on this reading's standardized residual: ``shift`` where it
         alarms, else ""."""
         if not state.cusum or state.alerting:
-            state.cusum = [np.zeros(len(self.q)), np.zeros(len(self.q))]
+            state.cusum = [np.zeros(len(self.checked)), np.zeros(len(self.checked))]
             if state.alerting:
                 return ""
         with np.errstate(divide="ignore", invalid="ignore"):
             u = np.clip(np.where(half > 0, (value - pred) * self.to_unit / half, 0.0),
-                        -CUSUM_CLIP, CUSUM_CLIP)                   # (outputs,)
+                        -CUSUM_CLIP, CUSUM_CLIP)                   # (checked,)
         up = np.maximum(0.0, state.cusum[0] + u - CUSUM_SLACK)
         down = np.maximum(0.0, state.cusum[1] - u - CUSUM_SLACK)
         state.cusum = [up, down]
         if max(up.max(), down.max()) <= self.config.cusum:
             return ""
-        state.cusum = [np.zeros(len(self.q)), np.zeros(len(self.q))]
+        state.cusum = [np.zeros(len(self.checked)), np.zeros(len(self.checked))]
         return "shift"
 
     @staticmethod
@@ -449,7 +498,7 @@ class Monitor:
         self.alerts = Alerts(stream.model, config)
         self.state = AlertState.from_bytes(bytes(state)) \
             if isinstance(state, (bytes, bytearray, memoryview)) else state or AlertState()
-        self.state.check(len(self.alerts.q), len(self.alerts.watch))
+        self.alerts.fits(self.state)
 
     def step(self, reading) -> Answer | None:
         """Feed one reading; None where the stream did not feed it (skipped), else the answer."""

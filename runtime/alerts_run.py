@@ -3,9 +3,10 @@
 Added after the predictions (names made fresh as ``runtime.lines`` does):
 
 - ``lo_<target>``, ``hi_<target>``: the interval of this line's forecast (empty while the
-  stream warms up);
+  stream warms up); for a forecast block one pair per column, ``lo_<target>+<s>``;
 - ``anomaly``: whether this reading fell outside the interval of the forecast made
-  ``horizon`` readings before it (empty where there was none);
+  ``horizon`` readings before it (a block: of the step-1 forecast made one reading before
+  it); empty where there was none;
 - ``score``: how many half-widths from that forecast the reading lies (> 1 is outside);
 - ``alert``: ``outside``, ``stuck`` or ``shift`` on the line where an alert is raised, else
   empty (``--min-run``, ``--hold-off``, ``--stuck``, ``--cusum``, and ``--adapt`` for the
@@ -67,6 +68,7 @@ class StreamAlerts:
 
     def columns(self, form) -> None:
         """Add the alert columns to a line format (before its header is written)."""
+        # the model's output names: a forecast block's are <target>+<s>, one per column
         names = [f"{side}_{t}" for side in ("lo", "hi") for t in self.targets]
         form.add_columns(names + ["anomaly", "score", "alert"])
 
@@ -107,7 +109,7 @@ class StreamAlerts:
             return
         try:
             state = AlertState.from_bytes(data)
-            state.check(len(self.alerts.q), len(self.alerts.watch))
+            self.alerts.fits(state)
         except SnapshotError as exc:
             raise SnapshotError(f"sensor {key!r}: its saved alert state cannot be used "
                                 f"({exc})") from None

@@ -259,9 +259,24 @@ def _intervals_row(model) -> str:
     iv = Intervals.from_model(model)
     assert iv is not None
     left = f", {iv.left_out} left out as faults" if iv.left_out else ""
-    return (f"calibrated at {', '.join(f'{v:g}' for v in iv.levels)} on {iv.n} rows "
-            f"({iv.source}; scale {iv.scale}{left}): --interval LEVEL adds lo/hi, anomaly, "
-            f"score")
+    head = (f"calibrated at {', '.join(f'{v:g}' for v in iv.levels)} on {iv.n} rows "
+            f"({iv.source}; scale {iv.scale}{left}): ")
+    block = model.block
+    if block is None or block.kind != "forecast":
+        return head + "--interval LEVEL adds lo/hi, anomaly, score"
+    # a forecast block: every step has its interval, a reading is checked against step 1
+    k, unit = len(block.names), " spreads" if iv.scale != "none" else ""
+    at = [i for i, v in enumerate(iv.levels) if abs(v - 0.9) < 1e-9]
+    widths = ""
+    if at:
+        q = iv.q[at[0]]
+        ends = [f"{'' if k == 1 else name + ' '}{q[i]:.4g} (1 ahead)"
+                + (f" to {q[(block.steps - 1) * k + i]:.4g} ({block.steps} ahead)"
+                   if block.steps > 1 else "") for i, name in enumerate(block.names)]
+        widths = f"; 90 % half-width {', '.join(ends)}{unit}"
+    return (head + f"--interval LEVEL adds lo/hi for each of the {block.steps} steps, and "
+            f"anomaly, score of each reading against the 1-step forecast made before it"
+            + widths)
 
 
 def _streaming_rows(model) -> list[tuple[str, str]]:

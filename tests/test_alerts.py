@@ -423,18 +423,28 @@ def test_calibrate_file_names_the_extra_on_a_runtime_only_install(tmp_path, monk
         calibrate_file(WATER, tmp_path / "cal.csv")
 
 
-def test_calibrate_file_refuses_a_forecast_block_in_one_line(tmp_path):
-    """A model answering a block of steps has no one-per-target forecast to calibrate: a
-    DataError naming the block and what to do, and the file left as it was."""
+def test_calibrate_file_takes_a_forecast_block_and_refuses_a_reconstruction(tmp_path):
+    """A forecast block is calibrated per column (tests/test_block_alerts.py): one of one
+    step is the one-step model and gets its intervals. A reconstruction forecasts nothing:
+    a DataError in one line pointing to its score column, and the file left as it was."""
     from trainer.errors import DataError
-    (tmp_path / "m.onnx").write_bytes(WATER.read_bytes())
-    path = with_props(tmp_path / "m.onnx", block=json.dumps(
-        {"kind": "forecast", "steps": 1, "names": [TARGET]}))
-    before = path.read_bytes()
     rows = (ROOT / "data" / "water-flow.csv").read_text().splitlines()[:60]
     (tmp_path / "cal.csv").write_text("\n".join(rows) + "\n")
-    with pytest.raises(DataError, match="answers a forecast block of 1 steps .* lstm-train"):
+    found = {}
+    for kind in ("forecast", "none"):
+        (tmp_path / f"{kind}.onnx").write_bytes(without_intervals(tmp_path / "m.onnx")
+                                                .read_bytes())
+        path = tmp_path / f"{kind}.onnx"
+        if kind == "forecast":
+            with_props(path, block=json.dumps({"kind": kind, "steps": 1, "names": [TARGET]}))
+        found[kind] = calibrate_file(path, tmp_path / "cal.csv")
+    assert found["forecast"] == found["none"]
+    path = with_props(tmp_path / "none.onnx", block=json.dumps(
+        {"kind": "reconstruction", "steps": 1, "names": [TARGET]}))
+    before = path.read_bytes()
+    with pytest.raises(DataError, match="rebuilds its window .* score column") as caught:
         calibrate_file(path, tmp_path / "cal.csv")
+    assert "\n" not in str(caught.value)
     assert path.read_bytes() == before
 
 

@@ -60,6 +60,9 @@ SKIPPED = {
     "lstm-export forecaster.keras": "run in order by tests/test_readme_byo.py",
     "lstm-run autoencoder.onnx": "run in order by tests/test_readme_byo.py",
     "lstm-run forecaster.onnx": "run in order by tests/test_readme_byo.py",
+    "lstm-export flow6.keras": "docs/alerts.md's forecast block, after its Python: run in "
+                               "order by tests/test_block_alerts.py",
+    "lstm-run flow6.onnx": "run in order by tests/test_block_alerts.py",
     "apt-get install": "installs a system package (CI's .ci/run does it where Java is missing)",
     "make flink-env": "make test builds .venv-flink before it runs these tests",
     ".venv-flink/bin/python -m integrations.flink": "a --watch job runs until it is stopped; "

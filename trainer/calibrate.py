@@ -46,6 +46,14 @@ forecast's errors plausibly have), and what it leaves out then moves the 99 % co
 new score by at most 0.5 points (99.0 → 98.9 % for half-t(3)). The file records what was
 left out (``left_out``).
 
+A forecast block (``lstm_edge.block`` of kind ``forecast``: ``S`` steps of ``K`` targets,
+column ``s * K + k`` the forecast of target ``k``, ``s + 1`` readings ahead) is calibrated
+column by column as above: column ``c`` scores ``|y[t + s + 1, k] - pred[t, c]| / spread_k(t)``
+over the forecasts ``t`` whose reading ``t + s + 1`` is among the rows (so a later step has
+fewer), each column with its own quantiles, tail and faults; the scale is chosen once, on
+all the columns' scores together (:func:`choose_scale`). ``n`` counts the forecasts of the
+first step.
+
 >>> conformal_quantile(np.arange(1.0, 10.0), 0.8)     # ceil(10 * 0.8) = 8th smallest
 8.0
 >>> round(conformal_quantile(np.arange(1.0, 10.0), 0.99), 2)   # 10 > 9: 5 + 2.5 ln 50
@@ -151,18 +159,22 @@ def calibrate(truth: np.ndarray, pred: np.ndarray, spread: np.ndarray | None,
               levels=LEVELS) -> dict:
     """Quantiles per level and output column from ``(rows, outputs)`` truth and forecasts.
 
-    ``spread`` ``(rows, outputs)``: the local spread each forecast was made with; None for
-    raw residuals. Returns ``{"levels", "q", "n"}`` of ``lstm_edge.intervals``, with
-    ``tail`` where a level's quantile is extrapolated.
+    ``truth`` is NaN where a column's reading is not among the rows (a forecast block's later
+    steps near the end): that column has fewer scores. ``spread`` ``(rows, outputs)``: the
+    local spread each forecast was made with; None for raw residuals. Returns ``{"levels",
+    "q", "n"}`` of ``lstm_edge.intervals`` (``n``: the rows), with ``tail`` where a level's
+    quantile is extrapolated in some column.
     """
     scores = np.abs(np.asarray(truth, np.float64) - pred)           # (rows, outputs)
     if spread is not None:
         scores = scores / spread
-    left = [faults(scores[:, j]) for j in range(scores.shape[1])]
-    q = [[quantile_beside_faults(scores[:, j], len(left[j]), level)
-          for j in range(scores.shape[1])] for level in levels]
+    columns = [column[~np.isnan(column)] for column in scores.T]    # each output's scores
+    left = [faults(column) for column in columns]
+    q = [[quantile_beside_faults(column, len(f), level) for column, f in zip(columns, left)]
+         for level in levels]
     out = {"levels": list(levels), "q": q, "n": int(len(scores))}
-    fewest = len(scores) - max((len(f) for f in left), default=0)
+    fewest = min((len(column) - len(f) for column, f in zip(columns, left)),
+                 default=len(scores))
     tail = extrapolated(fewest, levels)
     if tail and fewest >= 2:
         out["tail"] = {"fit": TAIL_FIT, "upper": fewest // 2, "levels": tail}
@@ -170,6 +182,24 @@ def calibrate(truth: np.ndarray, pred: np.ndarray, spread: np.ndarray | None,
         out["left_out"] = {"p": FAULT_P, "scores": [[round(float(v), 4) for v in f]
                                                     for f in left]}
     return out
+
+
+def ahead(y: np.ndarray, last: np.ndarray, horizon: int, steps: int = 1) -> np.ndarray:
+    """``(rows, steps * targets)``: the readings of ``y`` ``(rows, targets)`` that the
+    forecasts made at rows ``last`` are for, NaN where that reading is past ``y``'s end.
+
+    Column ``s * K + k`` is target ``k``, ``horizon + s`` rows after ``last`` (step-major,
+    as a forecast block flattens; ``steps`` 1: ``y[last + horizon]``).
+
+    >>> ahead(np.array([[1.0], [2.0], [3.0]]), np.array([0, 1]), 1, steps=2)
+    array([[ 2.,  3.],
+           [ 3., nan]])
+    """
+    y = np.asarray(y, np.float64)
+    k = y.shape[1]
+    rows = last[:, None] + horizon + np.repeat(np.arange(steps), k)[None, :]  # (rows, outputs)
+    return np.where(rows < len(y), y[np.minimum(rows, len(y) - 1), np.tile(np.arange(k), steps)],
+                    np.nan)
 
 
 def spread_rule(y_rows: np.ndarray, readings: int) -> dict:
@@ -188,36 +218,45 @@ def spread_of(iv: dict, y: np.ndarray) -> np.ndarray:
 
 def intervals(y: np.ndarray, pred: np.ndarray, last: np.ndarray, horizon: int,
               target_features, source: str, floor_rows: np.ndarray,
-              scale: tuple[str, int] | None = None) -> dict:
-    """``lstm_edge.intervals`` for forecasts ``pred`` ``(steps, targets)`` of rows
+              scale: tuple[str, int] | None = None, steps: int = 1) -> dict:
+    """``lstm_edge.intervals`` for forecasts ``pred`` ``(rows, targets)`` of rows
     ``last + horizon`` of the target series ``y`` ``(rows, targets)``.
 
     ``floor_rows``: the rows whose mean change sets the spread's prior and floor (the
     training rows). ``scale``: ``(name, readings)``, one of :data:`CANDIDATES`; None
     chooses it on these same rows (:func:`choose_scale`). The spread is local only where
-    every target is a feature (a stream must read it).
+    every target is a feature (a stream must read it). ``steps`` > 1: ``pred`` is a forecast
+    block ``(rows, steps * targets)``, column ``s * K + k`` for row ``last + horizon + s``
+    (:func:`ahead`); ``target_features`` names each target once, and the file gets one per
+    output column, a step repeating its target's, as the spread's floor and prior.
     """
     if None in target_features:
         scale = ("none", 0)
     elif scale is None:
-        scale = choose_scale(y, pred, last, horizon, floor_rows)["chosen"]
-    out = _fit(y, pred, last, horizon, floor_rows, scale)
-    out.update(target_features=list(target_features), source=source)
+        scale = choose_scale(y, pred, last, horizon, floor_rows, steps=steps)["chosen"]
+    out = _fit(y, pred, last, horizon, floor_rows, scale, steps=steps)
+    if steps > 1 and "spread" in out:                 # one per output column (the contract)
+        rule = out["spread"]
+        out["spread"] = {**rule, "floor": rule["floor"] * steps, "prior": rule["prior"] * steps}
+    out.update(target_features=list(target_features) * steps, source=source)
     return out
 
 
-def _fit(y, pred, last, horizon, floor_rows, scale: tuple[str, int], levels=LEVELS) -> dict:
+def _fit(y, pred, last, horizon, floor_rows, scale: tuple[str, int], levels=LEVELS,
+         steps: int = 1) -> dict:
     """The quantiles of one candidate scale on the forecasts ``pred`` of rows ``last``."""
     out = {"method": "split-conformal", "scale": scale[0]}
     spread = None
     if scale[0] != "none":
         out["spread"] = spread_rule(floor_rows, scale[1])
-        spread = spread_of(out, y)[last]                            # (steps, targets)
-    out.update(calibrate(y[last + horizon], pred, spread, levels))
+        # target k's spread at the reading each forecast is made at, for each of its steps
+        spread = np.tile(spread_of(out, y)[last], steps)            # (rows, outputs)
+    out.update(calibrate(ahead(y, last, horizon, steps), pred, spread, levels))
     return out
 
 
-def choose_scale(y, pred, last, horizon, floor_rows, candidates=CANDIDATES) -> dict:
+def choose_scale(y, pred, last, horizon, floor_rows, candidates=CANDIDATES,
+                 steps: int = 1) -> dict:
     """The candidate scale whose intervals score best on calibration rows they did not see.
 
     Cross-fitting: the calibration rows are cut into their first and second half in time;
@@ -228,27 +267,34 @@ def choose_scale(y, pred, last, horizon, floor_rows, candidates=CANDIDATES) -> d
     over the levels and averaged over rows, in units of the target's mean change on
     ``floor_rows``. It is lowest for intervals that cover as often as they claim and are no
     wider than that needs, at every level at once. The lowest wins (the first listed on a
-    tie). Returns ``{"chosen": (scale, readings), "figures": [...]}`` with each candidate's
-    score and its held-out coverage and mean width at :data:`CHOICE_LEVEL`.
+    tie). A forecast block (``steps`` > 1) is scored on every column's scores together, a
+    reading past the rows counting nothing. Returns ``{"chosen": (scale, readings),
+    "figures": [...]}`` with each candidate's score and its held-out coverage and mean
+    width at :data:`CHOICE_LEVEL`.
     """
     cut = len(last) // 2
     folds = [(np.arange(cut), np.arange(cut, len(last))),
              (np.arange(cut, len(last)), np.arange(cut))]
     unit = np.abs(np.diff(floor_rows, axis=0)).mean(axis=0)         # (targets,)
-    unit = np.where(unit > 0, unit, 1.0)
+    unit = np.tile(np.where(unit > 0, unit, 1.0), steps)            # (outputs,)
+    truth = ahead(y, last, horizon, steps)                          # (rows, outputs)
     figures = []
     for cand in candidates:
         loss = inside = width = 0.0
         for fit_on, judged in folds:
-            iv = _fit(y, pred[fit_on], last[fit_on], horizon, floor_rows, cand)
-            spread = spread_of(iv, y)[last[judged]] if cand[0] != "none" else 1.0
-            miss = np.abs(y[last[judged] + horizon] - pred[judged])  # (judged, targets)
+            iv = _fit(y, pred[fit_on], last[fit_on], horizon, floor_rows, cand, steps=steps)
+            spread = np.tile(spread_of(iv, y)[last[judged]], steps) if cand[0] != "none" \
+                else 1.0
+            miss = np.abs(truth[judged] - pred[judged])              # (judged, outputs)
+            seen = ~np.isnan(miss)                                   # the reading is there
             for level, q in zip(iv["levels"], iv["q"]):
-                half = np.asarray(q) * spread                        # (judged, targets)
+                half = np.asarray(q) * spread                        # (judged, outputs)
                 out = np.maximum(miss - half, 0.0)
-                loss += (((1 - level) * half + out) / unit).mean(axis=1).sum()
+                loss += np.where(seen, ((1 - level) * half + out) / unit,
+                                 0.0).mean(axis=1).sum()
                 if abs(level - CHOICE_LEVEL) < 1e-9:
-                    inside += (miss <= half).mean(axis=1).sum()
+                    inside += (np.where(seen, miss <= half, False).sum(axis=1)
+                               / seen.sum(axis=1)).sum()
                     width += (2 * half * np.ones_like(miss)).mean(axis=1).sum()
         figures.append({"scale": cand[0], "readings": cand[1], "score": loss / len(last),
                         "coverage": inside / len(last), "width": width / len(last)})
@@ -304,26 +350,29 @@ def calibrate_file(onnx_path, csv, *, missing: str = "error") -> dict:
 
     model = load(onnx_path, device="cpu")
     block = model.info.block
-    if block is not None:
-        raise DataError(f"{onnx_path}: the model answers a {block.kind} block of {block.steps} "
-                        f"steps ({', '.join(block.columns()[:3])}, ...), and calibrated "
-                        f"intervals are for models that answer each target once; export it "
-                        f"without --calibrate (its forecasts stream as they are), or train "
-                        f"one model per horizon with lstm-train --horizon, which calibrates "
-                        f"its own")
-    sel = select(read_csv(csv), list(model.targets), list(model.features), missing,
-                 source=str(csv))
-    horizon = int(model.info.horizon)
-    preds = model.stream().feed(sel.x.astype(np.float32))           # (rows, targets)
+    if block is not None and block.kind == "reconstruction":
+        raise DataError(f"{onnx_path}: the model rebuilds its window of {block.steps} readings "
+                        f"(a reconstruction), which forecasts no reading to calibrate an "
+                        f"interval around; export it without --calibrate and threshold the "
+                        f"score column lstm-run answers each reading with (its reconstruction "
+                        f"error: docs/contract.md), e.g. at the largest score on normal rows")
+    # A forecast block: each step of each name, 1 to steps readings ahead (step-major).
+    names = list(block.names) if block is not None else list(model.targets)
+    steps = block.steps if block is not None else 1
+    horizon = 1 if block is not None else int(model.info.horizon)
+    sel = select(read_csv(csv), names, list(model.features), missing, source=str(csv))
+    preds = model.stream().feed(sel.x.astype(np.float32))           # (rows, outputs)
     last = np.flatnonzero(np.isfinite(preds).all(axis=1))
     last = last[last + horizon < len(sel.y)]
-    if len(last) < 10:
-        raise DataError(f"{csv}: {len(last)} forecasts to calibrate on; expected at least 10 "
-                        f"(the window is {model.window} readings, the horizon {horizon}); "
-                        f"give more rows")
+    if len(last) - (steps - 1) < 10:
+        reach = (f"the block reaches {steps} readings ahead" if block is not None
+                 else f"the horizon {horizon}")
+        raise DataError(f"{csv}: {len(last) - (steps - 1)} forecasts to calibrate on; expected "
+                        f"at least 10 (the window is {model.window} readings, {reach}); give "
+                        f"more rows")
     found = intervals(sel.y, preds[last].astype(np.float64), last, horizon,
-                      target_columns(model.features, model.targets),
-                      f"calibration CSV {Path(csv).name}", sel.y)
+                      target_columns(model.features, names),
+                      f"calibration CSV {Path(csv).name}", sel.y, steps=steps)
     proto = onnx.load(str(onnx_path))
     props = {p.key: p.value for p in proto.metadata_props}
     props["lstm_edge.intervals"] = json.dumps(found)
@@ -341,18 +390,47 @@ def metadata(sidecar: dict | None, n_outputs: int) -> dict:
     return {"intervals": json.dumps(iv)}
 
 
-def describe(iv: dict) -> str:
-    """One line for lstm-export's report."""
+def describe(iv: dict, block=None) -> str:
+    """One line for lstm-export's report; ``block``: the file's ``lstm_edge.block``
+    (:class:`runtime.contract.Block`), whose 90 % half-widths are summarised per target."""
     q90 = dict(zip(iv["levels"], iv["q"])).get(0.9)
     scaled = iv["scale"] != "none"
     unit = " spreads" if scaled else ""
     over = f" of {iv['spread']['readings']} changes" if scaled else ""
     tail = (iv.get("tail") or {}).get("levels")
+    forecast = bool(block is not None and block.kind == "forecast" and q90
+                    and len(q90) == block.outputs)
+    half = _per_step(q90, block) if forecast else ', '.join(f'{v:.4g}' for v in q90 or ())
     return (f"intervals: split-conformal on {iv['n']} rows ({iv['source']}), scale "
-            f"{iv['scale']}{over}" + (f"; 90 % half-width {', '.join(f'{v:.4g}' for v in q90)}"
-                                      f"{unit}" if q90 else "")
+            f"{iv['scale']}{over}" + (f"; 90 % half-width {half}{unit}" if q90 else "")
             + (f"; {', '.join(f'{v * 100:g} %' for v in tail)} from an exponential tail (too few "
-               f"rows for its rank)" if tail else "") + _left_out(iv))
+               f"rows for its rank)" if tail else "")
+            + (_left_out_block(iv) if forecast else _left_out(iv))
+            + ("; lstm-run --interval checks each reading against the forecast 1 step "
+               "ahead made before it" if forecast else ""))
+
+
+def _per_step(q: list, block) -> str:
+    """A block's half-widths in a few words: per target, step 1 and the last step
+    (``temp 0.8 (1 ahead) to 2.1 (24 ahead)``), not every column."""
+    k = len(block.names)
+    ends = [f"{q[i]:.4g} (1 ahead)" + (f" to {q[(block.steps - 1) * k + i]:.4g} "
+                                       f"({block.steps} ahead)" if block.steps > 1 else "")
+            for i in range(k)]
+    return ", ".join(ends) if k == 1 else ", ".join(f"{n} {e}" for n, e in zip(block.names, ends))
+
+
+def _left_out_block(iv: dict) -> str:
+    """What :func:`faults` left out of a block's columns, counted, for :func:`describe`."""
+    left = (iv.get("left_out") or {}).get("scores") or []
+    found = [v for column in left for v in column]
+    if not found:
+        return ""
+    unit = " spreads" if iv["scale"] != "none" else ""
+    return (f"; {len(found)} scores left out as faults across the {len(left)} columns "
+            f"(largest {max(found):.3g}{unit}; the others' tail gives each a chance below "
+            f"{FAULT_P:g}): the intervals are for normal readings, and faults like these "
+            f"raise alerts")
 
 
 def _left_out(iv: dict) -> str:

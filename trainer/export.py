@@ -91,7 +91,7 @@ class ExportReport:
                      f"{'' if info.scaler else ' (no scaler: raw values in, model units out)'}")
         lines.append(f"predicts: {_predicts(info, self.layers)}")
         if "intervals" in info.extra:
-            lines.append(calibrate.describe(json.loads(info.extra["intervals"])))
+            lines.append(calibrate.describe(json.loads(info.extra["intervals"]), info.block))
         if "mask_value" in info.extra:
             lines.append(f"masking: readings equal to {info.extra['mask_value']} are skipped")
         if self.parity:
