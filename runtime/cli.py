@@ -430,6 +430,13 @@ def main(model, info, stream, input_, output, append, endless, format_, stream_c
 
     loaded = load_model(model, device=device, window=window, carry_state=carry_state,
                         missing=missing, threads=threads)
+    if window is not None and window > 1 and carry_state is None \
+            and loaded.info.streaming_mode == "sequence":
+        _warn(f"--window {window} on a sequence-mode file keeps carrying the state: each "
+              f"window starts from the state the one before ended in, so every reading is "
+              f"fed {window} times, which no Keras predict of a stateless model does; a model "
+              f"trained on windows of {window} from a zero state (a create_dataset model) "
+              f"needs --window {window} --no-carry-state")
     if info:
         click.echo(describe(loaded, model, timed=True))
         return

@@ -29,6 +29,7 @@ line must be fed as it comes.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -38,6 +39,7 @@ from .lines import BadLine, CsvFormat, JsonlFormat, LineFormat, Record
 TIME_NAMES = ("time", "timestamp", "datetime", "date", "date_time")
 MOST = 10       # sensors named in the end-of-run summary
 _EPOCH = datetime(1970, 1, 1)       # a time without a zone is UTC
+_MONTH = re.compile(r"\d{4}-(0[1-9]|1[0-2])$")
 
 
 def reading_time(text, column: str) -> float:
@@ -75,8 +77,11 @@ def reading_time(text, column: str) -> float:
 
 def _iso(text: str) -> float:
     """An ISO-8601 time as seconds (UTC where it names no zone); NaN where it is not one."""
+    text = text.strip()
+    if len(text) == 7 and _MONTH.match(text):     # YYYY-MM, a month (ISO 8601): its first day
+        text += "-01"
     try:
-        when = datetime.fromisoformat(text.strip())
+        when = datetime.fromisoformat(text)
     except ValueError:
         return math.nan
     if when.tzinfo is None:           # as timestamp() of it in UTC, in a third of the time

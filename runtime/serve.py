@@ -314,6 +314,12 @@ class Server:
         if self.order is not None:
             form.add_order()
         self._order_open = self.order is None and isinstance(form, fmt.JsonlFormat)
+        if self.order is None and not self._order_open and self.store is not None:
+            self._warn("no order check: the input has no time column (time, timestamp, "
+                       "datetime, date, date_time), so a line sent again after a restart (tail "
+                       "-n +1, a file uploaded again) is fed again; name its column with "
+                       "--time-column or --seq-column, or say there is none with "
+                       "--no-order-check")
 
     def _never_positioned(self, key: str) -> bool:
         """Whether a JSON record of sensor ``key`` without the found time key is fed

@@ -539,3 +539,15 @@ def test_the_tool_imports_no_tensorflow_keras_or_trainer():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=ROOT, timeout=TIMEOUT)
     assert out.stdout.strip() == "[]", out.stderr
+
+
+def test_a_window_given_to_a_sequence_file_says_it_keeps_carrying_the_state(tmp_path):
+    """--window 3 alone on a sequence-mode file runs stateful windows, which no Keras predict
+    of a stateless model gives: said once, with the option a create_dataset model needs."""
+    model = tiny_onnx(tmp_path / "seq.onnx", window=1, carry_state=True)
+    data = b"temperature,humidity\n" + b"21.0,40.0\n" * 4
+    _, err = run([model, "--window", "3"], data)
+    assert err.count("--window 3 on a sequence-mode file keeps carrying the state") == 1, err
+    assert "--window 3 --no-carry-state" in err
+    _, err = run([model, "--window", "3", "--no-carry-state"], data)
+    assert "keeps carrying" not in err, err

@@ -330,3 +330,24 @@ def test_epoch_nanoseconds_are_refused_where_they_cannot_be_told_apart(models):
     ms = b"time,temperature,humidity\n1772323200000,21,40\n1772323200001,22,41\n"
     got = csv_rows(run([models["sequence"], "--device", "cpu", "--time-column", "time"], ms)[0])
     assert [g["step"] for g in got] == ["1", "2"]
+
+
+def test_a_month_column_orders_the_readings_and_no_time_column_is_said(models, tmp_path):
+    """``1949-01`` (ISO 8601's month, the airline CSV's) is a time: a resend is replayed or
+    skipped, not fed again. Without any time column, --state says once that a line sent
+    again is fed again, and how to name the column; --no-order-check says it is meant."""
+    data = ("month,temperature,humidity\n"
+            "1949-01,21.5,40.1\n1949-02,22.0,41.0\n1949-03,21.0,44.0\n").encode()
+    state = tmp_path / "m.db"
+    first, _ = run([models["sequence"], "--time-column", "month", "--state", state], data)
+    again, _ = run([models["sequence"], "--time-column", "month", "--state", state], data)
+    assert [r["order"] for r in csv_rows(again)] == ["skipped: not after this sensor's last "
+                                                     "reading (month 1949-03-01T00:00:00Z)"] * 2 \
+        + ["replay"]
+    assert csv_rows(again)[-1]["pred_temperature"] == csv_rows(first)[-1]["pred_temperature"]
+    plain = data.replace(b"month", b"label")
+    _, err = run([models["sequence"], "--state", tmp_path / "n.db"], plain)
+    assert err.count("no order check: the input has no time column") == 1, err
+    assert "--time-column or --seq-column" in err
+    _, err = run([models["sequence"], "--state", tmp_path / "o.db", "--no-order-check"], plain)
+    assert "no order check" not in err, err

@@ -343,7 +343,7 @@ def emit_dense(g: Graph, layer, flow: Flow) -> Flow:
 def emit_conv1d(g: Graph, layer, flow: Flow) -> Flow:
     kernel_size = layer.kernel_size[0]
     if kernel_size != 1 or layer.strides[0] != 1 or layer.groups != 1:
-        reach = "earlier samples (it would need a buffer the contract has no state for)" \
+        reach = "earlier readings (it would need a buffer the contract has no state for)" \
             if layer.padding == "causal" else "future time steps"
         raise ExportError(f"layer {layer.name!r} (Conv1D, kernel_size={kernel_size}) mixes "
                           f"{reach}; only kernel_size=1, strides=1 convolutions stream")
