@@ -143,6 +143,10 @@ def check_template(template: str, option: str) -> str:
 
 # ---- payloads --------------------------------------------------------------------------
 
+_JSON_KINDS = {list: "array", str: "string", int: "number", float: "number", bool: "boolean",
+               type(None): "null"}
+
+
 class Payloads:
     """One message's payload as one JSON line for the server, with its sensor under ``key``.
 
@@ -173,14 +177,25 @@ class Payloads:
         if "\n" in text:
             return None, self._error(sensor, "expected one reading per message, got "
                                              f"{text.count(chr(10)) + 1} lines", text)
-        if text.startswith("{"):
+        if text.startswith(("{", "[")):
             try:
                 obj = json.loads(text)
             except (json.JSONDecodeError, RecursionError) as exc:
                 return None, self._error(sensor, f"not valid JSON: {getattr(exc, 'msg', exc)}",
                                          text)
             if not isinstance(obj, dict):
-                return None, self._error(sensor, "expected a JSON object {...}", text)
+                return None, self._error(sensor, f"expected a JSON object {{...}} (one reading), "
+                                                 f"got a JSON {_JSON_KINDS.get(type(obj), 'value')}; send the "
+                                                 f"reading as {{\"feature\": value, ...}}", text)
+            own = obj.get(self.key)
+            if own is not None and own != sensor:
+                # Its topic names the sensor: a payload naming another would be fed to one
+                # and answered as the other.
+                return None, self._error(sensor, f"the payload's {self.key!r} is {own!r}, its "
+                                                 f"topic's sensor {sensor!r}: the topic names "
+                                                 f"the sensor; drop the key from the payload, "
+                                                 f"or publish under the sensor's own topic",
+                                         text)
             obj[self.key] = sensor
             return fmt.dump_json(obj).encode(), {}
         return self._csv(sensor, text)

@@ -246,6 +246,13 @@ def test_payloads_are_read_by_the_rules_of_stdin_lines():
     line, _ = payloads.line("p", json.dumps({FEATURE: 1e999}).replace("Infinity", "1e999")
                             .encode())
     assert json.loads(line)[FEATURE] is None          # JSON has no infinity: null
+    line, error = payloads.line("p", b"[1, 2]")        # JSON, not a CSV line ending in "2]"
+    assert line is None and "got a JSON array" in error["error"], error
+    # The topic names the sensor: a payload naming another is refused, not silently renamed.
+    line, error = payloads.line("p", json.dumps({FEATURE: 1.0, "sensor": "zzz"}).encode())
+    assert line is None and "the payload's 'sensor' is 'zzz'" in error["error"], error
+    line, _ = payloads.line("p", json.dumps({FEATURE: 1.0, "sensor": "p"}).encode())
+    assert json.loads(line) == {FEATURE: 1.0, "sensor": "p"}
 
 
 def test_tls_with_a_password_and_a_client_certificate(tmp_path, monkeypatch):
