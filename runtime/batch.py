@@ -130,7 +130,10 @@ def _step_fed(model, streams, xs):
         masked = model._masked(xs)                          # (n,)
         if masked.any():
             out = np.empty((len(xs), model.n_targets), np.float32)
-            out[masked] = np.concatenate([previous_row(model, s._previous())
+            # Not fed: the prediction stands; a stateful Keras model's sample of one masked
+            # reading answers the head of a zero output (see Stream._step_masked).
+            repeat = not model.info.keras_stateful
+            out[masked] = np.concatenate([previous_row(model, s._previous() if repeat else None)
                                           for s, m in zip(streams, masked) if m])
             out[~masked] = _step_rows(model, [s for s, m in zip(streams, masked) if not m],
                                       xs[~masked])

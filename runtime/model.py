@@ -125,6 +125,8 @@ class Model:
     fingerprint : sha256 of the ONNX file; snapshots carry it.
     mask_value : ``(features,)`` raw values of the Keras ``Masking`` layer
         (``lstm_edge.mask_value``), or None when the model has none.
+    mask_answer : ``(targets,)`` float32, Keras's answer where every reading was masked
+        (``lstm_edge.mask_answer``), or None (no mask, or a file written before the key).
 
     Notes
     -----
@@ -136,12 +138,16 @@ class Model:
     at that size. Without a scaler a mask of 0 matches exact zeros only, as in Keras.
 
     - ``sequence``: a masked reading is not fed; the state stays, the step returns the
-      stream's previous prediction (None before the first one, where Keras would give the
-      head of a zero output) and ``steps`` does not count it.
+      stream's previous prediction and ``steps`` does not count it. Before the first reading
+      fed it returns :attr:`mask_answer`, Keras's answer there: with every step so far masked
+      a recurrent layer outputs zeros, and the head of zeros is the answer.
     - ``window``/``stateful``: the window holds the last ``window`` readings, masked ones
       included, as Keras's window does; a prediction runs only its unmasked readings (from a
-      zero state / from the carried state). A window of masked readings only gives None
-      (Keras: the head of a zero output) and, in ``stateful`` mode, leaves the state as it was.
+      zero state / from the carried state). A window of masked readings only answers
+      :attr:`mask_answer` (Keras's recurrent layer outputs zeros whatever state it carries)
+      and, in ``stateful`` mode, leaves the state as it was.
+
+    A file written before ``lstm_edge.mask_answer`` has none: those answers are None/NaN.
     """
 
     def __init__(self, session, device: str, fingerprint: str, *, window=None,
@@ -215,6 +221,9 @@ class Model:
         self.mask_value = _mask_value(info, self.n_features)
         # Any: None, or _mask_rule's tuple, which the mask methods read only where it is set
         self._mask: Any = None if self.mask_value is None else _mask_rule(self.mask_value, info)
+        # What Keras answers where nothing was fed (every reading masked), or None (an older
+        # file: such answers are empty)
+        self.mask_answer = None if self._mask is None else _mask_answer(info, self.n_targets)
         self._hot = self._hot and self._mask is None
         self._group = None   # the streams of the last many-stream call (batch.Group)
 
@@ -533,6 +542,23 @@ def _mask_value(info: ModelInfo, n_features: int):
         raise ContractError(f"metadata lstm_edge.mask_value holds {value.tolist()}; a mask "
                             f"must be finite: re-export the model with lstm-export")
     return value
+
+
+def _mask_answer(info: ModelInfo, n_targets: int):
+    """``lstm_edge.mask_answer`` as ``(targets,)`` float32, or None where the file has none."""
+    text = info.extra.get("mask_answer")
+    if text is None:
+        return None
+    try:
+        value = np.asarray(json.loads(text), np.float64).reshape(-1)
+        ok = value.shape == (n_targets,) and bool(np.isfinite(value).all())
+    except (ValueError, TypeError):
+        ok = False
+    if not ok:
+        raise ContractError(f"metadata lstm_edge.mask_answer should be a list of {n_targets} "
+                            f"finite numbers (one per output), got {text[:60]!r}; re-export "
+                            f"the model with lstm-export")
+    return value.astype(np.float32)
 
 
 def _mask_rule(value, info: ModelInfo):

@@ -253,8 +253,11 @@ class Stream:
 
     @property
     def ready(self) -> bool:
-        """Whether the window has filled, so that a step gives a prediction."""
-        return self._group is not None or len(self._buf) >= self.model.window
+        """Whether the window has filled, so that a step gives a prediction (in ``sequence``
+        mode with ``Model.mask_answer``, also before the first reading fed)."""
+        model = self.model
+        return self._group is not None or len(self._buf) >= model.window \
+            or (model.window == 1 and model.mask_answer is not None)
 
     # --- inside --------------------------------------------------------------------------
 
@@ -429,10 +432,19 @@ class Stream:
             if model.carry_state:
                 self._pred = y.copy()
             return y
-        if model.carry_state:                              # not fed: the prediction stands
-            return None if self._pred is None else self._pred.copy()
-        self._buf, self._steps = x[None], self._steps + 1  # a window of one masked reading
-        return None
+        if model.carry_state and not model.info.keras_stateful:
+            # Not fed: the prediction stands (before the first: Keras's for nothing fed).
+            return self._pred.copy() if self._pred is not None else self._nothing()
+        if not model.carry_state:
+            self._buf, self._steps = x[None], self._steps + 1   # a window of one masked reading
+        # A stateful Keras model's sample of one masked reading: the head of a zero output,
+        # whatever the carried state, which stays.
+        return self._nothing()
+
+    def _nothing(self):
+        """What a step answers where nothing was fed: ``mask_answer``, None without one."""
+        answer = self.model.mask_answer
+        return None if answer is None else answer.copy()
 
     def _mask_age(self, x) -> int:
         """How many unmasked readings end the window once ``x`` joins it (window modes).
@@ -458,7 +470,7 @@ class Stream:
         if model.carry_state:
             self._state = tuple(new)
         self._buf, self._steps = buf, self._steps + 1
-        return None if masked.all() else ys[0]
+        return self._nothing() if masked.all() else ys[0]
 
     def _run(self, x):
         """A chunk ``(1, n, features)`` from this stream's state -> (y, new state).
@@ -499,6 +511,8 @@ class Stream:
             ys = y[0]
         table = np.concatenate((previous_row(model, self._pred), ys))   # (1 + k, targets)
         out = table[np.cumsum(keep)]                       # row i: the last prediction by i
+        if model.info.keras_stateful:                      # each reading its own sample
+            out[~keep] = nothing_fed(model)
         if len(fed):
             self._state, self._buf = state, fed[-1:]
             self._steps, self._pred = self._steps + len(fed), ys[-1].copy()
@@ -671,10 +685,18 @@ def _f32(value):
 
 
 def previous_row(model, pred) -> np.ndarray:
-    """``(1, targets)``: a stream's last prediction, NaN where it has none yet."""
+    """``(1, targets)``: a stream's last prediction; where it has none yet, Keras's answer
+    for nothing fed (``Model.mask_answer``), NaN in a file without one."""
     if pred is None:
-        return np.full((1, model.n_targets), np.nan, np.float32)
+        return nothing_fed(model)[None]
     return pred[None]
+
+
+def nothing_fed(model) -> np.ndarray:
+    """``(targets,)``: the answer where every reading was masked (see ``Model``, Notes)."""
+    if model.mask_answer is None:
+        return np.full(model.n_targets, np.nan, np.float32)
+    return model.mask_answer.copy()
 
 
 def run_windows(model, wins, masked, states):
@@ -688,13 +710,15 @@ def run_windows(model, wins, masked, states):
 
     Returns
     -------
-    ``(r, targets)`` the prediction after each window's last unmasked reading, NaN for a window
-    with none, and the final states (a window with none keeps its initial state). Windows
-    with the same number of unmasked readings share one ORT call.
+    ``(r, targets)`` the prediction after each window's last unmasked reading,
+    ``model.mask_answer`` (NaN without one) for a window with none, and the final states (a
+    window with none keeps its initial state). Windows with the same number of unmasked
+    readings share one ORT call.
     """
     keep = ~masked
     counts = keep.sum(axis=1)                              # (r,)
-    ys = np.full((len(wins), model.n_targets), np.nan, np.float32)
+    ys = np.empty((len(wins), model.n_targets), np.float32)
+    ys[:] = nothing_fed(model)                             # a window with none keeps it
     new = [np.array(s, np.float32) for s in states]        # copies: written row by row
     for k in np.unique(counts):
         if k == 0:

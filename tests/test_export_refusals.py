@@ -257,3 +257,37 @@ def test_an_argument_misfit_is_said_alone_whichever_way_the_model_converts(saved
         export(model, "unused.onnx", targets="a,b")
     assert str(err.value).startswith("2 targets named (a, b) but the model has 6")
     assert "Reshape((3, 2))" in str(err.value) and "converting it whole" not in str(err.value)
+
+
+@pytest.mark.parametrize("text, found", [
+    ('{"mean": [104], "std": [518]}', "found the keys 'mean', 'std'"),
+    ('{"X": {"mean": [104], "std": [518]}, "Y": {"mean": [104], "std": [518]}}',
+     "found the keys 'X', 'Y'"),
+])
+def test_a_scaler_file_of_another_shape_is_refused_not_ignored(saved, tmp_path, text, found):
+    """It was exported as "no scaler": raw readings into a model trained on scaled ones."""
+    (tmp_path / "s.json").write_text(text)
+    result = lstm_export(saved / "window.keras", "--scaler", tmp_path / "s.json",
+                         "-o", tmp_path / "m.onnx")
+    line = error_line(result)
+    assert found in line and 'under "x" and "y"' in line
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_an_x_only_scaler_says_the_answers_are_in_scaled_units(saved, tmp_path):
+    (tmp_path / "x.json").write_text('{"x": {"mean": [104], "std": [518]}}')
+    result = lstm_export(saved / "window.keras", "--scaler", tmp_path / "x.json",
+                         "-o", tmp_path / "m.onnx")
+    assert result.returncode == 0, result.stderr
+    assert "x scaling only: raw values in, the model's scaled units out" in result.stdout
+
+
+def test_a_horizon_other_than_the_sidecars_is_refused(saved, tmp_path):
+    """Alerts would check readings against the forecast made the wrong number of readings
+    before, with intervals calibrated for another horizon."""
+    model = tmp_path / "h.keras"
+    model.write_bytes((saved / "window.keras").read_bytes())
+    (tmp_path / "h.lstm-edge.json").write_text('{"format": 1, "horizon": 6}')
+    line = error_line(lstm_export(model, "--horizon", "1", "-o", tmp_path / "m.onnx"))
+    assert "says the model forecasts 6 readings ahead" in line and "drop --horizon" in line
+    assert not (tmp_path / "m.onnx").exists()

@@ -6,7 +6,8 @@ mask in raw units (``lstm_edge.mask_value``); the runtime must not feed masked s
 every path: ``Stream.step``, ``Stream.feed`` and ``Model.step`` (see ``Model``, "Masking").
 
 Keras gives the head of a zero output where nothing unmasked came before (a sequence that
-starts masked, a window of masked samples only); the runtime says None/NaN there instead.
+starts masked, a window of masked samples only); the runtime answers it too, from the file's
+``lstm_edge.mask_answer`` (tests/test_masking_answers.py holds those answers to Keras).
 """
 
 import numpy as np
@@ -86,11 +87,10 @@ def test_sequence_mask_is_read_in_raw_units(sequence):
 def test_sequence_step_matches_keras(sequence):
     name, rt, raw, want, lead = sequence
     s = rt.stream()
-    got = [s.step(x) for x in raw[0]]
-    assert all(g is None for g in got[:lead[0]])                  # nothing predicted yet
-    got = np.array([np.full(1, np.nan) if g is None else g for g in got])
+    got = np.array([s.step(x) for x in raw[0]])                    # Keras's answer throughout
+    assert lead[0] > 0
     assert _report(f"mask {name} step", got, want[0]) <= ATOL * (20 if name == "scaler" else 1)
-    np.testing.assert_allclose(got[lead[0]:], want[0, lead[0]:], rtol=1e-5,
+    np.testing.assert_allclose(got, want[0], rtol=1e-5,
                                atol=ATOL * (20 if name == "scaler" else 1))
     masked = (raw[0] == raw[0][0]).all(axis=1)
     assert s.steps == int((~masked).sum())                         # masked samples are not fed
@@ -100,8 +100,7 @@ def test_sequence_feed_matches_keras(sequence):
     name, rt, raw, want, lead = sequence
     tol = ATOL * (20 if name == "scaler" else 1)
     got = rt.stream().feed(raw[0])
-    assert np.isnan(got[:lead[0]]).all()
-    np.testing.assert_allclose(got[lead[0]:], want[0, lead[0]:], atol=tol)
+    np.testing.assert_allclose(got, want[0], atol=tol)             # the masked lead too
     s = rt.stream()   # chunks that start and end on masked rows carry the last prediction over
     chunked = np.concatenate([s.feed(raw[0][a:b]) for a, b in
                               ((0, 1), (1, 8), (8, 9), (9, 16), (16, 22), (22, N))])
@@ -119,9 +118,7 @@ def test_sequence_many_streams_match_keras(sequence):
     tol = ATOL * (20 if name == "scaler" else 1)
     streams = [rt.stream() for _ in raw]
     got = np.stack([rt.step(streams, raw[:, t]) for t in range(N)], axis=1)   # (4, N, 1)
-    for k in range(len(raw)):
-        assert np.isnan(got[k, :lead[k]]).all()
-        np.testing.assert_allclose(got[k, lead[k]:], want[k, lead[k]:], atol=tol)
+    np.testing.assert_allclose(got, want, atol=tol)
     _report(f"mask {name} many streams", got, want)
     alone = rt.stream()
     np.testing.assert_allclose(np.array([np.nan if (y := alone.step(x)) is None else y[0]
@@ -182,12 +179,12 @@ def window(tmp_path_factory):
 
 
 def _check_windows(name, got, want, empty):
-    """Runtime (n, N) against Keras (n, r): warm-up NaN, masked-only windows NaN, else equal."""
+    """Runtime (n, N) against Keras (n, r): warm-up NaN, else equal (masked-only windows too)."""
     assert np.isnan(got[:, :LOOK_BACK - 1]).all()
     got = got[:, LOOK_BACK - 1:]
-    assert np.isnan(got[empty]).all()
-    np.testing.assert_allclose(got[~empty], want[~empty], atol=ATOL * 20)
-    _report(name, got, np.where(empty, np.nan, want))
+    np.testing.assert_allclose(got[empty], want[empty], atol=ATOL * 20)
+    np.testing.assert_allclose(got, want, atol=ATOL * 20)
+    _report(name, got, want)
 
 
 def test_window_step_matches_keras_predict_per_window(window):

@@ -88,12 +88,15 @@ class ExportReport:
                      f"carry_state={str(info.carry_state).lower()}"
                      f"{f', state_slots={slots}' if mode == 'stateful' else ''})")
         lines.append(f"columns: features {list(info.features)} -> targets {list(info.targets)}"
-                     f"{'' if info.scaler else ' (no scaler: raw values in, model units out)'}")
+                     f"{_units(info.scaler)}")
         lines.append(f"predicts: {_predicts(info, self.layers)}")
         if "intervals" in info.extra:
             lines.append(calibrate.describe(json.loads(info.extra["intervals"]), info.block))
         if "mask_value" in info.extra:
-            lines.append(f"masking: readings equal to {info.extra['mask_value']} are skipped")
+            lines.append(f"masking: readings equal to {info.extra['mask_value']} are skipped"
+                         + (f"; with nothing but masked readings Keras answers "
+                            f"{info.extra['mask_answer']}" if "mask_answer" in info.extra
+                            else ""))
         if self.parity:
             from .parity import describe
 
@@ -183,6 +186,16 @@ def read_sidecar(path: Path | None) -> dict | None:
     return _read_json(sidecar) if sidecar.exists() else None
 
 
+def _units(scaler: dict | None) -> str:
+    """What the report's columns line says of the units in and out."""
+    if not scaler:
+        return " (no scaler: raw values in, model units out)"
+    if "y" not in scaler:
+        return (" (x scaling only: raw values in, the model's scaled units out; add \"y\" to "
+                "the scaler for raw answers)")
+    return ""
+
+
 def _read_json(path) -> dict:
     try:
         with open(path, encoding="utf-8") as fh:
@@ -199,7 +212,19 @@ def _scaler_from(value) -> dict | None:
     if value is None:
         return None
     data = value if isinstance(value, dict) else _read_json(value)
-    return data.get("scaler", data) if ("scaler" in data or "format" in data) else data
+    if "scaler" in data or "format" in data:             # a training sidecar
+        return data.get("scaler", data)
+    # A scaler named on the command line must be one: a file of another shape, exported as
+    # "no scaler", would stream raw readings into a model trained on scaled ones.
+    unknown = sorted(set(data) - {"x", "y", "kind"})
+    if unknown or not ({"x", "y"} & set(data)):
+        where = "" if isinstance(value, dict) else f"{value}: "
+        raise _Misfit(f"{where}expected a scaler {{\"x\": {{\"mean\": [...], \"std\": [...]}}, "
+                      f"\"y\": {{...}}}} (one mean and std per feature, and per target), "
+                      f"found the keys {', '.join(map(repr, sorted(data))) or 'none'}; write "
+                      f"the scaling under \"x\" and \"y\" (lower case), or give lstm-train's "
+                      f"sidecar (.lstm-edge.json)")
+    return data
 
 
 def _check_scaler(scaler: dict | None, features: int, outputs: int, tokens: bool) -> dict | None:
@@ -280,6 +305,14 @@ def _prepare(model, *, scaler, features, targets, window, carry_state, opset,
         path = Path(model)
         model = load_model(path)
     sidecar = read_sidecar(path)
+    trained = (sidecar or {}).get("horizon")
+    if horizon is not None and trained is not None and int(trained) != horizon:
+        # Alerts would check each reading against the forecast made `horizon` readings
+        # before it: against the wrong one, with intervals calibrated for another horizon.
+        raise _Misfit(f"--horizon {horizon}: the training sidecar {sidecar_path(path)} says "
+                      f"the model forecasts {trained} reading{'s' if trained != 1 else ''} "
+                      f"ahead (its skill and intervals are for that); drop --horizon, or "
+                      f"train a model for {horizon} with lstm-train --horizon {horizon}")
     args = dict(scaler=scaler, features=features, targets=targets, window=window,
                 carry_state=carry_state, opset=opset, horizon=horizon)
     try:
@@ -337,7 +370,8 @@ def _prepare_streaming(model, path, sidecar, *, scaler, features, targets, windo
         features=features, targets=targets,
         horizon=int(horizon or (sidecar or {}).get("horizon", 1)),
         scaler=scaler, source=_source(path, model),
-        extra={**_mask_metadata(extra, scaler, n_features), **framed,
+        extra={**_mask_metadata(extra, scaler, n_features),
+               **_mask_answer(model, extra, scaler, n_features, framed), **framed,
                **calibrate.metadata(sidecar, n_outputs),
                # Keras answers (samples, targets): the last timestep's, for Model.predict
                **({"answers": "last"} if streaming_mode(window, carry_state) == "sequence"
@@ -493,6 +527,28 @@ def _steps_hint(given, width: int) -> str:
             f"{','.join(names)} --horizon {steps} ({MULTI_STEP})")
 
 
+def _mask_answer(model, extra: dict, scaler: dict | None, n_features: int,
+                 framed: dict) -> dict:
+    """``lstm_edge.mask_answer``: Keras's prediction where every reading was masked.
+
+    With every step masked a recurrent layer outputs zeros (its previous output starts at
+    zeros, whatever state it carries), and the head of that is Keras's answer, e.g. the
+    Dense bias: computed here once, with ``predict`` on an all-masked window, in raw units.
+    Left out where the graph adds a forecast framing to the network's change (the reading
+    it adds is the masked one, which Keras never sees): the runtime then answers nothing.
+    """
+    if "mask_value" not in extra or framed:
+        return {}
+    batch = model.inputs[0].shape[0] or 1                # a stateful layer's B
+    steps = model.inputs[0].shape[1] or 1
+    x = np.full((batch, steps, n_features), extra["mask_value"], np.float32)
+    y = np.asarray(model.predict(x, batch_size=batch, verbose=0), np.float64)[0]
+    y = (y[-1] if y.ndim == 2 else y).reshape(-1)        # (targets,): the last step's
+    if scaler and scaler.get("y"):
+        y = y * np.asarray(scaler["y"]["std"]) + np.asarray(scaler["y"]["mean"])
+    return {"mask_answer": json.dumps([float(np.float32(v)) for v in y])}
+
+
 def _mask_metadata(extra: dict, scaler: dict | None, n_features: int) -> dict:
     """``lstm_edge.mask_value``: the Masking value in raw units, one per feature."""
     if "mask_value" not in extra:
@@ -591,7 +647,8 @@ def _check(prepared: _Prepared, *, steps: int, atol: float) -> dict:
         original=prepared.model, state=info.state, tokens=prepared.tokens,
         features=prepared.features, vocab=prepared.vocab, scaler=info.scaler,
         window=info.window, carry_state=info.carry_state, slots=prepared.slots,
-        forecast=prepared.forecast, mask=prepared.mask, whole=prepared.whole)
+        forecast=prepared.forecast, mask=prepared.mask, whole=prepared.whole,
+        mask_answer=json.loads(info.extra.get("mask_answer", "null")))
     try:
         return check_parity(subject, steps=steps, atol=atol)
     except ParityError as exc:

@@ -16,7 +16,9 @@ What runs depends on the streaming mode the file will have (docs/contract.md):
 * ``sequence``: long runs of ``steps`` readings from a zero state, state carried.
 
 A model with a Masking layer gets masked readings in every run; they are skipped the way
-the contract says (state kept, previous prediction repeated). Differences are measured in
+the contract says (state kept, previous prediction repeated). Its ``lstm_edge.mask_answer``,
+what a stream answers where nothing was fed, is checked against Keras on windows whose every
+reading is masked, from a zero and from a random carried state (``mask_answer``). Differences are measured in
 the model's normalised units (raw difference divided by the target scaler's std): a raw
 target like CO2 at ~700 ppm has a float32 ulp of 6e-5, so a raw-unit tolerance of 1e-4
 would measure rounding, not the export. Where even that is not enough (air pressure at
@@ -62,6 +64,7 @@ class Subject:
     slots: int = 1          # state slots of a stateful stream (lstm_edge.state_slots)
     mask: float | None = None   # the Masking value in normalised units, None without one
     whole: bool = False     # converted whole over its window: no state, y (batch, 1, outputs)
+    mask_answer: list | None = None  # lstm_edge.mask_answer (raw units), None where absent
 
     @property
     def mode(self) -> str:
@@ -348,7 +351,29 @@ def compare(subject: Subject, *, steps: int = 1000, atol: float = 1e-4, seed: in
     run = {"window": _check_windows, "stateful": _check_stateful,
            "sequence": _check_sequence}[how]
     per_output, what, y_raw = run(session, reference, subject, rng, steps)
+    if subject.mask is not None and not subject.tokens and not subject.forecast:
+        per_output["mask_answer"] = _check_all_masked(reference, subject, rng)
     return _report(subject, per_output, what, y_raw, atol)
+
+
+def _check_all_masked(reference, subject: Subject, rng) -> float:
+    """The file's answer for readings all masked against Keras's (the head of a zero output).
+
+    Keras is run on windows of ``window`` masked readings (sequence mode: 3), from a zero
+    state and from a random one (a stateful stream's carried state): both give its answer.
+    A file without ``lstm_edge.mask_answer`` answers nothing there, which is no answer Keras
+    gives: the figure is then infinite and the export fails.
+    """
+    if subject.mask_answer is None:
+        return float("inf")
+    steps = subject.window if subject.window > 1 else 3
+    norm = np.full((2, steps, subject.features), subject.mask, np.float32)
+    states = [np.concatenate([np.zeros((1, s.shape[1]), np.float32),
+                              rng.normal(size=(1, s.shape[1])).astype(np.float32)])
+              for s in _zeros(subject, 1)]
+    expected = _keras(reference, subject, norm, states)[0][:, -1]   # (2, outputs)
+    got = np.asarray(subject.mask_answer, np.float32)[None, None]   # (1, 1, outputs)
+    return _maxdiff(_normalised_y(subject, got)[0, 0], expected)
 
 
 def _report(subject: Subject, per_output: dict, what: dict, y_raw, atol: float) -> dict:
@@ -388,7 +413,8 @@ def _readings(n: int) -> str:
     return f"{n} reading{'' if n == 1 else 's'}"
 
 
-_Y_FIGURES = {"y", "chunk_vs_steps", "window_vs_predict", "stateful_vs_predict"}
+_Y_FIGURES = {"y", "chunk_vs_steps", "window_vs_predict", "stateful_vs_predict",
+              "mask_answer"}
 
 
 def _against_reference(session, reference, subject: Subject, raw, norm, states) -> tuple:
