@@ -416,7 +416,8 @@ class CsvFormat(LineFormat):
             missing = [f for f in self.features if _match_columns(self.columns, [f]) is None]
             raise InputError(f"{where} has no column for the model's feature(s) "
                              f"{', '.join(map(repr, missing))}; it has "
-                             f"{', '.join(map(repr, self.columns))}")
+                             f"{', '.join(map(repr, self.columns))}; "
+                             + _name_the_features(self.columns, self.features, has_header))
         self.index = index
         self.key_index = self._column(stream_column, "--stream-column", where)
         self.reset_column = reset_column
@@ -655,9 +656,13 @@ def detect(first: bytes, features: Sequence[str], targets: Sequence[str], *,
     """The format of an input whose first line is ``first``, and whether that line is a header.
 
     ``columns`` (``--columns``) names the fields of header-less CSV lines; a first line that
-    repeats those names is taken as their header. Without it, a first line whose first field
-    is an ISO date/time and whose other fields are the model's features, all numbers, starts
-    header-less lines with a leading time column (the format's ``note`` says so).
+    repeats those names is taken as their header, and any other (a bad reading, a line cut
+    short, bytes that are not UTF-8) is a reading, which gets its error record. Without it, a
+    first line whose first field is an ISO date/time and which has one field per feature after
+    it starts header-less lines with a leading time column (the format's ``note`` says so):
+    a header never starts with a date, so a bad value there (``ERR``, NUL padding) makes that
+    line an error record, not the input unreadable. ``fmt="headerless"`` reads such a line
+    the same way, and otherwise the features alone.
 
     Raises InputError where the first line cannot start this input (a header that does not
     name the model's features, a binary first line with ``fmt="auto"``).
@@ -669,13 +674,18 @@ def detect(first: bytes, features: Sequence[str], targets: Sequence[str], *,
     named: dict[str, str | None] = dict(stream_column=stream_column, reset_column=reset_column)
     if fmt == "jsonl":
         return JsonlFormat(features, targets, **named), False
-    if fmt == "headerless" and columns is None:
-        return HeaderlessFormat(features, targets, **named), False
     try:
         text = decode(first)
     except UnicodeDecodeError as exc:
-        raise InputError(f"line 1 is {describe_decode_error(exc)}; cannot tell the input "
-                         f"format from it") from None
+        text = first.decode("utf-8", "replace")
+        # A reading with bad bytes (NUL padding after a power cut): its error record, where
+        # the line's shape or the options tell the format without it.
+        if fmt != "headerless" and columns is None and \
+                not (fmt == "auto" and _time_led(split_csv(text), features)):
+            raise InputError(f"line 1 is {describe_decode_error(exc)}; cannot tell the input "
+                             f"format from it (pin the format with --columns, e.g. --columns "
+                             f"{_example_columns(len(features) + 1, features)}, so that a bad "
+                             f"first line is one error record)") from None
     if fmt == "auto" and text.lstrip().startswith("{"):
         if columns is not None:
             raise InputError("--columns names the fields of CSV lines, but line 1 starts with "
@@ -688,9 +698,11 @@ def detect(first: bytes, features: Sequence[str], targets: Sequence[str], *,
             _match_columns([f.strip() for f in fields], names) == list(range(len(names)))
         return CsvFormat(names, features, targets, has_header=is_header,
                          stream_column=stream_column, reset_column=reset_column), is_header
+    if fmt == "headerless" and not _time_led(fields, features):
+        return HeaderlessFormat(features, targets, **named), False
     if fmt == "auto" and _all_numbers(fields):
         return HeaderlessFormat(features, targets, **named), False
-    if fmt == "auto" and _time_first(fields, features):
+    if fmt != "csv" and _time_led(fields, features):
         found = CsvFormat([TIME_COLUMN, *features], features, targets, has_header=False,
                           stream_column=stream_column, reset_column=reset_column)
         found.note = (f"line 1 has no header: reading a leading time column, then "
@@ -701,13 +713,14 @@ def detect(first: bytes, features: Sequence[str], targets: Sequence[str], *,
         return CsvFormat([f.strip() for f in fields], features, targets,
                          stream_column=stream_column, reset_column=reset_column), True
     except InputError as exc:
-        if fmt == "auto" and fields and is_timestamp(fields[0]):
+        if fmt == "auto" and fields and re.match(r"\s*\d{4}-\d", fields[0]):
             raise InputError(
-                f"line 1 ({len(fields)} fields) is not a header: it starts with a date/time, "
-                f"so it is a reading, but its other {len(fields) - 1} field(s) are not the model's "
-                f"{len(features)} feature(s) {', '.join(map(repr, features))} alone; name "
-                f"every column with --columns, e.g. --columns "
-                f"{_example_columns(len(fields), features)}") from None
+                f"line 1 ({len(fields)} field{'s' if len(fields) != 1 else ''}) is not a "
+                f"header: it starts with a date/time, so it is a reading, but not a time and "
+                f"the model's {len(features)} feature(s) {', '.join(map(repr, features))} "
+                f"alone (or a line cut short); name every column with --columns, e.g. "
+                f"--columns {_example_columns(max(len(fields), len(features) + 1), features)}"
+                f", and a bad first line is one error record") from None
         if fmt == "auto" and any(_all_numbers([f]) for f in fields):
             raise InputError(f"{exc} (line 1 was read as a header because it holds text; if "
                              f"it is a reading, every field must be a number, or name the "
@@ -715,10 +728,25 @@ def detect(first: bytes, features: Sequence[str], targets: Sequence[str], *,
         raise
 
 
-def _time_first(fields: Sequence[str], features: Sequence[str]) -> bool:
-    """Whether a line is a time followed by exactly the model's features, all numbers."""
+def _name_the_features(columns: Sequence[str], features: Sequence[str], header: bool) -> str:
+    """What to do where the columns do not name the model's features."""
+    if not header:
+        return (f"name them in --columns, e.g. --columns "
+                f"{_shell_word(','.join([TIME_COLUMN, *features]))}")
+    data = [c for c in columns if c.strip().lower() not in ("time", "timestamp", "datetime",
+                                                            "date", "date_time", "sensor")]
+    guess = data[:len(features)] if len(data) >= len(features) else list(features)
+    return (f"rename the file's column(s) to the model's names, or re-export the model with "
+            f"the file's names (lstm-export MODEL.keras --features "
+            f"{_shell_word(','.join(guess))} ...), or, where line 1 is no header, name every "
+            f"column with --columns")
+
+
+def _time_led(fields: Sequence[str], features: Sequence[str]) -> bool:
+    """Whether a line is a time followed by one field per feature (numbers or not: a header
+    never starts with a date, so this is a reading, good or bad)."""
     return (bool(features) and all(features) and len(fields) == len(features) + 1
-            and is_timestamp(fields[0]) and _all_numbers(fields[1:]))
+            and is_timestamp(fields[0]))
 
 
 def _example_columns(n: int, features: Sequence[str]) -> str:

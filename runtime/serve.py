@@ -97,6 +97,8 @@ class Server:
         self._retry_at = 0.0        # after a failed checkpoint: not before this
         self._warn = warn or (lambda message: None)
         self.window = int(model.window)   # readings up to the first prediction (overrides too)
+        # A masking model's file without lstm_edge.mask_answer: its empty answers said once
+        self._empty_masked = model._mask is not None and model.mask_answer is None
         self.alerts = StreamAlerts(model, config.alerts) if config.alerts else None
         self.order: OrderColumn | None = None    # where each line's position is (runtime.order)
         self._order_open = config.order_check    # JSON lines: decided at the first good record
@@ -130,6 +132,7 @@ class Server:
         except BaseException:
             self.store.close(refused=True)
             raise
+        self.table.remember(self.store.position)    # a dropped sensor's position stays
         for key, stream, _ in loaded:
             # Seen now: the time the tool was down is not the sensor's silence.
             self.table.add(key, stream)
@@ -161,8 +164,9 @@ class Server:
                     self.alerts.keep(k, sensors[k].stream)
         rows = ((k, sensor.stream, sensor.seen + clock, sensor.line)
                 for k in keys if (sensor := sensors.get(k)) is not None)
-        self.store.save(rows, dropped, lines=lines)
+        self.store.save(rows, dropped, lines=lines, positions=self.table.retired)
         self.ledger.saved()
+        self.table.retired.clear()
         self._checkpointed = False
         if self.ledger.last - self._checkpoint_at >= self.CHECKPOINT_EVERY:
             self.checkpoint()
@@ -412,7 +416,7 @@ class Server:
             if rec.at is None:
                 continue                          # no position: fed unchecked
             prev, values = latest.get(rec.key), cast(np.ndarray, rec.values)
-            sensor = self.sensors.get(rec.key)
+            sensor = self.table.recall(rec.key)     # a dropped sensor: its position
             stream = None if rec.reset or sensor is None else sensor.stream
             if prev is not None and not rec.reset:
                 kind = order(prev.at, prev.values, values, rec.at)
@@ -449,7 +453,9 @@ class Server:
 
         A model declared with a longer time axis than it was trained on (``input_shape=(10,
         3)``, fit on 9 timesteps) waits for windows that never fill; this names the window and
-        the ``--window`` override. At most ``most`` lines, then how many more.
+        the ``--window`` override. Where the window is certain (:meth:`_window_known`) another
+        window gives numbers no Keras run gives: it says how many readings a sensor needs.
+        At most ``most`` lines, then how many more.
         """
         idle = [(key, sensor.stream) for key, sensor in self.sensors.items()
                 if not sensor.stream.ready]
@@ -461,11 +467,21 @@ class Server:
             hint = (f"; if the model was trained on windows of {n} timesteps, run with "
                     f"--window {n}" if n > 1 else "; if the model was trained on shorter "
                     "windows, run with --window N")
+            if self._window_known():
+                hint = f"; give at least {self.window} readings per sensor"
             self._warn(f"{who}: {n} reading{'s' if n != 1 else ''}, never a full window of "
                        f"{self.window}: no prediction was made{hint}")
         if len(idle) > most:
             self._warn(f"... and {len(idle) - most} more streams that never had a full window "
                        f"of {self.window}")
+
+    def _window_known(self) -> bool:
+        """Whether the window is the one the model was trained on, for certain: the file's
+        own (no ``--window`` override), written from lstm-train's sidecar, whose look-back
+        it is (the sidecar's scaler records how it was fitted, ``lstm_edge.scaler.kind``). A
+        user's Keras model may declare another time axis than it was fitted on."""
+        info = self.model.info
+        return self.window == info.window and isinstance((info.scaler or {}).get("kind"), str)
 
     def due(self) -> bool:
         """Whether ``config.save_every`` lines or ``config.save_interval`` seconds have
@@ -476,6 +492,19 @@ class Server:
 
     def _step(self, records: list[fmt.Record]) -> dict[int, tuple[int, bool, np.ndarray]]:
         """Step every record's stream; ``{id(record): (step, warmup, prediction)}``."""
+        answers = self._step_all(records)
+        if self._empty_masked and any(
+                id(r) in answers and np.isnan(answers[id(r)][2]).all() and r.values is not None
+                and (self.window == 1 or not answers[id(r)][1])          # not a warm-up
+                and bool(self.model._masked(np.asarray(r.values, np.float32))) for r in records):
+            self._empty_masked = False      # said once
+            self._warn("this file predates lstm_edge.mask_answer: where nothing but masked "
+                       "readings was fed (a window of masked readings only; a sequence before "
+                       "its first reading fed) its answer is empty where Keras gives a number; "
+                       "re-export the model with lstm-export")
+        return answers
+
+    def _step_all(self, records: list[fmt.Record]) -> dict[int, tuple[int, bool, np.ndarray]]:
         if len(records) == 1 and not self.model.reconstructs:
             # One line (a live feed's usual batch): no grouping, no many-stream call.
             rec = records[0]
@@ -526,10 +555,11 @@ class Server:
                         stream.reset()
                     xs = np.stack([values[id(r)] for r in run])       # (n, features)
                     at = self._positions(run)
+                    before = stream.steps
                     preds = stream.feed(xs) if at is None else stream.feed(xs, at=at)
-                    first = stream.steps - len(run)
-                    for i, (rec, pred) in enumerate(zip(run, preds)):
-                        answers[id(rec)] = (first + i + 1, first + i + 1 < self.window, pred)
+                    steps = self._counts(before, xs, stream.steps - before)     # (n,)
+                    for rec, pred, step in zip(run, preds, steps):
+                        answers[id(rec)] = (int(step), self._warming(step), pred)
             return
         # Many sensors: round r steps the r-th line of every sensor in one batched call.
         for r in range(rounds):
@@ -544,6 +574,22 @@ class Server:
                 self.model.step(streams, samples, at=at)                # (streams, targets)
             for k, stream, pred in zip(keys, streams, preds):
                 answers[id(by_key[k][r])] = (stream.steps, not stream.ready, pred)
+
+    def _counts(self, before: int, xs, fed: int) -> np.ndarray:
+        """``(n,)`` each reading's step after a chunk of ``n`` was fed, ``fed`` of them counted.
+
+        A masked reading of a ``sequence`` model is not fed, so not counted: its step is
+        the count so far, as a step of one reading gives it, however the lines were batched.
+        """
+        model, n = self.model, len(xs)
+        if fed == n or model._mask is None or model.window != 1:
+            return before + np.arange(1, n + 1)
+        return before + np.cumsum(~model._masked(xs))
+
+    def _warming(self, step) -> bool:
+        """Whether a reading at ``step`` is still in the warm-up, as ``not stream.ready``."""
+        return bool(step < self.window) and not (self.window == 1
+                                                 and self.model.mask_answer is not None)
 
     def _step_one(self, rec: fmt.Record, stream: Stream) -> tuple[int, bool, np.ndarray]:
         """One record through its stream's own step: the pre-bound buffers, and none of the

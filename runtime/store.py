@@ -20,6 +20,8 @@ Schema (format 2)::
                                                   closed (0 while a run has it open)
     streams(key TEXT PRIMARY KEY, fingerprint TEXT, steps INTEGER, buffer BLOB, state BLOB,
             prediction BLOB, seen REAL, run INTEGER, line INTEGER, position NUMERIC)
+    positions(key TEXT PRIMARY KEY, steps INTEGER, ready INTEGER, position, last BLOB,
+              answer BLOB, seen REAL)            made at the first save that needs it
 
 ``key`` is TEXT, or a BLOB for a key UTF-8 cannot hold (:func:`db_key`).
 ``state`` is the sensor's whole stream state in the byte codec of :mod:`runtime.state`
@@ -29,6 +31,14 @@ the run (``meta.run`` counts them) and the input line of that run whose answer t
 includes last. ``buffer`` and ``prediction`` are empty: format 1 kept the window buffer and
 last prediction there and the bare state arrays in ``state``; a format-1 database is
 rewritten as format 2 when it is opened, in one transaction.
+
+``positions`` keeps what the order check needs of a sensor dropped by ``--idle-timeout`` or
+``--max-streams`` (:class:`runtime.sensors.Position`), so a resend of its old readings is not
+fed again: its step count, whether that step was ready, its position (an int or a float, as
+given), its last reading (float64) and that reading's answer (float32, NULL for none) as raw
+bytes. A row is ~40 bytes and the key for one feature and one target; the table keeps the
+:data:`POSITIONS_KEPT` most recently seen, and a sensor's row goes when it is saved as a
+stream again.
 
 An old ``.npz`` snapshot file (:func:`runtime.save_snapshots`) given as ``--state`` is read
 once and replaced by a database holding the same streams (see :func:`open_store`).
@@ -45,13 +55,14 @@ import sqlite3
 import time
 import urllib.parse
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .errors import SnapshotError
+from .sensors import Position
 from .statefile import backup_name, db_key, lock, model_words, py_key, real_file
 from .snapshot import DATABASE as MAGIC
 from .snapshot import load_snapshots
@@ -59,6 +70,9 @@ from .state import StreamState, from_v1_row, unpack_many
 from .stream import to_bytes_many
 
 FORMAT = 2
+# Dropped sensors whose positions are kept: beyond it, the ones silent longest are forgotten
+# (a resend of their readings is then fed again). ~60 MB of rows at most for short keys.
+POSITIONS_KEPT = 1_000_000
 _NPZ = b"PK"                         # an .npz is a zip archive
 
 _SCHEMA = """
@@ -74,6 +88,17 @@ CREATE TABLE IF NOT EXISTS streams (
     run INTEGER NOT NULL,
     line INTEGER NOT NULL,
     position NUMERIC
+) WITHOUT ROWID;
+"""
+_POSITIONS = """
+CREATE TABLE IF NOT EXISTS positions (
+    key TEXT PRIMARY KEY,
+    steps INTEGER NOT NULL,
+    ready INTEGER NOT NULL,
+    position NOT NULL,
+    last BLOB NOT NULL,
+    answer BLOB,
+    seen REAL NOT NULL
 ) WITHOUT ROWID;
 """
 
@@ -141,7 +166,13 @@ class StateStore:
         if self.meta.get("format") == "1":
             self.meta = self._migrate(self.meta)
         self.run = int(self.meta.get("run", "0")) + 1
+        st = os.stat(self.file)
+        self._inode = (st.st_dev, st.st_ino)      # the file saved into: see _still_there
         self.commits = int(self.meta.get("commits", "0"))
+        # Dropped sensors' positions: a count that may run high (a recount trims the table).
+        self.positions = 0
+        if self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'positions'").fetchone():
+            self.positions = self.db.execute("SELECT count(*) FROM positions").fetchone()[0]
 
     def _connect(self, mode: str = "rwc") -> sqlite3.Connection:
         # A file: URI of the absolute path: no name is ever taken as ":memory:" or a URI.
@@ -313,7 +344,8 @@ class StateStore:
     # -- saving --
 
     def save(self, slots: Iterable[tuple[str, object, float, int]], dropped: Iterable[str] = (),
-             *, lines: int | None = None) -> int:
+             *, lines: int | None = None, positions: Mapping[str, Position] | None = None
+             ) -> int:
         """Write the given sensors' rows and delete the dropped ones, in one transaction.
 
         Parameters
@@ -323,12 +355,17 @@ class StateStore:
         dropped : keys whose rows go.
         lines : input lines of this run answered, all of them included in the state (None:
             not known, left as it was).
+        positions : dropped sensors' positions, kept in their place (see the module).
 
         Returns the number of rows written. Raises SnapshotError where the disk refuses
         (full, read-only); the database then holds the last commit, as it was.
         """
+        self._still_there()
         with _gc_paused():
             rows = self._rows(slots)
+        kept = [(db_key(k), p.steps, int(p.ready), p.position, p.last.astype("<f8").tobytes(),
+                 None if p.answer is None else p.answer.astype("<f4").tobytes(), p.seen)
+                for k, p in (positions or {}).items()]
         self.commits += 1
         # closed=0 until close(): a main file that says so and has no -wal beside it has
         # lost its last commits (see _check).
@@ -348,6 +385,7 @@ class StateStore:
                     "INSERT OR REPLACE INTO streams (key, fingerprint, steps, buffer, state, "
                     "prediction, seen, run, line, position) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     rows)
+                self._keep_positions(kept, rows)
                 self._write_meta(meta)
                 self.db.execute("COMMIT")
                 self.meta["closed"] = "0"
@@ -361,6 +399,64 @@ class StateStore:
                                      "last save", "free disk space or check the file's "
                                      "permissions, then resume from it") from None
         return len(rows)
+
+    def _still_there(self) -> None:
+        """SnapshotError where the file at the path is no longer the one open (deleted or
+        replaced while the run went on): a save would go into a file no one can open, and the
+        lock would no longer keep a second run off the path."""
+        try:
+            st = os.stat(self.path)
+            there = (st.st_dev, st.st_ino) == self._inode
+        except OSError:
+            there = False
+        if not there:
+            raise self._error("it was deleted or replaced while this lstm-run ran, so this "
+                              "run's state cannot be saved there (nor is the path locked)",
+                              "stop any other lstm-run on it, then start again: the streams "
+                              "resume from what the file at the path holds, or start fresh "
+                              "where there is none")
+
+    def _keep_positions(self, kept: list, rows: list) -> None:
+        """Inside save's transaction: write the dropped sensors' positions, delete those of
+        sensors saved as streams again, and trim the table to :data:`POSITIONS_KEPT`."""
+        if kept:
+            self.db.execute(_POSITIONS)         # one statement: executescript would commit
+            self.db.executemany("INSERT OR REPLACE INTO positions (key, steps, ready, "
+                                "position, last, answer, seen) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                kept)
+            self.positions += len(kept)
+        if self.positions and rows:
+            self.db.executemany("DELETE FROM positions WHERE key = ?", ((r[0],) for r in rows))
+        if self.positions > POSITIONS_KEPT:
+            count = self.db.execute("SELECT count(*) FROM positions").fetchone()[0]
+            if count > POSITIONS_KEPT:            # down to 90%: not one trim every save
+                self.db.execute("DELETE FROM positions WHERE key IN (SELECT key FROM positions "
+                                "ORDER BY seen LIMIT ?)", (count - POSITIONS_KEPT * 9 // 10,))
+                count = POSITIONS_KEPT * 9 // 10
+            self.positions = count
+
+    def position(self, key: str) -> Position | None:
+        """The position a dropped sensor left (see the module); None where there is none."""
+        if not self.positions:
+            return None
+        row = self.db.execute("SELECT steps, ready, position, last, answer, seen FROM positions "
+                              "WHERE key = ?", (db_key(key),)).fetchone()
+        if row is None:
+            return None
+        steps, ready, position, last, answer, seen = row
+        m = self.model
+        try:
+            last = np.frombuffer(last, "<f8").astype(np.float64)
+            answer = None if answer is None else np.frombuffer(answer, "<f4").astype(np.float32)
+            if not isinstance(position, (int, float)) or last.shape != (m.n_features,) or \
+                    (answer is not None and answer.shape != (m.n_targets,)):
+                raise ValueError("sizes")
+        except (TypeError, ValueError):
+            raise self._row_error(key, f"its kept position (table positions) cannot be read: "
+                                  f"{type(position).__name__} position, "
+                                  f"{len(last) if isinstance(last, bytes) else '?'} bytes of "
+                                  f"reading") from None
+        return Position(position, last, answer, int(steps), bool(ready), float(seen))
 
     def _rows(self, slots) -> list[list]:
         """The database rows of ``(key, stream, seen, line)``: each stream's state bytes."""
