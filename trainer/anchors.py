@@ -143,16 +143,21 @@ def _note(got: dict, season: int, budget: float) -> str:
     return "; ".join(parts)
 
 
-def lines(test: dict, naive_mae: float) -> list:
-    """The report's rows for the anchors, in the format of its table, and their note."""
+def lines(test: dict, naive_mae: float, target: int | None = None, note: bool = True) -> list:
+    """The report's rows for the anchors, in the format of its table, and their note.
+
+    ``target``: one target's figures (an index); None: the mean over the targets.
+    ``note``: add the note (a report of several targets gives it once, after them all).
+    """
     if "anchors_note" not in test:
         return []
     out = []
     for label, fig in test["anchors"].items():
-        mae, rmse = np.mean(fig["mae"]), np.mean(fig["rmse"])
+        mae, rmse = ((np.mean(fig["mae"]), np.mean(fig["rmse"])) if target is None
+                     else (fig["mae"][target], fig["rmse"][target]))
         ratio = f"{mae / naive_mae:>13.3f}" if naive_mae > 0 else f"{'-':>13}"
         out.append(f"  {label:<21}{mae:>11.4g}{rmse:>11.4g}{ratio}")
-    if test["anchors_note"]:
+    if note and test["anchors_note"]:
         out.append("  " + test["anchors_note"])
     return out
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import io
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,12 +24,14 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DataError
+from .forecast import parse_time
 
 MISSING_POLICIES = ("error", "drop", "ffill", "interpolate")
 MISSING_TOKENS = {"", "na", "nan", "n/a", "null", "none", "?", "-"}
 TIME_NAMES = re.compile(r"^(time|date|datetime|timestamp|ts|month|day|hour|minute)$", re.I)
 NUMERIC_TIME_NAMES = re.compile(r"^(time|date|datetime|timestamp|ts|epoch|unix_?time)$", re.I)
 SHOW = 5  # how many offending lines a message lists before saying "and N more"
+GAP = 5   # a time step over this many times the median spacing is a hole (check_time)
 
 
 @dataclass
@@ -113,21 +116,53 @@ def _lines(n: np.ndarray) -> str:
     return shown + (f" and {len(n) - SHOW} more" if len(n) > SHOW else "")
 
 
+def _text(path: Path, data: bytes) -> str:
+    """The file's UTF-8 text; one line naming the line and byte where it is not UTF-8.
+
+    Decoded whole, so that the byte offset is the file's (a streamed decoder counts from its
+    chunk). Excel and many loggers write Latin-1 ("°C" as byte 0xb0): say so, and how to
+    convert it, rather than call the file binary.
+    """
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        at = exc.start
+        line = data.count(b"\n", 0, at) + 1
+        byte = data[at]
+        if b"\x00" in data[:4096]:
+            raise DataError(f"{path}: not a text CSV (line {line}, byte {at} is 0x{byte:02x}; "
+                            f"NUL bytes: binary data?); give the CSV the logger exported"
+                            ) from None
+        raise DataError(f"{path}, line {line}: not UTF-8 text (byte {at} is 0x{byte:02x}, "
+                        f"{bytes([byte]).decode('latin-1')!r} in Latin-1, as Excel and many "
+                        f"loggers write); save it as UTF-8, e.g. iconv -f latin1 -t utf-8 "
+                        f"{path} > {path.with_name(path.stem + '-utf8.csv')}") from None
+
+
+def _check_separator(path: Path, header: list[str]) -> None:
+    """Refuse a header that is one column holding ';' or tabs: another separator than ','."""
+    if len(header) != 1:
+        return
+    for sep, name in ((";", "';'"), ("\t", "tab")):
+        if sep in header[0]:
+            raise DataError(f"{path}: expected comma-separated values, found a header of one "
+                            f"column {header[0]!r} that looks {name}-separated; save the CSV "
+                            f"with ',' between values (and '.' as the decimal point)")
+
+
 def read_csv(path: str | Path) -> Table:
     """Read ``path`` into a :class:`Table`; missing values stay NaN for :func:`select`."""
     path = Path(path)
     try:
-        with path.open(newline="", encoding="utf-8-sig") as f:
-            rows = list(csv.reader(f))
+        rows = list(csv.reader(io.StringIO(_text(path, path.read_bytes()), newline="")))
     except FileNotFoundError:
         raise DataError(f"{path}: no such file") from None
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not a text CSV ({exc.reason} at byte {exc.start})") from None
     rows = [r for r in rows if any(cell.strip() for cell in r)]
     if len(rows) < 2:
         raise DataError(f"{path}: expected a header row and at least one row of data, "
                         f"found {len(rows)} line(s)")
     header = [h.strip() for h in rows[0]]
+    _check_separator(path, header)
     if len(set(header)) != len(header):
         raise DataError(f"{path}: the header names a column twice: {header}")
     body = rows[1:]
@@ -236,13 +271,22 @@ def _split_names(names: str | list[str] | tuple[str, ...] | None) -> list[str] |
 
 
 def select(table: Table, target: str | list[str], features: str | list[str] | None = None,
-           missing: str = "error", source: str = "data") -> Selection:
-    """Pick target and feature columns by name; all numeric columns are features by default."""
+           missing: str = "error", source: str = "data", exported: bool = True) -> Selection:
+    """Pick target and feature columns by name; all numeric columns are features by default.
+
+    ``exported``: the names are an exported model's (lstm-export --calibrate), and a missing
+    column's message says where those names come from; lstm-train passes False.
+    """
     targets = _split_names(target) or []
     chosen = _split_names(features) or list(table.columns)
     if not targets:
         raise DataError("name the column to predict with --target (e.g. --target "
                         f"{next(iter(table.columns), 'COLUMN')!r})")
+    for option, names in (("--target", targets), ("--features", chosen)):
+        twice = [n for n in dict.fromkeys(names) if names.count(n) > 1]
+        if twice:
+            raise DataError(f"{option} names {', '.join(map(repr, twice))} twice; expected "
+                            f"each column once: give {option} {','.join(dict.fromkeys(names))}")
     known = list(table.columns)
     for name in targets + chosen:
         if name not in table.columns:
@@ -251,12 +295,13 @@ def select(table: Table, target: str | list[str], features: str | list[str] | No
                 hint = " (it holds text, not numbers)"
             elif name == table.time_column:
                 hint = " (it is the time column, which is never a feature)"
-            raise DataError(f"{source}: no numeric column {name!r}{hint}; "
-                            f"the numeric columns are {', '.join(map(repr, known))}; name "
-                            f"one of those, or give a CSV with a numeric column named "
-                            f"{name!r} (a CSV read for an exported model, as by lstm-export "
-                            f"--calibrate, needs a column named as each of the model's "
-                            f"features and targets, the names given to --features/--targets)")
+            found = (f"the numeric columns are {', '.join(map(repr, known))}; name one of "
+                     f"those, or give" if known else "the CSV has no numeric column; give")
+            why = (" (a CSV read for an exported model, as by lstm-export --calibrate, needs "
+                   "a column named as each of the model's features and targets, the names "
+                   "given to --features/--targets)" if exported else "")
+            raise DataError(f"{source}: no numeric column {name!r}{hint}; {found} a CSV with "
+                            f"a numeric column named {name!r}{why}")
     names = list(dict.fromkeys(chosen + targets))  # each column once, features first
     values = np.stack([table.columns[n] for n in names], axis=1)   # (rows, columns)
     values, keep = fill_missing(values, missing, source, table.lines, names)
@@ -268,3 +313,50 @@ def select(table: Table, target: str | list[str], features: str | list[str] | No
         lines=table.lines[keep],
         time=None if table.time is None else table.time[keep],
     )
+
+
+def check_time(sel: Selection, column: str | None, source: str) -> tuple[list[str], str]:
+    """Refuse a time column that goes back; notes on repeated times and on holes.
+
+    The split is by row order: the test tail is the last rows, so rows newest first would
+    train on the future and test on the past. Returns stderr notes (a time repeated) and
+    a line for the report on holes many times the usual spacing (windows across a hole
+    read its two sides as consecutive readings). Nothing is checked where the time column
+    is missing or not understood.
+    """
+    if column is None or sel.time is None or len(sel.time) < 2:
+        return [], ""
+    parsed = [parse_time(t) for t in sel.time]
+    if any(p is None for p in parsed):
+        return [], ""
+    try:
+        steps = np.array([(b - a).total_seconds() for a, b in zip(parsed, parsed[1:])])
+    except TypeError:                           # mixed naive and aware times
+        return [], ""
+    back = np.flatnonzero(steps < 0)
+    if back.size:
+        i = back[0]
+        order = ("the rows run newest first: reverse them, the header staying first"
+                 if back.size == len(steps) else "sort the rows by time, oldest first")
+        raise DataError(f"{source}, line {sel.lines[i + 1]}: the time column {column!r} goes "
+                        f"back ({str(sel.time[i + 1])!r} after {str(sel.time[i])!r} on line "
+                        f"{sel.lines[i]}); expected the rows oldest first, as the last rows are "
+                        f"the test tail — {order}")
+    notes = []
+    same = np.flatnonzero(steps == 0)
+    if same.size:
+        i = same[0]
+        notes.append(f"note: {source}, line {sel.lines[i + 1]}: the time {str(sel.time[i + 1])!r} "
+                     f"repeats line {sel.lines[i]}'s ({same.size} repeated time(s) in all); "
+                     f"each row is trained as the next reading, so drop the repeats if a "
+                     f"reading was logged twice")
+    usual = np.median(steps[steps > 0]) if (steps > 0).any() else 0.0
+    holes = np.flatnonzero(steps > GAP * usual) if usual > 0 else np.array([], int)
+    if not holes.size:
+        return notes, ""
+    i = holes[np.argmax(steps[holes])]
+    spell = dt.timedelta(seconds=float(steps[i]))
+    return notes, (f"the time column {column!r} has {holes.size} hole(s) over {GAP} x "
+                   f"its usual spacing of {dt.timedelta(seconds=float(usual))}, the longest "
+                   f"{spell} between lines {sel.lines[i]} and {sel.lines[i + 1]}; a window "
+                   f"across a hole reads its two sides as consecutive readings")

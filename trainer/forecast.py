@@ -395,6 +395,8 @@ def seasonal_naive(y: np.ndarray, last: np.ndarray, horizon: int, season: int) -
 def mase_scale(y_train: np.ndarray, season: int | None) -> np.ndarray:
     """In-sample mean |y[t] - y[t - m]| over the training rows (m = 1 without a season)."""
     m = season or 1
+    if len(y_train) <= m:                   # no pair a season apart: no scale
+        return np.full(y_train.shape[1:], np.nan)
     scale = np.abs(y_train[m:] - y_train[:-m]).mean(axis=0)
     return np.where(scale > 0, scale, np.nan)
 
@@ -431,13 +433,29 @@ def _ratio(a, b) -> list:
         return np.where(b > 0, a / b, np.nan).tolist()
 
 
-def best_by_mae(figures: dict) -> str:
-    """Which of model, naive, seasonal naive, mean and the statistical anchors (where
-    measured, :mod:`trainer.anchors`) has the lowest mean MAE."""
-    candidates = {n: figures[n] for n in ("model", "naive", "seasonal_naive", "mean")
-                  if n in figures}
-    candidates.update(figures.get("anchors", {}))
-    return min(candidates, key=lambda n: float(np.mean(candidates[n]["mae"])))
+def candidates(figures: dict) -> dict:
+    """Model, naive, seasonal naive, mean and the statistical anchors (where measured,
+    :mod:`trainer.anchors`): name -> ``{"mae", "rmse"}``, in the report's order."""
+    out = {n: figures[n] for n in ("model", "naive", "seasonal_naive", "mean") if n in figures}
+    out.update(figures.get("anchors", {}))
+    return out
+
+
+def best_by_mae(figures: dict, target: int | None = None) -> str:
+    """Which of :func:`candidates` has the lowest MAE: on ``target`` (an index), or the
+    mean over the targets where None."""
+    rows = candidates(figures)
+    pick = (lambda v: float(np.mean(v))) if target is None else (lambda v: float(v[target]))
+    return min(rows, key=lambda n: pick(rows[n]["mae"]))
+
+
+def beaten_by(figures: dict, target: int) -> dict:
+    """The forecasts other than naive (the skill's own line) whose MAE on ``target`` is
+    below the model's: name -> model MAE / theirs."""
+    rows = candidates(figures)
+    model = rows["model"]["mae"][target]
+    return {n: model / f["mae"][target] for n, f in rows.items()
+            if n not in ("model", "naive") and f["mae"][target] < model}
 
 
 def caution(figures: dict, season: int | None) -> str | None:

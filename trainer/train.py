@@ -26,18 +26,22 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime.errors import counted
+
 from . import anchors
 from .calibrate import coverage, intervals, target_columns
-from .data import growing_features, read_csv, select
+from .data import check_time, growing_features, read_csv, select
 from .errors import DataError
 from .ensemble import merge
 from .model import ModelConfig, build_model, reset_states
-from .forecast import (TARGET_KINDS, Framing, best_by_mae, caution, differences, guess_season,
-                       score)
+from .forecast import (TARGET_KINDS, Framing, beaten_by, best_by_mae, caution, differences,
+                       guess_season, score)
 from .windows import Scaler, sequences, split_points, windows
 
 SIDECAR_FORMAT = "lstm-edge.training/1"
 MAX_MEMBERS = 3   # most networks a deep ensemble averages (TrainConfig.members None)
+MIN_VALIDATION = 2  # validation predictions: the intervals' scale is chosen on two halves
+MODEL_SUFFIXES = (".keras", ".h5")   # what Keras's model.save writes
 
 
 @dataclass
@@ -79,48 +83,39 @@ class TrainResult:
     plot_path: Path | None = None
 
     def report(self) -> str:
-        """The test tail's figures, in the target's units, skill first."""
+        """The test tail's figures, in the target's units, skill first; with several
+        targets one table per target, each in its own units with its own verdict."""
         side, m = self.sidecar, self.sidecar["metrics"]
         test, season = m["test"], m.get("season")
+        targets = side["targets"]
         kind = side["forecast"]["target_kind"] + (" target, differenced inputs"
                                                   if side["forecast"]["difference"] else " target")
-        lines = [f"test tail: {test['steps']} predictions of {', '.join(side['targets'])}, "
+        lines = [f"test tail: {test['steps']} predictions of {', '.join(targets)}, "
                  f"{side['horizon']} step(s) ahead ({side['mode']} mode, {kind}); rows "
                  f"{side['data']['test']}..{side['data']['rows'] - 1}, never trained or "
-                 f"early-stopped on",
-                 f"  {'':<21}{'MAE':>11}{'RMSE':>11}{'÷ naive MAE':>13}"]
+                 f"early-stopped on"]
         chosen = side["forecast"].get("target_note")
         if chosen and side["forecast"]["target_kind"] != "level":   # auto's choice, and why
-            lines.insert(1, f"  {chosen}")
+            lines.append(f"  {chosen}")
         members = side["members"]
         if members["count"] > 1 or members["note"]:
-            note = members["note"] or f"deep ensemble: the mean of {members['count']} networks"
-            lines.insert(len(lines) - 1, "  " + note)
-        naive = np.mean(test["naive"]["mae"])
-        for name in ("model", "naive", "seasonal_naive", "mean"):
-            if name not in test:
-                continue
-            mae, rmse = np.mean(test[name]["mae"]), np.mean(test[name]["rmse"])
-            label = name.replace("_", " ") + (f" ({season})" if name == "seasonal_naive" else "")
-            ratio = f"{mae / naive:>13.3f}" if naive > 0 else f"{'-':>13}"
-            lines.append(f"  {label:<21}{mae:>11.4g}{rmse:>11.4g}{ratio}")
-        lines += anchors.lines(test, naive)
-        skill = np.mean(test["skill"])
-        verdict = "beats" if skill < 1 else "does not beat"
-        lines.append(f"  skill {skill:.3f} = model MAE / naive MAE: the model {verdict} "
-                     f"repeating the last value")
-        extra = []
-        if "seasonal_skill" in test:
-            extra.append(f"vs seasonal naive {np.mean(test['seasonal_skill']):.3f}")
-        extra.append(f"MASE {np.mean(test['mase']):.3f} (scale: in-sample "
-                     f"{'seasonal ' if 'seasonal_naive' in test else ''}naive)")
-        lines.append("  " + "; ".join(extra))
-        lines.append(f"  best by MAE: {best_by_mae(test).replace('_', ' ')}")
+            lines.append("  " + (members["note"] or f"deep ensemble: the mean of "
+                                                   f"{members['count']} networks"))
+        several = len(targets) > 1
+        for k, name in enumerate(targets):
+            lines += _table(test, season, k, name if several else "")
+        if several and test.get("anchors_note"):
+            lines.append("  " + test["anchors_note"])
         val = m["validation"]
-        lines.append(f"validation: {val['steps']} predictions, used for early stopping: model "
-                     f"MAE {np.mean(val['model']['mae']):.4g}, naive "
-                     f"{np.mean(val['naive']['mae']):.4g}, skill {np.mean(val['skill']):.3f}")
-        lines.extend(interval_lines(test.get("intervals")))
+        figures = [f"model MAE {val['model']['mae'][k]:.4g}, naive {val['naive']['mae'][k]:.4g}, "
+                   f"skill {val['skill'][k]:.3f}" for k in range(len(targets))]
+        if several:
+            figures = [f"{name} {text}" for name, text in zip(targets, figures)]
+        lines.append(f"validation: {val['steps']} predictions, used for early stopping: "
+                     + "; ".join(figures))
+        lines.extend(interval_lines(test.get("intervals"), targets if several else None))
+        if side["data"].get("time_note"):
+            lines.append("note: " + side["data"]["time_note"])
         note = caution(test, season)
         if note:
             lines.append(note)
@@ -129,13 +124,61 @@ class TrainResult:
         return "\n".join(lines)
 
 
-def interval_lines(figures: list | None) -> list[str]:
-    """The test tail's coverage and mean width of each calibrated interval level."""
+def _table(test: dict, season: int | None, k: int, name: str = "") -> list[str]:
+    """Target ``k``'s rows of the report: the forecasts' MAE and RMSE in its units, the
+    skill, and a line in words for every forecast in the table that beats the model.
+
+    ``name`` heads the table where the report has several targets.
+    """
+    lines = [f"  {name:<21}{'MAE':>11}{'RMSE':>11}{'÷ naive MAE':>13}"]
+    naive = test["naive"]["mae"][k]
+    for row in ("model", "naive", "seasonal_naive", "mean"):
+        if row not in test:
+            continue
+        mae, rmse = test[row]["mae"][k], test[row]["rmse"][k]
+        ratio = f"{mae / naive:>13.3f}" if naive > 0 else f"{'-':>13}"
+        lines.append(f"  {_label(row, season):<21}{mae:>11.4g}{rmse:>11.4g}{ratio}")
+    lines += anchors.lines(test, naive, k, note=not name)
+    skill = test["skill"][k]
+    verdict = "beats" if skill < 1 else "does not beat"
+    lines.append(f"  skill {skill:.3f} = model MAE / naive MAE: the model {verdict} "
+                 f"repeating the last value")
+    extra = []
+    if "seasonal_skill" in test:
+        extra.append(f"vs seasonal naive {test['seasonal_skill'][k]:.3f}")
+    extra.append(f"MASE {test['mase'][k]:.3f} (scale: in-sample "
+                 f"{'seasonal ' if 'seasonal_naive' in test else ''}naive)")
+    lines.append("  " + "; ".join(extra))
+    lines.append(f"  best by MAE: {best_by_mae(test, k).replace('_', ' ')}")
+    beaten = beaten_by(test, k)
+    if beaten:
+        names = " or ".join(_label(n, season) for n in beaten)
+        ratios = " and ".join(f"{r:.3f} x" for r in beaten.values())
+        whose, use, it = (("that forecast's", "that forecast", "it") if len(beaten) == 1
+                          else ("theirs", "the best of them", "them"))
+        lines.append(f"  the model does not beat {names}: its MAE is {ratios} {whose} on this "
+                     f"test tail — use {use}, or improve the model until it beats {it}")
+    return lines
+
+
+def _label(row: str, season: int | None) -> str:
+    """A forecast's name in the report: ``seasonal_naive`` -> ``seasonal naive (24)``."""
+    return row.replace("_", " ") + (f" ({season})" if row == "seasonal_naive" else "")
+
+
+def interval_lines(figures: list | None, targets: list | None = None) -> list[str]:
+    """The test tail's coverage and mean width of each calibrated interval level; with
+    ``targets`` one line per target (widths in its own units)."""
     if not figures:
         return []
-    cells = [f"{f['level']:.0%} {np.mean(f['coverage']):.1%} (width {np.mean(f['width']):.4g})"
-             for f in figures]
-    return ["  intervals (calibrated on validation), test coverage: " + ", ".join(cells)]
+    if targets is None:
+        cells = [f"{f['level']:.0%} {np.mean(f['coverage']):.1%} "
+                 f"(width {np.mean(f['width']):.4g})" for f in figures]
+        return ["  intervals (calibrated on validation), test coverage: " + ", ".join(cells)]
+    return [f"  intervals of {name} (calibrated on validation), test coverage: "
+            + ", ".join(f"{f['level']:.0%} {f['coverage'][k]:.1%} (width {f['width'][k]:.4g})"
+                        for f in figures)
+            for k, name in enumerate(targets)]
 
 
 def sidecar_path(model_path: str | Path) -> Path:
@@ -278,7 +321,7 @@ def check_config(cfg: TrainConfig, rows: int) -> None:
         problems.append(f"--horizon must be at least 1 (1 predicts the next row), got {cfg.horizon}")
     if cfg.look_back + cfg.horizon > rows:
         problems.append(f"--look-back {cfg.look_back} + --horizon {cfg.horizon} is longer than "
-                        f"the data ({rows} rows)")
+                        f"the data ({rows} rows)" + _next_step(rows, cfg))
     for name in ("units", "layers"):
         if getattr(cfg.model, name) < 1:
             problems.append(f"--{name} must be at least 1, got {getattr(cfg.model, name)}")
@@ -300,6 +343,78 @@ def check_config(cfg: TrainConfig, rows: int) -> None:
         raise DataError("; ".join(problems))
 
 
+def check_output(output: str | Path) -> None:
+    """Refuse an ``-o`` Keras cannot save to, before anything is trained."""
+    output = Path(output)
+    if output.suffix.lower() in MODEL_SUFFIXES:
+        return
+    keras_file = output.with_suffix(".keras") if output.suffix else Path(f"{output}.keras")
+    onnx = output if output.suffix.lower() == ".onnx" else keras_file.with_suffix(".onnx")
+    found = f"ends in {output.suffix!r}" if output.suffix else "has no extension"
+    raise DataError(f"-o {output}: lstm-train saves a Keras model, named .keras or .h5, and this "
+                    f"{found}; save it as -o {keras_file}, then export it for the runtime with "
+                    f"lstm-export {keras_file} -o {onnx}")
+
+
+def _window(cfg: TrainConfig, look_back: int) -> int:
+    """Readings per window: a differenced window reads one more than its ``look_back``."""
+    return look_back + (1 if cfg.difference and cfg.model.mode != "sequence" else 0)
+
+
+def _fits(rows: int, cfg: TrainConfig, look_back: int) -> bool:
+    """Whether ``rows`` rows hold a training window of ``look_back`` and its target, and
+    enough validation predictions, at ``cfg``'s fractions."""
+    try:
+        split, test = split_points(rows, cfg.val_fraction, cfg.test_fraction, 0)
+    except DataError:
+        return False
+    return split >= _window(cfg, look_back) + cfg.horizon and test - split >= MIN_VALIDATION
+
+
+def _next_step(rows: int, cfg: TrainConfig) -> str:
+    """What to do about a series of ``rows`` too short for ``cfg``: a shorter look-back
+    that fits, and the rows that the asked one needs ("" where neither can be told)."""
+    if cfg.look_back < 1 or cfg.horizon < 1:
+        return ""
+    shorter = next((lb for lb in range(cfg.look_back - 1, 0, -1) if _fits(rows, cfg, lb)), None)
+    most = 100 * (cfg.look_back + cfg.horizon) + 1000
+    need = next((r for r in range(rows + 1, most) if _fits(r, cfg, cfg.look_back)), None)
+    steps = []
+    if shorter is not None:
+        steps.append(f"use --look-back {shorter} or less")
+    if need is not None:
+        steps.append(f"give at least {need} rows")
+    return "; " + " or ".join(steps) if steps else ""
+
+
+def check_rows(rows: int, cfg: TrainConfig) -> None:
+    """Refuse a series too short for a training window or for the validation predictions
+    (early stopping, and the intervals, which cut them into two halves), naming the way out."""
+    if _fits(rows, cfg, cfg.look_back):
+        return
+    split, test = split_points(rows, cfg.val_fraction, cfg.test_fraction, 0)  # a part with no row
+    window = _window(cfg, cfg.look_back)
+    if split < window + cfg.horizon:
+        found = (f"the series has {rows} rows; a training part of {split} rows cannot hold a "
+                 f"window of {window} readings plus its target {cfg.horizon} row(s) later")
+    else:
+        found = (f"the validation rows ({split}..{test - 1} of {rows}) hold "
+                 f"{counted(test - split, 'prediction')}; early stopping and the prediction intervals need at least "
+                 f"{MIN_VALIDATION}")
+    step = _next_step(rows, cfg) or "; give more rows"
+    raise DataError(found + step + (" (or a larger --val-fraction)" if test - split
+                                    < MIN_VALIDATION else ""))
+
+
+def check_targets(sel, source: str) -> None:
+    """Refuse a target that never changes: there is nothing to forecast."""
+    for k, name in enumerate(sel.targets):
+        if np.ptp(sel.y[:, k]) == 0:
+            raise DataError(f"{source}: the target {name!r} is {sel.y[0, k]:g} on every row: "
+                            f"there is nothing to forecast; expected a column that changes — "
+                            f"name another with --target")
+
+
 def train(csv: str | Path, target: str | list[str], features: str | list[str] | None = None,
           output: str | Path = "model.keras", cfg: TrainConfig | None = None,
           plot: str | Path | None = None) -> TrainResult:
@@ -308,14 +423,18 @@ def train(csv: str | Path, target: str | list[str], features: str | list[str] | 
     ``plot``: a PNG of actual vs predicted (and naive) over the test tail.
     """
     cfg = cfg or TrainConfig()
+    check_output(output)
     table = read_csv(csv)
-    sel = select(table, target, features, cfg.missing, source=str(csv))
+    sel = select(table, target, features, cfg.missing, source=str(csv), exported=False)
+    check_targets(sel, str(csv))
+    notes, time_note = check_time(sel, table.time_column, str(csv))
     check_config(cfg, len(sel.x))
+    check_rows(len(sel.x), cfg)
     # A differenced window reads one reading more: look_back differences need look_back + 1.
-    window = cfg.look_back + (1 if cfg.difference and cfg.model.mode != "sequence" else 0)
+    window = _window(cfg, cfg.look_back)
     split, test = split_points(len(sel.x), cfg.val_fraction, cfg.test_fraction,
                                window + cfg.horizon)
-    warnings = growing_features(sel, split)
+    warnings = notes + growing_features(sel, split)
     season, found = ((cfg.season, "given") if cfg.season else guess_season(sel.time))
     framing = Framing.choose(cfg.target_kind, sel.features, sel.targets, sel.y, split, test,
                              cfg.horizon, cfg.difference, season, cfg.model.mode, sel.x,
@@ -348,6 +467,12 @@ def train(csv: str | Path, target: str | list[str], features: str | list[str] | 
     metrics["test"].update(anchors.measure(sel.y, last[parts["test"]], cfg.horizon, season,
                                            cfg.anchor_budget))
     metrics.update(season=season, season_source=found)
+    if season and "seasonal_naive" not in metrics["test"]:
+        named = f"--season {season}" if found == "given" else f"the season ({found} {season})"
+        warnings.append(f"note: {named} reaches back before the first row from some of the "
+                        f"test tail's predictions, so the seasonal-naive row (the value one "
+                        f"season before) is left out of the report; give a --season of at "
+                        f"most {int(last[parts['test']][0]) + cfg.horizon}, or more rows")
     # Calibrated on the validation rows; the test tail only measures the coverage.
     val, tail = parts["validation"], parts["test"]
     pred = pred.astype(np.float64)
@@ -373,7 +498,8 @@ def train(csv: str | Path, target: str | list[str], features: str | list[str] | 
         "intervals": calibration,
         "metrics": metrics,
         "data": {"file": Path(csv).name, "rows": int(len(sel.x)), "split": int(split),
-                 "test": int(test), "time_column": table.time_column},
+                 "test": int(test), "time_column": table.time_column,
+                 **({"time_note": time_note} if time_note else {})},
         "config": asdict(cfg),
     }
     side = sidecar_path(output)
