@@ -405,7 +405,7 @@ def describe(iv: dict, block=None) -> str:
             f"{iv['scale']}{over}" + (f"; 90 % half-width {half}{unit}" if q90 else "")
             + (f"; {', '.join(f'{v * 100:g} %' for v in tail)} from an exponential tail (too few "
                f"rows for its rank)" if tail else "")
-            + (_left_out_block(iv) if forecast else _left_out(iv))
+            + _left_out(iv, block=bool(forecast))
             + ("; lstm-run --interval checks each reading against the forecast 1 step "
                "ahead made before it" if forecast else ""))
 
@@ -420,27 +420,17 @@ def _per_step(q: list, block) -> str:
     return ", ".join(ends) if k == 1 else ", ".join(f"{n} {e}" for n, e in zip(block.names, ends))
 
 
-def _left_out_block(iv: dict) -> str:
-    """What :func:`faults` left out of a block's columns, counted, for :func:`describe`."""
+def _left_out(iv: dict, block: bool = False) -> str:
+    """What :func:`faults` left out, for :func:`describe`; empty where nothing was. A
+    block's columns are counted, not listed."""
     left = (iv.get("left_out") or {}).get("scores") or []
     found = [v for column in left for v in column]
     if not found:
         return ""
     unit = " spreads" if iv["scale"] != "none" else ""
-    return (f"; {len(found)} scores left out as faults across the {len(left)} columns "
-            f"(largest {max(found):.3g}{unit}; the others' tail gives each a chance below "
-            f"{FAULT_P:g}): the intervals are for normal readings, and faults like these "
-            f"raise alerts")
-
-
-def _left_out(iv: dict) -> str:
-    """What :func:`faults` left out, for :func:`describe`; empty where nothing was."""
-    left = (iv.get("left_out") or {}).get("scores") or []
-    found = [v for column in left for v in column]
-    if not found:
-        return ""
-    unit = " spreads" if iv["scale"] != "none" else ""
-    return (f"; {len(found)} of {iv['n']} rows left out as faults (scores "
-            f"{', '.join(f'{v:.3g}' for v in found)}{unit}; the others' tail gives each a "
-            f"chance below {FAULT_P:g}): the intervals are for normal readings, and faults "
-            f"like these raise alerts")
+    what = (f"{len(found)} scores left out as faults across the {len(left)} columns (largest "
+            f"{max(found):.3g}{unit}" if block else
+            f"{len(found)} of {iv['n']} rows left out as faults (scores "
+            f"{', '.join(f'{v:.3g}' for v in found)}{unit}")
+    return (f"; {what}; the others' tail gives each a chance below {FAULT_P:g}): the "
+            f"intervals are for normal readings, and faults like these raise alerts")
