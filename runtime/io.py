@@ -308,7 +308,8 @@ class Output:
         except OSError as exc:
             raise OutputError(f"cannot write the answers to {self.path}: "
                               f"{exc.strerror or exc}; free disk space or write elsewhere "
-                              f"with -o (the state holds the answers written before)") from None
+                              f"with -o (a restart answers again, identically, the readings "
+                              f"since the state's last save)") from None
 
     def _room(self) -> int | None:
         """Wait until the output takes bytes; how many may go without blocking (None: all)."""
