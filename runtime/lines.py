@@ -110,8 +110,14 @@ def decode(raw: bytes) -> str:
 
 
 def describe_decode_error(exc: UnicodeDecodeError) -> str:
-    return (f"not UTF-8 text (binary data?): byte {exc.start + 1} is "
-            f"0x{exc.object[exc.start]:02x}")
+    """Why bytes are not text, with the way out where they look like Latin-1 (``°``, ``µ``:
+    what many loggers and spreadsheets write)."""
+    byte = exc.object[exc.start]
+    if 0xa0 <= byte and bytes([byte]).decode("latin-1").isprintable():
+        return (f"not UTF-8 text: byte {exc.start + 1} is 0x{byte:02x}, "
+                f"{bytes([byte]).decode('latin-1')!r} in Latin-1; write UTF-8 (e.g. pipe "
+                f"the feed through iconv -f latin1 -t utf-8)")
+    return f"not UTF-8 text (binary data?): byte {exc.start + 1} is 0x{byte:02x}"
 
 
 def number(text: str, column: str) -> float:

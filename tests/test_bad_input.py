@@ -125,6 +125,8 @@ CSV_BAD = [
     ("junk-after-quote", b't,a,"21"x,40', "broken CSV quoting"),
     ("nul-byte", b"t,a,21,4\x000", "not UTF-8 text"),
     ("not-utf8", b"\xff\xfe,a,1,2", "not UTF-8 text"),
+    ("latin-1", b"t,a \xb0C,1,2", "0xb0, '\u00b0' in Latin-1; write UTF-8 (e.g. pipe the feed "
+                                  "through iconv -f latin1 -t utf-8)"),
     ("png-bytes", b"\x89PNG\r\x1a\x00\x00\xff", "not UTF-8 text"),
     ("over-long", b"t,a,21," + b"9" * (1 << 20), "longer than"),
 ]
