@@ -253,6 +253,8 @@ class Message:
     payload: bytes
     session: int        # the broker session it came on: acknowledged on that session only
     dup: bool = False   # the broker delivers it again (it went to a client before)
+    retain: bool = False  # the broker's stored copy of a topic's last message, sent because
+                          # lstm-run subscribed: a reading from before, never fed (see _answer)
 
 
 def paho():
@@ -441,7 +443,11 @@ class Link:
             # An answer, then an ack: small packets back to back, which Nagle's algorithm
             # would hold for the broker's delayed TCP ACK (40 ms on Linux).
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        client.subscribe([(t, 1) for t in self.config.topics])
+        # Retained copies only to a new subscription, not on each resume of this session
+        # (MQTT 5 retain handling 1); the one that still comes is not fed (see _answer).
+        from paho.mqtt.subscribeoptions import SubscribeOptions
+        options = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB)
+        client.subscribe([(t, options) for t in self.config.topics])
         with self.lock:
             self.before, self.acked = self.acked, OrderedDict()
             if not flags.session_present:
@@ -496,7 +502,7 @@ class Link:
                     return
                 self.held.add(msg.mid)
             self.inbox.put(Message(msg.mid, msg.qos, msg.topic, msg.payload, self.session,
-                                   bool(msg.dup)))
+                                   bool(msg.dup), bool(msg.retain)))
 
     def _published(self, client, userdata, mid, reason, properties) -> None:
         _quick_ack(client)
@@ -604,7 +610,18 @@ def serve_mqtt(model, serve_config: ServeConfig, config: MqttConfig, *,
 
 def _answer(batch: list[Message], server: Server, payloads: Payloads, link: Link,
             signals: Signals, templates: tuple[str, str], warn, topics: dict[int, str]) -> None:
-    """One batch, end to end: answers out (PUBACK), state committed, then messages acked."""
+    """One batch, end to end: answers out (PUBACK), state committed, then messages acked.
+
+    A retained message is acknowledged and not fed: it is the broker's copy of a reading
+    published before lstm-run subscribed, which this stream may have been fed already (a
+    reading without a time could not be told from a new one) or never saw in order.
+    """
+    for m in batch:
+        if m.retain:
+            warn(f"{m.topic}: a retained message (the broker's stored copy of a reading "
+                 f"published before lstm-run subscribed) is not fed; readings published from "
+                 f"now on are")
+    batch_in, batch = batch, [m for m in batch if not m.retain]
     found = [sensor_of(m.topic, link.config.topics) for m in batch]
     sensors = [m.topic if s is None else s for s, m in zip(found, batch)]
     parsed = [payloads.line(s, m.payload) if s else
@@ -638,7 +655,7 @@ def _answer(batch: list[Message], server: Server, payloads: Payloads, link: Link
     server.delivered()
     if server.store is not None:
         server.save_state()       # every batch: a message is acknowledged once it is counted
-    link.ack(batch)
+    link.ack(batch_in)
 
 
 # ---- the command line ------------------------------------------------------------------

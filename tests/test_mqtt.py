@@ -382,3 +382,38 @@ def test_readme_mqtt_section_runs_as_written(tmp_path):
     finally:
         tool.stop(signal.SIGKILL)
         broker.stop()
+
+
+def test_a_retained_message_is_not_fed(broker, tmp_path):
+    """Sensors often publish with the retain flag; the broker then sends its stored copy of
+    the last reading to every new subscription, and (MQTT 5 retain handling 0) again on each
+    resubscribe of a resumed session. That copy was published before lstm-run subscribed (or
+    was answered live already): fed, a reading without a time would be fed once per start."""
+    from mqtt_broker import client
+    sensor = client(broker.url, "pump-1")
+    sensor.publish("sensors/pump-1/flow", "100.59", qos=1, retain=True).wait_for_publish(TIMEOUT)
+    collector = Collector(broker.url)
+    state = tmp_path / "state.db"
+    try:
+        for value, start in (("100.89", 1), ("101.2", 2)):
+            tool = lstm_run(broker.url, state)
+            try:
+                sensor.publish("sensors/pump-1/flow", value, qos=1).wait_for_publish(TIMEOUT)
+                until(lambda n=start: len(collector.answers) >= n, f"an answer to {value}")
+                time.sleep(0.5)                        # room for a wrong extra answer
+            finally:
+                assert tool.stop() == 143, tool.stderr()
+            said = tool.stderr()
+            if start == 1:      # a new subscription: the broker's copy came, and was left
+                assert ("sensors/pump-1/flow: a retained message (the broker's stored copy of "
+                        "a reading published before") in said, said
+    finally:
+        sensor.disconnect()
+        sensor.loop_stop()
+        collector.close()
+    answers = [a for _, a, _ in collector.answers]
+    assert [(a["step"], a[FEATURE]) for a in answers] == [(1, 100.89), (2, 101.2)], answers
+    stdin = subprocess.run([*LSTM_RUN, str(MODEL), "--format", "headerless"],
+                           input=b"100.89\n101.2\n", capture_output=True, timeout=TIMEOUT)
+    want = [float(line.split(",")[3]) for line in stdin.stdout.decode().splitlines()]
+    np.testing.assert_allclose([a[PRED] for a in answers], want, rtol=RTOL, atol=ATOL)
