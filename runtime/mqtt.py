@@ -300,6 +300,7 @@ class Link:
     next: Message | None = None    # taken from the inbox, left for the next batch
     acked: OrderedDict = field(default_factory=OrderedDict)   # mid -> (topic, payload) acked
     before: dict = field(default_factory=dict)    # ``acked`` of the connection before this one
+    at_most_once: set[str] = field(default_factory=set)   # topics told they come at QoS 0
 
     def __post_init__(self) -> None:
         mqtt = paho()
@@ -492,6 +493,11 @@ class Link:
 
     def _message(self, client, userdata, msg) -> None:
         _quick_ack(client)
+        if msg.qos == 0 and msg.topic not in self.at_most_once:
+            self.at_most_once.add(msg.topic)
+            self.warn(f"{msg.topic}: published at QoS 0, which the broker neither keeps for "
+                      f"lstm-run while it restarts nor delivers again: readings can be lost "
+                      f"there; publish at QoS 1 for nothing to be lost")
         with self.lock:
             if msg.qos > 0:
                 if msg.mid in self.held:

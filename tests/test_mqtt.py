@@ -417,3 +417,26 @@ def test_a_retained_message_is_not_fed(broker, tmp_path):
                            input=b"100.89\n101.2\n", capture_output=True, timeout=TIMEOUT)
     want = [float(line.split(",")[3]) for line in stdin.stdout.decode().splitlines()]
     np.testing.assert_allclose([a[PRED] for a in answers], want, rtol=RTOL, atol=ATOL)
+
+
+def test_a_reading_at_qos_0_is_answered_and_its_risk_said_once(broker, tmp_path):
+    """QoS 0 is delivered at QoS 0 whatever lstm-run subscribes with: nothing to acknowledge,
+    nothing kept over a restart. The answers are the same; stderr says what is at stake."""
+    from mqtt_broker import client
+    collector = Collector(broker.url)
+    tool = lstm_run(broker.url, tmp_path / "state.db")
+    sensor = client(broker.url, "pump-1")
+    try:
+        for value in ("100.59", "100.89"):
+            sensor.publish("sensors/pump-1/flow", value, qos=0).wait_for_publish(TIMEOUT)
+        until(lambda: len(collector.answers) >= 2, "two answers")
+    finally:
+        sensor.disconnect()
+        sensor.loop_stop()
+        assert tool.stop() == 143, tool.stderr()
+        collector.close()
+    assert [a["step"] for _, a, _ in collector.answers] == [1, 2], collector.answers
+    told = [line for line in tool.lines if "QoS 0" in line]
+    assert told == ["sensors/pump-1/flow: published at QoS 0, which the broker neither keeps "
+                    "for lstm-run while it restarts nor delivers again: readings can be lost "
+                    "there; publish at QoS 1 for nothing to be lost"], tool.stderr()
