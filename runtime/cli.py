@@ -164,7 +164,7 @@ def _quote(text: str) -> str:
 
 
 def _names(names, most: int | None = None) -> str:
-    shown = [n or f"#{i}" for i, n in enumerate(names)]
+    shown = _labels(names)
     if most is not None and len(shown) > most:
         shown = shown[:most - 1] + ["…", shown[-1]]
     return ", ".join(shown) or "(none)"
@@ -207,20 +207,15 @@ def describe(model, path: Path, timed: bool = False) -> str:
         rows.append(("targets", f"reconstruction of the window's {block.steps} readings of "
                                 f"{_names(block.names)} ({block.outputs} columns); lstm-run "
                                 f"writes its error as score"))
+    # a window model starts every window from zeros: its state is never carried
+    fresh = "" if model.carry_state else "; zeros at every window, never carried"
     for spec in info.state:
         rows.append(("state", f"{spec.kind.upper()} {spec.layer!r}, {spec.units} units: "
-                              f"{', '.join(spec.inputs)} -> {', '.join(spec.outputs)}"))
-    w = model.window
-    modes = {
-        "sequence": "sequence: each reading is fed once and the state carries on "
-                    "(1 step per reading)",
-        "window": f"window: each prediction reads the last {w} readings from a zero state "
-                  f"({w} steps per reading)",
-        "stateful": f"stateful: each prediction reads the last {w} readings from the state the "
-                    f"previous window ended in ({w} steps per reading)",
-    }
-    rows.append(("streaming", modes[model.mode]))
+                              f"{', '.join(spec.inputs)} -> {', '.join(spec.outputs)}{fresh}"))
+    rows.append(("streaming", _mode_row(model)))
     rows.extend(_streaming_rows(model))
+    if model.mask_value is not None:
+        rows.append(("mask", _mask_row(model)))
     parity = info.parity or {}
     if isinstance(parity.get("max_abs_diff"), (int, float)):
         units = f" {parity['units']} units" if parity.get("units") else ""
@@ -279,13 +274,62 @@ def _intervals_row(model) -> str:
             + widths)
 
 
+def _mode_row(model) -> str:
+    """``--info``'s streaming line: the contract's mode, with the state slots where a stream
+    keeps several (docs/contract.md, "Streaming modes" and ``lstm_edge.state_slots``)."""
+    w, slots = model.window, model.slots if model.carry_state else 1
+    if model.mode == "window":
+        return (f"window: each prediction reads the last {w} readings from a zero state "
+                f"({w} steps per reading)")
+    if model.mode == "sequence":
+        start, cost = (("the state the reading before left", "") if slots == 1 else
+                       (f"the state reading j-{slots} left", f"{slots} state slots, below; "))
+        return f"sequence: each reading is fed once, from {start} ({cost}1 step per reading)"
+    start, cost = (("the state the previous window ended in", "") if slots == 1 else
+                   (f"the state window j-{slots} ended in", f"{slots} state slots, below; "))
+    return f"stateful: each prediction reads the last {w} readings from {start} ({cost}{w} " \
+           f"steps per reading)"
+
+
+def _mask_row(model) -> str:
+    """``--info``'s mask line: which reading is masked and what it is answered with
+    (docs/contract.md, ``lstm_edge.mask_value``)."""
+    value = ", ".join(f"{name} = {v:g}" for name, v in zip(_labels(model.features),
+                                                          model.mask_value))
+    if model.mask_answer is None:
+        nothing = ("an empty answer, since the file predates lstm_edge.mask_answer; re-export "
+                   "it for Keras's")
+    else:
+        nothing = ", ".join(f"{t} {v:.6g}" for t, v in zip(_labels(model.targets),
+                                                             model.mask_answer))
+        nothing = f"Keras's answer for nothing fed ({nothing})"
+    head = f"a reading of {value} (every feature, within 1e-6 relative) is masked, as by " \
+           f"Keras Masking: "
+    if model.window > 1:
+        carried = ", and the carried state stays" if model.carry_state else ""
+        return head + (f"each window runs its unmasked readings only; a window of masked "
+                       f"readings only is answered with {nothing}{carried}")
+    if not model.carry_state:
+        return head + f"not fed, and answered with {nothing}"
+    if model.info.keras_stateful:       # each reading its own Keras sample
+        return head + f"not fed (the state stays), and answered with {nothing}"
+    return head + (f"not fed (the state stays), and answered with the previous answer again "
+                   f"(before the first reading fed: {nothing})")
+
+
+def _labels(names) -> list[str]:
+    """Names as ``--info`` shows them: an unnamed one by its index."""
+    return [n or f"#{i}" for i, n in enumerate(names)]
+
+
 def _streaming_rows(model) -> list[tuple[str, str]]:
     """``--info``'s warm-up and state-slot lines."""
+    from .serve import window_known
     w, slots = model.window, model.slots if model.carry_state else 1
+    other = "" if window_known(model) else "; --window N if the model was trained on N"
     rows = [("warm-up", f"{w - 1} reading{'s' if w != 2 else ''}: the first prediction comes "
-                        f"with reading {w} of each sensor (a window of {w} timesteps; "
-                        f"--window N if the model was trained on N)" if w > 1 else
-             "none: every reading gets a prediction")]
+                        f"with reading {w} of each sensor (a window of {w} timesteps{other})"
+             if w > 1 else "none: every reading gets a prediction")]
     if slots > 1:
         what = "window" if w > 1 else "reading"
         rows.append(("state slots", f"{slots} state slots: {what} j continues {what} "
@@ -340,8 +384,8 @@ def _checked(parity: dict) -> str:
                    "sensor gets its own stream state.")
 @click.option("--columns", metavar="NAME,NAME,...",
               help="Name the fields of headerless CSV lines (features found by name, the rest "
-                   "passed through), e.g. time,sensor,flow; a first line of these names is "
-                   "their header.")
+                   "passed through), e.g. time,sensor,flow; a line of these names is their "
+                   "header, wherever it comes.")
 @click.option("--reset-column", metavar="NAME",
               help="Column (CSV) or key (JSONL) that resets its sensor's stream when true "
                    "(true/1/yes/y/t/start; false/0/no/n/f/empty carry on; any case, "

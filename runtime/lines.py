@@ -69,6 +69,7 @@ RESET_TRUE = {"true", "1", "yes", "y", "t", "start"}      # --reset-column: rese
 # (any case; also 1.0 / 0.0, in CSV as in JSON)
 RESET_FALSE = {"false", "0", "no", "n", "f", ""}          # --reset-column: carry on
 TIME_COLUMN = "time"     # the name given to a recognised leading time column
+TIME_NAMES = ("time", "timestamp", "datetime", "date", "date_time")   # time columns' names
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
@@ -351,6 +352,12 @@ class LineFormat:
         """The output's header line, where the format has one."""
         return None
 
+    def header_again(self, raw: bytes) -> str | None:
+        """The output's header where ``raw`` is a header line naming this format's columns,
+        wherever it comes (a logger that restarted writes its header again; lines that began
+        without one, read by ``--columns`` or as header-less, get one later); else None."""
+        return None
+
     def add_columns(self, names: Sequence[str]) -> None:
         """Columns after the predictions, each named fresh as the others are."""
         used = {*getattr(self, "columns", ()), *self.features, self.stream_column}
@@ -432,6 +439,7 @@ class CsvFormat(LineFormat):
         self.input = input_name([*self.columns, self.step, self.warmup, *self.preds, self.error])
         self._blank_tail = [""] * (2 + len(self.preds))
         self.order: str | None = None          # the order column, once the check is on
+        self.time_led = False                  # read as a time, then the features (detect)
 
     def add_order(self) -> None:
         self.order = fresh_name("order", [*self.columns, self.step, self.warmup, *self.preds,
@@ -453,11 +461,18 @@ class CsvFormat(LineFormat):
         return found[0]
 
     def header(self) -> str | None:
-        if not self.has_header:
-            return None
+        return self._header() if self.has_header else None
+
+    def _header(self) -> str:
         order = [] if self.order is None else [self.order]
         return join_csv(self.columns + [self.step, self.warmup, *self.preds, *self.extra,
                                         *order, self.error, self.input])
+
+    def header_again(self, raw: bytes) -> str | None:
+        names = _header_names(raw)
+        if names and self.time_led and names[0].lower() in TIME_NAMES:
+            names[0] = self.columns[0]        # a logger's time column, by whatever time name
+        return self._header() if _names_all(names, self.columns) else None
 
     def _parse(self, line: int, text: str) -> Record:
         fields = split_csv(text)
@@ -491,6 +506,20 @@ class CsvFormat(LineFormat):
     def format_error(self, rec):
         return join_csv(self._passed(rec) + self._blank_tail
                         + [rec.error, _unfit(rec, self.columns)])
+
+
+def _header_names(raw: bytes) -> list[str]:
+    """A line's fields, stripped, as a header's names ([] for bytes that are not UTF-8)."""
+    try:
+        return [f.strip() for f in split_csv(decode(raw))]
+    except (UnicodeDecodeError, InputError):
+        return []
+
+
+def _names_all(names: Sequence[str], columns: Sequence[str]) -> bool:
+    """Whether ``names`` are ``columns``, in order (as a header names them: any case)."""
+    return len(names) == len(columns) and all(columns) and \
+        _match_columns(names, columns) == list(range(len(columns)))
 
 
 def _unfit(rec: Record, columns: Sequence) -> str:
@@ -532,6 +561,15 @@ class HeaderlessFormat(LineFormat):
     def format(self, rec, step, warmup, pred, extra=(), mark=""):
         return join_csv(rec.fields + [str(step), "true" if warmup else "false",
                                       *map(format_value, pred), *map(cell, extra), "", ""])
+
+    def header_again(self, raw: bytes) -> str | None:
+        if not _names_all(_header_names(raw), self.features):
+            return None
+        # the names a CSV header of the features gets: the same columns as every answer here
+        step, warmup, preds, error = added_names(self.features, self.targets)
+        taken = [*self.features, step, warmup, *preds, error]
+        return join_csv([*self.features, step, warmup, *preds, *self.extra, error,
+                         input_name(taken)])
 
     def format_error(self, rec):
         fields = rec.fields if isinstance(rec.fields, list) else []
@@ -711,6 +749,7 @@ def detect(first: bytes, features: Sequence[str], targets: Sequence[str], *,
     if fmt != "csv" and _time_led(fields, features):
         found = CsvFormat([TIME_COLUMN, *features], features, targets, has_header=False,
                           stream_column=stream_column, reset_column=reset_column)
+        found.time_led = True
         found.note = (f"line 1 has no header: reading a leading time column, then "
                       f"{', '.join(map(repr, features))} (name the columns with --columns "
                       f"to read them otherwise)")

@@ -34,9 +34,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from .errors import InputError
-from .lines import BadLine, CsvFormat, JsonlFormat, LineFormat, Record
+from .lines import TIME_NAMES, BadLine, CsvFormat, JsonlFormat, LineFormat, Record
 
-TIME_NAMES = ("time", "timestamp", "datetime", "date", "date_time")
 MOST = 10       # sensors named in the end-of-run summary
 _EPOCH = datetime(1970, 1, 1)       # a time without a zone is UTC
 _MONTH = re.compile(r"\d{4}-(0[1-9]|1[0-2])$")

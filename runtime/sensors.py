@@ -39,6 +39,11 @@ class Sensor:
     stream: Any
     seen: float            # the table's clock at its last line
     line: int = 0          # the input line of its last answer
+    # Every line of the sensor in this run reached this stream: none was refused by the
+    # order check (a replay, a skip), and no stream was dropped before it was made (after a
+    # drop a "new" sensor may be a dropped one back, which the table, keeping nothing of it
+    # without a state file, cannot tell). Its step count is then what the sensor sent.
+    whole: bool = True
 
 
 @dataclass(frozen=True)
@@ -143,7 +148,8 @@ class SensorTable:
                 self._drop(old, f"the least recently seen, to stay within --max-streams "
                                 f"{self.max_streams}")
             self.retired.pop(key, None)      # back: its row replaces the position at the save
-            sensor = self.sensors[key] = Sensor(self.new_stream(), self.clock())
+            sensor = self.sensors[key] = Sensor(self.new_stream(), self.clock(),
+                                                whole=self.drops == 0)
         else:
             sensor.seen = self.clock()
         self.sensors.move_to_end(key)

@@ -22,6 +22,7 @@ import numpy as np
 from . import lines as fmt
 from .alerts import AlertConfig
 from .alerts_run import StreamAlerts
+from .contract import X
 from .errors import InputError, LstmEdgeError, SnapshotError
 from .io import TOO_LONG, LineReader, Unterminated
 from .ledger import SaveLedger
@@ -279,6 +280,9 @@ class Server:
                                                f"the readings one per line")
             else:
                 rec = self.format.parse(number, raw)
+                if not rec.ok and (header := self.format.header_again(raw)) is not None:
+                    out.append(header)          # a header after the first line: a header
+                    continue
                 if rec.ok and type(raw) is Unterminated and self.store is not None:
                     rec.error = ("the input ended in the middle of this line (no newline after "
                                  "it), so it may be cut short: not fed, and not saved as fed; "
@@ -359,6 +363,9 @@ class Server:
             marks = self._order_marks(good)
             fed = [r for r in good if r.ok and id(r) not in marks]
         answers = self._step(fed)
+        for rec in good if marks else ():
+            if id(rec) in marks and (sensor := self.table.get(rec.key)) is not None:
+                sensor.whole = False        # a line not fed: no warm-up advice from its count
         form = cast(fmt.LineFormat, self.format)    # set by the line before any record
         # a replay of a reading answered in an earlier batch: its alert columns as they were
         # then, taken before this batch's readings move the alert state on
@@ -423,7 +430,8 @@ class Server:
             else:
                 kind = "new" if stream is None else stream.order(values, rec.at)
             if kind == "new":
-                latest[rec.key] = rec
+                if not self._feeds_nothing(rec):    # a skipped reading takes no position
+                    latest[rec.key] = rec
             elif kind == "replay":
                 column.replayed(rec.key)
                 marks[id(rec)] = ("replay", prev if prev is not None else self._stored(stream))
@@ -453,12 +461,15 @@ class Server:
 
         A model declared with a longer time axis than it was trained on (``input_shape=(10,
         3)``, fit on 9 timesteps) waits for windows that never fill; this names the window and
-        the ``--window`` override. Where the window is certain (:meth:`_window_known`) another
+        the ``--window`` override. Where the window is certain (:func:`window_known`) another
         window gives numbers no Keras run gives: it says how many readings a sensor needs.
         At most ``most`` lines, then how many more.
         """
+        # Only a sensor whose every line reached its stream (Sensor.whole): after replays,
+        # skips or a drop, its step count says nothing of the model's window.
         idle = [(key, sensor.stream) for key, sensor in self.sensors.items()
-                if not sensor.stream.ready]
+                if not sensor.stream.ready and sensor.whole]
+        known = window_known(self.model)
         for key, stream in idle[:most]:
             who = f"sensor {key!r}" if self.config.stream_column else "the stream"
             n = stream.steps
@@ -467,21 +478,13 @@ class Server:
             hint = (f"; if the model was trained on windows of {n} timesteps, run with "
                     f"--window {n}" if n > 1 else "; if the model was trained on shorter "
                     "windows, run with --window N")
-            if self._window_known():
+            if known:
                 hint = f"; give at least {self.window} readings per sensor"
             self._warn(f"{who}: {n} reading{'s' if n != 1 else ''}, never a full window of "
                        f"{self.window}: no prediction was made{hint}")
         if len(idle) > most:
             self._warn(f"... and {len(idle) - most} more streams that never had a full window "
                        f"of {self.window}")
-
-    def _window_known(self) -> bool:
-        """Whether the window is the one the model was trained on, for certain: the file's
-        own (no ``--window`` override), written from lstm-train's sidecar, whose look-back
-        it is (the sidecar's scaler records how it was fitted, ``lstm_edge.scaler.kind``). A
-        user's Keras model may declare another time axis than it was fitted on."""
-        info = self.model.info
-        return self.window == info.window and isinstance((info.scaler or {}).get("kind"), str)
 
     def due(self) -> bool:
         """Whether ``config.save_every`` lines or ``config.save_interval`` seconds have
@@ -596,14 +599,43 @@ class Server:
         stacking and checks a many-stream call makes; ``(step, warmup, prediction)``."""
         if rec.reset:                                   # --reset-column: a new sequence
             stream.reset()
-        pred = stream.step(rec.values, at=None if self.order is None else rec.at)
+        pred = stream.step(rec.values, at=None if self.order is None or self._feeds_nothing(rec)
+                           else rec.at)
         if pred is None:                                # warming up, or a skipped reading
             pred = np.full(self.model.n_targets, np.nan, np.float32)
         return stream.steps, not stream.ready, pred
 
     def _positions(self, records: list[fmt.Record]) -> list | None:
         """The records' positions for the runtime's order rule; None without the check."""
-        return None if self.order is None else [r.at for r in records]
+        return None if self.order is None else \
+            [None if self._feeds_nothing(r) else r.at for r in records]
+
+    def _feeds_nothing(self, rec: fmt.Record) -> bool:
+        """Whether ``rec`` is a reading ``--missing skip`` skips (a missing value): it feeds
+        nothing, so it takes no position, and the same reading sent again whole is fed."""
+        return self.model.missing == "skip" and \
+            not np.isfinite(cast(np.ndarray, rec.values)).all()
+
+
+def window_known(model) -> bool:
+    """Whether ``model.window`` is the one the model was trained on, for certain, so that no
+    other ``--window`` may be suggested: a graph that reads exactly its window (a window
+    model converted whole, which refuses any other), or the file's own window (no override)
+    written from lstm-train's sidecar, whose look-back it is (the sidecar's scaler records
+    how it was fitted, ``lstm_edge.scaler.kind``). A user's Keras model may declare another
+    time axis than it was fitted on."""
+    info = model.info
+    return fixed_window(model) is not None or (
+        model.window == info.window and isinstance((info.scaler or {}).get("kind"), str))
+
+
+def fixed_window(model) -> int | None:
+    """The window of a graph whose ``x`` has a fixed time axis (a window model converted
+    whole, docs/contract.md): ``lstm-run`` refuses any other ``--window`` for it. None where
+    the time axis is dynamic."""
+    x = next((i for i in model.session.get_inputs() if i.name == X), None)
+    steps = x.shape[1] if x is not None and len(x.shape) > 1 else None
+    return steps if isinstance(steps, int) else None
 
 
 def _bare(raw: bytes) -> bytes:

@@ -374,6 +374,67 @@ def test_missing_policies(model):
     np.testing.assert_allclose(preds(hold), preds(held), rtol=RTOL, atol=ATOL)
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["one batch", "line by line"])
+def test_a_corrected_resend_of_a_skipped_reading_is_fed(tmp_path, stream):
+    """--missing skip with a time column and --state: the line with a gap fed nothing, so it
+    took no position, and the same time sent again whole is fed, not refused as fed."""
+    model = tiny_onnx(tmp_path / "m.onnx")
+    lines_in = [b"time,temperature,humidity", b"2022-01-01T00:00:00Z,20,40",
+                b"2022-01-01T01:00:00Z,,41", b"2022-01-01T01:00:00Z,21,41",
+                b"2022-01-01T02:00:00Z,22,41"]
+    args = [model, "--missing", "skip", "--state", tmp_path / "s.db"]
+    if not stream:
+        out, err = run(args, b"\n".join(lines_in) + b"\n")
+    else:
+        live = Live([*args, "--stream"])
+        try:
+            answers = []
+            for line in lines_in:
+                live.send(line + b"\n")
+                answers.append(live.read_line())
+            rest, err = live.finish()
+        finally:
+            live.kill()
+        out = "\n".join(answers) + "\n" + rest
+    rows = csv_rows(out)
+    assert [r["step"] for r in rows] == ["1", "1", "2", "3"], out
+    assert not any(r["error"] for r in rows) and "already fed" not in err, err
+    fresh = csv_rows(run([model], b"temperature,humidity\n20,40\n21,41\n22,41\n")[0])
+    np.testing.assert_allclose(preds(rows)[[0, 2, 3]], preds(fresh), rtol=RTOL, atol=ATOL)
+
+
+HEADER_LATER = {
+    # (options, the lines before the header, the header, the output's header)
+    "--columns": (["--columns", "time,temperature,humidity"], b"2022-01-01T00:00:00Z,20,40\n",
+                  b"time, Temperature,humidity\n",
+                  "time,temperature,humidity,step,warmup,pred_temperature,order,error,input"),
+    "--format headerless": (["--format", "headerless"], b"20,40\n", b"temperature,humidity\n",
+                            "temperature,humidity,step,warmup,pred_temperature,error,input"),
+    "header-less, time first": ([], b"2022-01-01T00:00:00Z,20,40\n",
+                                b"timestamp,temperature,humidity\n",
+                                "time,temperature,humidity,step,warmup,pred_temperature,order,"
+                                "error,input"),
+}
+
+
+@pytest.mark.parametrize("case", list(HEADER_LATER))
+def test_a_header_after_the_first_reading_is_answered_as_a_header(tmp_path, case):
+    """Lines read without a header (--columns, header-less): a header line naming the
+    columns, after readings (a logger that restarted), is answered with the output's
+    header, as one first would be, not with an error record."""
+    options, before, header, want = HEADER_LATER[case]
+    model = tiny_onnx(tmp_path / "m.onnx")
+    after = b"2022-01-01T01:00:00Z,21,41\n" if before.startswith(b"2022") else b"21,41\n"
+    out, err = run([model, *options], before + header + after)
+    answers = split_lines(out)
+    assert len(answers) == 3 and answers[1] == want, out
+    assert "line 2" not in err and "refused" not in err, err
+    step = want.split(",").index("step")
+    assert answers[2].split(",")[step] == "2", answers      # the reading after it: step 2
+    _, err = run([model, *options], before + b"temperature,bogus\n", code=0)
+    assert "line 2:" in err, err                              # a line naming other columns
+
+
 # ---- what goes wrong before the first line ---------------------------------------------
 
 @pytest.mark.parametrize("content", [None, b"", b"not an onnx file at all", b"\x08\x07" * 50])

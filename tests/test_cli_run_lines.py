@@ -261,3 +261,21 @@ def test_format_value_is_shortest_float32():
     assert lines.format_value(np.float32(21.3)) == "21.3"
     assert lines.format_value(np.nan) == ""
     assert lines.json_value(np.float32(0.1)) == 0.1
+
+
+def test_a_header_is_known_again_by_the_formats_that_read_none():
+    """``header_again``: a line naming the columns (any case, spaces) is their header
+    wherever it comes; a line naming others is not."""
+    named, _ = detect(b"2022-01-01T00:00:00Z,20,40", columns=["t", "temperature", "humidity"])
+    want = "t,temperature,humidity,step,warmup,pred_temperature,error,input"
+    assert named.header() is None and named.header_again(b" T ,Temperature,humidity\r") == want
+    assert named.header_again(b"t,temperature,flow") is None
+    assert named.header_again(b"2022-01-01T00:00:00Z,20,40") is None
+    bare, _ = detect(b"20,40")
+    assert bare.header_again(b"temperature,humidity") == \
+        "temperature,humidity,step,warmup,pred_temperature,error,input"
+    assert bare.header_again(b"humidity,temperature") is None       # another order
+    led, _ = detect(b"2022-01-01T00:00:00Z,20,40")
+    assert led.header_again(b"Timestamp,temperature,humidity").startswith("time,temperature")
+    assert led.header_again(b"sensor,temperature,humidity") is None
+    assert detect(b'{"temperature": 1}')[0].header_again(b"temperature,humidity") is None

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import subprocess
 
-from helpers import LSTM_RUN, TIMEOUT, tiny_onnx, with_props
+import pytest
+
+from helpers import LSTM_RUN, TIMEOUT, Live, tiny_onnx, with_props
 
 
 def run(args, stdin: bytes = b"") -> subprocess.CompletedProcess:
@@ -59,3 +61,52 @@ def test_info_states_the_warm_up_and_the_state_slots(tmp_path):
             "predict(batch_size=4)") in out, out
     plain = run([tiny_onnx(tmp_path / "s.onnx"), "--info"]).stdout.decode()
     assert "none: every reading gets a prediction" in plain and "state slots" not in plain
+
+
+def test_a_model_converted_whole_is_never_told_to_take_another_window(tmp_path):
+    """Its graph reads exactly its window (docs/contract.md, "Window models converted
+    whole") and lstm-run refuses any other --window: the advice names none."""
+    keras = pytest.importorskip("keras")
+    export = pytest.importorskip("trainer.export")
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential([keras.Input((3, 2)), keras.layers.Bidirectional(
+        keras.layers.LSTM(3)), keras.layers.Dense(1)])
+    path = export.export(model, tmp_path / "m.onnx", features="temperature,humidity",
+                         targets="temperature", steps=20).path
+    proc = run([path], b"20,40\n21,41\n")
+    err = proc.stderr.decode()
+    assert proc.returncode == 0 and "--window" not in err, err
+    assert ("the stream: 2 readings, never a full window of 3: no prediction was made; give at "
+            "least 3 readings per sensor") in err, err
+    assert run([path, "--window", "2"]).returncode == 2       # what the old advice said
+    out = run([path, "--info"]).stdout.decode()
+    assert "(a window of 3 timesteps)" in out and "--window" not in out, out
+
+
+def test_replayed_lines_are_not_taken_for_a_short_window(tmp_path):
+    """Three lines, one reading sent three times: the stream had one reading because two
+    were replays, which says nothing of the window it was trained on."""
+    model = tiny_onnx(tmp_path / "m.onnx", window=3, carry_state=False)
+    line = b"2022-01-01T00:00:00Z,20,40\n"
+    proc = run([model], b"time,temperature,humidity\n" + line * 3)
+    err = proc.stderr.decode()
+    assert proc.returncode == 0 and "2 replayed reading(s)" in err, err
+    assert "never a full window" not in err, err
+
+
+def test_a_sensor_dropped_and_back_is_not_taken_for_a_short_window(tmp_path):
+    """--max-streams 1: sensor a's third reading comes after a was dropped, to a fresh
+    stream; its one reading there says nothing of the window."""
+    model = tiny_onnx(tmp_path / "m.onnx", window=3, carry_state=False)
+    live = Live([model, "--stream", "--stream-column", "s", "--max-streams", "1"])
+    try:
+        live.send(b"s,temperature,humidity\n")
+        live.read_line()
+        for key in b"aabba":                        # one line at a time: one batch each
+            live.send(bytes([key]) + b",20,40\n")
+            live.read_line()
+        _, err = live.finish()
+    finally:
+        live.kill()
+    assert "dropped stream 'a'" in err and "dropped stream 'b'" in err, err
+    assert "never a full window" not in err, err

@@ -208,3 +208,13 @@ def test_a_window_known_for_certain_is_not_second_guessed(tmp_path):
                          targets="t", steps=50).path
     _, err = run([bare], _lines([RAW_MASK + 1] * 3))
     assert "--window 3" in err, err                   # a user's declared axis may be wrong
+
+
+def test_info_says_what_is_masked_and_what_it_answers(window):
+    """``--info`` names the mask value (raw units) and Keras's answer for nothing fed."""
+    _, rt, path, _, want = window
+    out, _ = run([path, "--info"])
+    mask = next(line for line in out.splitlines() if line.startswith("mask "))
+    assert f"a reading of a = {RAW_MASK[0]:g}, b = {RAW_MASK[1]:g}" in mask, out
+    assert f"a window of masked readings only is answered with Keras's answer for nothing fed " \
+           f"(t {want[0]:.6g})" in mask, out
