@@ -209,10 +209,25 @@ class AlertConfig:
                  or not isinstance(getattr(self, name), (int, float, np.integer, np.floating))]
         if wrong:
             raise InputError("; ".join(wrong))
-        problems = [f"{name} must be at least {low}, got {getattr(self, name)}"
-                    for name, low in (("min_run", 1), ("hold_off", 0), ("stuck", 0),
-                                      ("cusum", 0), ("adapt", 0))
-                    if getattr(self, name) < low]
+        # NaN compares False with everything, so each test asks for what is allowed.
+        problems = []
+        for name, low in (("min_run", 1), ("hold_off", 0), ("stuck", 0)):
+            value = getattr(self, name)
+            whole = isinstance(value, (int, np.integer)) \
+                or (math.isfinite(value) and float(value).is_integer())
+            if not (whole and value >= low):
+                problems.append(f"{name} must be a whole number at least {low}"
+                                f"{' (0: off)' if name == 'stuck' else ''}, got {value}")
+            else:
+                setattr(self, name, int(value))           # 3.0 counts as 3
+        for name in ("cusum", "adapt"):
+            value = getattr(self, name)
+            finite = isinstance(value, (int, np.integer)) or math.isfinite(value)
+            if not (finite and value >= 0):
+                problems.append(f"{name} must be a finite number at least 0 (0: off), got "
+                                f"{value}")
+        if not 0 < self.level < 1:
+            problems.append(f"level must lie between 0 and 1, got {self.level}")
         if problems:
             raise InputError("; ".join(problems))
 
@@ -229,6 +244,23 @@ class Answer:
     score: float = math.nan     # |y - pred| / half-width, largest over targets
     anomaly: bool = False       # this reading fell outside its interval
     alert: str = ""             # "outside" | "stuck" | "shift" where one is raised here
+
+    def columns(self) -> list:
+        """``[lo..., hi..., anomaly, score, alert]``, as ``AlertState.last`` keeps them
+        (anomaly and score None where no reading was checked)."""
+        checked = not np.isnan(self.score)
+        return [*map(float, self.lo), *map(float, self.hi),
+                bool(self.anomaly) if checked else None,
+                float(self.score) if checked else None, self.alert]
+
+    @classmethod
+    def from_columns(cls, pred, columns: list) -> "Answer":
+        """The answer :meth:`columns` kept, with its forecast ``pred`` ``(outputs,)``."""
+        n = len(pred)
+        *_, anomaly, score, alert = columns
+        return cls(np.asarray(pred, np.float64), np.array(columns[:n], np.float64),
+                   np.array(columns[n:2 * n], np.float64),
+                   math.nan if score is None else score, bool(anomaly), alert)
 
 
 @dataclass
@@ -500,13 +532,34 @@ class Monitor:
             if isinstance(state, (bytes, bytearray, memoryview)) else state or AlertState()
         self.alerts.fits(self.state)
 
-    def step(self, reading) -> Answer | None:
-        """Feed one reading; None where the stream did not feed it (skipped), else the answer."""
+    def step(self, reading, at=None) -> Answer | None:
+        """Feed one reading; None where the stream did not feed it (skipped), else the answer.
+
+        ``at``: the reading's position, the order rule applied as :meth:`Stream.step` does:
+        the last reading again (same position, same values) gets the answer it got then and
+        leaves the alert state as it was; an older one is skipped (None); one at the last
+        position with other values raises InputError.
+        """
+        if at is not None and self.stream.order(reading, at) == "replay":
+            return self._replayed()
         before = self.stream.steps
-        pred = self.stream.step(reading)
+        pred = self.stream.step(reading, at=at)
         if self.stream.steps == before:
             return None
-        return self.alerts.observe(self.state, np.asarray(reading, np.float64), pred)
+        answer = self.alerts.observe(self.state, np.asarray(reading, np.float64), pred)
+        if at is not None:
+            self.state.last = answer.columns()            # what a replay of it gets
+        return answer
+
+    def _replayed(self) -> Answer:
+        """The answer the stream's last reading got, again."""
+        pred = self.stream.answer
+        if pred is None:
+            pred = np.full(len(self.alerts.q), np.nan)
+        if self.state.last is None:                       # fed before this monitor kept it
+            unknown = np.full(len(pred), np.nan)
+            return Answer(np.asarray(pred, np.float64), unknown, unknown.copy())
+        return Answer.from_columns(pred, self.state.last)
 
     def reset(self) -> None:
         """A fresh stream and a fresh alert state."""

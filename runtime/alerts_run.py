@@ -22,7 +22,6 @@ from __future__ import annotations
 
 
 import click
-import numpy as np
 
 from .alerts import AlertConfig, Alerts, AlertState
 from .errors import SnapshotError
@@ -86,11 +85,7 @@ class StreamAlerts:
                 continue
             state.steps = step
             answer = self.alerts.observe(state, rec.values, pred)
-            checked = not np.isnan(answer.score)
-            out[id(rec)] = state.last = [*map(float, answer.lo), *map(float, answer.hi),
-                                         bool(answer.anomaly) if checked else None,
-                                         float(answer.score) if checked else None,
-                                         answer.alert]
+            out[id(rec)] = state.last = answer.columns()
         return out
 
     def last(self, key: str) -> list | None:

@@ -27,7 +27,7 @@ from .contract import X, Y, ModelInfo, derive_state, streaming_mode
 from .errors import (ContractError, DeviceError, InputError, RunError, ShapeError, SnapshotError,
                      counted)
 from .batch import step_at, step_many
-from .shapes import check_shape
+from .shapes import STREAMS, check_shape
 from .snapshot import Snapshot
 from .state import Columns, StreamState, sound
 from .slots import SlotStream
@@ -303,14 +303,18 @@ class Model:
         return self._as_model_dtype(a)
 
     def _check_chunk(self, readings, rows: int | None = None) -> np.ndarray:
-        """A ``(n, features)`` copy of a chunk of readings; NaN/inf not yet looked at."""
+        """A ``(n, features)`` copy of a chunk of readings; NaN/inf not yet looked at.
+
+        ``rows``: :meth:`step`'s stream count, its readings ``(streams, features)``; None
+        for a stream's chunk, ``(readings, features)``.
+        """
         a = _asarray(readings, "readings")
         if a.dtype.kind not in "fiu":
             raise InputError(f"readings must hold numbers, got {_describe(readings, a)}")
         if self.tokens and a.ndim == 1:
             a = a[:, None]                                   # (n,) ids -> (n, 1)
         check_shape(a.shape, (rows, self.n_features), self.features, what="readings",
-                    window=self.window)
+                    axes=None if rows is None else STREAMS, window=self.window)
         return self._as_model_dtype(a)
 
     def _as_model_dtype(self, a):

@@ -26,6 +26,7 @@ AXES = {
     2: ("readings", "features"),
     1: ("features",),
 }
+STREAMS = ("streams", "features")   # Model.step's readings: one per stream
 
 
 def _fmt(shape: Sequence[int | None]) -> str:
@@ -81,13 +82,18 @@ def _hint(got: tuple[int, ...], expected: tuple[int | None, ...], feature_names,
         hint = _windows_hint(got, expected, window)
         if hint:
             return hint
+    if not got and len(expected) == 1 and want_feat is not None:
+        # 3.0 for (2,): one number where a reading holds one value per feature.
+        return (f"this is one number, and the model reads {counted(want_feat, 'feature')}"
+                f"{named} per reading: give one value per feature, shape ({want_feat},)")
     if len(got) == len(expected) - 1:
         # (n, 24) for (n, 24, 1): the features axis of a univariate series is missing.
         if want_feat == 1 and _matches(got, expected[:-1]):
             return f"add a features axis: x.reshape({', '.join(map(str, got))}, 1)"
         # (24, 3) for (n, 24, 3): one window without its samples axis.
         if _matches(got, expected[1:]):
-            return f"add a samples axis for a single one: x.reshape(1, {', '.join(map(str, got))})"
+            return (f"add a {AXES[len(expected)][0]} axis for a single one: "
+                    f"x.reshape(1, {', '.join(map(str, got))})")
         if _matches(got, expected[:-1]):
             return (f"the features axis is missing: the model reads {want_feat} features{named} "
                     f"at every timestep")
@@ -119,6 +125,25 @@ def _hint(got: tuple[int, ...], expected: tuple[int | None, ...], feature_names,
     return f"the model reads arrays of {len(expected)} axes, {_names(len(expected))}"
 
 
+def _streams_hint(got: tuple[int, ...], expected: tuple[int | None, ...]) -> str | None:
+    """Model.step's readings ``(streams, features)``, one per stream: how many ``got`` holds
+    against how many streams (windows and swapped axes: :func:`_hint`)."""
+    streams, want_feat = int(expected[0] or 0), expected[1]
+    wanted = f"shape ({streams}, {want_feat}), row i the reading of streams[i]"
+    if (len(got) == 2 and got[1] == want_feat) or (len(got) == 1 and want_feat == 1):
+        if got[0] != streams:
+            return (f"{counted(got[0], 'reading')} for {counted(streams, 'stream')}: give one "
+                    f"reading per stream, {wanted}")
+        return None                                        # (3,) for (3, 1): a features axis
+    if got == (want_feat,) and streams == 1:
+        return f"add a streams axis for the one stream: x.reshape(1, {want_feat})"
+    if got == (want_feat,):
+        return f"this is one reading, and each of the {streams} streams takes one: give {wanted}"
+    if len(got) < 2:
+        return f"give one reading per stream, {wanted}"
+    return None
+
+
 def shape_problem(got: Sequence[int], expected: Sequence[int | None],
                   feature_names: Sequence[str] | None = None, *,
                   axes: Sequence[str] | None = None, window: int | None = None) -> str | None:
@@ -146,8 +171,9 @@ def shape_problem(got: Sequence[int], expected: Sequence[int | None],
         return None
     names = "(" + ", ".join(axes) + ")" if axes else _names(len(expected))
     readings = window is not None
+    hint = _streams_hint(got, expected) if tuple(axes or ()) == STREAMS else None
     return (f"expected {names} = {_fmt(expected)}, got {_fmt(got)}"
-            f" — {_hint(got, expected, feature_names, window, readings)}")
+            f" — {hint or _hint(got, expected, feature_names, window, readings)}")
 
 
 def check_shape(got: Sequence[int], expected: Sequence[int | None],

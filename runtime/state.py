@@ -224,7 +224,7 @@ def _slot_problems(snap, model) -> list[str]:
 
 
 def _array_problems(snap, model) -> list[str]:
-    out, slots = [], model_slots(model)
+    out, slots, flags = [], model_slots(model), flag_columns(model)
     for (name, value), units in zip(snap.state.items(), model.units):
         value = np.asarray(value)
         want = (units,) if slots == 1 else (slots, units)
@@ -233,6 +233,10 @@ def _array_problems(snap, model) -> list[str]:
                        f"{want} numbers")
         elif not np.isfinite(value).all():
             out.append(f"state {name} holds NaN or inf, which no stream ever carries")
+        elif name in flags and not np.isin(found := value[..., flags[name]], (0, 1)).all():
+            bad = found[~np.isin(found, (0, 1))]
+            out.append(f"state {name} holds the flag {bad[0]:g}, expected 0 (a fresh stream) "
+                       f"or 1 (a reading was seen), the only flags a stream carries")
     buf = np.asarray(snap.buffer)
     if buf.dtype.kind not in "fiu" or buf.ndim != 2 or buf.shape[1] != model.n_features \
             or len(buf) > model.window:
@@ -254,6 +258,31 @@ def _array_problems(snap, model) -> list[str]:
             check_position(snap.position, "its position", SnapshotError)
         except SnapshotError as exc:
             out.append(str(exc))
+    return out
+
+
+def flag_columns(model) -> dict[str, np.ndarray]:
+    """State input name -> the columns of a ``prev`` state that are flags, each 0 (a fresh
+    stream) or 1 (a real reading), nothing else (docs/contract.md): the last column of a
+    differenced model's previous reading (``lstm_edge.difference`` ``"state"``), and the
+    column after each of the last season's readings (``lstm_edge.seasonal``), in that order.
+    The last changes of a linear path hold no flag."""
+    extra = model.info.extra
+    try:
+        difference = json.loads(extra.get("difference", "null")) == "state"
+        season = int(json.loads(extra["seasonal"])["season"]) if "seasonal" in extra else 0
+    except (ValueError, TypeError, KeyError):
+        return {}                                   # for the record only: nothing to check
+    units = dict(zip(model.state_inputs, model.units))
+    prev = [n for spec in model.info.state if spec.kind == "prev" for n in spec.inputs]
+    out = {}
+    if difference and prev:
+        name = prev.pop(0)
+        out[name] = np.array([units[name] - 1])
+    if season > 0 and prev and units[prev[0]] % season == 0:
+        name = prev[0]
+        stride = units[name] // season              # a season's reading: targets, then a flag
+        out[name] = np.arange(stride - 1, units[name], stride)
     return out
 
 
@@ -653,6 +682,10 @@ def sound(c: Columns, model) -> np.ndarray:
     ok = (steps >= 0) & (steps >= c.buffer.shape[1])
     for a in (*c.state.values(), c.buffer):
         ok &= np.isfinite(a.reshape(rows, -1)).all(axis=1)
+    units = dict(zip(model.state_inputs, model.units))
+    for name, cols in flag_columns(model).items():
+        flags = c.state[name].reshape(rows, -1, units[name])[..., cols]   # (rows, slots, flags)
+        ok &= np.isin(flags, (0, 1)).all(axis=(1, 2))
     if c.next_slot is not None:
         ok &= np.asarray(c.next_slot) < model_slots(model)
     ok &= [(p is None) == (c.last is None) and (p is None or isinstance(p, int)

@@ -27,7 +27,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .device import ORT_ERRORS, to_host
-from .errors import InputError
+from .errors import InputError, counted
 from .snapshot import Snapshot
 from .state import (Columns, check, check_position, describe_position, model_slots, order, pack,
                     pack_columns, pack_many, ring, stack_ring)
@@ -92,7 +92,9 @@ class Stream:
         (int). The order rule then applies (:func:`runtime.state.order`): a reading after the
         stream's :attr:`position` is fed; the last reading again (same position, same values)
         is not fed and gets the answer it got then; one at or before the position otherwise
-        is skipped (None, not fed). Without ``at`` the position is left as it was.
+        is skipped (None, not fed). A reading skipped for a gap (a NaN under ``missing``
+        ``"skip"``, or ``"hold"`` with nothing fed yet) claims no position, so that its
+        corrected resend is fed. Without ``at`` the position is left as it was.
 
         Raises
         ------
@@ -129,7 +131,8 @@ class Stream:
         Masked readings of a ``sequence`` model repeat the previous prediction (NaN if none).
         ``at``: ``n`` positions, the order rule applied row by row as :meth:`step` does (a
         replay gets its earlier answer, a skipped row NaN; only the new rows are fed); a
-        None position feeds its row unchecked.
+        None position feeds its row unchecked. A list or an array, not one position:
+        InputError.
         """
         if at is not None:
             return self._feed_at(readings, at)
@@ -211,7 +214,7 @@ class Stream:
     def order(self, reading, at) -> str:
         """What :meth:`step` with ``at`` would do with ``reading``, changing nothing: ``"new"``,
         ``"replay"``, ``"old"`` or ``"conflict"`` (:func:`runtime.state.order`)."""
-        return order(self._pos, self._seen, reading, check_position(at))
+        return order(self._pos, self._seen, self._as_seen(reading), check_position(at))
 
     @property
     def position(self):
@@ -293,8 +296,7 @@ class Stream:
 
     def _step_at(self, reading, at):
         """``step`` with a position: the order rule, then the step (see :meth:`step`)."""
-        raw = reading.astype(np.float64) if type(reading) is np.ndarray and reading.ndim == 1 \
-            else np.array(reading, np.float64).reshape(-1)              # a copy, kept as seen
+        raw = self._as_seen(reading)
         kind = order(self._pos, self._seen, raw, at)
         if kind == "replay":
             answer = self._answer
@@ -303,29 +305,50 @@ class Stream:
             return None
         if kind == "conflict":
             raise InputError(conflict_message(at, self._seen, raw))
+        skips = self.missing != "error" and skips_gap(self.missing, self._last() is not None)
         y = self.step(reading)
+        if y is None and skips and np.isnan(raw).any():
+            return None                 # a gap skipped: its position stays free (skips_gap)
         self._pos, self._seen = at, raw
         # NaN while warming up or skipped, as a many-stream call keeps it (see ``answer``).
         self._answer = np.full(self.model.n_targets, np.nan, np.float32) if y is None \
             else y.copy()
         return y
 
+    def _as_seen(self, reading) -> np.ndarray:
+        """``(values,)`` float64, a copy of ``reading`` as given: what the order rule compares
+        and keeps. Raises the project's error where it is not numbers."""
+        try:
+            if type(reading) is np.ndarray and reading.ndim == 1:
+                return reading.astype(np.float64)
+            return np.array(reading, np.float64).reshape(-1)
+        except (ValueError, TypeError):                    # not numbers, or ragged
+            self.model._check(reading)                     # raises, saying why
+            raise
+
     def _feed_at(self, readings, at) -> np.ndarray:
         """``feed`` with positions: the order rule row by row, only the new rows fed."""
-        raw = np.asarray(readings, np.float64)
-        raw = raw.reshape(len(raw), -1)                     # (n, features)
+        n = len(self.model._check_chunk(readings))         # InputError, ShapeError: said there
+        raw = np.asarray(readings, np.float64).reshape(n, -1)   # (n, features) as given
+        if isinstance(at, (str, bytes)) or not hasattr(at, "__len__") or np.ndim(at) == 0:
+            raise InputError(f"feed got {counted(n, 'reading')} and one position, "
+                             f"at={at!r:.40}; expected {counted(n, 'position')}, one per "
+                             f"reading (a list or an array), or step(reading, at=...) for one")
         ats = [None if a is None else check_position(a) for a in at]
-        if len(ats) != len(raw):
-            raise InputError(f"feed got {len(raw)} readings and {len(ats)} positions (at=); "
-                             f"give one position per reading")
+        if len(ats) != n:
+            raise InputError(f"feed got {counted(n, 'reading')} and {len(ats)} positions (at=); "
+                             f"expected {counted(n, 'position')}, one per reading")
         pos, seen, fed, src, at_last = self._pos, self._seen, [], [], None
+        held = self._last() is not None                    # a value a gap may hold
         for i, (x, a) in enumerate(zip(raw, ats)):
             kind = "new" if a is None else order(pos, seen, x, a)   # None: fed, unchecked
             if kind == "conflict":
                 raise InputError(f"row {i}: " + conflict_message(a, seen, x))
             if kind == "new":
                 fed.append(i)
-                if a is not None:
+                skipped = bool(np.isnan(x).any()) and skips_gap(self.missing, held)
+                held = held or not skipped
+                if a is not None and not skipped:          # a skipped gap claims no position
                     pos, seen, at_last = a, x, i
             # the row whose answer row i gets: itself, the last new one, or -1 (the stream's)
             src.append(i if kind == "new" else None if kind == "old"
@@ -745,6 +768,14 @@ def _problems(model, x, policy: str) -> list[str]:
         problems.append(f"NaN (missing) in {', '.join(nan)} (load with missing='skip' or "
                         f"'hold' to stream through gaps)")
     return problems
+
+
+def skips_gap(policy: str, held: bool) -> bool:
+    """Whether a reading with a NaN (a gap) is skipped, not fed, under ``policy``: always
+    with ``skip``, with ``hold`` while there is no ``held`` reading (see :func:`fill_missing`;
+    ``error`` refuses it). A skipped reading claims no position (``at``), so that a corrected
+    resend of it is fed, not refused as a conflict."""
+    return policy == "skip" or (policy == "hold" and not held)
 
 
 def fill_missing(model, x, last, policy: str, check_only: bool = False):

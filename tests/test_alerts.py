@@ -583,3 +583,78 @@ def test_lstm_run_keeps_one_alert_state_per_sensor(tmp_path, readings):
         for k in (f"lo_{TARGET}", "score"):                 # the first score is null
             assert [r[k] for r in got[1:]] == pytest.approx([r[k] for r in want[1:]], rel=1e-5)
             assert got[0]["score"] is want[0]["score"] is None
+
+
+# ---- settings that are not numbers the rules can use, and positions --------------------
+
+@pytest.mark.parametrize("field, value, says", [
+    ("cusum", math.nan, "cusum must be a finite number at least 0 (0: off), got nan"),
+    ("cusum", math.inf, "cusum must be a finite number at least 0 (0: off), got inf"),
+    ("adapt", math.nan, "adapt must be a finite number at least 0 (0: off), got nan"),
+    ("adapt", -math.inf, "adapt must be a finite number at least 0 (0: off), got -inf"),
+    ("min_run", 2.5, "min_run must be a whole number at least 1, got 2.5"),
+    ("min_run", math.nan, "min_run must be a whole number at least 1, got nan"),
+    ("hold_off", math.inf, "hold_off must be a whole number at least 0, got inf"),
+    ("stuck", math.nan, "stuck must be a whole number at least 0 (0: off), got nan"),
+    ("stuck", 1.5, "stuck must be a whole number at least 0 (0: off), got 1.5"),
+    ("level", math.nan, "level must lie between 0 and 1, got nan"),
+])
+def test_alert_settings_refuse_nan_inf_and_part_counts(field, value, says):
+    """NaN compares False with every bound, so a NaN CUSUM threshold raised an alert at
+    every reading's check and a NaN adapt rate poisoned the working quantile (a numpy
+    warning); a count of 2.5 readings is no count. Each is one InputError line."""
+    with pytest.raises(InputError) as caught:
+        AlertConfig(**{field: value})
+    assert str(caught.value) == says
+
+
+def test_alert_settings_take_whole_floats_as_counts():
+    cfg = AlertConfig(min_run=2.0, hold_off=np.float32(3), stuck=np.int64(4))
+    assert (cfg.min_run, cfg.hold_off, cfg.stuck) == (2, 3, 4)
+    assert all(type(v) is int for v in (cfg.min_run, cfg.hold_off, cfg.stuck))
+
+
+@pytest.mark.parametrize("option", ["--cusum", "--adapt"])
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_lstm_run_refuses_a_nan_or_inf_alert_setting_in_one_line(tmp_path, readings, option,
+                                                                  value):
+    data = (f"{TARGET}\n" + "".join(f"{v}\n" for v in readings[:20, 0])).encode()
+    out, err = run([WATER, "--stream", "--interval", "0.9", option, value], data, code=2)
+    assert out == ""
+    assert err.strip().splitlines() == [
+        f"Error: {option[2:]} must be a finite number at least 0 (0: off), got {value}"]
+
+
+def test_monitor_step_takes_positions_and_a_replay_leaves_the_alert_state(readings):
+    """``Monitor.step(reading, at=...)`` applies the stream's order rule: each reading sent
+    twice gives the same answers and alert state as once, and its replay the answer it got
+    (an alert raised once, not twice); an older position is skipped, another reading at the
+    last position refused."""
+    model = runtime.load(WATER, device="cpu")
+    cfg = AlertConfig(level=0.99, hold_off=2, cusum=2.0)
+    once, twice = Monitor(model.stream(), cfg), Monitor(model.stream(), cfg)
+    alerts = []
+    for t, r in enumerate(readings):
+        a = once.step(r)
+        b = twice.step(r, at=t)
+        again = twice.step(r, at=t)                          # a resend: replayed
+        for got in (b, again):
+            np.testing.assert_allclose(got.pred, a.pred, rtol=1e-6)
+            np.testing.assert_allclose(got.lo, a.lo, rtol=1e-6)
+            np.testing.assert_allclose(got.hi, a.hi, rtol=1e-6)
+            assert (got.anomaly, got.alert) == (a.anomaly, a.alert)
+            assert got.score == pytest.approx(a.score, nan_ok=True)
+        alerts.append(a.alert)
+    assert "shift" in alerts and "outside" in alerts       # replays raised none twice
+    assert (once.state.cusum[0] == twice.state.cusum[0]).all()
+    assert (once.state.run, once.state.calm, once.state.alerting) == \
+        (twice.state.run, twice.state.calm, twice.state.alerting)
+    assert twice.stream.steps == len(readings)
+    assert twice.step(readings[3], at=3) is None              # old: skipped
+    with pytest.raises(InputError, match="already fed with other values"):
+        twice.step(readings[-1] + 1, at=len(readings) - 1)
+    # the replay's answer survives a restart with the alert state
+    later = Monitor(model.stream(twice.stream.snapshot()), cfg, twice.state.to_bytes())
+    replay = later.step(readings[-1], at=len(readings) - 1)
+    np.testing.assert_allclose(replay.lo, a.lo, rtol=1e-6)
+    assert later.state.to_bytes() == twice.state.to_bytes()

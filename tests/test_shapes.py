@@ -1,9 +1,13 @@
 """The shape explanations users see, for the mistakes they make."""
 
+import numpy as np
 import pytest
 
+import runtime
 from runtime.errors import ShapeError
-from runtime.shapes import check_shape, shape_problem
+from runtime.shapes import STREAMS, check_shape, shape_problem
+
+from helpers import tiny_onnx
 
 
 @pytest.mark.parametrize("got, expected, says", [
@@ -75,3 +79,45 @@ def test_a_series_given_where_windows_belong_is_not_reshaped_into_them():
     message = shape_problem((5,), (None, 3, 1))
     assert "a series of readings, not windows: make windows of 3" in message
     assert "reshape x to" not in message
+
+
+@pytest.mark.parametrize("got, expected, says", [
+    # Model.step(streams, readings): one reading per stream, in those words.
+    ((2, 2), (3, 2), "expected (streams, features) = (3, 2), got (2, 2) — 2 readings for 3 "
+                     "streams: give one reading per stream, shape (3, 2), row i the reading of "
+                     "streams[i]"),
+    ((2,), (3, 1), "2 readings for 3 streams: give one reading per stream, shape (3, 1)"),
+    ((2,), (3, 2), "this is one reading, and each of the 3 streams takes one: give shape (3, 2)"),
+    ((2,), (1, 2), "add a streams axis for the one stream: x.reshape(1, 2)"),
+    ((), (3, 2), "give one reading per stream, shape (3, 2)"),
+    ((3,), (3, 1), "add a features axis: x.reshape(3, 1)"),
+])
+def test_many_streams_messages_count_readings_against_streams(got, expected, says):
+    message = shape_problem(got, expected, axes=STREAMS, window=1)
+    assert says in message
+    assert "(readings, features)" not in message and "samples" not in message
+
+
+def test_one_number_for_a_reading_of_many_features_says_so():
+    """A scalar to a 2-feature step suggested ``x.reshape(1, )``, which is no fix."""
+    message = shape_problem((), (2,), ["t", "rh"], window=1)
+    assert message == ("expected (features,) = (2,), got () — this is one number, and the "
+                       "model reads 2 features (t, rh) per reading: give one value per "
+                       "feature, shape (2,)")
+
+
+def test_a_reading_given_where_a_chunk_belongs_names_the_readings_axis():
+    assert "add a readings axis for a single one: x.reshape(1, 2)" in \
+        shape_problem((2,), (None, 2), window=1)
+
+
+def test_the_runtime_raises_these_messages(tmp_path):
+    model = runtime.load(tiny_onnx(tmp_path / "m.onnx"), device="cpu")
+    with pytest.raises(ShapeError, match=r"got \(\) — this is one number, and the model reads "
+                                         r"2 features \(temperature, humidity\)"):
+        model.stream().step(3.0)
+    streams = [model.stream() for _ in range(3)]
+    with pytest.raises(ShapeError, match=r"^readings: expected \(streams, features\) = \(3, 2\), "
+                                         r"got \(2, 2\) — 2 readings for 3 streams"):
+        model.step(streams, np.zeros((2, 2)))
+    assert all(s.steps == 0 for s in streams)
