@@ -81,6 +81,27 @@ def test_a_constant_target_is_refused(tmp_path):
     assert "the target 'level' is 7 on every row: there is nothing to forecast" in err
 
 
+@pytest.mark.parametrize("name", ["time", "stamp"])
+def test_epoch_seconds_newest_first_are_refused_not_made_a_feature(tmp_path, name):
+    """As ISO dates are: named like time, or unnamed as the first column (before training)."""
+    rows = [f"{1646092800 + 3600 * i},{10.0 + i * 7 % 5}" for i in range(40)]
+    err = refused(tmp_path, "\n".join([f"{name},level", *reversed(rows)]) + "\n",
+                  "--target", "level", "--look-back", 4, *FAST)
+    assert f"d.csv, line 3: the time column '{name}' goes back ('1646229600' after " \
+           f"'1646233200' on line 2)" in err
+    assert "the rows run newest first: reverse them" in err
+
+
+def test_a_target_flat_on_the_training_and_validation_rows_is_refused(tmp_path):
+    """It changes in the test tail only: the model would learn from no change (before
+    training, which would score it nan and calibrate intervals of width 0)."""
+    err = refused(tmp_path, hourly(40, [7.0] * 35 + [8.0, 9.0, 7.0, 8.0, 9.0]),
+                  "--target", "level", "--look-back", 4, *FAST)
+    assert "the target 'level' is 7 on every training row (lines 2..29, the first 70% of the " \
+           "rows) and first changes on line 37" in err
+    assert "give more rows, a smaller --val-fraction/--test-fraction, or another --target" in err
+
+
 def test_a_target_named_twice_is_refused(tmp_path):
     err = refused(tmp_path, hourly(40), "--target", "level,level")
     assert "--target names 'level' twice" in err

@@ -41,6 +41,9 @@ def saved(tmp_path_factory):
     bi = keras.Sequential([keras.Input((None, 2)), L.Bidirectional(L.LSTM(4), name="both_ways"),
                             L.Dense(1)])
     bi.save(folder / "bi.keras")
+    # A forecast block of 6 steps from a window of 1 reading, as docs/keras-models.md says.
+    block = keras.Sequential([keras.Input((1, 1)), L.LSTM(2), L.Dense(6), L.Reshape((6, 1))])
+    block.save(folder / "block.keras")
     return folder
 
 
@@ -103,3 +106,28 @@ def test_help_has_examples():
     result = lstm_export("--help")
     assert result.returncode == 0 and "Examples:" in result.stdout and "--carry-state" in \
         result.stdout
+
+
+@pytest.mark.parametrize("rows, found", [(1, "1 row holds 0 forecasts"),
+                                         (15, "15 rows hold 9 forecasts")])
+def test_a_short_calibration_csv_says_how_many_rows_a_block_needs(saved, rows, found):
+    """Each forecast reads 1 reading and is scored on the 6 after it: 10 forecasts need
+    1 - 1 + 6 + 9 = 16 rows (the message said '-5 forecasts' and 'the window is 1 readings')."""
+    csv = saved / f"calibration-{rows}.csv"
+    csv.write_text("flow\n" + "".join(f"{10 + i % 4}\n" for i in range(rows)))
+    result = lstm_export("block.keras", "-o", f"block-{rows}.onnx", "--features", "flow",
+                         "--targets", "flow", "--no-check", "--calibrate", csv, cwd=saved)
+    assert_error(result, 2, f"{found} with all 6 steps ahead among the rows; expected at least "
+                            f"10 to calibrate on (each forecast reads a window of 1 reading and "
+                            f"is scored on the 6 readings after it); give at least 16 rows")
+    assert not (saved / f"block-{rows}.onnx").exists()
+
+
+def test_a_calibration_csv_of_the_rows_asked_for_calibrates(saved):
+    csv = saved / "calibration-16.csv"
+    csv.write_text("flow\n" + "".join(f"{10 + i % 4}\n" for i in range(16)))
+    result = lstm_export("block.keras", "-o", "block-16.onnx", "--features", "flow",
+                         "--targets", "flow", "--no-check", "--calibrate", csv, cwd=saved)
+    assert result.returncode == 0, result.stderr
+    props = {p.key: p.value for p in onnx.load(saved / "block-16.onnx").metadata_props}
+    assert json.loads(props["lstm_edge.intervals"])["n"] == 15   # forecasts of step 1

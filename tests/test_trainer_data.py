@@ -5,7 +5,7 @@ import csv
 import numpy as np
 import pytest
 
-from trainer.data import read_csv, select
+from trainer.data import check_time, check_training_target, read_csv, select
 from trainer.errors import DataError
 from trainer.windows import Scaler, sequences, split_point, windows
 
@@ -118,3 +118,91 @@ def test_scaler_round_trip_and_constant_column():
     s = Scaler.fit(x, x[:, :1], "standard")
     assert s.x(x).tolist() == [[-1, 0], [1, 0]]          # a constant column is not divided by 0
     assert np.allclose(s.y_inverse(s.y(x[:, :1])), x[:, :1])
+
+
+# ---- epoch seconds as the time column, in whatever order the logger wrote them -------------
+
+EPOCH0 = 1646092800          # 2022-03-01T00:00:00Z
+
+
+def epoch_csv(tmp_path, name="time", order=None, extra=""):
+    """A CSV of 40 hourly readings led by epoch seconds: ``order`` the row indices written
+    (default oldest first); ``extra`` a header for a third column of a countdown."""
+    order = range(40) if order is None else order
+    head = f"{name},level" + (f",{extra}" if extra else "")
+    body = [f"{EPOCH0 + 3600 * i},{10 + i % 5}" + (f",{4_000_000_000 - 3600 * i}" if extra else "")
+            for i in order]
+    return write(tmp_path, "\n".join([head, *body]) + "\n")
+
+
+@pytest.mark.parametrize("name", ["time", "stamp"])
+def test_epoch_seconds_newest_first_are_the_time_column_and_refused(tmp_path, name):
+    """Named like time or not (then as the first column), epoch seconds newest first are
+    the time column, refused as a date string column is, never a feature."""
+    table = read_csv(epoch_csv(tmp_path, name, order=range(39, -1, -1)))
+    assert table.time_column == name and list(table.columns) == ["level"]
+    with pytest.raises(DataError, match=f"line 3: the time column '{name}' goes back .* the "
+                                        f"rows run newest first: reverse them"):
+        check_time(select(table, "level"), table.time_column, "d.csv")
+
+
+@pytest.mark.parametrize("name", ["time", "stamp"])
+def test_a_repeated_epoch_second_is_the_time_column_and_noted(tmp_path, name):
+    table = read_csv(epoch_csv(tmp_path, name, order=[*range(21), 20, *range(21, 40)]))
+    assert table.time_column == name and list(table.columns) == ["level"]
+    notes, _ = check_time(select(table, "level"), table.time_column, "d.csv")
+    assert len(notes) == 1 and f"line 23: the time '{EPOCH0 + 3600 * 20}' repeats line 22's" \
+        in notes[0]
+
+
+def test_a_named_epoch_column_out_of_order_is_refused_with_sort(tmp_path):
+    order = [*range(10), 11, 10, *range(12, 40)]
+    table = read_csv(epoch_csv(tmp_path, order=order))
+    assert table.time_column == "time"
+    with pytest.raises(DataError, match="line 13: .* sort the rows by time, oldest first"):
+        check_time(select(table, "level"), table.time_column, "d.csv")
+
+
+def test_a_shrinking_or_stalling_large_number_after_the_first_column_stays_a_feature(tmp_path):
+    """A countdown (epoch-sized numbers at one step, newest-first-like) after the first
+    column, and a meter that stalls now and then, are features: only the leading column,
+    or one named like time, is read as time newest first or with repeats."""
+    meter = [200_000_000 + 1000 * (i - i // 3) for i in range(40)]   # stalls every 3rd row
+    path = write(tmp_path, "level,countdown,meter\n" + "".join(
+        f"{10 + i % 5},{4_000_000_000 - 3600 * i},{meter[i]}\n" for i in range(40)))
+    table = read_csv(path)
+    assert table.time_column is None and list(table.columns) == ["level", "countdown", "meter"]
+    # After a time column that is the first, the countdown is a feature as well.
+    table = read_csv(epoch_csv(tmp_path, extra="countdown"))
+    assert table.time_column == "time" and list(table.columns) == ["level", "countdown"]
+
+
+def test_a_nameless_row_index_before_the_time_column_is_passed_over(tmp_path):
+    """pandas writes its row index first with an empty name: the epoch column after it is
+    still the leading one."""
+    rows = [f"{i},{EPOCH0 + 3600 * (39 - i)},{10 + i % 5}" for i in range(40)]
+    table = read_csv(write(tmp_path, ",stamp,level\n" + "\n".join(rows) + "\n"))
+    assert table.time_column == "stamp" and list(table.columns) == ["", "level"]
+
+
+def test_a_target_flat_on_the_training_rows_is_refused(tmp_path):
+    values = [7.0] * 34 + [7.0, 8.0, 9.0, 7.0, 8.0, 9.0]   # changes in the test tail only
+    path = write(tmp_path, "level\n" + "".join(f"{v}\n" for v in values))
+    sel = select(read_csv(path), "level")
+    with pytest.raises(DataError, match=r"the target 'level' is 7 on every training row \(lines "
+                                        r"2\.\.29, the first 70% of the rows\) and first "
+                                        r"changes on line 37"):
+        check_training_target(sel, 28, "d.csv")
+    check_training_target(sel, 36, "d.csv")                   # it changes on row 35
+    flat = select(read_csv(write(tmp_path, "level\n" + "7\n" * 40)), "level")
+    check_training_target(flat, 28, "d.csv")         # flat everywhere: check_targets's to say
+
+
+def test_train_itself_refuses_a_target_flat_on_the_training_rows(tmp_path):
+    """The Python API makes the refusal lstm-train makes, before any model is built."""
+    from trainer.train import TrainConfig, train
+    values = [7.0] * 34 + [7.0, 8.0, 9.0, 7.0, 8.0, 9.0]
+    path = write(tmp_path, "level\n" + "".join(f"{v}\n" for v in values))
+    with pytest.raises(DataError, match="is 7 on every training row"):
+        train(path, "level", output=tmp_path / "m.keras", cfg=TrainConfig(look_back=4))
+    assert not (tmp_path / "m.keras").exists()

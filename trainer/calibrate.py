@@ -68,6 +68,7 @@ import math
 import numpy as np
 
 from runtime.alerts import local_spread
+from runtime.errors import counted
 
 LEVELS = (0.8, 0.9, 0.95, 0.99)
 # The scales a calibration chooses among, on its own rows (see choose_scale): raw residuals,
@@ -79,6 +80,7 @@ FLOOR_SHARE = 0.1         # the spread's floor: this share of the mean |change| 
 TAIL_FIT = "exponential"  # the tail beyond the largest score (see the module's notes)
 FAULT_P = 1e-6            # a score beyond this under the others' tail is a fault (faults)
 FAULT_SHARE = 0.05        # at most this share of the calibration rows left out as faults
+MIN_FORECASTS = 10        # fewest forecasts a calibration CSV must hold (calibrate_file)
 
 
 def conformal_quantile(scores: np.ndarray, level: float) -> float:
@@ -364,12 +366,9 @@ def calibrate_file(onnx_path, csv, *, missing: str = "error") -> dict:
     preds = model.stream().feed(sel.x.astype(np.float32))           # (rows, outputs)
     last = np.flatnonzero(np.isfinite(preds).all(axis=1))
     last = last[last + horizon < len(sel.y)]
-    if len(last) - (steps - 1) < 10:
-        reach = (f"the block reaches {steps} readings ahead" if block is not None
-                 else f"the horizon {horizon}")
-        raise DataError(f"{csv}: {len(last) - (steps - 1)} forecasts to calibrate on; expected "
-                        f"at least 10 (the window is {model.window} readings, {reach}); give "
-                        f"more rows")
+    if len(last) - (steps - 1) < MIN_FORECASTS:
+        raise DataError(too_few_rows(str(csv), len(sel.y), len(last), model.window, horizon,
+                                     steps))
     found = intervals(sel.y, preds[last].astype(np.float64), last, horizon,
                       target_columns(model.features, names),
                       f"calibration CSV {Path(csv).name}", sel.y, steps=steps)
@@ -380,6 +379,34 @@ def calibrate_file(onnx_path, csv, *, missing: str = "error") -> dict:
     helper.set_model_props(proto, props)
     write_atomically(Path(onnx_path), proto.SerializeToString())
     return found
+
+
+def too_few_rows(source: str, rows: int, made: int, window: int, horizon: int,
+                 steps: int) -> str:
+    """The message for a calibration CSV of ``rows`` rows that holds too few forecasts:
+    ``made`` forecasts whose first reading ahead is among the rows, of which those whose
+    every step is (``made - (steps - 1)``) must be :data:`MIN_FORECASTS`.
+
+    A forecast is made once the window is full (``window - 1`` readings of warm-up) and
+    scored on the readings ``horizon`` to ``horizon + steps - 1`` after it, so ``rows`` must
+    be at least ``window - 1 + horizon + steps - 1 + MIN_FORECASTS``; more where a reading
+    gave no forecast (``rows - made`` beyond the warm-up and the readings ahead).
+
+    >>> too_few_rows("c.csv", 1, 0, 1, 1, 6)    # doctest: +NORMALIZE_WHITESPACE
+    'c.csv: 1 row holds 0 forecasts with all 6 steps ahead among the rows; expected at least
+    10 to calibrate on (each forecast reads a window of 1 reading and is scored on the 6
+    readings after it); give at least 16 rows'
+    """
+    found = max(made - (steps - 1), 0)
+    need = max(window - 1 + horizon + steps - 1 + MIN_FORECASTS,
+               rows + MIN_FORECASTS - (made - (steps - 1)))
+    ahead_words = (f"the {counted(steps, 'reading')} after it" if steps > 1
+                   else "the next reading" if horizon == 1 else f"the reading {horizon} ahead")
+    which = f" with all {steps} steps ahead among the rows" if steps > 1 else ""
+    return (f"{source}: {counted(rows, 'row')} hold{'s' if rows == 1 else ''} "
+            f"{counted(found, 'forecast')}{which}; expected at least {MIN_FORECASTS} to "
+            f"calibrate on (each forecast reads a window of {counted(window, 'reading')} and "
+            f"is scored on {ahead_words}); give at least {need} rows")
 
 
 def metadata(sidecar: dict | None, n_outputs: int) -> dict:

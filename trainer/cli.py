@@ -144,7 +144,7 @@ def train_main(data, target, features, look_back, horizon, mode, cell, units, la
     """Fit an LSTM (or GRU) on DATA, a CSV with a header row, and report it against baselines."""
     require_training("lstm-train", TRAINING)
     from .model import ModelConfig
-    from .train import TrainConfig, check_config, check_output
+    from .train import TrainConfig, check_config, check_data, check_output
 
     cfg = TrainConfig(look_back=look_back, horizon=horizon, epochs=epochs,
                       batch_size=batch_size, patience=patience, val_fraction=val_fraction,
@@ -157,6 +157,7 @@ def train_main(data, target, features, look_back, horizon, mode, cell, units, la
                                         dropout=dropout, dense=dense))
     check_config(cfg, rows=cfg.look_back + cfg.horizon)   # flag errors before TF loads
     check_output(output)
+    check_data(data, target, features, cfg)   # the CSV's refusals, before TF loads
     quiet_tensorflow()
     from .train import train
 

@@ -32,6 +32,7 @@ TIME_NAMES = re.compile(r"^(time|date|datetime|timestamp|ts|month|day|hour|minut
 NUMERIC_TIME_NAMES = re.compile(r"^(time|date|datetime|timestamp|ts|epoch|unix_?time)$", re.I)
 SHOW = 5  # how many offending lines a message lists before saying "and N more"
 GAP = 5   # a time step over this many times the median spacing is a hole (check_time)
+EPOCH = (1e8, 4.2e9)   # numbers read as epoch seconds, as forecast.parse_time does: 1973..2103
 
 
 @dataclass
@@ -64,28 +65,67 @@ def _looks_like_time(values: list[str]) -> bool:
     return True
 
 
-def _numeric_time(name: str, numbers: np.ndarray) -> bool:
+def _dates(values: np.ndarray) -> bool:
+    """Whether every value is a YYYYMMDD date with a real month and day."""
+    if not ((values >= 1e7) & (values < 3e7) & (values == np.round(values))).all():
+        return False
+    days = values.astype(np.int64)
+    month, day = days // 100 % 100, days % 100
+    return bool(((month >= 1) & (month <= 12) & (day >= 1) & (day <= 31)).all())
+
+
+def _epoch(values: np.ndarray) -> bool:
+    """Whether every value lies where epoch seconds are read as dates (1973..2103)."""
+    return bool(((values >= EPOCH[0]) & (values < EPOCH[1])).all())
+
+
+def _numeric_time(name: str, numbers: np.ndarray, leading: bool = True) -> bool:
     """Whether a column of plain numbers is a time column, by its name or its values.
 
-    Named ``time``/``date``/``timestamp``/... and strictly increasing; or YYYYMMDD dates
-    that never go back; or epoch seconds (1973..2103) that increase by a constant step.
+    - Named ``time``/``date``/``timestamp``/...: strictly increasing, or epoch seconds or
+      YYYYMMDD dates in any order (:func:`check_time` then refuses rows that go back and
+      notes a repeated time, as for a column of date strings).
+    - Otherwise YYYYMMDD dates, or whole epoch seconds at one step (at most one step in ten
+      a repeat or another spacing), that never go back; or newest first, where the column
+      is ``leading`` (no numeric column before it bar a nameless one, the row index pandas
+      writes): elsewhere a column that only shrinks may be a countdown, a feature.
+
     A ``month``/``day``/``hour`` column of small repeating numbers stays a feature.
     """
     values = numbers[np.isfinite(numbers)]
-    whole = (values == np.round(values)).all()
-    if len(values) < 2 or (not whole and not NUMERIC_TIME_NAMES.match(name)):
+    if len(values) < 2:
         return False
     steps = np.diff(values)
-    if NUMERIC_TIME_NAMES.match(name) and (steps > 0).all():
+    if NUMERIC_TIME_NAMES.match(name):
+        return bool((steps > 0).all() or _dates(values) or _epoch(values))
+    if not ((steps >= 0).all() or (leading and (steps <= 0).all())):
+        return False
+    if _dates(values):
         return True
-    if (steps >= 0).all() and ((values >= 1e7) & (values < 3e7)).all():
-        days = values.astype(np.int64)                    # YYYYMMDD: a real month and day
-        month, day = days // 100 % 100, days % 100
-        if ((month >= 1) & (month <= 12) & (day >= 1) & (day <= 31)).all():
-            return True
-    if (steps > 0).all() and ((values >= 1e8) & (values < 4.2e9)).all():
-        return bool(np.mean(steps == np.median(steps)) >= 0.9)   # epoch seconds, one step
-    return False
+    if not _epoch(values) or not (values == np.round(values)).all() or not steps.any():
+        return False
+    spacing = np.median(np.abs(steps[steps != 0]))
+    return bool(np.mean(np.abs(steps) == spacing) >= 0.9)      # epoch seconds, one step
+
+
+def check_training_target(sel: "Selection", split: int, source: str) -> None:
+    """Refuse a target that is flat on the training rows (before ``split``) and changes later.
+
+    The network learns from those rows alone, and the scales its figures are read in (MASE,
+    the intervals' spread) come from them: a target that never changes there leaves nothing
+    to learn and no scale. A target flat on every row is train.check_targets's to refuse.
+    """
+    for k, name in enumerate(sel.targets):
+        column = sel.y[:, k]                                           # (rows,)
+        if np.ptp(column[:split]) > 0 or np.ptp(column) == 0:
+            continue
+        moves = int(np.flatnonzero(column != column[0])[0])           # its first change
+        raise DataError(f"{source}: the target {name!r} is {column[0]:g} on every training row "
+                        f"(lines {sel.lines[0]}..{sel.lines[split - 1]}, the first "
+                        f"{split / len(column):.0%} of the rows) and first changes on line "
+                        f"{sel.lines[moves]}: the model would learn from no change; expected a "
+                        f"target that changes in the training rows — give more rows, a smaller "
+                        f"--val-fraction/--test-fraction, or another --target")
 
 
 def growing_features(sel: "Selection", split: int) -> list[str]:
@@ -189,7 +229,8 @@ def read_csv(path: str | Path) -> Table:
             if junk or not np.isfinite(numbers).any():
                 time, time_column = np.asarray(texts), name
                 continue
-        if time_column is None and not junk and _numeric_time(name, numbers):
+        leading = all(n == "" for n in columns)    # bar a nameless row index (pandas)
+        if time_column is None and not junk and _numeric_time(name, numbers, leading):
             time, time_column = np.asarray(texts), name
             continue
         # A column where most values are numbers is numeric: the rest is junk to report.

@@ -30,7 +30,7 @@ from runtime.errors import counted
 
 from . import anchors
 from .calibrate import coverage, intervals, target_columns
-from .data import check_time, growing_features, read_csv, select
+from .data import check_time, check_training_target, growing_features, read_csv, select
 from .errors import DataError
 from .ensemble import merge
 from .model import ModelConfig, build_model, reset_states
@@ -415,6 +415,23 @@ def check_targets(sel, source: str) -> None:
                             f"name another with --target")
 
 
+def check_data(csv: str | Path, target, features, cfg: TrainConfig):
+    """Read ``csv`` and make every refusal its rows call for, before TensorFlow is needed.
+
+    Returns (table, selection, notes, time note); ``lstm-train`` calls it before it loads
+    TensorFlow, so that a bad CSV is told in a fraction of a second.
+    """
+    table = read_csv(csv)
+    sel = select(table, target, features, cfg.missing, source=str(csv), exported=False)
+    check_targets(sel, str(csv))
+    notes, time_note = check_time(sel, table.time_column, str(csv))
+    check_config(cfg, len(sel.x))
+    check_rows(len(sel.x), cfg)
+    split, _ = split_points(len(sel.x), cfg.val_fraction, cfg.test_fraction, 0)
+    check_training_target(sel, split, str(csv))      # the rows the network learns from
+    return table, sel, notes, time_note
+
+
 def train(csv: str | Path, target: str | list[str], features: str | list[str] | None = None,
           output: str | Path = "model.keras", cfg: TrainConfig | None = None,
           plot: str | Path | None = None) -> TrainResult:
@@ -424,12 +441,7 @@ def train(csv: str | Path, target: str | list[str], features: str | list[str] | 
     """
     cfg = cfg or TrainConfig()
     check_output(output)
-    table = read_csv(csv)
-    sel = select(table, target, features, cfg.missing, source=str(csv), exported=False)
-    check_targets(sel, str(csv))
-    notes, time_note = check_time(sel, table.time_column, str(csv))
-    check_config(cfg, len(sel.x))
-    check_rows(len(sel.x), cfg)
+    table, sel, notes, time_note = check_data(csv, target, features, cfg)
     # A differenced window reads one reading more: look_back differences need look_back + 1.
     window = _window(cfg, cfg.look_back)
     split, test = split_points(len(sel.x), cfg.val_fraction, cfg.test_fraction,
