@@ -21,9 +21,10 @@ from __future__ import annotations
 import numpy as np
 
 from .device import to_host
-from .errors import InputError
+from .errors import InputError, counted
 from .state import check_position, order
-from .stream import conflict_message, fill_missing, nonfinite, previous_row, run_windows
+from .stream import (conflict_message, fill_missing, nonfinite, previous_row, run_windows,
+                     skips_gap)
 
 
 class Group:
@@ -56,9 +57,15 @@ def step_at(model, streams: list, readings, at) -> np.ndarray:
     n = len(streams)
     xs = model._check_chunk(readings, n)                    # (n_streams, features)
     raw = np.asarray(readings, np.float64).reshape(n, -1)
+    if isinstance(at, (str, bytes)) or not hasattr(at, "__len__") or np.ndim(at) == 0:
+        raise InputError(f"step got {counted(n, 'stream')} and one position, at={at!r:.40}; "
+                         f"expected {counted(n, 'position')}, one per stream (a list or an "
+                         f"array)")
     ats = [None if a is None else check_position(a) for a in at]
     if len(ats) != n:
-        raise InputError(f"step got {n} streams and {len(ats)} positions (at=); give one each")
+        raise InputError(f"step got {counted(n, 'stream')} and {len(ats)} positions (at=); "
+                         f"expected {counted(n, 'position')}, one per stream")
+    held = [s._last() is not None for s in streams]        # a value a gap may hold
     kinds = ["new" if a is None else order(s._pos, s._seen, x, a)
              for s, x, a in zip(streams, raw, ats)]
     bad = [f"stream {i}: {conflict_message(a, s._seen, x)}"
@@ -76,9 +83,10 @@ def step_at(model, streams: list, readings, at) -> np.ndarray:
                 out[i] = streams[i]._answer
         if new:
             out[new] = _step_checked(model, [streams[i] for i in new], xs[new])
-    if new:
-        for i in (i for i in new if ats[i] is not None):    # None: fed unchecked
-            stream = streams[i]
+    for i in new:
+        skipped = bool(np.isnan(raw[i]).any()) and skips_gap(streams[i].missing, held[i])
+        if ats[i] is not None and not skipped:     # None: fed unchecked; a skipped gap
+            stream = streams[i]                    # claims no position (see skips_gap)
             stream._pos, stream._seen, stream._answer = ats[i], raw[i], out[i].copy()
     return out
 

@@ -29,7 +29,7 @@ from .ledger import SaveLedger
 from .order import MOST, NoPosition, OrderColumn, choose
 from .state import order
 from .sensors import Sensor, SensorTable
-from .stream import Stream, conflict_message
+from .stream import Stream, conflict_message, skips_gap
 
 if TYPE_CHECKING:
     from .store import StateStore
@@ -419,6 +419,7 @@ class Server:
         column = cast(OrderColumn, self.order)
         marks: dict[int, tuple] = {}
         latest: dict[str, fmt.Record] = {}        # per sensor: the batch's last new record
+        holding: dict[str, bool] = {}             # per sensor: a reading a gap may hold
         for rec in records:
             if rec.at is None:
                 continue                          # no position: fed unchecked
@@ -430,8 +431,9 @@ class Server:
             else:
                 kind = "new" if stream is None else stream.order(values, rec.at)
             if kind == "new":
-                if not self._feeds_nothing(rec):    # a skipped reading takes no position
-                    latest[rec.key] = rec
+                held = holding.get(rec.key, isinstance(stream, Stream) and stream.holding)
+                if not self._feeds_nothing(rec, held):   # a skipped gap takes no position
+                    latest[rec.key], holding[rec.key] = rec, True
             elif kind == "replay":
                 column.replayed(rec.key)
                 marks[id(rec)] = ("replay", prev if prev is not None else self._stored(stream))
@@ -599,22 +601,21 @@ class Server:
         stacking and checks a many-stream call makes; ``(step, warmup, prediction)``."""
         if rec.reset:                                   # --reset-column: a new sequence
             stream.reset()
-        pred = stream.step(rec.values, at=None if self.order is None or self._feeds_nothing(rec)
-                           else rec.at)
+        pred = stream.step(rec.values, at=None if self.order is None else rec.at)
         if pred is None:                                # warming up, or a skipped reading
             pred = np.full(self.model.n_targets, np.nan, np.float32)
         return stream.steps, not stream.ready, pred
 
     def _positions(self, records: list[fmt.Record]) -> list | None:
         """The records' positions for the runtime's order rule; None without the check."""
-        return None if self.order is None else \
-            [None if self._feeds_nothing(r) else r.at for r in records]
+        return None if self.order is None else [r.at for r in records]
 
-    def _feeds_nothing(self, rec: fmt.Record) -> bool:
-        """Whether ``rec`` is a reading ``--missing skip`` skips (a missing value): it feeds
-        nothing, so it takes no position, and the same reading sent again whole is fed."""
-        return self.model.missing == "skip" and \
-            not np.isfinite(cast(np.ndarray, rec.values)).all()
+    def _feeds_nothing(self, rec: fmt.Record, held: bool) -> bool:
+        """Whether ``rec`` is a reading ``--missing`` skips (a missing value under ``skip``,
+        or under ``hold`` with nothing ``held``): it feeds nothing, so it takes no position,
+        and the same reading sent again whole is fed (see :func:`runtime.stream.skips_gap`)."""
+        return bool(np.isnan(cast(np.ndarray, rec.values)).any()) and \
+            skips_gap(self.model.missing, held)
 
 
 def window_known(model) -> bool:

@@ -262,6 +262,11 @@ class Stream:
         return self._group is not None or len(self._buf) >= model.window \
             or (model.window == 1 and model.mask_answer is not None)
 
+    @property
+    def holding(self) -> bool:
+        """Whether the stream has a reading that ``missing='hold'`` fills a gap from."""
+        return self._last() is not None
+
     # --- inside --------------------------------------------------------------------------
 
     def _last(self):

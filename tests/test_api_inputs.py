@@ -180,3 +180,22 @@ def test_flag_columns_follow_the_framing_keys():
 
 def test_the_bundled_models_flag_is_known(water):
     assert {k: v.tolist() for k, v in flag_columns(water).items()} == {"in_x0": [1]}
+
+
+def test_many_streams_with_positions_a_skipped_gap_claims_no_position(model):
+    """Model.step(streams, readings, at=) follows Stream.step: a reading skipped for a gap
+    leaves its position free, so the corrected resend is fed; at= must be one per stream."""
+    m = model
+    streams = [m.stream(missing="skip"), m.stream(missing="skip")]
+    alone = [m.stream(), m.stream()]
+    gap = np.array([[np.nan] * m.n_features, [3.0] * m.n_features])
+    fixed = np.array([[5.0] * m.n_features, [3.0] * m.n_features])
+    first = m.step(streams, gap, at=[2, 2])
+    assert np.isnan(first[0]).all() and not np.isnan(first[1]).any()
+    second = m.step(streams, fixed, at=[2, 2])      # row 0 fed now; row 1 a replay
+    np.testing.assert_array_equal(second[1], first[1])
+    want = [alone[0].step(fixed[0]), alone[1].step(fixed[1])]
+    np.testing.assert_allclose(second, np.stack(want), rtol=1e-6)
+    with pytest.raises(InputError, match="one position, at=5; expected 2 positions, one per "
+                                         "stream"):
+        m.step(streams, fixed, at=5)

@@ -612,3 +612,34 @@ def test_a_window_given_to_a_sequence_file_says_it_keeps_carrying_the_state(tmp_
     assert "--window 3 --no-carry-state" in err
     _, err = run([model, "--window", "3", "--no-carry-state"], data)
     assert "keeps carrying" not in err, err
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["one batch", "line by line"])
+def test_hold_a_first_gap_is_skipped_and_its_corrected_resend_fed(tmp_path, stream):
+    """--missing hold with nothing to hold skips the gap, which takes no position; a later
+    gap is fed with the held value, so it keeps its position: sent again whole with other
+    values it is a conflict (an error record), sent again as it was a replay."""
+    model = tiny_onnx(tmp_path / "m.onnx")
+    lines_in = [b"time,temperature,humidity", b"2022-01-01T00:00:00Z,,40",
+                b"2022-01-01T00:00:00Z,20,40", b"2022-01-01T01:00:00Z,,41",
+                b"2022-01-01T01:00:00Z,,41", b"2022-01-01T01:00:00Z,21,41"]
+    args = [model, "--missing", "hold", "--state", tmp_path / "s.db"]
+    if not stream:
+        out, err = run(args, b"\n".join(lines_in) + b"\n")
+    else:
+        live = Live([*args, "--stream"])
+        try:
+            answers = []
+            for line in lines_in:
+                live.send(line + b"\n")
+                answers.append(live.read_line())
+            rest, err = live.finish()
+        finally:
+            live.kill()
+        out = "\n".join(answers) + "\n" + rest
+    rows = csv_rows(out)
+    assert [r["step"] for r in rows] == ["0", "1", "2", "2", ""], out
+    assert [r["order"] for r in rows][:4] == ["", "", "", "replay"], out
+    assert "already fed with other values" in rows[4]["error"], out
+    fresh = csv_rows(run([model], b"temperature,humidity\n20,40\n20,41\n")[0])
+    np.testing.assert_allclose(preds(rows)[[1, 2]], preds(fresh), rtol=RTOL, atol=ATOL)

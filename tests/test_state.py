@@ -156,6 +156,7 @@ CALLS = {   # every public attribute of Stream, with the arguments a check calls
     "ready": lambda s: s.ready,
     "position": lambda s: s.position,
     "answer": lambda s: s.answer,
+    "holding": lambda s: s.holding,
     "sections": lambda s: dict(s.sections),
     "model": lambda s: s.model.name,
     "missing": lambda s: s.missing,
