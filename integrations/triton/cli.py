@@ -25,6 +25,7 @@ Each sensor is one Triton sequence (sequence_id = sensor id, sequence_start on i
 reading); Triton keeps its state between requests and starts it from zeros. Window and
 stateful models are served by a variant graph that keeps the window in Triton's state:
 one reading per request, 'warmup' true (and y NaN) until the window has filled.
+A request with a NaN (missing) or inf reading is not fed: y NaN, the sensor's state kept.
 """
 
 

@@ -6,14 +6,20 @@ feeds a zero state on its first request (``initial_state { zero_data }``) and ea
 state back as the next request's input state. One sequence is one sensor (``sequence_id`` =
 sensor id), so Triton carries per-sensor state the way :class:`runtime.Stream` does.
 
-- ``sequence`` mode: the file is served unchanged; a request carries one or more readings.
-- ``window`` and ``stateful`` modes need the last ``window`` readings as well. The repository
-  then holds a *Triton variant* of the graph (:func:`window_variant`) that carries them as
+The exported graph runs unchanged inside a graph written for Triton (:func:`triton_graph`):
+
+- Every mode: a guard. Triton cannot refuse a request as ``lstm-run`` does, so a request
+  whose readings are not all finite (a NaN: a missing reading) is not fed: ``y`` is NaN and
+  every state comes back as it came in. Finite readings are answered bit for bit as before.
+- ``sequence`` mode: a request carries one or more readings.
+- ``window`` and ``stateful`` modes need the last ``window`` readings as well, carried as
   state: ``in_window`` ``(batch, window - 1, features)`` is a shift register the new reading
   is appended to, ``in_count`` counts readings up to ``window``, and the recurrent layers run
   over the whole window, from a zero state (``window``) or from the carried one
   (``stateful``). A request carries exactly one reading; ``warmup`` says the window has not
   filled yet, and ``y`` is NaN then, as the runtime gives None.
+- ``lstm_edge.state_slots`` B > 1 (Keras ``stateful=True`` of batch B): each recurrent state
+  is ``(batch, B, units)`` and ``in_slot`` says which slot the next full window runs from.
 
 Imports onnx, numpy and the runtime only (no TensorFlow, nothing of the trainer): ``lstm-triton``
 works on a runtime install with the ``[triton]`` extra. Before writing, the exported file is
@@ -59,11 +65,12 @@ class Served:
     """What the repository's graph takes and gives, as Triton sees it."""
 
     mode: str                             # the model's streaming mode
-    variant: bool                         # True: a Triton variant graph (window, stateful)
+    variant: bool                         # True: one reading per request (window, slots)
     window: int                           # readings one prediction is made from
     states: list = field(default_factory=list)   # (input name, output name) pairs
     outputs: list = field(default_factory=list)  # graph outputs the client gets
     x_dims: list = field(default_factory=list)   # x's shape past the batch axis (None: any)
+    slots: int = 1                        # state slots per sensor (lstm_edge.state_slots)
 
 
 @dataclass
@@ -82,10 +89,12 @@ class TritonReport:
         shape = ", ".join(["1"] + ["n" if d is None else str(d) for d in s.x_dims])
         per_request = (f"{'one reading' if s.variant else 'one or more readings'} "
                        f"(x: [{shape}] per sensor and request)")
+        how = (f" (window {s.window}, carried in Triton state)" if s.window > 1 else "")
+        if s.slots > 1:
+            how += f" ({s.slots} state slots per sensor, carried in Triton state)"
         lines = [f"wrote {self.folder / 'config.pbtxt'} and {self.folder / '1' / 'model.onnx'}",
-                 f"mode:    {s.mode}" + (f" (window {s.window}, carried in Triton state; "
-                                         f"a Triton variant of the graph)" if s.variant else
-                                         " (the exported graph, unchanged)"),
+                 f"mode:    {s.mode}{how}: the exported graph, unchanged, inside a graph "
+                 f"written for Triton",
                  f"request: {per_request}; outputs {', '.join(s.outputs)}",
                  ("state:   " + ", ".join(f"{a} -> {b}" for a, b in s.states)
                   + " (zero at sequence start)") if s.states else "state:   none",
@@ -93,9 +102,11 @@ class TritonReport:
                  f"{o.max_candidate_sequences} sequences, queue delay {o.max_queue_delay_us} us, "
                  f"idle {o.idle_seconds:g} s",
                  f"serve:   tritonserver --model-repository {self.folder.parent}"]
-        if s.variant:
+        if s.window > 1:
             lines.append(f"warm-up: the first {s.window - 1} readings of a sequence give "
                          f"warmup=true and y=NaN")
+        lines.append("missing: a request with a NaN or inf reading is not fed: y NaN, the "
+                     "sensor's state unchanged (docs/triton.md)")
         return "\n".join(lines)
 
 
@@ -135,10 +146,6 @@ def _elem(value: onnx.ValueInfoProto) -> int:
 
 def _refuse_unsupported(info: ModelInfo) -> None:
     problems = []
-    slots = info.extra.get("state_slots")
-    if slots is not None and str(slots).strip() not in ("1", ""):
-        problems.append(f"it keeps {slots} state slots per stream (lstm_edge.state_slots); "
-                        f"Triton's implicit state here carries one: re-export with one slot")
     if "mask_value" in info.extra:
         problems.append(f"it has a Masking layer (lstm_edge.mask_value "
                         f"{info.extra['mask_value']}): the runtime does not feed a masked "
@@ -152,7 +159,7 @@ def _refuse_unsupported(info: ModelInfo) -> None:
 # --------------------------------------------------------------------------- the served graph
 
 def serving_graph(proto: onnx.ModelProto, info: ModelInfo) -> tuple[onnx.ModelProto, Served]:
-    """The graph Triton runs and how it is served: the file itself, or its window variant."""
+    """The graph Triton runs (:func:`triton_graph`) and how it is served."""
     proto, served = _serving_graph(proto, info)
     served.x_dims = next((_dims(v)[1:] for v in proto.graph.input if v.name == X), [])
     return proto, served
@@ -161,67 +168,111 @@ def serving_graph(proto: onnx.ModelProto, info: ModelInfo) -> tuple[onnx.ModelPr
 def _serving_graph(proto, info):
     _refuse_unsupported(info)
     props = {p.key: p.value for p in proto.metadata_props}
-    if TRITON_KEY in props:                           # already a variant: serve as it is
+    if TRITON_KEY in props:                           # already written for Triton: as it is
         meta = json.loads(props[TRITON_KEY])
         states = [(s["input"], s["output"]) for s in meta["state"]]
         states += [pair for spec in info.state for pair in zip(spec.inputs, spec.outputs)]
         outputs = [Y] + ([WARMUP] if meta.get("warmup") else [])
-        return proto, Served(meta["mode"], True, int(meta["window"]), states, outputs)
-    states = [pair for spec in info.state for pair in zip(spec.inputs, spec.outputs)]
-    if info.streaming_mode == "sequence":
-        return proto, Served("sequence", False, 1, states, [Y])
-    variant = window_variant(proto, info)
+        one = meta.get("readings", "one") == "one"    # files before "readings": one reading
+        return proto, Served(meta["mode"], one, int(meta["window"]), states, outputs,
+                             slots=int(meta.get("slots", 1)))
+    variant = triton_graph(proto, info)
     return _serving_graph(variant, read_model(variant)[1])
 
 
-def window_variant(proto: onnx.ModelProto, info: ModelInfo) -> onnx.ModelProto:
-    """The ``window``/``stateful`` graph with its window buffer as state tensors.
+def triton_graph(proto: onnx.ModelProto, info: ModelInfo) -> onnx.ModelProto:
+    """The graph Triton runs: the exported graph inside a guard, with the window as state.
 
-    Inputs ``x`` ``(batch, 1, features)``, ``in_window`` ``(batch, window - 1, features)``,
-    ``in_count`` ``(batch, 1)`` and, in ``stateful`` mode, the recurrent state inputs;
-    outputs ``y`` ``(batch, 1, targets)`` (NaN while warming up), ``warmup`` ``(batch, 1)``
-    bool, ``out_window``, ``out_count`` and the recurrent state outputs. The exported graph
-    runs inside it unchanged over the window ``concat(in_window, x)``. A window of 1 needs
-    no buffer: only the zero state is added.
+    Every mode: a request (a row of the batch) whose readings are not all finite is not fed:
+    its ``y`` is NaN and every state it carries comes back as it came in, as ``lstm-run``
+    leaves a stream whose reading it refused (the graph cannot raise). ``sequence`` mode
+    (one slot): otherwise the exported graph as it is, one or more readings per request.
+
+    ``window``/``stateful`` modes, and ``sequence`` mode with ``state_slots`` B > 1 (a window
+    of one reading): one reading per request. Inputs ``x`` ``(batch, 1, features)``,
+    ``in_window`` ``(batch, window - 1, features)``, ``in_count`` ``(batch, 1)`` and, when
+    the state is carried, the recurrent state inputs; outputs ``y`` ``(batch, 1, targets)``
+    (NaN while warming up), ``warmup`` ``(batch, 1)`` bool, ``out_window``, ``out_count``
+    and the recurrent state outputs. The exported graph runs inside it unchanged over the
+    window ``concat(in_window, x)``; a window of 1 needs no buffer. With B > 1 slots every
+    recurrent state is ``(batch, B, units)``, slot k in row k, and ``in_slot``/``out_slot``
+    ``(batch, 1)`` is the slot the stream's next full window starts from (docs/contract.md,
+    "State slots"): the window runs from that slot and leaves its state there.
     """
+    carry, slots = info.carry_state, info.state_slots if info.carry_state else 1
     kinds = {s.kind for s in info.state} - {"lstm", "gru", "rnn"}
-    if kinds:
+    sequence = info.streaming_mode == "sequence" and slots == 1
+    if kinds and not sequence:
+        fix = ("serve it with lstm-run, which keeps the slots" if slots > 1 else
+               "re-export it in sequence mode (lstm-export --window 1 --carry-state) to serve "
+               "it with Triton")
         raise TritonError(f"the {info.streaming_mode} mode needs a Triton variant graph, which "
                           f"is built for LSTM/GRU/RNN state only, and this file also carries "
-                          f"{', '.join(sorted(kinds))} state; re-export it in sequence mode "
-                          f"(lstm-export --window 1 --carry-state) to serve it with Triton")
-    window, stateful = info.window, info.streaming_mode == "stateful"
+                          f"{', '.join(sorted(kinds))} state; {fix}")
+    window = info.window
     graph = proto.graph
     inputs = {v.name: v for v in graph.input}
     outputs = {v.name: v for v in graph.output}
-    if X not in inputs or Y not in outputs:
-        raise TritonError(f"the graph has no input {X!r} or no output {Y!r}: give a file "
-                          f"written by lstm-export")
+    missing = [f"the graph has no {side} {name!r} (it has {', '.join(have)}): give a file "
+               f"written by lstm-export" for side, name, have in
+               (("input", X, inputs), ("output", Y, outputs)) if name not in have]
+    if missing:
+        raise TritonError("the Triton repository would not load: " + "; ".join(missing))
     p = _prefix(graph)
     x = inputs[X]
     x_dims = _dims(x)                                  # [batch, time, F] or [batch, time]
     x_type = _elem(x)
-    reading = ["batch", 1] + x_dims[2:]                # one reading per request
+    reading = ["batch", x_dims[1] if sequence else 1] + x_dims[2:]
 
     rename = {X: p + "window" if window > 1 else X, Y: p + "y_all"}
     state_in = [n for s in info.state for n in s.inputs]
     state_out = [n for s in info.state for n in s.outputs]
     for name in state_out:
         rename[name] = p + "run_" + name
-    if not stateful:
-        for name in state_in:
+    for name in state_in:
+        if not carry:
             rename[name] = p + "zero_" + name
+        elif slots > 1:
+            rename[name] = p + "slot_" + name
     body = [_renamed(node, rename) for node in graph.node]
     pre, post, inits = [], [], {}   # nodes before and after the exported graph's
+    opset = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
 
     def const(name, array):
         inits[p + name] = np.asarray(array)
         return p + name
 
-    new_inputs = [helper.make_tensor_value_info(X, x_type, reading)]
-    new_outputs = [helper.make_tensor_value_info(Y, TensorProto.FLOAT,
-                                                 ["batch", 1] + _dims(outputs[Y])[2:])]
-    states = []
+    def node(op, ins, out, **attrs):
+        (pre if out.startswith(p + "pre_") else post).append(
+            helper.make_node(op, ins, [out], **attrs))
+        return out
+
+    def unsqueeze(name, axes, out):
+        if opset >= 13:
+            return node("Unsqueeze", [name, const("axes" + "".join(map(str, axes)), axes)], out)
+        return node("Unsqueeze", [name], out, axes=axes)
+
+    # The guard: x * 0 is 0 where x is finite, NaN where it is NaN or inf (one Mul and one
+    # ReduceSum, not IsNaN + IsInf + Or); a token id is always finite.
+    x_float = X if x_type == TensorProto.FLOAT else \
+        node("Cast", [X], p + "pre_x_float", to=TensorProto.FLOAT)
+    zeros = node("Mul", [x_float, const("zero", np.float32(0))], p + "pre_x_zero")
+    axes = list(range(1, len(reading)))
+    if opset >= 13:
+        node("ReduceSum", [zeros, const("reading_axes", axes)], p + "pre_x_sum", keepdims=1)
+    else:
+        node("ReduceSum", [zeros], p + "pre_x_sum", axes=axes, keepdims=1)
+    node("Equal", [p + "pre_x_sum", p + "zero"], p + "pre_finite")   # (batch, 1[, 1])
+    ok = node("Reshape", [p + "pre_finite", const("batch_1", [-1, 1])], p + "pre_ok")  # (b, 1)
+    nan = const("nan", np.float32(np.nan))
+
+    if sequence:                                       # x and y as the file has them
+        new_inputs, new_outputs = [x], [outputs[Y]]
+    else:
+        new_inputs = [helper.make_tensor_value_info(X, x_type, reading)]
+        new_outputs = [helper.make_tensor_value_info(Y, TensorProto.FLOAT,
+                                                     ["batch", 1] + _dims(outputs[Y])[2:])]
+    states, fed = [], ok
     if window > 1:
         buf = ["batch", window - 1] + x_dims[2:]
         new_inputs += [helper.make_tensor_value_info(WINDOW_IN, x_type, buf),
@@ -232,60 +283,88 @@ def window_variant(proto: onnx.ModelProto, info: ModelInfo) -> onnx.ModelProto:
         states = [{"input": WINDOW_IN, "output": WINDOW_OUT},
                   {"input": COUNT_IN, "output": COUNT_OUT}]
         big, one = const("big", [np.iinfo(np.int64).max]), const("one_i", [1])
-        axis1, minus1 = const("axis1", [1]), const("minus1", [-1])
         w = const("w", np.float32(window))
-        pre.append(   # (batch, window - 1, F) ++ (batch, 1, F) -> (batch, window, F)
-            helper.make_node("Concat", [WINDOW_IN, X], [rename[X]], axis=1))
-        post += [
-            helper.make_node("Slice", [rename[X], one, big, axis1], [WINDOW_OUT]),
-            helper.make_node("Add", [COUNT_IN, const("one", np.float32(1))], [p + "count"]),
-            helper.make_node("Min", [p + "count", w], [COUNT_OUT]),      # (batch, 1)
-            helper.make_node("GreaterOrEqual", [COUNT_OUT, w], [p + "ready"]),
-            helper.make_node("Not", [p + "ready"], [WARMUP]),
-            helper.make_node("Slice", [rename[Y], minus1, big, axis1], [p + "y_last"]),
-            helper.make_node("Unsqueeze", [p + "ready", const("axis2", [2])], [p + "ready3"]),
-            helper.make_node("Where", [p + "ready3", p + "y_last",
-                                       const("nan", np.float32(np.nan))], [Y]),  # (batch, 1, T)
-        ]
-        ready = p + "ready"
+        # (batch, window - 1, F) ++ (batch, 1, F) -> (batch, window, F)
+        pre.append(helper.make_node("Concat", [WINDOW_IN, X], [rename[X]], axis=1))
+        shifted = node("Slice", [rename[X], one, big, const("axis1", [1])], p + "shifted")
+        ok_buf = ok if len(buf) == 2 else unsqueeze(ok, [2], p + "ok3")
+        node("Where", [ok_buf, shifted, WINDOW_IN], WINDOW_OUT)       # a refused reading
+        node("Add", [COUNT_IN, const("one", np.float32(1))], p + "count")  # is not kept
+        node("Min", [p + "count", w], p + "count_new")                # (batch, 1)
+        node("Where", [ok, p + "count_new", COUNT_IN], COUNT_OUT)
+        ready = node("GreaterOrEqual", [COUNT_OUT, w], p + "ready")
+        node("Not", [ready], WARMUP)
+        fed = node("And", [ready, ok], p + "fed")                     # a window was run
+        y_run = node("Slice", [rename[Y], const("minus1", [-1]), big, p + "axis1"],
+                     p + "y_last")
     else:
-        post.append(helper.make_node("Identity", [rename[Y]], [Y]))
-        ready = None
-    if stateful:
+        y_run = rename[Y]
+    node("Where", [unsqueeze(fed, [2], p + "fed3"), y_run, nan], Y)  # (batch, 1 or time, T)
+    if carry:
+        if slots > 1:
+            slot_idx = node("Cast", ["in_slot"], p + "pre_slot_idx", to=TensorProto.INT64)
+            unsqueeze("in_slot", [2], p + "slot3")                    # (batch, 1, 1)
+            node("Equal", [const("slot_range", np.arange(slots, dtype=np.float32)
+                                 .reshape(1, slots, 1)), p + "slot3"], p + "slot_mask")
+            node("And", [p + "slot_mask", p + "fed3"], p + "slot_write")  # (batch, B, 1)
         for spec in info.state:
             for name_in, name_out in zip(spec.inputs, spec.outputs):
-                new_inputs.append(inputs[name_in])
-                new_outputs.append(outputs[name_out])
-                # The state moves on only once the window has filled, as in the runtime.
-                post.append(helper.make_node("Where", [ready, rename[name_out], name_in],
-                                             [name_out]))
+                if slots == 1:
+                    new_inputs.append(inputs[name_in])
+                    new_outputs.append(outputs[name_out])
+                    # The state moves on only where a window was run, as in the runtime.
+                    node("Where", [fed, rename[name_out], name_in], name_out)
+                    continue
+                dims = ["batch", slots, spec.units]
+                new_inputs.append(helper.make_tensor_value_info(name_in, TensorProto.FLOAT, dims))
+                new_outputs.append(helper.make_tensor_value_info(name_out, TensorProto.FLOAT,
+                                                                 dims))
+                states.append({"input": name_in, "output": name_out})
+                pre.append(helper.make_node("GatherND", [name_in, slot_idx], [rename[name_in]],
+                                            batch_dims=1))           # (batch, units)
+                unsqueeze(rename[name_out], [1], p + "run1_" + name_out)   # (batch, 1, units)
+                node("Where", [p + "slot_write", p + "run1_" + name_out, name_in], name_out)
+        if slots > 1:
+            new_inputs.append(helper.make_tensor_value_info("in_slot", TensorProto.FLOAT,
+                                                            ["batch", 1]))
+            new_outputs.append(helper.make_tensor_value_info("out_slot", TensorProto.FLOAT,
+                                                             ["batch", 1]))
+            states.append({"input": "in_slot", "output": "out_slot"})
+            node("Add", ["in_slot", p + "one" if window > 1 else
+                         const("one", np.float32(1))], p + "slot_next")
+            node("GreaterOrEqual", [p + "slot_next", const("slots", np.float32(slots))],
+                 p + "slot_wrap")
+            node("Where", [p + "slot_wrap", p + "zero", p + "slot_next"], p + "slot_ring")
+            node("Where", [fed, p + "slot_ring", "in_slot"], "out_slot")
     else:
-        batch = p + "batch"
-        pre += [helper.make_node("Shape", [X], [p + "shape"]),
-                  helper.make_node("Gather", [p + "shape", const("zero_i", [0])], [batch])]
+        batch = p + "pre_batch"
+        pre += [helper.make_node("Shape", [X], [p + "pre_shape"]),
+                helper.make_node("Gather", [p + "pre_shape", const("zero_i", [0])], [batch])]
         for spec in info.state:
             for name in spec.inputs:                   # (batch, units) zeros: a fresh state
                 size = p + "size_" + name
                 pre += [helper.make_node("Concat", [batch, const("units_" + name,
                                                                    [spec.units])], [size], axis=0),
-                          helper.make_node("ConstantOfShape", [size], [rename[name]],
-                                           value=numpy_helper.from_array(np.zeros(1, np.float32)))]
+                        helper.make_node("ConstantOfShape", [size], [rename[name]],
+                                         value=numpy_helper.from_array(np.zeros(1, np.float32)))]
     initializers = list(graph.initializer) + [numpy_helper.from_array(a, n)
                                               for n, a in inits.items()]
     new_graph = helper.make_graph(pre + body + post, graph.name + "_triton", new_inputs,
                                   new_outputs, initializers)
     model = helper.make_model(new_graph, opset_imports=list(proto.opset_import),
                               producer_name="lstm-edge", ir_version=proto.ir_version)
-    kept = [s.to_json() for s in info.state] if stateful else []
+    kept = [s.to_json() for s in info.state] if carry and slots == 1 else []
     meta = {p_.key: p_.value for p_ in proto.metadata_props}
     meta[PREFIX + "state"] = json.dumps(kept)
     meta[TRITON_KEY] = json.dumps({"mode": info.streaming_mode, "window": window,
-                                   "state": states, "warmup": window > 1})
+                                   "state": states, "warmup": window > 1, "slots": slots,
+                                   "readings": "any" if sequence else "one",
+                                   "nonfinite": "not fed"})
     helper.set_model_props(model, meta)
     try:
         onnx.checker.check_model(model, full_check=True)
     except Exception as exc:  # noqa: BLE001 - onnx raises several types
-        raise TritonError(f"the Triton variant graph fails onnx.checker ({exc}); this is a bug "
+        raise TritonError(f"the graph written for Triton fails onnx.checker ({exc}); this is a bug "
                           f"in lstm-triton, please report it with the model") from None
     return model
 
