@@ -23,10 +23,11 @@ def water_readings():
                          usecols=(1,), dtype=np.float32)[:, None]          # (rows, 1)
 
 
-def unfolded_water(linear: bool = False) -> onnx.ModelProto:
+def unfolded_water(linear: bool | dict = False) -> onnx.ModelProto:
     """The bundled model's network with the framing :mod:`trainer.forecast_graph` builds,
     as the exporter had it before folding (27 nodes): the reference the folded graph meets.
-    ``linear``: with the bundled model's linear path too, as the file holds it.
+    ``linear``: with the bundled model's linear path too, as the file holds it (a dict:
+    that linear path, ``{"weights": ..., "bias": ...}``, instead).
     """
     from onnx import helper as h, numpy_helper as nh
 
@@ -58,7 +59,9 @@ def unfolded_water(linear: bool = False) -> onnx.ModelProto:
                           io("out_c0", ["batch", 32])], inits)
     state = [StateSpec.for_layer(0, "lstm_0", "lstm", 32)]
     wrap = {"residual": [0], "difference": "state"}
-    if linear:
+    if isinstance(linear, dict):
+        wrap["linear"] = linear
+    elif linear:
         wrap["linear"] = json.loads({p.key: p.value for p in src.metadata_props}["lstm_edge.linear"])
     graph, _, _ = forecast_graph.apply(graph, state, {}, wrap, features=1, outputs=1,
                                        tokens=False)

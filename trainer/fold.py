@@ -4,8 +4,9 @@
 reading at a time, every node costs ONNX Runtime about 0.4 µs, and the bundled model's 17
 framing nodes cost more than half of what its whole plain LSTM step costs. :func:`fold`
 rewrites those pieces into fewer nodes that compute the same numbers, after the graph is
-built and before the export check (which therefore vouches for the folded graph). Each pass matches one pattern exactly and
-leaves the graph as it is where the pattern does not match.
+built and before the export check (which therefore vouches for the folded graph). Each
+pass matches one pattern exactly and leaves the graph as it is where the pattern does not
+match.
 
 - ``prev`` state (differenced sequence models), 15 nodes -> 8. The readings are padded with
   a column of ones, ``xa = [x, 1]`` (b, T, F + 1), and the carried ``in_x = [prev, flag]``
@@ -15,10 +16,14 @@ leaves the graph as it is where the pattern does not match.
   others. ``(xa - before) * flag`` is each difference, the first one 0 on a fresh stream
   (flag 0), exactly; its last column is 0 and meets a zero column added to the recurrent
   layer's input weights ``W``, so the layer reads the differences as before; a linear
-  path's nodes read ``gated[..., :F]``, the same differences.
+  path's MatMul reads ``gated`` with a zero row added to its weights, its other nodes
+  ``gated[..., :F]``: the same differences. The flag and ``out_x`` are Gathers, which cost
+  ONNX Runtime about half what a Slice does.
   Exact for the flags a stream carries, 0 and 1 (docs/contract.md).
 - Residual add-back: ``Gather(x, target_features)`` is dropped where it selects every
   feature in order (one feature that is also the target, as in the bundled model).
+- Linear path of one lag: its bias joins the head's bias (one Add fewer; the sum is
+  rounded in another order, within a few float32 ulps of ``y``).
 
 The input scaling and the output de-scaling are already folded into the first layer's and
 the head's weights by :mod:`trainer.graph` wherever that is exact.
@@ -45,7 +50,7 @@ def fold(proto: onnx.ModelProto) -> onnx.ModelProto:
     >>> len(fold(m).graph.node)
     0
     """
-    for fold_pass in (_fold_previous_reading, _fold_residual):
+    for fold_pass in (_fold_previous_reading, _fold_residual, _fold_linear_bias):
         trial = onnx.ModelProto()
         trial.CopyFrom(proto)
         if fold_pass(trial.graph):
@@ -80,13 +85,14 @@ def _fold_previous_reading(graph) -> bool:
     inits, node = _builder(graph, "fold_prev")
     xa = node("Pad", ["x", inits("pads", np.array([0, 0, 0, 0, 0, 1], np.int64)),
                       inits("one", np.array(1.0, np.float32))])               # (b, T, F + 1)
-    first = node("Unsqueeze", [held_name, inits("axis1", np.array([1], np.int64))])  # (b, 1, F+1)
+    axis1 = inits("axis1", np.array([1], np.int64))
+    first = node("Unsqueeze", [held_name, axis1])                             # (b, 1, F + 1)
     z = node("Concat", [first, xa], axis=1)                                    # (b, T + 1, F + 1)
     before = node("Slice", [z, inits("zero", np.array([0], np.int64)),
-                            inits("minus1", np.array([-1], np.int64)), "fold_prev_axis1"])
-    flag = node("Slice", [before, inits("f", np.array([features], np.int64)),
-                          inits("f1", np.array([features + 1], np.int64)),
-                          inits("axis2", np.array([2], np.int64))])            # (b, T, 1)
+                            inits("minus1", np.array([-1], np.int64)), axis1])
+    # A Gather of one column costs ONNX Runtime about half what a Slice does (no starts,
+    # ends and axes to read): the flags, (b, T, 1).
+    flag = node("Gather", [before, inits("flag", np.array([features], np.int64))], axis=2)
     change_all = node("Sub", [xa, before])                                     # (b, T, F + 1)
     gated = node("Mul", [change_all, flag])
     old, transpose.input[0] = transpose.input[0], gated
@@ -121,14 +127,26 @@ def _difference_output(graph, consumers):
 
 def _feed_other_readers(graph, node, inits, old: str, gated: str, features: int) -> None:
     """Point every other reader of the differences ``old`` (a linear path, trainer.
-    forecast_graph) at ``gated[..., :features]``: the same numbers, bit for bit."""
+    forecast_graph) at the same numbers in ``gated``, bit for bit.
+
+    A ``MatMul`` by a constant ``(F, k)`` reads ``gated`` itself with a zero row appended to
+    its weights: the last column of ``gated`` is ``(1 - flag) * flag``, 0 for the flags a
+    stream carries, and meets that zero row (no node). Any other reader gets
+    ``gated[..., :F]``, one Gather.
+    """
     readers = [n for n in graph.node if old in n.input and not n.name.startswith("fold_")]
-    if not readers:
-        return
-    change = node("Slice", [gated, inits("zero", np.array([0], np.int64)),
-                            inits("f", np.array([features], np.int64)),
-                            inits("axis2", np.array([2], np.int64))])          # (b, T, F)
+    change = None
     for n in readers:
+        weights = _initializer(graph, n.input[1]) if n.op_type == "MatMul" \
+            and list(n.input).index(old) == 0 else None
+        if weights is not None and weights.ndim == 2 and weights.shape[0] == features:
+            padded = np.concatenate([weights, np.zeros((1, weights.shape[1]), weights.dtype)])
+            n.input[1] = inits(f"{n.input[1]}_padded", padded)                 # (F + 1, k)
+            n.input[0] = gated
+            continue
+        if change is None:
+            change = node("Gather", [gated, inits("features", np.arange(features, dtype=np.int64))],
+                          axis=2)                                              # (b, T, F)
         for k, name in enumerate(n.input):
             if name == old:
                 n.input[k] = change
@@ -155,6 +173,54 @@ def _fold_residual(graph) -> bool:
                     u.input[k] = "x"
         return True
     return False
+
+
+# --------------------------------------------------------------------------- linear bias
+
+def _fold_linear_bias(graph) -> bool:
+    """Add the linear path's bias to the head's: one Add fewer.
+
+    The graph sums ``y = Transpose(head + b_head) + (start + (term + b_linear))`` (the
+    one-lag linear path of :mod:`trainer.forecast_graph`); both biases are constants of the
+    last axis, which the Transpose leaves in place, so ``b_head + b_linear`` is added once.
+    Not bit for bit (the sum is rounded in another order): within a few float32 ulps of y.
+    """
+    producers = {o: n for n in graph.node for o in n.output}
+    consumers = _consumers(graph)
+    final = producers.get("y")
+    if final is None or final.op_type != "Add" or "y" not in {o.name for o in graph.output}:
+        return False
+    head = linear = None
+    for name in final.input:
+        n = producers.get(name)
+        perm = _attr(n, "perm") if n is not None and n.op_type == "Transpose" else None
+        if perm and perm[-1] == len(perm) - 1:                    # the last axis stays last
+            head = _constant_add(graph, producers, consumers, n.input[0])
+        elif n is not None and n.op_type == "Add":
+            linear = next((c for c in (_constant_add(graph, producers, consumers, i)
+                                       for i in n.input) if c is not None), None)
+    if head is None or linear is None or head[0] is linear[0]:
+        return False
+    (_, b_head), (add, b_linear) = head, linear
+    a, b = _initializer(graph, b_head), _initializer(graph, b_linear)
+    if a.ndim != 1 or a.shape != b.shape or len(consumers.get(b_head, [])) != 1:
+        return False
+    _set_initializer(graph, b_head, (a.astype(np.float64) + b).astype(a.dtype))
+    kept = next(i for i in add.input if i != b_linear)
+    for n in consumers.get(add.output[0], []):
+        for k, name in enumerate(n.input):
+            if name == add.output[0]:
+                n.input[k] = kept
+    return True
+
+
+def _constant_add(graph, producers, consumers, name: str):
+    """``(Add node, constant)`` where ``name`` is ``Add(tensor, constant)`` read once."""
+    n = producers.get(name)
+    if n is None or n.op_type != "Add" or len(consumers.get(name, [])) != 1:
+        return None
+    const = [i for i in n.input if _initializer(graph, i) is not None]
+    return (n, const[0]) if len(const) == 1 else None
 
 
 # --------------------------------------------------------------------------- helpers

@@ -242,9 +242,9 @@ def _linear(graph, node, const, features: int, targets: int, start: str, state: 
     node("Conv", ["fc_l_hist_t", const("fc_l_kernel", kernel), const("fc_l_bias", b)],
          "fc_l_conv")                                                      # (b, k, T)
     node("Transpose", ["fc_l_conv"], "fc_l_term", perm=[0, 2, 1])         # (b, T, k)
-    axis1 = const("fc_l_axis1", np.array([1], np.int64))
-    node("Slice", ["fc_l_hist", const("fc_l_keep", np.array([1 - lags], np.int64)),
-                   const("fc_l_inf", np.array([INT_MAX], np.int64)), axis1], "fc_l_kept")
+    # The last p - 1 rows: one Gather of constant (negative) rows costs less than a Slice.
+    node("Gather", ["fc_l_hist", const("fc_l_keep", np.arange(1 - lags, 0, dtype=np.int64))],
+         "fc_l_kept", axis=1)                                              # (b, p - 1, F)
     node("Reshape", ["fc_l_kept", const("fc_l_shape2", np.array([-1, width], np.int64))],
          carried)                                                          # (b, (p-1) * F)
     return node("Add", [start, "fc_l_term"], "fc_y_linear_start")
