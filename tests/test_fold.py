@@ -36,6 +36,10 @@ def unfolded_water(linear: bool | dict = False) -> onnx.ModelProto:
 
     src = onnx.load(BUNDLED)
     w = {i.name: nh.to_array(i) for i in src.graph.initializer}
+    held = json.loads({p.key: p.value for p in src.metadata_props}["lstm_edge.linear"])
+    # The file's head bias holds its one-lag linear path's bias too (fold._fold_linear_bias).
+    w["head_bias_1"] = (w["head_bias_1"].astype(np.float64)
+                        - np.asarray(held["bias"])).astype(np.float32)
     inits = [nh.from_array(a, n) for n, a in (
         ("W", w["lstm_0_W_1"][..., :1]),          # a folded file's extra zero column dropped
         ("R", w["lstm_0_R_1"]), ("B", w["lstm_0_B_1"]), ("K", w["head_kernel_1"]),
@@ -62,7 +66,7 @@ def unfolded_water(linear: bool | dict = False) -> onnx.ModelProto:
     if isinstance(linear, dict):
         wrap["linear"] = linear
     elif linear:
-        wrap["linear"] = json.loads({p.key: p.value for p in src.metadata_props}["lstm_edge.linear"])
+        wrap["linear"] = held
     graph, _, _ = forecast_graph.apply(graph, state, {}, wrap, features=1, outputs=1,
                                        tokens=False)
     proto = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)], ir_version=8)
