@@ -37,10 +37,15 @@ with ``adapt`` the other steps keep the file's quantile, for the stream never se
 misses.
 
 Alert hygiene, per stream (:class:`AlertConfig`): an ``outside`` alert is raised once
-``min_run`` readings in a row fell outside, and none again until ``hold_off`` readings in a
-row fell inside: one bad stretch is one alert. A ``stuck`` alert is raised when a target
-read the same value ``stuck`` times in a row (a flat line fools a forecaster, whose next
-forecast is that value again).
+``min_run`` readings in a row fell outside, and then stands until ``hold_off`` readings in a
+row fell inside: one bad stretch is one alert (``hold_off`` 0: none stands, every reading
+outside from the ``min_run``-th of a run on raises one). A standing alert is escalated: a
+reading whose score is at least ``ESCALATE`` times the largest score of its stretch so far
+raises a new ``outside`` alert (a dropout that begins while a mild miss stands), and its
+score becomes the stretch's largest. A ``stuck`` alert is raised when a target read the
+same value ``stuck`` times in a row (a flat line fools a forecaster, whose next forecast is
+that value again). A reading not checked (the first ones, a gap) moves no counter but the
+stuck one.
 
 A slow drift or a small level shift can stay inside every interval: a forecaster that reads
 differences follows it. With ``cusum`` > 0 a ``shift`` alert comes from Page's two-sided
@@ -52,7 +57,8 @@ calibrated interval (the 80 % one in files lstm-train writes), each ``u`` clippe
     S+ = max(0, S+ + u - k),   S- = max(0, S- - u - k),   k = CUSUM_SLACK
 
 An alert is raised where either sum exceeds ``cusum``; both then restart at 0, and they
-stay at 0 while an ``outside`` alert stands (that stretch is reported already).
+stay at 0 while an ``outside`` alert stands or a ``stuck`` stretch goes on (that stretch is
+reported already).
 
 Split-conformal coverage holds for rows like the calibration rows; a service whose errors
 drift over months gets more or fewer misses than it was promised. With ``adapt`` > 0 each
@@ -67,10 +73,13 @@ from ``q_L``, the file's quantile at the level L. A miss widens the next interva
 ``adapt * L`` of the calibrated width, an inside reading narrows them by
 ``adapt * (1 - L)``: over any T checked readings whose scores stay below B the share of misses
 is within ``(B + adapt * q_L) / (adapt * q_L * T)`` of 1 - L, whatever the errors do
-(their Proposition 1). The working quantile is alert state, saved and restored with the
-rest. It also widens the intervals over a fault that lasts, so a level shift that stays is
-reported once and then learnt. Page's CUSUM standardizes by the working interval then,
-scaled as it is. Off by default: docs/alerts.md gives the benchmark's figures and why.
+(their Proposition 1). ``adapt`` is at most :func:`max_adapt` of the level, so that one
+reading inside takes no more than ``MAX_NARROWING`` of ``q_L`` away. The working quantile is
+alert state, saved and restored with the rest. It also widens the intervals over a fault
+that lasts (as the default's forecaster, which reads differences, follows a level shift in
+a few readings: in neither is a fault that stays reported again). Page's CUSUM standardizes
+by the working interval then, scaled as it is. Off by default: docs/alerts.md gives the
+benchmark's figures and why.
 
 >>> import numpy as np
 >>> local_spread(np.array([[1.0], [3.0], [2.0], [2.0]]), readings=2, floor=np.array([0.1]),
@@ -95,6 +104,28 @@ SCALES = ("none", "mean-abs-change")
 _MAGIC = b"LEA1"                     # alert state bytes, version 1
 CUSUM_SLACK = 0.5                    # k: residuals within half a unit drift nowhere
 CUSUM_CLIP = 3.0                     # one residual moves a sum by at most 3 - k units
+# A standing alert is escalated by a reading this many times further out than its stretch's
+# largest score so far: a fault that begins while a mild miss stands (a dropout to 0 scored
+# 213 after the 1.78 that opened the alert, and was swallowed). The cost, on the bundled
+# water-flow model over its whole series (1,268 readings, 62 alerts at 0.9 without it): 2
+# more at 0.9 (3 at 0.8, 1 at 0.95, 0 at 0.99), each a drop of the series itself to 24 l/s
+# or its recovery (steps 94, 109, 212), none on a normal reading; 2 would add 4 at 0.9.
+ESCALATE = 4.0
+# ``adapt``: an inside reading takes adapt * (1 - L) * q_L from the working quantile. At
+# most this share of q_L, so 20 readings in a row inside, not 1 or 2, bring it to 0 from
+# q_L (at 0.9 with adapt 5, two readings did: zero-width intervals and scores of 1e15).
+MAX_NARROWING = 0.05
+
+
+def max_adapt(level: float) -> float:
+    """The largest ``adapt`` at ``level``: one inside reading narrows the working quantile
+    by at most ``MAX_NARROWING`` of the file's, and one miss widens it by less than the
+    file's (``adapt`` at most 1).
+
+    >>> max_adapt(0.9), max_adapt(0.99)
+    (0.5, 1.0)
+    """
+    return min(1.0, round(MAX_NARROWING / (1.0 - level), 12))
 
 
 def local_spread(values: np.ndarray, readings: int, floor: np.ndarray,
@@ -228,6 +259,13 @@ class AlertConfig:
                                 f"{value}")
         if not 0 < self.level < 1:
             problems.append(f"level must lie between 0 and 1, got {self.level}")
+        elif not problems and self.adapt > max_adapt(self.level):
+            top = max_adapt(self.level)
+            problems.append(f"adapt must lie between 0 and {top:g} at level {self.level:g} "
+                            f"(a reading inside then narrows the interval by at most "
+                            f"{MAX_NARROWING * 100:g} % of the calibrated one, a miss widens "
+                            f"it by less than all of it; docs/alerts.md uses 0.01 to 0.05), "
+                            f"got {self.adapt:g}")
         if problems:
             raise InputError("; ".join(problems))
 
@@ -236,13 +274,14 @@ class AlertConfig:
 class Answer:
     """What one fed reading gives: the forecast with its interval, and the check of the
     reading against the forecast made ``horizon`` readings before (a forecast block: its
-    step-1 columns made one reading before; NaN/False without one)."""
+    step-1 columns made one reading before; score NaN and anomaly None where no reading was
+    checked: the first ones, a gap)."""
 
     pred: np.ndarray            # (outputs,) NaN while warming up
     lo: np.ndarray              # (outputs,)
     hi: np.ndarray              # (outputs,)
     score: float = math.nan     # |y - pred| / half-width, largest over targets
-    anomaly: bool = False       # this reading fell outside its interval
+    anomaly: bool | None = None  # this reading fell outside its interval (None: not checked)
     alert: str = ""             # "outside" | "stuck" | "shift" where one is raised here
 
     def columns(self) -> list:
@@ -260,7 +299,8 @@ class Answer:
         *_, anomaly, score, alert = columns
         return cls(np.asarray(pred, np.float64), np.array(columns[:n], np.float64),
                    np.array(columns[n:2 * n], np.float64),
-                   math.nan if score is None else score, bool(anomaly), alert)
+                   math.nan if score is None else score,
+                   None if anomaly is None else bool(anomaly), alert)
 
 
 @dataclass
@@ -281,6 +321,7 @@ class AlertState:
     cusum: list = field(default_factory=list)       # [S+, S-] (outputs,) each; [] before any
     adapted: tuple | None = None  # with ``adapt``: (level, working quantile (outputs,))
     last: list | None = None      # lstm-run: the alert columns of the last answer (a replay's)
+    peak: float = 0.0     # the largest score of the stretch outside (inf: unknown, older)
 
     def to_bytes(self) -> bytes:
         """A versioned byte string (the stream state's ``alerts`` section)."""
@@ -292,7 +333,8 @@ class AlertState:
             "cusum": [s.tolist() for s in self.cusum],
             "adapted": None if self.adapted is None else
             {"level": self.adapted[0], "q": self.adapted[1].tolist()},
-            "last": self.last})
+            "last": self.last,
+            "peak": self.peak if math.isfinite(self.peak) else None})
         return _MAGIC + struct.pack("<I", len(body)) + body.encode()
 
     @classmethod
@@ -316,11 +358,18 @@ class AlertState:
                 if adapted[1].ndim != 1 or not np.isfinite(adapted[1]).all():
                     raise ValueError("the working quantile must be finite numbers")
             last = _last_columns(d.get("last"))                        # absent: older
+            peak = d.get("peak")          # absent or None: unknown, no escalation of a stretch
+            if peak is None:              # saved standing (saved before escalation was)
+                peak = math.inf if alerting else 0.0
+            elif isinstance(peak, bool) or not isinstance(peak, (int, float)) \
+                    or not peak >= 0:
+                raise ValueError(f"the stretch's largest score must be a number at least 0, "
+                                 f"not {peak!r}")
         except (ValueError, TypeError, KeyError, struct.error, UnicodeDecodeError) as exc:
             raise SnapshotError(f"the stream's alert state cannot be read ({exc}); start "
                                 f"the stream afresh") from None
         return cls(pending, recent, run, calm, bool(alerting), same, steps, cusum, adapted,
-                   last)
+                   last, float(peak))
 
     def check(self, outputs: int, watched: int, checked: int | None = None) -> None:
         """Raise SnapshotError where the arrays do not fit a model of ``outputs`` columns,
@@ -438,8 +487,8 @@ class Alerts:
             state.pending.popleft()
         answer = Answer(pred, pred - half, pred + half, score)
         if value is not None:
-            answer.anomaly = score > 1.0
-            answer.alert = self._hygiene(state, answer.anomaly, value, cfg)
+            answer.anomaly = None if math.isnan(score) else score > 1.0
+            answer.alert = self._hygiene(state, score, value, cfg)
             if cfg.cusum and due is not None:
                 shift = self._page(state, value, *due)     # its sums move on every reading
                 answer.alert = answer.alert or shift
@@ -468,9 +517,11 @@ class Alerts:
     def _page(self, state: AlertState, value, pred, half) -> str:
         """Page's CUSUM on this reading's standardized residual: ``shift`` where it
         alarms, else ""."""
-        if not state.cusum or state.alerting:
+        # a standing alert or stuck stretch has reported what the sums would find again
+        standing = state.alerting or bool(self.config.stuck and state.same >= self.config.stuck)
+        if not state.cusum or standing:
             state.cusum = [np.zeros(len(self.checked)), np.zeros(len(self.checked))]
-            if state.alerting:
+            if standing:
                 return ""
         with np.errstate(divide="ignore", invalid="ignore"):
             u = np.clip(np.where(half > 0, (value - pred) * self.to_unit / half, 0.0),
@@ -484,20 +535,32 @@ class Alerts:
         return "shift"
 
     @staticmethod
-    def _hygiene(state: AlertState, outside: bool, value, cfg: AlertConfig) -> str:
+    def _hygiene(state: AlertState, score: float, value, cfg: AlertConfig) -> str:
+        """The alert this reading raises (``stuck``, ``outside`` or ""), moving the counters;
+        ``score`` NaN: not checked (only the stuck count moves)."""
         last = state.recent[-2] if len(state.recent) > 1 else None
         state.same = state.same + 1 if last is not None and np.array_equal(last, value) else 1
-        alert = ""
-        if cfg.stuck and state.same == cfg.stuck:
-            alert = "stuck"
-        if outside:
+        alert = "stuck" if cfg.stuck and state.same == cfg.stuck else ""
+        if math.isnan(score):
+            return alert
+        if score > 1.0:
             state.run, state.calm = state.run + 1, 0
-            if state.run >= cfg.min_run and not state.alerting:
-                state.alerting, alert = True, alert or "outside"
+            if state.alerting:
+                # escalation: a fault far beyond the stretch's misses so far (ESCALATE)
+                escalated = state.peak < math.inf and score >= ESCALATE * state.peak
+                alert = alert or ("outside" if escalated else "")
+                state.peak = score if escalated else max(state.peak, score)
+            else:
+                state.peak = score if state.run == 1 else max(state.peak, score)
+                if state.run >= cfg.min_run:
+                    # hold-off 0: no alert stands, the next reading outside raises another
+                    state.alerting, alert = cfg.hold_off > 0, alert or "outside"
         else:
             state.run, state.calm = 0, state.calm + 1
             if state.alerting and state.calm >= cfg.hold_off:
                 state.alerting = False
+            if not state.alerting:
+                state.peak = 0.0
         return alert
 
 
@@ -540,13 +603,18 @@ class Monitor:
         leaves the alert state as it was; an older one is skipped (None); one at the last
         position with other values raises InputError.
         """
+        # checked as the stream checks it, before anything is fed: a reading refused after
+        # the stream took it would be fed twice by a retry
+        self.stream.model.validate(reading, self.stream.missing)
         if at is not None and self.stream.order(reading, at) == "replay":
             return self._replayed()
         before = self.stream.steps
         pred = self.stream.step(reading, at=at)
         if self.stream.steps == before:
             return None
-        answer = self.alerts.observe(self.state, np.asarray(reading, np.float64), pred)
+        # (features,) as given: a scalar is a one-feature model's reading, as for Stream.step
+        raw = np.asarray(reading, np.float64).reshape(-1)
+        answer = self.alerts.observe(self.state, raw, pred)
         if at is not None:
             self.state.last = answer.columns()            # what a replay of it gets
         return answer

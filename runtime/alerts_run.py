@@ -2,15 +2,17 @@
 
 Added after the predictions (names made fresh as ``runtime.lines`` does):
 
-- ``lo_<target>``, ``hi_<target>``: the interval of this line's forecast (empty while the
-  stream warms up); for a forecast block one pair per column, ``lo_<target>+<s>``;
-- ``anomaly``: whether this reading fell outside the interval of the forecast made
-  ``horizon`` readings before it (a block: of the step-1 forecast made one reading before
-  it); empty where there was none;
+- ``lo_<target>``, ``hi_<target>``: the interval of this line's forecast, of the next
+  reading (empty while the stream warms up); for a forecast block one pair per column,
+  ``lo_<target>+<s>``;
+- ``anomaly``: whether this line's reading fell outside the interval of the forecast made
+  ``horizon`` readings before it, given on that earlier line (a block: of the step-1
+  forecast made one reading before it); empty where none was checked (the first readings,
+  a missing value);
 - ``score``: how many half-widths from that forecast the reading lies (> 1 is outside);
 - ``alert``: ``outside``, ``stuck`` or ``shift`` on the line where an alert is raised, else
   empty (``--min-run``, ``--hold-off``, ``--stuck``, ``--cusum``, and ``--adapt`` for the
-  interval itself: see :mod:`runtime.alerts`).
+  interval itself: see :mod:`runtime.alerts`; each needs ``--interval``, :func:`config`).
 
 With ``--state FILE`` each sensor's alert state (:meth:`AlertState.to_bytes`: the pending
 forecasts, the run and hold-off counters, the CUSUM sums, the working quantile) is saved as a section of its stream state
@@ -22,8 +24,9 @@ from __future__ import annotations
 
 
 import click
+from click.core import ParameterSource
 
-from .alerts import AlertConfig, Alerts, AlertState
+from .alerts import ESCALATE, MAX_NARROWING, AlertConfig, Alerts, AlertState
 from .errors import SnapshotError
 
 
@@ -38,8 +41,11 @@ def options(command):
                      metavar="N", help="--interval: N readings in a row outside raise an "
                      "alert."),
         click.option("--hold-off", type=click.IntRange(min=0), default=3, show_default=True,
-                     metavar="N", help="--interval: no new alert until N readings in a row "
-                     "fell inside (one bad stretch, one alert)."),
+                     metavar="N", help="--interval: an alert stands until N readings in a row "
+                     "fell inside, and raises no other meanwhile (one bad stretch, one alert) "
+                     f"unless a reading scores {ESCALATE:g} times the stretch's worst; 0: none "
+                     "stands, and every reading outside raises one once --min-run readings "
+                     "in a row were."),
         click.option("--stuck", type=click.IntRange(min=0), default=0, show_default=True,
                      metavar="N", help="--interval: the same target value N times in a row "
                      "raises a 'stuck' alert (0: off)."),
@@ -50,10 +56,37 @@ def options(command):
         click.option("--adapt", type=click.FloatRange(min=0), default=0.0, show_default=True,
                      metavar="RATE", help="--interval: each sensor tracks its own quantile "
                      "from its misses, by RATE of the calibrated one per reading, so a drifting "
-                     "sensor keeps its coverage (0: off; docs/alerts.md)."),
+                     "sensor keeps its coverage (0: off; at most "
+                     f"{MAX_NARROWING:g}/(1 - LEVEL) and 1; docs/alerts.md)."),
     ]):
         command = option(command)
     return command
+
+
+# the options that only act on the alerts --interval adds, by parameter name
+NEEDS_INTERVAL = ("min_run", "hold_off", "stuck", "cusum", "adapt")
+
+
+def config(interval, min_run, hold_off, stuck, cusum, adapt) -> AlertConfig | None:
+    """The alert options as an :class:`AlertConfig`, None without ``--interval``.
+
+    An alert option the user gave without ``--interval`` would be ignored (no alert
+    column): a usage error naming it. Options left at their defaults (``--min-run 1``,
+    ``--hold-off 3``) do not count.
+    """
+    if interval is not None:
+        return AlertConfig(interval, min_run, hold_off, stuck, cusum, adapt)
+    ctx = click.get_current_context()
+    given = [f"--{name.replace('_', '-')}" for name in NEEDS_INTERVAL
+             if ctx.get_parameter_source(name) not in
+             (None, ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)]
+    if given:
+        raise click.UsageError(
+            f"{', '.join(given)} need{'s' if len(given) == 1 else ''} --interval LEVEL: "
+            f"{'it acts' if len(given) == 1 else 'they act'} on the alerts of the calibrated "
+            f"interval, and without it no reading is checked; add --interval 0.9 (a level "
+            f"lstm-run MODEL --info lists) or leave {'it' if len(given) == 1 else 'them'} out")
+    return None
 
 
 class StreamAlerts:

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, cast
 import click
 
 from . import stderr
-from .alerts import AlertConfig
 from .errors import LstmEdgeError
 from .lines import FORMATS, MAX_LINE
 from .progress import Progress
@@ -254,8 +253,16 @@ def _intervals_row(model) -> str:
     iv = Intervals.from_model(model)
     assert iv is not None
     left = f", {iv.left_out} left out as faults" if iv.left_out else ""
+    # a level whose quantile is the one below it (the rows too few for its rank, and the
+    # tail fitted to them asking no more than the largest score) is no wider interval
+    order = sorted(range(len(iv.levels)), key=lambda i: iv.levels[i])
+    same = [(iv.levels[b], iv.levels[a]) for a, b in zip(order, order[1:])
+            if bool((iv.q[a] == iv.q[b]).all())]
+    alike = "".join(f"; {hi:g} gives the {lo:g} interval, no wider (too few rows for its "
+                    f"rank, and a tail fitted to them that asks no more than the largest "
+                    f"score)" for hi, lo in same)
     head = (f"calibrated at {', '.join(f'{v:g}' for v in iv.levels)} on {iv.n} rows "
-            f"({iv.source}; scale {iv.scale}{left}): ")
+            f"({iv.source}; scale {iv.scale}{left}{alike}): ")
     block = model.block
     if block is None or block.kind != "forecast":
         return head + "--interval LEVEL adds lo/hi, anomaly, score"
@@ -470,6 +477,7 @@ def main(model, info, stream, input_, output, append, endless, format_, stream_c
     if "-" not in (input_, output) and Path(output).exists() \
             and Path(input_).resolve() == Path(output).resolve():
         raise click.UsageError("-o would overwrite the -i file it reads")
+    alerts = alerts_run.config(interval, min_run, hold_off, stuck, cusum, adapt)
     from .serve import ServeConfig     # imports ONNX Runtime: after --help, and one line if absent
 
     loaded = load_model(model, device=device, window=window, carry_state=carry_state,
@@ -488,8 +496,7 @@ def main(model, info, stream, input_, output, append, endless, format_, stream_c
                          idle_timeout=idle_timeout, max_streams=max_streams, state=state,
                          save_every=save_every, save_interval=save_interval,
                          columns=_column_names(columns), reset_column=reset_column,
-                         alerts=None if interval is None else
-                         AlertConfig(interval, min_run, hold_off, stuck, cusum, adapt),
+                         alerts=alerts,
                          on_new_model=on_new_model, time_column=time_column,
                          seq_column=seq_column, order_check=not no_order_check)
     if mqtt_options["mqtt_url"]:

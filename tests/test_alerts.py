@@ -34,26 +34,35 @@ def readings() -> np.ndarray:
     return np.array([[float(r[TARGET])] for r in rows[:240]])      # (240, 1)
 
 
-def hygiene(outside, values, min_run, hold_off, stuck, u=None, cusum=0.0):
+def hygiene(outside, values, min_run, hold_off, stuck, u=None, cusum=0.0, scores=None):
     """The alert rules written out plainly, one reading at a time (the reference); ``u``:
-    the standardized residuals Page's CUSUM sums (None where a reading has none)."""
-    alerts, run_, calm, on, same, up, down = [], 0, 0, False, 0, 0.0, 0.0
+    the standardized residuals Page's CUSUM sums (None where a reading has none); ``scores``:
+    each reading's score, for the escalation of a standing alert (4 times its stretch's
+    largest score so far; None: no escalation)."""
+    alerts, run_, calm, on, same, up, down, worst = [], 0, 0, False, 0, 0.0, 0.0, 0.0
     for i, (o, v) in enumerate(zip(outside, values)):
         same = same + 1 if i and values[i - 1] == v else 1
         alert = "stuck" if stuck and same == stuck else ""
         if o is None:
             alerts.append(alert)
             continue
+        score = scores[i] if scores is not None else 0.0
         if o:
             run_, calm = run_ + 1, 0
-            if run_ >= min_run and not on:
-                on, alert = True, alert or "outside"
+            if on and scores is not None and score >= 4.0 * worst:
+                alert, worst = alert or "outside", score           # escalated
+            elif on:
+                worst = max(worst, score)
+            else:
+                worst = score if run_ == 1 else max(worst, score)
+                if run_ >= min_run:
+                    on, alert = hold_off > 0, alert or "outside"   # hold-off 0: none stands
         else:
             run_, calm = 0, calm + 1
             if on and calm >= hold_off:
                 on = False
-        if cusum and on:
-            up = down = 0.0                    # a standing alert has reported the stretch
+        if cusum and (on or (stuck and same >= stuck)):
+            up = down = 0.0            # a standing alert or stuck stretch is reported already
         elif cusum:
             step = min(max(u[i], -3.0), 3.0)
             up, down = max(0.0, up + step - 0.5), max(0.0, down - step - 0.5)
@@ -194,7 +203,8 @@ def test_stream_equals_offline_predict(tmp_path, readings, scale):
     assert [a.anomaly for a in answers[1:]] == outside[1:]
     # CUSUM's unit: the 80 % interval's half-width of the forecast the reading is checked on
     u = [None] + list((readings[1:] - pred[:-1])[:, 0] / (Q[0][0] * spread[:-1, 0]))
-    want = hygiene(outside, readings[:, 0].tolist(), 2, 3, 3, u, cusum=2.0)
+    want = hygiene(outside, readings[:, 0].tolist(), 2, 3, 3, u, cusum=2.0,
+                   scores=[None] + list(score[:, 0]))
     assert [a.alert for a in answers] == want
     assert {"stuck", "outside", "shift"} <= set(want)
 
@@ -231,7 +241,7 @@ def test_adapting_stream_equals_the_tracker_by_hand(tmp_path, readings):
     # CUSUM's unit: the 80 % half-width, scaled as the working interval is
     u = [None] + list((readings[1:, 0] - pred[:-1]) / (Q[0][0] * spread[:-1] * q[:-1] / Q[1][0]))
     assert [a.alert for a in answers] == hygiene(outside, readings[:, 0].tolist(), 2, 3, 0, u,
-                                                 cusum=2.0)
+                                                 cusum=2.0, scores=[None] + list(score))
     # the wilder stretch widened the intervals, on average by more than half the file's width
     assert q[150:].mean() > max(1.5 * Q[1][0], 1.3 * q[:120].mean())
     misses = np.mean([a.anomaly for a in answers[200:]])
