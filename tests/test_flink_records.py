@@ -271,8 +271,9 @@ def test_a_flush_answers_as_the_line_operator_does(model_file, sizes):
         assert flushes(BatchJob(data, spec), order, sizes) == want
         if sizes == [400]:         # lstm-run on the same lines: the same rule, the same answers
             text = "".join(x + "\n" for x in order).encode()
-            assert split_lines(run([model_file, "--stream-column", "sensor", "--time-column",
-                                    "t"], text)[0]) == want
+            lstm_run = split_lines(run([model_file, "--stream-column", "sensor",
+                                        "--time-column", "t"], text)[0])
+            assert [flink_words(x) for x in lstm_run] == want
 
 
 def test_shards_are_the_same_in_every_process():
@@ -306,6 +307,11 @@ def test_invalid_utf8_gets_lstm_runs_error_record(tmp_path):
     spec = LineSpec("csv", ("sensor", "t", "note", feature), "sensor", "t", header.decode())
     assert run_lines_raw(LineJob(model.read_bytes(), spec), text) == want
     assert flushes(BatchJob(model.read_bytes(), spec), text, [len(text)]) == want
+
+
+def flink_words(line: str) -> str:
+    """lstm-run's answer as the Flink job words it: its order advice names --no-time-column."""
+    return line.replace("--no-order-check feeds every line", "--no-time-column feeds every line")
 
 
 def run_lines_raw(job: LineJob, lines: list[str]) -> list[str]:
@@ -420,3 +426,48 @@ def test_a_missing_value_gets_lstm_runs_error_record(tmp_path):
     for use_key in (True, False):
         assert answer_all(LineJob(model.read_bytes(), spec), lines, use_key) == want
     assert flushes(BatchJob(model.read_bytes(), spec), lines, [2]) == want
+
+
+def test_order_advice_names_the_flink_jobs_option(tmp_path):
+    """Finding 5: a missing or bad time's error record is lstm-run's but for the option it
+    names: the job has no --no-order-check; --no-time-column runs it without the check."""
+    model = ROOT / "exported" / "water-flow.onnx"
+    feature = "Water flow [l/s]"
+    path = tmp_path / "in.csv"
+    rows = ["a,1,101.5", "a,,101.7", "a,not-a-time,101.0", "a,2,101.9"]
+    path.write_text(f"sensor,t,{feature}\n" + "\n".join(rows) + "\n")
+    want = split_lines(run([model, "-i", path, "--stream-column", "sensor", "--time-column",
+                            "t"])[0])[1:]
+    assert sum("--no-order-check feeds every line" in x for x in want) == 2
+    want = [flink_words(x) for x in want]
+    spec = LineSpec("csv", ("sensor", "t", feature), "sensor", "t", f"sensor,t,{feature}")
+    assert run_lines_raw(LineJob(model.read_bytes(), spec), rows) == want
+    assert flushes(BatchJob(model.read_bytes(), spec), rows, [len(rows)]) == want
+
+
+@pytest.mark.parametrize("blank", ["", " ", "\r", "\t "])
+def test_a_blank_line_is_answered_with_a_blank_line(model_file, blank):
+    """Finding 6: lstm-run answers a blank line with a blank line (N lines in, N out); so
+    does each operator, and the sensor's state goes on as if the line were not there."""
+    spec = LineSpec("jsonl", (), "sensor", "t")
+    x = readings(3, seed=4)
+    lines = [line("a", 1, x[0]), blank, line("a", 2, x[1]), blank, line("a", 3, x[2])]
+    want = split_lines(run([model_file, "--stream-column", "sensor", "--time-column", "t"],
+                           ("\n".join(lines) + "\n").encode())[0])
+    assert want[1] == want[3] == ""
+    assert run_lines_raw(LineJob(model_file.read_bytes(), spec), lines) == want
+    assert flushes(BatchJob(model_file.read_bytes(), spec), lines, [len(lines)]) == want
+
+
+def test_a_restore_with_another_models_state_is_one_line_in_flink_words():
+    """Finding 3, where the checkpoint could not be read before the start: the job fails at
+    the restore of a sensor's state, and the one line says what a Flink user can do."""
+    from integrations.flink.job import failure
+    trace = ("Traceback (most recent call last):\n  File ...\nruntime.errors.SnapshotError: "
+             "the keyed state: it was made for another model (file sha256 e3648a6d9c96…, this "
+             "one is 17aa724ba1d1…); continue it with the model file it was taken with "
+             "(sha256 e3648a6d9c96…), or start the stream fresh\n")
+    line = failure(Exception(trace * 3))
+    assert "\n" not in line and "e3648a6d9c96" in line and "17aa724ba1d1" in line
+    assert "resume with the model file the checkpoint was taken with" in line
+    assert "start without --resume" in line and "stream fresh" not in line

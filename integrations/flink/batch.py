@@ -19,7 +19,7 @@ import numpy as np
 from runtime import LstmEdgeError
 from runtime import lines as fmt
 
-from .records import LineJob
+from .records import LineJob, blank
 
 
 def shard_of(key: str, shards: int) -> int:
@@ -41,6 +41,9 @@ class BatchJob(LineJob):
         out: list[str | None] = [None] * len(lines)
         runs: dict[str, list[tuple[int, fmt.Record]]] = {}
         for i, line in enumerate(lines):
+            if blank(line):             # answered with a blank line, as lstm-run does
+                out[i] = ""
+                continue
             rec = self.parse(line)
             if rec.ok:
                 runs.setdefault(rec.key, []).append((i, rec))

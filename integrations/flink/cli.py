@@ -32,7 +32,8 @@ whose names do not start with a dot.
 
 \b
 Exit codes: 0 the input was read to the end (or the job was stopped),
-1 the job failed, 2 a usage, model or input-format problem.
+1 the job failed, 2 a usage, model or input-format problem, or a
+--resume whose checkpoint was taken with another model file or -o.
 """
 
 

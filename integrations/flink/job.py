@@ -13,6 +13,7 @@ record``): :class:`~.operators.Route` -> ``key_by`` sensor -> :class:`~.operator
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
@@ -27,6 +28,7 @@ if __package__ in (None, ""):   # run as a file (flink run -py .../job.py): find
 from runtime import LstmEdgeError, load  # noqa: E402
 from runtime import lines as fmt  # noqa: E402
 from runtime.alerts import AlertConfig  # noqa: E402
+from runtime.state import CODEC, MAGIC  # noqa: E402
 
 from .records import SOURCE_CHARSET, LineJob, LineSpec  # noqa: E402
 
@@ -125,6 +127,88 @@ def latest_checkpoint(folder: Path) -> Path:
     return max(found)[2]
 
 
+def state_fingerprints(checkpoint: Path, most: int = 64 << 20) -> set[str]:
+    """The model fingerprints (sha256) in the sensors' state bytes of a local ``chk-N``.
+
+    Each sensor's state is the runtime's codec (:mod:`runtime.state`), whose head is the magic
+    ``LEst``, the codec, a flags byte and the model's sha256; Flink keeps small state inline in
+    ``_metadata`` and larger state in files beside it, with the heap backend uncompressed, so
+    the heads are there to read. Empty where none is found (RocksDB's compressed files, a
+    job with no sensor yet): the restore then checks each sensor's state (see failure()).
+    ``most``: bytes read at most, the first files first.
+    """
+    head = re.compile(re.escape(MAGIC) + bytes([CODEC]) + b".(.{32})", re.DOTALL)
+    found: set[str] = set()
+    budget = most
+    files = sorted(checkpoint.iterdir(), key=lambda p: p.name != "_metadata")
+    for path in files:
+        if not path.is_file() or budget <= 0:
+            continue
+        with open(path, "rb") as f:
+            data = f.read(budget)
+        budget -= len(data)
+        found.update(m.group(1).hex() for m in head.finditer(data))
+        if found:
+            break
+    return found
+
+
+JOB_RECORD = "lstm-edge-job.json"   # beside the checkpoints: what the job was started with
+
+
+def job_record(config: JobConfig, model) -> dict:
+    """What a resumed job must agree on, as recorded beside a local ``--checkpoint-dir``."""
+    return {"model": Path(config.model).name, "sha256": model.fingerprint,
+            "output": "-" if config.output == "-" else "folder", "operator": config.operator}
+
+
+def check_resume(config: JobConfig, model, checkpoint: Path) -> None:
+    """Refuse, before the start, a ``--resume`` the checkpoint cannot be restored into:
+    state taken with another model file, or a part-file sink (``-o DIR``) and now ``-o -``.
+
+    The model is read from the checkpoint's state itself (:func:`state_fingerprints`); its
+    file name and the output from the record a local ``--checkpoint-dir`` keeps.
+    """
+    if checkpoint.is_file():        # chk-N/_metadata given itself
+        checkpoint = checkpoint.parent
+    recorded: dict = {}
+    path = checkpoint.parent.parent / JOB_RECORD
+    try:
+        recorded = json.loads(path.read_text())
+        if not isinstance(recorded, dict):
+            recorded = {}
+    except (OSError, ValueError):
+        pass
+    theirs = state_fingerprints(checkpoint)
+    if theirs and model.fingerprint not in theirs:
+        sha = sorted(theirs)[0]
+        name = recorded.get("model") if recorded.get("sha256") == sha else None
+        taken = f"{name} (sha256 {sha[:12]}…)" if name else f"a model file with sha256 {sha[:12]}…"
+        raise LstmEdgeError(
+            f"--resume: the checkpoint {checkpoint} was taken with {taken}, and this job runs "
+            f"{Path(config.model).name} (sha256 {model.fingerprint[:12]}…), so no sensor's "
+            f"state could be restored; resume with the model file the checkpoint was taken "
+            f"with, or start without --resume (every sensor then starts from zero state)")
+    if recorded.get("output") == "folder" and config.output == "-":
+        raise LstmEdgeError(
+            f"--resume: the checkpoint {checkpoint} was taken with -o a folder (its part "
+            f"files' progress is in the checkpoint), and this job has -o -; resume with -o "
+            f"a folder (the one it wrote, or a new one), or start without --resume")
+
+
+def write_record(config: JobConfig, model) -> None:
+    """Record what the job runs with beside a local ``--checkpoint-dir`` (for --resume)."""
+    if config.checkpoint_dir is None or "://" in config.checkpoint_dir:
+        return
+    path = Path(config.checkpoint_dir) / JOB_RECORD
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(job_record(config, model)) + "\n")
+    except OSError as exc:
+        raise LstmEdgeError(f"--checkpoint-dir {config.checkpoint_dir}: cannot write there "
+                            f"({exc.strerror or exc}); give a folder you can write") from None
+
+
 def shard_count(config: JobConfig) -> int:
     """The batched operator's shard count: ``--shards``; for ``--resume latest`` the count
     recorded beside the checkpoints (another is refused here); else 4 per task slot.
@@ -167,8 +251,28 @@ def uri(path: str) -> str:
     return path if "://" in str(path) else Path(path).absolute().as_uri()
 
 
-def flink_config(config: JobConfig) -> dict[str, str]:
-    """The Flink settings the job runs with."""
+def resume_path(config: JobConfig) -> str | None:
+    """The checkpoint ``--resume`` names (``latest``: the newest under --checkpoint-dir)."""
+    if config.resume is None:
+        return None
+    path = config.resume
+    if config.resume == "latest":
+        if config.checkpoint_dir is None or "://" in config.checkpoint_dir:
+            raise LstmEdgeError("--resume latest needs a local --checkpoint-dir; on a "
+                                "cluster give the chk-N path")
+        path = str(latest_checkpoint(Path(config.checkpoint_dir)))
+    elif "://" not in path and not (Path(path).is_file()
+                                    or (Path(path) / "_metadata").is_file()):
+        raise LstmEdgeError(f"--resume {path}: expected a checkpoint (a chk-N folder "
+                            f"holding _metadata), found "
+                            f"{'no _metadata there' if Path(path).exists() else 'nothing'}; "
+                            f"give a chk-N folder under the --checkpoint-dir, or "
+                            f"--resume latest")
+    return path
+
+
+def flink_config(config: JobConfig, resume: str | None = None) -> dict[str, str]:
+    """The Flink settings the job runs with; ``resume``: the checkpoint to start from."""
     settings = {
         "python.executable": config.python,
         "python.client.executable": sys.executable,
@@ -188,21 +292,10 @@ def flink_config(config: JobConfig) -> dict[str, str]:
             "execution.checkpointing.externalized-checkpoint-retention":
                 "RETAIN_ON_CANCELLATION",
         })
-    if config.resume is not None:
-        path = config.resume
-        if config.resume == "latest":
-            if config.checkpoint_dir is None or "://" in config.checkpoint_dir:
-                raise LstmEdgeError("--resume latest needs a local --checkpoint-dir; on a "
-                                    "cluster give the chk-N path")
-            path = str(latest_checkpoint(Path(config.checkpoint_dir)))
-        elif "://" not in path and not (Path(path).is_file()
-                                        or (Path(path) / "_metadata").is_file()):
-            raise LstmEdgeError(f"--resume {path}: expected a checkpoint (a chk-N folder "
-                                f"holding _metadata), found "
-                                f"{'no _metadata there' if Path(path).exists() else 'nothing'}; "
-                                f"give a chk-N folder under the --checkpoint-dir, or "
-                                f"--resume latest")
-        settings["execution.state-recovery.path"] = uri(path)
+    if resume is None and config.resume is not None:
+        resume = resume_path(config)
+    if resume is not None:
+        settings["execution.state-recovery.path"] = uri(resume)
     return settings
 
 
@@ -219,8 +312,13 @@ def build(config: JobConfig):
     data = Path(config.model).read_bytes()
     spec = line_spec(config, model)
     answers_format = LineJob(data, spec, config.missing).format   # --interval refused here too
+    resume = resume_path(config)
+    if resume is not None and "://" not in resume:
+        check_resume(config, model, Path(resume))
     shards = shard_count(config) if config.operator == "batched" else 0
-    settings = flink_config(config)
+    if config.resume in (None, "latest"):
+        write_record(config, model)
+    settings = flink_config(config, resume)
     if config.execution_mode == "thread":
         # The JVM runs Python in-process (PEMJA) and finds packages through PYTHONPATH only;
         # the JVM is started below, with this process's environment.
@@ -267,6 +365,9 @@ def build(config: JobConfig):
                             output_type=Types.STRING())
                    .name("predict").uid(f"predict-{shards}-shards"))
     if config.output == "-":
+        if spec.header is not None:   # lstm-run's first line where the input has a header
+            sys.stdout.write(f"{answers_format.header()}\n")
+            sys.stdout.flush()
         answers.print()
     else:
         suffix = ".jsonl" if spec.format == "jsonl" else ".csv"
@@ -340,8 +441,15 @@ def failure(exc: Exception) -> str:
     if "Cannot map checkpoint/savepoint state for operator" in text:
         return ("the checkpoint holds state of an operator this job does not have: it was "
                 "taken with another --operator or --shards (the shards a sensor goes to "
-                "would differ); resume with the options it was taken with, or start "
-                "without --resume")
+                "would differ), or with -o a folder where this job has -o -; resume with "
+                "the options it was taken with, or start without --resume")
+    other = re.search(r"the keyed state: it was made for another model \(file sha256 (\w+)…, "
+                      r"this one is (\w+)…\)", text)
+    if other:   # a checkpoint check_resume() could not read: each sensor's state says it
+        return (f"the checkpoint's keyed state was taken with another model (sha256 "
+                f"{other[1]}…; this job's model file is sha256 {other[2]}…); resume with the "
+                f"model file the checkpoint was taken with, or start without --resume "
+                f"(every sensor then starts from zero state)")
     for pattern in (r"(?:runtime\.errors\.)?(\w+Error: [^\n]+)", r"Caused by: ([^\n]+)"):
         found = re.findall(pattern, text)
         if found:

@@ -96,6 +96,29 @@ def state_key(key: str) -> str:
     return _ESCAPED.sub(lambda m: "\\\\" if m[0] == "\\" else f"\\u{ord(m[0]):04x}", key)
 
 
+# lstm-run's option words in the runtime's order messages, and the Flink job's for them:
+# the job has no --no-order-check; --no-time-column is how it runs without the check.
+_FLINK_WORDS = ((re.compile(r"--no-order-check feeds every line as it comes"),
+                 "--no-time-column feeds every line as it comes"),)
+
+
+def flink_words(message: str) -> str:
+    """A runtime error message with its advice in the Flink job's option words.
+
+    >>> flink_words("no 't' key: ... (--no-order-check feeds every line as it comes)")
+    "no 't' key: ... (--no-time-column feeds every line as it comes)"
+    """
+    message = fmt.cli_words(message)
+    for pattern, words in _FLINK_WORDS:
+        message = pattern.sub(words, message)
+    return message
+
+
+def blank(line: str) -> bool:
+    """A blank line (spaces, a lone CR): answered with a blank line, as lstm-run does."""
+    return not raw(line).strip()
+
+
 def line_format(spec: LineSpec, features, targets) -> fmt.LineFormat:
     """The :mod:`runtime.lines` format for ``spec``; InputError where it cannot be made."""
     if spec.format == "csv":
@@ -152,7 +175,7 @@ class LineJob:
             try:
                 rec.at = self.order.position(rec)
             except BadLine as exc:
-                rec.error = fmt.cli_words(str(exc))
+                rec.error = flink_words(str(exc))
         return rec
 
     def key(self, line: str) -> str | None:
@@ -173,6 +196,8 @@ class LineJob:
         very bytes that stream last wrote, so Flink's state stays the one truth (a restore,
         an expired TTL or a rescale gives other bytes, and the stream is rebuilt from them).
         """
+        if blank(line):
+            return "", None
         rec = self.parse(line)
         if not rec.ok:
             return self.format.format_error(rec), None
