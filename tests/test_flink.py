@@ -412,6 +412,18 @@ def test_interval_the_model_cannot_give_is_refused_before_the_job(tmp):
         assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
+def test_alert_options_without_interval_are_a_usage_error(tmp):
+    """--stuck without --interval would be ignored (no reading is checked): refused before
+    the job, as lstm-run refuses it."""
+    path = tmp / "one.jsonl"
+    path.write_text(json.dumps({"sensor": "a", "t": 1, FEATURE: 101.5}) + "\n")
+    proc = subprocess.run([str(FLINK_PY), "-m", "integrations.flink", str(with_intervals(tmp)),
+                           "-i", str(path), "--stream-column", "sensor", "--time-column", "t",
+                           "--stuck", "6"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=TIMEOUT)
+    assert proc.returncode == 2 and "--stuck needs --interval LEVEL" in proc.stderr, proc.stderr
+
+
 def test_an_output_or_checkpoint_that_cannot_be_used_is_one_line(tmp):
     """-o a folder that cannot be made, and --resume a path with no checkpoint: one line and
     exit 2 before the job starts, not a traceback (or Flink's failure, exit 1)."""

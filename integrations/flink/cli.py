@@ -9,7 +9,6 @@ import click
 
 from runtime import LstmEdgeError
 from runtime import alerts_run
-from runtime.alerts import AlertConfig
 
 from .job import JobConfig, build, failure
 
@@ -128,8 +127,8 @@ def main(model, input_, watch, kafka, topic, group, start, jars, output, format_
                        topic=topic, group=group, start=start, format=format_,
                        columns=tuple(c.strip() for c in columns.split(",")) if columns else (),
                        stream_column=stream_column, time_column=time_column, missing=missing,
-                       alerts=None if interval is None else
-                       AlertConfig(interval, min_run, hold_off, stuck, cusum, adapt),
+                       alerts=alerts_run.config(interval, min_run, hold_off, stuck, cusum,
+                                                adapt),
                        checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every,
                        resume=resume, state_ttl=state_ttl, parallelism=parallelism,
                        state_backend=state_backend, bundle_size=bundle_size,
