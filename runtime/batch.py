@@ -23,14 +23,14 @@ import numpy as np
 from .device import to_host
 from .errors import InputError, counted
 from .state import check_position, order
-from .stream import (conflict_message, fill_missing, nonfinite, previous_row, run_windows,
-                     skips_gap)
+from .stream import (busy_message, conflict_message, fill_missing, nonfinite, previous_row,
+                     run_windows, skips_gap)
 
 
 class Group:
     """The stacked state of streams stepped together; stream ``i`` owns row ``i``."""
 
-    __slots__ = ("model", "streams", "states", "buf", "pred", "calls", "dirty")
+    __slots__ = ("model", "streams", "states", "buf", "pred", "calls", "dirty", "busy")
 
     def __init__(self, model, streams, states, buf, pred=None):
         self.model, self.streams = model, streams
@@ -38,6 +38,7 @@ class Group:
         self.buf = buf         # (n, m, features): every stream's window buffer, m equal for all
         self.pred = pred       # (n, targets) last predictions: sequence mode with a mask only
         self.calls, self.dirty = 0, False
+        self.busy = False      # a call is stepping the group: its rows must not be taken
         for i, stream in enumerate(streams):
             stream._group, stream._gi = self, i
 
@@ -55,6 +56,7 @@ class Group:
 def step_at(model, streams: list, readings, at) -> np.ndarray:
     """``Model.step`` with positions: the order rule per stream, then one call for the new ones."""
     n = len(streams)
+    readings = model._named(readings)                       # a DataFrame's columns, by name
     xs = model._check_chunk(readings, n)                    # (n_streams, features)
     raw = np.asarray(readings, np.float64).reshape(n, -1)
     if isinstance(at, (str, bytes)) or not hasattr(at, "__len__") or np.ndim(at) == 0:
@@ -66,7 +68,7 @@ def step_at(model, streams: list, readings, at) -> np.ndarray:
         raise InputError(f"step got {counted(n, 'stream')} and {len(ats)} positions (at=); "
                          f"expected {counted(n, 'position')}, one per stream")
     held = [s._last() is not None for s in streams]        # a value a gap may hold
-    kinds = ["new" if a is None else order(s._pos, s._seen, x, a)
+    kinds = ["new" if a is None else order(s._pos, s._seen, x, a, model._seen_dtype)
              for s, x, a in zip(streams, raw, ats)]
     bad = [f"stream {i}: {conflict_message(a, s._seen, x)}"
            for i, (s, x, a, k) in enumerate(zip(streams, raw, ats, kinds)) if k == "conflict"]
@@ -154,6 +156,17 @@ def _step_fed(model, streams, xs):
 
 def _step_group(model, group, xs):
     """The fast path: the same streams as last call, all ready, all finite."""
+    if group.busy:                 # the same streams stepped on two threads at once
+        raise InputError(busy_message(group.streams[0]))
+    group.busy = True
+    try:
+        return _step_group_rows(model, group, xs)
+    finally:
+        group.busy = False
+
+
+def _step_group_rows(model, group, xs):
+    """:func:`_step_group` once the group is marked busy."""
     if model.window == 1:
         buf = xs[:, None]                                   # (n, 1, features)
     else:
@@ -193,7 +206,22 @@ def _fill_rows(model, streams, xs):
 
 
 def _step_rows(model, streams, xs) -> np.ndarray:
-    """Step ``streams`` with their checked, finite readings ``xs`` (n, features)."""
+    """Step ``streams`` with their checked, finite readings ``xs`` (n, features); each is
+    marked busy meanwhile (see ``Stream``, Threads)."""
+    for stream in streams:
+        if stream._busy:
+            raise InputError(busy_message(stream))
+    for stream in streams:
+        stream._busy = True
+    try:
+        return _step_free(model, streams, xs)
+    finally:
+        for stream in streams:
+            stream._busy = False
+
+
+def _step_free(model, streams, xs) -> np.ndarray:
+    """:func:`_step_rows` once the streams are marked busy."""
     n, window = len(streams), model.window
     ys = np.full((n, model.n_targets), np.nan, np.float32)
     if not n:

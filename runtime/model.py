@@ -12,9 +12,12 @@ once, at load, so that a step costs little more than the ORT call itself.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import re
+import threading
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +38,7 @@ from .stream import Stream, fill_missing, from_columns, nonfinite, within_float3
 
 MISSING = ("error", "skip", "hold")   # what a NaN in a reading does; see Stream
 _DTYPES = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(int32)": np.int32}
+_UNLABELLED = (np.ndarray, list, tuple, float, int)   # readings that carry no names
 MASK_RTOL = 1e-6   # a feature matches the mask within 1e-6 * (|mask| + |mean|): see Model
 
 
@@ -75,11 +79,19 @@ def load(path, *, device: str = "auto", window: int | None = None,
         try:
             data, name, what = Path(path).read_bytes(), Path(path).name, str(path)
         except OSError as exc:
+            if Path(path, "saved_model.pb").is_file():
+                raise ContractError(_keras_refusal(str(path), "a TensorFlow SavedModel "
+                                                   "folder")) from None
             raise ContractError(f"cannot read the model file {path}: {exc.strerror or exc}; "
                                 f"check the path and its permissions") from None
         # ONNX Runtime reads a file given by its path (not its bytes) with its external data
         # from the file's folder, shape inference included.
         source, folder = str(Path(path).absolute()), str(Path(path).absolute().parent)
+    if threads is not None and (isinstance(threads, bool)
+                                or not isinstance(threads, (int, np.integer))
+                                or threads < 1):
+        raise InputError(f"threads must be a whole number 1 or more (ONNX Runtime's threads "
+                         f"per call), or None for the default; got {threads!r:.40}")
     # Not given: one thread per step, every core for calls of many streams (device.BatchThreads);
     # given (1 included): that many for every call.
     # A model file is untrusted input: its external data (weights in a file beside it) is
@@ -96,6 +108,9 @@ def load(path, *, device: str = "auto", window: int | None = None,
     except DeviceError:
         raise
     except _device.ORT_ERRORS as exc:   # InvalidProtobuf, InvalidGraph, Fail, ...: no common base
+        keras = _keras_kind(data, name)
+        if keras:
+            raise ContractError(_keras_refusal(what, keras)) from None
         if "external data" in str(exc).lower():
             raise ContractError(f"{what}: its external data cannot be used "
                                 f"({_external_words(exc)}); an external data file must lie in "
@@ -148,6 +163,20 @@ class Model:
       and, in ``stateful`` mode, leaves the state as it was.
 
     A file written before ``lstm_edge.mask_answer`` has none: those answers are None/NaN.
+
+    Threads. One model may be shared by any number of threads: its session is, and streams
+    of it may be stepped on different threads at the same time (:meth:`step` of disjoint
+    groups of streams too). Each stream is used by one thread at a time: its state is what
+    its last step left, so two steps of it at once would lose one. A step, feed or
+    many-stream call of a stream that another thread is stepping raises
+    :class:`~runtime.errors.InputError` and changes nothing (``Stream``, Threads); the check
+    is a flag, which two calls starting within a few bytecodes of each other may both pass,
+    so it finds misuse, it does not make it safe: lock around the steps of a stream that
+    several threads feed.
+
+    Readings with names. A pandas DataFrame (or Series, for one reading) is matched to
+    :attr:`features` by its column names, not by position: the columns in another order are
+    reordered, and other or missing names are refused (see :meth:`_named`).
     """
 
     def __init__(self, session, device: str, fingerprint: str, *, window=None,
@@ -183,6 +212,8 @@ class Model:
                                 f"{str(self.carry_state).lower()}: drop the override")
         self.tokens = len(x.shape) == 2                 # x is (batch, time) token ids
         self.dtype = _DTYPES[x.type]
+        # The dtype the order rule compares readings in (runtime.state.order): as fed.
+        self._seen_dtype = self.dtype if self.tokens else np.float32
         self.n_features = 1 if self.tokens else _axis(x.shape[2], info.features, "features")
         self.n_targets = _axis(outputs[Y].shape[2], info.targets, "targets")
         self._y_steps = outputs[Y].shape[1]             # 1 for a graph that answers a window once
@@ -211,6 +242,10 @@ class Model:
         self._host = _device.HostRunner(session, X, Y, self.state_inputs, self.state_outputs)
         self._runner = (_device.BoundRunner(session, X, Y, self.state_inputs, self.state_outputs,
                                             device) if bound else self._host)
+        # The bound runner's one IOBinding is bound, run and cleared per call: calls of many
+        # streams (or a chunk) from several threads take turns at it. (A stream's own steps
+        # go through its own StepBinding, never this lock.)
+        self._bound_lock = threading.Lock()
         # Per-step constants: a fresh stream's state, the zero vector of the finite check.
         self._zero_state = self.zeros(1)
         self._fin = np.zeros(self.n_features, np.float64 if self.tokens else np.float32)
@@ -282,9 +317,55 @@ class Model:
             fill_missing(self, x, None, missing or self.missing, check_only=True)
         return x
 
+    def _named(self, readings, what: str = "readings"):
+        """``readings`` with labelled columns put in the order of :attr:`features`, by name.
+
+        A pandas DataFrame (anything with ``columns``: readings ``(n, features)``, or
+        ``Model.step``'s ``(streams, features)``) whose column names are the model's features
+        in another order is reordered by name, silently: ``df[["co2", "rh", "temp"]]`` feeds
+        what ``df[["temp", "rh", "co2"]]`` does. One whose names are not the features
+        (another name, one missing, one more such as a time column) is refused: InputError
+        naming them, and the fix ``df[list(model.features)]``. With ``what="reading"``, a
+        pandas Series (one reading, its ``index`` naming the features, e.g. ``df.iloc[0]``)
+        likewise. Labels that are not all strings (a frame made from an array, columns 0, 1,
+        ...) and models whose file names no features are taken by position, as arrays are.
+        Anything else comes back as it was. pandas is not imported: it is duck-typed.
+        """
+        if type(readings) in _UNLABELLED:
+            return readings
+        labels, kind = getattr(readings, "columns", None), "columns"
+        if labels is None and what == "reading" and getattr(readings, "ndim", None) == 1:
+            labels, kind = getattr(readings, "index", None), "index"   # a Series: one reading
+        if labels is None:
+            return readings
+        labels = list(labels)
+        if not self.info.features or not labels or not all(isinstance(n, str) for n in labels):
+            return readings
+        names = list(self.features)
+        if labels != names:
+            missing = [n for n in names if n not in labels]
+            extra = [n for n in labels if n not in names]
+            twice = sorted({n for n in labels if labels.count(n) > 1})
+            if missing or extra or twice:
+                found = "; ".join(f"{w} {_some(map(repr, ns))}" for w, ns in (
+                    ("missing", missing), ("not features", extra), ("given twice", twice)) if ns)
+                raise InputError(f"{what}: the {kind} ({_some(labels)}) are not the model's "
+                                 f"features ({_some(names)}): {found}; select and name them "
+                                 f"as the model does: df[list(model.features)]")
+        dtypes = getattr(readings, "dtypes", None)        # a DataFrame's, one per column
+        if dtypes is not None and hasattr(dtypes, "__len__") and len(dtypes) == len(labels):
+            odd = [f"{n!r} ({d})" for n, d in zip(labels, dtypes)
+                   if getattr(d, "kind", "O") not in "fiu"]
+            if odd:
+                raise InputError(f"{what}: column {', '.join(odd)} does not hold numbers; "
+                                 f"convert it, e.g. pd.to_numeric(df[name]), before feeding")
+        a = _asarray(readings, what)
+        order = [labels.index(n) for n in names]
+        return a if order == list(range(len(names))) else a[..., order]
+
     def _check(self, reading) -> np.ndarray:
         """A ``(features,)`` copy of one reading in the model's dtype; NaN/inf not yet looked at."""
-        a = _asarray(reading, "reading")
+        a = _asarray(self._named(reading, "reading"), "reading")
         if a.dtype.kind not in "fiu" or a.shape != self._fshape or self.tokens:
             return self._check_slow(a, reading)
         if a.dtype.kind == "f" and a.dtype.itemsize > 4:
@@ -308,7 +389,7 @@ class Model:
         ``rows``: :meth:`step`'s stream count, its readings ``(streams, features)``; None
         for a stream's chunk, ``(readings, features)``.
         """
-        a = _asarray(readings, "readings")
+        a = _asarray(self._named(readings), "readings")
         if a.dtype.kind not in "fiu":
             raise InputError(f"readings must hold numbers, got {_describe(readings, a)}")
         if self.tokens and a.ndim == 1:
@@ -357,7 +438,8 @@ class Model:
         try:
             if out is None:
                 return self._host.run(x, states)
-            return self._runner.run_bound(x, states, out)
+            with self._bound_lock:          # one IOBinding for every such call: see Threads
+                return self._runner.run_bound(x, states, out)
         except _device.ORT_ERRORS as exc:
             raise self._run_error(exc, x.shape) from None
 
@@ -398,7 +480,8 @@ class Model:
         Parameters
         ----------
         streams : streams of this model, each at most once.
-        readings : ``(n_streams, features)`` one reading per stream (token ids: ``(n_streams,)``).
+        readings : ``(n_streams, features)`` one reading per stream (token ids: ``(n_streams,)``);
+            a DataFrame's columns are taken by name, in the order of :attr:`features`.
         at : one position per stream (see :meth:`Stream.step`): the order rule applies to
             each; a replay's row is the answer it got then, a skipped reading's row NaN.
 
@@ -407,7 +490,8 @@ class Model:
         ``(n_streams, targets)`` float32; a NaN row for a stream still warming up or whose
         reading was skipped. On a bad reading nothing is stepped and one error lists them all.
         An array of windows ``(samples, timesteps, features)`` is refused: it goes to
-        :meth:`predict`.
+        :meth:`predict`. A stream another thread is stepping: InputError, nothing stepped
+        (see Threads).
         """
         streams = list(streams)
         try:
@@ -595,6 +679,38 @@ def _check_sizes(model) -> None:
                             f"with lstm-export")
 
 
+# The first bytes of an HDF5 file: a Keras 2 model saved as .h5
+_HDF5 = b"\x89HDF\r\n\x1a\n"
+
+
+def _keras_kind(data: bytes, name: str) -> str:
+    """What Keras file ``data`` (the file ``name``) is, in words, or "" where it is none:
+    a ``.keras`` zip (its ``config.json``), or HDF5 (``.h5``). Only asked once ONNX Runtime
+    refused the file."""
+    if data.startswith(_HDF5):
+        return "a Keras HDF5 model file (.h5)"
+    if data.startswith(b"PK"):
+        if name.lower().endswith(".keras"):
+            return "a Keras model file (.keras)"
+        try:
+            with zipfile.ZipFile(io.BytesIO(data)) as z:
+                if "config.json" in z.namelist():
+                    return "a Keras model file (.keras)"
+        except (zipfile.BadZipFile, OSError, ValueError):
+            pass
+    return ""
+
+
+def _keras_refusal(what: str, kind: str) -> str:
+    """The refusal of a Keras/TensorFlow model given to :func:`load`, with the command."""
+    import shlex
+    source = "model.keras" if what == "the model bytes" else what
+    target = (Path(source).name.split(".")[0] or "model") + ".onnx"
+    return (f"{what} is {kind}, not an ONNX file: load() takes the ONNX file lstm-export "
+            f"writes from it. Export it first (needs the trainer's TensorFlow install): "
+            f"lstm-export {shlex.quote(source)} -o {target}, then load({target!r})")
+
+
 def _external_words(exc) -> str:
     """ONNX Runtime's external-data refusal without its source-file positions."""
     text = " ".join(str(exc).split())
@@ -637,6 +753,13 @@ def _asarray(obj, what: str) -> np.ndarray:
     except (ValueError, TypeError) as exc:   # ragged lists: rows of different lengths
         raise ShapeError(f"the {what} cannot form one array ({exc}); every reading needs the "
                          f"same number of features") from None
+
+
+def _some(names, most: int = 8) -> str:
+    """Names joined with commas, at most ``most`` of them, then how many more."""
+    names = [str(n) for n in names]
+    more = f", … ({len(names) - most} more)" if len(names) > most else ""
+    return ", ".join(names[:most]) + more
 
 
 def _describe(value, a) -> str:

@@ -54,20 +54,20 @@ def _windows_hint(got: tuple[int, ...], expected: tuple[int | None, ...],
         if got[0] == 1 and _matches(got[1:], expected):
             return None                                    # an extra axis of 1: dropping it is exact
         if len(expected) == 1:                             # one window where a reading belongs
-            return (f"this is a window of {got[0]} readings (timesteps, features), and a step "
-                    f"takes one reading: stream.feed(window) steps through its readings, and "
+            return (f"this is a window of {counted(got[0], 'reading')} (timesteps, features), "
+                    f"and a step takes one reading: stream.feed(window) steps through its readings, and "
                     f"model.predict(window[None]) gives Keras's prediction for this window")
-        return (f"{_these(got[0])} of {got[1]} timesteps, shaped (samples, "
+        return (f"{_these(got[0])} of {counted(got[1], 'timestep')}, shaped (samples, "
                 f"timesteps, features); a stream takes readings, one row per time step, not "
                 f"windows: model.predict(X) gives what Keras's model.predict(X) gives, or "
                 f"feed the stream the series the windows were cut from, shape (n, {want_feat})")
     if len(got) == len(expected) + 2 and got[-1] == want_feat and len(expected) == 1:
-        return (f"{_these(got[0])} of {got[1]} timesteps, and a step takes "
+        return (f"{_these(got[0])} of {counted(got[1], 'timestep')}, and a step takes "
                 f"one reading: model.predict(X) gives what Keras's model.predict(X) gives")
     if len(got) == len(expected) and len(got) == 2 and want_feat == 1 and window \
             and got[1] == window and window > 1:
-        return (f"these look like {got[0]} windows of {window} timesteps without their features "
-                f"axis; a stream takes readings, one row per time step: "
+        return (f"these look like {counted(got[0], 'window')} of {window} timesteps without "
+                f"their features axis; a stream takes readings, one row per time step: "
                 f"model.predict(X.reshape({got[0]}, {window}, 1)) gives what Keras gives for "
                 f"windows, or feed the stream the series the windows were cut from, shape (n, 1)")
     return None

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import SnapshotError
+from .errors import SnapshotError, counted
 from .state import FORMAT, StreamState, from_v1_row
 
 _HEADER = "header"  # the npz entry holding the JSON header
@@ -41,7 +41,10 @@ class Snapshot(StreamState):
 
     @staticmethod
     def load(path) -> "Snapshot":
-        """Read a snapshot written by :meth:`save` (or a one-stream :func:`save_snapshots`)."""
+        """Read a snapshot written by :meth:`save` (or a one-stream :func:`save_snapshots`).
+
+        ``path``: a file's path; bytes (:meth:`to_bytes`'s) go to :meth:`from_bytes`.
+        """
         snaps = load_snapshots(path)
         if len(snaps) != 1:
             raise SnapshotError(f"{path} holds {len(snaps)} streams ({', '.join(map(str, snaps))}),"
@@ -145,6 +148,11 @@ def load_snapshots(path) -> dict[str, Snapshot]:
     SnapshotError : the file is missing, cannot be read, or is not a whole snapshot file
         (truncated, corrupt, another program's); the message names the path and the reason.
     """
+    if isinstance(path, (bytes, bytearray, memoryview)):
+        raise SnapshotError(f"a snapshot file's path was expected, got "
+                            f"{counted(len(path), 'byte')} ({bytes(path[:8])!r}…); read bytes "
+                            f"with Snapshot.from_bytes(data) (or model.stream(data)), a file of "
+                            f"many streams with load_snapshots(io.BytesIO(data))")
     if isinstance(path, io.IOBase):
         source, path = path, "the snapshot bytes"
     else:

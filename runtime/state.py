@@ -143,21 +143,38 @@ class StreamState:
 
 # ---- the order rule ----------------------------------------------------------------------
 
-def order(position, last, reading, at) -> str:
+def order(position, last, reading, at, dtype=np.float32) -> str:
     """What a reading at position ``at`` is to a stream whose last reading was ``last`` at
     ``position``: ``"new"``, ``"replay"``, ``"old"`` or ``"conflict"`` (see the module).
+
+    The values are compared as the model reads them, in ``dtype`` (float32; a token model's
+    ids: int64): ``0.1 + 0.2`` resent as ``0.3`` is the same float32 reading, so a replay, not
+    a conflict. NaN (a gap) equals NaN.
 
     >>> order(None, None, [1.0], 5), order(5, np.array([1.0]), [1.0], 5)
     ('new', 'replay')
     >>> order(5, np.array([1.0]), [2.0], 5), order(5, np.array([1.0]), [1.0], 4)
     ('conflict', 'old')
+    >>> order(5, np.array([0.1 + 0.2]), [0.3], 5)
+    'replay'
     """
     if position is None or at > position:
         return "new"
     if at < position or last is None:
         return "old"
-    same = np.array_equal(np.asarray(reading, np.float64), last, equal_nan=True)
-    return "replay" if same else "conflict"
+    return "replay" if same_reading(last, reading, dtype) else "conflict"
+
+
+def same_reading(a, b, dtype=np.float32) -> bool:
+    """Whether two readings as given (float64) are one reading to the model: equal in
+    ``dtype``, NaN equal to NaN. A value beyond float32's range is inf there (never fed)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.shape != b.shape:
+        return False
+    if np.dtype(dtype).kind != "f":
+        return bool(np.array_equal(a, b, equal_nan=True))   # ids: exact, as fed
+    with np.errstate(over="ignore"):
+        return bool(np.array_equal(a.astype(dtype), b.astype(dtype), equal_nan=True))
 
 
 def check_position(at, what: str = "at", error: type = InputError) -> float | int:
@@ -290,8 +307,26 @@ def check(snap: StreamState, model, where: str = "the snapshot") -> None:
     """Raise one SnapshotError naming ``where`` and every problem, if ``snap`` has any."""
     found = problems(snap, model)
     if found:
-        raise SnapshotError(f"{where}: {'; '.join(found)}; restore a good copy, or start the "
-                            f"stream fresh")
+        advice = _advice(snap, model, found)
+        raise SnapshotError(f"{where}: {'; '.join(found)}" + (f"; {advice}" if advice else ""))
+
+
+def _advice(snap: StreamState, model, found: list[str]) -> str:
+    """What to do about the problems ``found``: where the only one is the model (another
+    file, another ``window``/``carry_state`` at load), the state is sound and another load
+    continues it; otherwise the state is bad."""
+    fresh = "or start the stream fresh"
+    if len(found) == 1 and snap.fingerprint != model.fingerprint:
+        return (f"continue it with the model file it was taken with (sha256 "
+                f"{snap.fingerprint[:12]}…), {fresh}")
+    if len(found) == 1 and (snap.window, snap.carry_state) != (model.window, model.carry_state):
+        args = [f"window={snap.window}"] if snap.window != model.window else []
+        if snap.carry_state != model.carry_state:
+            args.append(f"carry_state={snap.carry_state}")
+        return f"load the model with {', '.join(args)} (the snapshot's) to continue it, {fresh}"
+    if found == _slot_problems(snap, model):
+        return ""                                  # its own advice: load with state_slots=
+    return f"restore a good copy, {fresh}"
 
 
 # ---- slot order --------------------------------------------------------------------------

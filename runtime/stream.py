@@ -66,13 +66,22 @@ class Stream:
     ----------
     model : the model the stream belongs to.
     missing : what a NaN in a reading does: ``"error"``, ``"skip"`` or ``"hold"``.
+
+    Threads. A stream is used by one thread at a time (other streams of the same model may
+    be stepped on other threads meanwhile). :meth:`step`, :meth:`feed` and
+    ``Model.step`` mark the stream busy while they run (~0.05 µs a step): one started while
+    another thread steps it raises InputError, the stream unchanged, instead of losing a
+    step. The check can miss two calls that start within a few bytecodes of each other: it
+    reports misuse, it is no lock. Hand a stream from thread to thread with a lock (or a
+    queue) around its steps.
     """
 
     __slots__ = ("model", "missing", "_state", "_buf", "_steps", "_pred", "_age", "_bind",
-                 "_hot", "_group", "_gi", "_pos", "_seen", "_answer", "_sections")
+                 "_hot", "_group", "_gi", "_pos", "_seen", "_answer", "_sections", "_busy")
 
     def __init__(self, model, missing: str):
         self.model, self.missing, self._bind, self._group = model, missing, None, None
+        self._busy = False   # a step, feed or many-stream call of it is in progress
         self._hot = None   # the step binding, where ``_step_hot`` may take a step (see there)
         self.reset()
 
@@ -96,19 +105,32 @@ class Stream:
         ``"skip"``, or ``"hold"`` with nothing fed yet) claims no position, so that its
         corrected resend is fed. Without ``at`` the position is left as it was.
 
+        A pandas Series (one reading, its index naming the features) is taken by name.
+
         Raises
         ------
         InputError, ShapeError : the reading cannot be fed (or, with ``at``, has the position
-            of the last reading and other values); the stream is unchanged.
+            of the last reading and other values, as float32; or another thread is stepping
+            the stream); the stream is unchanged.
         """
-        hot = self._hot
-        if hot is not None and at is None and self._group is None \
-                and type(reading) is np.ndarray and reading.shape == hot.row.shape:
-            y = self._step_hot(hot, reading)
-            if y is not None:
-                return y
-        if at is not None:
-            return self._step_at(reading, check_position(at))
+        if self._busy:                     # see the class's Threads
+            raise InputError(busy_message(self))
+        self._busy = True
+        try:
+            hot = self._hot
+            if hot is not None and at is None and self._group is None \
+                    and type(reading) is np.ndarray and reading.shape == hot.row.shape:
+                y = self._step_hot(hot, reading)
+                if y is not None:
+                    return y
+            if at is not None:
+                return self._step_at(reading, check_position(at))
+            return self._step(reading)
+        finally:
+            self._busy = False
+
+    def _step(self, reading):
+        """:meth:`step` of one reading without a position, past the hot path."""
         if self._group is not None:
             self._sync()
         model = self.model
@@ -132,10 +154,20 @@ class Stream:
         ``at``: ``n`` positions, the order rule applied row by row as :meth:`step` does (a
         replay gets its earlier answer, a skipped row NaN; only the new rows are fed); a
         None position feeds its row unchecked. A list or an array, not one position:
-        InputError.
+        InputError. A DataFrame's columns are taken by name: in another order they are
+        reordered to :attr:`Model.features`; another name, a missing one or one more (a time
+        column) is refused, with the fix ``df[list(model.features)]``.
         """
-        if at is not None:
-            return self._feed_at(readings, at)
+        if self._busy:
+            raise InputError(busy_message(self))
+        self._busy = True
+        try:
+            return self._feed_at(readings, at) if at is not None else self._feed(readings)
+        finally:
+            self._busy = False
+
+    def _feed(self, readings) -> np.ndarray:
+        """:meth:`feed` without positions."""
         self._sync()
         model = self.model
         xs = model._check_chunk(readings)                  # (n, features)
@@ -214,7 +246,8 @@ class Stream:
     def order(self, reading, at) -> str:
         """What :meth:`step` with ``at`` would do with ``reading``, changing nothing: ``"new"``,
         ``"replay"``, ``"old"`` or ``"conflict"`` (:func:`runtime.state.order`)."""
-        return order(self._pos, self._seen, self._as_seen(reading), check_position(at))
+        return order(self._pos, self._seen, self._as_seen(reading), check_position(at),
+                     self.model._seen_dtype)
 
     @property
     def position(self):
@@ -302,7 +335,7 @@ class Stream:
     def _step_at(self, reading, at):
         """``step`` with a position: the order rule, then the step (see :meth:`step`)."""
         raw = self._as_seen(reading)
-        kind = order(self._pos, self._seen, raw, at)
+        kind = order(self._pos, self._seen, raw, at, self.model._seen_dtype)
         if kind == "replay":
             answer = self._answer
             return None if answer is None or np.isnan(answer).all() else answer.copy()
@@ -311,7 +344,7 @@ class Stream:
         if kind == "conflict":
             raise InputError(conflict_message(at, self._seen, raw))
         skips = self.missing != "error" and skips_gap(self.missing, self._last() is not None)
-        y = self.step(reading)
+        y = self._step(reading)
         if y is None and skips and np.isnan(raw).any():
             return None                 # a gap skipped: its position stays free (skips_gap)
         self._pos, self._seen = at, raw
@@ -326,13 +359,14 @@ class Stream:
         try:
             if type(reading) is np.ndarray and reading.ndim == 1:
                 return reading.astype(np.float64)
-            return np.array(reading, np.float64).reshape(-1)
+            return np.array(self.model._named(reading, "reading"), np.float64).reshape(-1)
         except (ValueError, TypeError):                    # not numbers, or ragged
             self.model._check(reading)                     # raises, saying why
             raise
 
     def _feed_at(self, readings, at) -> np.ndarray:
         """``feed`` with positions: the order rule row by row, only the new rows fed."""
+        readings = self.model._named(readings)             # a DataFrame's columns, by name
         n = len(self.model._check_chunk(readings))         # InputError, ShapeError: said there
         raw = np.asarray(readings, np.float64).reshape(n, -1)   # (n, features) as given
         if isinstance(at, (str, bytes)) or not hasattr(at, "__len__") or np.ndim(at) == 0:
@@ -344,11 +378,18 @@ class Stream:
             raise InputError(f"feed got {counted(n, 'reading')} and {len(ats)} positions (at=); "
                              f"expected {counted(n, 'position')}, one per reading")
         pos, seen, fed, src, at_last = self._pos, self._seen, [], [], None
+        dtype = self.model._seen_dtype
         held = self._last() is not None                    # a value a gap may hold
         for i, (x, a) in enumerate(zip(raw, ats)):
-            kind = "new" if a is None else order(pos, seen, x, a)   # None: fed, unchecked
+            kind = "new" if a is None else order(pos, seen, x, a, dtype)   # None: unchecked
+            if kind == "conflict" and at_last is not None and pos == a:
+                raise InputError(f"rows {at_last} and {i} both give {describe_position(a)}, "
+                                 f"with other values ({_values(seen, x)}, then "
+                                 f"{_values(x, seen)}); nothing from the chunk was fed: give "
+                                 f"each position once in a chunk")
             if kind == "conflict":
-                raise InputError(f"row {i}: " + conflict_message(a, seen, x))
+                raise InputError(f"row {i}: " + conflict_message(a, seen, x)
+                                 + "; nothing from the chunk was fed")
             if kind == "new":
                 fed.append(i)
                 skipped = bool(np.isnan(x).any()) and skips_gap(self.missing, held)
@@ -360,7 +401,7 @@ class Stream:
                        else at_last if at_last is not None else -1)
         out = np.full((len(raw), self.model.n_targets), np.nan, np.float32)
         if fed:
-            out[fed] = self.feed(np.asarray(readings)[fed])
+            out[fed] = self._feed(np.asarray(readings)[fed])
         for i, j in enumerate(src):
             if j is not None and j != i:
                 row = out[j] if j >= 0 else self._answer
@@ -375,6 +416,8 @@ class Stream:
         group = self._group
         if group is None:
             return
+        if group.busy:          # its rows are being stepped: taken now, that step is lost
+            raise InputError(busy_message(self))
         i = self._gi
         if self.model.carry_state:
             self._state = tuple(s[i:i + 1] for s in group.states)   # (1, units) views
@@ -672,15 +715,33 @@ def from_columns(model, kind: type, c: Columns, ok, missing: str) -> list:
     return out
 
 
+def busy_message(stream) -> str:
+    """Why a stream that is being stepped (on another thread) cannot be stepped or read."""
+    return (f"a stream of {stream.model.name} is being stepped by another call, on another "
+            f"thread; a stream is stepped by one thread at a time (the state of each step "
+            f"is the last one's): step each stream from one thread, or lock around its "
+            f"steps")
+
+
 def conflict_message(at, seen, raw) -> str:
     """Why a reading at the position of the last one, with other values, is not fed."""
     return (f"a reading at {describe_position(at)} was already fed with other values "
-            f"({_values(seen)}, now {_values(raw)}); it was not fed again: a position names "
-            f"one reading, so send each once, or turn the order check off")
+            f"({_values(seen, raw)}, now {_values(raw, seen)}); it was not fed again: a "
+            f"position names one reading, so send each once, or turn the order check off")
 
 
-def _values(x) -> str:
-    return "none" if x is None else ", ".join(f"{v:g}" for v in np.asarray(x).reshape(-1)[:8])
+def _values(x, other=None) -> str:
+    """The first values of a reading, ``:g``; where that would read as ``other`` does, as
+    float32's shortest form, which tells apart any two readings the order rule does."""
+    if x is None:
+        return "none"
+    values = np.asarray(x, np.float64).reshape(-1)[:8]
+    text = ", ".join(f"{v:g}" for v in values)
+    if other is not None and text == ", ".join(f"{v:g}" for v in
+                                                 np.asarray(other, np.float64).reshape(-1)[:8]):
+        with np.errstate(over="ignore"):
+            text = ", ".join(str(v) for v in values.astype(np.float32))
+    return text
 
 
 class _Fields(NamedTuple):

@@ -121,3 +121,15 @@ def test_the_runtime_raises_these_messages(tmp_path):
                                          r"got \(2, 2\) — 2 readings for 3 streams"):
         model.step(streams, np.zeros((2, 2)))
     assert all(s.steps == 0 for s in streams)
+
+
+@pytest.mark.parametrize("got, expected, window, says", [
+    ((1, 1, 1), (1,), 3, "this is 1 sample (window) of 1 timestep, and a step"),
+    ((5, 1, 1), (None, 1), 2, "these are 5 samples (windows) of 1 timestep, shaped"),
+    ((1, 1), (1,), None, "x has 1 axis too many"),
+    ((1, 3), (None, 1), 3, "these look like 1 window of 3 timesteps"),
+])
+def test_counts_of_one_read_in_the_singular(got, expected, window, says):
+    message = shape_problem(got, expected, window=window)
+    assert says in message, message
+    assert "1 timesteps" not in message and "1 windows" not in message
