@@ -127,6 +127,7 @@ def _warn(message: str) -> None:
 def load_model(model: Path, *, device, window, carry_state, missing, threads):
     """``runtime.load`` with a one-line error for a file that is missing or not ONNX."""
     from . import load
+    from .model import keras_kind
     keras = keras_kind(model)
     if keras:
         stem = model.name.split(".")[0] or "model"
@@ -139,22 +140,6 @@ def load_model(model: Path, *, device, window, carry_state, missing, threads):
                             if not model.exists() else f"{str(model)!r} is not a file")
     return load(model, device=device, window=window, carry_state=carry_state,
                 missing=missing, threads=threads)
-
-
-def keras_kind(path: Path) -> str:
-    """What Keras/TensorFlow file ``path`` is ("a Keras model file", ...), or "" if none."""
-    if path.is_dir():
-        return "a TensorFlow SavedModel directory" if (path / "saved_model.pb").exists() else ""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(8)
-    except OSError:
-        return ""
-    if head.startswith(b"\x89HDF\r\n"):
-        return "a Keras HDF5 model file (.h5)"
-    if head.startswith(b"PK") and path.suffix.lower() == ".keras":
-        return "a Keras model file (.keras)"
-    return ""
 
 
 def _quote(text: str) -> str:

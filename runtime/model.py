@@ -683,6 +683,20 @@ def _check_sizes(model) -> None:
 _HDF5 = b"\x89HDF\r\n\x1a\n"
 
 
+def keras_kind(path) -> str:
+    """What Keras/TensorFlow model ``path`` is, in words ("a Keras model file (.keras)"), or ""
+    where it is none: told from the folder or the file's first bytes, before any load."""
+    path = Path(path)
+    if path.is_dir():
+        return "a TensorFlow SavedModel directory" if (path / "saved_model.pb").exists() else ""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError:
+        return ""
+    return _keras_kind(head, path.name)
+
+
 def _keras_kind(data: bytes, name: str) -> str:
     """What Keras file ``data`` (the file ``name``) is, in words, or "" where it is none:
     a ``.keras`` zip (its ``config.json``), or HDF5 (``.h5``). Only asked once ONNX Runtime

@@ -374,6 +374,23 @@ def test_missing_policies(model):
     np.testing.assert_allclose(preds(hold), preds(held), rtol=RTOL, atol=ATOL)
 
 
+def answered(args, lines_in: list[bytes], stream: bool) -> tuple[str, str]:
+    """lstm-run's stdout and stderr for ``lines_in``: in one batch, or with ``--stream`` one
+    line at a time, each answer read before the next line is sent."""
+    if not stream:
+        return run(args, b"\n".join(lines_in) + b"\n")
+    live = Live([*args, "--stream"])
+    try:
+        answers = []
+        for line in lines_in:
+            live.send(line + b"\n")
+            answers.append(live.read_line())
+        rest, err = live.finish()
+    finally:
+        live.kill()
+    return "\n".join(answers) + "\n" + rest, err
+
+
 @pytest.mark.parametrize("stream", [False, True], ids=["one batch", "line by line"])
 def test_a_corrected_resend_of_a_skipped_reading_is_fed(tmp_path, stream):
     """--missing skip with a time column and --state: the line with a gap fed nothing, so it
@@ -383,19 +400,7 @@ def test_a_corrected_resend_of_a_skipped_reading_is_fed(tmp_path, stream):
                 b"2022-01-01T01:00:00Z,,41", b"2022-01-01T01:00:00Z,21,41",
                 b"2022-01-01T02:00:00Z,22,41"]
     args = [model, "--missing", "skip", "--state", tmp_path / "s.db"]
-    if not stream:
-        out, err = run(args, b"\n".join(lines_in) + b"\n")
-    else:
-        live = Live([*args, "--stream"])
-        try:
-            answers = []
-            for line in lines_in:
-                live.send(line + b"\n")
-                answers.append(live.read_line())
-            rest, err = live.finish()
-        finally:
-            live.kill()
-        out = "\n".join(answers) + "\n" + rest
+    out, err = answered(args, lines_in, stream)
     rows = csv_rows(out)
     assert [r["step"] for r in rows] == ["1", "1", "2", "3"], out
     assert not any(r["error"] for r in rows) and "already fed" not in err, err
@@ -624,19 +629,7 @@ def test_hold_a_first_gap_is_skipped_and_its_corrected_resend_fed(tmp_path, stre
                 b"2022-01-01T00:00:00Z,20,40", b"2022-01-01T01:00:00Z,,41",
                 b"2022-01-01T01:00:00Z,,41", b"2022-01-01T01:00:00Z,21,41"]
     args = [model, "--missing", "hold", "--state", tmp_path / "s.db"]
-    if not stream:
-        out, err = run(args, b"\n".join(lines_in) + b"\n")
-    else:
-        live = Live([*args, "--stream"])
-        try:
-            answers = []
-            for line in lines_in:
-                live.send(line + b"\n")
-                answers.append(live.read_line())
-            rest, err = live.finish()
-        finally:
-            live.kill()
-        out = "\n".join(answers) + "\n" + rest
+    out, err = answered(args, lines_in, stream)
     rows = csv_rows(out)
     assert [r["step"] for r in rows] == ["0", "1", "2", "2", ""], out
     assert [r["order"] for r in rows][:4] == ["", "", "", "replay"], out
