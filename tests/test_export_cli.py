@@ -131,3 +131,16 @@ def test_a_calibration_csv_of_the_rows_asked_for_calibrates(saved):
     assert result.returncode == 0, result.stderr
     props = {p.key: p.value for p in onnx.load(saved / "block-16.onnx").metadata_props}
     assert json.loads(props["lstm_edge.intervals"])["n"] == 15   # forecasts of step 1
+
+
+def test_a_calibration_csv_newest_first_is_refused(saved):
+    """Its rows would be a reversed series: every forecast scored against its past."""
+    csv = saved / "calibration-reversed.csv"
+    csv.write_text("time,flow\n" + "".join(f"2022-03-{28 - i // 24:02d}T{23 - i % 24:02d}:00:00Z,"
+                                           f"{10 + i % 4}\n" for i in range(40)))
+    result = lstm_export("block.keras", "-o", "block-rev.onnx", "--features", "flow",
+                         "--targets", "flow", "--no-check", "--calibrate", csv, cwd=saved)
+    assert result.returncode != 0 and "newest first" in result.stderr, result.stderr
+    assert "each forecast is scored against the rows after it" in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not (saved / "block-rev.onnx").exists()

@@ -346,7 +346,7 @@ def calibrate_file(onnx_path, csv, *, missing: str = "error") -> dict:
                            "the file to the device") from None
 
     from runtime import load
-    from .data import read_csv, select
+    from .data import check_time, read_csv, select
     from .errors import DataError
     from .export import write_atomically
 
@@ -362,7 +362,10 @@ def calibrate_file(onnx_path, csv, *, missing: str = "error") -> dict:
     names = list(block.names) if block is not None else list(model.targets)
     steps = block.steps if block is not None else 1
     horizon = 1 if block is not None else int(model.info.horizon)
-    sel = select(read_csv(csv), names, list(model.features), missing, source=str(csv))
+    table = read_csv(csv)
+    sel = select(table, names, list(model.features), missing, source=str(csv))
+    check_time(sel, table.time_column, str(csv),    # newest first: a reversed series
+               why="each forecast is scored against the rows after it")
     preds = model.stream().feed(sel.x.astype(np.float32))           # (rows, outputs)
     last = np.flatnonzero(np.isfinite(preds).all(axis=1))
     last = last[last + horizon < len(sel.y)]

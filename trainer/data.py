@@ -356,7 +356,8 @@ def select(table: Table, target: str | list[str], features: str | list[str] | No
     )
 
 
-def check_time(sel: Selection, column: str | None, source: str) -> tuple[list[str], str]:
+def check_time(sel: Selection, column: str | None, source: str,
+               why: str = "the last rows are the test tail") -> tuple[list[str], str]:
     """Refuse a time column that goes back; notes on repeated times and on holes.
 
     The split is by row order: the test tail is the last rows, so rows newest first would
@@ -381,8 +382,7 @@ def check_time(sel: Selection, column: str | None, source: str) -> tuple[list[st
                  if back.size == len(steps) else "sort the rows by time, oldest first")
         raise DataError(f"{source}, line {sel.lines[i + 1]}: the time column {column!r} goes "
                         f"back ({str(sel.time[i + 1])!r} after {str(sel.time[i])!r} on line "
-                        f"{sel.lines[i]}); expected the rows oldest first, as the last rows are "
-                        f"the test tail — {order}")
+                        f"{sel.lines[i]}); expected the rows oldest first, as {why} — {order}")
     notes = []
     same = np.flatnonzero(steps == 0)
     if same.size:
