@@ -194,7 +194,10 @@ def describe(model, path: Path, timed: bool = False) -> str:
     # a window model starts every window from zeros: its state is never carried
     fresh = "" if model.carry_state else "; zeros at every window, never carried"
     for spec in info.state:
-        rows.append(("state", f"{spec.kind.upper()} {spec.layer!r}, {spec.units} units: "
+        # a prev state carries readings, changes or flags (docs/contract.md), not units
+        size = (f"{spec.units} carried values" if spec.kind == "prev"
+                else f"{spec.units} units")
+        rows.append(("state", f"{spec.kind.upper()} {spec.layer!r}, {size}: "
                               f"{', '.join(spec.inputs)} -> {', '.join(spec.outputs)}{fresh}"))
     rows.append(("streaming", _mode_row(model)))
     rows.extend(_streaming_rows(model))

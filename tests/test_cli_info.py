@@ -91,3 +91,13 @@ def test_an_old_masking_file_says_its_answer_is_empty(tmp_path):
     mask = info(path)["mask"]
     assert "an empty answer, since the file predates lstm_edge.mask_answer; re-export" in mask
     assert "mask" not in info(tiny_onnx(tmp_path / "plain.onnx"))
+
+
+def test_a_previous_reading_state_counts_values_not_units():
+    """The bundled model's prev state holds its last reading and a flag, not learnt units."""
+    from helpers import WATER_MODEL
+    out, _ = run([WATER_MODEL, "--info"])
+    states = [line for line in out.splitlines() if line.startswith("state")]
+    assert any("LSTM 'lstm_0', 32 units" in s for s in states), states
+    assert any("PREV 'previous reading', 2 carried values: in_x0 -> out_x0" in s
+               for s in states), states
