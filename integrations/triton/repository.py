@@ -198,10 +198,86 @@ def triton_graph(proto: onnx.ModelProto, info: ModelInfo) -> onnx.ModelProto:
     recurrent state is ``(batch, B, units)``, slot k in row k, and ``in_slot``/``out_slot``
     ``(batch, 1)`` is the slot the stream's next full window starts from (docs/contract.md,
     "State slots"): the window runs from that slot and leaves its state there.
+
+    The pieces are added in this order, which fixes the order of the nodes and constants
+    written (:class:`_Wrapper`): the guard (:func:`_guard`), the window register
+    (:func:`_window_register`), ``y``, the recurrent state (:func:`_carried_states`,
+    :func:`_slot_states` or :func:`_zero_states`), then :func:`_assemble`.
     """
-    carry, slots = info.carry_state, info.state_slots if info.carry_state else 1
-    kinds = {s.kind for s in info.state} - {"lstm", "gru", "rnn"}
+    slots = info.state_slots if info.carry_state else 1
     sequence = info.streaming_mode == "sequence" and slots == 1
+    _refuse_other_state(info, slots, sequence)
+    graph = proto.graph
+    inputs, outputs = _graph_io(graph)
+    p = _prefix(graph)
+    x = inputs[X]
+    x_dims = _dims(x)                                  # [batch, time, F] or [batch, time]
+    reading = ["batch", x_dims[1] if sequence else 1] + x_dims[2:]   # x of one request
+    rename = _renames(info, slots, p)
+    body = [_renamed(node, rename) for node in graph.node]
+    w = _Wrapper(p, next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")))
+
+    ok = _guard(w, _elem(x), reading)                  # (batch, 1) bool
+    nan = w.const("nan", np.float32(np.nan))
+    if sequence:                                       # x and y as the file has them
+        w.inputs, w.outputs = [x], [outputs[Y]]
+    else:
+        w.inputs = [helper.make_tensor_value_info(X, _elem(x), reading)]
+        w.outputs = [helper.make_tensor_value_info(Y, TensorProto.FLOAT,
+                                                   ["batch", 1] + _dims(outputs[Y])[2:])]
+    if info.window > 1:
+        fed, y_run = _window_register(w, info.window, x_dims, _elem(x), ok, rename)
+    else:
+        fed, y_run = ok, rename[Y]
+    w.node("Where", [w.unsqueeze(fed, [2], p + "fed3"), y_run, nan], Y)  # (batch, 1 or time, T)
+    if info.carry_state and slots == 1:
+        _carried_states(w, info, inputs, outputs, fed, rename)
+    elif info.carry_state:
+        _slot_states(w, info, slots, fed, rename)
+    else:
+        _zero_states(w, info, rename)
+    return _assemble(proto, info, w, body, slots, sequence)
+
+
+@dataclass
+class _Wrapper:
+    """The Triton graph being built around the exported one: its added nodes and interface.
+
+    Nodes whose output is named ``<prefix>pre_...`` run before the exported graph's, every
+    other node after; constants are kept in the order they are first made.
+    """
+
+    prefix: str                           # no tensor name of the exported graph starts with it
+    opset: int                            # of the default domain: Unsqueeze/ReduceSum axes
+    pre: list = field(default_factory=list)      # nodes before the exported graph's
+    post: list = field(default_factory=list)     # nodes after it
+    inits: dict = field(default_factory=dict)    # constant name -> array
+    inputs: list = field(default_factory=list)   # the graph's inputs (ValueInfoProto)
+    outputs: list = field(default_factory=list)  # the graph's outputs (ValueInfoProto)
+    states: list = field(default_factory=list)   # Triton state pairs the wrapper adds
+
+    def const(self, name: str, array) -> str:
+        """A constant (an initializer) named ``<prefix><name>``; returns its name."""
+        self.inits[self.prefix + name] = np.asarray(array)
+        return self.prefix + name
+
+    def node(self, op: str, ins: list, out: str, **attrs) -> str:
+        """A node with one output, before or after the exported graph's; returns ``out``."""
+        (self.pre if out.startswith(self.prefix + "pre_") else self.post).append(
+            helper.make_node(op, ins, [out], **attrs))
+        return out
+
+    def unsqueeze(self, name: str, axes: list, out: str) -> str:
+        """Unsqueeze at ``axes``: an input from opset 13, an attribute before it."""
+        if self.opset >= 13:
+            return self.node("Unsqueeze", [name, self.const("axes" + "".join(map(str, axes)),
+                                                            axes)], out)
+        return self.node("Unsqueeze", [name], out, axes=axes)
+
+
+def _refuse_other_state(info: ModelInfo, slots: int, sequence: bool) -> None:
+    """Refuse a variant graph for state other than LSTM/GRU/RNN (only those are rewired)."""
+    kinds = {s.kind for s in info.state} - {"lstm", "gru", "rnn"}
     if kinds and not sequence:
         fix = ("serve it with lstm-run, which keeps the slots" if slots > 1 else
                "re-export it in sequence mode (lstm-export --window 1 --carry-state) to serve "
@@ -209,8 +285,10 @@ def triton_graph(proto: onnx.ModelProto, info: ModelInfo) -> onnx.ModelProto:
         raise TritonError(f"the {info.streaming_mode} mode needs a Triton variant graph, which "
                           f"is built for LSTM/GRU/RNN state only, and this file also carries "
                           f"{', '.join(sorted(kinds))} state; {fix}")
-    window = info.window
-    graph = proto.graph
+
+
+def _graph_io(graph) -> tuple[dict, dict]:
+    """The exported graph's inputs and outputs by name; refused without ``x`` and ``y``."""
     inputs = {v.name: v for v in graph.input}
     outputs = {v.name: v for v in graph.output}
     missing = [f"the graph has no {side} {name!r} (it has {', '.join(have)}): give a file "
@@ -218,146 +296,167 @@ def triton_graph(proto: onnx.ModelProto, info: ModelInfo) -> onnx.ModelProto:
                (("input", X, inputs), ("output", Y, outputs)) if name not in have]
     if missing:
         raise TritonError("the Triton repository would not load: " + "; ".join(missing))
-    p = _prefix(graph)
-    x = inputs[X]
-    x_dims = _dims(x)                                  # [batch, time, F] or [batch, time]
-    x_type = _elem(x)
-    reading = ["batch", x_dims[1] if sequence else 1] + x_dims[2:]
+    return inputs, outputs
 
-    rename = {X: p + "window" if window > 1 else X, Y: p + "y_all"}
-    state_in = [n for s in info.state for n in s.inputs]
-    state_out = [n for s in info.state for n in s.outputs]
-    for name in state_out:
+
+def _renames(info: ModelInfo, slots: int, p: str) -> dict:
+    """New names for the exported graph's tensors that the wrapper feeds or reads.
+
+    ``x`` becomes the window (when there is one), ``y`` and every state output an internal
+    tensor the wrapper picks from, and a state input the zero state (not carried) or the
+    state gathered from the slot (B > 1 slots).
+    """
+    rename = {X: p + "window" if info.window > 1 else X, Y: p + "y_all"}
+    for name in (n for s in info.state for n in s.outputs):
         rename[name] = p + "run_" + name
-    for name in state_in:
-        if not carry:
+    for name in (n for s in info.state for n in s.inputs):
+        if not info.carry_state:
             rename[name] = p + "zero_" + name
         elif slots > 1:
             rename[name] = p + "slot_" + name
-    body = [_renamed(node, rename) for node in graph.node]
-    pre, post, inits = [], [], {}   # nodes before and after the exported graph's
-    opset = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+    return rename
 
-    def const(name, array):
-        inits[p + name] = np.asarray(array)
-        return p + name
 
-    def node(op, ins, out, **attrs):
-        (pre if out.startswith(p + "pre_") else post).append(
-            helper.make_node(op, ins, [out], **attrs))
-        return out
+def _guard(w: _Wrapper, x_type: int, reading: list) -> str:
+    """Nodes that say which requests' readings are all finite; returns that ``(batch, 1)`` bool.
 
-    def unsqueeze(name, axes, out):
-        if opset >= 13:
-            return node("Unsqueeze", [name, const("axes" + "".join(map(str, axes)), axes)], out)
-        return node("Unsqueeze", [name], out, axes=axes)
-
-    # The guard: x * 0 is 0 where x is finite, NaN where it is NaN or inf (one Mul and one
-    # ReduceSum, not IsNaN + IsInf + Or); a token id is always finite.
+    x * 0 is 0 where x is finite, NaN where it is NaN or inf (one Mul and one ReduceSum, not
+    IsNaN + IsInf + Or); a token id is always finite.
+    """
+    p = w.prefix
     x_float = X if x_type == TensorProto.FLOAT else \
-        node("Cast", [X], p + "pre_x_float", to=TensorProto.FLOAT)
-    zeros = node("Mul", [x_float, const("zero", np.float32(0))], p + "pre_x_zero")
+        w.node("Cast", [X], p + "pre_x_float", to=TensorProto.FLOAT)
+    zeros = w.node("Mul", [x_float, w.const("zero", np.float32(0))], p + "pre_x_zero")
     axes = list(range(1, len(reading)))
-    if opset >= 13:
-        node("ReduceSum", [zeros, const("reading_axes", axes)], p + "pre_x_sum", keepdims=1)
+    if w.opset >= 13:
+        w.node("ReduceSum", [zeros, w.const("reading_axes", axes)], p + "pre_x_sum", keepdims=1)
     else:
-        node("ReduceSum", [zeros], p + "pre_x_sum", axes=axes, keepdims=1)
-    node("Equal", [p + "pre_x_sum", p + "zero"], p + "pre_finite")   # (batch, 1[, 1])
-    ok = node("Reshape", [p + "pre_finite", const("batch_1", [-1, 1])], p + "pre_ok")  # (b, 1)
-    nan = const("nan", np.float32(np.nan))
+        w.node("ReduceSum", [zeros], p + "pre_x_sum", axes=axes, keepdims=1)
+    w.node("Equal", [p + "pre_x_sum", p + "zero"], p + "pre_finite")   # (batch, 1[, 1])
+    return w.node("Reshape", [p + "pre_finite", w.const("batch_1", [-1, 1])],
+                  p + "pre_ok")                                          # (batch, 1)
 
-    if sequence:                                       # x and y as the file has them
-        new_inputs, new_outputs = [x], [outputs[Y]]
-    else:
-        new_inputs = [helper.make_tensor_value_info(X, x_type, reading)]
-        new_outputs = [helper.make_tensor_value_info(Y, TensorProto.FLOAT,
-                                                     ["batch", 1] + _dims(outputs[Y])[2:])]
-    states, fed = [], ok
-    if window > 1:
-        buf = ["batch", window - 1] + x_dims[2:]
-        new_inputs += [helper.make_tensor_value_info(WINDOW_IN, x_type, buf),
-                       helper.make_tensor_value_info(COUNT_IN, TensorProto.FLOAT, ["batch", 1])]
-        new_outputs += [helper.make_tensor_value_info(WARMUP, TensorProto.BOOL, ["batch", 1]),
-                        helper.make_tensor_value_info(WINDOW_OUT, x_type, buf),
-                        helper.make_tensor_value_info(COUNT_OUT, TensorProto.FLOAT, ["batch", 1])]
-        states = [{"input": WINDOW_IN, "output": WINDOW_OUT},
-                  {"input": COUNT_IN, "output": COUNT_OUT}]
-        big, one = const("big", [np.iinfo(np.int64).max]), const("one_i", [1])
-        w = const("w", np.float32(window))
-        # (batch, window - 1, F) ++ (batch, 1, F) -> (batch, window, F)
-        pre.append(helper.make_node("Concat", [WINDOW_IN, X], [rename[X]], axis=1))
-        shifted = node("Slice", [rename[X], one, big, const("axis1", [1])], p + "shifted")
-        ok_buf = ok if len(buf) == 2 else unsqueeze(ok, [2], p + "ok3")
-        node("Where", [ok_buf, shifted, WINDOW_IN], WINDOW_OUT)       # a refused reading
-        node("Add", [COUNT_IN, const("one", np.float32(1))], p + "count")  # is not kept
-        node("Min", [p + "count", w], p + "count_new")                # (batch, 1)
-        node("Where", [ok, p + "count_new", COUNT_IN], COUNT_OUT)
-        ready = node("GreaterOrEqual", [COUNT_OUT, w], p + "ready")
-        node("Not", [ready], WARMUP)
-        fed = node("And", [ready, ok], p + "fed")                     # a window was run
-        y_run = node("Slice", [rename[Y], const("minus1", [-1]), big, p + "axis1"],
-                     p + "y_last")
-    else:
-        y_run = rename[Y]
-    node("Where", [unsqueeze(fed, [2], p + "fed3"), y_run, nan], Y)  # (batch, 1 or time, T)
-    if carry:
-        if slots > 1:
-            slot_idx = node("Cast", ["in_slot"], p + "pre_slot_idx", to=TensorProto.INT64)
-            unsqueeze("in_slot", [2], p + "slot3")                    # (batch, 1, 1)
-            node("Equal", [const("slot_range", np.arange(slots, dtype=np.float32)
-                                 .reshape(1, slots, 1)), p + "slot3"], p + "slot_mask")
-            node("And", [p + "slot_mask", p + "fed3"], p + "slot_write")  # (batch, B, 1)
-        for spec in info.state:
-            for name_in, name_out in zip(spec.inputs, spec.outputs):
-                if slots == 1:
-                    new_inputs.append(inputs[name_in])
-                    new_outputs.append(outputs[name_out])
-                    # The state moves on only where a window was run, as in the runtime.
-                    node("Where", [fed, rename[name_out], name_in], name_out)
-                    continue
-                dims = ["batch", slots, spec.units]
-                new_inputs.append(helper.make_tensor_value_info(name_in, TensorProto.FLOAT, dims))
-                new_outputs.append(helper.make_tensor_value_info(name_out, TensorProto.FLOAT,
-                                                                 dims))
-                states.append({"input": name_in, "output": name_out})
-                pre.append(helper.make_node("GatherND", [name_in, slot_idx], [rename[name_in]],
-                                            batch_dims=1))           # (batch, units)
-                unsqueeze(rename[name_out], [1], p + "run1_" + name_out)   # (batch, 1, units)
-                node("Where", [p + "slot_write", p + "run1_" + name_out, name_in], name_out)
-        if slots > 1:
-            new_inputs.append(helper.make_tensor_value_info("in_slot", TensorProto.FLOAT,
-                                                            ["batch", 1]))
-            new_outputs.append(helper.make_tensor_value_info("out_slot", TensorProto.FLOAT,
-                                                             ["batch", 1]))
-            states.append({"input": "in_slot", "output": "out_slot"})
-            node("Add", ["in_slot", p + "one" if window > 1 else
-                         const("one", np.float32(1))], p + "slot_next")
-            node("GreaterOrEqual", [p + "slot_next", const("slots", np.float32(slots))],
-                 p + "slot_wrap")
-            node("Where", [p + "slot_wrap", p + "zero", p + "slot_next"], p + "slot_ring")
-            node("Where", [fed, p + "slot_ring", "in_slot"], "out_slot")
-    else:
-        batch = p + "pre_batch"
-        pre += [helper.make_node("Shape", [X], [p + "pre_shape"]),
-                helper.make_node("Gather", [p + "pre_shape", const("zero_i", [0])], [batch])]
-        for spec in info.state:
-            for name in spec.inputs:                   # (batch, units) zeros: a fresh state
-                size = p + "size_" + name
-                pre += [helper.make_node("Concat", [batch, const("units_" + name,
-                                                                   [spec.units])], [size], axis=0),
-                        helper.make_node("ConstantOfShape", [size], [rename[name]],
-                                         value=numpy_helper.from_array(np.zeros(1, np.float32)))]
+
+def _window_register(w: _Wrapper, window: int, x_dims: list, x_type: int, ok: str,
+                     rename: dict) -> tuple[str, str]:
+    """The window as Triton state: ``in_window`` shift register, ``in_count``, ``warmup``.
+
+    The exported graph runs over ``concat(in_window, x)``; a refused reading is neither kept
+    in the register nor counted. Returns the ``(batch, 1)`` bool "a full window was run"
+    and the exported ``y``'s last step ``(batch, 1, T)``.
+    """
+    p = w.prefix
+    buf = ["batch", window - 1] + x_dims[2:]          # (batch, window - 1, F)
+    w.inputs += [helper.make_tensor_value_info(WINDOW_IN, x_type, buf),
+                 helper.make_tensor_value_info(COUNT_IN, TensorProto.FLOAT, ["batch", 1])]
+    w.outputs += [helper.make_tensor_value_info(WARMUP, TensorProto.BOOL, ["batch", 1]),
+                  helper.make_tensor_value_info(WINDOW_OUT, x_type, buf),
+                  helper.make_tensor_value_info(COUNT_OUT, TensorProto.FLOAT, ["batch", 1])]
+    w.states += [{"input": WINDOW_IN, "output": WINDOW_OUT},
+                 {"input": COUNT_IN, "output": COUNT_OUT}]
+    big, one = w.const("big", [np.iinfo(np.int64).max]), w.const("one_i", [1])
+    full = w.const("w", np.float32(window))
+    # (batch, window - 1, F) ++ (batch, 1, F) -> (batch, window, F)
+    w.pre.append(helper.make_node("Concat", [WINDOW_IN, X], [rename[X]], axis=1))
+    shifted = w.node("Slice", [rename[X], one, big, w.const("axis1", [1])], p + "shifted")
+    ok_buf = ok if len(buf) == 2 else w.unsqueeze(ok, [2], p + "ok3")
+    w.node("Where", [ok_buf, shifted, WINDOW_IN], WINDOW_OUT)       # a refused reading
+    w.node("Add", [COUNT_IN, w.const("one", np.float32(1))], p + "count")  # is not kept
+    w.node("Min", [p + "count", full], p + "count_new")             # (batch, 1)
+    w.node("Where", [ok, p + "count_new", COUNT_IN], COUNT_OUT)
+    ready = w.node("GreaterOrEqual", [COUNT_OUT, full], p + "ready")
+    w.node("Not", [ready], WARMUP)
+    fed = w.node("And", [ready, ok], p + "fed")                     # a window was run
+    y_last = w.node("Slice", [rename[Y], w.const("minus1", [-1]), big, p + "axis1"],
+                    p + "y_last")
+    return fed, y_last
+
+
+def _carried_states(w: _Wrapper, info: ModelInfo, inputs: dict, outputs: dict, fed: str,
+                    rename: dict) -> None:
+    """One slot: each recurrent state as the file has it, moved on only where ``fed``."""
+    for spec in info.state:
+        for name_in, name_out in zip(spec.inputs, spec.outputs):
+            w.inputs.append(inputs[name_in])
+            w.outputs.append(outputs[name_out])
+            # The state moves on only where a window was run, as in the runtime.
+            w.node("Where", [fed, rename[name_out], name_in], name_out)
+
+
+def _slot_states(w: _Wrapper, info: ModelInfo, slots: int, fed: str, rename: dict) -> None:
+    """B > 1 slots: states ``(batch, B, units)``; the window runs from slot ``in_slot``.
+
+    The slot's row is gathered as the exported graph's state input, its new state written
+    back to that row only where a window was run (``fed3``, made for ``y``), and ``out_slot``
+    moves on to the next slot.
+    """
+    p = w.prefix
+    slot_idx = w.node("Cast", ["in_slot"], p + "pre_slot_idx", to=TensorProto.INT64)
+    w.unsqueeze("in_slot", [2], p + "slot3")                          # (batch, 1, 1)
+    w.node("Equal", [w.const("slot_range", np.arange(slots, dtype=np.float32)
+                             .reshape(1, slots, 1)), p + "slot3"], p + "slot_mask")
+    w.node("And", [p + "slot_mask", p + "fed3"], p + "slot_write")      # (batch, B, 1)
+    for spec in info.state:
+        for name_in, name_out in zip(spec.inputs, spec.outputs):
+            dims = ["batch", slots, spec.units]
+            w.inputs.append(helper.make_tensor_value_info(name_in, TensorProto.FLOAT, dims))
+            w.outputs.append(helper.make_tensor_value_info(name_out, TensorProto.FLOAT, dims))
+            w.states.append({"input": name_in, "output": name_out})
+            w.pre.append(helper.make_node("GatherND", [name_in, slot_idx], [rename[name_in]],
+                                          batch_dims=1))               # (batch, units)
+            w.unsqueeze(rename[name_out], [1], p + "run1_" + name_out)   # (batch, 1, units)
+            w.node("Where", [p + "slot_write", p + "run1_" + name_out, name_in], name_out)
+    _slot_pointer(w, info.window, slots, fed)
+
+
+def _slot_pointer(w: _Wrapper, window: int, slots: int, fed: str) -> None:
+    """``in_slot`` -> ``out_slot`` ``(batch, 1)``: the next slot, mod B, where ``fed``."""
+    p = w.prefix
+    w.inputs.append(helper.make_tensor_value_info("in_slot", TensorProto.FLOAT, ["batch", 1]))
+    w.outputs.append(helper.make_tensor_value_info("out_slot", TensorProto.FLOAT, ["batch", 1]))
+    w.states.append({"input": "in_slot", "output": "out_slot"})
+    one = p + "one" if window > 1 else w.const("one", np.float32(1))   # the register's "one"
+    w.node("Add", ["in_slot", one], p + "slot_next")
+    w.node("GreaterOrEqual", [p + "slot_next", w.const("slots", np.float32(slots))],
+           p + "slot_wrap")
+    w.node("Where", [p + "slot_wrap", p + "zero", p + "slot_next"], p + "slot_ring")
+    w.node("Where", [fed, p + "slot_ring", "in_slot"], "out_slot")
+
+
+def _zero_states(w: _Wrapper, info: ModelInfo, rename: dict) -> None:
+    """State not carried: every window runs from a ``(batch, units)`` zero state."""
+    p = w.prefix
+    batch = p + "pre_batch"
+    w.pre += [helper.make_node("Shape", [X], [p + "pre_shape"]),
+              helper.make_node("Gather", [p + "pre_shape", w.const("zero_i", [0])], [batch])]
+    for spec in info.state:
+        for name in spec.inputs:                       # (batch, units) zeros: a fresh state
+            size = p + "size_" + name
+            w.pre += [helper.make_node("Concat", [batch, w.const("units_" + name, [spec.units])],
+                                       [size], axis=0),
+                      helper.make_node("ConstantOfShape", [size], [rename[name]],
+                                       value=numpy_helper.from_array(np.zeros(1, np.float32)))]
+
+
+def _assemble(proto: onnx.ModelProto, info: ModelInfo, w: _Wrapper, body: list, slots: int,
+              sequence: bool) -> onnx.ModelProto:
+    """The model: the wrapper's nodes around ``body``, its metadata, checked by onnx.checker.
+
+    ``lstm_edge.state`` keeps only the recurrent state Triton carries as the file has it (one
+    slot); ``lstm_edge.triton`` says how the graph is served (:func:`_serving_graph`).
+    """
+    graph = proto.graph
     initializers = list(graph.initializer) + [numpy_helper.from_array(a, n)
-                                              for n, a in inits.items()]
-    new_graph = helper.make_graph(pre + body + post, graph.name + "_triton", new_inputs,
-                                  new_outputs, initializers)
+                                              for n, a in w.inits.items()]
+    new_graph = helper.make_graph(w.pre + body + w.post, graph.name + "_triton", w.inputs,
+                                  w.outputs, initializers)
     model = helper.make_model(new_graph, opset_imports=list(proto.opset_import),
                               producer_name="lstm-edge", ir_version=proto.ir_version)
-    kept = [s.to_json() for s in info.state] if carry and slots == 1 else []
+    kept = [s.to_json() for s in info.state] if info.carry_state and slots == 1 else []
     meta = {p_.key: p_.value for p_ in proto.metadata_props}
     meta[PREFIX + "state"] = json.dumps(kept)
-    meta[TRITON_KEY] = json.dumps({"mode": info.streaming_mode, "window": window,
-                                   "state": states, "warmup": window > 1, "slots": slots,
+    meta[TRITON_KEY] = json.dumps({"mode": info.streaming_mode, "window": info.window,
+                                   "state": w.states, "warmup": info.window > 1, "slots": slots,
                                    "readings": "any" if sequence else "one",
                                    "nonfinite": "not fed"})
     helper.set_model_props(model, meta)
