@@ -9,7 +9,10 @@ one window. :func:`predict` runs them the way the file's streaming mode says
   row ``i`` equals Keras ``model.predict(X)[i]``.
 - ``stateful``: sample ``j`` starts from the state sample ``j - B`` ended in, ``B`` being
   the file's state slots, one call per group of ``B`` samples; equals Keras
-  ``model.predict(X, batch_size=B)`` right after ``reset_states()``.
+  ``model.predict(X, batch_size=B)`` right after ``reset_states()``. Keras refuses a count
+  of samples that is not a multiple of a ``batch_shape``'s B; the rows of a batch never
+  mix, so a last, partial group is answered as Keras answers ``X`` padded to whole
+  batches (any padding), cut back to its samples.
 - ``sequence``: each sample a whole sequence from a zero state, one call; returns every
   timestep, as a Keras model with ``return_sequences=True`` does, or the last one where the
   file says Keras answered that alone (``lstm_edge.answers``: ``last``).
