@@ -300,7 +300,8 @@ class Link:
     next: Message | None = None    # taken from the inbox, left for the next batch
     acked: OrderedDict = field(default_factory=OrderedDict)   # mid -> (topic, payload) acked
     before: dict = field(default_factory=dict)    # ``acked`` of the connection before this one
-    at_most_once: set[str] = field(default_factory=set)   # topics told they come at QoS 0
+    at_most_once: set[str] = field(default_factory=set)   # topics that came at QoS 0
+    retained: int = 0              # retained copies acknowledged, not fed (see _answer)
 
     def __post_init__(self) -> None:
         mqtt = paho()
@@ -493,12 +494,14 @@ class Link:
 
     def _message(self, client, userdata, msg) -> None:
         _quick_ack(client)
-        if msg.qos == 0 and msg.topic not in self.at_most_once:
-            self.at_most_once.add(msg.topic)
-            self.warn(f"{msg.topic}: published at QoS 0, which the broker neither keeps for "
-                      f"lstm-run while it restarts nor delivers again: readings can be lost "
-                      f"there; publish at QoS 1 for nothing to be lost")
         with self.lock:
+            if msg.qos == 0 and msg.topic not in self.at_most_once:
+                if not self.at_most_once:  # the first named; the others counted at the stop
+                    self.warn(f"{msg.topic}: published at QoS 0, which the broker neither "
+                              f"keeps for lstm-run while it restarts nor delivers again: "
+                              f"readings can be lost there; publish at QoS 1 for nothing to "
+                              f"be lost")
+                self.at_most_once.add(msg.topic)
             if msg.qos > 0:
                 if msg.mid in self.held:
                     return
@@ -608,10 +611,22 @@ def serve_mqtt(model, serve_config: ServeConfig, config: MqttConfig, *,
             return 128 + exc.signum
         finally:
             server.report_order()       # replays, skipped and redelivered readings per sensor
+            _report_link(link, warn)
             try:
                 server.close()
             finally:
                 link.stop()
+
+
+def _report_link(link: Link, warn) -> None:
+    """At the stop: how many topics came at QoS 0, and how many retained copies were left."""
+    with link.lock:                      # paho's thread adds to it
+        topics = sorted(link.at_most_once)
+    if len(topics) > 1:
+        warn(f"{len(topics)} topics published at QoS 0 (readings there can be lost over a "
+             f"restart), e.g. {', '.join(topics[:3])}")
+    if link.retained > 1:
+        warn(f"{link.retained} retained messages acknowledged and not fed")
 
 
 def _answer(batch: list[Message], server: Server, payloads: Payloads, link: Link,
@@ -624,9 +639,11 @@ def _answer(batch: list[Message], server: Server, payloads: Payloads, link: Link
     """
     for m in batch:
         if m.retain:
-            warn(f"{m.topic}: a retained message (the broker's stored copy of a reading "
-                 f"published before lstm-run subscribed) is not fed; readings published from "
-                 f"now on are")
+            if not link.retained:          # the first named; the others counted at the stop
+                warn(f"{m.topic}: a retained message (the broker's stored copy of a reading "
+                     f"published before lstm-run subscribed) is not fed; readings published "
+                     f"from now on are")
+            link.retained += 1
     batch_in, batch = batch, [m for m in batch if not m.retain]
     found = [sensor_of(m.topic, link.config.topics) for m in batch]
     sensors = [m.topic if s is None else s for s, m in zip(found, batch)]
