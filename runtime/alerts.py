@@ -457,8 +457,13 @@ class Alerts:
         if iv.scale == "none":
             return np.ones(len(self.q))
         assert iv.floor is not None and iv.prior is not None    # checked by parse
-        recent = np.stack(state.recent)[:, self.per_output]        # (readings, outputs)
-        return local_spread(recent, iv.readings, iv.floor, iv.prior)[-1]
+        # local_spread's last row, on the readings + 1 values the state keeps (so its
+        # differences all count): the sum of their |changes|, the rest counted as prior
+        recent = state.recent[-(iv.readings + 1):]
+        seen = len(recent) - 1
+        total = np.abs(np.diff(recent, axis=0)).sum(axis=0)[self.per_output] if seen > 0 \
+            else 0.0
+        return np.maximum((total + (iv.readings - seen) * iv.prior) / iv.readings, iv.floor)
 
     def fits(self, state: AlertState) -> None:
         """Raise SnapshotError where ``state`` was saved for another model's columns."""
@@ -523,13 +528,16 @@ class Alerts:
             state.cusum = [np.zeros(len(self.checked)), np.zeros(len(self.checked))]
             if standing:
                 return ""
-        with np.errstate(divide="ignore", invalid="ignore"):
-            u = np.clip(np.where(half > 0, (value - pred) * self.to_unit / half, 0.0),
-                        -CUSUM_CLIP, CUSUM_CLIP)                   # (checked,)
-        up = np.maximum(0.0, state.cusum[0] + u - CUSUM_SLACK)
-        down = np.maximum(0.0, state.cusum[1] - u - CUSUM_SLACK)
-        state.cusum = [up, down]
-        if max(up.max(), down.max()) <= self.config.cusum:
+        # per checked column in Python floats (a few columns: numpy's calls cost more)
+        up, down = [], []
+        for v, p, h, unit, s_up, s_down in zip(value.tolist(), pred.tolist(), half.tolist(),
+                                               self.to_unit.tolist(), state.cusum[0].tolist(),
+                                               state.cusum[1].tolist()):
+            u = min(max((v - p) * unit / h, -CUSUM_CLIP), CUSUM_CLIP) if h > 0 else 0.0
+            up.append(max(0.0, s_up + u - CUSUM_SLACK))
+            down.append(max(0.0, s_down - u - CUSUM_SLACK))
+        state.cusum = [np.array(up), np.array(down)]
+        if max(max(up), max(down)) <= self.config.cusum:
             return ""
         state.cusum = [np.zeros(len(self.checked)), np.zeros(len(self.checked))]
         return "shift"
@@ -539,7 +547,8 @@ class Alerts:
         """The alert this reading raises (``stuck``, ``outside`` or ""), moving the counters;
         ``score`` NaN: not checked (only the stuck count moves)."""
         last = state.recent[-2] if len(state.recent) > 1 else None
-        state.same = state.same + 1 if last is not None and np.array_equal(last, value) else 1
+        same = last is not None and last.tolist() == value.tolist()
+        state.same = state.same + 1 if same else 1
         alert = "stuck" if cfg.stuck and state.same == cfg.stuck else ""
         if math.isnan(score):
             return alert
@@ -566,10 +575,13 @@ class Alerts:
 
 def _score(value, pred, half) -> float:
     """The largest ``|y - pred| / half`` over targets (inf where a zero half-width misses)."""
-    miss = np.abs(value - pred)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.where(half > 0, miss / half, np.where(miss > 0, np.inf, 0.0))
-    return float(ratio.max())
+    # in Python floats: a reading has a few targets, and numpy's calls cost more
+    worst = -math.inf
+    for v, p, h in zip(np.asarray(value).tolist(), np.asarray(pred).tolist(),
+                       np.asarray(half).tolist()):
+        miss = abs(v - p)
+        worst = max(worst, miss / h if h > 0 else (math.inf if miss > 0 else 0.0))
+    return worst
 
 
 class Monitor:
