@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import InputError, ShapeError
+from .errors import InputError, ShapeError, counted
 from .shapes import check_shape
 from .stream import _CHUNK, previous_row, run_windows
 
@@ -52,6 +52,15 @@ def predict(model, X) -> np.ndarray:
 
 def _windows(model, X) -> np.ndarray:
     """``X`` checked and converted: ``(samples, timesteps, features)`` in the model's dtype."""
+    columns = getattr(X, "columns", None)
+    if columns is not None and getattr(X, "ndim", 2) == 2:
+        from .model import _some
+        # a table (a DataFrame) is readings, one row per time step, not windows
+        raise InputError(f"X is a table of {counted(len(X), 'row')} (columns "
+                         f"{_some(list(columns))}): predict takes windows, (samples, "
+                         f"timesteps, features) as Keras's predict does; to answer each "
+                         f"reading, feed the rows to a stream: "
+                         f"model.stream().feed(df[list(model.features)])")
     try:
         a = np.asarray(X)
     except (ValueError, TypeError) as exc:   # ragged lists

@@ -89,6 +89,13 @@ def _hint(got: tuple[int, ...], expected: tuple[int | None, ...], feature_names,
     if len(got) == len(expected) - 1:
         # (n, 24) for (n, 24, 1): the features axis of a univariate series is missing.
         if want_feat == 1 and _matches(got, expected[:-1]):
+            if len(expected) == 3 and expected[1] is None and got[1] == 1:
+                # (40, 1) for (n, n, 1): 40 readings of the one feature, or 40 windows of 1
+                return (f"these are {counted(got[0], 'reading')} of the one feature, or "
+                        f"{counted(got[0], 'window')} of 1 timestep: as one sequence "
+                        f"(each reading answered from the ones before it, as a stream does) "
+                        f"x.reshape(1, {got[0]}, 1), or model.stream().feed(x); as windows "
+                        f"of 1 timestep, each from a zero state, x.reshape({got[0]}, 1, 1)")
             return f"add a features axis: x.reshape({', '.join(map(str, got))}, 1)"
         # (24, 3) for (n, 24, 3): one window without its samples axis.
         if _matches(got, expected[1:]):
