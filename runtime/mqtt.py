@@ -38,7 +38,7 @@ from urllib.parse import unquote, urlsplit
 import numpy as np
 
 from . import lines as fmt
-from .errors import LstmEdgeError
+from .errors import LstmEdgeError, counted
 from .io import Interrupted, Signals
 from .order import OrderColumn
 
@@ -622,11 +622,12 @@ def _report_link(link: Link, warn) -> None:
     """At the stop: how many topics came at QoS 0, and how many retained copies were left."""
     with link.lock:                      # paho's thread adds to it
         topics = sorted(link.at_most_once)
-    if len(topics) > 1:
-        warn(f"{len(topics)} topics published at QoS 0 (readings there can be lost over a "
-             f"restart), e.g. {', '.join(topics[:3])}")
-    if link.retained > 1:
-        warn(f"{link.retained} retained messages acknowledged and not fed")
+    if topics:                           # the first was named when it came; all counted
+        warn(f"{counted(len(topics), 'topic')} published at QoS 0 (readings there can be "
+             f"lost over a restart), {'e.g. ' if len(topics) > 1 else ''}"
+             f"{', '.join(topics[:3])}")
+    if link.retained:
+        warn(f"{counted(link.retained, 'retained message')} acknowledged and not fed")
 
 
 def _answer(batch: list[Message], server: Server, payloads: Payloads, link: Link,

@@ -422,6 +422,25 @@ def test_a_retained_message_is_not_fed(broker, tmp_path):
     np.testing.assert_allclose([a[PRED] for a in answers], want, rtol=RTOL, atol=ATOL)
 
 
+def test_one_topic_at_qos_0_is_counted_at_the_stop_too(broker, tmp_path):
+    """docs/mqtt.md: at the stop one line counts the QoS 0 topics, one of them included."""
+    from mqtt_broker import client
+    collector = Collector(broker.url)
+    tool = lstm_run(broker.url, tmp_path / "state.db")
+    sensor = client(broker.url, "pump-1")
+    try:
+        sensor.publish("sensors/pump-1/flow", "100.59", qos=0).wait_for_publish(TIMEOUT)
+        until(lambda: len(collector.answers) >= 1, "the answer")
+    finally:
+        sensor.disconnect()
+        sensor.loop_stop()
+        assert tool.stop() == 143, tool.stderr()
+        collector.close()
+    told = [line for line in tool.lines if "QoS 0" in line]
+    assert len(told) == 2 and told[1] == ("1 topic published at QoS 0 (readings there can be "
+                                          "lost over a restart), sensors/pump-1/flow"), told
+
+
 def test_a_reading_at_qos_0_is_answered_and_its_risk_said_once(broker, tmp_path):
     """QoS 0 is delivered at QoS 0 whatever lstm-run subscribes with: nothing to acknowledge,
     nothing kept over a restart. The answers are the same; stderr says what is at stake."""
