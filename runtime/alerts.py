@@ -461,8 +461,11 @@ class Alerts:
         # differences all count): the sum of their |changes|, the rest counted as prior
         recent = state.recent[-(iv.readings + 1):]
         seen = len(recent) - 1
-        total = np.abs(np.diff(recent, axis=0)).sum(axis=0)[self.per_output] if seen > 0 \
-            else 0.0
+        if seen > 0:
+            r = np.array(recent)                                    # (seen + 1, watched)
+            total = np.abs(r[1:] - r[:-1]).sum(axis=0)[self.per_output]
+        else:
+            total = 0.0
         return np.maximum((total + (iv.readings - seen) * iv.prior) / iv.readings, iv.floor)
 
     def fits(self, state: AlertState) -> None:
