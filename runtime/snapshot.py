@@ -247,7 +247,11 @@ def read_snapshots(path) -> dict[str, Snapshot]:
     from .statefile import py_key     # a key UTF-8 cannot hold is stored as a BLOB
     out = {}
     for stored, steps, buf, state, pred in rows:
-        key = py_key(stored)
+        try:
+            key = py_key(stored)
+        except ValueError as exc:        # a key lstm-run never stores: a tampered file
+            raise SnapshotError(f"the state file {path}: a row: {exc}; restore a good "
+                                f"copy") from None
         where = f"the state file {path}: sensor {key!r}"
         if version >= 2:
             out[key] = Snapshot.from_bytes(state, f"{where}: its state")

@@ -8,8 +8,9 @@ cost follows the traffic, not the number of sensors; the database is in WAL mode
 ``kill -9`` at any moment leaves the last committed save, readable, and no temporary files.
 A checkpoint (:meth:`StateStore.checkpoint`, at creation and when the feed is quiet) makes
 the main file complete without its ``-wal``. One process at a time: the file is locked
-(``flock``) while open. Every check that may refuse a file (including SQLite's
-``quick_check``) runs read-only before anything is written.
+(``flock``) while open. Every check that may refuse a file (SQLite's ``quick_check``, each
+table's columns, every meta value read back, the ``positions`` rows) runs read-only before
+anything is written: the file is untrusted input.
 
 Schema (format 2)::
 
@@ -47,8 +48,10 @@ once and replaced by a database holding the same streams (see :func:`open_store`
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import json
+import math
 import os
 import re
 import sqlite3
@@ -63,7 +66,8 @@ import numpy as np
 
 from .errors import SnapshotError
 from .sensors import Position
-from .statefile import backup_name, db_key, lock, model_words, py_key, real_file
+from .statefile import (backup_name, beside, db_key, lock, model_words, py_key, real_file,
+                        remove_strays, write_trouble)
 from .snapshot import DATABASE as MAGIC
 from .snapshot import load_snapshots
 from .state import StreamState, from_v1_row, unpack_many
@@ -152,27 +156,33 @@ class StateStore:
         self.dtype = np.dtype(model.dtype if model.tokens else np.float32)
         self.notes: list[str] = []     # what the caller should tell the user (a lost -wal, ...)
         self.file = real_file(self.path)
-        existed = self.file.exists()
+        self._existed = existed = self.file.exists()
         self._lock = lock(self.file, self.path)
+        had = beside(self.file)
         try:
             self.meta = self._open(existed, on_new_model)
+            if self.meta.get("format") == "1":
+                self.meta = self._migrate(self.meta)
+            # Both checked in _check_meta: whole numbers >= 0.
+            self.run = int(self.meta.get("run", "0")) + 1
+            self.commits = int(self.meta.get("commits", "0"))
+            # Dropped sensors' positions: a count that may run high (a recount trims the
+            # table); its rows were checked in _check.
+            self.positions = 0
+            if self.db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND "
+                               "name = 'positions'").fetchone():
+                self.positions = self.db.execute("SELECT count(*) FROM positions").fetchone()[0]
         except BaseException:
-            self.close()
+            self.close(refused=True)
             if not existed:               # leave no empty file behind
                 for suffix in ("", "-wal", "-shm"):
                     with contextlib.suppress(OSError):
                         os.unlink(f"{self.file}{suffix}")
+            else:                         # nor the empty -wal/-shm a refused open made
+                remove_strays(self.file, had)
             raise
-        if self.meta.get("format") == "1":
-            self.meta = self._migrate(self.meta)
-        self.run = int(self.meta.get("run", "0")) + 1
         st = os.stat(self.file)
         self._inode = (st.st_dev, st.st_ino)      # the file saved into: see _still_there
-        self.commits = int(self.meta.get("commits", "0"))
-        # Dropped sensors' positions: a count that may run high (a recount trims the table).
-        self.positions = 0
-        if self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'positions'").fetchone():
-            self.positions = self.db.execute("SELECT count(*) FROM positions").fetchone()[0]
 
     def _connect(self, mode: str = "rwc") -> sqlite3.Connection:
         # A file: URI of the absolute path: no name is ever taken as ":memory:" or a URI.
@@ -207,9 +217,13 @@ class StateStore:
                 self._write_meta(meta)
                 self.checkpoint()        # the main file alone holds the tables from now on
         except sqlite3.Error as exc:
-            raise self._sqlite_error(exc, "cannot open it as a state database",
-                                     "restore a good copy, or delete it to start the "
-                                     "streams fresh") from None
+            if existed:
+                raise self._sqlite_error(exc, "cannot open it as a state database",
+                                         "restore a good copy, or delete it to start the "
+                                         "streams fresh") from None
+            raise self._sqlite_error(exc, "cannot create it as a state database",
+                                     "check the disk and the folder's permissions, or give "
+                                     "another --state file") from None
         return meta
 
     def _check(self) -> dict:
@@ -222,12 +236,12 @@ class StateStore:
         had_wal = wal.exists()
         ro = self._connect("ro")
         try:
-            tables = {name for (name,) in ro.execute(
+            tables = {str(name).lower() for (name,) in ro.execute(
                 "SELECT name FROM sqlite_master WHERE type = 'table'")}
             if tables and not {"meta", "streams"} <= tables:
                 raise self._error(f"it is a SQLite database of another program (tables "
-                                  f"{', '.join(sorted(tables))})", "give lstm-run a --state "
-                                  "file of its own")
+                                  f"{_shown(', '.join(sorted(tables)), 200)})",
+                                  "give lstm-run a --state file of its own")
             # SQLite's own check of every page (0.08-0.15 s for 100,000 sensors, 43 MB): a damaged
             # file is refused at start, not met at the first save hours later.
             damage = ro.execute("PRAGMA quick_check(3)").fetchall()
@@ -237,9 +251,14 @@ class StateStore:
                 raise self._error(f"its pages are damaged (SQLite quick_check: "
                                   f"{'; '.join(said[:3])})", "restore a good copy, or "
                                   "delete it to start the streams fresh")
-            meta = dict(ro.execute("SELECT name, value FROM meta").fetchall()) if tables else {}
+            meta = {}
+            if tables:
+                self._check_columns(ro, "meta")
+                meta = dict(ro.execute("SELECT name, value FROM meta").fetchall())
             if meta:
                 self._check_meta(meta)
+            if tables:
+                self._check_tables(ro, tables, meta)
             if had_wal and meta.get("id") and self._main_id() not in (None, meta["id"]):
                 raise self._error(f"its -wal file {wal.name} belongs to another database",
                                   f"move {wal.name} away to resume from the file's last "
@@ -266,6 +285,79 @@ class StateStore:
         finally:
             main.close()
         return None if row is None else str(row[0])
+
+    # -- the tables --
+
+    def _check_columns(self, ro: sqlite3.Connection, table: str, *, version: int = FORMAT
+                       ) -> None:
+        """Refuse ``table`` unless its columns are lstm-run's (names, types, NOT NULL, key):
+        a table another program made under that name is found now, not at the first save."""
+        want = _columns(table, version)
+        have = _columns_of(ro, table)
+        if have != want:
+            fix = (f"where another program made it, rename it (sqlite3 {self.path} \"ALTER "
+                   f"TABLE {table} RENAME TO other\") and start again; otherwise restore a "
+                   f"good copy" if table == "positions" else
+                   "restore a good copy, or give lstm-run a --state file of its own")
+            raise self._error(f"its table {table} is not the one lstm-run keeps (columns "
+                              f"{_shown(_said(have), 200)}, where lstm-run's are "
+                              f"{_said(want)})", fix)
+
+    def _check_tables(self, ro: sqlite3.Connection, tables: set[str], meta: dict) -> None:
+        """The columns of ``streams`` and ``positions``, what else SQLite keeps on them (a
+        trigger, a unique index, a view in a table's name: each would fail or change a save
+        hours later), and the rows of ``positions`` (read one at a time during the run)."""
+        form = int(meta.get("format", FORMAT))
+        self._check_columns(ro, "streams", version=form)
+        if "positions" in tables:
+            self._check_columns(ro, "positions")
+        for kind, name, table, sql in ro.execute(
+                "SELECT type, name, tbl_name, sql FROM sqlite_master"):
+            name, table = str(name), str(table)
+            ours = table.lower() in ("meta", "streams", "positions")
+            if name.lower() in ("meta", "streams", "positions") and kind != "table":
+                raise self._error(f"its {name} is a {kind}, where lstm-run keeps a table",
+                                  f"where another program made it, drop it (sqlite3 "
+                                  f"{self.path} \"DROP {str(kind).upper()} {name}\"); "
+                                  f"otherwise restore a good copy")
+            unique = kind == "index" and sql and re.search(r"\bUNIQUE\b", str(sql), re.I)
+            if ours and (kind == "trigger" or unique):
+                what = "trigger" if kind == "trigger" else "unique index"
+                raise self._error(f"it has a {what} {_shown(name, 60)} on its table {table}, "
+                                  f"which lstm-run never makes (it would act on every save)",
+                                  f"where another program made it, drop it (sqlite3 "
+                                  f"{self.path} \"DROP {str(kind).upper()} {name}\"); "
+                                  f"otherwise restore a good copy")
+        if "positions" in tables:
+            self._check_positions(ro)
+
+    def _check_positions(self, ro: sqlite3.Connection) -> None:
+        """Every row of ``positions`` holds what :meth:`position` reads: one SQL pass."""
+        m = self.model
+        row = ro.execute(
+            "SELECT key, steps, ready, position, last, answer, seen FROM positions WHERE "
+            "typeof(key) NOT IN ('text', 'blob') OR typeof(steps) != 'integer' OR steps < 0 "
+            "OR typeof(ready) != 'integer' OR ready NOT IN (0, 1) "
+            "OR typeof(position) NOT IN ('integer', 'real') OR abs(position) > 1.7e308 "
+            "OR typeof(last) != 'blob' OR length(last) != ? "
+            "OR (answer IS NOT NULL AND (typeof(answer) != 'blob' OR length(answer) != ?)) "
+            "OR typeof(seen) NOT IN ('integer', 'real') OR abs(seen) > 1.7e308 LIMIT 1",
+            (8 * m.n_features, 4 * m.n_targets)).fetchone()
+        if row is not None:
+            said = ", ".join(f"{name} {len(v)} bytes" if isinstance(v, bytes) else
+                             f"{name} {_shown(repr(v), 24)}" for name, v in
+                             zip(("steps", "ready", "position", "last", "answer", "seen"), row[1:]))
+            raise self._error(f"a row of its table positions (key {_shown(repr(row[0]), 40)}) "
+                              f"is not one lstm-run writes ({said}, where lstm-run writes steps "
+                              f"a whole number >= 0, ready 0 or 1, position and seen finite "
+                              f"numbers, last {8 * m.n_features} bytes, answer "
+                              f"{4 * m.n_targets} bytes or NULL)", "restore a good copy")
+        for (key,) in ro.execute("SELECT key FROM positions WHERE typeof(key) = 'blob'"):
+            try:
+                py_key(key)
+            except ValueError as exc:
+                raise self._error(f"a row of its table positions: {exc}",
+                                  "restore a good copy") from None
 
     def _set_aside(self, changed: ModelChanged) -> None:
         """``--on-new-model fresh``: copy the file to a backup, then empty it in place.
@@ -316,15 +408,19 @@ class StateStore:
 
     def _check_meta(self, meta: dict) -> None:
         want = self._model_meta()
-        form = str(meta.get("format", ""))
-        if not form.isdigit():
-            raise self._error(f"its state format is {form[:20]!r}, not a version number",
+        form = meta.get("format", "")
+        if not isinstance(form, str) or not re.fullmatch(r"[0-9]{1,9}", form) or \
+                int(form) < 1:
+            raise self._error(f"its state format is {_shown(repr(form), 20)}, not a version number "
+                              f"lstm-edge writes (1 to {FORMAT})",
                               "restore a good copy, or delete it to start the streams fresh")
         if int(form) > FORMAT:
-            raise self._error(f"it has state format {meta['format']}, this runtime reads up "
+            raise self._error(f"it has state format {form}, this runtime reads up "
                               f"to {FORMAT}", "upgrade lstm-edge")
+        self._check_values(meta)
         if meta.get("fingerprint") != want["fingerprint"]:
-            old = meta.get("model") or f"sha256 {str(meta.get('fingerprint', 'none'))[:12]}…"
+            old = _shown(meta.get("model") or
+                         f"sha256 {str(meta.get('fingerprint', 'none'))[:12]}…", 200)
             raise ModelChanged(
                 f"the state file {self.path}: it holds the streams of another model ({old}); "
                 f"this one is {want['model']}; give another --state file, or run with "
@@ -332,10 +428,30 @@ class StateStore:
         for name in ("window", "carry_state", "state", "units", "features", "targets",
                      "buffer_dtype", "slots"):
             if meta.get(name) != want.get(name):
-                raise self._error(f"it was saved with {name}={meta.get(name)}, this model "
+                raise self._error(f"it was saved with {name}={_shown(meta.get(name), 60)}, "
+                                  f"this model "
                                   f"streams with {name}={want[name]}",
                                   "load the model with the same --window/--carry-state, or "
                                   "give another --state file")
+
+    def _check_values(self, meta: dict) -> None:
+        """Every meta value lstm-run reads back is text of its kind (see :data:`_META`)."""
+        for name, value in meta.items():
+            if name not in _META:
+                continue
+            if not isinstance(value, str):
+                kind = "NULL" if value is None else type(value).__name__
+                raise self._error(f"its meta row {name} holds {kind} {_shown(repr(value), 40)}, "
+                                  f"where lstm-run writes text", "restore a good copy")
+            pattern, words, safe = _META[name]
+            if pattern is None or re.fullmatch(pattern, value):
+                if name != "saved_at" or math.isfinite(float(value)):
+                    continue
+            fix = "restore a good copy"
+            if safe is not None:
+                fix += (f", or set it back with sqlite3 {self.path} \"UPDATE meta SET value "
+                        f"= '{safe}' WHERE name = '{name}'\"")
+            raise self._error(f"its meta row {name} is {_shown(repr(value), 40)}, not {words}", fix)
 
     def _write_meta(self, values: dict) -> None:
         self.db.executemany("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)",
@@ -508,7 +624,18 @@ class StateStore:
 
     def _streams(self, rows: list) -> list[tuple[str, Any, float]]:
         """:meth:`load`'s streams of the rows ``(key, fingerprint, steps, state, seen)``."""
-        model, keys, bad = self.model, [py_key(row[0]) for row in rows], []
+        model, keys, bad = self.model, [], []
+        for key, *_, seen in rows:
+            try:
+                keys.append(py_key(key))
+            except ValueError as exc:
+                keys.append(key)
+                bad.append(f"a row: {exc}")
+                continue
+            if isinstance(seen, bool) or not isinstance(seen, (int, float)) or \
+                    not math.isfinite(seen):
+                bad.append(f"sensor {_shown(repr(keys[-1]), 40)}: its seen time is "
+                           f"{_shown(repr(seen), 24)}, not a number")
         streams: list = [None] * len(rows)
         decoded, _ = unpack_many([blob if fingerprint == model.fingerprint else None
                                   for _, fingerprint, _, blob, _ in rows])
@@ -517,11 +644,13 @@ class StateStore:
                 if stream is not None and stream.steps == rows[i][2]:
                     streams[i] = stream
         for i, (_, fingerprint, steps, blob, _) in enumerate(rows):
+            if streams[i] is None and not isinstance(keys[i], str):
+                continue                     # a key no sensor has: said above
             if streams[i] is None:           # the others one by one, saying what is wrong
                 try:
                     streams[i] = self._restore(fingerprint, steps, blob)
                 except SnapshotError as exc:
-                    bad.append(f"sensor {keys[i]!r}: {_bare(str(exc))}")
+                    bad.append(f"sensor {_shown(repr(keys[i]), 40)}: {_bare(str(exc))}")
         if bad:
             more = f" (and {len(bad) - 5} more sensors)" if len(bad) > 5 else ""
             raise self._error("; ".join(bad[:5]) + more,
@@ -572,17 +701,43 @@ class StateStore:
         return SnapshotError(f"the state file {self.path}: {what}; {todo}")
 
     def _sqlite_error(self, exc: sqlite3.Error, what: str, todo: str) -> SnapshotError:
-        """``what`` failed with ``exc``; a full disk is said as such, the file kept."""
-        if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
-            return self._error(f"{what}: the disk is full ({exc})", "free space on it and "
-                               "start again; the file is kept as it was")
-        if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_READONLY:
+        """``what`` failed with ``exc``; ``todo`` is said only where the file itself is bad.
+
+        A full disk, a file size limit, an I/O error, a lock or a permission says what it is
+        and that the file is kept: deleting a good state file would feed a restarted
+        ``tail -n +1`` everything again.
+        """
+        code = getattr(exc, "sqlite_errorcode", None)
+        primary = None if code is None else code & 0xFF     # SQLITE_IOERR_SHMSIZE -> IOERR
+        kept = "; the file is kept as it was" if self._existed else ""
+        if primary in (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR):
+            trouble = write_trouble(self.file, str(exc))
+            if trouble is None and primary == sqlite3.SQLITE_FULL:
+                trouble = (f"the disk is full ({exc})", "free space on it and start again")
+            if trouble is not None:
+                return self._error(f"{what}: {trouble[0]}", trouble[1] + kept)
+            return self._error(f"{what}: cannot write beside it (an I/O error: {exc})",
+                               f"check the disk (dmesg, df) and start again{kept}")
+        if primary == sqlite3.SQLITE_READONLY:
             return self._error(f"{what}: it is read-only ({exc})", "make it and its folder "
                                "writable, or give another --state file")
-        return self._error(f"{what} ({exc})", todo)
+        if primary in (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PERM, sqlite3.SQLITE_AUTH):
+            return self._error(f"{what}: it or its -wal/-shm beside it cannot be opened "
+                               f"({exc})", f"check the permissions of the file, its -wal "
+                               f"and -shm and its folder, then start again{kept}")
+        if primary in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+            return self._error(f"{what}: another program holds a lock on it ({exc})",
+                               f"close that program (a sqlite3 shell in a transaction), then "
+                               f"start again{kept}")
+        if primary in (None, sqlite3.SQLITE_ERROR, sqlite3.SQLITE_CORRUPT,
+                       sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_FORMAT, sqlite3.SQLITE_SCHEMA,
+                       sqlite3.SQLITE_MISMATCH, sqlite3.SQLITE_RANGE, sqlite3.SQLITE_TOOBIG,
+                       sqlite3.SQLITE_CONSTRAINT):
+            return self._error(f"{what} ({exc})", todo)      # what the file holds is bad
+        return self._error(f"{what} ({exc})", f"start again{kept}")
 
     def _row_error(self, key, what: str) -> SnapshotError:
-        return self._error(f"sensor {key!r}: {what}",
+        return self._error(f"sensor {_shown(repr(key), 40)}: {what}",
                            "restore a good copy, or delete the file to start the streams "
                            "fresh")
 
@@ -599,6 +754,56 @@ def _gc_paused():
     finally:
         if was:
             gc.enable()
+
+
+# The meta rows lstm-run reads back, beyond those compared with the model's: a pattern of
+# their text (None: any), in words, and a value that is safe to set (None: none is).
+_META = {
+    "commits": (r"[0-9]{1,18}", "a whole number >= 0", "0"),     # saves, for the notes
+    "run": (r"[0-9]{1,18}", "a whole number >= 0", "0"),         # runs, for the rows' run
+    "lines": (r"[0-9]{1,18}", "a whole number >= 0", "0"),       # said at a resume
+    "closed": (r"[01]", "0 or 1", "0"),
+    "id": (r"[0-9a-f]{32}", "32 hexadecimal digits", None),
+    "saved_at": (r"[0-9]{1,15}(\.[0-9]*)?(e[+-]?[0-9]+)?", "a time in seconds", "0"),
+    **{name: (None, "", None) for name in ("format", "fingerprint", "window", "carry_state",
+                                           "state", "units", "features", "targets",
+                                           "buffer_dtype", "slots", "model")},
+}
+
+
+@functools.cache
+def _columns(table: str, version: int = FORMAT) -> list[tuple]:
+    """``(name, type, notnull, pk)`` of each column of lstm-run's ``table``, as SQLite reports
+    them for the schema above (format 1: ``streams`` without ``position``)."""
+    db = sqlite3.connect(":memory:")
+    try:
+        db.executescript(_SCHEMA + _POSITIONS)
+        cols = _columns_of(db, table)
+    finally:
+        db.close()
+    return [c for c in cols if not (version == 1 and table == "streams" and c[0] == "position")]
+
+
+def _columns_of(db: sqlite3.Connection, table: str) -> list[tuple]:
+    """``(name, TYPE, notnull, pk)`` of each column of ``table`` in ``db``. A key's NOT NULL
+    is not compared: format-1 files of rowid tables (before WITHOUT ROWID) lack it."""
+    return [(name, str(kind).upper(), bool(notnull) and not pk, pk)
+            for name, kind, notnull, pk in db.execute(
+                'SELECT name, type, "notnull", pk FROM pragma_table_info(?)', (table,))]
+
+
+def _said(columns: list[tuple]) -> str:
+    """Columns in words: ``key TEXT PRIMARY KEY, steps INTEGER NOT NULL, ...``."""
+    return ", ".join(" ".join(filter(None, (str(name), str(kind), "NOT NULL" if notnull else "",
+                                            "PRIMARY KEY" if pk else "")))
+                     for name, kind, notnull, pk in columns) or "none"
+
+
+def _shown(value, most: int) -> str:
+    """A value from the file in a message: plain where it is short, printable text; else its
+    repr, cut to ``most`` characters (a tampered value may be a megabyte, or hold a newline)."""
+    text = value if isinstance(value, str) and value.isprintable() else repr(value)
+    return text if len(text) <= most else text[:most] + "…"
 
 
 def _bare(message: str) -> str:
@@ -659,10 +864,18 @@ def _convert(path: Path, model, warn) -> StateStore:
         except SnapshotError as exc:
             raise SnapshotError(f"the state file {path}: sensor {key!r}: {exc}") from None
     tmp = path.with_name(path.name + ".converting")
-    store = StateStore(tmp, model)
-    now = time.time()
-    store.save(((k, s, now, 0) for k, s in streams))
-    store.close()                                        # folds the WAL into the file
+    try:
+        store = StateStore(tmp, model)
+        try:
+            now = time.time()
+            store.save(((k, s, now, 0) for k, s in streams))
+        finally:
+            store.close()                                # folds the WAL into the file
+    except SnapshotError as exc:                         # a full disk: the npz stays
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(OSError):
+                os.unlink(f"{tmp}{suffix}")
+        raise SnapshotError(f"{exc}; {path} is kept as it was") from None
     os.replace(tmp, path)
     if warn is not None:
         warn(f"converted {path} from an .npz snapshot file to a state database "
