@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, cast
 import click
 
 from . import stderr
-from .errors import LstmEdgeError
-from .lines import FORMATS, MAX_LINE
+from .errors import DeviceError, LstmEdgeError
+from .lines import FORMATS, MAX_LINE, cli_words
 from .progress import Progress
 from .io import Interrupted, LineReader, Output, OutputStalled, Signals
 from . import alerts_run, mqtt
@@ -138,8 +138,11 @@ def load_model(model: Path, *, device, window, carry_state, missing, threads):
     if not model.is_file():
         raise LstmEdgeError(f"model file {str(model)!r} does not exist"
                             if not model.exists() else f"{str(model)!r} is not a file")
-    return load(model, device=device, window=window, carry_state=carry_state,
-                missing=missing, threads=threads)
+    try:
+        return load(model, device=device, window=window, carry_state=carry_state,
+                    missing=missing, threads=threads)
+    except DeviceError as exc:         # the API's advice (device='cpu') in option words
+        raise DeviceError(cli_words(str(exc))) from None
 
 
 def _quote(text: str) -> str:
@@ -200,6 +203,9 @@ def describe(model, path: Path, timed: bool = False) -> str:
         rows.append(("state", f"{spec.kind.upper()} {spec.layer!r}, {size}: "
                               f"{', '.join(spec.inputs)} -> {', '.join(spec.outputs)}{fresh}"))
     rows.append(("streaming", _mode_row(model)))
+    history = whole_history(model)
+    if history:
+        rows.append(("history", history))
     rows.extend(_streaming_rows(model))
     if model.mask_value is not None:
         rows.append(("mask", _mask_row(model)))
@@ -219,6 +225,11 @@ def describe(model, path: Path, timed: bool = False) -> str:
                      "trained on)"}
         rows.append(("scaler", f"the {which} scaling{kind} is in the graph: "
                                + ends.get(which, "raw values in, raw values out")))
+    else:
+        rows.append(("scaler", "none: the file reads and answers the units the model was "
+                               "trained in (a model trained on scaled data answers in scaled "
+                               "units: export it with lstm-export --scaler, "
+                               "docs/keras-models.md)"))
     if "intervals" in info.extra:
         rows.append(("intervals", _intervals_row(model)))
     rows.append(("device", str(model.device)))
@@ -267,6 +278,24 @@ def _intervals_row(model) -> str:
     return (head + f"--interval LEVEL adds lo/hi for each of the {block.steps} steps, and "
             f"anomaly, score of each reading against the 1-step forecast made before it"
             + widths)
+
+
+def whole_history(model) -> str | None:
+    """What a sequence-mode file of a model that answers once per sequence (a Keras model on
+    ``keras.Input((None, F))``, ``lstm_edge.answers`` ``last``) streams, for ``--info`` and
+    lstm-run's start-up note; None for any other. Keras cannot say which window such a model
+    was trained on, so the file carries the state from a stream's first reading on, where a
+    ``create_dataset`` model answered windows of N (docs/keras-models.md, "What lstm-export
+    checks"). A file of lstm-train (its scaler's ``kind``) is a sequence model by design."""
+    info = model.info
+    if (model.mode != "sequence" or not info.answers_last or info.keras_stateful
+            or isinstance((info.scaler or {}).get("kind"), str)):
+        return None
+    return ("the state is carried from the first reading on: each answer is Keras's on the "
+            "whole history since the stream started (a whole-series sequence), not on a "
+            "window; a model trained on windows of N readings (a create_dataset model) should "
+            "be exported with --window N --no-carry-state (or run with lstm-run --window N "
+            "--no-carry-state)")
 
 
 def _mode_row(model) -> str:
@@ -411,8 +440,9 @@ def _checked(parity: dict) -> str:
               help="Override whether a window starts from the previous window's state.")
 @click.option("--missing", type=click.Choice(["error", "skip", "hold"]), default="error",
               show_default=True,
-              help="A missing value (empty, nan, NA, null): refuse the line, skip the reading "
-                   "(no prediction, state kept), or hold the sensor's last value.")
+              help="A missing value (empty or blank, nan, NA, N/A, null, none, ? or -, in "
+                   "any case: what lstm-train reads as missing): refuse the line, skip the "
+                   "reading (no prediction, state kept), or hold the sensor's last value.")
 @click.option("--state", type=click.Path(dir_okay=False, path_type=Path),
               help="State database (SQLite): every sensor's state is loaded from it at start "
                    "(if it exists) and the changed sensors are saved to it at exit, in one "
@@ -480,6 +510,9 @@ def main(model, info, stream, input_, output, append, endless, format_, stream_c
     if info:
         click.echo(describe(loaded, model, timed=True))
         return
+    history = whole_history(loaded)
+    if history:
+        _warn(f"note: {model.name}: {history}")
     config = ServeConfig(format=format_, stream_column=stream_column, strict=strict,
                          idle_timeout=idle_timeout, max_streams=max_streams, state=state,
                          save_every=save_every, save_interval=save_interval,

@@ -112,6 +112,12 @@ class ModelInfo:
         return self.extra.get("answers") == "last"
 
     @property
+    def answers_every(self) -> bool:
+        """``lstm_edge.answers`` is ``every`` (``window`` mode): Keras's ``predict`` on a
+        window answered every timestep of it (absent: its last alone)."""
+        return self.extra.get("answers") == "every"
+
+    @property
     def keras_stateful(self) -> bool:
         """The Keras model was ``stateful=True`` (``lstm_edge.state_slots`` written, 1 too):
         its ``predict`` carries the state from batch to batch, one reading per sample
@@ -185,9 +191,12 @@ class ModelInfo:
         except (ValueError, TypeError, KeyError) as exc:
             raise ContractError(f"metadata {PREFIX}block cannot be read ({exc}); re-export "
                                 f"the model with lstm-export") from None
-        if info.extra.get("answers", "last") != "last":
-            raise ContractError(f"metadata {PREFIX}answers must be \"last\" or absent, got "
-                                f"{info.extra['answers']!r}; re-export the model with lstm-export")
+        answers = info.extra.get("answers")
+        allowed = "every" if info.streaming_mode == "window" else "last"
+        if answers is not None and answers != allowed:
+            raise ContractError(f"metadata {PREFIX}answers must be \"{allowed}\" or absent in "
+                                f"{info.streaming_mode} mode, got {answers!r}; re-export the "
+                                f"model with lstm-export")
         if info.contract > VERSION:
             raise ContractError(f"the file is written for contract version {info.contract}, "
                                 f"this runtime reads up to {VERSION}; upgrade lstm-edge")

@@ -97,9 +97,11 @@ def load(path, *, device: str = "auto", window: int | None = None,
     # A model file is untrusted input: its external data (weights in a file beside it) is
     # read from the model's own folder, never from the current directory; ONNX Runtime
     # refuses a location that is absolute or leads out of that folder.
+    # ORT's own log is off (4: fatal only): every error it logs is also raised, and is said
+    # here in one line; its log line, with colour codes, on stderr said it twice.
     config = _device.SessionConfig(threads=1 if threads is None else threads,
                                    batch_threads=0 if threads is None else None,
-                                   external_folder=folder)
+                                   external_folder=folder, log_level=4)
     if session_options is not None:
         session_options.add_session_config_entry(_device.EXTERNAL_FOLDER, folder)
     try:
@@ -261,6 +263,7 @@ class Model:
         self.mask_answer = None if self._mask is None else _mask_answer(info, self.n_targets)
         self._hot = self._hot and self._mask is None
         self._group = None   # the streams of the last many-stream call (batch.Group)
+        _check_outputs(self, fixed if isinstance(fixed, int) else 1)
 
     def __repr__(self):
         slots = f", {self.slots} state slots" if self.carry_state and self.slots > 1 else ""
@@ -437,11 +440,15 @@ class Model:
             x = x[..., 0].astype(self.dtype)                 # (batch, time) ids
         try:
             if out is None:
-                return self._host.run(x, states)
-            with self._bound_lock:          # one IOBinding for every such call: see Threads
-                return self._runner.run_bound(x, states, out)
+                y, new = self._host.run(x, states)
+            else:
+                with self._bound_lock:      # one IOBinding for every such call: see Threads
+                    y, new = self._runner.run_bound(x, states, out)
         except _device.ORT_ERRORS as exc:
             raise self._run_error(exc, x.shape) from None
+        if len(y) != len(x):                # checked at load; a graph may still misbehave
+            raise ContractError(f"{self.name}: {_batch_words(x.shape, y.shape)}; {_REEXPORT}")
+        return y, new
 
     def _run_error(self, exc, shape) -> InputError | RunError:
         """The project's error for a failed ORT call: a token id past the vocabulary, or a
@@ -450,7 +457,7 @@ class Model:
             return InputError(f"the model could not run these token ids ({exc}); is every id "
                               f"below the embedding's vocabulary size?")
         return RunError(f"ONNX Runtime could not run {self.name} on x of shape {tuple(shape)} "
-                        f"({type(exc).__name__}: {_first_line(exc)[:300]}); the file loads and "
+                        f"({type(exc).__name__}: {_ort_words(exc)}); the file loads and "
                         f"holds to the contract but its graph fails when run, and no stream "
                         f"was changed: re-export the model with lstm-export, or check the "
                         f"graph's nodes with onnx.checker")
@@ -612,6 +619,73 @@ def _check_graph(info: ModelInfo, inputs: dict, outputs: dict) -> None:
                                 f"{spec.units} in lstm_edge.state")
     if problems:
         raise ContractError("the graph does not match the contract: " + "; ".join(problems))
+
+
+# The most readings * features the load-time run of _check_outputs feeds (a graph of a
+# fixed window reads that window; beyond this, the first call says what is wrong instead).
+_PROBE_MOST = 1 << 20
+
+
+def _check_outputs(model, steps: int) -> None:
+    """Run the graph on one fresh stream, then two, and refuse outputs that are not shaped as
+    the contract says: y ``(batch, steps or 1, targets)`` and each state ``(batch, units)``.
+
+    The declared shapes cannot be trusted (a file is untrusted input): a Keras model of two
+    outputs converted whole declares y ``[batch, 1, 1]`` and returns both heads stacked on
+    the batch axis, which numpy would meet later as a broadcast error mid-stream. A graph
+    ONNX Runtime cannot run on so many streams is left to the first call, which says why.
+    """
+    if 2 * steps * model.n_features > _PROBE_MOST:
+        return
+    for batch in (1, 2):
+        _check_batch(model, batch, steps)
+
+
+def _check_batch(model, batch: int, steps: int) -> None:
+    """:func:`_check_outputs` for ``batch`` streams."""
+    x = np.zeros((batch, steps, model.n_features), model.dtype)   # (batch, time, features)
+    if model.tokens:
+        x = x[..., 0]                                             # (batch, time) ids
+    try:
+        y, states = model._host.run(x, model.zeros(batch))
+    except _device.ORT_ERRORS:
+        return
+    y = np.asarray(y)
+    problems = []
+    if y.ndim != 3 or y.shape[0] != batch:
+        problems.append(_batch_words(x.shape, y.shape))
+    elif y.shape[1] not in (1, steps) or y.shape[2] != model.n_targets:
+        problems.append(f"y is {tuple(y.shape)} for x of {tuple(x.shape)}, expected "
+                        f"({batch}, {steps}, {model.n_targets}) (batch, time, targets)")
+    for name, units, value in zip(model.state_outputs, model.units, states):
+        if np.shape(value) != (batch, units):
+            problems.append(f"state {name} is {np.shape(value)} for x of {tuple(x.shape)}, "
+                            f"expected ({batch}, {units}) (batch, units)")
+    if problems:
+        raise ContractError(f"{model.name}: the graph does not answer as the contract says: "
+                            + "; ".join(problems) + f"; {_REEXPORT}")
+
+
+def _batch_words(x_shape, y_shape) -> str:
+    """The refusal of a y whose batch is not x's (a Keras model's several outputs stacked)."""
+    return (f"y's batch must equal x's, one answer per stream, but x of shape "
+            f"{tuple(x_shape)} gives y of shape {tuple(y_shape)} (as a Keras model of "
+            f"several outputs converted whole does: its heads stacked on the batch axis)")
+
+
+_REEXPORT = ("re-export the model with lstm-export (it refuses a Keras model of several "
+             "outputs and says how to join them into one)")
+
+
+def _ort_words(exc, limit: int = 300) -> str:
+    """ONNX Runtime's error in words: its status message without the source position and
+    C++ signature before it, cut at a word boundary."""
+    text = " ".join(_first_line(exc).split())
+    text = re.sub(r"\S+\.(?:cc|cpp|h):\d+ .*?\[ONNXRuntimeError\] : \d+ : ", "", text)
+    text = re.sub(r"\S+\.(?:cc|cpp|h):\d+ ", "", text)
+    if len(text) <= limit:
+        return text
+    return text[:limit].rsplit(" ", 1)[0].rstrip(",;:") + " …"
 
 
 def _mask_value(info: ModelInfo, n_features: int):

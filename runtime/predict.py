@@ -41,6 +41,8 @@ def predict(model, X) -> np.ndarray:
     x = _windows(model, X)                                 # (samples, timesteps, features)
     if model.carry_state and (model.window > 1 or model.slots > 1 or model.info.keras_stateful):
         return _stateful(model, x)
+    if not model.carry_state and model.info.answers_every:
+        return _sequence(model, x)                         # every timestep, from zero states
     if not model.carry_state:
         ys = _window(model, x)                             # (samples, outputs)
         block = model.block

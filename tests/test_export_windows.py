@@ -387,17 +387,19 @@ def test_subclassed_feedback_model_wrapped_exports_whole(tmp_path):
     assert_close(stepped(report.path, raw), want)
 
 
-def test_return_sequences_on_a_fixed_window_gets_the_window_note(tmp_path):
+def test_return_sequences_on_a_fixed_window_streams_its_windows_by_default(tmp_path):
+    """Keras's predict runs a model of a fixed time axis on windows of that length only: the
+    default file answers each reading with the last timestep of the window ending there, and
+    Model.predict gives every timestep, as Keras does."""
     model = keras.Sequential([keras.Input((T, F)), L.LSTM(4, return_sequences=True),
                               L.Dense(1)])
     report = export(model, tmp_path / "m.onnx", steps=30)
-    assert report.info.streaming_mode == "sequence"
-    assert any(f"--window {T} --no-carry-state" in note for note in report.notes)
-    # What the note suggests gives the tutorial's per-window answers (the last step's).
-    windowed = export(model, tmp_path / "w.onnx", window=T, carry_state=False)
-    assert not any("--no-carry-state" in note for note in windowed.notes)
+    assert report.info.streaming_mode == "window" and report.info.window == T
     raw = series(READINGS, seed=1)
-    assert_close(stepped(windowed.path, raw), model.predict(sliding(raw, T), verbose=0)[:, -1])
+    windows = sliding(raw, T)
+    want = model.predict(windows, verbose=0)                       # (samples, T, 1)
+    assert_close(stepped(report.path, raw), want[:, -1])
+    assert_close(runtime.load(report.path, device="cpu").predict(windows), want)
 
 
 # --------------------------------------------------------------------------- refusals

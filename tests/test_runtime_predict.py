@@ -154,9 +154,15 @@ def test_masked_sequence_predict_equals_the_stream():
     np.testing.assert_allclose(got, want, atol=ATOL)
 
 
-def test_an_answers_key_other_than_last_is_refused():
+def test_an_answers_key_other_than_its_modes_is_refused():
     from runtime.contract import ModelInfo
     from runtime.errors import ContractError
     assert ModelInfo.from_metadata({"lstm_edge.answers": "last"}).answers_last
-    with pytest.raises(ContractError, match='answers must be "last" or absent, got .every.'):
+    with pytest.raises(ContractError, match='answers must be "last" or absent in sequence '
+                                            'mode, got .every.'):
         ModelInfo.from_metadata({"lstm_edge.answers": "every"})
+    window = {"lstm_edge.window": "6", "lstm_edge.carry_state": "false"}
+    assert ModelInfo.from_metadata({**window, "lstm_edge.answers": "every"}).answers_every
+    with pytest.raises(ContractError, match='answers must be "every" or absent in window '
+                                            'mode, got .last.'):
+        ModelInfo.from_metadata({**window, "lstm_edge.answers": "last"})

@@ -302,13 +302,24 @@ def test_sentiment_classifier_equals_predict(tutorial, tmp_path):
 
 
 def test_char_model_equals_predict_at_every_step(tutorial, tmp_path):
-    model, _, test_x, expected, _ = tutorial("char_model")
+    """A model of a fixed window that returns sequences (the char model): Keras's predict runs
+    windows of that length, each from a zero state. By default the file is window mode:
+    Model.predict gives every timestep, as Keras does, and a stream answers a full window
+    with its last timestep. Exported with --window 1 --carry-state, a stream from a zero
+    state gives every timestep of one window."""
+    model, _, test_x, expected, paths = tutorial("char_model")
     report = exported(tutorial("char_model"), tmp_path)
-    assert report.info.streaming_mode == "sequence"
+    assert report.info.streaming_mode == "window"
     runtime_model = load(report.path)
+    np.testing.assert_allclose(runtime_model.predict(test_x), expected, atol=TOL)
+    for sample, want in zip(test_x, expected):
+        np.testing.assert_allclose(runtime_model.stream().feed(sample)[-1], want[-1], atol=TOL)
+    keras_file = next(p for p in paths if p.suffix == ".keras")
+    carried = export(keras_file, tmp_path / "carried.onnx", window=1, carry_state=True)
+    assert carried.info.streaming_mode == "sequence"
     for sample, want in zip(test_x, expected):                       # each from a zero state
-        np.testing.assert_allclose(contract_predict(report.path, sample), want, atol=TOL)
-        np.testing.assert_allclose(runtime_model.stream().feed(sample), want, atol=TOL)
+        np.testing.assert_allclose(contract_predict(carried.path, sample), want, atol=TOL)
+        np.testing.assert_allclose(load(carried.path).stream().feed(sample), want, atol=TOL)
 
 
 # --------------------------------------------------------------------------- quoted messages

@@ -183,6 +183,9 @@ against Keras the way the file will stream (window mode: many windows from a zer
 stateful: consecutive windows carrying the state; sequence: --steps readings one at a
 time) and nothing is written if it differs by more than --atol (in normalised units
 where there is a scaler). Notes on suspicious shapes go to stderr.
+
+Exit codes: 0 the file was written; 1 the check against Keras failed (nothing
+written); 2 any other refusal (one Error: line saying what to do), usage errors included.
 """
 
 

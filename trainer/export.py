@@ -34,9 +34,9 @@ from runtime.io import replace_file
 from . import calibrate, forecast_graph
 from .errors import ExportError, ParityError
 from .fold import fold
-from .loading import KERAS_SUFFIXES, chain, load_model  # noqa: F401 - re-exported
+from .loading import KERAS_SUFFIXES, chain, load_model, one_output  # noqa: F401 - re-exported
 from . import window_graph
-from .notes import sequence_notes, shape_notes, state_slots as _state_slots
+from .notes import sequence_notes, shape_notes, state_slots as _state_slots, window_notes
 from .train import sidecar_path
 from .graph import (check_fused, check_layers, emit, emit_embedding, is_recurrent, lookup,
                     op_counts)
@@ -90,6 +90,12 @@ class ExportReport:
         lines.append(f"columns: features {list(info.features)} -> targets {list(info.targets)}"
                      f"{_units(info.scaler)}")
         lines.append(f"predicts: {_predicts(info, self.layers)}")
+        if not info.scaler:
+            lines.append(f"scaler:  none: the file reads and answers the units the model was "
+                         f"trained in, as they are; if it was trained on scaled data "
+                         f"(MinMaxScaler, StandardScaler, dividing by 100), export again with "
+                         f"--scaler scaler.json, or the answers come in scaled units ({SCALERS}, "
+                         f"\"Hand over the scaler\")")
         if "intervals" in info.extra:
             lines.append(calibrate.describe(json.loads(info.extra["intervals"]), info.block))
         if "mask_value" in info.extra:
@@ -186,10 +192,13 @@ def read_sidecar(path: Path | None) -> dict | None:
     return _read_json(sidecar) if sidecar.exists() else None
 
 
+SCALERS = "docs/keras-models.md#bring-your-own-keras-model"   # the MinMaxScaler/StandardScaler table
+
+
 def _units(scaler: dict | None) -> str:
     """What the report's columns line says of the units in and out."""
     if not scaler:
-        return " (no scaler: raw values in, model units out)"
+        return " (no scaler: see the scaler line)"
     if "y" not in scaler:
         return (" (x scaling only: raw values in, the model's scaled units out; add \"y\" to "
                 "the scaler for raw answers)")
@@ -227,7 +236,10 @@ def _scaler_from(value) -> dict | None:
     return data
 
 
-def _check_scaler(scaler: dict | None, features: int, outputs: int, tokens: bool) -> dict | None:
+def _check_scaler(scaler: dict | None, features: int, outputs: int, tokens: bool,
+                  names: dict | None = None) -> dict | None:
+    """The scaler as ``{"x": {mean, std}, "y": ...}`` lists, or a :class:`_Misfit` naming
+    every problem; ``names`` (``{"x": features, "y": targets}``) names the columns."""
     if not scaler:
         return None
     problems, clean = [], {}
@@ -254,6 +266,9 @@ def _check_scaler(scaler: dict | None, features: int, outputs: int, tokens: bool
             problems.append(f"{key}: expected {width} means and stds, one per {what} in "
                             f"order, found {found}; list one per {what}, repeating the value "
                             f"where {what}s share a scaling")
+        elif np.all(np.isfinite(mean)) and np.all(np.isfinite(std)) and np.all(std >= 0) \
+                and not np.all(std > 0):
+            problems.append(_zero_std(key, std, (names or {}).get(key)))
         elif not (np.all(np.isfinite(mean)) and np.all(np.isfinite(std)) and np.all(std > 0)):
             problems.append(f"{key}: every std must be positive and every value finite")
         else:
@@ -263,6 +278,32 @@ def _check_scaler(scaler: dict | None, features: int, outputs: int, tokens: bool
     if clean and isinstance(scaler.get("kind"), str):
         clean["kind"] = scaler["kind"]  # how the trainer fitted it (robust/standard), for the record
     return clean or None
+
+
+def _zero_std(key: str, std, names) -> str:
+    """The refusal of a std of 0: a constant column, whose range MinMaxScaler makes 1."""
+    zero = np.flatnonzero(std == 0)
+    named = [f"{names[k]!r} (#{k})" if names and k < len(names) else f"#{k}" for k in zero]
+    what = "feature" if key == "x" else "output"
+    several = len(zero) > 1
+    return (f"{key}: std is 0 for {what}{'s' if several else ''} {', '.join(named)}, "
+            f"{'columns' if several else 'a column'} constant in training (MinMaxScaler's "
+            f"data_max_ - data_min_ = 0); scikit-learn scales a zero range by 1, so write 1 "
+            f"as {'their' if several else 'its'} std (mean unchanged), as the model was "
+            f"trained")
+
+
+def _answers(model, mode: str) -> dict:
+    """``lstm_edge.answers``: what Keras's ``predict`` gives per sample, for Model.predict.
+    In ``sequence`` mode ``last`` where it answers ``(samples, targets)``, the last
+    timestep's; in ``window`` mode ``every`` where it answers ``(samples, window, targets)``,
+    every timestep's (a model returning sequences on a fixed window)."""
+    rank = len(model.outputs[0].shape)
+    if mode == "sequence" and rank == 2:
+        return {"answers": "last"}
+    if mode == "window" and rank == 3:
+        return {"answers": "every"}
+    return {}
 
 
 def _infer_mode(layers, time_axis, sidecar: dict | None) -> tuple[int, bool]:
@@ -279,8 +320,13 @@ def _infer_mode(layers, time_axis, sidecar: dict | None) -> tuple[int, bool]:
     recurrent = [layer for layer in layers if is_recurrent(layer)]
     if any(layer.stateful for layer in recurrent):
         return int(look_back or 1), True
-    if time_axis is None or recurrent[-1].return_sequences:
+    if time_axis is None:
         return 1, True
+    # A fixed time axis is the window Keras's predict runs, from a zero state, whether the
+    # model answers the window's last timestep or every one (return_sequences=True): a
+    # stream answers each reading with the last timestep of the window ending there. Carried
+    # without bound, it would answer what no predict of the model gives (issue: the wide-
+    # window model, 1.19 l/s off Keras).
     return int(time_axis), False
 
 
@@ -313,6 +359,9 @@ def _prepare(model, *, scaler, features, targets, window, carry_state, opset,
                       f"the model forecasts {trained} reading{'s' if trained != 1 else ''} "
                       f"ahead (its skill and intervals are for that); drop --horizon, or "
                       f"train a model for {horizon} with lstm-train --horizon {horizon}")
+    # Several outputs are refused before either conversion: converted whole, the heads
+    # would come out stacked on the batch axis, a y twice as long as x.
+    one_output(model)
     args = dict(scaler=scaler, features=features, targets=targets, window=window,
                 carry_state=carry_state, opset=opset, horizon=horizon)
     try:
@@ -373,9 +422,7 @@ def _prepare_streaming(model, path, sidecar, *, scaler, features, targets, windo
         extra={**_mask_metadata(extra, scaler, n_features),
                **_mask_answer(model, extra, scaler, n_features, framed), **framed,
                **calibrate.metadata(sidecar, n_outputs),
-               # Keras answers (samples, targets): the last timestep's, for Model.predict
-               **({"answers": "last"} if streaming_mode(window, carry_state) == "sequence"
-                  and len(model.outputs[0].shape) == 2 else {})})
+               **_answers(model, streaming_mode(window, carry_state))})
     if info.window < 1:
         raise ExportError(f"window must be at least 1, got {info.window}")
     slots = _state_slots(model, layers, sidecar, info, state_slots)
@@ -383,6 +430,7 @@ def _prepare_streaming(model, path, sidecar, *, scaler, features, targets, windo
         info = dataclasses.replace(info, extra={**info.extra, "state_slots": str(slots)})
     notes = shape_notes(shape, sidecar, info, tokens, window_given)
     notes += sequence_notes(shape, sidecar, info, window_given, layers)
+    notes += window_notes(shape, sidecar, info, window_given, layers)
     proto = _model_proto(graph, opset, info)
     check_fused(proto, sum(1 for spec in state if spec.kind != "prev"))
     vocab = int(layers[0].input_dim) if tokens else 0
@@ -460,7 +508,9 @@ def _fit_columns(scaler, features, targets, shape, n_features: int, n_outputs: i
                  tokens: bool, flat: bool) -> tuple:
     """(scaler, feature names, target names) checked against the model, every misfit said
     at once: a lag model given one scaler entry and one name hears of both."""
-    checks = (lambda: _check_scaler(scaler, n_features, n_outputs, tokens),
+    named = {"x": _split(features) if features else None,
+             "y": _split(targets) if targets else None}
+    checks = (lambda: _check_scaler(scaler, n_features, n_outputs, tokens, named),
               lambda: _names(features, n_features, "x", "features",
                              hint=_lags_hint(shape, n_features)),
               lambda: _names(targets, n_outputs, "y", "targets",

@@ -176,9 +176,7 @@ def chain(model) -> list:
             f"sensor with them fixed (it exports as a window model): w = "
             f"keras.Input(window_shape); keras.Model(w, model([w, w[:, 0, :1] * 0.0 + "
             f"static_values]))")
-    if len(model.outputs) > 1:
-        raise ExportError(f"model {model.name!r} has {len(model.outputs)} outputs; "
-                          f"the contract has one y")
+    one_output(model)
     layers = [layer for layer in model.layers if type(layer).__name__ != "InputLayer"]
     if type(model).__name__ != "Sequential":
         # A loaded Sequential's layer.input is stale, but a Sequential is a chain by construction.
@@ -194,6 +192,33 @@ def chain(model) -> list:
         flat += chain(layer) if hasattr(layer, "layers") and hasattr(layer, "inputs") \
             else [layer]
     return flat
+
+
+def one_output(model) -> None:
+    """Refuse a model of several outputs (a list or a dict of heads): the contract has one y.
+
+    Checked before any conversion: a model converted whole over its window would otherwise
+    return the heads stacked on the batch axis, one y twice as long as x.
+    """
+    outputs = list(getattr(model, "outputs", None) or [])
+    if len(outputs) < 2:
+        return
+    names = list(getattr(model, "output_names", None) or [])
+    if len(names) != len(outputs):
+        names = [f"#{k}" for k in range(len(outputs))]
+    shapes = [str(tuple(t.shape)).replace("None", "n") for t in outputs]
+    listed = ", ".join(f"{name} {shape}" for name, shape in zip(names, shapes))
+    columns = []                        # one target name per column of the joined output
+    for name, tensor in zip(names, outputs):
+        width = tensor.shape[-1] if len(tensor.shape) > 1 else 1
+        columns += [name] if width == 1 else [f"{name}_{k}" for k in range(width or 0)]
+    raise ExportError(
+        f"model {model.name!r} has {len(outputs)} outputs ({listed}); the contract has one y. "
+        f"To keep them all, join them into one output, their columns side by side (the same "
+        f"numbers): with m the loaded model, keras.Model(m.input, keras.layers.Concatenate()"
+        f"(m.outputs)).save('NAME.keras'), and export that with --targets "
+        f"{','.join(columns)}; to keep one, export keras.Model(m.input, m.outputs[0]) "
+        f"({names[0]} alone)")
 
 
 def _node(layer):

@@ -90,11 +90,10 @@ def shape_notes(shape, sidecar: dict | None, info, tokens: bool, window_given) -
 def sequence_notes(shape, sidecar: dict | None, info, window_given, layers=()) -> list[str]:
     """A note for a model run in sequence mode that may have been trained on windows.
 
-    The TF tutorial's wide-window model (``keras.Input((24, F))``, ``return_sequences=True``)
-    infers sequence mode, which carries the state from the stream's start without bound;
-    the tutorial's own answers are per window, from a zero state. So does a model that
-    answers once per sequence built on ``keras.Input((None, F))``: nothing in it says the
-    window its ``create_dataset`` cut, so the stream equals Keras on the whole history.
+    A model that answers once per sequence built on ``keras.Input((None, F))`` infers
+    sequence mode: nothing in it says the window its ``create_dataset`` cut, so the stream
+    equals Keras on the whole history. (A fixed time axis infers window mode, return
+    sequences or not: see :func:`window_notes`.)
     """
     time_axis = shape[1]
     if (info.streaming_mode != "sequence" or window_given is not None
@@ -113,10 +112,22 @@ def sequence_notes(shape, sidecar: dict | None, info, window_given, layers=()) -
                 f"Keras on the whole history, not on a window; a model trained on windows of "
                 f"N readings (a create_dataset model) must be exported with --window N "
                 f"--no-carry-state"]
-    if time_axis < 2:
+    return []
+
+
+def window_notes(shape, sidecar: dict | None, info, window_given, layers=()) -> list[str]:
+    """A note for a model of a fixed window whose last recurrent layer returns sequences
+    (the TF tutorial's wide-window model): it streams in window mode, each reading answered
+    with the last timestep of Keras's answer for the window ending there."""
+    recurrent = [layer for layer in layers if is_recurrent(layer)]
+    if (info.streaming_mode != "window" or window_given is not None or not recurrent
+            or not recurrent[-1].return_sequences or (sidecar or {}).get("mode")):
         return []
-    return [f"sequence mode: the model reads windows of {time_axis} readings "
-            f"(keras.Input(({time_axis}, ...))) and returns a prediction for every reading, so "
-            f"the stream carries its state from the first reading on, without bound; if it "
-            f"was trained on windows of {time_axis} (Keras's answers per window, from a zero "
-            f"state), export with --window {time_axis} --no-carry-state"]
+    w = info.window
+    return [f"window mode: the model reads windows of {w} readings and answers every "
+            f"timestep of each (return_sequences=True), and Keras's predict runs windows of "
+            f"{w} only, so each reading is answered with the last timestep of "
+            f"model.predict(the {w} readings ending there), from a zero state (runtime "
+            f"Model.predict gives that timestep, (samples, targets)); a model trained on whole "
+            f"sequences streams one step per reading, carrying its state, with --window 1 "
+            f"--carry-state"]
