@@ -114,8 +114,13 @@ def cuda_library_problem() -> str | None:
     ``libcublasLt.so.13``) as an exception instead of two lines of ORT's log on stderr.
     """
     if CUDA not in available_providers():
+        # Not "install onnxruntime-gpu": beside onnxruntime it fills the same folder, and
+        # the two break each other (docs/device.md); one must go before the other comes.
         return (f"this onnxruntime build has no {CUDA} (providers: "
-                f"{', '.join(available_providers())}); install onnxruntime-gpu")
+                f"{', '.join(available_providers())}): it is the CPU package; to run on an "
+                f"NVIDIA GPU, switch to the GPU package: pip uninstall -y onnxruntime "
+                f"onnxruntime-gpu, then pip install 'lstm-edge[gpu]' ('.[gpu]' from a "
+                f"checkout), never both in one environment")
     name = ("onnxruntime_providers_cuda.dll" if sys.platform == "win32"
             else "libonnxruntime_providers_cuda.so")
     path = os.path.join(os.path.dirname(ort.__file__), "capi", name)

@@ -33,9 +33,14 @@ no feature or stream key of a JSON object):
   A JSON error record keeps the object, or, where the line is not a JSON object, its text
   under ``"input"``. (A line over ``MAX_LINE`` bytes is never held whole, so not kept.)
 
-A missing value (an empty field, ``nan``, ``NA``, ``null``, or a JSON key left out) becomes
-NaN and is dealt with by the model's ``missing`` policy; text that is not a number is an
-error of that line alone.
+Fields are separated by commas and numbers written as CSV writes them: ASCII digits with an
+optional sign, decimal point and exponent (``-1.5e3``; ``inf``/``nan`` in any case), spaces
+around allowed. A missing value (any of :data:`MISSING_TOKENS` in any case: empty or blank,
+``nan``, ``NA``, ``N/A``, ``null``, ``none``, ``?``, ``-``; or a JSON key left out or null)
+becomes NaN and is dealt with by the model's ``missing`` policy; text that is not a number
+(``1_000``, ``1,5``, fullwidth ``１００``) is an error of that line alone. A line that is
+``;``- or tab-separated, or a file whose lines end in CR alone, is named as such, with the
+conversion that reads it.
 
 >>> fmt = CsvFormat(["time", "temperature"], features=("temperature",), targets=("temperature",))
 >>> fmt.header()
@@ -60,11 +65,13 @@ from datetime import datetime
 
 import numpy as np
 
-from .errors import InputError
+from .errors import InputError, counted
 
 MAX_LINE = 1 << 20          # bytes: a longer line is reported, not parsed (1 MiB)
 FORMATS = ("auto", "csv", "headerless", "jsonl")
-MISSING_TOKENS = {"", "na", "nan", "n/a", "null", "none", "?", "-"}   # as the trainer reads CSVs
+# What a missing value may be written as (any case, spaces around): the trainer's list
+# (trainer/data.py), so that a gap lstm-train read as missing streams as one.
+MISSING_TOKENS = {"", "na", "nan", "n/a", "null", "none", "?", "-"}
 RESET_TRUE = {"true", "1", "yes", "y", "t", "start"}      # --reset-column: reset, then feed
 # (any case; also 1.0 / 0.0, in CSV as in JSON)
 RESET_FALSE = {"false", "0", "no", "n", "f", ""}          # --reset-column: carry on
@@ -122,15 +129,46 @@ def describe_decode_error(exc: UnicodeDecodeError) -> str:
 
 
 def number(text: str, column: str) -> float:
-    """A field as a float: NaN for a missing token, BadLine for anything else."""
+    """A field as a float: NaN for a missing token, BadLine for anything that is not a CSV
+    number.
+
+    ``float()`` also reads ``1_000`` (Python's digit separators) and any Unicode digits
+    (Arabic-Indic ``١٠٠``, fullwidth ``１００``), which no CSV reader takes for numbers
+    (pandas reads them as text): two cheap checks after it keep to ASCII without ``_``.
+
+    >>> number("-1.5e3", "x"), number(" NA ", "x")
+    (-1500.0, nan)
+    >>> number("1_000", "x")
+    Traceback (most recent call last):
+    ...
+    runtime.lines.BadLine: column 'x': '1_000' is not a number: digit separators ('_') are not read; write 1000
+    """
     try:
         value = float(text)
     except ValueError:
         if text.strip().lower() in MISSING_TOKENS:
             return math.nan
-        shown = text if len(text) <= 40 else text[:37] + "..."
-        raise BadLine(f"column {column!r}: {shown!r} is not a number") from None
+        raise BadLine(f"column {column!r}: {_shown(text)!r} is not a number") from None
+    if not text.isascii() or "_" in text:
+        raise BadLine(_not_plain(text, column))
     return in_range(value, column)
+
+
+def _shown(text: str) -> str:
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _not_plain(text: str, column: str) -> str:
+    """Why a field ``float()`` reads is still no CSV number."""
+    import unicodedata
+    odd = next((c for c in text if not c.isascii()), None)
+    if odd is None:
+        return (f"column {column!r}: {_shown(text)!r} is not a number: digit separators ('_') "
+                f"are not read; write {_shown(text.strip().replace('_', ''))}")
+    name = unicodedata.name(odd, "a character")
+    return (f"column {column!r}: {_shown(text)!r} is not a number: {odd!r} is {name} "
+            f"(U+{ord(odd):04X}); write numbers in ASCII digits 0-9 with a decimal point "
+            f"(e.g. 100.5)")
 
 
 def in_range(value: float, column: str) -> float:
@@ -251,6 +289,7 @@ _CLI_WORDS = [
                                                          "--missing hold"),
     (re.compile(r"missing='(\w+)'"), r"--missing \1"),
     (re.compile(r"\bwindow=(\d+)"), r"--window \1"),
+    (re.compile(r"\bdevice='([\w:]+)' or '([\w:]+)'"), r"--device \1 or --device \2"),
 ]
 
 
@@ -381,10 +420,17 @@ class LineFormat:
         try:
             return self._parse(line, text)
         except BadLine as exc:
-            return Record(line, fields=exc.fields, error=str(exc), raw=text)
+            error, layout = str(exc), self._layout(text)
+            if layout and layout not in error:
+                error = f"{error}; the line {layout}"
+            return Record(line, fields=exc.fields, error=error, raw=text)
 
     def _parse(self, line: int, text: str) -> Record:
         raise NotImplementedError
+
+    def _layout(self, text: str) -> str | None:
+        """Why a refused line may be CSV of another layout (see :func:`foreign_layout`)."""
+        return foreign_layout(text, self.features)
 
     def format(self, rec: Record, step: int, warmup: bool, pred: np.ndarray,
                extra: Sequence = (), mark: str = "") -> str:
@@ -487,6 +533,10 @@ class CsvFormat(LineFormat):
                 reset_flag(fields[self.reset_index], self.reset_column or "")
         except BadLine as exc:
             raise BadLine(str(exc), fields) from None
+        if (";" in text or "\t" in text) and (layout := foreign_layout(text, self.features)):
+            # 2022-03-22T02:00;100,5 splits at its decimal comma into two fields, each of
+            # which reads: a time "2022-03-22T02:00;100" and a reading of 5
+            raise BadLine(f"the line {layout}", fields)
         key = "" if self.key_index is None else fields[self.key_index]
         if self.key_index is not None and not key.strip():
             raise BadLine(f"the --stream-column {self.stream_column!r} is empty", fields)
@@ -600,6 +650,9 @@ class JsonlFormat(LineFormat):
         out = dict(rec.fields)
         out[self.order] = why
         return dump_json(out)
+
+    def _layout(self, text):
+        return None
 
     def _parse(self, line, text):
         try:
@@ -744,7 +797,8 @@ def detect(first: bytes, features: Sequence[str], targets: Sequence[str], *,
                          stream_column=stream_column, reset_column=reset_column), is_header
     if fmt == "headerless" and not _time_led(fields, features):
         return HeaderlessFormat(features, targets, **named), False
-    if fmt == "auto" and _all_numbers(fields):
+    if fmt == "auto" and _numbers_to_float(fields):
+        # a reading, even where a field is no CSV number (1_000, １００): its error record
         return HeaderlessFormat(features, targets, **named), False
     if fmt != "csv" and _time_led(fields, features):
         found = CsvFormat([TIME_COLUMN, *features], features, targets, has_header=False,
@@ -758,6 +812,8 @@ def detect(first: bytes, features: Sequence[str], targets: Sequence[str], *,
         return CsvFormat([f.strip() for f in fields], features, targets,
                          stream_column=stream_column, reset_column=reset_column), True
     except InputError as exc:
+        if (layout := foreign_layout(text, features)) is not None:
+            raise InputError(f"line 1 {layout}") from None
         if fmt == "auto" and fields and re.match(r"\s*\d{4}-\d", fields[0]):
             raise InputError(
                 f"line 1 ({len(fields)} field{'s' if len(fields) != 1 else ''}) is not a "
@@ -811,3 +867,93 @@ def _all_numbers(fields: Sequence[str]) -> bool:
     except InputError:
         return False
     return True
+
+
+def _numbers_to_float(fields: Sequence[str]) -> bool:
+    """Whether every field is a number to ``float()`` or a missing token: a reading, not a
+    header, even where :func:`number` refuses a field (``1_000``)."""
+    for f in fields:
+        try:
+            float(f)
+        except ValueError:
+            if f.strip().lower() not in MISSING_TOKENS:
+                return False
+    return True
+
+
+# Other layouts of "CSV" that spreadsheets and old systems write: the separator, its name,
+# and how tr writes it. Excel writes ';' where the decimal mark is a comma (most of Europe).
+_SEPARATORS = ((";", "';'", "semicolons", ";"), ("\t", "tab", "tabs", "\\t"))
+_DECIMAL_COMMA = re.compile(r"\s*[+-]?\d+,\d+\s*")
+
+
+def foreign_layout(text: str, features: Sequence[str]) -> str | None:
+    """What a line that is no comma-separated CSV of these features looks like instead,
+    with the conversion that reads it; None where it looks like nothing known.
+
+    A line looks ``;``- or tab-separated where it splits on that character into the model's
+    feature names (a header) or into numbers (a reading, a leading time allowed); it holds
+    old-Mac line endings where a carriage return inside it follows such a header or reading.
+    Called for a refused line, and for a line that read but holds ';' or a tab (a decimal
+    comma can split a ';' line into comma fields that each read).
+
+    >>> foreign_layout("100;32", ["flow"])[:71]
+    "looks ';'-separated: it splits on ';' into 2 numbers ('100', '32'), but"
+    >>> foreign_layout("2022-03-22T02:00:00;100,5", ["flow"])[-39:]
+    "e.g. tr ',;' '.,' < FILE | lstm-run ..."
+    """
+    if "\r" in text:
+        first, rest = text.split("\r", 1)
+        if _fits(_split_lenient(first), features):
+            return (f"holds carriage returns (CR) inside: {_shown(first)!r}, then "
+                    f"{counted(rest.count(chr(13)) + 1, 'more line')}, each after a CR: the "
+                    f"lines end in CR alone (old Mac OS), and lstm-run reads lines that end in "
+                    f"LF or CR LF: convert them first, e.g. tr '\\r' '\\n' < FILE | lstm-run ...")
+    for sep, name, plural, tr in _SEPARATORS:
+        if sep not in text:
+            continue
+        fields = [f.strip() for f in text.split(sep)]
+        if len(fields) < 2:
+            continue
+        shown = ", ".join(repr(_shown(f)) for f in fields[:6]) + (", ..." if fields[6:] else "")
+        if all(features) and _match_columns(fields, features) is not None:
+            found = f"{shown}, a header naming the model's features"
+        elif _fits(fields, features, commas=True):
+            timed = is_timestamp(fields[0])
+            found = (f"{'a time and ' if timed else ''}"
+                     f"{counted(len(fields) - timed, 'number')} ({shown})")
+        else:
+            continue
+        said = f"looks {name}-separated: it splits on {name} into {found}"
+        if any(_DECIMAL_COMMA.fullmatch(f) for f in fields):
+            return (f"{said}, with decimal commas, but lstm-run reads comma-separated CSV with "
+                    f"decimal points: convert it first, swapping both at once (commas to "
+                    f"points, {plural} to commas), e.g. tr ',{tr}' '.,' < FILE | lstm-run ...")
+        example = "1,5" + tr + "2,3"
+        return (f"{said}, but lstm-run reads comma-separated CSV: convert it first, e.g. "
+                f"tr '{tr}' ',' < FILE | lstm-run ... (where the numbers have decimal commas, "
+                f"{example}, swap both at once: tr ',{tr}' '.,')")
+    return None
+
+
+def _split_lenient(text: str) -> list[str]:
+    """:func:`split_csv`, or ``[]`` for a line whose quoting is broken."""
+    try:
+        return [f.strip() for f in split_csv(text)]
+    except BadLine:
+        return []
+
+
+def _fits(fields: Sequence[str], features: Sequence[str], commas: bool = False) -> bool:
+    """Whether ``fields`` are a header naming the features, or a reading: numbers, one at
+    least not missing, after a leading time where there is one (with ``commas``, decimal
+    commas count as numbers)."""
+    if not fields:
+        return False
+    if all(features) and _match_columns(fields, features) is not None:
+        return True
+    values = fields[1:] if is_timestamp(fields[0]) else fields
+    if commas:
+        values = [v.replace(",", ".") if _DECIMAL_COMMA.fullmatch(v) else v for v in values]
+    return bool(values) and _all_numbers(values) and \
+        any(v.strip().lower() not in MISSING_TOKENS for v in values)

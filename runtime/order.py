@@ -55,7 +55,7 @@ def reading_time(text, column: str) -> float:
     elif isinstance(text, str):
         if text[4:5] == "-" and text[:4].isdigit():   # YYYY-: no number; a failed float()
             value = _iso(text)                         # would cost as much as the date
-        else:
+        elif text.isascii() and "_" not in text:     # float() reads 1_000 and ١٧ too
             try:
                 value = float(text)
             except ValueError:
@@ -72,6 +72,30 @@ def reading_time(text, column: str) -> float:
                       f"readings, so every line needs one (--no-order-check feeds every line "
                       f"as it comes)")
     return value
+
+
+def _no_offset(value, column: str) -> str | None:
+    """A note where ``value`` is a time of day without a UTC offset, else None: read as UTC,
+    a local clock's times repeat for an hour when it goes back (daylight saving time).
+
+    >>> _no_offset("2022-10-30T02:30:00+01:00", "t") is None, _no_offset(17, "t") is None
+    (True, True)
+    >>> _no_offset("2022-10-30T02:30:00", "t")[:40]
+    "note: time column 't' holds times withou"
+    """
+    if not isinstance(value, str) or ":" not in value:
+        return None                             # seconds, or a date without a time of day
+    try:
+        when = datetime.fromisoformat(value.strip())
+    except ValueError:
+        return None
+    if when.tzinfo is not None:
+        return None
+    return (f"note: time column {column!r} holds times without a UTC offset "
+            f"({value.strip()[:40]!r}), read as UTC; where the logger writes a local clock's "
+            f"time, the hour it repeats when the clock goes back (daylight saving time) reads "
+            f"as older than the sensor's last reading and is not fed: log UTC times or their "
+            f"offset (2022-10-30T02:30:00+01:00)")
 
 
 def _iso(text: str) -> float:
@@ -102,7 +126,10 @@ def sequence_number(text, column: str) -> int:
         number = text
     else:
         try:
-            number = int(str(text).strip())
+            digits = str(text).strip()
+            if not digits.isascii() or "_" in digits:     # int() reads 1_000 and ١٧
+                raise ValueError(digits)
+            number = int(digits)
         except ValueError:
             shown = str(text)[:40]
             raise BadLine(f"--seq-column {column!r}: {shown!r} is not a whole number; the "
@@ -129,7 +156,9 @@ class OrderColumn:
     named: bool = True                # named, or found and confirmed: a line without a position is bad
     found: bool = False               # found by its name (not --time-column/--seq-column)
     off: bool = False                 # found by its name, but its first value was no time: unchecked
-    note: str | None = None           # why it is off, once (the caller says it on stderr)
+    note: str | None = None           # a note for stderr, once (the caller says it): why it
+    # is off, or that its times name no UTC offset
+    zoned: bool = False               # the first time was looked at for its UTC offset
     replays: dict[str, int] = field(default_factory=dict)    # sensor -> replays answered
     skips: dict[str, int] = field(default_factory=dict)      # sensor -> readings skipped
     # sensor -> a broker's redeliveries of readings answered before (lstm-run --mqtt)
@@ -166,6 +195,9 @@ class OrderColumn:
                          f"(--no-order-check says there is none)")
             return None
         self.named = True
+        if not self.zoned and not self.sequence:
+            self.zoned = True
+            self.note = self.note or _no_offset(value, self.name)
         return at
 
     def describe(self, position) -> str:

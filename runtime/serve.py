@@ -305,7 +305,7 @@ class Server:
                     rec.error = str(exc)
                 if rec.at is not None:
                     self._positioned.add(rec.key)
-                if self.order.note is not None:     # a found column that holds no times
+                if self.order.note is not None:     # no times in a found column, no offset
                     self._warn(self.order.note)
                     self.order.note = None
             out.append(rec)

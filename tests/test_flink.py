@@ -158,7 +158,13 @@ class Job:
         """Lines written to hidden in-progress part files: out, but not yet committed."""
         if not self.output.is_dir():
             return 0
-        return sum(len(p.read_bytes().splitlines()) for p in self.output.glob(".part*"))
+        lines = 0
+        for p in self.output.glob(".part*"):
+            try:
+                lines += len(p.read_bytes().splitlines())
+            except FileNotFoundError:    # committed since the glob: answers() counts it next
+                pass
+        return lines
 
     def answers(self) -> list[str]:
         """Every line of the finished part files (not the hidden in-progress ones)."""

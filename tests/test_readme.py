@@ -63,6 +63,8 @@ SKIPPED = {
     "lstm-export flow6.keras": "docs/alerts.md's forecast block, after its Python: run in "
                                "order by tests/test_block_alerts.py",
     "lstm-run flow6.onnx": "run in order by tests/test_block_alerts.py",
+    "sudo ": "installs the runtime as root into /opt on a device (the install table's "
+             "pip install '.[cpu]', in a venv of its own there)",
     "apt-get install": "installs a system package (CI's .ci/run does it where Java is missing)",
     "make flink-env": "make test builds .venv-flink before it runs these tests",
     ".venv-flink/bin/python -m integrations.flink": "a --watch job runs until it is stopped; "
