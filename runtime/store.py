@@ -54,6 +54,7 @@ import json
 import math
 import os
 import re
+import shlex
 import sqlite3
 import time
 import urllib.parse
@@ -643,6 +644,7 @@ class StateStore:
             for i, stream in zip(at, model.restore_many(columns)):
                 if stream is not None and stream.steps == rows[i][2]:
                     streams[i] = stream
+        damaged = []                         # the keys of rows that are read but bad
         for i, (_, fingerprint, steps, blob, _) in enumerate(rows):
             if streams[i] is None and not isinstance(keys[i], str):
                 continue                     # a key no sensor has: said above
@@ -651,12 +653,25 @@ class StateStore:
                     streams[i] = self._restore(fingerprint, steps, blob)
                 except SnapshotError as exc:
                     bad.append(f"sensor {_shown(repr(keys[i]), 40)}: {_bare(str(exc))}")
+                    damaged.append(keys[i])
         if bad:
             more = f" (and {len(bad) - 5} more sensors)" if len(bad) > 5 else ""
-            raise self._error("; ".join(bad[:5]) + more,
-                              "restore a good copy, or delete the file to start the streams "
-                              "fresh")
+            raise self._error("; ".join(bad[:5]) + more, self._start_afresh(damaged, len(bad)))
         return [(key, stream, row[4]) for key, stream, row in zip(keys, streams, rows)]
+
+    def _start_afresh(self, keys: list[str], bad: int) -> str:
+        """What to do about ``bad`` unusable rows, ``keys`` the sensors of those read: restore
+        a good copy, or start those sensors alone afresh (deleting the file would start
+        every sensor afresh, and a restarted ``tail -n +1`` would feed them all again)."""
+        whole = "restore a good copy"
+        if len(keys) != bad or len(keys) > 5 or any(len(k) > 40 or not k.isprintable()
+                                                     or set(k) & set('"$`\\') for k in keys):
+            return f"{whole}, or delete the file to start every sensor fresh"
+        quoted = ", ".join("'" + k.replace("'", "''") + "'" for k in keys)
+        return (f"{whole}; or start {'this sensor' if len(keys) == 1 else 'these sensors'} "
+                f"alone afresh, the others resuming: sqlite3 {shlex.quote(str(self.path))} "
+                f"\"DELETE FROM streams WHERE key IN ({quoted})\" ({'its' if len(keys) == 1 else 'their'} "
+                f"readings still in the feed are then fed again, to a fresh stream)")
 
     def _restore(self, fingerprint, steps, blob):
         """One row's stream, every check one by one; SnapshotError saying what is wrong."""
