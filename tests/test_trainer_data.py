@@ -206,3 +206,12 @@ def test_train_itself_refuses_a_target_flat_on_the_training_rows(tmp_path):
     with pytest.raises(DataError, match="is 7 on every training row"):
         train(path, "level", output=tmp_path / "m.keras", cfg=TrainConfig(look_back=4))
     assert not (tmp_path / "m.keras").exists()
+
+
+@pytest.mark.parametrize("odd", ["1_000", "١٠٠", "１００"])
+def test_what_only_python_reads_as_a_number_is_junk_as_lstm_run_says(tmp_path, odd):
+    """float() reads digit separators and any Unicode digits; neither lstm-run nor pandas
+    does, so a model must not train on them as numbers."""
+    path = write(tmp_path, f"t,x\n1,1.0\n2,{odd}\n3,2.0\n4,3.0\n", name="odd.csv")
+    with pytest.raises(DataError, match=f"line 3, column 'x': expected a number, found '{odd}'"):
+        read_csv(path)

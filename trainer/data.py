@@ -221,6 +221,9 @@ def read_csv(path: str | Path) -> Table:
         for i, text in enumerate(texts):
             if _is_missing(text):
                 continue
+            if not text.isascii() or "_" in text:     # float() reads 1_000 and ١٠٠ too;
+                junk.append(i)                        # lstm-run refuses them (lines.number)
+                continue
             try:
                 numbers[i] = float(text)
             except ValueError:
