@@ -131,7 +131,7 @@ def flawed(tmp_path_factory):
     """One run on hourly readings with a time repeated, an 11-hour hole and --season 500."""
     lines = hourly(60).splitlines()
     hole = hourly(30, start=70).splitlines()[1:]
-    text = "\n".join([*lines[:21], lines[20].split(",")[0] + ",12.5", *lines[21:], *hole])
+    text = "\n".join([*lines[:21], lines[20], *lines[21:], *hole])       # line 21 again: a replay
     tmp = tmp_path_factory.mktemp("flawed")
     (tmp / "d.csv").write_text(text + "\n")
     proc = run(tmp / "d.csv", "--target", "level", "--look-back", 4, "--season", 500, *FAST,

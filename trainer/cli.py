@@ -15,8 +15,11 @@ from runtime import stderr
 from runtime.cli import reports_errors
 from runtime.errors import MissingExtra
 
+from .errors import DataError
+
 TRAINING = ("tensorflow", "keras")        # what lstm-train imports beyond the runtime
 EXPORTING = TRAINING + ("tf2onnx", "onnx")   # and lstm-export: the converter, the graph editor
+SEED_MAX = 2**31 - 1   # NumPy's seeds stop at 2**32 - 1; member k adds 1000 k to it
 
 
 def require_training(command: str, modules: tuple[str, ...]) -> None:
@@ -74,6 +77,12 @@ Modes (how the model will stream, see docs/keras-models.md):
   window    windows of --look-back from a zero state (the usual create_dataset model)
   stateful  Keras stateful=True on sliding windows, state carried from window to window
   sequence  a prediction at every step, state carried: one step per new reading
+
+\b
+Exit codes: 0 the model, its sidecar (and --plot) were written and the report printed;
+2 a refusal (one Error: line saying what to do), usage errors included: nothing was
+trained, except a --plot that failed after training (the model is saved and the report
+printed first); 130 interrupted (Ctrl-C).
 """
 
 
@@ -83,34 +92,38 @@ Modes (how the model will stream, see docs/keras-models.md):
 @click.option("--target", required=True, help="Column(s) to predict, comma-separated.")
 @click.option("--features", help="Input columns, comma-separated [default: every numeric "
               "column; the time column never]")
-@click.option("--look-back", type=int, default=24, show_default=True,
+@click.option("--look-back", type=click.IntRange(min=1), default=24, show_default=True,
               help="Timesteps per window (sequence mode: per training subsequence).")
-@click.option("--horizon", type=int, default=1, show_default=True,
+@click.option("--horizon", type=int, default=1, show_default=True,   # < 1: check_config says why
               help="Predict the value this many rows ahead.")
 @click.option("--mode", type=click.Choice(["window", "stateful", "sequence"]),
               default="window", show_default=True)
 @click.option("--cell", type=click.Choice(["lstm", "gru"]), default="lstm", show_default=True)
-@click.option("--units", type=int, default=32, show_default=True)
-@click.option("--layers", type=int, default=1, show_default=True)
-@click.option("--dropout", type=float, default=0.0, show_default=True)
-@click.option("--dense", type=int, default=0, show_default=True,
+@click.option("--units", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--layers", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=0.0,
+              show_default=True)
+@click.option("--dense", type=click.IntRange(min=0), default=0, show_default=True,
               help="Hidden relu units in the head (0: a linear head only).")
-@click.option("--epochs", type=int, default=50, show_default=True)
-@click.option("--batch-size", type=int, default=32, show_default=True)
-@click.option("--patience", type=int, default=5, show_default=True,
-              help="Early stopping: epochs without a better validation loss.")
-@click.option("--val-fraction", type=float, default=0.15, show_default=True,
+@click.option("--epochs", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Windows per training batch (stateful mode: parallel blocks of the series).")
+@click.option("--patience", type=click.IntRange(min=0), default=5, show_default=True,
+              help="Early stopping: epochs without a better validation loss (0: stop at the "
+              "first epoch that does not improve).")
+@click.option("--val-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.15, show_default=True,
               help="The rows before the test tail that drive early stopping (split by time).")
 @click.option("--missing", type=click.Choice(["error", "drop", "ffill", "interpolate"]),
               default="error", show_default=True, help="What to do with empty/NA values.")
 @click.option("--scaling", type=click.Choice(["robust", "standard"]), default="robust",
               show_default=True, help="Per-column scaling: median/IQR or mean/std.")
 @click.option("--loss", type=click.Choice(["huber", "mse"]), default="huber", show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0, SEED_MAX), default=0, show_default=True,
+              help="Member k of an ensemble uses seed + 1000 k.")
 @click.option("--quiet", is_flag=True, help="No per-epoch progress.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default="model.keras",
               show_default=True, help="Where to save the model; NAME.lstm-edge.json goes beside.")
-@click.option("--test-fraction", type=float, default=0.15, show_default=True,
+@click.option("--test-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.15, show_default=True,
               help="The last rows, never trained or early-stopped on: the report's test tail.")
 @click.option("--target-kind", type=click.Choice(["auto", "residual", "seasonal", "level"]),
               default="auto", show_default=True, help="residual: predict the change from the "
@@ -128,7 +141,7 @@ Modes (how the model will stream, see docs/keras-models.md):
               help="A deep ensemble: N networks of different seeds (seed, seed + 1000, ...) "
               "averaged in one exported model, N times the training; auto: 1 to 3, the "
               "validation rows choose.")
-@click.option("--season", type=int, help="Readings per season for the seasonal-naive "
+@click.option("--season", type=click.IntRange(min=1), help="Readings per season for the seasonal-naive "
               "baseline [default: guessed from the time column: hourly 24, daily 7, "
               "weekly 52, monthly 12].")
 @click.option("--anchor-budget", type=click.FloatRange(min=0), default=60.0, show_default=True,
@@ -144,7 +157,7 @@ def train_main(data, target, features, look_back, horizon, mode, cell, units, la
     """Fit an LSTM (or GRU) on DATA, a CSV with a header row, and report it against baselines."""
     require_training("lstm-train", TRAINING)
     from .model import ModelConfig
-    from .train import TrainConfig, check_config, check_data, check_output
+    from .train import TrainConfig, check_config, check_data, check_output, check_plot
 
     cfg = TrainConfig(look_back=look_back, horizon=horizon, epochs=epochs,
                       batch_size=batch_size, patience=patience, val_fraction=val_fraction,
@@ -157,6 +170,7 @@ def train_main(data, target, features, look_back, horizon, mode, cell, units, la
                                         dropout=dropout, dense=dense))
     check_config(cfg, rows=cfg.look_back + cfg.horizon)   # flag errors before TF loads
     check_output(output)
+    check_plot(plot)
     check_data(data, target, features, cfg)   # the CSV's refusals, before TF loads
     quiet_tensorflow()
     from .train import train
@@ -165,6 +179,8 @@ def train_main(data, target, features, look_back, horizon, mode, cell, units, la
     for line in result.warnings:
         click.echo(line, err=True)
     click.echo(result.report())
+    if result.plot_error:   # after the report: the model is saved, only the picture is lost
+        raise DataError(result.plot_error)
 
 
 EXPORT_EXAMPLES = """

@@ -18,6 +18,7 @@ import csv
 import datetime as dt
 import io
 import re
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,14 @@ NUMERIC_TIME_NAMES = re.compile(r"^(time|date|datetime|timestamp|ts|epoch|unix_?
 SHOW = 5  # how many offending lines a message lists before saying "and N more"
 GAP = 5   # a time step over this many times the median spacing is a hole (check_time)
 EPOCH = (1e8, 4.2e9)   # numbers read as epoch seconds, as forecast.parse_time does: 1973..2103
+STRICT_TIME_NAMES = re.compile(r"^(time|date|datetime|timestamp|ts|zeit|datum)$", re.I)
+DATE_LIKE = re.compile(r"^\s*\d{1,4}[./-]\d{1,2}[./-]\d{1,4}\b")   # 20.10.2022, 03/20/2022
+DECIMAL_COMMA = re.compile(r"[-+]?\d+,\d+")        # 100,59: a number with a decimal comma
+DATE_FORMATS = ("%d.%m.%Y %H:%M", "%d.%m.%Y %H:%M:%S", "%d.%m.%Y", "%m/%d/%Y %I:%M %p",
+                "%m/%d/%Y %I:%M:%S %p", "%m/%d/%Y %H:%M", "%m/%d/%Y %H:%M:%S", "%m/%d/%Y",
+                "%d/%m/%Y %H:%M", "%d/%m/%Y %H:%M:%S", "%d/%m/%Y", "%d-%m-%Y %H:%M",
+                "%d-%m-%Y")                          # the recipe's guesses, first fit wins
+MANY_REPEATS = 5   # more repeated times than this never train silently
 
 
 @dataclass
@@ -179,15 +188,121 @@ def _text(path: Path, data: bytes) -> str:
                         f"{path} > {path.with_name(path.stem + '-utf8.csv')}") from None
 
 
-def _check_separator(path: Path, header: list[str]) -> None:
-    """Refuse a header that is one column holding ';' or tabs: another separator than ','."""
+def _check_separator(path: Path, header: list[str], first: list[str]) -> None:
+    """Refuse a header that is one column holding ';' or tabs: another separator than ','.
+
+    ``first`` is the first data row: decimal commas there (``100,59``) get the ``tr`` recipe
+    that turns both at once (docs/lstm-run.md), as ``tr ';' ','`` alone splits each number.
+    """
     if len(header) != 1:
         return
-    for sep, name in ((";", "';'"), ("\t", "tab")):
+    for sep, name, tr in ((";", "';'", ";"), ("\t", "tab", "\\t")):
         if sep in header[0]:
+            row = ",".join(first)
+            out = path.with_name(path.stem + "-comma.csv")
+            fix = (f"convert it with tr ',{tr}' '.,' < {path} > {out} (decimal commas to "
+                   f"points, then {name} to ',')" if DECIMAL_COMMA.search(row) else
+                   f"convert it with tr '{tr}' ',' < {path} > {out}")
             raise DataError(f"{path}: expected comma-separated values, found a header of one "
-                            f"column {header[0]!r} that looks {name}-separated; save the CSV "
-                            f"with ',' between values (and '.' as the decimal point)")
+                            f"column {header[0]!r} that looks {name}-separated; {fix}, or save "
+                            f"the CSV with ',' between values and '.' as the decimal point")
+
+
+def _time_recipe(path: Path, name: str, texts: list[str]) -> str:
+    """A one-line pandas command that rewrites column ``name`` as ISO 8601, with the
+    strptime format the values fit where one of the common ones does."""
+    sample = [t.strip() for t in texts if not _is_missing(t)][:200]
+    fmt = next((f for f in DATE_FORMATS if all(_strptime(t, f) for t in sample)), None)
+    how = f"format={fmt!r}" if fmt else "format='...'"
+    out = path.with_name(path.stem + "-iso.csv")
+    return (f"python -c \"import pandas as p; d=p.read_csv('{path}'); d['{name}']="
+            f"p.to_datetime(d['{name}'], {how}).dt.strftime('%Y-%m-%dT%H:%M:%S'); "
+            f"d.to_csv('{out}', index=False)\" (add the UTC offset, e.g. +01:00, if these "
+            f"are a local clock's times)")
+
+
+def _strptime(text: str, fmt: str) -> bool:
+    try:
+        dt.datetime.strptime(text, fmt)
+    except ValueError:
+        return False
+    return True
+
+
+def _check_time_text(path: Path, name: str, texts: list[str], lines: np.ndarray) -> None:
+    """Refuse a time column whose values are not times lstm-run and the trainer can read.
+
+    A column not understood as time would turn off every time check (order, repeats,
+    holes, the season): a newest-first file would train on the future. lstm-run reads ISO
+    8601 or epoch seconds (runtime/order.py reading_time), so that is what is asked for.
+    A column named like a time (or holding date-like text) counts; ``day``/``month``
+    columns of words (``Mon``, ``Jan``) stay text.
+    """
+    strict = STRICT_TIME_NAMES.match(name)
+    for i, text in enumerate(texts):
+        if _is_missing(text) or parse_time(text) is not None:
+            continue
+        if not (strict or DATE_LIKE.search(text)):
+            return
+        raise DataError(f"{path}, line {lines[i]}: time column {name!r}: {text.strip()!r} is "
+                        f"not an ISO 8601 time; lstm-run reads ISO 8601 (e.g. "
+                        f"2022-03-20T11:00:00+01:00) or epoch seconds, so convert it: "
+                        f"{_time_recipe(path, name, texts)}")
+
+
+def _check_decimal_comma(path: Path, name: str, texts: list[str], lines: np.ndarray) -> None:
+    """Refuse a column of quoted numbers with decimal commas (``"100,59"``), naming them."""
+    given = [(i, t.strip()) for i, t in enumerate(texts) if not _is_missing(t)]
+    commas = [(i, t) for i, t in given if DECIMAL_COMMA.fullmatch(t)]
+    if not given or len(commas) <= len(given) // 2:
+        return
+    i, text = commas[0]
+    out = path.with_name(path.stem + "-dot.csv")
+    raise DataError(f"{path}, line {lines[i]}, column {name!r}: expected a number with a "
+                    f"decimal point, found {text!r} with a decimal comma ({len(commas)} such "
+                    f"values); convert the file, e.g. python -c \"import pandas as p; "
+                    f"p.read_csv('{path}', decimal=',').to_csv('{out}', index=False)\"")
+
+
+def _check_long_format(path: Path, header: list[str], texts: dict[str, list[str]],
+                       time: np.ndarray | None, time_column: str | None,
+                       numeric: list[str]) -> None:
+    """Refuse a long-format file: rows of several series told apart by a text column.
+
+    ``time,sensor,value`` with the sensors interleaved, each at every time, read as one
+    series makes each reading's neighbour another sensor's: the model, its baseline and its
+    figures would all be wrong. Found as a text column whose value changes on most rows
+    where the time repeats the previous row's.
+    """
+    if time is None:
+        return
+    t = np.array([x.strip() for x in time])
+    same = t[1:] == t[:-1]                         # (rows - 1,) the time repeats
+    if same.sum() <= MANY_REPEATS:
+        return
+    for name, column in texts.items():
+        c = np.array([x.strip() for x in column])
+        kinds = list(dict.fromkeys(c.tolist()))
+        if not 1 < len(kinds) <= len(c) // 2:
+            continue
+        if np.mean(c[1:][same] != c[:-1][same]) < 0.9:
+            continue
+        j = header.index(name) + 1
+        first = kinds[0]
+        shown = ", ".join(map(repr, kinds[:SHOW])) + (f" and {len(kinds) - SHOW} more"
+                                                     if len(kinds) > SHOW else "")
+        out = path.with_name(path.stem + "-wide.csv")
+        values = f", values='{numeric[0]}'" if len(numeric) == 1 else ""
+        raise DataError(
+            f"{path}: expected one series, found {len(kinds)} interleaved: the text column "
+            f"{name!r} ({shown}) changes where the time {time_column!r} repeats "
+            f"({int(same.sum())} repeated times), so the rows are several sensors' readings "
+            f"in one file (long format); train one model per sensor, e.g. awk -F, "
+            f"'NR==1 || ${j}==\"{first}\"' {path} > {first}.csv (lstm-run --stream-column "
+            f"{name} then streams every sensor through it), or make one column per sensor "
+            f"with python -c \"import pandas as p; p.read_csv('{path}').pivot(index="
+            f"'{time_column}', columns='{name}'{values}).to_csv('{out}')\" and choose --target and "
+            f"--features among them")
 
 
 def read_csv(path: str | Path) -> Table:
@@ -202,7 +317,7 @@ def read_csv(path: str | Path) -> Table:
         raise DataError(f"{path}: expected a header row and at least one row of data, "
                         f"found {len(rows)} line(s)")
     header = [h.strip() for h in rows[0]]
-    _check_separator(path, header)
+    _check_separator(path, header, rows[1])
     if len(set(header)) != len(header):
         raise DataError(f"{path}: the header names a column twice: {header}")
     body = rows[1:]
@@ -212,7 +327,7 @@ def read_csv(path: str | Path) -> Table:
             raise DataError(f"{path}, line {line}: expected {len(header)} values "
                             f"({', '.join(header)}), found {len(row)}")
 
-    columns, ignored = {}, []
+    columns, ignored, texts_of = {}, [], {}
     time, time_column = None, None
     for j, name in enumerate(header):
         texts = [row[j] for row in body]
@@ -230,15 +345,21 @@ def read_csv(path: str | Path) -> Table:
                 junk.append(i)
         if time_column is None and (TIME_NAMES.match(name) or _looks_like_time(texts)):
             if junk or not np.isfinite(numbers).any():
+                _check_time_text(path, name, texts, lines)
                 time, time_column = np.asarray(texts), name
                 continue
         leading = all(n == "" for n in columns)    # bar a nameless row index (pandas)
         if time_column is None and not junk and _numeric_time(name, numbers, leading):
             time, time_column = np.asarray(texts), name
             continue
+        if junk:
+            _check_decimal_comma(path, name, [texts[i] for i in junk], lines[junk])
         # A column where most values are numbers is numeric: the rest is junk to report.
         if len(junk) > len(texts) // 2:
+            if time_column is None and DATE_LIKE.search(texts[junk[0]]):
+                _check_time_text(path, name, texts, lines)
             ignored.append(name)
+            texts_of[name] = texts
             continue
         if junk:
             first = junk[0]
@@ -250,15 +371,25 @@ def read_csv(path: str | Path) -> Table:
             bad = lines[np.isinf(numbers)]
             raise DataError(f"{path}, column {name!r}: infinite values on line(s) {_lines(bad)}")
         columns[name] = numbers
+    _check_long_format(path, header, texts_of, time, time_column, list(columns))
     return Table(columns, lines, time, time_column, tuple(ignored))
 
 
+def _shares(gaps: np.ndarray, names) -> list[tuple[str, float]]:
+    """(column name, share of rows missing) for each column with a gap."""
+    return [(repr(names[j]) if names is not None else f"#{j}", float(gaps[:, j].mean()))
+            for j in range(gaps.shape[1]) if gaps[:, j].any()]
+
+
 def fill_missing(values: np.ndarray, policy: str, what: str,
-                 lines: np.ndarray, names=None) -> tuple[np.ndarray, np.ndarray]:
+                 lines: np.ndarray, names=None, notes: list[str] | None = None,
+                 ) -> tuple[np.ndarray, np.ndarray]:
     """Apply a missing-value policy to ``values`` (rows, columns).
 
     ``names`` (one per column) name a column that has no value at all; without them it is
-    named by its index. Returns the filled values and the boolean mask of the rows kept.
+    named by its index. ``notes``, where given, gets a line on what ``drop``/``ffill``/
+    ``interpolate`` did (rows dropped, the share filled per column). Returns the filled
+    values and the boolean mask of the rows kept.
     """
     if policy not in MISSING_POLICIES:
         raise DataError(f"--missing must be one of {', '.join(MISSING_POLICIES)}, got {policy!r}")
@@ -267,10 +398,24 @@ def fill_missing(values: np.ndarray, policy: str, what: str,
     if not gaps.any():
         return values, keep
     rows = gaps.any(axis=1)
-    if policy == "error":
+    shares = _shares(gaps, names)
+    per_column = ", ".join(f"{n} {share:.0%}" for n, share in shares)
+    sparse = [names[j] for j in range(gaps.shape[1])
+              if names is not None and gaps[:, j].mean() > 0.5]
+    leave = ""
+    if sparse:
+        rest = ",".join(n for n in names if n not in sparse) or "COLUMNS"
+        leave = (f"; {', '.join(map(repr, sparse))} is mostly empty: leave it out with "
+                 f"--features {shlex.quote(rest)} (and another --target if it is the target)")
+    if policy == "error" or (policy == "drop" and rows.mean() > 0.5):
+        if policy == "drop":
+            raise DataError(f"{what}: --missing drop would leave out {int(rows.sum())} of "
+                            f"{len(rows)} rows ({rows.mean():.0%}; missing: {per_column}), "
+                            f"joining readings far apart{leave}; or use --missing ffill")
         raise DataError(
-            f"{what}: missing values on line(s) {_lines(lines[rows])}; choose what to do with "
-            f"--missing drop|ffill|interpolate, or fill them in the CSV")
+            f"{what}: missing values on line(s) {_lines(lines[rows])}; missing by column: "
+            f"{per_column}{leave}; or choose what to do with --missing drop|ffill|interpolate, or fill "
+            f"them in the CSV")
     empty = [j for j in range(values.shape[1]) if gaps[:, j].all()]
     if empty:
         shown = ", ".join(repr(names[j]) if names is not None else f"#{j}" for j in empty)
@@ -278,9 +423,19 @@ def fill_missing(values: np.ndarray, policy: str, what: str,
                         f"missing), so --missing {policy} has nothing to "
                         f"{'keep' if policy == 'drop' else 'fill from'}; leave them out with "
                         f"--features/--target, or fill them in the CSV")
+    notes = [] if notes is None else notes
     if policy == "drop":
         keep = ~rows
+        notes.append(f"note: {what}: --missing drop left out {int(rows.sum())} of {len(rows)} "
+                     f"rows ({rows.mean():.0%}; missing: {per_column}); the rows either side "
+                     f"of a dropped one are read as consecutive readings")
         return values[keep], keep
+    live = (" lstm-run cannot interpolate live (a later reading has not come yet): it holds "
+            "the last value (--missing hold), so its answers differ from training's on "
+            "those rows; --missing ffill trains as it streams" if policy == "interpolate"
+            else " lstm-run --missing hold repeats the last value live as well")
+    notes.append(f"note: {what}: --missing {policy} made up {int(gaps.sum())} value(s) "
+                 f"(filled: {per_column});{live}")
     filled = values.copy()
     index = np.arange(len(values))
     for j in range(values.shape[1]):
@@ -304,6 +459,7 @@ class Selection:
     targets: tuple[str, ...]
     lines: np.ndarray        # (rows,) CSV line number of each row kept
     time: np.ndarray | None  # (rows,) time text of each row kept
+    notes: tuple[str, ...] = ()   # stderr notes: replays dropped, missing values handled
 
 
 def _split_names(names: str | list[str] | tuple[str, ...] | None) -> list[str] | None:
@@ -348,15 +504,66 @@ def select(table: Table, target: str | list[str], features: str | list[str] | No
                             f"a numeric column named {name!r}{why}")
     names = list(dict.fromkeys(chosen + targets))  # each column once, features first
     values = np.stack([table.columns[n] for n in names], axis=1)   # (rows, columns)
-    values, keep = fill_missing(values, missing, source, table.lines, names)
+    notes: list[str] = []
+    fresh = _replays(table, values, source, notes)                  # (rows,) kept
+    lines = table.lines[fresh]
+    time = None if table.time is None else table.time[fresh]
+    values, keep = fill_missing(values[fresh], missing, source, lines, names, notes)
     index = {n: i for i, n in enumerate(names)}
     return Selection(
         x=values[:, [index[n] for n in chosen]],
         y=values[:, [index[n] for n in targets]],
         features=tuple(chosen), targets=tuple(targets),
-        lines=table.lines[keep],
-        time=None if table.time is None else table.time[keep],
+        lines=lines[keep],
+        time=None if time is None else time[keep],
+        notes=tuple(notes),
     )
+
+
+def _replays(table: Table, values: np.ndarray, source: str, notes: list[str]) -> np.ndarray:
+    """The rows to keep where a row repeats the previous row's time, as lstm-run reads them.
+
+    lstm-run (docs/lstm-run.md, "Resuming exactly") does not feed a line at the time of the
+    last reading with the same values (a replay) and refuses one with other values (an
+    error record). So a replay is left out here too (with a note), and a repeated time with
+    other values is refused: training on both rows would train on a series the stream never
+    sees. ``values`` are the chosen columns (rows, columns); NaN equals NaN.
+    """
+    keep = np.ones(len(values), dtype=bool)
+    if table.time is None or len(values) < 2:
+        return keep
+    when = [parse_time(t) for t in table.time]
+    if any(w is None for w in when):
+        return keep
+    try:
+        same = np.array([a == b for a, b in zip(when, when[1:])])   # (rows - 1,)
+    except TypeError:                                  # mixed naive and aware times
+        return keep
+    if not same.any():
+        return keep
+    a, b = values[:-1], values[1:]
+    equal = ((a == b) | (np.isnan(a) & np.isnan(b))).all(axis=1)     # (rows - 1,)
+    clash = np.flatnonzero(same & ~equal) + 1
+    if clash.size:
+        i = clash[0]
+        name = table.time_column
+        raise DataError(
+            f"{source}, line {table.lines[i]}: the time {str(table.time[i]).strip()!r} repeats "
+            f"line {table.lines[i - 1]}'s with other values ({clash.size} such line(s): "
+            f"{_lines(table.lines[clash])}); expected one reading per time, as lstm-run "
+            f"refuses a second reading at a time already fed — keep the right one of each, "
+            f"e.g. the last: python -c \"import pandas as p; d=p.read_csv('{source}'); "
+            f"d.drop_duplicates('{name}', keep='last').to_csv('{source}.once.csv', "
+            f"index=False)\"")
+    replay = np.flatnonzero(same) + 1
+    keep[replay] = False
+    i = replay[0]
+    notes.append(f"note: {source}, line {table.lines[i]}: the time "
+                 f"{str(table.time[i]).strip()!r} repeats line {table.lines[i - 1]}'s with the "
+                 f"same values ({replay.size} repeated row(s) in all, on line(s) "
+                 f"{_lines(table.lines[replay])}): left out, as lstm-run answers such a replay "
+                 f"without feeding it")
+    return keep
 
 
 def check_time(sel: Selection, column: str | None, source: str,
@@ -369,15 +576,16 @@ def check_time(sel: Selection, column: str | None, source: str,
     read its two sides as consecutive readings). Nothing is checked where the time column
     is missing or not understood.
     """
+    given = list(sel.notes)
     if column is None or sel.time is None or len(sel.time) < 2:
-        return [], ""
+        return given, ""
     parsed = [parse_time(t) for t in sel.time]
     if any(p is None for p in parsed):
-        return [], ""
+        return given, ""
     try:
         steps = np.array([(b - a).total_seconds() for a, b in zip(parsed, parsed[1:])])
     except TypeError:                           # mixed naive and aware times
-        return [], ""
+        return given, ""
     back = np.flatnonzero(steps < 0)
     if back.size:
         i = back[0]
@@ -386,8 +594,8 @@ def check_time(sel: Selection, column: str | None, source: str,
         raise DataError(f"{source}, line {sel.lines[i + 1]}: the time column {column!r} goes "
                         f"back ({str(sel.time[i + 1])!r} after {str(sel.time[i])!r} on line "
                         f"{sel.lines[i]}); expected the rows oldest first, as {why} — {order}")
-    notes = []
-    same = np.flatnonzero(steps == 0)
+    notes = given
+    same = np.flatnonzero(steps == 0)       # select leaves none; a Selection made otherwise
     if same.size:
         i = same[0]
         notes.append(f"note: {source}, line {sel.lines[i + 1]}: the time {str(sel.time[i + 1])!r} "

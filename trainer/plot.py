@@ -24,7 +24,7 @@ def band_90(intervals: dict, y: np.ndarray, last: np.ndarray):
 
 
 def plot_test(path, sel, pred: np.ndarray, last: np.ndarray, horizon: int,
-              title: str = "", band: np.ndarray | None = None) -> Path:
+              title: str = "", band: np.ndarray | None = None, best: list | None = None) -> Path:
     """Draw actual vs predicted (and naive) for each target over the test rows; save a PNG.
 
     Parameters
@@ -33,6 +33,9 @@ def plot_test(path, sel, pred: np.ndarray, last: np.ndarray, horizon: int,
     pred : (steps, targets) predictions in raw units, for rows ``last + horizon``.
     last : (steps,) the last row each prediction saw.
     band : (steps, targets) the 90 % interval's half-width, shaded around the forecast.
+    best : per target, ``(name, MAE)`` of the report's best baseline where it beats naive
+        (seasonal naive, an anchor, ...), or None: the model's legend names it too, so that
+        a skill against naive alone does not flatter a model that a baseline beats.
     """
     try:
         import matplotlib
@@ -57,9 +60,14 @@ def plot_test(path, sel, pred: np.ndarray, last: np.ndarray, horizon: int,
             ax.fill_between(when, pred[:, k] - band[:, k], pred[:, k] + band[:, k],
                             color="tab:blue", alpha=0.15, lw=0,
                             label=f"90 % interval ({inside:.0%} of actual inside)")
-        ax.plot(when, pred[:, k], color="tab:blue", lw=1.3,
-                label=f"model, MAE {model_mae:.4g} (skill {model_mae / naive_mae:.3f})"
-                if naive_mae > 0 else f"model, MAE {model_mae:.4g}")
+        label = f"model, MAE {model_mae:.4g}"
+        if naive_mae > 0:
+            label += f" (skill {model_mae / naive_mae:.3f} vs naive"
+            other = best[k] if best else None
+            if other and other[1] > 0:
+                label += f"; {model_mae / other[1]:.3f} x {other[0]}'s MAE {other[1]:.4g}"
+            label += ")"
+        ax.plot(when, pred[:, k], color="tab:blue", lw=1.3, label=label)
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
         ax.legend(loc="best", fontsize=9)

@@ -34,8 +34,8 @@ from .data import check_time, check_training_target, growing_features, read_csv,
 from .errors import DataError
 from .ensemble import merge
 from .model import ModelConfig, build_model, reset_states
-from .forecast import (TARGET_KINDS, Framing, beaten_by, best_by_mae, caution, differences,
-                       guess_season, score)
+from .forecast import (TARGET_KINDS, Framing, beaten_by, best_by_mae, candidates, caution,
+                       differences, guess_season, score)
 from .windows import Scaler, sequences, split_points, windows
 
 SIDECAR_FORMAT = "lstm-edge.training/1"
@@ -81,6 +81,7 @@ class TrainResult:
     sidecar: dict
     warnings: list = field(default_factory=list)   # lines for stderr: columns, fallbacks
     plot_path: Path | None = None
+    plot_error: str | None = None   # --plot failed after training (the model is saved)
 
     def report(self) -> str:
         """The test tail's figures, in the target's units, skill first; with several
@@ -91,9 +92,8 @@ class TrainResult:
         kind = side["forecast"]["target_kind"] + (" target, differenced inputs"
                                                   if side["forecast"]["difference"] else " target")
         lines = [f"test tail: {test['steps']} predictions of {', '.join(targets)}, "
-                 f"{side['horizon']} step(s) ahead ({side['mode']} mode, {kind}); rows "
-                 f"{side['data']['test']}..{side['data']['rows'] - 1}, never trained or "
-                 f"early-stopped on"]
+                 f"{side['horizon']} step(s) ahead ({side['mode']} mode, {kind}); "
+                 f"{_where(side['data'], 'test')}, never trained or early-stopped on"]
         chosen = side["forecast"].get("target_note")
         if chosen and side["forecast"]["target_kind"] != "level":   # auto's choice, and why
             lines.append(f"  {chosen}")
@@ -111,7 +111,9 @@ class TrainResult:
                    f"skill {val['skill'][k]:.3f}" for k in range(len(targets))]
         if several:
             figures = [f"{name} {text}" for name, text in zip(targets, figures)]
-        lines.append(f"validation: {val['steps']} predictions, used for early stopping: "
+        where = _where(side["data"], "validation")
+        lines.append(f"validation: {val['steps']} predictions"
+                     + (f" ({where})" if where else "") + ", used for early stopping: "
                      + "; ".join(figures))
         lines.extend(interval_lines(test.get("intervals"), targets if several else None))
         if side["data"].get("time_note"):
@@ -120,8 +122,34 @@ class TrainResult:
         if note:
             lines.append(note)
         saved = f"saved {self.model_path} and {self.sidecar_path}"
-        lines.append(saved + (f"; plot {self.plot_path}" if self.plot_path else ""))
+        lines.append(saved + (f"; plot {self.plot_path}" if self.plot_path else "")
+                     + ("; the plot was not written (see the error below)"
+                        if self.plot_error else ""))
         return "\n".join(lines)
+
+
+def _where(data: dict, part: str) -> str:
+    """A part's target rows in the user's words: the CSV's line numbers (as the notes
+    give them), and its first and last time where there is a time column."""
+    parts = data.get("parts")
+    if not parts:   # a sidecar written before the parts were recorded: 0-based data rows
+        return f"rows {data['test']}..{data['rows'] - 1}" if part == "test" else ""
+    where = parts[part]
+    text = f"file lines {where['lines'][0]}..{where['lines'][1]}"
+    if where.get("times"):
+        text += f" ({where['times'][0]} to {where['times'][1]})"
+    return text
+
+
+def _parts(sel, split: int, test: int) -> dict:
+    """The validation and test rows' first and last file line (and time), for the report."""
+    out = {}
+    for part, (first, last) in {"validation": (split, test - 1),
+                                "test": (test, len(sel.x) - 1)}.items():
+        out[part] = {"lines": [int(sel.lines[first]), int(sel.lines[last])]}
+        if sel.time is not None:
+            out[part]["times"] = [str(sel.time[first]), str(sel.time[last])]
+    return out
 
 
 def _table(test: dict, season: int | None, k: int, name: str = "") -> list[str]:
@@ -140,8 +168,7 @@ def _table(test: dict, season: int | None, k: int, name: str = "") -> list[str]:
         lines.append(f"  {_label(row, season):<21}{mae:>11.4g}{rmse:>11.4g}{ratio}")
     lines += anchors.lines(test, naive, k, note=not name)
     skill = test["skill"][k]
-    verdict = "beats" if skill < 1 else "does not beat"
-    lines.append(f"  skill {skill:.3f} = model MAE / naive MAE: the model {verdict} "
+    lines.append(f"  skill {skill:.3f} = model MAE / naive MAE: the model {verdict(skill)} "
                  f"repeating the last value")
     extra = []
     if "seasonal_skill" in test:
@@ -159,6 +186,14 @@ def _table(test: dict, season: int | None, k: int, name: str = "") -> list[str]:
         lines.append(f"  the model does not beat {names}: its MAE is {ratios} {whose} on this "
                      f"test tail — use {use}, or improve the model until it beats {it}")
     return lines
+
+
+def verdict(skill: float) -> str:
+    """The skill in words, at the precision it is printed: a skill that rounds to 1.000
+    is a tie, not a win or a loss (docs/forecasting.md, "Reading the verdict")."""
+    if f"{skill:.3f}" == "1.000":
+        return "ties (equal MAE at 3 decimals) with"
+    return "beats" if skill < 1 else "does not beat"
 
 
 def _label(row: str, season: int | None) -> str:
@@ -356,6 +391,39 @@ def check_output(output: str | Path) -> None:
                     f"lstm-export {keras_file} -o {onnx}")
 
 
+PLOT_SUFFIXES = (".png", ".svg", ".pdf", ".jpg", ".jpeg")   # what --plot draws (matplotlib)
+
+
+def check_plot(plot: str | Path | None) -> None:
+    """Refuse a ``--plot`` that cannot be drawn or written, before anything is trained:
+    an unknown picture format, or a folder (the nearest one that exists) that takes no file.
+
+    A probe file is created and removed there: permission bits alone do not tell (root may
+    write anywhere but /proc, a read-only mount, a full disk).
+    """
+    if plot is None:
+        return
+    plot = Path(plot)
+    if plot.suffix.lower() not in PLOT_SUFFIXES:
+        raise DataError(f"--plot {plot}: expected a picture named {', '.join(PLOT_SUFFIXES)}, "
+                        f"and this {'ends in ' + repr(plot.suffix) if plot.suffix else 'has no extension'}"
+                        f"; name it like {plot.with_suffix('.png')}")
+    folder = plot.parent.resolve()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        if not folder.is_dir():
+            raise NotADirectoryError(f"{folder} is not a folder")
+        import tempfile
+
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".lstm-train-probe-"):
+            pass
+    except OSError as exc:
+        raise DataError(f"--plot {plot}: the plot could not be written in {folder} "
+                        f"({exc.strerror or exc}); give a path in a folder you can write "
+                        f"to") from None
+
+
 def _window(cfg: TrainConfig, look_back: int) -> int:
     """Readings per window: a differenced window reads one more than its ``look_back``."""
     return look_back + (1 if cfg.difference and cfg.model.mode != "sequence" else 0)
@@ -441,6 +509,7 @@ def train(csv: str | Path, target: str | list[str], features: str | list[str] | 
     """
     cfg = cfg or TrainConfig()
     check_output(output)
+    check_plot(plot)
     table, sel, notes, time_note = check_data(csv, target, features, cfg)
     # A differenced window reads one reading more: look_back differences need look_back + 1.
     window = _window(cfg, cfg.look_back)
@@ -511,20 +580,37 @@ def train(csv: str | Path, target: str | list[str], features: str | list[str] | 
         "metrics": metrics,
         "data": {"file": Path(csv).name, "rows": int(len(sel.x)), "split": int(split),
                  "test": int(test), "time_column": table.time_column,
+                 "parts": _parts(sel, split, test),
                  **({"time_note": time_note} if time_note else {})},
         "config": asdict(cfg),
     }
     side = sidecar_path(output)
     side.write_text(json.dumps(sidecar, indent=2) + "\n")
-    plot_path = None
+    plot_path, plot_error = None, None
     if plot is not None:
         from .plot import band_90, plot_test
 
         rows = parts["test"]
-        plot_path = plot_test(plot, sel, pred[rows], last[rows], cfg.horizon,
-                              band=band_90(calibration, sel.y, last[rows]),
-                              title=f"{Path(csv).name}: test tail, {cfg.horizon} step(s) ahead")
-    return TrainResult(output, side, sidecar, warnings, plot_path)
+        try:
+            plot_path = plot_test(plot, sel, pred[rows], last[rows], cfg.horizon,
+                                  band=band_90(calibration, sel.y, last[rows]),
+                                  title=f"{Path(csv).name}: test tail, {cfg.horizon} "
+                                        f"step(s) ahead", best=_best_baseline(metrics["test"], season))
+        except DataError as exc:   # the model is saved: its report still stands
+            plot_error = str(exc)
+    return TrainResult(output, side, sidecar, warnings, plot_path, plot_error)
+
+
+def _best_baseline(test: dict, season: int | None) -> list:
+    """Per target, the best forecast other than the model and naive, where its MAE on the
+    test tail is below naive's: ``(name, MAE)`` for the plot's legend, else None."""
+    rows = {n: f for n, f in candidates(test).items() if n not in ("model", "naive")}
+    out = []
+    for k in range(len(test["naive"]["mae"])):
+        name = min(rows, key=lambda n: rows[n]["mae"][k], default=None)
+        good = name is not None and rows[name]["mae"][k] < test["naive"]["mae"][k]
+        out.append((_label(name, season), rows[name]["mae"][k]) if good else None)
+    return out
 
 
 def _members(preds: list, truth: np.ndarray, val: np.ndarray, asked: int | None):
