@@ -407,6 +407,13 @@ def fill_missing(values: np.ndarray, policy: str, what: str,
         rest = ",".join(n for n in names if n not in sparse) or "COLUMNS"
         leave = (f"; {', '.join(map(repr, sparse))} is mostly empty: leave it out with "
                  f"--features {shlex.quote(rest)} (and another --target if it is the target)")
+    empty = [j for j in range(values.shape[1]) if gaps[:, j].all()]
+    if empty and policy != "error":
+        shown = ", ".join(repr(names[j]) if names is not None else f"#{j}" for j in empty)
+        raise DataError(f"{what}: column(s) {shown} have no values at all (every row is "
+                        f"missing), so --missing {policy} has nothing to "
+                        f"{'keep' if policy == 'drop' else 'fill from'}; leave them out with "
+                        f"--features/--target, or fill them in the CSV")
     if policy == "error" or (policy == "drop" and rows.mean() > 0.5):
         if policy == "drop":
             raise DataError(f"{what}: --missing drop would leave out {int(rows.sum())} of "
@@ -416,13 +423,6 @@ def fill_missing(values: np.ndarray, policy: str, what: str,
             f"{what}: missing values on line(s) {_lines(lines[rows])}; missing by column: "
             f"{per_column}{leave}; or choose what to do with --missing drop|ffill|interpolate, or fill "
             f"them in the CSV")
-    empty = [j for j in range(values.shape[1]) if gaps[:, j].all()]
-    if empty:
-        shown = ", ".join(repr(names[j]) if names is not None else f"#{j}" for j in empty)
-        raise DataError(f"{what}: column(s) {shown} have no values at all (every row is "
-                        f"missing), so --missing {policy} has nothing to "
-                        f"{'keep' if policy == 'drop' else 'fill from'}; leave them out with "
-                        f"--features/--target, or fill them in the CSV")
     notes = [] if notes is None else notes
     if policy == "drop":
         keep = ~rows
