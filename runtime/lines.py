@@ -290,6 +290,10 @@ _CLI_WORDS = [
     (re.compile(r"missing='(\w+)'"), r"--missing \1"),
     (re.compile(r"\bwindow=(\d+)"), r"--window \1"),
     (re.compile(r"\bdevice='([\w:]+)' or '([\w:]+)'"), r"--device \1 or --device \2"),
+    # a Python call a shell user cannot make: where lstm-run's loader finds the libraries
+    (re.compile(r", or call onnxruntime\.preload_dlls\(\)"),
+     ", their libraries where the loader finds them (ldconfig, or LD_LIBRARY_PATH in the "
+     "service's environment)"),
 ]
 
 

@@ -252,3 +252,15 @@ def test_device_cuda_on_a_cpu_install_in_the_api(monkeypatch):
 
 def test_cli_words_turn_the_device_advice_into_options():
     assert lines.cli_words("x; use device='cpu' or 'auto'") == "x; use --device cpu or --device auto"
+
+
+def test_the_cuda_libraries_advice_is_in_shell_words_for_lstm_run():
+    """The API's 'call onnxruntime.preload_dlls()' is no step for a shell user."""
+    from runtime.lines import cli_words
+    api = ("device 'cuda' cannot run: the CUDA libraries did not load (libcublasLt.so.13: "
+           "cannot open shared object file); install CUDA and cuDNN as onnxruntime-gpu's "
+           "requirements page says, or call onnxruntime.preload_dlls(); use device='cpu' or "
+           "'auto'")
+    said = cli_words(api)
+    assert "preload_dlls" not in said and "LD_LIBRARY_PATH" in said
+    assert said.endswith("use --device cpu or --device auto")

@@ -40,7 +40,8 @@ DECIMAL_COMMA = re.compile(r"[-+]?\d+,\d+")        # 100,59: a number with a dec
 DATE_FORMATS = ("%d.%m.%Y %H:%M", "%d.%m.%Y %H:%M:%S", "%d.%m.%Y", "%m/%d/%Y %I:%M %p",
                 "%m/%d/%Y %I:%M:%S %p", "%m/%d/%Y %H:%M", "%m/%d/%Y %H:%M:%S", "%m/%d/%Y",
                 "%d/%m/%Y %H:%M", "%d/%m/%Y %H:%M:%S", "%d/%m/%Y", "%d-%m-%Y %H:%M",
-                "%d-%m-%Y")                          # the recipe's guesses, first fit wins
+                "%d-%m-%Y", "%Y/%m/%d %H:%M:%S", "%Y/%m/%d %H:%M", "%Y/%m/%d",
+                "%Y.%m.%d %H:%M", "%Y.%m.%d")        # the recipe's guesses, first fit wins
 MANY_REPEATS = 5   # more repeated times than this never train silently
 
 
@@ -213,12 +214,12 @@ def _time_recipe(path: Path, name: str, texts: list[str]) -> str:
     strptime format the values fit where one of the common ones does."""
     sample = [t.strip() for t in texts if not _is_missing(t)][:200]
     fmt = next((f for f in DATE_FORMATS if all(_strptime(t, f) for t in sample)), None)
-    how = f"format={fmt!r}" if fmt else "format='...'"
+    how = f", format={fmt!r}" if fmt else ""          # none fits: pandas guesses
     out = path.with_name(path.stem + "-iso.csv")
     return (f"python -c \"import pandas as p; d=p.read_csv('{path}'); d['{name}']="
-            f"p.to_datetime(d['{name}'], {how}).dt.strftime('%Y-%m-%dT%H:%M:%S'); "
-            f"d.to_csv('{out}', index=False)\" (add the UTC offset, e.g. +01:00, if these "
-            f"are a local clock's times)")
+            f"p.to_datetime(d['{name}']{how}).dt.strftime('%Y-%m-%dT%H:%M:%S'); "
+            f"d.to_csv('{out}', index=False)\" ({'' if fmt else 'pandas guesses the format: check a few rows; '}"
+            f"add the UTC offset, e.g. +01:00, if these are a local clock's times)")
 
 
 def _strptime(text: str, fmt: str) -> bool:

@@ -324,13 +324,14 @@ _SPACINGS = ((dt.timedelta(days=28), dt.timedelta(days=31), 12, "monthly"),
 
 
 def parse_time(text: str) -> dt.datetime | None:
-    """ISO date/time, ``YYYY-MM``, ``YYYYMMDD`` or epoch seconds; None if none of those."""
+    """ISO date/time, ``YYYY-MM``, ``YYYYMMDD`` or epoch seconds; None if none of those
+    (``2022/03/20`` too: lstm-run cannot order it, so the trainer refuses it, trainer.data)."""
     text = str(text).strip()
     try:
         return dt.datetime.fromisoformat(text)
     except ValueError:
         pass
-    for fmt in ("%Y-%m", "%Y%m%d", "%Y/%m/%d", "%Y-%m-%d %H:%M"):
+    for fmt in ("%Y-%m", "%Y%m%d"):           # as lstm-run orders them (runtime.order)
         try:
             return dt.datetime.strptime(text, fmt)
         except ValueError:
