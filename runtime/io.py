@@ -29,6 +29,7 @@ from . import lines as fmt
 from .errors import LstmEdgeError
 
 TOO_LONG = None    # what LineReader yields in place of the bytes of an over-long line
+BOM = b"\xef\xbb\xbf"    # UTF-8's byte-order mark, which Excel's "CSV UTF-8" starts with
 
 
 class Unterminated(bytes):
@@ -149,9 +150,16 @@ class LineReader:
     completed, so a line from a live sensor is answered before the next one arrives. With
     ``gather`` (a file whose whole content is there), reads go on until ``block`` bytes are in
     hand, for fewer, larger batches. A line longer than ``max_line`` bytes yields
-    ``TOO_LONG`` (``None``) instead of its bytes, and is never held in memory whole. With
+    ``TOO_LONG`` (``None``) instead of its bytes, and is never held in memory whole; where
+    its first ``max_line`` bytes hold a carriage return (a file whose lines end in CR alone
+    is one line here), those bytes, cut before their last CR, come as a :class:`lines.LongLine`,
+    which the line formats refuse naming the CR endings and their conversion. With
     ``tick`` (seconds), a descriptor quiet that long yields an empty batch, so that the
     caller can do what is due on a quiet feed (``lstm-run --save-interval``).
+
+    A UTF-8 byte-order mark that starts the input is no part of line 1, and is left out:
+    left to the caller, taking it off would lose what the line is (:class:`Unterminated`, a
+    :class:`lines.LongLine`).
     """
 
     def __init__(self, fd: int, *, block: int = 1 << 16, gather: bool = False,
@@ -193,6 +201,7 @@ class LineReader:
     def batches(self) -> Iterator[list[tuple[int, bytes | None]]]:
         pending = b""          # the start of a line whose end has not arrived yet
         skipping = False       # inside an over-long line that has been reported already
+        start = True           # before the input's first line: a BOM there is left out
         eof = False
         while not eof:
             got = self._read()
@@ -213,6 +222,12 @@ class LineReader:
                 if end < 0 and not eof:
                     continue
                 data, skipping = (data[end + 1:] if end >= 0 else b""), False
+            if start:
+                head = pending + data
+                if len(head) < len(BOM) and BOM.startswith(head) and not eof:
+                    pending = head           # a BOM's first bytes, or a one-byte file so far
+                    continue
+                pending, data, start = b"", head.removeprefix(BOM), False
             parts = (pending + data).split(b"\n")
             pending = parts.pop()
             if eof and pending:
@@ -221,13 +236,20 @@ class LineReader:
             batch: list[tuple[int, bytes | None]] = []
             for raw in parts:
                 self.line += 1
-                batch.append((self.line, raw if len(raw) <= self.max_line else TOO_LONG))
+                batch.append((self.line, raw if len(raw) <= self.max_line else
+                              self._too_long(raw)))
             if len(pending) > self.max_line:
                 self.line += 1
-                batch.append((self.line, TOO_LONG))
+                batch.append((self.line, self._too_long(pending)))
                 pending, skipping = b"", True
             if batch:
                 yield batch
+
+    def _too_long(self, line: bytes) -> fmt.LongLine | None:
+        """What stands for a line over ``max_line`` bytes: ``TOO_LONG``, or where a CR in its
+        first ``max_line`` bytes may end lines, those bytes up to their last CR."""
+        cr = line.rfind(b"\r", 0, self.max_line)
+        return TOO_LONG if cr < 0 else fmt.LongLine(line[:cr])
 
 
 

@@ -40,7 +40,8 @@ around allowed. A missing value (any of :data:`MISSING_TOKENS` in any case: empt
 becomes NaN and is dealt with by the model's ``missing`` policy; text that is not a number
 (``1_000``, ``1,5``, fullwidth ``１００``) is an error of that line alone. A line that is
 ``;``- or tab-separated, or a file whose lines end in CR alone, is named as such, with the
-conversion that reads it.
+conversion that reads it; the CR endings however long the file (it is one line, over
+``MAX_LINE`` bytes: its start, a :class:`LongLine`, is enough to tell).
 
 >>> fmt = CsvFormat(["time", "temperature"], features=("temperature",), targets=("temperature",))
 >>> fmt.header()
@@ -98,6 +99,36 @@ class Record:
         return self.error is None
 
 
+class LongLine(bytes):
+    """The start of a line over ``MAX_LINE`` bytes that holds a carriage return, cut before
+    its last CR: what the reader (:class:`runtime.io.LineReader`) gives in place of such a
+    line, so that a file whose lines end in CR alone, one line to a reader that cuts at LF,
+    is named with its conversion however long it is. Never parsed as a reading: it is only
+    ever a refusal, with the words of :func:`too_long`."""
+
+
+def too_long(raw: LongLine, features: Sequence[str], line: int | None = None) -> str:
+    """Why a line over ``MAX_LINE`` bytes is refused: lines that end in CR alone where its
+    start shows them (with the conversion), else its length; ``line`` 1 (the first line,
+    which tells the format) words it as :func:`detect`'s refusal.
+
+    >>> too_long(LongLine(b"flow\\r100.5\\r100.7"), ["flow"], 1)[:59]
+    "line 1 holds carriage returns (CR) inside: 'flow', then 2 m"
+    >>> too_long(LongLine(b"note\\r100.5"), ["flow"])
+    'line longer than 1048576 bytes; split the readings one per line'
+    """
+    try:
+        layout = foreign_layout(decode(raw), features, cut=True)
+    except UnicodeDecodeError:
+        layout = None
+    if line is not None:
+        return f"line {line} {layout}" if layout else \
+            (f"line {line} is longer than {MAX_LINE} bytes; cannot tell the input format from "
+             f"it (expected a CSV header, a first reading or a JSON object)")
+    return f"line longer than {MAX_LINE} bytes; " + \
+        (f"it {layout}" if layout else "split the readings one per line")
+
+
 class BadLine(InputError):
     """Why one line cannot be used, with what of it can still be passed through."""
 
@@ -115,6 +146,61 @@ def decode(raw: bytes) -> str:
                                  "NUL byte")
     text = raw.decode("utf-8")
     return text[:-1] if text.endswith("\r") else text
+
+
+# Files that hold no text lines, by their first bytes: what each is, and the way to lines.
+_NOT_LINES = (
+    (re.compile(rb"\x1f\x8b"), "gzip-compressed data",
+     "decompress it first, e.g. gunzip -c FILE | lstm-run ..."),
+    (re.compile(rb"BZh[1-9]1AY&SY"), "bzip2-compressed data",
+     "decompress it first, e.g. bunzip2 -c FILE | lstm-run ..."),
+    (re.compile(rb"\xfd7zXZ\x00"), "xz-compressed data",
+     "decompress it first, e.g. xz -dc FILE | lstm-run ..."),
+    (re.compile(rb"\x28\xb5\x2f\xfd"), "zstd-compressed data",
+     "decompress it first, e.g. zstd -dc FILE | lstm-run ..."),
+    (re.compile(rb"PK\x03\x04"), "a ZIP archive, as an Excel .xlsx workbook is",
+     "save the sheet as CSV first (Excel: Save As, CSV UTF-8), or, for a zipped CSV file, "
+     "unzip -p FILE | lstm-run ..."),
+    (re.compile(rb"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"), "an Excel 97-2003 workbook (.xls)",
+     "save the sheet as CSV first (Excel: Save As, CSV UTF-8)"),
+)
+
+
+_TR_TABS = " | tr '\\t' ','"      # tabs to commas, as a shell pipe stage
+
+
+def not_lines(first: bytes) -> str | None:
+    """What an input whose first line is ``first`` is where it is no UTF-8 text lines at all
+    (compressed, a workbook, UTF-16 text), with the way to lines; None where it may be.
+
+    >>> print(not_lines("time\\tflow\\r\\n".encode("utf-16"))[-60:])
+    iconv -f UTF-16 -t UTF-8 < FILE | tr '\\t' ',' | lstm-run ...
+    >>> not_lines(b"flow") is None
+    True
+    """
+    for magic, what, way in _NOT_LINES:
+        if magic.match(first):
+            return f"is {what} (it starts with the bytes {first[:4].hex(' ')}), not text " \
+                   f"lines: {way}"
+    # UTF-16: a byte-order mark, or ASCII with every other byte NUL (the newline, 0a 00 or
+    # 00 0a, leaves a NUL on one side of the cut: a little-endian line 1 has even length)
+    if first.startswith((b"\xff\xfe", b"\xfe\xff")):
+        codec = "UTF-16"
+    elif len(first) >= 4 and not first[1::2].strip(b"\x00") and b"\x00" not in first[::2]:
+        codec = "UTF-16LE"
+    elif len(first) >= 4 and not first[::2].strip(b"\x00") and b"\x00" not in first[1::2]:
+        codec = "UTF-16BE"
+    else:
+        return None
+    try:
+        text = first[:len(first) & ~1].decode(codec)
+    except UnicodeDecodeError:
+        text = ""
+    tabs = "\t" in text and "," not in text       # Excel's "Unicode Text" is tab-separated
+    said = "as Excel's \"Unicode Text\" saves" if codec == "UTF-16" else "every other byte NUL"
+    return (f"is UTF-16 text ({said}{', tab-separated' if tabs else ''}), and lstm-run reads "
+            f"UTF-8 CSV: convert it "
+            f"first, e.g. iconv -f {codec} -t UTF-8 < FILE{_TR_TABS if tabs else ''} | lstm-run ...")
 
 
 def describe_decode_error(exc: UnicodeDecodeError) -> str:
@@ -416,6 +502,8 @@ class LineFormat:
 
     def parse(self, line: int, raw: bytes) -> Record:
         """A record for one line (without its newline); a bad line gives an error record."""
+        if type(raw) is LongLine:       # the start of an over-long line, not to be read
+            return Record(line, error=too_long(raw, self.features))
         try:
             text = decode(raw)
         except UnicodeDecodeError as exc:
@@ -656,7 +744,7 @@ class JsonlFormat(LineFormat):
         return dump_json(out)
 
     def _layout(self, text):
-        return None
+        return foreign_layout(text, self.features) if "\r" in text else None  # CR endings
 
     def _parse(self, line, text):
         try:
@@ -770,9 +858,13 @@ def detect(first: bytes, features: Sequence[str], targets: Sequence[str], *,
     """
     if fmt not in FORMATS:
         raise InputError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if isinstance(first, LongLine):
+        raise InputError(too_long(first, features, line=1))
     if columns is not None and fmt == "jsonl":
         raise InputError("--columns names the fields of CSV lines; JSON lines name their keys")
     named: dict[str, str | None] = dict(stream_column=stream_column, reset_column=reset_column)
+    if (what := not_lines(first)) is not None:
+        raise InputError(f"line 1 {what}")
     if fmt == "jsonl":
         return JsonlFormat(features, targets, **named), False
     try:
@@ -782,12 +874,14 @@ def detect(first: bytes, features: Sequence[str], targets: Sequence[str], *,
         # A reading with bad bytes (NUL padding after a power cut): its error record, where
         # the line's shape or the options tell the format without it.
         if fmt != "headerless" and columns is None and \
-                not (fmt == "auto" and _time_led(split_csv(text), features)):
+                not (fmt == "auto" and _time_led(_split_lenient(text), features)):
             raise InputError(f"line 1 is {describe_decode_error(exc)}; cannot tell the input "
                              f"format from it (pin the format with --columns, e.g. --columns "
                              f"{_example_columns(len(features) + 1, features)}, so that a bad "
                              f"first line is one error record)") from None
     if fmt == "auto" and text.lstrip().startswith("{"):
+        if "\r" in text and (layout := foreign_layout(text, features)) is not None:
+            raise InputError(f"line 1 {layout}")          # JSON lines that end in CR alone
         if columns is not None:
             raise InputError("--columns names the fields of CSV lines, but line 1 starts with "
                              "'{': JSON lines name their keys; leave --columns out")
@@ -891,7 +985,7 @@ _SEPARATORS = ((";", "';'", "semicolons", ";"), ("\t", "tab", "tabs", "\\t"))
 _DECIMAL_COMMA = re.compile(r"\s*[+-]?\d+,\d+\s*")
 
 
-def foreign_layout(text: str, features: Sequence[str]) -> str | None:
+def foreign_layout(text: str, features: Sequence[str], cut: bool = False) -> str | None:
     """What a line that is no comma-separated CSV of these features looks like instead,
     with the conversion that reads it; None where it looks like nothing known.
 
@@ -899,7 +993,9 @@ def foreign_layout(text: str, features: Sequence[str]) -> str | None:
     feature names (a header) or into numbers (a reading, a leading time allowed); it holds
     old-Mac line endings where a carriage return inside it follows such a header or reading.
     Called for a refused line, and for a line that read but holds ';' or a tab (a decimal
-    comma can split a ';' line into comma fields that each read).
+    comma can split a ';' line into comma fields that each read). ``cut``: ``text`` is the
+    start of a line over ``MAX_LINE`` bytes (:class:`LongLine`), so its lines are counted
+    as a lower bound.
 
     >>> foreign_layout("100;32", ["flow"])[:71]
     "looks ';'-separated: it splits on ';' into 2 numbers ('100', '32'), but"
@@ -908,9 +1004,12 @@ def foreign_layout(text: str, features: Sequence[str]) -> str | None:
     """
     if "\r" in text:
         first, rest = text.split("\r", 1)
-        if _fits(_split_lenient(first), features):
+        if _fits(_split_lenient(first), features) or _json_object(first):
+            more = counted(rest.count("\r") + 1, "more line")
+            if cut:
+                more += f" in its first {MAX_LINE >> 10} KiB (and more after)"
             return (f"holds carriage returns (CR) inside: {_shown(first)!r}, then "
-                    f"{counted(rest.count(chr(13)) + 1, 'more line')}, each after a CR: the "
+                    f"{more}, each after a CR: the "
                     f"lines end in CR alone (old Mac OS), and lstm-run reads lines that end in "
                     f"LF or CR LF: convert them first, e.g. tr '\\r' '\\n' < FILE | lstm-run ...")
     for sep, name, plural, tr in _SEPARATORS:
@@ -938,6 +1037,14 @@ def foreign_layout(text: str, features: Sequence[str]) -> str | None:
                 f"tr '{tr}' ',' < FILE | lstm-run ... (where the numbers have decimal commas, "
                 f"{example}, swap both at once: tr ',{tr}' '.,')")
     return None
+
+
+def _json_object(text: str) -> bool:
+    """Whether ``text`` is one JSON object (a JSON line)."""
+    try:
+        return text.lstrip().startswith("{") and isinstance(json.loads(text), dict)
+    except (ValueError, RecursionError):
+        return False
 
 
 def _split_lenient(text: str) -> list[str]:

@@ -10,7 +10,7 @@ import pytest
 
 from runtime import lines
 from runtime.errors import InputError
-from runtime.io import TOO_LONG, LineReader, Waiter
+from runtime.io import TOO_LONG, LineReader, Unterminated, Waiter
 
 FEATURES = ("temperature", "humidity")
 TARGETS = ("temperature",)
@@ -54,6 +54,13 @@ def test_detect_unknown_stream_column_and_headerless_stream_column():
 def test_detect_binary_first_line_is_refused():
     with pytest.raises(InputError, match="UTF-8"):
         detect(b"\xff\xfe\x00junk")
+
+
+@pytest.mark.parametrize("first", [b'\x00"a\rb', b'\x89PNG\r\x1a\x00"x'])
+def test_detect_binary_first_line_with_a_quote_is_named_binary_not_broken_csv(first):
+    """Binary bytes that hold a quote and a CR are binary data, not CSV whose quoting broke."""
+    with pytest.raises(InputError, match=r"^line 1 is not UTF-8 text \(binary data\?\)"):
+        detect(first)
 
 
 def test_unnamed_features_need_headerless_input():
@@ -194,6 +201,18 @@ def test_reader_reports_over_long_lines_and_goes_on():
     assert got == [(1, b"a"), (2, TOO_LONG), (3, b"b"), (4, TOO_LONG)]
     got = read_all(b"a\n" + long, max_line=1000, block=512)   # over-long last line, no newline
     assert got == [(1, b"a"), (2, TOO_LONG)]
+
+
+@pytest.mark.parametrize("block", [1, 2, 512])
+def test_reader_leaves_out_a_utf8_bom_that_starts_the_input_and_keeps_what_the_line_is(block):
+    """Excel's "CSV UTF-8" starts with a BOM: not line 1's, even where it comes a byte at a
+    time; a last line without a newline is still :class:`Unterminated` without it, and a
+    BOM anywhere else is data."""
+    bom = b"\xef\xbb\xbf"
+    assert read_all(bom + b"a\n" + bom + b"b\n", block=block) == [(1, b"a"), (2, bom + b"b")]
+    (number, raw), = read_all(bom + b"2022-03-20T14:00:00Z,100.5", block=block)
+    assert (number, raw) == (1, b"2022-03-20T14:00:00Z,100.5") and type(raw) is Unterminated
+    assert read_all(bom, block=block) == [] and read_all(bom[:2], block=block) == [(1, bom[:2])]
 
 
 def test_reader_gathers_blocks_for_files():

@@ -88,3 +88,16 @@ def test_a_header_without_the_models_features_says_what_to_do():
            "has 'passengers'; " in err
     assert "lstm-export MODEL.keras --features passengers" in err and "--columns" in err
     assert err.count("Error:") == 1
+
+
+@pytest.mark.parametrize("bom", [b"", b"\xef\xbb\xbf"], ids=["plain", "bom"])
+def test_a_first_and_last_line_without_its_newline_is_not_saved_as_fed(tmp_path, bom):
+    """One reading and no newline (a logger cut mid-line), with or without Excel's UTF-8 BOM:
+    an error record, and the state file holds no step, so the whole line sent again is fed."""
+    path, state = tmp_path / "cut.csv", tmp_path / "state.db"
+    path.write_bytes(bom + GOOD.rstrip(b"\n"))
+    out, err = run([WATER_MODEL, "--state", state, "-i", path])
+    assert "the input ended in the middle of this line" in out and "line 1: " in err, out
+    path.write_bytes(bom + GOOD)
+    out, _ = run([WATER_MODEL, "--state", state, "-i", path])
+    assert split_lines(out)[0].startswith(GOOD.decode().rstrip() + ",1,false,"), out

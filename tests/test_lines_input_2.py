@@ -3,10 +3,16 @@ but CSV does not, the missing-value tokens, and the advice for ``--device cuda``
 install. Each through ``lstm-run`` (exit code, the one stderr line, the error record) and,
 where it is the parser's alone, through :mod:`runtime.lines`."""
 
+import bz2
+import gzip
+import io
 import json
+import lzma
 import re
+import shutil
 import subprocess
 import sys
+import zipfile
 
 import numpy as np
 import pytest
@@ -111,6 +117,90 @@ def test_a_tab_before_a_comma_is_still_a_comma_line():
     fmt, _ = lines.detect(HEADER.encode(), [FLOW], [FLOW])
     rec = fmt.parse(2, f"{TIMES[0]}\t,100.7".encode())
     assert rec.ok and rec.values.tolist() == [100.7]
+
+
+# ---- files that are no UTF-8 text lines -------------------------------------------------
+
+GOOD = f"{HEADER}\n{TIMES[0]},100.32\n{TIMES[1]},100.5\n"
+TABBED = "\ufeff" + GOOD.replace(",", "\t").replace("\n", "\r\n")  # Excel's "Unicode Text"
+TR_TABS = " | tr '\\t' ','"
+NOT_LINES = {       # name: (the file's bytes, what line 1 is said to be, the way to lines)
+    "utf-16-excel": (TABBED.encode("utf-16-le"), "UTF-16 text",
+                     "iconv -f UTF-16 -t UTF-8 < FILE" + TR_TABS),
+    "utf-16be": (TABBED.encode("utf-16-be"), "UTF-16 text",
+                 "iconv -f UTF-16 -t UTF-8 < FILE" + TR_TABS),
+    "utf-16le-no-bom": (GOOD.encode("utf-16-le"), "UTF-16 text",
+                        "iconv -f UTF-16LE -t UTF-8 < FILE"),
+    "gzip": (gzip.compress(GOOD.encode()), "gzip-compressed data", "gunzip -c FILE"),
+    "bzip2": (bz2.compress(GOOD.encode()), "bzip2-compressed data", "bunzip2 -c FILE"),
+    "xz": (lzma.compress(GOOD.encode()), "xz-compressed data", "xz -dc FILE"),
+}
+
+
+def _xlsx() -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("[Content_Types].xml", "<Types/>")
+        z.writestr("xl/workbook.xml", "<workbook/>")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("name", list(NOT_LINES))
+@pytest.mark.parametrize("args", [[], ["--stream", "--columns", f"time,{FLOW}"]],
+                         ids=["auto", "columns"])
+def test_a_file_of_no_text_lines_is_named_with_the_way_to_read_it(tmp_path, name, args):
+    """UTF-16 (Excel's "Unicode Text"), compressed data: named on line 1, even where
+    ``--columns`` makes a bad first line an error record, and the way it names (run in a
+    shell, where the tools are there) gives the answers of the UTF-8 file."""
+    data, what, way = NOT_LINES[name]
+    path = tmp_path / "sensors.dat"
+    path.write_bytes(data)
+    out, err = run([WATER_MODEL, *args, "-i", path], code=2)
+    said = one_error(err)
+    assert said.startswith(f"Error: line 1 is {what}"), said
+    assert way in said and out == ""
+    tool = way.split()[0]
+    if shutil.which(tool) is None or shutil.which("tr") is None:
+        pytest.skip(f"no {tool} here to check the conversion")
+    converted = subprocess.run(way.replace("FILE", str(path)), shell=True, capture_output=True,
+                               timeout=TIMEOUT, check=True).stdout
+    assert converted.replace(b"\r\n", b"\n") == GOOD.encode()
+    assert run([WATER_MODEL], converted)[0] == run([WATER_MODEL], GOOD.encode())[0]
+
+
+def test_an_excel_workbook_is_named_with_the_way_to_save_it_as_csv(tmp_path):
+    path = tmp_path / "sensors.xlsx"
+    path.write_bytes(_xlsx())
+    said = one_error(run([WATER_MODEL, "-i", path], code=2)[1])
+    assert said.startswith("Error: line 1 is a ZIP archive, as an Excel .xlsx workbook is")
+    assert "CSV UTF-8" in said and "broken CSV quoting" not in said
+
+
+@pytest.mark.parametrize("first", [b"2022-03-20T14:00:00+01:00,100.5\x00\x00",
+                                   b"\x00\x00\x00\x00", b"2022-03-20T14:00:00Z,10\x000.5"],
+                         ids=["nul-padding", "nul-only", "nul-inside"])
+def test_nul_bytes_in_a_utf_8_line_are_no_utf_16(first):
+    """A power cut's NUL padding is a bad reading, never UTF-16 (which refuses the file)."""
+    assert lines.not_lines(first) is None
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "file"])
+def test_json_lines_that_end_in_cr_alone_are_named(tmp_path, stream):
+    """JSON lines that end in CR alone: line 1 is refused naming them, as CSV's is; such a
+    later line (pasted in) is an error record with the same words, the others answered."""
+    objs = [json.dumps({FLOW: 100 + i / 10}) for i in range(4)]
+    path = tmp_path / "old-mac.jsonl"
+    path.write_bytes(("\r".join(objs) + "\r").encode())
+    mode = ["--stream"] if stream else []
+    out, err = run([WATER_MODEL, *mode, "-i", path], code=2)
+    said = one_error(err)
+    assert said.startswith(f"Error: line 1 holds carriage returns (CR) inside: {objs[0]!r}")
+    assert "CR alone" in said and "tr '\\r' '\\n'" in said and out == ""
+    path.write_bytes((objs[0] + "\n" + "\r".join(objs[1:3]) + "\n" + objs[3] + "\n").encode())
+    out, err = run([WATER_MODEL, *mode, "-i", path])
+    answers = [json.loads(line) for line in split_lines(out)]
+    assert [a.get("step") for a in answers] == [1, None, 2]
+    assert "CR alone" in answers[1]["error"] and "tr '\\r' '\\n'" in answers[1]["error"]
 
 
 # ---- numbers ----------------------------------------------------------------------------
