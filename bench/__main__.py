@@ -342,6 +342,9 @@ def main(argv=None) -> None:
     report["export_in_process_s"] = {k: m["export_s_in_process"] for k, m in models.items()
                                      if "export_s_in_process" in m}
     report["framing"] = bench_framing(models, 5 if args.quick else 15, repeat // 10)
+    from . import framing_floor
+
+    report["framing_floor"] = framing_floor.measure(5 if args.quick else 15)
     report["single"] = bench_single(models, repeat, "cpu")
     from . import live
 

@@ -56,6 +56,13 @@ def markdown(report: dict) -> str:
              "≥ 50× one by one; cold start ≤ 0.3 s", ""]
     if "framing" in report:
         lines += _framing(report["framing"])
+    if "framing_floor" in report:
+        from .framing_floor import table
+
+        lines += ["The least any graph could cost (`python -m bench.framing_floor`: the same "
+                  "LSTM 32 built by hand in the fewest nodes per framing, none of them able "
+                  "to stand for the exported file, which also takes many readings per call "
+                  "and a fresh stream's flag):", "", *table(report["framing_floor"]), ""]
     lines += _single(report["single"], "Per-step latency, one stream (CPU)")
     if "live" in report:
         from .live import markdown as live_markdown

@@ -737,6 +737,7 @@ def test_auto_trusts_only_the_session(monkeypatch, really, want):
 def test_cpu_sessions_default_to_one_thread():
     options = rdevice.SessionConfig().options()
     assert options.intra_op_num_threads == 1 and options.inter_op_num_threads == 1
+    assert not options.enable_cpu_mem_arena       # malloc beats the arena on a step's tensors
     assert rdevice.SessionConfig(threads=4).options().intra_op_num_threads == 4
 
 
