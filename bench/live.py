@@ -2,6 +2,7 @@
 
     python -m bench.live                     # the bundled model, 2,000 lines per contender
     python -m bench.live --lines 300 --profile build/bench/live.prof
+    python -m bench.live --lines 2000 --profile build/bench/alerts.prof --state --alerts
 
 A sensor writes one line and waits for its answer before the next, as a live feed does, so
 each round trip is one line through the pipe, the process and back. The same lines go, in
@@ -175,7 +176,7 @@ def markdown(rows: dict) -> list[str]:
                   f"checks each reading: the target is for the rows above it).{note}", ""]
 
 
-def profile(n: int, out: Path, state: bool) -> None:
+def profile(n: int, out: Path, state: bool, alerts: bool = False) -> None:
     """Run the ``lstm-run`` child under cProfile, fed line by line, and print its top calls."""
     import pstats
 
@@ -188,6 +189,8 @@ def profile(n: int, out: Path, state: bool) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         if state:
             argv += ["--state", str(Path(tmp) / "state.db")]
+        if alerts:
+            argv += ALERTS
         try:
             round_trips(argv, body, header)
         except SystemExit:
@@ -200,9 +203,11 @@ def main(argv=None) -> None:
     parser.add_argument("--lines", type=int, default=2000, help="lines per contender")
     parser.add_argument("--profile", type=Path, help="profile lstm-run into this file instead")
     parser.add_argument("--state", action="store_true", help="with --profile: also --state")
+    parser.add_argument("--alerts", action="store_true",
+                        help="with --profile: also " + " ".join(ALERTS))
     args = parser.parse_args(argv)
     if args.profile:
-        profile(args.lines, args.profile, args.state)
+        profile(args.lines, args.profile, args.state, args.alerts)
         return
     before = os.getloadavg()
     table = markdown(measure(args.lines))

@@ -92,6 +92,7 @@ from __future__ import annotations
 import json
 import math
 import struct
+import warnings
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -269,6 +270,28 @@ class AlertConfig:
         if problems:
             raise InputError("; ".join(problems))
 
+    def settings(self) -> dict:
+        """The settings as an alert state records them (:attr:`AlertState.settings`)."""
+        return {"level": float(self.level), "min_run": self.min_run, "hold_off": self.hold_off,
+                "stuck": self.stuck, "cusum": float(self.cusum), "adapt": float(self.adapt)}
+
+    def words(self) -> str:
+        """The settings as ``lstm-run`` options: ``--interval`` and those not at their
+        defaults.
+
+        >>> AlertConfig(0.9, stuck=6, cusum=4).words()
+        '--interval 0.9 --stuck 6 --cusum 4'
+        """
+        default = AlertConfig().settings()
+        return " ".join([f"--interval {self.level:g}"] + [
+            f"--{name.replace('_', '-')} {value:g}" for name, value in self.settings().items()
+            if name != "level" and value != default[name]])
+
+
+class AlertsRestarted(UserWarning):
+    """A saved alert state that :class:`Monitor` did not take: it was kept under other
+    settings, or its stream was fed readings it did not see (see :meth:`Alerts.changed`)."""
+
 
 @dataclass
 class Answer:
@@ -287,8 +310,8 @@ class Answer:
     def columns(self) -> list:
         """``[lo..., hi..., anomaly, score, alert]``, as ``AlertState.last`` keeps them
         (anomaly and score None where no reading was checked)."""
-        checked = not np.isnan(self.score)
-        return [*map(float, self.lo), *map(float, self.hi),
+        checked = not math.isnan(self.score)
+        return [*self.lo.tolist(), *self.hi.tolist(),
                 bool(self.anomaly) if checked else None,
                 float(self.score) if checked else None, self.alert]
 
@@ -322,6 +345,7 @@ class AlertState:
     adapted: tuple | None = None  # with ``adapt``: (level, working quantile (outputs,))
     last: list | None = None      # lstm-run: the alert columns of the last answer (a replay's)
     peak: float = 0.0     # the largest score of the stretch outside (inf: unknown, older)
+    settings: dict | None = None  # AlertConfig.settings() it was kept under (None: older)
 
     def to_bytes(self) -> bytes:
         """A versioned byte string (the stream state's ``alerts`` section)."""
@@ -334,7 +358,8 @@ class AlertState:
             "adapted": None if self.adapted is None else
             {"level": self.adapted[0], "q": self.adapted[1].tolist()},
             "last": self.last,
-            "peak": self.peak if math.isfinite(self.peak) else None})
+            "peak": self.peak if math.isfinite(self.peak) else None,
+            "settings": self.settings})
         return _MAGIC + struct.pack("<I", len(body)) + body.encode()
 
     @classmethod
@@ -365,11 +390,12 @@ class AlertState:
                     or not peak >= 0:
                 raise ValueError(f"the stretch's largest score must be a number at least 0, "
                                  f"not {peak!r}")
+            settings = _settings(d.get("settings"))                    # absent: older
         except (ValueError, TypeError, KeyError, struct.error, UnicodeDecodeError) as exc:
             raise SnapshotError(f"the stream's alert state cannot be read ({exc}); start "
                                 f"the stream afresh") from None
         return cls(pending, recent, run, calm, bool(alerting), same, steps, cusum, adapted,
-                   last, float(peak))
+                   last, float(peak), settings)
 
     def check(self, outputs: int, watched: int, checked: int | None = None) -> None:
         """Raise SnapshotError where the arrays do not fit a model of ``outputs`` columns,
@@ -387,6 +413,21 @@ class AlertState:
             raise SnapshotError(f"the stream's alert state was saved for another model (not "
                                 f"{outputs} output(s){block} and {watched} watched "
                                 f"column(s)); start the stream's alerts afresh")
+
+
+def _settings(found) -> dict | None:
+    """A saved state's recorded settings, checked (untrusted): those of a valid
+    :class:`AlertConfig`, else ValueError naming what is wrong."""
+    if found is None:
+        return None
+    names = set(AlertConfig().settings())
+    if not isinstance(found, dict) or set(found) != names:
+        raise ValueError(f"its recorded settings are not the alert settings lstm-edge writes "
+                         f"(expected {', '.join(sorted(names))})")
+    try:
+        return AlertConfig(**found).settings()
+    except InputError as exc:
+        raise ValueError(f"its recorded settings are not valid ({exc})") from None
 
 
 def _last_columns(found) -> list | None:
@@ -449,24 +490,57 @@ class Alerts:
         watched = [i for i in tf[:names] if i is not None]
         self.watch = np.asarray(watched, np.intp)                  # input column per target
         self.checks = len(watched) == names                        # every target is read
+        # the same, as Python values for :meth:`observe`'s per-reading arithmetic
+        self._checked = self.checked.tolist()
+        self._output_target = self.per_output.tolist()
+        self._floor = [] if iv.floor is None else iv.floor.tolist()
+        self._prior = [] if iv.prior is None else iv.prior.tolist()
+        self._to_unit = self.to_unit.tolist()
+        self.settings = self.config.settings()           # what each state records
+
+    def changed(self, state: AlertState, steps: int | None = None) -> str | None:
+        """Why a saved ``state`` cannot go on under this configuration (None: it goes on).
+
+        A state records the settings it was kept under and the step count of the last
+        reading it saw. Kept under other settings, its pending intervals, counters, sums and
+        working quantile are of those; behind its stream (``steps``, its step count now: a
+        run without alerts fed it), its pending forecasts are of readings gone by. Either
+        way the caller starts it afresh. A state saved before settings were recorded is
+        taken as kept under these.
+        """
+        if state.settings is not None and state.settings != self.settings:
+            return f"was kept under {AlertConfig(**state.settings).words()}"
+        if steps is not None and state.steps != steps:
+            return (f"saw the stream up to reading {state.steps}, and its stream is at "
+                    f"reading {steps}")
+        return None
 
     def spread(self, state: AlertState) -> np.ndarray:
         """``(outputs,)`` the spread after the stream's last reading (1 unscaled): each
         output's target's, with the output's floor and prior."""
+        return np.array(self._spread(state))
+
+    def _spread(self, state: AlertState) -> list[float]:
+        """:meth:`spread` as Python floats: all but the sum is elementwise, and on a reading's
+        few columns numpy's per-call cost is most of the work."""
         iv = self.intervals
         if iv.scale == "none":
-            return np.ones(len(self.q))
+            return [1.0] * len(self.q)
         assert iv.floor is not None and iv.prior is not None    # checked by parse
         # local_spread's last row, on the readings + 1 values the state keeps (so its
-        # differences all count): the sum of their |changes|, the rest counted as prior
+        # differences all count): the sum of their |changes|, the rest counted as prior.
+        # (The sum stays numpy's: its order of additions is the answers'.)
         recent = state.recent[-(iv.readings + 1):]
         seen = len(recent) - 1
         if seen > 0:
-            r = np.array(recent)                                    # (seen + 1, watched)
-            total = np.abs(r[1:] - r[:-1]).sum(axis=0)[self.per_output]
+            r = np.concatenate(recent).reshape(seen + 1, -1)        # (seen + 1, watched)
+            sums = np.abs(r[1:] - r[:-1]).sum(axis=0).tolist()      # (watched,)
+            total = [sums[t] for t in self._output_target]
         else:
-            total = 0.0
-        return np.maximum((total + (iv.readings - seen) * iv.prior) / iv.readings, iv.floor)
+            total = [0.0] * len(self.q)
+        missing, n = iv.readings - seen, iv.readings
+        return [max((t + missing * p) / n, f)
+                for t, p, f in zip(total, self._prior, self._floor)]
 
     def fits(self, state: AlertState) -> None:
         """Raise SnapshotError where ``state`` was saved for another model's columns."""
@@ -474,9 +548,25 @@ class Alerts:
 
     def observe(self, state: AlertState, reading: np.ndarray, pred) -> Answer:
         """One reading the stream fed, and its prediction (None or NaN while warming up)."""
+        p, lo, hi, score, alert = self._observe(state, reading, pred)
+        checked = not math.isnan(score)
+        return Answer(np.array(p), np.array(lo), np.array(hi), score,
+                      score > 1.0 if checked else None, alert)
+
+    def columns(self, state: AlertState, reading: np.ndarray, pred) -> list:
+        """:meth:`observe`'s answer as :meth:`Answer.columns` gives it (``lstm-run``'s
+        columns), without the arrays of an :class:`Answer`."""
+        _, lo, hi, score, alert = self._observe(state, reading, pred)
+        checked = not math.isnan(score)
+        return [*lo, *hi, score > 1.0 if checked else None, score if checked else None, alert]
+
+    def _observe(self, state: AlertState, reading, pred) -> tuple:
+        """``(pred, lo, hi, score, alert)`` of one reading, the first three lists of floats
+        (outputs,), score NaN where nothing was checked; moves ``state`` on."""
         cfg = self.config
+        state.settings = self.settings
         value = np.asarray(reading, np.float64)[self.watch] if self.checks else None
-        if value is not None and not np.isfinite(value).all():
+        if value is not None and not all(map(math.isfinite, value.tolist())):
             value = None                 # a gap (--missing hold/skip): nothing to check
         score, due = math.nan, None
         if value is not None:
@@ -485,22 +575,26 @@ class Alerts:
                 due = state.pending[0]
                 if due is not None:
                     score = _score(value, *due)
-        q = self._quantile(state, value, due)                     # (outputs,)
-        pred = np.full(len(self.q), np.nan) if pred is None else np.asarray(pred, np.float64)
-        half = q * self.spread(state)
-        ready = bool(np.isfinite(pred).all())
-        # what the check of a later reading needs: the checked columns' forecast and half-width
-        state.pending.append((pred[self.checked], half[self.checked]) if ready else None)
+        q = self._quantile(state, value, due).tolist()            # (outputs,)
+        # The forecast, its interval and what the check of a later reading needs, in Python
+        # floats: the same IEEE operations as numpy's elementwise ones, without their
+        # per-call cost on a reading's few columns.
+        p = [math.nan] * len(q) if pred is None else np.asarray(pred, np.float64).tolist()
+        half = [a * b for a, b in zip(q, self._spread(state))]
+        ready = all(map(math.isfinite, p))
+        checked = self._checked
+        state.pending.append((np.array([p[c] for c in checked]),
+                              np.array([half[c] for c in checked])) if ready else None)
         while len(state.pending) > self.horizon:
             state.pending.popleft()
-        answer = Answer(pred, pred - half, pred + half, score)
+        alert = ""
         if value is not None:
-            answer.anomaly = None if math.isnan(score) else score > 1.0
-            answer.alert = self._hygiene(state, score, value, cfg)
+            alert = self._hygiene(state, score, value, cfg)
             if cfg.cusum and due is not None:
                 shift = self._page(state, value, *due)     # its sums move on every reading
-                answer.alert = answer.alert or shift
-        return answer
+                alert = alert or shift
+        return (p, [a - b for a, b in zip(p, half)], [a + b for a, b in zip(p, half)], score,
+                alert)
 
     def _quantile(self, state: AlertState, value, due) -> np.ndarray:
         """``(outputs,)`` the quantile of this reading's forecast: the file's, or with
@@ -534,7 +628,7 @@ class Alerts:
         # per checked column in Python floats (a few columns: numpy's calls cost more)
         up, down = [], []
         for v, p, h, unit, s_up, s_down in zip(value.tolist(), pred.tolist(), half.tolist(),
-                                               self.to_unit.tolist(), state.cusum[0].tolist(),
+                                               self._to_unit, state.cusum[0].tolist(),
                                                state.cusum[1].tolist()):
             u = min(max((v - p) * unit / h, -CUSUM_CLIP), CUSUM_CLIP) if h > 0 else 0.0
             up.append(max(0.0, s_up + u - CUSUM_SLACK))
@@ -580,8 +674,7 @@ def _score(value, pred, half) -> float:
     """The largest ``|y - pred| / half`` over targets (inf where a zero half-width misses)."""
     # in Python floats: a reading has a few targets, and numpy's calls cost more
     worst = -math.inf
-    for v, p, h in zip(np.asarray(value).tolist(), np.asarray(pred).tolist(),
-                       np.asarray(half).tolist()):
+    for v, p, h in zip(value.tolist(), pred.tolist(), half.tolist()):
         miss = abs(v - p)
         worst = max(worst, miss / h if h > 0 else (math.inf if miss > 0 else 0.0))
     return worst
@@ -609,6 +702,15 @@ class Monitor:
         self.state = AlertState.from_bytes(bytes(state)) \
             if isinstance(state, (bytes, bytearray, memoryview)) else state or AlertState()
         self.alerts.fits(self.state)
+        # (a state saved before settings were recorded has no step count from a Monitor)
+        why = self.alerts.changed(self.state, None if self.state.settings is None
+                                  else stream.steps)
+        if why is not None:
+            warnings.warn(AlertsRestarted(
+                f"the saved alert state {why}: it starts afresh, as a new monitor's with "
+                f"{self.alerts.config.words()} (the next {self.alerts.horizon} reading(s) "
+                f"are not checked)"), stacklevel=2)
+            self.state = AlertState()
 
     def step(self, reading, at=None) -> Answer | None:
         """Feed one reading; None where the stream did not feed it (skipped), else the answer.
@@ -630,6 +732,7 @@ class Monitor:
         # (features,) as given: a scalar is a one-feature model's reading, as for Stream.step
         raw = np.asarray(reading, np.float64).reshape(-1)
         answer = self.alerts.observe(self.state, raw, pred)
+        self.state.steps = self.stream.steps              # what changed() compares
         if at is not None:
             self.state.last = answer.columns()            # what a replay of it gets
         return answer

@@ -17,7 +17,10 @@ Added after the predictions (names made fresh as ``runtime.lines`` does):
 With ``--state FILE`` each sensor's alert state (:meth:`AlertState.to_bytes`: the pending
 forecasts, the run and hold-off counters, the CUSUM sums, the working quantile) is saved as a section of its stream state
 (:mod:`runtime.state`), in the same commit, so that a restarted run checks the readings
-against the forecasts made before it stopped.
+against the forecasts made before it stopped. The state records the settings it was kept
+under and the last reading it saw: a restart with other settings, or after a run without
+``--interval`` fed the stream, starts that sensor's alerts afresh and says so in one line
+(:meth:`StreamAlerts.notes`; docs/alerts.md, "A restart with other settings").
 """
 
 from __future__ import annotations
@@ -97,6 +100,9 @@ class StreamAlerts:
         self.states: dict[str, AlertState] = {}
         self.saved: dict[str, str] = {}     # sensor -> the state last written (base64)
         self.targets = tuple(model.targets)
+        # restore(): how many sensors' saved alert state did not go on, by why, and the
+        # first five of them
+        self.restarted: dict[str, tuple[int, list[str]]] = {}
 
     def columns(self, form) -> None:
         """Add the alert columns to a line format (before its header is written)."""
@@ -111,14 +117,16 @@ class StreamAlerts:
         for rec in records:
             step, _, pred = answers[id(rec)]
             state = self.states.get(rec.key)
-            if state is None or rec.reset or step <= state.steps - 1 or step == 1:
+            # afresh: a new sequence, or a stream fed readings this state did not see (a
+            # run without --interval: its pending forecasts are of readings gone by)
+            if state is None or rec.reset or not state.steps - 1 < step <= state.steps + 1 \
+                    or step == 1:
                 state = self.states[rec.key] = AlertState()
             if step == state.steps:                      # not fed (--missing skip)
                 out[id(rec)] = [None] * (2 * n + 3)
                 continue
             state.steps = step
-            answer = self.alerts.observe(state, rec.values, pred)
-            out[id(rec)] = state.last = answer.columns()
+            out[id(rec)] = state.last = self.alerts.columns(state, rec.values, pred)
         return out
 
     def last(self, key: str) -> list | None:
@@ -130,8 +138,12 @@ class StreamAlerts:
 
     SECTION = "alerts"
 
-    def restore(self, key: str, stream) -> None:
-        """Take ``key``'s alert state from its stream's saved sections, where there is one."""
+    def restore(self, key: str, stream, steps: int | None = None) -> None:
+        """Take ``key``'s alert state from its stream's saved sections, where there is one
+        and it can go on (:meth:`Alerts.changed`; ``steps``: the stream's step count, where
+        nothing was fed since it was restored); else the sensor's alerts start afresh, and
+        :meth:`notes` says so. (A stream fed readings its alert state did not see is found
+        by :meth:`annotate` too, at its next reading.)"""
         data = stream.sections.get(self.SECTION)
         if data is None:
             return
@@ -141,7 +153,36 @@ class StreamAlerts:
         except SnapshotError as exc:
             raise SnapshotError(f"sensor {key!r}: its saved alert state cannot be used "
                                 f"({exc})") from None
-        self.states[key] = state
+        why = self.alerts.changed(state, steps)
+        if why is None:
+            self.states[key] = state
+        else:
+            # kept under other settings: by the settings; behind its stream: one group
+            group = why if state.settings != self.alerts.settings else "behind"
+            count, keys = self.restarted.get(group, (0, []))
+            self.restarted[group] = (count + 1, keys if len(keys) == 5 else keys + [key])
+
+    def notes(self, named: bool) -> list[str]:
+        """One line per way the saved alert states of :meth:`restore` did not go on: whose,
+        why, and what happens instead. ``named``: sensors have keys (``--stream-column``)."""
+        lines = []
+        for why, (count, keys) in self.restarted.items():
+            if named:
+                shown = ", ".join(repr(k) for k in keys)
+                who = (f"sensor {shown}" if count == 1 else
+                       f"{count} sensors ({shown}{', ...' if count > len(keys) else ''})")
+            else:
+                who = "the stream"
+            if why == "behind":
+                why = ("is older than its stream (a run without --interval fed it readings "
+                       "since)")
+            lines.append(
+                f"the saved alert state of {who} {why}; this run has "
+                f"{self.alerts.config.words()}: it starts afresh, as a fresh run's would "
+                f"({'its' if count == 1 else 'their'} next {self.alerts.horizon} "
+                f"reading(s) not checked, the intervals' spread starting from the "
+                f"calibration's)")
+        return lines
 
     def keep(self, key: str, stream) -> None:
         """Put ``key``'s alert state into its stream's sections, for the save being made."""

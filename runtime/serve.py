@@ -139,12 +139,15 @@ class Server:
             self.table.add(key, stream)
         if self.alerts is not None:     # each stream's alert state is one of its sections
             for key, sensor in self.sensors.items():
-                self.alerts.restore(key, sensor.stream)
+                self.alerts.restore(key, sensor.stream, sensor.stream.steps)
         if self.sensors:
             meta = self.store.summary()
             self._warn(f"resumed {len(self.sensors)} stream(s) from {path} (saved after input "
                        f"line {meta.get('lines', '?')} of run {meta.get('run', '?')}; each "
                        f"stream's step count is in its answers' step column)")
+        for line in self.alerts.notes(self.config.stream_column is not None) \
+                if self.alerts is not None else ():
+            self._warn(line)
 
     def save_state(self) -> None:
         """Save the sensors changed since the last save whose answers are out, in one commit.

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 import runtime
-from runtime.alerts import (AlertConfig, Alerts, AlertState, Intervals, Monitor,
-                            local_spread)
+from runtime.alerts import (AlertConfig, Alerts, AlertsRestarted, AlertState, Intervals,
+                            Monitor, local_spread)
 from runtime.errors import ContractError, InputError, SnapshotError
 from trainer.calibrate import (calibrate, calibrate_file, choose_scale, conformal_quantile,
                                faults, intervals)
@@ -309,8 +309,18 @@ def test_alert_state_survives_a_restart(tmp_path, readings, cfg):
             AlertState.from_bytes(b"LEA1" + len(text).to_bytes(4, "little") + text)
     with pytest.raises(SnapshotError, match="another model"):
         Monitor(model.stream(), cfg, AlertState(adapted=(0.99, np.ones(2))).to_bytes())
-    # a working quantile of another level starts afresh from the file's
-    other = Monitor(model.stream(tmp_path / "s.npz"), AlertConfig(level=0.9, adapt=0.05), saved)
+    # kept under other settings, the state starts afresh, said (tests/test_alerts_restart.py)
+    with pytest.warns(AlertsRestarted, match="kept under --interval"):
+        other = Monitor(model.stream(tmp_path / "s.npz"), AlertConfig(level=0.9, adapt=0.05),
+                        saved)
+    assert other.state.to_bytes() == AlertState().to_bytes()
+    # saved before settings were recorded: taken as it is, and a working quantile of another
+    # level starts afresh from the file's
+    body = json.loads(saved[8:])
+    del body["settings"]
+    text = json.dumps(body).encode()
+    older = b"LEA1" + len(text).to_bytes(4, "little") + text
+    other = Monitor(model.stream(tmp_path / "s.npz"), AlertConfig(level=0.9, adapt=0.05), older)
     a = other.step(readings[cut])                 # checked: one step from the file's 0.9
     q = Q[1][0] * (1 + 0.05 * (float(a.anomaly) - 0.1))
     assert other.state.adapted[0] == 0.9 and other.state.adapted[1][0] == pytest.approx(q)
@@ -421,7 +431,9 @@ def test_wrong_arguments_to_the_python_api_are_input_errors(tmp_path):
             call()
     first = Monitor(model.stream(), AlertConfig())
     first.step([101.0])
-    again = Monitor(model.stream(), AlertConfig(), bytearray(first.state.to_bytes()))
+    first.stream.snapshot().save(tmp_path / "s.npz")
+    again = Monitor(model.stream(tmp_path / "s.npz"), AlertConfig(),
+                    bytearray(first.state.to_bytes()))
     assert again.state.to_bytes() == first.state.to_bytes()
 
 
