@@ -37,9 +37,8 @@ def checkpoint_of(model: Path, folder: Path, record: dict | None = None) -> Path
     stream.step([101.5])
     # Flink's own framing around the pickled bytes does not matter to the check
     (chk / "_metadata").write_bytes(b"\x00\x00\x00\x04flink" + stream.to_bytes() + b"\x00" * 9)
-    (folder / "lstm-edge-shards").write_text("4\n")
-    if record is not None:
-        (folder / "lstm-edge-job.json").write_text(json.dumps(record))
+    if record is not None:     # in the job's folder, as the job writes it
+        (chk.parent / "lstm-edge-job.json").write_text(json.dumps({"shards": 4, **record}))
     return chk
 
 
@@ -65,11 +64,11 @@ def test_resume_with_another_model_is_refused_before_the_start(tmp_path):
     old.parent.mkdir()
     old.write_bytes(MODEL.read_bytes())
     folder = tmp_path / "ck"
-    checkpoint_of(old, folder, {"model": "water-flow.onnx",
-                                "sha256": runtime.load(old, device="cpu").fingerprint,
-                                "output": "folder", "operator": "batched"})
     source = tmp_path / "in.csv"
     source.write_text(f"sensor,Time,{FEATURE}\na,1,101.5\n")
+    checkpoint_of(old, folder, {"source": str(source.resolve()), "model": "water-flow.onnx",
+                                "sha256": runtime.load(old, device="cpu").fingerprint,
+                                "output": "folder", "operator": "batched"})
     new = reexported(tmp_path / "new.onnx")
     for resume in ("latest", str(folder / "0123456789abcdef0123456789abcdef" / "chk-3")):
         proc = job(new, "-i", source, "-o", tmp_path / "answers", "--stream-column", "sensor",
@@ -88,11 +87,11 @@ def test_resume_to_stdout_after_a_folder_names_the_output(tmp_path):
     """Finding 4: resuming with -o - a checkpoint taken with -o answers/ blamed --operator
     or --shards; it is refused before the start, naming -o."""
     folder = tmp_path / "ck"
-    checkpoint_of(MODEL, folder, {"model": MODEL.name,
-                                  "sha256": runtime.load(MODEL, device="cpu").fingerprint,
-                                  "output": "folder", "operator": "batched"})
     source = tmp_path / "in.csv"
     source.write_text(f"sensor,Time,{FEATURE}\na,1,101.5\n")
+    checkpoint_of(MODEL, folder, {"source": str(source.resolve()), "model": MODEL.name,
+                                  "sha256": runtime.load(MODEL, device="cpu").fingerprint,
+                                  "output": "folder", "operator": "batched"})
     proc = job(MODEL, "-i", source, "-o", "-", "--stream-column", "sensor", "--time-column",
                "Time", "--checkpoint-dir", folder, "--resume", "latest", timeout=60)
     err = one_line(proc)

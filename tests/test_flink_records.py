@@ -325,23 +325,21 @@ def run_lines_raw(job: LineJob, lines: list[str]) -> list[str]:
     return out
 
 
-def test_the_shard_count_is_kept_beside_the_checkpoints(tmp_path):
-    from integrations.flink.job import JobConfig, shard_count
-    from runtime import LstmEdgeError
+def test_the_shard_count_is_kept_in_the_record_of_the_checkpoints_job(tmp_path):
+    from integrations.flink.resume import CheckpointError, recorded_shards
 
-    def count(**options) -> int:
-        return shard_count(JobConfig(model=Path("m.onnx"), checkpoint_dir=str(tmp_path),
-                                     **options))
-
-    assert count(parallelism=2) == 8                           # a fresh job: 4 a slot
-    assert count(parallelism=5, resume="latest") == 8           # resumed: its shards kept
-    assert count(shards=8, resume="latest") == 8
-    with pytest.raises(LstmEdgeError, match="taken with 8 shards"):
-        count(shards=3, resume="latest")
-    assert count(shards=3) == 3                                 # started afresh: recorded
-    (tmp_path / "lstm-edge-shards").write_text("junk")
-    with pytest.raises(LstmEdgeError, match="holds 'junk'"):
-        count(resume="latest")
+    chk = tmp_path / "0123abcd" / "chk-3"
+    chk.mkdir(parents=True)
+    assert recorded_shards(chk, None) is None                 # none recorded: --shards, or 4 a slot
+    assert recorded_shards(None, 3) is None                   # a fresh job
+    (chk.parent / "lstm-edge-job.json").write_text('{"shards": 8}')
+    assert recorded_shards(chk, None) == 8                    # resumed: its shards kept
+    assert recorded_shards(chk, 8) == 8
+    with pytest.raises(CheckpointError, match="taken with 8 shards"):
+        recorded_shards(chk, 3)
+    (chk.parent / "lstm-edge-job.json").write_text('{"shards": "junk"}')
+    with pytest.raises(CheckpointError, match="holds 'junk'"):
+        recorded_shards(chk, None)
 
 
 # ---- lone-surrogate sensor keys and --interval: lstm-run's answers -----------------------
@@ -467,7 +465,7 @@ def test_a_restore_with_another_models_state_is_one_line_in_flink_words():
              "the keyed state: it was made for another model (file sha256 e3648a6d9c96…, this "
              "one is 17aa724ba1d1…); continue it with the model file it was taken with "
              "(sha256 e3648a6d9c96…), or start the stream fresh\n")
-    line = failure(Exception(trace * 3))
-    assert "\n" not in line and "e3648a6d9c96" in line and "17aa724ba1d1" in line
+    line, code = failure(Exception(trace * 3), resumed=True)
+    assert code == 2 and "\n" not in line and "e3648a6d9c96" in line and "17aa724ba1d1" in line
     assert "resume with the model file the checkpoint was taken with" in line
     assert "start without --resume" in line and "stream fresh" not in line

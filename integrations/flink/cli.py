@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -30,9 +33,14 @@ from its hidden .inprogress name) at each checkpoint, so read the files
 whose names do not start with a dot.
 
 \b
+\b
 Exit codes: 0 the input was read to the end (or the job was stopped),
 1 the job failed, 2 a usage, model or input-format problem, or a
---resume whose checkpoint was taken with another model file or -o.
+--resume checkpoint the job cannot go on from: damaged, or another
+job's (its record names another input, model, -o, --operator or
+--shards). Flink's own output goes to a log file, named in the Error
+line of a failed job. A resume with other alert settings says so in a
+Note line; each sensor's alerts then start afresh.
 """
 
 
@@ -135,15 +143,51 @@ def main(model, input_, watch, kafka, topic, group, start, jars, output, format_
                        bundle_time_ms=bundle_time, jars=tuple(jars),
                        execution_mode=execution_mode, python=python, operator=operator,
                        shards=shards, flush_ms=flush_time, flush_size=flush_size)
+    with quiet_stderr() as (say, log):
+        try:
+            env = build(config, note=say)
+        except LstmEdgeError as exc:
+            say(f"Error: {exc}")
+            sys.exit(exc.exit_code)
+        try:
+            env.execute(f"lstm-edge {Path(model).name}")
+        except KeyboardInterrupt:
+            sys.exit(130)
+        except Exception as exc:   # Py4JJavaError and friends: the Java trace, cut to its cause
+            line, code = failure(exc, resumed=resume is not None)
+            log.keep = True
+            say(f"Error: the Flink job failed: {line} (Flink's output: {log.path})")
+            sys.exit(code)
+
+
+class _Log:
+    def __init__(self, path: str):
+        self.path, self.keep = path, False
+
+
+@contextmanager
+def quiet_stderr():
+    """Flink's own output on stderr (its Python workers' tracebacks, its logs) goes to a
+    file, so that the user sees the job's lines alone: yields ``say`` (a line to the real
+    stderr) and the log, kept where the job failed (its path is in the Error line)."""
+    fd, path = tempfile.mkstemp(prefix="lstm-edge-flink-", suffix=".log")
+    log = _Log(path)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    os.dup2(fd, 2)               # inherited by the JVM and the Python workers it starts
+    os.close(fd)
+    user = os.fdopen(os.dup(saved), "w")
+
+    def say(line: str) -> None:
+        user.write(line + "\n")
+        user.flush()
+
     try:
-        env = build(config)
-    except LstmEdgeError as exc:
-        click.echo(f"Error: {exc}", err=True)
-        sys.exit(exc.exit_code)
-    try:
-        env.execute(f"lstm-edge {Path(model).name}")
-    except KeyboardInterrupt:
-        sys.exit(130)
-    except Exception as exc:   # Py4JJavaError and friends: the Java trace, cut to its cause
-        click.echo(f"Error: the Flink job failed: {failure(exc)}", err=True)
-        sys.exit(1)
+        yield say, log
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        user.close()
+        if not log.keep:
+            os.unlink(path)

@@ -13,10 +13,10 @@ record``): :class:`~.operators.Route` -> ``key_by`` sensor -> :class:`~.operator
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import sys
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,8 +28,8 @@ if __package__ in (None, ""):   # run as a file (flink run -py .../job.py): find
 from runtime import LstmEdgeError, load  # noqa: E402
 from runtime import lines as fmt  # noqa: E402
 from runtime.alerts import AlertConfig  # noqa: E402
-from runtime.state import CODEC, MAGIC  # noqa: E402
 
+from . import resume  # noqa: E402
 from .records import SOURCE_CHARSET, LineJob, LineSpec  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -116,134 +116,6 @@ def line_spec(config: JobConfig, model) -> LineSpec:
                     config.alerts)
 
 
-def latest_checkpoint(folder: Path) -> Path:
-    """The newest complete checkpoint (``<job>/chk-N`` with ``_metadata``) under ``folder``."""
-    found = [(p.parent.stat().st_mtime, int(m.group(1)), p.parent)
-             for p in folder.glob("*/chk-*/_metadata")
-             if (m := re.fullmatch(r"chk-(\d+)", p.parent.name))]
-    if not found:
-        raise LstmEdgeError(f"--resume latest: no complete checkpoint (chk-N/_metadata) under "
-                            f"{folder}; start without --resume")
-    return max(found)[2]
-
-
-def state_fingerprints(checkpoint: Path, most: int = 64 << 20) -> set[str]:
-    """The model fingerprints (sha256) in the sensors' state bytes of a local ``chk-N``.
-
-    Each sensor's state is the runtime's codec (:mod:`runtime.state`), whose head is the magic
-    ``LEst``, the codec, a flags byte and the model's sha256; Flink keeps small state inline in
-    ``_metadata`` and larger state in files beside it, with the heap backend uncompressed, so
-    the heads are there to read. Empty where none is found (RocksDB's compressed files, a
-    job with no sensor yet): the restore then checks each sensor's state (see failure()).
-    ``most``: bytes read at most, the first files first.
-    """
-    head = re.compile(re.escape(MAGIC) + bytes([CODEC]) + b".(.{32})", re.DOTALL)
-    found: set[str] = set()
-    budget = most
-    files = sorted(checkpoint.iterdir(), key=lambda p: p.name != "_metadata")
-    for path in files:
-        if not path.is_file() or budget <= 0:
-            continue
-        with open(path, "rb") as f:
-            data = f.read(budget)
-        budget -= len(data)
-        found.update(m.group(1).hex() for m in head.finditer(data))
-        if found:
-            break
-    return found
-
-
-JOB_RECORD = "lstm-edge-job.json"   # beside the checkpoints: what the job was started with
-
-
-def job_record(config: JobConfig, model) -> dict:
-    """What a resumed job must agree on, as recorded beside a local ``--checkpoint-dir``."""
-    return {"model": Path(config.model).name, "sha256": model.fingerprint,
-            "output": "-" if config.output == "-" else "folder", "operator": config.operator}
-
-
-def check_resume(config: JobConfig, model, checkpoint: Path) -> None:
-    """Refuse, before the start, a ``--resume`` the checkpoint cannot be restored into:
-    state taken with another model file, or a part-file sink (``-o DIR``) and now ``-o -``.
-
-    The model is read from the checkpoint's state itself (:func:`state_fingerprints`); its
-    file name and the output from the record a local ``--checkpoint-dir`` keeps.
-    """
-    if checkpoint.is_file():        # chk-N/_metadata given itself
-        checkpoint = checkpoint.parent
-    recorded: dict = {}
-    path = checkpoint.parent.parent / JOB_RECORD
-    try:
-        recorded = json.loads(path.read_text())
-        if not isinstance(recorded, dict):
-            recorded = {}
-    except (OSError, ValueError):
-        pass
-    theirs = state_fingerprints(checkpoint)
-    if theirs and model.fingerprint not in theirs:
-        sha = sorted(theirs)[0]
-        name = recorded.get("model") if recorded.get("sha256") == sha else None
-        taken = f"{name} (sha256 {sha[:12]}…)" if name else f"a model file with sha256 {sha[:12]}…"
-        raise LstmEdgeError(
-            f"--resume: the checkpoint {checkpoint} was taken with {taken}, and this job runs "
-            f"{Path(config.model).name} (sha256 {model.fingerprint[:12]}…), so no sensor's "
-            f"state could be restored; resume with the model file the checkpoint was taken "
-            f"with, or start without --resume (every sensor then starts from zero state)")
-    if recorded.get("output") == "folder" and config.output == "-":
-        raise LstmEdgeError(
-            f"--resume: the checkpoint {checkpoint} was taken with -o a folder (its part "
-            f"files' progress is in the checkpoint), and this job has -o -; resume with -o "
-            f"a folder (the one it wrote, or a new one), or start without --resume")
-
-
-def write_record(config: JobConfig, model) -> None:
-    """Record what the job runs with beside a local ``--checkpoint-dir`` (for --resume)."""
-    if config.checkpoint_dir is None or "://" in config.checkpoint_dir:
-        return
-    path = Path(config.checkpoint_dir) / JOB_RECORD
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(job_record(config, model)) + "\n")
-    except OSError as exc:
-        raise LstmEdgeError(f"--checkpoint-dir {config.checkpoint_dir}: cannot write there "
-                            f"({exc.strerror or exc}); give a folder you can write") from None
-
-
-def shard_count(config: JobConfig) -> int:
-    """The batched operator's shard count: ``--shards``; for ``--resume latest`` the count
-    recorded beside the checkpoints (another is refused here); else 4 per task slot.
-
-    A local ``--checkpoint-dir`` records the count it is used with, so that a job resumed
-    with another ``--parallelism`` keeps its shards: the sensors' state is where they are.
-    """
-    record = None
-    if config.checkpoint_dir is not None and "://" not in config.checkpoint_dir:
-        record = Path(config.checkpoint_dir) / "lstm-edge-shards"
-    recorded = None
-    if config.resume == "latest" and record is not None and record.exists():
-        text = record.read_text(errors="replace").strip()
-        if not text.isdigit() or int(text) < 1:
-            raise LstmEdgeError(f"{record} should hold the shard count the checkpoints were "
-                                f"taken with, and holds {text[:40]!r}; write the count there "
-                                f"(or give --shards), or start afresh")
-        recorded = int(text)
-        if config.shards not in (None, recorded):
-            raise LstmEdgeError(f"--shards {config.shards}: the checkpoints under "
-                                f"{config.checkpoint_dir} were taken with {recorded} shards, "
-                                f"and each sensor's state is in its shard; resume without "
-                                f"--shards (or with --shards {recorded}), or start afresh")
-    shards = config.shards or recorded or 4 * config.parallelism
-    if record is not None and config.resume in (None, "latest"):   # what "latest" will find
-        try:
-            record.parent.mkdir(parents=True, exist_ok=True)
-            record.write_text(f"{shards}\n")
-        except OSError as exc:
-            raise LstmEdgeError(f"--checkpoint-dir {config.checkpoint_dir}: cannot write "
-                                f"there ({exc.strerror or exc}); give a folder you can "
-                                f"write") from None
-    return shards
-
-
 # ---- the job ---------------------------------------------------------------------------
 
 def uri(path: str) -> str:
@@ -251,28 +123,57 @@ def uri(path: str) -> str:
     return path if "://" in str(path) else Path(path).absolute().as_uri()
 
 
-def resume_path(config: JobConfig) -> str | None:
-    """The checkpoint ``--resume`` names (``latest``: the newest under --checkpoint-dir)."""
-    if config.resume is None:
-        return None
+@dataclass
+class Start:
+    """Where the job starts from and what it records: :func:`plan`'s answer."""
+
+    resume: str | None      # the checkpoint to restore (None: a fresh start)
+    shards: int             # the batched operator's shard count (0: the per-record operator)
+    job_id: str | None      # the job id fixed for a local --checkpoint-dir (its folder's name)
+    record: dict | None     # what the job's checkpoints are taken with (resume.JOB_RECORD)
+    note: str | None        # one line for stderr: the alert settings changed since the checkpoint
+
+
+def plan(config: JobConfig, model) -> Start:
+    """The checkpoint ``--resume`` names (``latest``: this job's newest under
+    ``--checkpoint-dir``), checked as far as it can be before Flink starts
+    (:mod:`.resume`), the shard count, and the record the job will keep.
+
+    The shard count is ``--shards``; else the one the checkpoint was taken with (another is
+    refused, since each sensor's state is in its shard), else 4 per task slot.
+    """
+    mine = resume.job_record(config, model, 0)
     path = config.resume
-    if config.resume == "latest":
-        if config.checkpoint_dir is None or "://" in config.checkpoint_dir:
+    if path == "latest":
+        if not resume.local(config.checkpoint_dir):
             raise LstmEdgeError("--resume latest needs a local --checkpoint-dir; on a "
                                 "cluster give the chk-N path")
-        path = str(latest_checkpoint(Path(config.checkpoint_dir)))
-    elif "://" not in path and not (Path(path).is_file()
-                                    or (Path(path) / "_metadata").is_file()):
+        path = str(resume.latest(Path(config.checkpoint_dir), mine))
+    elif path is not None and "://" not in path and not (
+            Path(path).is_file() or (Path(path) / "_metadata").is_file()):
         raise LstmEdgeError(f"--resume {path}: expected a checkpoint (a chk-N folder "
                             f"holding _metadata), found "
                             f"{'no _metadata there' if Path(path).exists() else 'nothing'}; "
                             f"give a chk-N folder under the --checkpoint-dir, or "
                             f"--resume latest")
-    return path
+    checkpoint, note = None, None
+    if path is not None and "://" not in path:
+        checkpoint = Path(path).parent if Path(path).is_file() else Path(path)
+        resume.check(config, model, checkpoint, mine)
+        note = resume.settings_note(config, checkpoint)
+    shards = 0
+    if config.operator == "batched":
+        shards = (resume.recorded_shards(checkpoint, config.shards) or config.shards
+                  or 4 * config.parallelism)
+    job_id = record = None
+    if resume.local(config.checkpoint_dir):
+        job_id = uuid.uuid4().hex
+        record = {**mine, "shards": shards}
+    return Start(path, shards, job_id, record, note)
 
 
-def flink_config(config: JobConfig, resume: str | None = None) -> dict[str, str]:
-    """The Flink settings the job runs with; ``resume``: the checkpoint to start from."""
+def flink_config(config: JobConfig, start: Start) -> dict[str, str]:
+    """The Flink settings the job runs with, from ``start`` (:func:`plan`)."""
     settings = {
         "python.executable": config.python,
         "python.client.executable": sys.executable,
@@ -292,15 +193,46 @@ def flink_config(config: JobConfig, resume: str | None = None) -> dict[str, str]
             "execution.checkpointing.externalized-checkpoint-retention":
                 "RETAIN_ON_CANCELLATION",
         })
-    if resume is None and config.resume is not None:
-        resume = resume_path(config)
-    if resume is not None:
-        settings["execution.state-recovery.path"] = uri(resume)
+    if start.job_id is not None:
+        # Flink puts the checkpoints in <checkpoint-dir>/<job id>/: fixed here, so that the
+        # job's record is there before its first checkpoint.
+        settings["$internal.pipeline.job-id"] = start.job_id
+    if start.resume is not None:
+        settings["execution.state-recovery.path"] = uri(start.resume)
     return settings
 
 
-def build(config: JobConfig):
-    """The Flink environment with the job's pipeline on it, ready to ``execute``."""
+def check_metadata(checkpoint: Path) -> None:
+    """Read a local checkpoint's ``_metadata`` with Flink's own reader, as the restore will:
+    one line where it cannot be read (truncated, or written by another Flink)."""
+    from py4j.protocol import Py4JJavaError
+    from pyflink.java_gateway import get_gateway
+    jvm = get_gateway().jvm
+    meta = checkpoint / "_metadata"
+    stream = jvm.java.io.DataInputStream(jvm.java.io.FileInputStream(str(meta)))
+    try:
+        loader = jvm.java.lang.Thread.currentThread().getContextClassLoader()
+        jvm.org.apache.flink.runtime.checkpoint.Checkpoints.loadCheckpointMetadata(
+            stream, loader, str(checkpoint))
+    except Py4JJavaError as exc:
+        cause = exc.java_exception
+        while cause.getCause() is not None:
+            cause = cause.getCause()
+        raise resume.CheckpointError(
+            f"--resume: {meta} cannot be read ({cause.getClass().getSimpleName()}"
+            f"{': ' + cause.getMessage() if cause.getMessage() else ''}): it is truncated or "
+            f"damaged; resume from an earlier checkpoint (--resume PATH/chk-N), or start "
+            f"without --resume") from None
+    finally:
+        stream.close()
+
+
+def build(config: JobConfig, note=None):
+    """The Flink environment with the job's pipeline on it, ready to ``execute``.
+
+    ``note``: called with a line for the user (the alert settings changed since the
+    checkpoint) before the job starts.
+    """
     from pyflink.common import Configuration, Duration, Encoder, Types, WatermarkStrategy
     from pyflink.datastream import StreamExecutionEnvironment
     from pyflink.datastream.connectors.file_system import (
@@ -312,13 +244,9 @@ def build(config: JobConfig):
     data = Path(config.model).read_bytes()
     spec = line_spec(config, model)
     answers_format = LineJob(data, spec, config.missing).format   # --interval refused here too
-    resume = resume_path(config)
-    if resume is not None and "://" not in resume:
-        check_resume(config, model, Path(resume))
-    shards = shard_count(config) if config.operator == "batched" else 0
-    if config.resume in (None, "latest"):
-        write_record(config, model)
-    settings = flink_config(config, resume)
+    start = plan(config, model)
+    shards = start.shards
+    settings = flink_config(config, start)
     if config.execution_mode == "thread":
         # The JVM runs Python in-process (PEMJA) and finds packages through PYTHONPATH only;
         # the JVM is started below, with this process's environment.
@@ -329,6 +257,13 @@ def build(config: JobConfig):
     for key, value in settings.items():
         flink_conf.set_string(key, value)
     env = StreamExecutionEnvironment.get_execution_environment(flink_conf)
+    if start.resume is not None and "://" not in start.resume:
+        check_metadata(Path(start.resume).parent if Path(start.resume).is_file()
+                       else Path(start.resume))
+    if start.note is not None and note is not None:
+        note(start.note)
+    if start.record is not None:
+        resume.write_record(Path(config.checkpoint_dir) / start.job_id, start.record)
     env.set_parallelism(config.parallelism)
     for jar in config.jars:
         env.add_jars(Path(jar).absolute().as_uri())
@@ -435,26 +370,51 @@ def committed_offsets():
                         "flink-connector-kafka with kafka-clients)")
 
 
-def failure(exc: Exception) -> str:
-    """The one line worth showing from a failed job's Java stack trace."""
+def failure(exc: Exception, resumed: bool = False) -> tuple[str, int]:
+    """The one line worth showing from a failed job's Java stack trace, and the exit code:
+    2 where the checkpoint it ``resumed`` cannot be read (bad input), else 1."""
     text = str(exc)
     if "Cannot map checkpoint/savepoint state for operator" in text:
         return ("the checkpoint holds state of an operator this job does not have: it was "
                 "taken with another --operator or --shards (the shards a sensor goes to "
                 "would differ), or with -o a folder where this job has -o -; resume with "
-                "the options it was taken with, or start without --resume")
+                "the options it was taken with, or start without --resume"), 2
     other = re.search(r"the keyed state: it was made for another model \(file sha256 (\w+)…, "
                       r"this one is (\w+)…\)", text)
-    if other:   # a checkpoint check_resume() could not read: each sensor's state says it
+    if other:   # a checkpoint resume.check() could not read: each sensor's state says it
         return (f"the checkpoint's keyed state was taken with another model (sha256 "
                 f"{other[1]}…; this job's model file is sha256 {other[2]}…); resume with the "
                 f"model file the checkpoint was taken with, or start without --resume "
-                f"(every sensor then starts from zero state)")
+                f"(every sensor then starts from zero state)"), 2
+    damaged = _damage(text) if resumed else None
+    if damaged:
+        return (f"the checkpoint it resumed cannot be read ({damaged}): it is damaged, or "
+                f"another program's; resume from an earlier checkpoint (--resume "
+                f"PATH/chk-N), or start without --resume"), 2
     for pattern in (r"(?:runtime\.errors\.)?(\w+Error: [^\n]+)", r"Caused by: ([^\n]+)"):
         found = re.findall(pattern, text)
         if found:
-            return found[-1].strip()
-    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+            return found[-1].strip(), 1
+    return (text.strip().splitlines()[0] if text.strip() else type(exc).__name__), 1
+
+
+# Causes in a failed job's trace that say the restored checkpoint itself is unreadable.
+_DAMAGE = (r"(RocksDBException: [^\n]+?)\s*(?: in /|\n|$)",
+           r"SnapshotError: (the keyed state: [^\n]+?)(?:; [^;\n]*fresh[^\n]*)?(?:\n|$)",
+           r"(FileNotFoundException: [^\n]+)")
+
+
+def _damage(text: str) -> str | None:
+    """The cause, in a few words, where ``text`` (a failed job's trace) says that the state
+    restored from a checkpoint could not be read; None where it does not."""
+    if "loadCheckpointMetadata" in text:
+        cause = re.findall(r"Caused by: ([\w.]+(?:: [^\n]+)?)", text)
+        return f"its _metadata: {cause[-1].rsplit('.', 1)[-1] if cause else 'unreadable'}"
+    for pattern in _DAMAGE:
+        found = re.search(pattern, text)
+        if found:
+            return found[1].strip()
+    return None
 
 
 if __name__ == "__main__":   # flink run -py integrations/flink/job.py MODEL ...

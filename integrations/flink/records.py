@@ -26,17 +26,20 @@ escaped, as ``lstm-run``'s do (``runtime.lines.dump_json``).
 With ``LineSpec.alerts`` (``--interval``) every answer carries ``lstm-run --interval``'s
 alert columns (:class:`runtime.alerts_run.StreamAlerts`), and each sensor's alert state
 travels in its stream state's ``alerts`` section, so Flink's keyed state and its
-checkpoints hold it with the stream.
+checkpoints hold it with the stream. The settings it was kept with travel beside it
+(:data:`SETTINGS`): a job resumed with other settings starts each sensor's alerts afresh at
+its next reading, as a new job with them would, and one fed without ``--interval`` drops them.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import struct
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
@@ -52,6 +55,12 @@ from runtime.state import StreamState, order
 from runtime.stream import conflict_message
 
 WRITTEN = "flink.written"     # the state section holding the wall-clock time of the write
+SETTINGS = "flink.alert-settings"   # the alert settings the ``alerts`` section was kept with
+
+
+def settings_bytes(alerts: AlertConfig | None) -> bytes | None:
+    """The alert settings as a sensor's state keeps them (None: no ``--interval``)."""
+    return None if alerts is None else json.dumps(asdict(alerts), sort_keys=True).encode()
 
 
 @dataclass(frozen=True)
@@ -147,6 +156,7 @@ class LineJob:
         self.spec = spec
         self.format = line_format(spec, self.model.features, self.model.targets)
         self.alerts = StreamAlerts(self.model, spec.alerts) if spec.alerts else None
+        self.settings = settings_bytes(spec.alerts)
         if self.alerts is not None:      # before the order column, as lstm-run adds them
             self.alerts.columns(self.format)
         self.blank = [None] * len(self.format.extra)   # no alert values: a replay's columns
@@ -247,6 +257,9 @@ class LineJob:
     def save(self, key: str | None, stream, wall: float) -> bytes:
         """The sensor's new state bytes, its stream kept for its next line."""
         stream.sections[WRITTEN] = struct.pack("<d", wall)
+        if self.alerts is None:     # fed with no alerts: a later job's alerts start afresh
+            stream.sections.pop(StreamAlerts.SECTION, None)
+            stream.sections.pop(SETTINGS, None)
         blob = stream.to_bytes()
         if key is not None:
             self._hot[key] = (blob, stream, wall)
@@ -283,10 +296,17 @@ class LineJob:
             return {}
         keys = dict.fromkeys(rec.key for rec in records)
         for key in keys:
+            sections = streams[key].sections
+            if sections.get(SETTINGS, self.settings) != self.settings:
+                # kept with other settings (a job restarted with others): its pending
+                # forecasts' half-widths, counters and quantile are theirs; afresh, as in a
+                # new job with these settings
+                sections.pop(StreamAlerts.SECTION, None)
             self.alerts.restore(key, streams[key])
         extra = self.alerts.annotate(records, answers)
         for key in keys:
             self.alerts.keep(key, streams[key])
+            streams[key].sections[SETTINGS] = self.settings
             self.alerts.forget(key)
         return extra
 
