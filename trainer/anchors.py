@@ -19,12 +19,15 @@ import json
 import signal
 import subprocess
 import sys
+import time
+from typing import Callable
 
 import numpy as np
 
 from .forecast import errors
 
 NAMES = ("AutoETS", "AutoTheta", "AutoARIMA")
+TELL_EVERY = 20.0   # seconds between the progress lines while the fits run (measure's tell)
 MISSING = ("statistical anchors (AutoETS, AutoTheta, AutoARIMA): not installed; "
            "pip install 'lstm-edge[stats]' to compare against them")
 
@@ -87,13 +90,14 @@ def _serve() -> None:
 
 
 def measure(y: np.ndarray, last: np.ndarray, horizon: int, season: int | None,
-            budget: float) -> dict:
+            budget: float, tell: Callable[[float], None] | None = None) -> dict:
     """The anchors' figures on the predictions ``last`` of the series ``y`` (rows, targets).
 
     Returns ``{"anchors": {label: {"mae", "rmse"}}, "anchors_note": str}``; the note says
     what was skipped and why, or how to install the anchors; ``{}`` for ``budget`` 0.
     The fits run in a fresh Python process (``python -m trainer.anchors``), killed when the
-    budget is spent: a fit cannot be stopped from inside.
+    budget is spent: a fit cannot be stopped from inside. ``tell``, where given, hears the
+    seconds spent every :data:`TELL_EVERY` seconds while the fits run.
     """
     if budget <= 0:
         return {}
@@ -104,11 +108,19 @@ def measure(y: np.ndarray, last: np.ndarray, horizon: int, season: int | None,
                       "horizon": horizon, "season": m})
     child = subprocess.Popen([sys.executable, "-m", "trainer.anchors"], stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        out, err = child.communicate(job, timeout=budget)
-    except subprocess.TimeoutExpired:
-        child.kill()
-        out, err = child.communicate()        # the lines written before the kill
+    began, send = time.monotonic(), job
+    out = err = None
+    while out is None:
+        spent = time.monotonic() - began
+        try:   # a retry loses no output, and sends no input again (the first call sent it)
+            out, err = child.communicate(send, timeout=min(TELL_EVERY, max(budget - spent, 0)))
+        except subprocess.TimeoutExpired:
+            send = None
+            if time.monotonic() - began >= budget:
+                child.kill()
+                out, err = child.communicate()        # the lines written before the kill
+            elif tell is not None:
+                tell(time.monotonic() - began)
     got = {}
     for line in out.splitlines():
         try:

@@ -120,7 +120,9 @@ printed first); 130 interrupted (Ctrl-C).
 @click.option("--loss", type=click.Choice(["huber", "mse"]), default="huber", show_default=True)
 @click.option("--seed", type=click.IntRange(0, SEED_MAX), default=0, show_default=True,
               help="Member k of an ensemble uses seed + 1000 k.")
-@click.option("--quiet", is_flag=True, help="No per-epoch progress.")
+@click.option("--quiet", is_flag=True, help="No progress on stderr (a line as each phase "
+              "starts and per epoch, given on a terminal or for a CSV of 10 MB or more); "
+              "notes, warnings and errors still.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default="model.keras",
               show_default=True, help="Where to save the model; NAME.lstm-edge.json goes beside.")
 @click.option("--test-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.15, show_default=True,
@@ -171,11 +173,11 @@ def train_main(data, target, features, look_back, horizon, mode, cell, units, la
     check_config(cfg, rows=cfg.look_back + cfg.horizon)   # flag errors before TF loads
     check_output(output)
     check_plot(plot)
-    check_data(data, target, features, cfg)   # the CSV's refusals, before TF loads
+    checked = check_data(data, target, features, cfg)   # the CSV's refusals, before TF loads
     quiet_tensorflow()
     from .train import train
 
-    result = train(data, target, features, output, cfg, plot=plot)
+    result = train(data, target, features, output, cfg, plot=plot, checked=checked)
     for line in result.warnings:
         click.echo(line, err=True)
     click.echo(result.report())

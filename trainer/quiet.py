@@ -73,6 +73,14 @@ def filter_stderr() -> None:
     atexit.register(_restore)
 
 
+def is_terminal() -> bool:
+    """Whether the real stderr, the one the filter passes lines on to, is a terminal."""
+    try:
+        return os.isatty(_saved_fd if _child is not None else 2)
+    except OSError:
+        return False
+
+
 def _restore() -> None:
     """Give descriptor 2 back and wait until the child has passed on everything."""
     global _child

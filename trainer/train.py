@@ -34,6 +34,8 @@ from .data import check_time, check_training_target, growing_features, read_csv,
 from .errors import DataError
 from .ensemble import merge
 from .model import ModelConfig, build_model, reset_states
+from .progress import EVERY, Progress, size
+from .quiet import is_terminal
 from .forecast import (TARGET_KINDS, Framing, beaten_by, best_by_mae, candidates, caution,
                        differences, guess_season, score)
 from .windows import Scaler, sequences, split_points, windows
@@ -70,7 +72,8 @@ class TrainConfig:
     #                              validation rows choose
     seed: int | None = 0         # repeatable runs; None for a fresh draw (member k: seed + 1000 k)
     anchor_budget: float = 0.0   # seconds for ETS/Theta/ARIMA on the test tail (0: none; lstm-train: 60)
-    verbose: int = 2             # Keras progress: 0 silent, 1 bars, 2 one line per epoch
+    verbose: int = 2             # progress on stderr: 0 none, 1 phases and Keras's bars,
+    #                              2 phases and a line per epoch (trainer/progress.py)
     model: ModelConfig = field(default_factory=ModelConfig)
 
 
@@ -232,13 +235,20 @@ def _seed(seed: int | None) -> None:
     tf.config.experimental.enable_op_determinism()
 
 
-def _fit(model, train, val, cfg: TrainConfig) -> None:
+def _fit(model, train, val, cfg: TrainConfig, progress: Progress, what: str) -> None:
     import keras
 
     stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience,
                                          restore_best_weights=True)
+    batches = -(-len(train[0]) // cfg.batch_size)
+    progress.say(f"fitting on {len(train[0]):,} {what}, {batches:,} batches of "
+                 f"{cfg.batch_size} per epoch, up to {counted(cfg.epochs, 'epoch')} (early "
+                 f"stopping after {cfg.patience} without a better validation loss)")
+    checks = -(-len(val[0]) // cfg.batch_size)
+    lines = ([progress.keras(cfg.epochs, batches, checks)] if cfg.verbose == 2
+             and progress.enabled else [])
     model.fit(*train, validation_data=val, epochs=cfg.epochs, batch_size=cfg.batch_size,
-              shuffle=True, callbacks=[stop], verbose=cfg.verbose)
+              shuffle=True, callbacks=[stop, *lines], verbose=1 if cfg.verbose == 1 else 0)
 
 
 @dataclass
@@ -255,26 +265,33 @@ class _Series:
 def _split_windows(s: _Series, cfg: TrainConfig):
     """Windows of the whole series and which part each belongs to: the target row decides.
 
-    With differenced inputs a window's first step has no reading before it inside the
-    window: it reads "no change", as the exported graph does.
+    The parts are slices (the windows are in time order), so a part is a view of the
+    windows, never a copy. The windows themselves are a view of the series, except with
+    differenced inputs: a window's first step has no reading before it inside the window
+    and reads "no change", as the exported graph does, so they are written out once, as
+    float32.
     """
     inputs, targets, last = windows(s.xs, s.ys, cfg.look_back, cfg.horizon)
     if s.first is not None:
+        inputs = inputs.copy()                          # (windows, look_back, features)
         inputs[:, 0, :] = s.first
     target = last + cfg.horizon
-    return inputs, targets, last, target < s.split, (target >= s.split) & (target < s.test)
+    train, test = np.searchsorted(target, [s.split, s.test])
+    return inputs, targets, last, slice(0, train), slice(train, test)
 
 
-def _fit_window(s: _Series, cfg: TrainConfig, n_targets):
+def _fit_window(s: _Series, cfg: TrainConfig, n_targets, progress: Progress):
     inputs, targets, last, is_train, is_val = _split_windows(s, cfg)
     model = build_model(cfg.model, cfg.look_back, s.xs.shape[1], n_targets)
     _compile(model, cfg)
-    _fit(model, (inputs[is_train], targets[is_train]), (inputs[is_val], targets[is_val]), cfg)
-    pred = model.predict(inputs, verbose=0)                          # (windows, targets)
+    _fit(model, (inputs[is_train], targets[is_train]), (inputs[is_val], targets[is_val]), cfg,
+         progress, "windows")
+    progress.say(f"predicting all {len(inputs):,} windows")
+    pred = progress.predict(model, inputs, "predicting")             # (windows, targets)
     return model, pred, last
 
 
-def _fit_sequence(s: _Series, cfg: TrainConfig, n_targets):
+def _fit_sequence(s: _Series, cfg: TrainConfig, n_targets, progress: Progress):
     # Stride 1, every start row: the most subsequences a series of this size can give.
     inputs, targets, _ = sequences(s.xs[:s.split], s.ys[:s.split], cfg.look_back,
                                    cfg.horizon, 1)
@@ -287,12 +304,13 @@ def _fit_sequence(s: _Series, cfg: TrainConfig, n_targets):
     weight = ((target >= s.split) & (target < s.test)).astype(np.float32)[None]  # (1, steps)
     model = build_model(cfg.model, cfg.look_back, s.xs.shape[1], n_targets)
     _compile(model, cfg)
-    _fit(model, (inputs, targets), (whole, truth, weight), cfg)
+    _fit(model, (inputs, targets), (whole, truth, weight), cfg, progress, "subsequences")
+    progress.say(f"predicting the whole series, {steps:,} steps")
     pred = model.predict(whole, verbose=0)[0]                        # (steps, targets)
     return model, pred, np.arange(steps)
 
 
-def _fit_stateful(s: _Series, cfg: TrainConfig, n_targets):
+def _fit_stateful(s: _Series, cfg: TrainConfig, n_targets, progress: Progress):
     """Keras ``stateful=True`` on sliding windows, done right.
 
     Row ``b`` of every batch continues block ``b`` of the training windows, so the state
@@ -318,15 +336,18 @@ def _fit_stateful(s: _Series, cfg: TrainConfig, n_targets):
         reset_states(probe)
         return probe.predict(inputs, batch_size=1, verbose=0)       # (windows, targets)
 
+    progress.say(f"fitting on {len(tr_in):,} windows in {blocks} blocks carrying state, "
+                 f"up to {counted(cfg.epochs, 'epoch')} (early stopping after {cfg.patience} "
+                 f"without a better validation loss)")
     best, best_loss, waited = model.get_weights(), np.inf, 0
     for epoch in range(cfg.epochs):
         reset_states(model)
+        began = progress.clock()
         history = model.fit(tr_in, tr_out, batch_size=blocks, epochs=1, shuffle=False,
                             verbose=0)
         val_loss = float(np.mean((validate()[is_val] - targets[is_val]) ** 2))
-        if cfg.verbose:
-            print(f"Epoch {epoch + 1}/{cfg.epochs} - loss: {history.history['loss'][-1]:.4f}"
-                  f" - val_loss: {val_loss:.4f}", flush=True)
+        progress.epoch(epoch, cfg.epochs, {"loss": history.history["loss"][-1],
+                                           "val_loss": val_loss}, progress.clock() - began)
         if val_loss < best_loss:
             best, best_loss, waited = model.get_weights(), val_loss, 0
         else:
@@ -474,6 +495,39 @@ def check_rows(rows: int, cfg: TrainConfig) -> None:
                                     < MIN_VALIDATION else ""))
 
 
+BIG_FILE = 10e6            # bytes of CSV from which a run of minutes is told (_progress)
+TENSORFLOW_BYTES = 0.8e9   # what TensorFlow, Keras and the model hold before any data
+ROW_BYTES = 200            # per CSV row: its time text, numbers and series (float64 and 32)
+KERAS_COPIES = 2           # what Keras holds of the arrays fit reads (a tensor, the dataset)
+
+
+def expect(rows: int, split: int, features: int, window: int, cfg: TrainConfig,
+           copied: bool) -> str:
+    """The up-front line: how many samples, the memory they will take, and when the time
+    per epoch will be known (it depends on the machine, so it is measured, not guessed).
+
+    The windows are a view of the series unless ``copied`` (differenced inputs); fit reads
+    slices of them, which Keras copies, and the predictions run in chunks. Sequence mode's
+    subsequences are views too; stateful mode reorders the training windows into its
+    blocks (one more copy). Measured with 3 features and a look-back of 24: a peak of 1.29
+    GB at 500,000 rows (1.30 foreseen), 2.82 GB at 2,000,000 (2.82 foreseen).
+    """
+    mode = cfg.model.mode
+    if mode == "sequence":
+        count, what = split - window - cfg.horizon + 1, "training subsequences"
+        held = KERAS_COPIES
+    else:
+        count, what = rows - window - cfg.horizon + 1, "windows"
+        fitted = 1 - cfg.test_fraction                 # the training and validation parts
+        held = copied + fitted * (KERAS_COPIES + (mode == "stateful"))
+    data = count * window * features * 4                             # float32
+    peak = TENSORFLOW_BYTES + held * data + rows * ROW_BYTES
+    return (f"{count:,} {what} of {window} readings x {counted(features, 'feature')} "
+            f"({size(data)} as float32): expect a peak of about {size(peak)} of memory, "
+            f"TensorFlow included; the time an epoch takes is told "
+            + (f"within its first {EVERY:g} s" if mode != "stateful" else "as it ends"))
+
+
 def check_targets(sel, source: str) -> None:
     """Refuse a target that never changes: there is nothing to forecast."""
     for k, name in enumerate(sel.targets):
@@ -483,13 +537,26 @@ def check_targets(sel, source: str) -> None:
                             f"name another with --target")
 
 
+def _progress(csv: str | Path, cfg: TrainConfig) -> Progress:
+    """Progress lines on stderr where someone waits: a terminal, or a file of at least
+    :data:`BIG_FILE` bytes (a run of minutes, whose log would otherwise stay empty); never
+    with ``verbose`` 0 (``--quiet``). A small file's clean run leaves stderr empty, and its
+    refusal is the one line there."""
+    big = Path(csv).stat().st_size >= BIG_FILE
+    return Progress(cfg.verbose > 0 and (big or is_terminal()))
+
+
 def check_data(csv: str | Path, target, features, cfg: TrainConfig):
     """Read ``csv`` and make every refusal its rows call for, before TensorFlow is needed.
 
     Returns (table, selection, notes, time note); ``lstm-train`` calls it before it loads
-    TensorFlow, so that a bad CSV is told in a fraction of a second.
+    TensorFlow, so that a bad CSV is told in a fraction of a second, and hands the result
+    to :func:`train`.
     """
+    progress = _progress(csv, cfg)
+    progress.say(f"reading {csv} ({size(Path(csv).stat().st_size)})")
     table = read_csv(csv)
+    progress.say(f"checking {len(table):,} rows")
     sel = select(table, target, features, cfg.missing, source=str(csv), exported=False)
     check_targets(sel, str(csv))
     notes, time_note = check_time(sel, table.time_column, str(csv))
@@ -502,15 +569,18 @@ def check_data(csv: str | Path, target, features, cfg: TrainConfig):
 
 def train(csv: str | Path, target: str | list[str], features: str | list[str] | None = None,
           output: str | Path = "model.keras", cfg: TrainConfig | None = None,
-          plot: str | Path | None = None) -> TrainResult:
+          plot: str | Path | None = None, checked: tuple | None = None) -> TrainResult:
     """Fit a model on ``csv`` and save ``output`` with its sidecar for the exporter.
 
-    ``plot``: a PNG of actual vs predicted (and naive) over the test tail.
+    ``plot``: a PNG of actual vs predicted (and naive) over the test tail. ``checked``:
+    what :func:`check_data` returned for these arguments, where the caller has it (the
+    CSV is then not read a second time).
     """
     cfg = cfg or TrainConfig()
+    progress = _progress(csv, cfg)
     check_output(output)
     check_plot(plot)
-    table, sel, notes, time_note = check_data(csv, target, features, cfg)
+    table, sel, notes, time_note = checked or check_data(csv, target, features, cfg)
     # A differenced window reads one reading more: look_back differences need look_back + 1.
     window = _window(cfg, cfg.look_back)
     split, test = split_points(len(sel.x), cfg.val_fraction, cfg.test_fraction,
@@ -525,10 +595,17 @@ def train(csv: str | Path, target: str | list[str], features: str | list[str] | 
     series, scaler = _network_series(sel, framing, split, test, cfg)
     # A residual model's head starts at zero: untrained, it is the naive forecast.
     run = replace(cfg, look_back=window, model=replace(cfg.model, zero_head=framing.residual))
+    progress.say(expect(len(sel.x), split, series.xs.shape[1], window, cfg,
+                        series.first is not None))
     models, preds = [], []
     for k in range(cfg.members or MAX_MEMBERS):
+        if (cfg.members or MAX_MEMBERS) > 1:
+            progress.say(f"member {k + 1} of {cfg.members or f'up to {MAX_MEMBERS}'} "
+                         f"(seed {'fresh' if cfg.seed is None else cfg.seed + 1000 * k})")
+        else:
+            progress.say("loading TensorFlow and building the model")
         _seed(None if cfg.seed is None else cfg.seed + 1000 * k)
-        model, pred, last = FIT[cfg.model.mode](series, run, len(sel.targets))
+        model, pred, last = FIT[cfg.model.mode](series, run, len(sel.targets), progress)
         if framing.residual:
             pred = pred * framing.delta_scale + framing.start(sel.y, last, cfg.horizon, sel.x)
         else:
@@ -543,10 +620,17 @@ def train(csv: str | Path, target: str | list[str], features: str | list[str] | 
     model = merge(models[:members], run.model, run.look_back, series.xs.shape[1],
                   len(sel.targets), models[0].inputs[0].shape[0]
                   if cfg.model.mode == "stateful" else None)
+    progress.say("scoring the model against the naive, seasonal naive and mean forecasts")
     metrics = {name: score(sel.y, pred[rows], last[rows], cfg.horizon, sel.y[:split], season)
                for name, rows in parts.items()}
-    metrics["test"].update(anchors.measure(sel.y, last[parts["test"]], cfg.horizon, season,
-                                           cfg.anchor_budget))
+    if cfg.anchor_budget > 0:
+        progress.say(f"statistical anchors (AutoETS, AutoTheta, AutoARIMA) on "
+                     f"{int(parts['test'].sum()):,} test predictions: up to "
+                     f"{cfg.anchor_budget:g} s (--anchor-budget)")
+    metrics["test"].update(anchors.measure(
+        sel.y, last[parts["test"]], cfg.horizon, season, cfg.anchor_budget,
+        tell=lambda spent: progress.say(f"statistical anchors: {spent:.0f} s of the "
+                                        f"{cfg.anchor_budget:g} s budget")))
     metrics.update(season=season, season_source=found)
     if season and "seasonal_naive" not in metrics["test"]:
         named = f"--season {season}" if found == "given" else f"the season ({found} {season})"
@@ -557,6 +641,7 @@ def train(csv: str | Path, target: str | list[str], features: str | list[str] | 
     # Calibrated on the validation rows; the test tail only measures the coverage.
     val, tail = parts["validation"], parts["test"]
     pred = pred.astype(np.float64)
+    progress.say(f"calibrating the intervals on {int(val.sum()):,} validation predictions")
     calibration = intervals(sel.y, pred[val], last[val], cfg.horizon,
                             target_columns(sel.features, sel.targets), "validation",
                             sel.y[:split])
@@ -564,6 +649,7 @@ def train(csv: str | Path, target: str | list[str], features: str | list[str] | 
                                             cfg.horizon)
 
     output = Path(output)
+    progress.say(f"saving {output}")
     output.parent.mkdir(parents=True, exist_ok=True)
     model.save(output)
     sidecar = {

@@ -33,7 +33,8 @@ def windows(x: np.ndarray, y: np.ndarray, look_back: int,
 
     Returns
     -------
-    inputs : (samples, look_back, features)
+    inputs : (samples, look_back, features) a read-only view of ``x``: the windows share
+        its rows (``look_back`` times fewer bytes than copies; copy it to write to it)
     targets : (samples, targets)
     last : (samples,) the row index of each window's last row
     """
@@ -41,10 +42,14 @@ def windows(x: np.ndarray, y: np.ndarray, look_back: int,
     if count < 1:
         raise DataError(f"look_back {look_back} + horizon {horizon} needs at least "
                         f"{look_back + horizon} rows, the series has {len(x)}")
-    view = np.lib.stride_tricks.sliding_window_view(x, look_back, axis=0)  # (n, F, look_back)
-    inputs = view[:count].transpose(0, 2, 1)                               # (n, look_back, F)
     last = np.arange(count) + look_back - 1
-    return np.ascontiguousarray(inputs), y[last + horizon], last
+    return _slide(x, look_back)[:count], y[last + horizon], last
+
+
+def _slide(x: np.ndarray, length: int) -> np.ndarray:
+    """Every run of ``length`` consecutive rows of ``x`` (rows, F), as a read-only view."""
+    view = np.lib.stride_tricks.sliding_window_view(x, length, axis=0)  # (n, F, length)
+    return view.transpose(0, 2, 1)                                      # (n, length, F)
 
 
 def sequences(x: np.ndarray, y: np.ndarray, length: int, horizon: int,
@@ -53,8 +58,9 @@ def sequences(x: np.ndarray, y: np.ndarray, length: int, horizon: int,
 
     Returns
     -------
-    inputs : (samples, length, features)
+    inputs : (samples, length, features) a read-only view of ``x``, as :func:`windows`
     targets : (samples, length, targets); step ``t`` of sample ``i`` is ``y[i*stride + t + horizon]``
+        (a read-only view of ``y``)
     first : (samples,) the row index of each subsequence's first row
     """
     count = len(x) - length - horizon + 1
@@ -62,8 +68,8 @@ def sequences(x: np.ndarray, y: np.ndarray, length: int, horizon: int,
         raise DataError(f"sequences of {length} steps + horizon {horizon} need at least "
                         f"{length + horizon} rows, the series has {len(x)}")
     first = np.arange(0, count, stride)
-    steps = first[:, None] + np.arange(length)[None, :]     # (samples, length) row indices
-    return x[steps], y[steps + horizon], first
+    return (_slide(x, length)[:count:stride], _slide(y[horizon:], length)[:count:stride],
+            first)
 
 
 @dataclass(frozen=True)
