@@ -44,8 +44,20 @@ reading whose score is at least ``ESCALATE`` times the largest score of its stre
 raises a new ``outside`` alert (a dropout that begins while a mild miss stands), and its
 score becomes the stretch's largest. A ``stuck`` alert is raised when a target read the
 same value ``stuck`` times in a row (a flat line fools a forecaster, whose next forecast is
-that value again). A reading not checked (the first ones, a gap) moves no counter but the
-stuck one.
+that value again); ``stuck`` is 0 (off) or at least 2, as each reading is one in a row with
+itself. A reading not checked (the first ones, a gap) moves no counter but the stuck one.
+
+A run below ``min_run`` is counted against the forecast it began from, its anchor (the
+centre and half-width, per checked column, of the forecast its first reading missed), not
+only against each reading's own: the forecaster reads the last reading, so after a dropout
+its forecast follows to 0 and the zeros that follow lie inside their own intervals, while the
+normal reading after a spike misses the forecast that followed the spike. Each reading after
+the first counts where it lies outside the anchor's interval and either outside its own or
+at least ``FOLLOWED`` anchor half-widths from the anchor's centre (the largest over targets);
+else the run ends, and that reading opens none. A spike's return so ends its run; a dropout
+or level shift that stays raises on its ``min_run``-th reading; a mild miss followed by the
+series' own motion ends its run as before. Once raised, the readings count on their own
+intervals. With ``min_run`` 1 no run stays below it, and there is no anchor.
 
 A slow drift or a small level shift can stay inside every interval: a forecaster that reads
 differences follows it. With ``cusum`` > 0 a ``shift`` alert comes from Page's two-sided
@@ -112,10 +124,22 @@ CUSUM_CLIP = 3.0                     # one residual moves a sum by at most 3 - k
 # more at 0.9 (3 at 0.8, 1 at 0.95, 0 at 0.99), each a drop of the series itself to 24 l/s
 # or its recovery (steps 94, 109, 212), none on a normal reading; 2 would add 4 at 0.9.
 ESCALATE = 4.0
+# A run below --min-run goes on through a reading inside its own interval where the reading
+# lies at least this many half-widths from the centre of the interval the run began from
+# (its anchor): the forecaster has followed a fault that stays (a dropout to 0: 190). Nearer,
+# it is the series' own motion: on the bundled model over its whole series at 0.9 (64 alerts
+# at --min-run 1), a mild miss (score 1.2) and the readings after it, rising with the day,
+# leave the anchor's narrow interval (2.4 half-widths two readings on). Counting every
+# reading outside the anchor, --min-run 2 and 3 raise 53 and 47 alerts; requiring 2, 3, 4 or
+# 6 half-widths of those inside their own, 31/28, 16/15, 11/8 and 11/7; on each reading's own
+# interval alone, 14/6 (the 2 more at 4 are the series' own recoveries from 24 l/s).
+FOLLOWED = 4.0
 # ``adapt``: an inside reading takes adapt * (1 - L) * q_L from the working quantile. At
 # most this share of q_L, so 20 readings in a row inside, not 1 or 2, bring it to 0 from
 # q_L (at 0.9 with adapt 5, two readings did: zero-width intervals and scores of 1e15).
 MAX_NARROWING = 0.05
+# why ``stuck`` 1 is refused (AlertConfig, and lstm-run's --stuck)
+STUCK_ONE = "1 would raise a stuck alert on every reading: each is one in a row with itself"
 
 
 def max_adapt(level: float) -> float:
@@ -250,6 +274,9 @@ class AlertConfig:
             if not (whole and value >= low):
                 problems.append(f"{name} must be a whole number at least {low}"
                                 f"{' (0: off)' if name == 'stuck' else ''}, got {value}")
+            elif name == "stuck" and value == 1:
+                # every reading is one in a row with itself: a stuck alert on each
+                problems.append(f"stuck must be 0 (off) or at least 2 ({STUCK_ONE}), got 1")
             else:
                 setattr(self, name, int(value))           # 3.0 counts as 3
         for name in ("cusum", "adapt"):
@@ -275,17 +302,28 @@ class AlertConfig:
         return {"level": float(self.level), "min_run": self.min_run, "hold_off": self.hold_off,
                 "stuck": self.stuck, "cusum": float(self.cusum), "adapt": float(self.adapt)}
 
-    def words(self) -> str:
-        """The settings as ``lstm-run`` options: ``--interval`` and those not at their
-        defaults.
+    def words(self, python: bool = False) -> str:
+        """The settings as ``lstm-run`` options (``--interval`` and those not at their
+        defaults), or with ``python`` as the fields of an AlertConfig.
 
         >>> AlertConfig(0.9, stuck=6, cusum=4).words()
         '--interval 0.9 --stuck 6 --cusum 4'
+        >>> AlertConfig(0.9, stuck=6, cusum=4).words(python=True)
+        'AlertConfig(level=0.9, stuck=6, cusum=4)'
         """
-        default = AlertConfig().settings()
-        return " ".join([f"--interval {self.level:g}"] + [
-            f"--{name.replace('_', '-')} {value:g}" for name, value in self.settings().items()
-            if name != "level" and value != default[name]])
+        return _words(self.settings(), python)
+
+
+def _words(settings: dict, python: bool = False) -> str:
+    """:meth:`AlertConfig.words` of recorded ``settings`` (those of an older release too)."""
+    default = AlertConfig().settings()
+    changed = [(name, value) for name, value in settings.items()
+               if name != "level" and value != default[name]]
+    if python:
+        return "AlertConfig(" + ", ".join([f"level={settings['level']:g}"] + [
+            f"{name}={value:g}" for name, value in changed]) + ")"
+    return " ".join([f"--interval {settings['level']:g}"] + [
+        f"--{name.replace('_', '-')} {value:g}" for name, value in changed])
 
 
 class AlertsRestarted(UserWarning):
@@ -330,8 +368,9 @@ class Answer:
 class AlertState:
     """One stream's alert state: its pending forecasts, recent target values and counters.
 
-    The pending forecasts, CUSUM sums and working quantile are of the checked columns: every
-    output of a one-step model, a forecast block's step-1 columns (:class:`Alerts`).
+    The pending forecasts, CUSUM sums, working quantile and a run's anchor are of the checked
+    columns: every output of a one-step model, a forecast block's step-1 columns
+    (:class:`Alerts`).
     """
 
     pending: deque = field(default_factory=deque)   # (pred, half) of the last forecasts
@@ -346,6 +385,8 @@ class AlertState:
     last: list | None = None      # lstm-run: the alert columns of the last answer (a replay's)
     peak: float = 0.0     # the largest score of the stretch outside (inf: unknown, older)
     settings: dict | None = None  # AlertConfig.settings() it was kept under (None: older)
+    anchor: tuple | None = None   # (pred, half) a run below min_run began from (None: none)
+    model: str | None = None      # Monitor: sha256 of its model's file (None: lstm-run, older)
 
     def to_bytes(self) -> bytes:
         """A versioned byte string (the stream state's ``alerts`` section)."""
@@ -359,7 +400,12 @@ class AlertState:
             {"level": self.adapted[0], "q": self.adapted[1].tolist()},
             "last": self.last,
             "peak": self.peak if math.isfinite(self.peak) else None,
-            "settings": self.settings})
+            "settings": self.settings,
+            # only while a run is open at --min-run 2 or more: other states' bytes as before
+            **({} if self.anchor is None else
+               {"anchor": [self.anchor[0].tolist(), self.anchor[1].tolist()]}),
+            # a Monitor's (lstm-run's section lies in a stream state that names its model)
+            **({} if self.model is None else {"model": self.model})})
         return _MAGIC + struct.pack("<I", len(body)) + body.encode()
 
     @classmethod
@@ -391,11 +437,15 @@ class AlertState:
                 raise ValueError(f"the stretch's largest score must be a number at least 0, "
                                  f"not {peak!r}")
             settings = _settings(d.get("settings"))                    # absent: older
+            anchor = _anchor(d.get("anchor"))                          # absent: none open
+            model = d.get("model")                                     # absent: not named
+            if model is not None and not isinstance(model, str):
+                raise ValueError(f"its model is not named by a sha256, not {model!r}")
         except (ValueError, TypeError, KeyError, struct.error, UnicodeDecodeError) as exc:
             raise SnapshotError(f"the stream's alert state cannot be read ({exc}); start "
                                 f"the stream afresh") from None
         return cls(pending, recent, run, calm, bool(alerting), same, steps, cusum, adapted,
-                   last, float(peak), settings)
+                   last, float(peak), settings, anchor, model)
 
     def check(self, outputs: int, watched: int, checked: int | None = None) -> None:
         """Raise SnapshotError where the arrays do not fit a model of ``outputs`` columns,
@@ -405,7 +455,8 @@ class AlertState:
             and all(p is None or (p[0].shape == (checked,) and p[1].shape == (checked,))
                     for p in self.pending) and all(r.shape == (watched,) for r in self.recent) \
             and all(c.shape == (checked,) for c in self.cusum) \
-            and (self.adapted is None or self.adapted[1].shape == (checked,))
+            and (self.adapted is None or self.adapted[1].shape == (checked,)) \
+            and (self.anchor is None or all(a.shape == (checked,) for a in self.anchor))
         if not fits:
             block = (f", {checked} of them checked (a forecast block's step 1; an alert "
                      f"state saved before blocks were checked holds every column)"
@@ -425,9 +476,29 @@ def _settings(found) -> dict | None:
         raise ValueError(f"its recorded settings are not the alert settings lstm-edge writes "
                          f"(expected {', '.join(sorted(names))})")
     try:
-        return AlertConfig(**found).settings()
+        # stuck 1, refused since, was a setting an older release kept: such a state is read,
+        # and then starts afresh as kept under other settings
+        older = found.get("stuck") == 1 and not isinstance(found.get("stuck"), bool)
+        settings = AlertConfig(**{**found, "stuck": 0} if older else found).settings()
+        return {**settings, "stuck": 1} if older else settings
     except InputError as exc:
         raise ValueError(f"its recorded settings are not valid ({exc})") from None
+
+
+def _anchor(found) -> tuple | None:
+    """A saved run's anchor, checked (untrusted): ``[pred, half]``, finite numbers, the
+    half-widths not negative; ValueError where it is not."""
+    if found is None:
+        return None
+    if not isinstance(found, list) or len(found) != 2 \
+            or not all(isinstance(part, list) for part in found):
+        raise ValueError("the open run's anchor is not a forecast and its half-widths")
+    pred, half = (np.asarray(part, np.float64) for part in found)
+    if pred.ndim != 1 or pred.shape != half.shape or not np.isfinite(pred).all() \
+            or not (np.isfinite(half).all() and (half >= 0).all()):
+        raise ValueError("the open run's anchor must be finite numbers, as many half-widths "
+                         "(not negative) as forecasts")
+    return pred, half
 
 
 def _last_columns(found) -> list | None:
@@ -498,7 +569,8 @@ class Alerts:
         self._to_unit = self.to_unit.tolist()
         self.settings = self.config.settings()           # what each state records
 
-    def changed(self, state: AlertState, steps: int | None = None) -> str | None:
+    def changed(self, state: AlertState, steps: int | None = None,
+                python: bool = False) -> str | None:
         """Why a saved ``state`` cannot go on under this configuration (None: it goes on).
 
         A state records the settings it was kept under and the step count of the last
@@ -506,10 +578,11 @@ class Alerts:
         working quantile are of those; behind its stream (``steps``, its step count now: a
         run without alerts fed it), its pending forecasts are of readings gone by. Either
         way the caller starts it afresh. A state saved before settings were recorded is
-        taken as kept under these.
+        taken as kept under these. ``python``: settings named as AlertConfig fields, not as
+        ``lstm-run`` options.
         """
         if state.settings is not None and state.settings != self.settings:
-            return f"was kept under {AlertConfig(**state.settings).words()}"
+            return f"was kept under {_words(state.settings, python)}"
         if steps is not None and state.steps != steps:
             return (f"saw the stream up to reading {state.steps}, and its stream is at "
                     f"reading {steps}")
@@ -589,7 +662,7 @@ class Alerts:
             state.pending.popleft()
         alert = ""
         if value is not None:
-            alert = self._hygiene(state, score, value, cfg)
+            alert = self._hygiene(state, score, value, due, cfg)
             if cfg.cusum and due is not None:
                 shift = self._page(state, value, *due)     # its sums move on every reading
                 alert = alert or shift
@@ -640,16 +713,26 @@ class Alerts:
         return "shift"
 
     @staticmethod
-    def _hygiene(state: AlertState, score: float, value, cfg: AlertConfig) -> str:
+    def _hygiene(state: AlertState, score: float, value, due, cfg: AlertConfig) -> str:
         """The alert this reading raises (``stuck``, ``outside`` or ""), moving the counters;
-        ``score`` NaN: not checked (only the stuck count moves)."""
+        ``score`` NaN: not checked (only the stuck count moves); ``due``: the forecast it was
+        checked against, the anchor of a run it opens."""
         last = state.recent[-2] if len(state.recent) > 1 else None
         same = last is not None and last.tolist() == value.tolist()
         state.same = state.same + 1 if same else 1
         alert = "stuck" if cfg.stuck and state.same == cfg.stuck else ""
         if math.isnan(score):
             return alert
-        if score > 1.0:
+        # A run of misses below min_run goes on while its readings stay outside the interval
+        # of the forecast it began from (its anchor), and each is outside its own interval or
+        # FOLLOWED half-widths beyond the anchor's: a forecaster follows a dropout into its
+        # own intervals, and a spike's return misses the forecast that followed the spike
+        # (the module's notes). An older state's open run has no anchor: its own interval.
+        miss = score > 1.0
+        if state.anchor is not None:              # (set only while such a run is open)
+            from_anchor = _score(value, *state.anchor)
+            miss = from_anchor > 1.0 and (miss or from_anchor >= FOLLOWED)
+        if miss:
             state.run, state.calm = state.run + 1, 0
             if state.alerting:
                 # escalation: a fault far beyond the stretch's misses so far (ESCALATE)
@@ -661,8 +744,11 @@ class Alerts:
                 if state.run >= cfg.min_run:
                     # hold-off 0: no alert stands, the next reading outside raises another
                     state.alerting, alert = cfg.hold_off > 0, alert or "outside"
+                    state.anchor = None           # raised: on from each reading's own
+                elif state.run == 1:
+                    state.anchor = due
         else:
-            state.run, state.calm = 0, state.calm + 1
+            state.run, state.calm, state.anchor = 0, state.calm + 1, None
             if state.alerting and state.calm >= cfg.hold_off:
                 state.alerting = False
             if not state.alerting:
@@ -701,19 +787,30 @@ class Monitor:
         self.alerts = Alerts(stream.model, config)
         self.state = AlertState.from_bytes(bytes(state)) \
             if isinstance(state, (bytes, bytearray, memoryview)) else state or AlertState()
+        fingerprint = stream.model.fingerprint
+        if self.state.model not in (None, fingerprint):
+            raise SnapshotError(f"the alert state is another model's: it was kept by a Monitor "
+                                f"of the model file with sha256 {self.state.model[:12]}…, this "
+                                f"stream's model is {fingerprint[:12]}…; give it the stream of "
+                                f"that model, or leave the state out to start afresh")
         self.alerts.fits(self.state)
         # (a state saved before settings were recorded has no step count from a Monitor)
         why = self.alerts.changed(self.state, None if self.state.settings is None
-                                  else stream.steps)
+                                  else stream.steps, python=True)
         if why is not None:
             warnings.warn(AlertsRestarted(
                 f"the saved alert state {why}: it starts afresh, as a new monitor's with "
-                f"{self.alerts.config.words()} (the next {self.alerts.horizon} reading(s) "
-                f"are not checked)"), stacklevel=2)
+                f"{self.alerts.config.words(python=True)} (the next {self.alerts.horizon} "
+                f"reading(s) are not checked)"), stacklevel=2)
             self.state = AlertState()
+        self.state.model = fingerprint
 
     def step(self, reading, at=None) -> Answer | None:
         """Feed one reading; None where the stream did not feed it (skipped), else the answer.
+
+        While the stream warms up the answer's ``pred``, ``lo`` and ``hi`` are NaN arrays
+        (where :meth:`Stream.step` gives None): an :class:`Answer` has one shape on every
+        reading, so its arrays and :meth:`Answer.columns` need no None test.
 
         ``at``: the reading's position, the order rule applied as :meth:`Stream.step` does:
         the last reading again (same position, same values) gets the answer it got then and
@@ -750,4 +847,4 @@ class Monitor:
     def reset(self) -> None:
         """A fresh stream and a fresh alert state."""
         self.stream.reset()
-        self.state = AlertState()
+        self.state = AlertState(model=self.stream.model.fingerprint)

@@ -2,9 +2,9 @@
 
 Added after the predictions (names made fresh as ``runtime.lines`` does):
 
-- ``lo_<target>``, ``hi_<target>``: the interval of this line's forecast, of the next
-  reading (empty while the stream warms up); for a forecast block one pair per column,
-  ``lo_<target>+<s>``;
+- ``lo_<target>``, ``hi_<target>``: the interval of this line's forecast, of the reading
+  ``horizon`` readings later (the next at horizon 1; empty while the stream warms up); for a
+  forecast block one pair per column, ``lo_<target>+<s>``, of the reading ``s`` later;
 - ``anomaly``: whether this line's reading fell outside the interval of the forecast made
   ``horizon`` readings before it, given on that earlier line (a block: of the step-1
   forecast made one reading before it); empty where none was checked (the first readings,
@@ -29,7 +29,8 @@ from __future__ import annotations
 import click
 from click.core import ParameterSource
 
-from .alerts import ESCALATE, MAX_NARROWING, AlertConfig, Alerts, AlertState
+from .alerts import (ESCALATE, FOLLOWED, MAX_NARROWING, STUCK_ONE, AlertConfig, Alerts,
+                     AlertState)
 from .errors import SnapshotError
 
 
@@ -39,10 +40,16 @@ def options(command):
     for option in reversed([
         click.option("--interval", type=click.FloatRange(0, 1, min_open=True, max_open=True),
                      metavar="LEVEL", help="Add lo_/hi_<target> (the calibrated interval at "
-                     "LEVEL, e.g. 0.9), anomaly, score and alert columns (docs/alerts.md)."),
+                     "LEVEL, e.g. 0.9, of the reading h readings later, h the model's horizon: "
+                     "--info), anomaly and score (this reading against the interval given h "
+                     "readings before) and alert columns (docs/alerts.md)."),
         click.option("--min-run", type=click.IntRange(min=1), default=1, show_default=True,
                      metavar="N", help="--interval: N readings in a row outside raise an "
-                     "alert."),
+                     "alert. The first is outside its own interval, and each after it outside "
+                     "the interval the first was judged against and also outside its own or "
+                     f"at least {FOLLOWED:g} of those half-widths from its centre: a spike's "
+                     "return ends the run, a dropout the forecaster follows goes on "
+                     "(docs/alerts.md)."),
         click.option("--hold-off", type=click.IntRange(min=0), default=3, show_default=True,
                      metavar="N", help="--interval: an alert stands until N readings in a row "
                      "fell inside, and raises no other meanwhile (one bad stretch, one alert) "
@@ -50,8 +57,8 @@ def options(command):
                      "stands, and every reading outside raises one once --min-run readings "
                      "in a row were."),
         click.option("--stuck", type=click.IntRange(min=0), default=0, show_default=True,
-                     metavar="N", help="--interval: the same target value N times in a row "
-                     "raises a 'stuck' alert (0: off)."),
+                     metavar="N", callback=_stuck, help="--interval: the same target value N "
+                     "times in a row raises a 'stuck' alert (0: off; else at least 2)."),
         click.option("--cusum", type=click.FloatRange(min=0), default=0.0, show_default=True,
                      metavar="H", help="--interval: Page's CUSUM of the standardized "
                      "residuals above H raises a 'shift' alert: a drift or a small level "
@@ -64,6 +71,14 @@ def options(command):
     ]):
         command = option(command)
     return command
+
+
+def _stuck(ctx, param, value):
+    """``--stuck``: 0 (off) or at least 2, as :class:`AlertConfig` takes it."""
+    if value == 1:
+        raise click.BadParameter(f"give 0 (off) or at least 2 (6 in docs/alerts.md): "
+                                 f"{STUCK_ONE}")
+    return value
 
 
 # the options that only act on the alerts --interval adds, by parameter name

@@ -45,7 +45,10 @@ Output (same format as the input, one line per input line):
   One line is one reading: one time step's feature values (a Keras
   sample is a whole window; Model.predict in Python takes those).
   --interval L adds lo_<target>, hi_<target>, anomaly, score and alert
-  after the predictions (docs/alerts.md).
+  after the predictions (docs/alerts.md): lo/hi bound the reading h
+  readings later (h: the horizon --info shows, 1 for the next reading),
+  anomaly and score judge this reading against the interval given h
+  readings before.
 
 \b
 Headerless CSV: the model's features in its order; or an ISO date/time
@@ -232,6 +235,11 @@ def describe(model, path: Path, timed: bool = False) -> str:
                                "docs/keras-models.md)"))
     if "intervals" in info.extra:
         rows.append(("intervals", _intervals_row(model)))
+    elif block is None or block.kind == "forecast":
+        rows.append(("intervals", "none: the file holds no calibrated intervals, so "
+                                  "--interval (lo/hi, anomaly, score, alert) cannot be used; "
+                                  "export it with lstm-export --calibrate DATA.csv, rows it "
+                                  "was not trained on (docs/alerts.md)"))
     rows.append(("device", str(model.device)))
     rows.append(("threads", _threads(model)))
     if timed:
@@ -264,7 +272,13 @@ def _intervals_row(model) -> str:
             f"({iv.source}; scale {iv.scale}{left}{alike}): ")
     block = model.block
     if block is None or block.kind != "forecast":
-        return head + "--interval LEVEL adds lo/hi, anomaly, score"
+        # lo/hi bound the reading the forecast is of, `horizon` readings on; anomaly judges
+        # a reading against the interval given that many readings before it
+        h = model.info.horizon
+        ahead, before = (("the next reading", "one reading before") if h == 1 else
+                         (f"the reading {h} readings on", f"{h} readings before"))
+        return (head + f"--interval LEVEL adds lo/hi (the interval of {ahead}), anomaly, "
+                f"score (of each reading against the interval given {before})")
     # a forecast block: every step has its interval, a reading is checked against step 1
     k, unit = len(block.names), " spreads" if iv.scale != "none" else ""
     at = [i for i, v in enumerate(iv.levels) if abs(v - 0.9) < 1e-9]

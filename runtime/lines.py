@@ -280,8 +280,21 @@ def format_value(value) -> str:
 
 
 def cell(value) -> str:
-    """An added column's CSV text: ``true``/``false``, text as it is, a float32, or empty."""
-    if isinstance(value, bool):
+    """An added column's CSV text: ``true``/``false``, text as it is, a float32, or empty.
+
+    >>> [cell(v) for v in (101.19210052490234, math.nan, True, None, "outside", np.int64(3))]
+    ['101.1921', '', 'true', '', 'outside', '3.0']
+    """
+    # By exact class first: the alert columns are Python floats (the bounds, the score), a
+    # bool or None and a str, and a class test is a fraction of isinstance's and of
+    # format_value's np.float32 -> math.isnan round (NaN is the one float not equal to
+    # itself, before and after float32). The same text as format_value, byte for byte.
+    kind = value.__class__
+    if kind is float:
+        return "" if value != value else str(_float32(value))
+    if kind is str:
+        return value
+    if kind is bool:
         return "true" if value else "false"
     if value is None or isinstance(value, str):
         return value or ""
@@ -290,8 +303,13 @@ def cell(value) -> str:
 
 def json_value(value):
     """A float32 prediction as a JSON number with its shortest digits, ``None`` for NaN."""
+    if value.__class__ is float:              # as in cell: an alert column's bound or score
+        return None if value != value else float(str(_float32(value)))
     text = format_value(value)
     return float(text) if text else None
+
+
+_float32 = np.float32
 
 
 class Score(str):

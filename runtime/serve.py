@@ -248,7 +248,10 @@ class Server:
         out: list[str | fmt.Record] = []
         for number, raw in batch:
             if number == 1 and raw is not TOO_LONG and raw.startswith(b"\xef\xbb\xbf"):
-                raw = raw[3:]                                  # a UTF-8 byte-order mark
+                # a UTF-8 byte-order mark the reader left (it drops the input's first: this
+                # is a second, or a caller's line 1), cut as the line's own kind of bytes: an
+                # Unterminated last line is still not saved as fed, a LongLine still refused
+                raw = type(raw)(raw[3:])
             if raw is not TOO_LONG and not raw.strip():
                 out.append("")          # a blank line is answered with a blank line
                 self.blank += 1

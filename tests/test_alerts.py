@@ -34,12 +34,17 @@ def readings() -> np.ndarray:
     return np.array([[float(r[TARGET])] for r in rows[:240]])      # (240, 1)
 
 
-def hygiene(outside, values, min_run, hold_off, stuck, u=None, cusum=0.0, scores=None):
+def hygiene(outside, values, min_run, hold_off, stuck, u=None, cusum=0.0, scores=None,
+            due=None):
     """The alert rules written out plainly, one reading at a time (the reference); ``u``:
     the standardized residuals Page's CUSUM sums (None where a reading has none); ``scores``:
     each reading's score, for the escalation of a standing alert (4 times its stretch's
-    largest score so far; None: no escalation)."""
+    largest score so far; None: no escalation); ``due``: each reading's forecast and
+    half-width (one target), for a run below ``min_run``: each reading after its first counts
+    where it lies outside the first's interval and outside its own or 4 of those
+    half-widths from its centre (None: on each reading's own interval)."""
     alerts, run_, calm, on, same, up, down, worst = [], 0, 0, False, 0, 0.0, 0.0, 0.0
+    anchor = None
     for i, (o, v) in enumerate(zip(outside, values)):
         same = same + 1 if i and values[i - 1] == v else 1
         alert = "stuck" if stuck and same == stuck else ""
@@ -47,6 +52,13 @@ def hygiene(outside, values, min_run, hold_off, stuck, u=None, cusum=0.0, scores
             alerts.append(alert)
             continue
         score = scores[i] if scores is not None else 0.0
+        if anchor is not None:                 # a run below min_run is open, not standing
+            far = abs(v - anchor[0]) / anchor[1]
+            o = far > 1 and (o or far >= 4)
+        if not o:
+            anchor = None
+        elif run_ == 0 and not on and min_run > 1 and due is not None:
+            anchor = due[i]
         if o:
             run_, calm = run_ + 1, 0
             if on and scores is not None and score >= 4.0 * worst:
@@ -57,6 +69,7 @@ def hygiene(outside, values, min_run, hold_off, stuck, u=None, cusum=0.0, scores
                 worst = score if run_ == 1 else max(worst, score)
                 if run_ >= min_run:
                     on, alert = hold_off > 0, alert or "outside"   # hold-off 0: none stands
+                    anchor = None
         else:
             run_, calm = 0, calm + 1
             if on and calm >= hold_off:
@@ -203,8 +216,9 @@ def test_stream_equals_offline_predict(tmp_path, readings, scale):
     assert [a.anomaly for a in answers[1:]] == outside[1:]
     # CUSUM's unit: the 80 % interval's half-width of the forecast the reading is checked on
     u = [None] + list((readings[1:] - pred[:-1])[:, 0] / (Q[0][0] * spread[:-1, 0]))
+    due = [None] + list(zip(pred[:-1, 0], half[:-1, 0]))
     want = hygiene(outside, readings[:, 0].tolist(), 2, 3, 3, u, cusum=2.0,
-                   scores=[None] + list(score[:, 0]))
+                   scores=[None] + list(score[:, 0]), due=due)
     assert [a.alert for a in answers] == want
     assert {"stuck", "outside", "shift"} <= set(want)
 
@@ -240,8 +254,10 @@ def test_adapting_stream_equals_the_tracker_by_hand(tmp_path, readings):
     assert [a.anomaly for a in answers[1:]] == outside[1:]
     # CUSUM's unit: the 80 % half-width, scaled as the working interval is
     u = [None] + list((readings[1:, 0] - pred[:-1]) / (Q[0][0] * spread[:-1] * q[:-1] / Q[1][0]))
+    due = [None] + list(zip(pred[:-1], (q * spread)[:-1]))
     assert [a.alert for a in answers] == hygiene(outside, readings[:, 0].tolist(), 2, 3, 0, u,
-                                                 cusum=2.0, scores=[None] + list(score))
+                                                 cusum=2.0, scores=[None] + list(score),
+                                                 due=due)
     # the wilder stretch widened the intervals, on average by more than half the file's width
     assert q[150:].mean() > max(1.5 * Q[1][0], 1.3 * q[:120].mean())
     misses = np.mean([a.anomaly for a in answers[200:]])
@@ -310,10 +326,10 @@ def test_alert_state_survives_a_restart(tmp_path, readings, cfg):
     with pytest.raises(SnapshotError, match="another model"):
         Monitor(model.stream(), cfg, AlertState(adapted=(0.99, np.ones(2))).to_bytes())
     # kept under other settings, the state starts afresh, said (tests/test_alerts_restart.py)
-    with pytest.warns(AlertsRestarted, match="kept under --interval"):
+    with pytest.warns(AlertsRestarted, match=r"kept under AlertConfig\(level="):
         other = Monitor(model.stream(tmp_path / "s.npz"), AlertConfig(level=0.9, adapt=0.05),
                         saved)
-    assert other.state.to_bytes() == AlertState().to_bytes()
+    assert other.state.to_bytes() == AlertState(model=model.fingerprint).to_bytes()
     # saved before settings were recorded: taken as it is, and a working quantile of another
     # level starts afresh from the file's
     body = json.loads(saved[8:])

@@ -115,8 +115,9 @@ def test_a_monitor_given_a_state_of_other_settings_or_steps_starts_afresh(tmp_pa
         first.step(r)
     first.stream.snapshot().save(tmp_path / "s.npz")
     saved = first.state.to_bytes()
-    with pytest.warns(AlertsRestarted, match=r"kept under --interval 0\.9 --stuck 6 --cusum 4: "
-                      r"it starts afresh, as a new monitor's with --interval 0\.95"):
+    with pytest.warns(AlertsRestarted, match=r"kept under AlertConfig\(level=0\.9, stuck=6, "
+                      r"cusum=4\): it starts afresh, as a new monitor's with "
+                      r"AlertConfig\(level=0\.95, stuck=6, cusum=4\)"):
         got = Monitor(model.stream(tmp_path / "s.npz"), new, saved)
     want = Monitor(model.stream(tmp_path / "s.npz"), new)
     assert [got.step(r).columns() for r in readings[CUT:]] == \
