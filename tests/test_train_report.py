@@ -46,7 +46,7 @@ test tail: 190 predictions of Water flow [l/s], 6 step(s) ahead (sequence mode, 
   vs seasonal naive 1.153; MASE 0.090 (scale: in-sample seasonal naive)
   best by MAE: seasonal naive
 validation: 190 predictions, used for early stopping: model MAE 0.6, naive 0.7, skill 0.857
-  intervals (calibrated on validation), test coverage: 90% 88.0% (width 2.1)
+  intervals (calibrated on validation), test coverage: 90% 88.0% (width 2.1, half-width 1.05)
 saved m.keras and m.lstm-edge.json"""
 
 
@@ -107,9 +107,9 @@ def test_several_targets_get_a_table_each_in_their_own_units():
     assert text.count("no season known") == 1
     assert ("validation: 76 predictions, used for early stopping: V1 model MAE 0.2, naive 0.21, "
             "skill 0.950; V4 model MAE 90, naive 140, skill 0.640") in lines
-    assert "  intervals of V1 (calibrated on validation), test coverage: 80% 79.0% (width 0.64)" \
+    assert "  intervals of V1 (calibrated on validation), test coverage: 80% 79.0% (width 0.64, half-width 0.32)" \
         in lines
-    assert "  intervals of V4 (calibrated on validation), test coverage: 80% 80.0% (width 324)" \
+    assert "  intervals of V4 (calibrated on validation), test coverage: 80% 80.0% (width 324, half-width 162)" \
         in lines
 
 

@@ -64,6 +64,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -326,11 +327,33 @@ def target_columns(features, targets) -> list:
     return [features.index(t) if t in features else None for t in targets]
 
 
+@dataclass
+class Calibrated:
+    """What :func:`calibrate_csv` wrote, and the rows it was calibrated on."""
+
+    intervals: dict                     # lstm_edge.intervals, as written into the file
+    times: tuple[str, str] | None       # first and last time of the rows scored (None: no
+                                        # time column)
+    checked: str = ""                   # the training rows the rows were checked against
+
+
 def calibrate_file(onnx_path, csv, *, missing: str = "error") -> dict:
     """Stream ``csv`` through the exported model and write ``lstm_edge.intervals`` into it.
 
     The forecasts come from the runtime itself, the way they will be served; the rows must
-    be rows the model was not trained on, and not the rows it will be judged on.
+    be rows the model was not trained on, and not the rows it will be judged on. Returns
+    the intervals written (:func:`calibrate_csv` says more).
+    """
+    return calibrate_csv(onnx_path, csv, missing=missing).intervals
+
+
+def calibrate_csv(onnx_path, csv, *, missing: str = "error",
+                  trained: dict | None = None) -> Calibrated:
+    """:func:`calibrate_file`, with the time span the intervals were calibrated on.
+
+    ``trained``: the ``data`` of the model's training sidecar (``NAME.lstm-edge.json``),
+    where there is one: rows it records as training rows are refused
+    (:func:`refuse_training_rows`).
     """
     from pathlib import Path
 
@@ -372,6 +395,9 @@ def calibrate_file(onnx_path, csv, *, missing: str = "error") -> dict:
     if len(last) - (steps - 1) < MIN_FORECASTS:
         raise DataError(too_few_rows(str(csv), len(sel.y), len(last), model.window, horizon,
                                      steps))
+    scored = np.unique(last[:, None] + horizon + np.arange(steps)[None, :])  # the truth rows
+    scored = scored[scored < len(sel.y)]
+    checked = refuse_training_rows(sel, scored, trained or {}, str(csv), names)
     found = intervals(sel.y, preds[last].astype(np.float64), last, horizon,
                       target_columns(model.features, names),
                       f"calibration CSV {Path(csv).name}", sel.y, steps=steps)
@@ -381,7 +407,68 @@ def calibrate_file(onnx_path, csv, *, missing: str = "error") -> dict:
     del proto.metadata_props[:]
     helper.set_model_props(proto, props)
     write_atomically(Path(onnx_path), proto.SerializeToString())
-    return found
+    times = None if sel.time is None else (str(sel.time[scored[0]]).strip(),
+                                           str(sel.time[scored[-1]]).strip())
+    return Calibrated(found, times, checked)
+
+
+def refuse_training_rows(sel, scored: np.ndarray, trained: dict, source: str,
+                         targets) -> str:
+    """Refuse calibration rows the model was trained on, as its sidecar records them.
+
+    On the rows a model was fitted on, its errors are smaller than on readings it has not
+    seen, and intervals calibrated there cover less than they claim, by as much as the model
+    fits its training rows more closely than new ones. ``lstm-train`` keeps the
+    time and targets of up to 256 evenly spaced training rows (``data.parts.train.sample``):
+    a scored row ``scored`` of ``sel`` at one of those times with the same target values is
+    a training row given back, and the calibration is refused. A row at such a time with
+    other values (another sensor's series) is not, nor a training row used only as warm-up
+    before the first forecast. Returns the words for the report on what was checked;
+    empty where the sidecar records no training times or the CSV has no time column.
+    """
+    from .errors import DataError
+    from .forecast import parse_time
+
+    part = (trained.get("parts") or {}).get("train") or {}
+    sample = part.get("sample")
+    if not sample or sel.time is None:
+        return ""
+
+    def key(text):
+        return parse_time(str(text)) or str(text).strip()
+
+    known = {key(t): np.asarray(v, np.float64) for t, v in sample}
+    given = [i for i in scored if (v := known.get(key(sel.time[i]))) is not None
+             and v.shape == sel.y[i].shape and np.allclose(sel.y[i], v, rtol=1e-9, atol=0)]
+    first, last = part["times"]
+    lines = part["lines"]
+    file = trained.get("file", "the training CSV")
+    if given:
+        span = (key(first), key(last))           # every scored row within the training span
+        inside = [i for i in scored if _within(key(sel.time[i]), *span)] or given
+        a, b = inside[0], inside[-1]
+        where = (f"line {sel.lines[a]} ({str(sel.time[a]).strip()})" if a == b else
+                 f"lines {sel.lines[a]}..{sel.lines[b]} ({str(sel.time[a]).strip()} to "
+                 f"{str(sel.time[b]).strip()})")
+        raise DataError(
+            f"{source}: expected rows the model was not trained on, found training rows: "
+            f"{where} hold{'s' if a == b else ''} the times and {', '.join(targets)} of "
+            f"{file}'s training rows (lines {lines[0]}..{lines[1]}, {first} to {last}, as its "
+            f"training sidecar records them), where its errors are smaller than on new "
+            f"readings and the intervals would cover less than they claim; give rows after "
+            f"{last}, e.g. the validation rows (lines "
+            f"{'..'.join(map(str, trained['parts']['validation']['lines']))} of {file})")
+    return (f"checked against the training sidecar: none is among its training rows, "
+            f"{file} {first} to {last}")
+
+
+def _within(when, first, last) -> bool:
+    """Whether the time ``when`` lies in ``first``..``last``; False where they do not
+    compare (text that is not a time, naive against aware)."""
+    try:
+        return bool(first <= when <= last)
+    except TypeError:
+        return False
 
 
 def too_few_rows(source: str, rows: int, made: int, window: int, horizon: int,
@@ -420,9 +507,11 @@ def metadata(sidecar: dict | None, n_outputs: int) -> dict:
     return {"intervals": json.dumps(iv)}
 
 
-def describe(iv: dict, block=None) -> str:
-    """One line for lstm-export's report; ``block``: the file's ``lstm_edge.block``
-    (:class:`runtime.contract.Block`), whose 90 % half-widths are summarised per target."""
+def describe(iv: dict, block=None, rows: Calibrated | None = None) -> str:
+    """lstm-export's report on the intervals; ``block``: the file's ``lstm_edge.block``
+    (:class:`runtime.contract.Block`), whose 90 % half-widths are summarised per target;
+    ``rows``: the calibration CSV's rows (``lstm-export --calibrate``), whose time span and
+    a line on what rows they must be are added."""
     q90 = dict(zip(iv["levels"], iv["q"])).get(0.9)
     scaled = iv["scale"] != "none"
     unit = " spreads" if scaled else ""
@@ -430,14 +519,27 @@ def describe(iv: dict, block=None) -> str:
     tail = (iv.get("tail") or {}).get("levels")
     forecast = bool(block is not None and block.kind == "forecast" and q90
                     and len(q90) == block.outputs)
-    half = _per_step(q90, block) if forecast else ', '.join(f'{v:.4g}' for v in q90 or ())
-    return (f"intervals: split-conformal on {iv['n']} rows ({iv['source']}), scale "
-            f"{iv['scale']}{over}" + (f"; 90 % half-width {half}{unit}" if q90 else "")
+    if forecast:
+        widths = f"; 90 % half-width {_per_step(q90, block)}{unit}"
+    elif q90:
+        widths = (f"; 90 % interval width {', '.join(f'{2 * v:.4g}' for v in q90)}{unit}, "
+                  f"half-width {', '.join(f'{v:.4g}' for v in q90)}{unit}")
+    else:
+        widths = ""
+    span = f", {rows.times[0]} to {rows.times[1]}" if rows and rows.times else ""
+    line = (f"intervals: split-conformal on {iv['n']} rows ({iv['source']}{span}), scale "
+            f"{iv['scale']}{over}" + widths
             + (f"; {', '.join(f'{v * 100:g} %' for v in tail)} from an exponential tail (too few "
                f"rows for its rank)" if tail else "")
             + _left_out(iv, block=bool(forecast))
             + ("; lstm-run --interval checks each reading against the forecast 1 step "
                "ahead made before it" if forecast else ""))
+    if rows is None:
+        return line
+    return line + ("\n           they hold as claimed only where these rows are readings the "
+                   "model was not fitted on (on its training rows its errors are smaller "
+                   "than on new readings, and the intervals come out too narrow); "
+                   + (rows.checked or "no training sidecar with times to check them against"))
 
 
 def _per_step(q: list, block) -> str:

@@ -54,6 +54,7 @@ class Table:
     time: np.ndarray | None          # (rows,) the time column's text, when there is one
     time_column: str | None
     ignored: tuple[str, ...]         # non-numeric columns left out of the features
+    header: tuple[str, ...] = ()     # line 1's cells, in the file's order
 
     def __len__(self) -> int:
         return len(self.lines)
@@ -373,7 +374,7 @@ def read_csv(path: str | Path) -> Table:
             raise DataError(f"{path}, column {name!r}: infinite values on line(s) {_lines(bad)}")
         columns[name] = numbers
     _check_long_format(path, header, texts_of, time, time_column, list(columns))
-    return Table(columns, lines, time, time_column, tuple(ignored))
+    return Table(columns, lines, time, time_column, tuple(ignored), tuple(header))
 
 
 def _shares(gaps: np.ndarray, names) -> list[tuple[str, float]]:
@@ -490,6 +491,9 @@ def select(table: Table, target: str | list[str], features: str | list[str] | No
                             f"each column once: give {option} {','.join(dict.fromkeys(names))}")
     known = list(table.columns)
     for name in targets + chosen:
+        if name not in table.columns and _headless(table):
+            named = list(dict.fromkeys((_split_names(features) or []) + targets))
+            raise DataError(_missing_header(table, named, source))
         if name not in table.columns:
             hint = ""
             if name in table.ignored:
@@ -519,6 +523,40 @@ def select(table: Table, target: str | list[str], features: str | list[str] | No
         time=None if time is None else time[keep],
         notes=tuple(notes),
     )
+
+
+def _headless(table: Table) -> bool:
+    """Whether line 1 holds readings (numbers, times) where the header's names should be."""
+    def reading(cell: str) -> bool:
+        if parse_time(cell) is not None:
+            return True
+        try:
+            float(cell)
+        except ValueError:
+            return False
+        return cell.isascii() and "_" not in cell
+    return bool(table.header) and all(reading(cell) for cell in table.header)
+
+
+def _missing_header(table: Table, named: list[str], source: str) -> str:
+    """The message for a CSV whose line 1 is a reading: the header row to add, and how.
+
+    The suggested header names the time column ``time`` and the others, in the file's
+    order, by the columns the caller asked for (``column2``... once they run out).
+    """
+    left = iter(named)
+    header = ["time" if cell == table.time_column else next(left, f"column{j + 1}")
+              for j, cell in enumerate(table.header)]
+    text = io.StringIO()
+    csv.writer(text, lineterminator="").writerow(header)
+    out = Path(source).with_name(Path(source).stem + "-header.csv")
+    shown = ",".join(table.header[:SHOW]) + (",..." if len(table.header) > SHOW else "")
+    asked = ", ".join(map(repr, named))
+    return (f"{source}: line 1 holds readings ({shown}), not a header row naming the "
+            f"columns; expected a header with a column named {asked}; add one, naming the "
+            f"columns in the file's order, e.g. (printf '%s\\n' "
+            f"{shlex.quote(text.getvalue())}; cat {shlex.quote(source)}) > "
+            f"{shlex.quote(str(out))}")
 
 
 def _replays(table: Table, values: np.ndarray, source: str, notes: list[str]) -> np.ndarray:

@@ -66,6 +66,7 @@ class ExportReport:
     seconds: float = 0.0         # wall time of the export, check included
     notes: list = dataclasses.field(default_factory=list)    # export notes (see trainer.notes)
     layers: list = dataclasses.field(default_factory=list)   # (name, class, shape, params)
+    calibrated: calibrate.Calibrated | None = None   # the --calibrate CSV's rows, if given
 
     def summary(self) -> str:
         """The CLI's report: Keras layers, tensors, state, streaming mode, parity, size."""
@@ -97,7 +98,8 @@ class ExportReport:
                          f"--scaler scaler.json, or the answers come in scaled units ({SCALERS}, "
                          f"\"Hand over the scaler\")")
         if "intervals" in info.extra:
-            lines.append(calibrate.describe(json.loads(info.extra["intervals"]), info.block))
+            lines.append(calibrate.describe(json.loads(info.extra["intervals"]), info.block,
+                                            self.calibrated))
         if "mask_value" in info.extra:
             lines.append(f"masking: readings equal to {info.extra['mask_value']} are skipped"
                          + (f"; with nothing but masked readings Keras answers "
@@ -674,17 +676,21 @@ def export(model, output=None, *, scaler=None, features=None, targets=None, wind
     data = prepared.proto.SerializeToString()
     stem = prepared.path.stem if prepared.path else prepared.model.name
     path = Path(output) if output is not None else Path("exported") / f"{stem}.onnx"
+    calibrated = None
     if calibration is None:
         write_atomically(path, data)
     else:
-        found = _write_calibrated(path, data, calibration)
-        info = dataclasses.replace(info, extra={**info.extra, "intervals": json.dumps(found)})
+        trained = (read_sidecar(prepared.path) or {}).get("data")    # its training rows
+        calibrated = _write_calibrated(path, data, calibration, trained)
+        info = dataclasses.replace(info, extra={**info.extra,
+                                                "intervals": json.dumps(calibrated.intervals)})
     graph = prepared.proto.graph
     return ExportReport(
         path=path, info=info, parity=parity, op_counts=op_counts(prepared.proto),
         size_bytes=path.stat().st_size, inputs=[_describe(v) for v in graph.input],
         outputs=[_describe(v) for v in graph.output], seconds=time.perf_counter() - started,
-        notes=list(prepared.notes), layers=keras_layers(prepared.model))
+        notes=list(prepared.notes), layers=keras_layers(prepared.model),
+        calibrated=calibrated)
 
 
 def _check(prepared: _Prepared, *, steps: int, atol: float) -> dict:
@@ -726,7 +732,8 @@ def write_atomically(path: Path, data: bytes) -> None:
         raise ExportError(f"{path}: cannot be written ({exc.strerror or exc})") from None
 
 
-def _write_calibrated(path: Path, data: bytes, csv) -> dict:
+def _write_calibrated(path: Path, data: bytes, csv, trained: dict | None
+                      ) -> calibrate.Calibrated:
     """Write ``data`` to ``path`` with intervals calibrated on ``csv``, or leave ``path`` as it
     was. The calibration streams a file, so it runs on a temporary one beside ``path``, renamed
     into place once it has its intervals; the folders made for it go again on a failure."""
@@ -734,7 +741,7 @@ def _write_calibrated(path: Path, data: bytes, csv) -> dict:
     temporary = path.with_name(f".{path.name}.{os.getpid()}.calibrating.onnx")
     try:
         write_atomically(temporary, data)
-        found = calibrate.calibrate_file(temporary, csv)
+        found = calibrate.calibrate_csv(temporary, csv, trained=trained)
         try:
             os.replace(temporary, path)
         except OSError as exc:

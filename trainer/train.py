@@ -43,6 +43,7 @@ from .windows import Scaler, sequences, split_points, windows
 SIDECAR_FORMAT = "lstm-edge.training/1"
 MAX_MEMBERS = 3   # most networks a deep ensemble averages (TrainConfig.members None)
 MIN_VALIDATION = 2  # validation predictions: the intervals' scale is chosen on two halves
+TRAIN_SAMPLE = 256  # training rows the sidecar keeps the time and targets of (_parts)
 MODEL_SUFFIXES = (".keras", ".h5")   # what Keras's model.save writes
 
 
@@ -145,13 +146,19 @@ def _where(data: dict, part: str) -> str:
 
 
 def _parts(sel, split: int, test: int) -> dict:
-    """The validation and test rows' first and last file line (and time), for the report."""
+    """Each part's first and last file line (and time), for the report; the training part
+    also keeps ``sample``: the time and targets of up to :data:`TRAIN_SAMPLE` of its rows,
+    evenly spaced, by which ``lstm-export --calibrate`` knows a training row given back to
+    it (:func:`trainer.calibrate.refuse_training_rows`)."""
     out = {}
-    for part, (first, last) in {"validation": (split, test - 1),
+    for part, (first, last) in {"train": (0, split - 1), "validation": (split, test - 1),
                                 "test": (test, len(sel.x) - 1)}.items():
         out[part] = {"lines": [int(sel.lines[first]), int(sel.lines[last])]}
         if sel.time is not None:
             out[part]["times"] = [str(sel.time[first]), str(sel.time[last])]
+    if sel.time is not None:
+        rows = np.unique(np.linspace(0, split - 1, min(split, TRAIN_SAMPLE)).astype(int))
+        out["train"]["sample"] = [[str(sel.time[i]).strip(), sel.y[i].tolist()] for i in rows]
     return out
 
 
@@ -210,13 +217,20 @@ def interval_lines(figures: list | None, targets: list | None = None) -> list[st
     if not figures:
         return []
     if targets is None:
-        cells = [f"{f['level']:.0%} {np.mean(f['coverage']):.1%} "
-                 f"(width {np.mean(f['width']):.4g})" for f in figures]
+        cells = [_interval_cell(f['level'], np.mean(f['coverage']), np.mean(f['width']))
+                 for f in figures]
         return ["  intervals (calibrated on validation), test coverage: " + ", ".join(cells)]
     return [f"  intervals of {name} (calibrated on validation), test coverage: "
-            + ", ".join(f"{f['level']:.0%} {f['coverage'][k]:.1%} (width {f['width'][k]:.4g})"
+            + ", ".join(_interval_cell(f['level'], f['coverage'][k], f['width'][k])
                         for f in figures)
             for k, name in enumerate(targets)]
+
+
+def _interval_cell(level: float, covered: float, width: float) -> str:
+    """``90% 88.0% (width 2.1, half-width 1.05)``: a level, the share of the test tail
+    inside, and the interval's mean width and half-width there, in the words lstm-export
+    uses for the same figures (trainer.calibrate.describe)."""
+    return f"{level:.0%} {covered:.1%} (width {width:.4g}, half-width {width / 2:.4g})"
 
 
 def sidecar_path(model_path: str | Path) -> Path:
