@@ -104,6 +104,10 @@ Note line; each sensor's alerts then start afresh.
                                  "(batched).")
 @click.option("--flush-size", type=click.IntRange(min=1), default=5000, show_default=True,
               help="A shard's lines are answered once this many wait (batched).")
+@click.option("--restarts", type=click.IntRange(min=0), default=2, show_default=True,
+              help="Times Flink restarts a failed task from the last checkpoint, 1 s apart, "
+                   "before the job fails (0: it fails at once, for a service manager that "
+                   "restarts it with --resume latest).")
 @click.option("--execution-mode", type=click.Choice(["process", "thread"]), default="process",
               show_default=True, help="Python workers in their own processes, or in the JVM.")
 @click.option("--python", "python", default=sys.executable, show_default="this Python",
@@ -111,8 +115,8 @@ Note line; each sensor's alerts then start afresh.
 def main(model, input_, watch, kafka, topic, group, start, jars, output, format_, columns,
          stream_column, time_column, no_time_column, missing, interval, min_run, hold_off, stuck,
          cusum, adapt, checkpoint_dir, checkpoint_every, resume, state_ttl, parallelism, state_backend,
-         bundle_size, bundle_time, operator, shards, flush_time, flush_size, execution_mode,
-         python):
+         bundle_size, bundle_time, operator, shards, flush_time, flush_size, restarts,
+         execution_mode, python):
     """Run MODEL.onnx over sensor lines on Flink, each sensor's LSTM state in keyed state.
 
     \b
@@ -142,7 +146,8 @@ def main(model, input_, watch, kafka, topic, group, start, jars, output, format_
                        state_backend=state_backend, bundle_size=bundle_size,
                        bundle_time_ms=bundle_time, jars=tuple(jars),
                        execution_mode=execution_mode, python=python, operator=operator,
-                       shards=shards, flush_ms=flush_time, flush_size=flush_size)
+                       shards=shards, flush_ms=flush_time, flush_size=flush_size,
+                       restarts=restarts)
     with quiet_stderr() as (say, log):
         try:
             env = build(config, note=say)

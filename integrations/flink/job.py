@@ -69,6 +69,7 @@ class JobConfig:
                                           # None: as recorded for --resume latest, else 4 a slot
     flush_ms: int = 200                   # a shard's pending lines wait at most this long
     flush_size: int = 5000                # ... or until this many are pending
+    restarts: int = 2                     # Flink's restarts of a failed task before the job fails
 
 
 # ---- reading the input's format on the client ------------------------------------------
@@ -181,9 +182,10 @@ def flink_config(config: JobConfig, start: Start) -> dict[str, str]:
         "python.fn-execution.bundle.time": str(config.bundle_time_ms),
         "python.execution-mode": config.execution_mode,
         "state.backend.type": config.state_backend,
-        "restart-strategy.type": "fixed-delay",
-        "restart-strategy.fixed-delay.attempts": "2",
-        "restart-strategy.fixed-delay.delay": "1 s",
+        **({"restart-strategy.type": "fixed-delay",
+            "restart-strategy.fixed-delay.attempts": str(config.restarts),
+            "restart-strategy.fixed-delay.delay": "1 s"} if config.restarts else
+           {"restart-strategy.type": "none"}),
     }
     if config.checkpoint_dir is not None:
         settings.update({

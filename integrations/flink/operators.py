@@ -135,6 +135,7 @@ class BatchPredict(KeyedProcessFunction):
         restarted = count is None              # first sight since a (re)start: ask the state
         if restarted:
             count = len(list(self.pending.get() or ()))
+            self.read_back()
         if line != WAKE:
             self.pending.add(line)
             count += 1
@@ -149,6 +150,18 @@ class BatchPredict(KeyedProcessFunction):
             timers.register_event_time_timer(END_OF_INPUT)
         if count >= self.flush_size:
             yield from self.flush(shard)
+
+    def read_back(self) -> None:
+        """Read every sensor's state restored in this shard, in the bundle of the shard's
+        first line since a (re)start, so that a checkpoint the backend cannot read (RocksDB's
+        block checksum) fails the task there: no later checkpoint can then record the source
+        past that line, and each restart reads it again and fails alike, until the job fails.
+        Found first in a flush instead, the failure could come after a checkpoint that holds
+        every line read and pending, and the restarted job waited for input that never came
+        (a restored timer is not sure to fire, see above). Its cost: one read of the shard's
+        state per (re)start."""
+        for _ in self.streams.values():
+            pass
 
     def on_timer(self, timestamp, ctx):
         yield from self.flush(ctx.get_current_key())
