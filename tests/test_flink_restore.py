@@ -215,3 +215,20 @@ def test_resumed_with_other_alert_settings_says_so_and_starts_the_alerts_afresh(
     run([job_.model, "-i", first, *options])
     want = split_lines(run([job_.model, "-i", second, *options, *new])[0])[1:]
     assert sorted(got) == sorted(want)
+
+
+def test_a_watching_jobs_checkpoint_resumed_without_watch_says_so(shared):
+    """A watched its folder; resumed without --watch it reads the file it had not read and
+    ends: a Note line says so, where it used to end without a word."""
+    tmp, a, _ = shared
+    a_chk = own_checkpoint(a)
+    copy = tmp / "ck-no-watch"
+    shutil.copytree(a_chk.parent, copy / a_chk.parent.name)
+    proc = job(a.model, "-i", a.input, "-o", tmp / "out-no-watch", "--stream-column", "sensor",
+               "--time-column", "Time", "--checkpoint-dir", copy, "--state-backend", "rocksdb",
+               "--resume", copy / a_chk.parent.name / a_chk.name, *ALERTS, timeout=150)
+    err = proc.stderr.decode()
+    assert proc.returncode == 0 and "Traceback" not in err, err[-3000:]
+    notes = [line for line in err.splitlines() if line.startswith("Note: --resume")]
+    assert len(notes) == 1 and f"a job watching {a.input} (--watch)" in notes[0], err
+    assert "add --watch SECONDS" in notes[0]

@@ -132,7 +132,7 @@ class Start:
     shards: int             # the batched operator's shard count (0: the per-record operator)
     job_id: str | None      # the job id fixed for a local --checkpoint-dir (its folder's name)
     record: dict | None     # what the job's checkpoints are taken with (resume.JOB_RECORD)
-    note: str | None        # one line for stderr: the alert settings changed since the checkpoint
+    note: str | None        # lines for stderr: the alert settings or --watch changed since the checkpoint
 
 
 def plan(config: JobConfig, model) -> Start:
@@ -161,7 +161,9 @@ def plan(config: JobConfig, model) -> Start:
     if path is not None and "://" not in path:
         checkpoint = Path(path).parent if Path(path).is_file() else Path(path)
         resume.check(config, model, checkpoint, mine)
-        note = resume.settings_note(config, checkpoint)
+        notes = [n for n in (resume.watch_note(config, checkpoint),
+                             resume.settings_note(config, checkpoint)) if n is not None]
+        note = "\n".join(notes) or None
     shards = 0
     if config.operator == "batched":
         shards = (resume.recorded_shards(checkpoint, config.shards) or config.shards

@@ -58,7 +58,8 @@ def job_record(config, model, shards: int) -> dict:
     """What this job's checkpoints are taken with; a resume must agree on it."""
     return {"source": source_of(config), "model": Path(config.model).name,
             "sha256": model.fingerprint, "output": "-" if config.output == "-" else "folder",
-            "operator": config.operator, "shards": shards, "alerts": settings_of(config)}
+            "operator": config.operator, "shards": shards, "alerts": settings_of(config),
+            "watch": bool(config.watch)}
 
 
 def write_record(folder: Path, record: dict) -> None:
@@ -203,6 +204,17 @@ def settings_note(config, checkpoint: Path) -> str | None:
             "reading (a later --interval job starts its alerts afresh)")
     return (f"Note: --resume: the checkpoint was taken with {was}, and this job has {has}: "
             f"{then}; its predictions go on from its state")
+
+
+def watch_note(config, checkpoint: Path) -> str | None:
+    """One line where the checkpoint's job watched its folder and this one does not: it
+    reads what the checkpoint has not read, then ends, which looks like nothing at all."""
+    record = read_record(checkpoint)
+    if record is None or not record.get("watch") or config.watch or config.input is None:
+        return None
+    return (f"Note: --resume: the checkpoint was taken by a job watching {config.input} "
+            f"(--watch); this job has no --watch, so it reads only the files that job had "
+            f"not read, then ends; add --watch SECONDS to go on watching the folder")
 
 
 # ---- what can be read of a checkpoint before Flink starts ------------------------------
