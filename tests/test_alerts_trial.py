@@ -24,20 +24,11 @@ from runtime.alerts import AlertConfig, Alerts, AlertsRestarted, AlertState, Mon
 from runtime.errors import InputError, SnapshotError
 
 from helpers import run, with_props, without_intervals
+from test_alert_rules import faulty
 
 ROOT = Path(__file__).resolve().parent.parent
 WATER = ROOT / "exported" / "water-flow.onnx"
 TARGET = "Water flow [l/s]"
-
-
-def faulty(fault) -> bytes:
-    """200 lines of data/water-flow.csv from 2022-03-26T17:00, ``fault(values)`` applied
-    (index i is step i + 1)."""
-    lines = (ROOT / "data" / "water-flow.csv").read_text().splitlines()
-    times = [line.split(",")[0] for line in lines[151:351]]
-    values = [float(line.split(",")[1]) for line in lines[151:351]]
-    fault(values)
-    return (lines[0] + "\n" + "".join(f"{t},{v}\n" for t, v in zip(times, values))).encode()
 
 
 def table(data: bytes, *args) -> list[dict]:
